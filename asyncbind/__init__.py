@@ -1,0 +1,51 @@
+"""asyncbind: an async multi-database access layer on SQLAlchemy 2.x."""
+
+from __future__ import annotations
+
+from .config import ALL, BindConfig
+from .core import AsyncBind, SessionFactory
+from .exceptions import (
+    AsyncBindError,
+    BindErrors,
+    BindUnavailableError,
+    BulkCopyError,
+    ConfigError,
+    CrossBindError,
+    NoCurrentSessionError,
+    NotConfiguredError,
+    PoolTimeoutError,
+    ReadOnlyBindError,
+    SessionSharedError,
+    StatementTimeoutError,
+    UnknownBindError,
+    WrongEventLoopError,
+)
+from .models import BindKeyMixin
+from .scoping import SessionScope
+from .session import RoutingSession
+
+__all__ = [
+    "ALL",
+    "AsyncBind",
+    "AsyncBindError",
+    "BindConfig",
+    "BindErrors",
+    "BindKeyMixin",
+    "BindUnavailableError",
+    "BulkCopyError",
+    "ConfigError",
+    "CrossBindError",
+    "NoCurrentSessionError",
+    "NotConfiguredError",
+    "PoolTimeoutError",
+    "ReadOnlyBindError",
+    "RoutingSession",
+    "SessionFactory",
+    "SessionScope",
+    "SessionSharedError",
+    "StatementTimeoutError",
+    "UnknownBindError",
+    "WrongEventLoopError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,554 @@
+"""Bulk copy for ETL jobs: stream rows out of one bind and load them into another at driver speed.
+
+Reading uses a server-side cursor (``AsyncConnection.stream`` with ``yield_per``), so memory stays
+bounded by a few batches whatever the row count. Writing picks the fastest path the target's driver
+has:
+
+* PostgreSQL (asyncpg): binary ``COPY`` through ``copy_records_to_table``;
+* MySQL / MariaDB (aiomysql, asyncmy): ``executemany``, which the driver sends as multi-row
+  ``INSERT ... VALUES (...), (...)`` statements;
+* SQLite (aiosqlite) and any other driver: ``executemany``.
+
+Values are converted the way an ``INSERT`` through SQLAlchemy would convert them: each target
+column's type gets its bind processor for the target dialect (JSON is serialised, SQLite dates
+become text, ...). NULL stays SQL NULL, also in JSON columns. A timezone-aware datetime going into
+a column that cannot keep the zone (``DateTime()`` anywhere, every datetime on MySQL and SQLite) is
+stored as UTC; a naive datetime going into PostgreSQL ``timestamptz`` is taken as UTC.
+
+Every batch is its own transaction (a SAVEPOINT when loading through a connection that is already in
+a transaction). When a batch fails it is rolled back, the batches before it stay, and
+:class:`~asyncbind.exceptions.BulkCopyError` says how many rows landed (``rows_copied``).
+
+Python-side column defaults (``Column(default=...)``) of columns that are not copied are not
+applied: give such columns a ``server_default`` or copy them explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import util as sql_util
+
+from .exceptions import BulkCopyError, ConfigError, CrossBindError
+from .models import bind_key_of
+
+if TYPE_CHECKING:
+    from .config import BindKey
+    from .core import AsyncBind
+
+__all__ = ["BATCH_SIZE", "CopyResult", "copy", "copy_between_binds", "load_rows", "stream_rows"]
+
+#: Rows per batch when none is given: one server round trip and one transaction each.
+BATCH_SIZE = 10_000
+
+_AUTO: Any = object()
+_DONE: Any = object()
+
+Source = sa.Table | sa.Select[Any] | type
+Bind = AsyncEngine | AsyncConnection
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """What a bulk copy or load did."""
+
+    rows: int
+    """Rows written to the target (all of them committed when the target was an engine)."""
+    batches: int
+    """Batches written, each in its own transaction."""
+    seconds: float
+    """Wall-clock time of the whole operation."""
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- public API ------------------------------------------------------------------------------
+
+
+async def stream_rows(
+    bind: Bind,
+    source: Source,
+    *,
+    batch_size: int = BATCH_SIZE,
+) -> AsyncGenerator[sa.Row[Any], None]:
+    """Yield the rows of ``source`` (a Table, a mapped class or a ``select()``) from ``bind``.
+
+    Rows are read through a server-side cursor ``batch_size`` at a time, so memory does not grow
+    with the size of the result. Close the iterator if you stop early
+    (``async with contextlib.aclosing(stream_rows(...)) as rows:``) so that the cursor and its
+    connection are released at once.
+    """
+    _check_batch_size(batch_size)
+    # aclosing: when the caller stops early, the cursor and connection are released now, not
+    # whenever the event loop finalizes an abandoned generator.
+    async with contextlib.aclosing(_read_batches(bind, _as_select(source), batch_size)) as batches:
+        async for batch in batches:
+            for row in batch:
+                yield row
+
+
+async def load_rows(
+    target: Bind,
+    table: sa.Table | type,
+    rows: Iterable[Any] | AsyncIterable[Any],
+    *,
+    columns: Sequence[str] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> CopyResult:
+    """Write ``rows`` (sequences in the order of ``columns``, or mappings by column name) into
+    ``table`` on ``target``, ``batch_size`` rows per statement and transaction.
+
+    ``columns`` defaults to all of the table's columns. With an engine every batch is committed as
+    it lands; with a connection every batch is a SAVEPOINT in the connection's transaction, which
+    the caller commits. On failure the failed batch is rolled back and
+    :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``.
+    """
+    _check_batch_size(batch_size)
+    table = _as_table(table, "table")
+    names = list(columns) if columns is not None else [c.name for c in table.columns]
+    _check_columns(table, names)
+    started = time.perf_counter()
+    async with contextlib.aclosing(_batched(rows, names, batch_size)) as batches:
+        rows_done, count = await _write_batches(target, table, names, batches)
+    return CopyResult(rows_done, count, time.perf_counter() - started)
+
+
+async def copy(
+    source: Source,
+    target: sa.Table | type,
+    *,
+    source_engine: Bind,
+    target_engine: Bind,
+    columns: Sequence[str] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> CopyResult:
+    """Copy the rows of ``source`` on ``source_engine`` into ``target`` on ``target_engine``.
+
+    ``source`` is a Table, a mapped class, or a ``select()`` whose column names are columns of
+    ``target``. With a table source, the columns both tables have (by name) are copied, or the
+    ``columns`` given. Reading the next batch overlaps with writing the current one; a few batches
+    are in memory at a time, whatever the number of rows.
+    """
+    _check_batch_size(batch_size)
+    target_table = _as_table(target, "target")
+    select, names = _plan(source, target_table, columns)
+    started = time.perf_counter()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+
+    async def produce() -> None:
+        try:
+            async with contextlib.aclosing(
+                _read_batches(source_engine, select, batch_size)
+            ) as batches:
+                async for batch in batches:
+                    await queue.put(batch)
+        except Exception as exc:
+            await queue.put(_ReadFailure(exc))
+        else:
+            await queue.put(_DONE)
+
+    async def batches() -> AsyncGenerator[Sequence[Any], None]:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _ReadFailure):
+                raise item.error
+            yield item
+
+    producer = asyncio.get_running_loop().create_task(produce())
+    try:
+        async with contextlib.aclosing(batches()) as received:
+            rows_done, count = await _write_batches(target_engine, target_table, names, received)
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+    return CopyResult(rows_done, count, time.perf_counter() - started)
+
+
+async def copy_between_binds(
+    db: AsyncBind,
+    source: Source,
+    target: sa.Table | type,
+    *,
+    source_bind: BindKey = _AUTO,
+    target_bind: BindKey = _AUTO,
+    columns: Sequence[str] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> CopyResult:
+    """:func:`copy` with engines looked up by bind key; a table's own bind when no key is given."""
+    target_table = _as_table(target, "target")
+    if source_bind is _AUTO:
+        source_bind = _bind_key_of_source(source)
+    if target_bind is _AUTO:
+        target_bind = bind_key_of(target_table)
+    return await copy(
+        source,
+        target_table,
+        source_engine=db.get_engine(source_bind),
+        target_engine=db.get_engine(target_bind),
+        columns=columns,
+        batch_size=batch_size,
+    )
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+class _ReadFailure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be a positive integer, e.g. 10000.")
+
+
+def _as_table(obj: Any, what: str) -> sa.Table:
+    if isinstance(obj, sa.Table):
+        return obj
+    if isinstance(obj, type):
+        table: Any
+        try:
+            table = sa.inspect(obj).local_table
+        except sa.exc.NoInspectionAvailable:
+            table = None
+        if isinstance(table, sa.Table):
+            return table
+    raise ConfigError(
+        f"{what}={obj!r} is not a table; pass a sqlalchemy.Table, a mapped class "
+        "or (for the source) a select()."
+    )
+
+
+def _as_select(source: Any) -> sa.Select[Any]:
+    if isinstance(source, sa.Select):
+        return source
+    return sa.select(_as_table(source, "source"))
+
+
+def _plan(
+    source: Any, target: sa.Table, columns: Sequence[str] | None
+) -> tuple[sa.Select[Any], list[str]]:
+    """The SELECT to stream and the target column names its rows fill, in order."""
+    if isinstance(source, sa.Select):
+        names = [str(key) for key in source.selected_columns.keys()]
+        _check_columns(target, names, "the select()'s column names")
+        if columns is not None and list(columns) != names:
+            raise ConfigError(
+                "columns= cannot reorder a select(); label the select()'s columns with the "
+                f"target's names instead (the select() gives {names})."
+            )
+        return source, names
+    table = _as_table(source, "source")
+    if columns is not None:
+        names = list(columns)
+        _check_columns(target, names)
+        missing = [n for n in names if n not in table.c]
+        if missing:
+            raise ConfigError(
+                f"Source table {table.fullname!r} has no column(s) {missing}; "
+                f"it has {[c.name for c in table.columns]}."
+            )
+    else:
+        names = [c.name for c in target.columns if c.name in table.c]
+        if not names:
+            raise ConfigError(
+                f"Tables {table.fullname!r} and {target.fullname!r} have no column name in "
+                "common. Pass a select() whose columns are labelled with the target's names."
+            )
+    return sa.select(*(table.c[n] for n in names)), names
+
+
+def _check_columns(table: sa.Table, names: Sequence[str], what: str = "columns=") -> None:
+    unknown = [n for n in names if n not in table.c]
+    if unknown or not names or len(set(names)) != len(names):
+        problem = f"unknown column(s) {unknown}" if unknown else "no column or a repeated one"
+        raise ConfigError(
+            f"Target table {table.fullname!r}: {what} has {problem} ({list(names)}); "
+            f"the table has {[c.name for c in table.columns]}."
+        )
+
+
+def _bind_key_of_source(source: Any) -> BindKey:
+    if not isinstance(source, sa.Select):
+        return bind_key_of(_as_table(source, "source"))
+    tables: dict[Hashable | None, set[str]] = {}
+    for table in sql_util.find_tables(source, include_joins=True, include_aliases=True):
+        if isinstance(table, sa.Table):
+            tables.setdefault(bind_key_of(table), set()).add(table.fullname)
+    if len(tables) > 1:
+        raise CrossBindError(tables)
+    return next(iter(tables)) if tables else None  # type: ignore[return-value]
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _connection(bind: Bind) -> AsyncIterator[AsyncConnection]:
+    if isinstance(bind, AsyncConnection):
+        yield bind
+    else:
+        async with bind.connect() as conn:
+            yield conn
+
+
+async def _read_batches(
+    bind: Bind, select: sa.Select[Any], batch_size: int
+) -> AsyncGenerator[Sequence[sa.Row[Any]], None]:
+    own = not isinstance(bind, AsyncConnection)
+    async with _connection(bind) as conn:
+        result = await conn.stream(select.execution_options(yield_per=batch_size))
+        finished = False
+        try:
+            async for partition in result.partitions():
+                yield partition
+            finished = True
+        finally:
+            if finished or not own:
+                await result.close()
+            else:
+                # Stopped early: by an error, a cancellation or a consumer that left. Closing the
+                # result would read the rest of a MySQL result, or wait on a read that a
+                # cancellation interrupted half-way; discard our connection instead.
+                await conn.invalidate()
+
+
+# -- converting ------------------------------------------------------------------------------
+
+_UTC = dt.UTC
+
+
+def _utc_naive(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(_UTC).replace(tzinfo=None)
+    return value
+
+
+def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    while isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.impl_instance
+    return type_
+
+
+def _converter(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    """The function that turns a Python value into what ``dialect``'s driver takes for
+    ``column``, or None when the value goes as it is. Never called with None."""
+    steps: list[Callable[[Any], Any]] = []
+    base = _base_type(column.type)
+    if isinstance(base, sa.DateTime) and not (dialect.name == "postgresql" and base.timezone):
+        steps.append(_utc_naive)
+    impl = column.type.dialect_impl(dialect)
+    processor = impl.bind_processor(dialect)
+    if isinstance(impl, sa.Boolean) and dialect.supports_native_boolean:
+        # Only checks that the value is a bool; the driver checks that as well.
+        processor = None
+    if processor is not None:
+        steps.append(processor)
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+    first, second = steps
+
+    def both(value: Any) -> Any:
+        return second(first(value))
+
+    return both
+
+
+def _row_converter(
+    table: sa.Table, names: Sequence[str], dialect: sa.Dialect
+) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """Make one row driver-ready: a tuple of converted values, in ``names`` order."""
+    todo = [
+        (i, conv)
+        for i, name in enumerate(names)
+        if (conv := _converter(table.c[name], dialect)) is not None
+    ]
+    if not todo:
+        return tuple
+
+    def convert(row: Sequence[Any]) -> Sequence[Any]:
+        values = list(row)
+        for i, conv in todo:
+            value = values[i]
+            if value is not None:
+                values[i] = conv(value)
+        return tuple(values)
+
+    return convert
+
+
+async def _batched(
+    rows: Iterable[Any] | AsyncIterable[Any], names: Sequence[str], batch_size: int
+) -> AsyncGenerator[Sequence[Any], None]:
+    """Group rows into lists of ``batch_size``; mappings become sequences in ``names`` order."""
+    batch: list[Any] = []
+
+    def as_sequence(row: Any) -> Any:
+        if isinstance(row, Mapping):
+            try:
+                return tuple(row[name] for name in names)
+            except KeyError as exc:
+                raise ConfigError(
+                    f"A row has no value for column {exc.args[0]!r}: {dict(row)!r}. "
+                    "Give every column in columns=, or leave it out of columns=."
+                ) from None
+        return row
+
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            batch.append(as_sequence(row))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    else:
+        for row in rows:
+            batch.append(as_sequence(row))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Writes batches of rows into one table through one connection, with the driver's fast path."""
+
+    def __init__(self, conn: AsyncConnection, table: sa.Table, names: Sequence[str]) -> None:
+        dialect = conn.dialect
+        self._conn = conn
+        self._table = table
+        self._names = list(names)
+        self._convert = _row_converter(table, names, dialect)
+        self._copy = dialect.name == "postgresql" and dialect.driver == "asyncpg"
+        self._driver: Any = None
+        if not self._copy:
+            self._sql = _insert_sql(conn, table, names)
+
+    async def write(self, rows: Sequence[Any]) -> None:
+        convert = self._convert
+        records = [convert(row) for row in rows]
+        if self._copy:
+            driver = self._driver
+            if driver is None:
+                raw = await self._conn.get_raw_connection()
+                driver = self._driver = raw.driver_connection
+            schema = _schema_of(self._conn, self._table)
+            async with driver.transaction():
+                await driver.copy_records_to_table(
+                    self._table.name, records=records, columns=self._names, schema_name=schema
+                )
+        else:
+            await self._conn.exec_driver_sql(self._sql, records)
+
+
+def _schema_of(conn: AsyncConnection, table: sa.Table) -> str | None:
+    """``table``'s schema as ``conn`` sees it (after any ``schema_translate_map``)."""
+    sync = conn.sync_connection
+    return sync.schema_for_object(table) if sync is not None else table.schema
+
+
+def _insert_sql(conn: AsyncConnection, table: sa.Table, names: Sequence[str]) -> str:
+    """``INSERT INTO t (a, b) VALUES (?, ?)`` in the driver's own parameter style."""
+    dialect = conn.dialect
+    preparer = dialect.identifier_preparer
+    schema = _schema_of(conn, table)
+    target = preparer.format_table(table, use_schema=False)
+    if schema:
+        target = f"{preparer.quote_schema(schema)}.{target}"
+    column_list = ", ".join(preparer.quote(name) for name in names)
+    style = dialect.paramstyle
+    if style in ("format", "pyformat"):
+        target, column_list = target.replace("%", "%%"), column_list.replace("%", "%%")
+    if style == "qmark":
+        marks = ["?"] * len(names)
+    elif style in ("format", "pyformat"):
+        marks = ["%s"] * len(names)
+    elif style in ("numeric", "numeric_dollar"):
+        sign = "$" if style == "numeric_dollar" else ":"
+        marks = [f"{sign}{i}" for i in range(1, len(names) + 1)]
+    else:
+        raise BulkCopyError(
+            f"Driver {dialect.driver!r} uses parameter style {style!r}, which the bulk path does "
+            "not support; it supports qmark, format, pyformat and numeric.",
+            rows_copied=0,
+            table=table.fullname,
+        )
+    return f"INSERT INTO {target} ({column_list}) VALUES ({', '.join(marks)})"
+
+
+async def _write_batches(
+    target: Bind, table: sa.Table, names: Sequence[str], batches: AsyncIterator[Sequence[Any]]
+) -> tuple[int, int]:
+    """Write every batch, each in its own transaction; (rows, batches) written."""
+    rows_done = count = 0
+    async with _connection(target) as conn:
+        own = not isinstance(target, AsyncConnection)
+        writer = _Writer(conn, table, names)
+        try:
+            async for batch in batches:
+                if not batch:
+                    continue
+                try:
+                    if own:
+                        async with conn.begin():
+                            await writer.write(batch)
+                    else:
+                        async with conn.begin_nested():
+                            await writer.write(batch)
+                except Exception as exc:
+                    raise BulkCopyError(
+                        f"Writing to table {table.fullname!r} failed in batch {count + 1} "
+                        f"(rows {rows_done + 1} to {rows_done + len(batch)}), which was rolled "
+                        f"back; the {rows_done} row(s) before it landed. "
+                        f"Cause: {type(exc).__name__}: {_first_line(exc)}",
+                        rows_copied=rows_done,
+                        table=table.fullname,
+                    ) from exc
+                rows_done += len(batch)
+                count += 1
+        except BulkCopyError:
+            raise
+        except Exception as exc:
+            raise BulkCopyError(
+                f"Reading the rows for table {table.fullname!r} failed after {rows_done} row(s) "
+                f"had landed in {count} batch(es). Cause: {type(exc).__name__}: "
+                f"{_first_line(exc)}",
+                rows_copied=rows_done,
+                table=table.fullname,
+            ) from exc
+    return rows_done, count
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -1,0 +1,376 @@
+"""The :class:`AsyncBind` facade: config, engines, metadata, sessions and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from . import bulk, guards, schema
+from .config import (
+    ALL,
+    BindConfig,
+    BindKey,
+    config_from_env,
+    config_from_mapping,
+    parse_config,
+)
+from .engines import make_engine
+from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, format_key
+from .models import MetadataRegistry, make_model_base
+from .scoping import SessionFactory, SessionScope, run_to_completion
+from .session import Router, routing_session_class
+from .sharing import guarded_session_class, guarded_sync_session_class
+from .urls import render_url
+
+__all__ = ["AsyncBind", "SessionFactory"]
+
+logger = logging.getLogger("asyncbind")
+
+_NOT_CONFIGURED = (
+    "No database is configured on this AsyncBind. Pass a URL (AsyncBind('sqlite:///app.db')), "
+    "binds=..., use AsyncBind.from_config()/from_env(), or call configure() (an integration's "
+    "init_app() does) before using it."
+)
+
+
+class AsyncBind:
+    """An :class:`~sqlalchemy.ext.asyncio.AsyncEngine` per bind key, models that say which bind
+    they live in, and sessions that send each statement to the right one.
+
+    :param url: the default bind (key ``None``): a URL string, a :class:`sqlalchemy.URL`, or a dict
+        of engine options with a ``"url"``. May be omitted.
+    :param binds: the other binds, by key, configured the same way.
+    :param engine_options: :func:`~sqlalchemy.ext.asyncio.create_async_engine` options for every
+        bind; a bind's own dict overrides them.
+    :param session_options: :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` options;
+        ``expire_on_commit`` defaults to False.
+    :param model_class: a declarative base of your own, or a mixin for every model.
+    :param disable_autonaming: require ``__tablename__`` on every model instead of naming tables
+        after their class (``UserAccount`` -> ``user_account``) as Flask-SQLAlchemy does.
+
+    Everything is validated here, before any I/O; a bad config raises :class:`ConfigError`.
+    """
+
+    Model: Any
+    """The declarative base for models; set ``__bind_key__`` on a model to choose its bind."""
+
+    def __init__(
+        self,
+        url: str | sa.URL | Mapping[str, Any] | None = None,
+        *,
+        binds: Mapping[BindKey, Any] | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+        session_options: Mapping[str, Any] | None = None,
+        model_class: type | None = None,
+        disable_autonaming: bool = False,
+        app: Any = None,
+    ) -> None:
+        configs = parse_config(url, binds, engine_options)
+        self._session_options = _check_session_options(session_options)
+        self._router = Router()
+        self._configs: dict[BindKey, BindConfig] = {}
+        self._engines: dict[BindKey, AsyncEngine] = {}
+        self.engines: Mapping[BindKey, AsyncEngine] = MappingProxyType(self._engines)
+        """The engine of every configured bind, by key (read-only)."""
+        self.Model, default_metadata = make_model_base(
+            model_class, self._metadata_for, autoname=not disable_autonaming
+        )
+        self.metadatas = MetadataRegistry(default_metadata)
+        """The :class:`~sqlalchemy.MetaData` of every bind key that has tables, by key."""
+        self.sessionmaker: async_sessionmaker[AsyncSession] = self._make_sessionmaker()
+        """The :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` behind :attr:`session`."""
+        self.session = SessionFactory(self)
+        """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
+        current request's or task scope's session (see :meth:`scope`)."""
+        if configs:
+            self._install(configs)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Any) -> None:
+        """Set this AsyncBind up for a Quart ``app`` (``AsyncBind(app=app)`` calls it).
+
+        Reads Flask-SQLAlchemy's keys from ``app.config`` (``SQLALCHEMY_DATABASE_URI``,
+        ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``) unless the
+        AsyncBind was given its binds already; gives every app context (so every request) its
+        own ``db.session``, closed in teardown; disposes the engines when the app stops serving.
+        Starlette and FastAPI apps use :mod:`asyncbind.integrations.starlette` and
+        :mod:`asyncbind.integrations.fastapi` instead.
+        """
+        from .integrations import init_app
+
+        init_app(self, app)
+
+    def scope(self) -> SessionScope:
+        """``async with db.scope() as session:``: a session of this task, as ``db.session``.
+
+        Inside the block ``db.session.<attr>`` is this task's own session (the one returned);
+        it is closed when the block ends, rolling back whatever was not committed. For workers:
+        each of N concurrent tasks opens its own scope.
+        """
+        return SessionScope(self.session)
+
+    # -- configuration --------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, mapping: Mapping[str, Any], **kwargs: Any) -> AsyncBind:
+        """Configure from Flask-SQLAlchemy keys (``SQLALCHEMY_DATABASE_URI``, ``SQLALCHEMY_BINDS``,
+        ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``) in ``mapping``, e.g. ``app.config``."""
+        parsed = config_from_mapping(mapping)
+        return cls(parsed.url, binds=parsed.binds, engine_options=parsed.engine_options, **kwargs)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        prefix: str = "ASYNCBIND_",
+        **kwargs: Any,
+    ) -> AsyncBind:
+        """Configure from environment variables: ``ASYNCBIND_DATABASE_URL`` (the default bind),
+        ``ASYNCBIND_BIND_<NAME>`` (bind ``name``), ``ASYNCBIND_BINDS`` and
+        ``ASYNCBIND_ENGINE_OPTIONS`` (JSON objects), ``ASYNCBIND_ECHO``."""
+        parsed = config_from_env(environ, prefix=prefix)
+        return cls(parsed.url, binds=parsed.binds, engine_options=parsed.engine_options, **kwargs)
+
+    def configure(
+        self,
+        url: str | sa.URL | Mapping[str, Any] | None = None,
+        *,
+        binds: Mapping[BindKey, Any] | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Configure the binds of an AsyncBind created without any (frameworks do this at start-up).
+
+        Raises :class:`ConfigError` if it already has binds; call :meth:`dispose` and make a new
+        AsyncBind to change them.
+        """
+        if self._configs:
+            raise ConfigError(
+                f"{self!r} is already configured; configure() sets the binds of an AsyncBind "
+                "created without any."
+            )
+        configs = parse_config(url, binds, engine_options)
+        if not configs:
+            raise ConfigError("configure() was given no database. Pass a URL or binds={...}.")
+        self._install(configs)
+
+    def _install(self, configs: dict[BindKey, BindConfig]) -> None:
+        # Every engine is made before any is kept: a rejected bind leaves nothing behind.
+        engines = {key: make_engine(config) for key, config in configs.items()}
+        self._configs.update(configs)
+        self._engines.update(engines)
+        self._router.set_engines(
+            {k: e.sync_engine for k, e in self._engines.items()},
+            read_only=[k for k, c in self._configs.items() if c.read_only],
+        )
+        default = engines.get(None)
+        if default is not None and "bind" not in self._session_options:
+            self.sessionmaker.configure(bind=default)
+
+    def _make_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        options = dict(self._session_options)
+        sync_class = options.pop("sync_session_class", sa_orm.Session)
+        session_class = options.pop("class_", AsyncSession)
+        options.setdefault("expire_on_commit", False)
+        return async_sessionmaker(
+            class_=guarded_session_class(session_class),
+            sync_session_class=guarded_sync_session_class(
+                routing_session_class(self._router, sync_class)
+            ),
+            **options,
+        )
+
+    def _metadata_for(self, key: BindKey) -> sa.MetaData:
+        return self.metadatas.for_key(key)
+
+    # -- accessors --------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The default bind's engine (key ``None``)."""
+        return self.get_engine(None)
+
+    def get_engine(self, bind_key: BindKey = None) -> AsyncEngine:
+        """The engine of ``bind_key``; :class:`UnknownBindError` if it is not configured."""
+        if not self._configs:
+            raise NotConfiguredError(_NOT_CONFIGURED)
+        self._router.engine(bind_key, "get_engine()")  # raises UnknownBindError
+        return self._engines[bind_key]
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The default bind's metadata (key ``None``)."""
+        return self.metadatas[None]
+
+    def Table(self, name: str, *args: Any, bind_key: BindKey = None, **kwargs: Any) -> sa.Table:  # noqa: N802
+        """A :class:`sqlalchemy.Table` in the metadata of ``bind_key``.
+
+        ``db.Table("log", sa.Column("id", sa.Integer, primary_key=True), bind_key="appmeta")``
+        """
+        if args and isinstance(args[0], sa.MetaData):
+            metadata, args = args[0], args[1:]
+        else:
+            metadata = self.metadatas.for_key(bind_key)
+        return sa.Table(name, metadata, *args, **kwargs)
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _table_groups(self, bind_key: object) -> schema.TableGroups:
+        if not self._configs:
+            raise NotConfiguredError(_NOT_CONFIGURED)
+        keys = schema.select_keys(bind_key, self._configs)
+        return schema.tables_by_bind(list(self.metadatas.values()), keys, self._configs)
+
+    async def create_all(self, bind_key: BindKey | list[BindKey] = ALL) -> None:
+        """Create the tables of ``bind_key``'s binds that do not exist yet, binds concurrently.
+
+        ``bind_key`` is ``"__all__"`` (every bind), None, a key, or a list of those.
+        """
+        groups = self._table_groups(bind_key)
+        for key in [k for k in groups if self._configs[k].read_only]:
+            del groups[key]
+            logger.info("create_all: skipped read-only bind %s", format_key(key))
+
+        async def create(key: BindKey, engine: AsyncEngine) -> None:
+            async with engine.begin() as conn:
+                await conn.run_sync(schema.create_tables, groups[key])
+
+        await schema.run_per_bind("create_all", self._engines, list(groups), create)
+
+    async def drop_all(self, bind_key: BindKey | list[BindKey] = ALL) -> None:
+        """Drop the tables of ``bind_key``'s binds that exist, binds concurrently.
+
+        Read-only binds are refused (:class:`ReadOnlyBindError`, nothing dropped anywhere) when
+        named, and skipped when ``bind_key`` is ``"__all__"``.
+        """
+        groups = self._table_groups(bind_key)
+        for key in [k for k in groups if self._configs[k].read_only]:
+            if bind_key == ALL:
+                del groups[key]
+                logger.info("drop_all: skipped read-only bind %s", format_key(key))
+            else:
+                raise ReadOnlyBindError(key, "drop_all()")
+
+        async def drop(key: BindKey, engine: AsyncEngine) -> None:
+            async with engine.begin() as conn:
+                await conn.run_sync(schema.drop_tables, groups[key])
+
+        await schema.run_per_bind("drop_all", self._engines, list(groups), drop)
+
+    async def reflect(self, bind_key: BindKey | list[BindKey] = ALL, **kwargs: Any) -> None:
+        """Load the tables of ``bind_key``'s databases into :attr:`metadatas`, binds concurrently.
+
+        ``kwargs`` go to :meth:`sqlalchemy.MetaData.reflect` (``only=``, ``schema=``, ``views=``).
+        """
+        if not self._configs:
+            raise NotConfiguredError(_NOT_CONFIGURED)
+        keys = schema.select_keys(bind_key, self._configs)
+        metadatas = {key: self.metadatas.for_key(key) for key in keys}
+
+        async def reflect(key: BindKey, engine: AsyncEngine) -> None:
+            async with engine.connect() as conn:
+                await conn.run_sync(lambda sync: metadatas[key].reflect(sync, **kwargs))
+
+        await schema.run_per_bind("reflect", self._engines, keys, reflect)
+
+    async def copy(
+        self,
+        source: Any,
+        target: Any,
+        *,
+        source_bind: Any = bulk._AUTO,
+        target_bind: Any = bulk._AUTO,
+        columns: list[str] | None = None,
+        batch_size: int = bulk.BATCH_SIZE,
+    ) -> bulk.CopyResult:
+        """Copy the rows of ``source`` (a Table, a mapped class or a ``select()``) into ``target``
+        (a Table or mapped class), streaming from one bind and loading at driver speed into another.
+
+        The binds default to the tables' own; ``source_bind=`` / ``target_bind=`` name others.
+        Each batch of ``batch_size`` rows is committed as it lands; on failure that batch is rolled
+        back and :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``.
+        See :mod:`asyncbind.bulk`.
+        """
+        return await bulk.copy_between_binds(
+            self,
+            source,
+            target,
+            source_bind=source_bind,
+            target_bind=target_bind,
+            columns=columns,
+            batch_size=batch_size,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def dispose(self) -> None:
+        """Close every pooled connection of every bind, concurrently.
+
+        Safe to call more than once; the engines stay usable and open new connections on demand
+        (in the event loop that uses them next).
+        """
+        loop = asyncio.get_running_loop()
+
+        async def dispose(engine: AsyncEngine) -> None:
+            # Connections made in another (perhaps closed) loop cannot be closed from this one:
+            # drop them instead, as SQLAlchemy recommends after a fork.
+            owner = guards.pool_loop(engine)
+            await engine.dispose(close=owner is None or owner is loop)
+
+        engines = list(self._engines.values())
+        if len(engines) == 1:
+            await dispose(engines[0])
+        elif engines:
+            async with asyncio.TaskGroup() as group:
+                for engine in engines:
+                    group.create_task(dispose(engine))
+
+    async def __aenter__(self) -> AsyncBind:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Disposing finishes even if this task is cancelled meanwhile.
+        await run_to_completion(self.dispose())
+
+    def __repr__(self) -> str:
+        binds = ", ".join(
+            f"{'None' if k is None else repr(k)}: {render_url(c.url)!r}"
+            for k, c in self._configs.items()
+        )
+        return f"<AsyncBind {{{binds}}}>" if binds else "<AsyncBind (not configured)>"
+
+
+def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(
+            f"session_options= must be a mapping of async_sessionmaker() options, "
+            f"not {type(options).__name__}. Example: session_options={{'autoflush': False}}."
+        )
+    options = dict(options)
+    sync_class = options.get("sync_session_class", sa_orm.Session)
+    if not (isinstance(sync_class, type) and issubclass(sync_class, sa_orm.Session)):
+        raise ConfigError(
+            "session_options['sync_session_class'] must be a sqlalchemy.orm.Session subclass; "
+            "asyncbind mixes its routing into it."
+        )
+    session_class = options.get("class_", AsyncSession)
+    if not (isinstance(session_class, type) and issubclass(session_class, AsyncSession)):
+        raise ConfigError(
+            "session_options['class_'] must be a sqlalchemy.ext.asyncio.AsyncSession subclass."
+        )
+    return options

@@ -1,0 +1,256 @@
+"""The errors asyncbind raises.
+
+Every error is an :class:`AsyncBindError`; the configuration and lookup errors are also the
+matching built-in exception (``ValueError``, ``LookupError``) so that callers can catch them by
+meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+__all__ = [
+    "AsyncBindError",
+    "BindErrors",
+    "BindUnavailableError",
+    "BulkCopyError",
+    "ConfigError",
+    "CrossBindError",
+    "NoCurrentSessionError",
+    "NotConfiguredError",
+    "PoolTimeoutError",
+    "ReadOnlyBindError",
+    "SessionSharedError",
+    "StatementTimeoutError",
+    "UnknownBindError",
+    "WrongEventLoopError",
+    "format_key",
+    "format_keys",
+]
+
+
+def format_key(key: Hashable | None) -> str:
+    """Render a bind key the way messages show it: ``None`` bare, names quoted."""
+    return "None" if key is None else repr(key)
+
+
+def format_keys(keys: Iterable[Hashable | None]) -> str:
+    """Render several bind keys, the default key first and the rest sorted."""
+    ordered = sorted(keys, key=lambda k: (k is not None, str(k)))
+    return ", ".join(format_key(k) for k in ordered) or "none"
+
+
+class AsyncBindError(Exception):
+    """The base of every error raised by asyncbind."""
+
+
+class ConfigError(AsyncBindError, ValueError):
+    """A bind's configuration is invalid; raised before any connection is made."""
+
+
+class NotConfiguredError(AsyncBindError):
+    """The :class:`~asyncbind.AsyncBind` was used before any database was configured."""
+
+
+class NoCurrentSessionError(AsyncBindError, RuntimeError):
+    """``db.session.<attr>`` was used where there is no current session.
+
+    The current session is the one of the request (an integration), the app context (Quart) or
+    the task scope (``async with db.scope():``) being run; outside all of them there is none.
+    """
+
+
+class SessionSharedError(AsyncBindError):
+    """One session was used by two tasks at once.
+
+    A session and its connection belong to one task at a time; used from two, SQLAlchemy fails
+    intermittently (``IllegalStateChangeError``) or leaks a connection, so asyncbind refuses the
+    second task. ``operation`` is what the refused task called, ``task`` its name, ``owner`` the
+    name of the task using the session and ``running`` what that task has in flight.
+    """
+
+    def __init__(self, operation: str, *, task: str, owner: str, running: str) -> None:
+        self.operation = operation
+        self.task = task
+        self.owner = owner
+        self.running = running
+        super().__init__(
+            f"Task {task!r} called '{operation}' on a session that task {owner!r} is using "
+            f"(its '{running}' has not finished). A session belongs to one task at a time: give "
+            "each task its own, with 'async with db.scope():' inside the task (db.session is "
+            "then that task's session) or 'async with db.session() as session:'."
+        )
+
+
+class UnknownBindError(AsyncBindError, LookupError):
+    """A bind key has no engine configured.
+
+    ``key`` is the missing key and ``configured`` the keys that do have an engine.
+    """
+
+    def __init__(
+        self,
+        key: Hashable | None,
+        configured: Iterable[Hashable | None],
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.key = key
+        self.configured = tuple(configured)
+        where = f" used by {owner}" if owner else ""
+        super().__init__(
+            f"Bind key {format_key(key)}{where} is not configured "
+            f"(configured: {format_keys(self.configured)}). "
+            f"Add it to binds=... or fix the '__bind_key__' / 'bind_key=' that names it."
+        )
+
+
+class CrossBindError(AsyncBindError):
+    """One statement uses tables that live in different binds.
+
+    Such a statement cannot run in one database. ``keys`` are the bind keys involved and
+    ``tables`` maps each key to the names of its tables in the statement.
+    """
+
+    def __init__(self, tables: Mapping[Any, Iterable[str]]) -> None:
+        self.tables = {key: tuple(sorted(names)) for key, names in tables.items()}
+        self.keys = tuple(self.tables)
+        parts = "; ".join(
+            f"bind {format_key(key)}: {', '.join(repr(n) for n in names)}"
+            for key, names in sorted(
+                self.tables.items(), key=lambda kv: (kv[0] is not None, str(kv[0]))
+            )
+        )
+        super().__init__(
+            f"A statement uses tables of {len(self.tables)} binds ({parts}), "
+            "so no single database can run it. Split it into one statement per bind, "
+            "or move the tables into the same bind."
+        )
+
+
+class BindErrors(AsyncBindError, ExceptionGroup[Exception]):  # noqa: N818
+    """An operation over several binds failed on some of them.
+
+    The other binds ran to completion. ``errors`` maps each failed bind key to its cause; the
+    causes are also the group's ``exceptions``, so ``except*`` works.
+    """
+
+    errors: dict[Hashable | None, Exception]
+
+    def __new__(cls, operation: str, errors: Mapping[Hashable | None, Exception]) -> BindErrors:
+        details = "; ".join(
+            f"{format_key(key)}: {type(exc).__name__}: {exc}" for key, exc in errors.items()
+        )
+        message = f"{operation} failed on bind(s) {format_keys(errors)} ({details})"
+        self = super().__new__(cls, message, list(errors.values()))
+        self.errors = dict(errors)
+        return self
+
+    def __init__(self, operation: str, errors: Mapping[Hashable | None, Exception]) -> None:
+        super().__init__(self.message, list(errors.values()))
+
+    def derive(self, excs: Sequence[Exception]) -> ExceptionGroup[Exception]:  # type: ignore[override]
+        return ExceptionGroup(self.message, excs)
+
+
+class ReadOnlyBindError(AsyncBindError):
+    """A write was routed to a bind configured with ``read_only=True``; no SQL was sent."""
+
+    def __init__(self, key: Hashable | None, what: str) -> None:
+        self.key = key
+        super().__init__(
+            f"Bind {format_key(key)} is read-only, so {what} was refused before any SQL was sent. "
+            "Write to a writable bind, or drop 'read_only' from the bind's options."
+        )
+
+
+class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
+    """A bind could not be reached: connection refused or timed out, or lost mid-statement.
+
+    Also a :class:`sqlalchemy.exc.OperationalError`, so code that catches SQLAlchemy's errors keeps
+    working. ``bind_key`` names the bind; the driver's error is ``orig`` and ``__cause__``. The
+    connection involved has been discarded; the bind reconnects on its next use.
+    """
+
+    def __init__(
+        self,
+        bind_key: Hashable | None,
+        orig: BaseException,
+        statement: str | None = None,
+    ) -> None:
+        self.bind_key = bind_key
+        sa_exc.OperationalError.__init__(
+            self, statement, None, orig, hide_parameters=True, connection_invalidated=True
+        )
+
+    def __str__(self) -> str:
+        reason = f"{type(self.orig).__name__}: {self.orig}".rstrip(": ")
+        return (
+            f"Bind {format_key(self.bind_key)} is unavailable ({reason}). Check that its server "
+            "is up and reachable; the bind reconnects by itself on its next use."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.bind_key, self.orig, self.statement)
+
+
+class StatementTimeoutError(AsyncBindError, TimeoutError):
+    """A statement, commit or rollback on a bind took longer than its ``statement_timeout``.
+
+    The connection was discarded (its state is unknown); the session must be rolled back.
+    """
+
+    def __init__(
+        self, bind_key: Hashable | None, timeout: float, what: str = "a statement"
+    ) -> None:
+        self.bind_key = bind_key
+        self.timeout = timeout
+        super().__init__(
+            f"Bind {format_key(bind_key)}: {what} took longer than its statement_timeout of "
+            f"{timeout:g}s and was abandoned. Roll the session back and retry, or raise the "
+            "bind's 'statement_timeout'."
+        )
+
+
+class PoolTimeoutError(AsyncBindError, sa_exc.TimeoutError):
+    """No pooled connection of a bind became free within its ``pool_timeout``.
+
+    Also SQLAlchemy's :class:`sqlalchemy.exc.TimeoutError`, which it replaces.
+    """
+
+    def __init__(self, bind_key: Hashable | None, timeout: float | None) -> None:
+        self.bind_key = bind_key
+        waited = f" for {timeout:g}s" if timeout is not None else ""
+        super().__init__(
+            f"Bind {format_key(bind_key)}: every connection of its pool stayed in use{waited} "
+            "(pool_timeout). Raise 'pool_size' / 'max_overflow', keep transactions short, or set "
+            "'statement_timeout' so that a stuck statement gives its connection back."
+        )
+
+
+class WrongEventLoopError(AsyncBindError):
+    """A bind's pooled connections belong to another event loop than the one using them."""
+
+    def __init__(self, bind_key: Hashable | None) -> None:
+        self.bind_key = bind_key
+        super().__init__(
+            f"Bind {format_key(bind_key)} has connections that belong to another event loop. "
+            "Call 'await db.dispose()' before using the AsyncBind from a new loop "
+            "(for example between two asyncio.run() calls), or make one AsyncBind per loop."
+        )
+
+
+class BulkCopyError(AsyncBindError):
+    """A bulk copy or load stopped part-way.
+
+    The batch that failed was rolled back; the ``rows_copied`` rows of the batches before it are in
+    ``table`` (committed when the target was an engine). The driver's error is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, rows_copied: int, table: str) -> None:
+        self.rows_copied = rows_copied
+        self.table = table
+        super().__init__(message)

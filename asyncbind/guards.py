@@ -1,0 +1,266 @@
+"""What keeps one bind's trouble from spreading: timeouts, errors that name the bind, and pools
+that refuse to be used from a second event loop.
+
+- ``connect_timeout`` bounds a new connection, TCP and handshake both.
+- ``statement_timeout`` bounds each statement, commit and rollback on the client side, so a server
+  that stops answering (not only one that is slow) is abandoned. The connection is then discarded.
+- Connection failures become :class:`~asyncbind.exceptions.BindUnavailableError` and timeouts
+  :class:`~asyncbind.exceptions.StatementTimeoutError`, both naming the bind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import pool as sa_pool
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .config import BindConfig, BindKey
+from .exceptions import (
+    BindUnavailableError,
+    PoolTimeoutError,
+    StatementTimeoutError,
+    WrongEventLoopError,
+)
+
+__all__ = ["connector", "install", "loop_affine_pool", "mentions", "pool_loop"]
+
+_TIMEOUT_MARK = "_asyncbind_timeout"
+#: Seconds a connection may take to close politely before it is dropped, when the bind sets no
+#: timeout of its own.
+CLOSE_TIMEOUT = 10.0
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+def _aiomysql_open() -> Callable[..., Any]:
+    import aiomysql
+
+    async def open_aiomysql(*args: Any, **kwargs: Any) -> Any:
+        # aiomysql.connect() leaks its socket when cancelled mid-handshake; close it here.
+        conn = aiomysql.Connection(*args, **kwargs)
+        try:
+            await conn._connect()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return open_aiomysql
+
+
+_OPENERS: dict[str, Callable[[], Callable[..., Any]]] = {
+    "aiomysql": _aiomysql_open,
+    "asyncpg": lambda: __import__("asyncpg").connect,
+    "asyncmy": lambda: __import__("asyncmy").connect,
+    "psycopg": lambda: __import__("psycopg").AsyncConnection.connect,
+}
+
+
+def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[..., Any] | None:
+    """An ``async_creator_fn`` for ``driver``: connects within ``timeout`` (handshake included)
+    and turns a failure to reach the server into :class:`BindUnavailableError` naming ``key``.
+
+    None for drivers it does not know (and SQLite's, which open local files).
+    """
+    if driver not in _OPENERS:
+        return None
+    try:
+        open_connection = _OPENERS[driver]()
+    except ImportError:
+        return None  # create_async_engine() reports the missing driver
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                return await open_connection(*args, **kwargs)
+        except Exception as exc:
+            password = kwargs.get("password")
+            if not (password and mentions(exc, str(password))):
+                if isinstance(exc, TimeoutError) and timeout is not None:
+                    reason = TimeoutError(f"no connection within connect_timeout={timeout:g}s")
+                    raise BindUnavailableError(key, reason) from exc
+                if isinstance(exc, OSError):  # refused, unreachable, reset
+                    raise BindUnavailableError(key, exc) from exc
+                raise
+            # Some driver errors quote the password (aiomysql's UnicodeEncodeError does): keep
+            # the type, drop the text, and raise outside this block so that not even
+            # __context__ leads back to it.
+            hidden = ConnectionError(f"{type(exc).__name__} while connecting (details hidden)")
+        raise BindUnavailableError(key, hidden) from None
+
+    return connect
+
+
+def mentions(exc: BaseException, secret: str) -> bool:
+    """Whether ``exc`` or anything in its chain repeats ``secret``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if secret in str(current) or secret in repr(current) or secret in repr(current.args):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# -- statement timeout -------------------------------------------------------------------------
+
+
+class _Deadline:
+    """Cancels the current task if a driver call runs past its time."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+def _bounded(
+    method: Callable[..., Any],
+    timeout: float,
+    on_expiry: Callable[[tuple[Any, ...], asyncio.CancelledError], Any],
+) -> Callable[..., Any]:
+    """``method`` (a blocking-looking driver call run in SQLAlchemy's greenlet) cut short after
+    ``timeout`` seconds; ``on_expiry(args, cancellation)`` then decides what happens."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is None:
+            return method(*args, **kwargs)
+        deadline = _Deadline(task)
+        handle = task.get_loop().call_later(timeout, deadline.fire)
+        try:
+            return method(*args, **kwargs)
+        except asyncio.CancelledError as exc:
+            if not deadline.fired:
+                raise
+            task.uncancel()
+            return on_expiry(args, exc)
+        finally:
+            handle.cancel()
+
+    return call
+
+
+def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
+    """Bound the driver calls that can wait on the network for ever.
+
+    A statement, commit or rollback past ``statement_timeout`` raises; handle_error turns it into
+    StatementTimeoutError and discards the connection. A pre-ping past the statement (or connect)
+    timeout counts as a dead connection, so the pool opens a new one. Closing a connection is
+    bounded in any case: past the limit it is dropped without a goodbye.
+    """
+    statement = config.statement_timeout
+
+    def abandon(what: str) -> Callable[[tuple[Any, ...], asyncio.CancelledError], Any]:
+        def expire(_args: tuple[Any, ...], exc: asyncio.CancelledError) -> Any:
+            setattr(exc, _TIMEOUT_MARK, (statement, what))
+            raise exc
+
+        return expire
+
+    def terminate(result: Any) -> Callable[[tuple[Any, ...], asyncio.CancelledError], Any]:
+        def expire(args: tuple[Any, ...], _exc: asyncio.CancelledError) -> Any:
+            dialect.do_terminate(args[0])
+            return result
+
+        return expire
+
+    if statement is not None:
+        for name, what in (
+            ("do_execute", "a statement"),
+            ("do_executemany", "a statement"),
+            ("do_execute_no_params", "a statement"),
+            ("do_commit", "a commit"),
+            ("do_rollback", "a rollback"),
+        ):
+            setattr(dialect, name, _bounded(getattr(dialect, name), statement, abandon(what)))
+    ping = statement or config.connect_timeout
+    if ping is not None:
+        dialect.do_ping = _bounded(dialect.do_ping, ping, terminate(False))  # type: ignore[method-assign]
+    close = statement or config.connect_timeout or CLOSE_TIMEOUT
+    dialect.do_close = _bounded(dialect.do_close, close, terminate(None))  # type: ignore[method-assign]
+
+
+# -- errors that name the bind -----------------------------------------------------------------
+
+
+def _translator(key: BindKey) -> Callable[[ExceptionContext], BaseException | None]:
+    def translate(ctx: ExceptionContext) -> BaseException | None:
+        orig = ctx.original_exception
+        mark = getattr(orig, _TIMEOUT_MARK, None)
+        if mark is not None:
+            ctx.is_disconnect = True
+            return StatementTimeoutError(key, *mark)
+        if ctx.is_pre_ping or not isinstance(orig, Exception):
+            return None  # pre-ping recovers by itself; a cancellation stays a cancellation
+        if ctx.connection is None or ctx.is_disconnect or isinstance(orig, OSError):
+            return BindUnavailableError(key, orig, ctx.statement)
+        return None
+
+    return translate
+
+
+# -- event loops -------------------------------------------------------------------------------
+
+
+class _LoopAffinePool:
+    """Remembers the event loop its connections were made in and refuses any other one."""
+
+    _asyncbind_key: BindKey = None
+    _asyncbind_loop: asyncio.AbstractEventLoop | None = None
+
+    def _do_get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        owner = self._asyncbind_loop
+        if owner is not loop:
+            if owner is not None:
+                raise WrongEventLoopError(self._asyncbind_key)
+            self._asyncbind_loop = loop
+        try:
+            return super()._do_get()  # type: ignore[misc]
+        except sa_exc.TimeoutError as exc:
+            raise PoolTimeoutError(self._asyncbind_key, getattr(self, "_timeout", None)) from exc
+
+    def recreate(self) -> Any:
+        new = super().recreate()  # type: ignore[misc]
+        new._asyncbind_key = self._asyncbind_key
+        return new
+
+
+_AFFINE: dict[type[sa_pool.Pool], type[sa_pool.Pool]] = {}
+
+
+def loop_affine_pool(poolclass: type[sa_pool.Pool]) -> type[sa_pool.Pool]:
+    """``poolclass`` made to refuse use from a second event loop."""
+    affine = _AFFINE.get(poolclass)
+    if affine is None:
+        name = f"LoopAffine{poolclass.__name__}"
+        affine = _AFFINE[poolclass] = type(name, (_LoopAffinePool, poolclass), {})
+    return affine
+
+
+def pool_loop(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:
+    """The event loop ``engine``'s pooled connections belong to, if it has any."""
+    return getattr(engine.sync_engine.pool, "_asyncbind_loop", None)
+
+
+def install(engine: AsyncEngine, config: BindConfig) -> None:
+    """Wire the guards into a new engine of ``config``'s bind."""
+    sync_engine = engine.sync_engine
+    if isinstance(sync_engine.pool, _LoopAffinePool):
+        sync_engine.pool._asyncbind_key = config.key
+    sa.event.listen(sync_engine, "handle_error", _translator(config.key))
+    _install_timeouts(sync_engine.dialect, config)

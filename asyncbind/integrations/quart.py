@@ -1,0 +1,102 @@
+"""Quart: ``db.init_app(app)``, or ``AsyncBind(app=app)``.
+
+- The binds come from Flask-SQLAlchemy's keys in ``app.config`` (``SQLALCHEMY_DATABASE_URI``,
+  ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``), read and validated by
+  ``init_app``; an AsyncBind given its binds already keeps them.
+- The engines are made by ``init_app`` (no connection is opened until one is used).
+  ``before_serving`` resets their pools, so that the serving event loop starts with connections
+  of its own; ``after_serving`` disposes every engine.
+- Every app context gets its own ``db.session``, made on first use and closed in
+  ``teardown_appcontext``, which rolls back whatever was not committed (a failed request's work).
+  Quart pushes an app context per request and per websocket; ``async with app.app_context():``
+  blocks, CLI commands and ``app.add_background_task`` tasks have their own too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from quart import Quart, has_app_context
+from quart.globals import app_ctx
+
+from ..config import config_from_mapping, parse_config
+from ..exceptions import ConfigError
+from ..scoping import Scope, run_to_completion
+
+if TYPE_CHECKING:
+    from ..core import AsyncBind
+
+__all__ = ["init_app"]
+
+#: The key of ``app.extensions`` that holds the app's AsyncBind (Flask-SQLAlchemy's is
+#: ``"sqlalchemy"``).
+EXTENSION_KEY = "asyncbind"
+# The attribute of an AppContext that holds its scopes, one per AsyncBind.
+_SCOPES = "_asyncbind_scopes"
+
+
+def init_app(db: AsyncBind, app: Quart) -> None:
+    """Set ``db`` up for ``app``; see the module's documentation."""
+    registered = app.extensions.get(EXTENSION_KEY)
+    if registered is db:
+        return
+    if registered is not None:
+        raise ConfigError(
+            f"App {app.name!r} already has an AsyncBind ({registered!r}). "
+            "Import and use that one instead of making a second."
+        )
+    _configure(db, app)
+    app.extensions[EXTENSION_KEY] = db
+    factory = db.session
+
+    def current_scope() -> Scope | None:
+        if not has_app_context():
+            return None
+        ctx = app_ctx._get_current_object()
+        if ctx.app is not app:
+            return None
+        scopes: dict[object, Scope] | None = getattr(ctx, _SCOPES, None)
+        if scopes is None:
+            scopes = {}
+            setattr(ctx, _SCOPES, scopes)
+        scope = scopes.get(factory)
+        if scope is None:
+            scope = scopes[factory] = Scope(factory)
+        return scope
+
+    async def close_scope(exc: BaseException | None) -> None:
+        ctx = app_ctx._get_current_object()
+        scope = getattr(ctx, _SCOPES, {}).pop(factory, None)
+        if scope is not None:
+            await scope.end()
+
+    async def reset_pools() -> None:
+        await run_to_completion(db.dispose())
+
+    factory._add_provider(current_scope)
+    app.teardown_appcontext(close_scope)
+    app.before_serving(reset_pools)
+    app.after_serving(reset_pools)
+
+
+def _configure(db: AsyncBind, app: Quart) -> None:
+    config: Any = app.config
+    if config.get("SQLALCHEMY_DATABASE_URI") is None and not config.get("SQLALCHEMY_BINDS"):
+        if db.engines:
+            return  # configured by its constructor
+        raise ConfigError(
+            f"Neither 'SQLALCHEMY_DATABASE_URI' nor 'SQLALCHEMY_BINDS' is set in the config of "
+            f"app {app.name!r}. Set one before calling 'db.init_app(app)', or pass the URL to "
+            "AsyncBind(...)."
+        )
+    parsed = config_from_mapping(config)
+    if db.engines:
+        configs = parse_config(parsed.url, parsed.binds, parsed.engine_options)
+        if configs == db._configs:
+            return  # the same binds, for example a second app of one app factory
+        raise ConfigError(
+            f"{db!r} is already configured, with other binds than the config of app "
+            f"{app.name!r}. An AsyncBind has one set of binds: make one AsyncBind per set, or "
+            "configure it in one place only (app.config or AsyncBind(...))."
+        )
+    db.configure(parsed.url, binds=parsed.binds, engine_options=parsed.engine_options)

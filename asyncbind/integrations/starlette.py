@@ -1,0 +1,112 @@
+"""Starlette: a lifespan that opens and disposes the binds, and a middleware that gives each request
+its own session.
+
+::
+
+    db = AsyncBind("postgresql://...", binds={"users": "mysql://..."})
+    app = Starlette(
+        routes=[...],
+        lifespan=lifespan(db),
+        middleware=[Middleware(AsyncBindMiddleware, db=db)],
+    )
+
+    async def handler(request):
+        session = request.state.session  # also db.session, for this request
+        ...
+        await session.commit()
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import NotConfiguredError
+from ..scoping import run_to_completion
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from ..core import AsyncBind
+
+__all__ = ["AsyncBindMiddleware", "lifespan"]
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+
+def lifespan(db: AsyncBind, inner: Lifespan | None = None) -> Lifespan:
+    """A lifespan for ``Starlette(lifespan=...)`` (or FastAPI's) that opens and disposes ``db``.
+
+    At start-up it checks that ``db`` has binds and resets their pools, so that the serving event
+    loop starts with connections of its own; at shutdown it disposes every engine, even when the
+    app's own lifespan ``inner`` (run inside it, its state passed on) fails.
+    """
+
+    @asynccontextmanager
+    async def db_lifespan(app: Any) -> AsyncIterator[Mapping[str, Any] | None]:
+        if not db.engines:
+            raise NotConfiguredError(
+                "The app is starting with an AsyncBind that has no database configured. Pass a "
+                "URL, AsyncBind('postgresql://...', binds={...}), or call db.configure(...) "
+                "before the app starts."
+            )
+        await run_to_completion(db.dispose())
+        try:
+            if inner is None:
+                yield None
+            else:
+                async with inner(app) as state:
+                    yield state
+        finally:
+            await run_to_completion(db.dispose())
+
+    return db_lifespan
+
+
+class AsyncBindMiddleware:
+    """Gives each HTTP request and websocket a session of its own, and always closes it.
+
+    The session is ``request.state.session`` (``state_key`` names it) and, for the request's
+    task, ``db.session``. Closing rolls back whatever was not committed.
+
+    :param autocommit: False (the default): the handler commits. True: the session is committed
+        when the handler's response has a status below 400, just before the response starts (so
+        a failed commit becomes a 500, not a lost write behind a 200), and rolled back otherwise.
+        Websockets always commit themselves.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        db: AsyncBind,
+        *,
+        autocommit: bool = False,
+        state_key: str = "session",
+    ) -> None:
+        self.app = app
+        self.db = db
+        self.autocommit = autocommit
+        self.state_key = state_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        async with self.db.scope() as session:
+            # A new state dict: the server's may be shared with the lifespan's.
+            scope["state"] = {**scope.get("state", {}), self.state_key: session}
+            if not (self.autocommit and kind == "http"):
+                await self.app(scope, receive, send)
+                return
+
+            async def send_after_commit(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    if message["status"] < 400:
+                        await session.commit()
+                    else:
+                        await session.rollback()
+                await send(message)
+
+            await self.app(scope, receive, send_after_commit)

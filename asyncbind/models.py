@@ -1,0 +1,221 @@
+"""Declarative models and tables that know which bind they live in.
+
+Every bind key has its own :class:`~sqlalchemy.MetaData` with ``info["bind_key"]`` set. A model's
+``__bind_key__`` (inherited from parents, abstract bases and mixins like any class attribute)
+chooses the metadata its table is created in; ``db.Table(..., bind_key=...)`` does the same for a
+Core table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
+
+from .config import BindKey
+from .exceptions import ConfigError
+
+__all__ = [
+    "AutoTableName",
+    "BindKeyMixin",
+    "MetadataRegistry",
+    "bind_key_of",
+    "make_model_base",
+    "table_name_for",
+]
+
+_MISSING: Any = object()
+
+
+def bind_key_of(table: sa.FromClause) -> BindKey:
+    """The bind key of ``table``: its own ``info["bind_key"]``, else its metadata's, else None."""
+    info = table.info if isinstance(table, sa.Table) else {}
+    key = info.get("bind_key", _MISSING)
+    if key is _MISSING:
+        metadata = getattr(table, "metadata", None)
+        key = metadata.info.get("bind_key") if metadata is not None else None
+    return key  # type: ignore[no-any-return]
+
+
+class MetadataRegistry(dict[BindKey, sa.MetaData]):
+    """``db.metadatas``: one MetaData per bind key, made on first use.
+
+    A new key's metadata copies the default metadata's naming convention, so constraint names are
+    the same in every bind.
+    """
+
+    def __init__(self, default: sa.MetaData) -> None:
+        super().__init__()
+        default.info.setdefault("bind_key", None)
+        self[default.info["bind_key"]] = default
+
+    def for_key(self, key: BindKey) -> sa.MetaData:
+        metadata = self.get(key)
+        if metadata is None:
+            default = self.get(None)
+            convention = default.naming_convention if default is not None else None
+            metadata = sa.MetaData(naming_convention=convention, info={"bind_key": key})
+            self[key] = metadata
+        return metadata
+
+
+class BindKeyMixin:
+    """Puts each mapped subclass's table in the metadata of its ``__bind_key__``.
+
+    ``db.Model`` has it. For models that type checkers understand, put it in a declarative base
+    of your own and hand that to asyncbind, which then uses it as ``db.Model``::
+
+        class Base(BindKeyMixin, DeclarativeBase):
+            pass
+
+        db = AsyncBind(..., model_class=Base)
+
+        class User(Base):
+            __bind_key__ = "users"
+            __tablename__ = "users"
+    """
+
+    __asyncbind_metadata__: ClassVar[Callable[[BindKey], sa.MetaData]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        own = cls.__dict__
+        if (
+            "__asyncbind_metadata__" not in own
+            and "metadata" not in own
+            and "__table__" not in own
+            and hasattr(cls, "__bind_key__")
+        ):
+            key = cls.__bind_key__
+            if key is not None and not isinstance(key, str):
+                raise ConfigError(
+                    f"Model {cls.__name__!r}: __bind_key__ is {key!r}; "
+                    "expected a bind key string, or None for the default bind."
+                )
+            metadata = cls.__asyncbind_metadata__(key)
+            if getattr(cls, "metadata", None) is not metadata:
+                cls.metadata = metadata  # type: ignore[attr-defined]
+        super().__init_subclass__(**kwargs)
+
+
+def table_name_for(class_name: str) -> str:
+    """Flask-SQLAlchemy's table name for a model class: ``UserAccount`` -> ``user_account``."""
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name)
+    return snake.lower().lstrip("_")
+
+
+def _is_model(cls: type) -> bool:
+    return issubclass(cls, BindKeyMixin) and "__asyncbind_metadata__" not in cls.__dict__
+
+
+def _wants_table_name(cls: type) -> bool:
+    """Whether ``cls`` should get an automatic ``__tablename__``, as in Flask-SQLAlchemy."""
+    own = cls.__dict__
+    if own.get("__abstract__", False) or "__table__" in own:
+        return False
+    for base in cls.__mro__:
+        if "__tablename__" not in base.__dict__:
+            continue
+        if isinstance(base.__dict__["__tablename__"], sa_orm.declared_attr):
+            return False
+        # A mapped parent's name is its own; a mixin's or abstract base's is meant to be shared.
+        return not (base is cls or base.__dict__.get("__abstract__", False) or not _is_model(base))
+    return True
+
+
+class AutoTableName:
+    """Names each model's table after its class unless ``__tablename__`` is given.
+
+    A subclass that declares no primary key of its own stays on its parent's table (single-table
+    inheritance); one that does gets its own (joined inheritance), as in Flask-SQLAlchemy.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        named = "__asyncbind_metadata__" not in cls.__dict__ and _wants_table_name(cls)
+        if named:
+            cls.__tablename__ = table_name_for(cls.__name__)  # type: ignore[attr-defined]
+        super().__init_subclass__(**kwargs)
+        if named and cls.__dict__.get("__table__", _MISSING) is None:
+            del cls.__table__  # type: ignore[attr-defined]  # single-table inheritance
+
+    @classmethod
+    def __table_cls__(cls, *args: Any, **kwargs: Any) -> sa.Table | None:
+        has_primary_key = any(
+            (isinstance(arg, sa.Column) and arg.primary_key)
+            or isinstance(arg, sa.PrimaryKeyConstraint)
+            for arg in args
+        )
+        parent_has_table = any("__table__" in base.__dict__ for base in cls.__mro__[1:])
+        if has_primary_key or not parent_has_table:
+            return sa.Table(*args, **kwargs)
+        del cls.__tablename__  # type: ignore[attr-defined]
+        return None
+
+
+class _Repr:
+    """A repr that names the class and primary key, without loading anything."""
+
+    def __repr__(self) -> str:
+        state = sa.inspect(self)
+        if state.identity is None:
+            return f"<{type(self).__name__} (transient {id(self):#x})>"
+        ident = ", ".join(map(str, state.identity))
+        return f"<{type(self).__name__} {ident}>"
+
+
+def _is_declarative_base(cls: type) -> bool:
+    return issubclass(cls, sa_orm.DeclarativeBase | sa_orm.DeclarativeBaseNoMeta) or isinstance(
+        cls, sa_orm.DeclarativeMeta
+    )
+
+
+def make_model_base(
+    model_class: type | None,
+    metadata: Callable[[BindKey], sa.MetaData],
+    *,
+    autoname: bool = True,
+) -> tuple[type[Any], sa.MetaData]:
+    """Build ``db.Model`` and return it with its default metadata.
+
+    ``model_class`` may be a declarative base of the user's own (its metadata becomes the default
+    bind's), a plain class whose methods every model should have, or None. With ``autoname``,
+    models without ``__tablename__`` are named after their class.
+    """
+    hook = staticmethod(metadata)
+    naming: tuple[type, ...] = (AutoTableName,) if autoname else ()
+    if model_class is not None and not isinstance(model_class, type):
+        raise ConfigError(
+            f"model_class= must be a class (a DeclarativeBase subclass or a mixin), "
+            f"not {type(model_class).__name__}."
+        )
+    if model_class is not None and _is_declarative_base(model_class):
+        if hasattr(model_class, "__mapper__"):
+            raise ConfigError(
+                f"model_class={model_class.__name__!r} is a mapped class; pass its declarative "
+                "base (the class that subclasses DeclarativeBase) instead."
+            )
+        registry = model_class.registry  # type: ignore[attr-defined]
+        default = getattr(model_class, "metadata", None) or registry.metadata
+        if issubclass(model_class, BindKeyMixin):
+            # The user's own base already routes by __bind_key__: it is db.Model itself.
+            if "__asyncbind_metadata__" in model_class.__dict__:
+                raise ConfigError(
+                    f"model_class={model_class.__name__!r} already belongs to another AsyncBind; "
+                    "give each AsyncBind a declarative base of its own."
+                )
+            model_class.__asyncbind_metadata__ = hook
+            return model_class, default
+        metaclass: Any = type(model_class)
+        base = metaclass(
+            "Model",
+            (BindKeyMixin, *naming, model_class),
+            {"__abstract__": True, "__asyncbind_metadata__": hook, "__module__": __name__},
+        )
+        return base, default
+    default = sa.MetaData(info={"bind_key": None})
+    mixins = (model_class,) if model_class else ()
+    bases = (BindKeyMixin, *naming, *mixins, _Repr, sa_orm.DeclarativeBase)
+    body = {"metadata": default, "__asyncbind_metadata__": hook, "__module__": __name__}
+    return type("Model", bases, body), default

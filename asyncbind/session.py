@@ -1,0 +1,217 @@
+"""Routing: which engine a statement goes to.
+
+SQLAlchemy asks the *sync* :class:`~sqlalchemy.orm.Session` wrapped by an ``AsyncSession`` for its
+bind, never ``AsyncSession.get_bind``. :class:`RoutingSession` answers with the ``sync_engine`` of
+the right bind, in Flask-SQLAlchemy's order: an explicit ``bind``, an explicit ``bind_key``, the
+mapper's table, the tables in the statement, then the default bind.
+
+This runs on every statement. A mapper's bind is worked out once; a statement's bind is cached by
+the statement's SQL cache key, which SQLAlchemy memoizes on the statement and reuses to find the
+compiled SQL, so a cache hit costs a dict lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
+from sqlalchemy.sql import visitors
+
+from .config import BindKey
+from .exceptions import CrossBindError, ReadOnlyBindError, UnknownBindError
+from .models import bind_key_of
+
+__all__ = ["Router", "RoutingSession", "routing_session_class"]
+
+_MISSING: Any = object()
+#: How many statement shapes the router remembers (SQLAlchemy's compiled cache holds 500).
+STATEMENT_CACHE_SIZE = 1000
+
+
+class Router:
+    """Maps mappers and statements to the sync engine of their bind."""
+
+    __slots__ = ("_engines", "_mapper_keys", "_mappers", "_read_only", "_statements")
+
+    def __init__(self) -> None:
+        self._engines: dict[BindKey, sa.Engine] = {}
+        self._read_only: frozenset[BindKey] = frozenset()
+        self._mappers: dict[Any, sa.Engine] = {}
+        self._mapper_keys: dict[Any, tuple[BindKey, str, str]] = {}
+        self._statements: dict[Hashable, sa.Engine] = {}
+
+    def set_engines(
+        self, engines: Mapping[BindKey, sa.Engine], read_only: Iterable[BindKey] = ()
+    ) -> None:
+        """Route to ``engines`` from now on, forgetting every cached decision.
+
+        Writes routed to a ``read_only`` bind raise :class:`ReadOnlyBindError`.
+        """
+        self._engines = dict(engines)
+        self._read_only = frozenset(read_only)
+        self._mappers.clear()
+        self._mapper_keys.clear()
+        self._statements.clear()
+
+    def engine(self, key: BindKey, owner: str | None = None) -> sa.Engine:
+        """The engine of bind ``key``; :class:`UnknownBindError` when it has none."""
+        try:
+            return self._engines[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable key
+            raise UnknownBindError(key, self._engines, owner=owner) from None
+
+    def for_mapper(self, mapper: Any) -> sa.Engine:
+        engine = self._mappers.get(mapper)
+        if engine is None:
+            key, owner, _ = self._mapper_key(mapper)
+            engine = self._mappers[mapper] = self.engine(key, owner)
+        return engine
+
+    def for_statement(self, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
+        cache_key = clause._generate_cache_key()
+        if cache_key is None:
+            return self._resolve(mapper, clause)
+        shape = (mapper, cache_key.key)
+        engine = self._statements.get(shape)
+        if engine is None:
+            engine = self._resolve(mapper, clause)
+            if len(self._statements) >= STATEMENT_CACHE_SIZE:
+                self._statements.clear()
+            self._statements[shape] = engine
+        return engine
+
+    def _mapper_key(self, mapper: Any) -> tuple[BindKey, str, str]:
+        """A mapper's bind key, the model's name and its table's, worked out once."""
+        found = self._mapper_keys.get(mapper)
+        if found is None:
+            inspected = sa.inspect(mapper).mapper
+            keys = _keys_of(_tables_in(inspected.local_table))
+            if len(keys) > 1:
+                raise CrossBindError(keys)
+            key = next(iter(keys)) if keys else None
+            owner = f"model {inspected.class_.__name__!r}"
+            found = self._mapper_keys[mapper] = (key, owner, inspected.local_table.description)
+        return found
+
+    def _resolve(self, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
+        keys = _keys_of(_tables_in(clause))
+        owner = None
+        if mapper is not None:
+            key, owner, table = self._mapper_key(mapper)
+            keys.setdefault(key, set()).add(table)
+        if len(keys) > 1:
+            raise CrossBindError(keys)
+        if not keys:
+            return self.engine(None, "a statement with no tables (text(), a function, ...)")
+        key = next(iter(keys))
+        if owner is None:
+            owner = f"table {next(iter(keys[key]))!r}"
+        engine = self.engine(key, owner)
+        if key in self._read_only:
+            if isinstance(clause, sa.schema.ExecutableDDLElement):
+                raise ReadOnlyBindError(key, f"DDL on {owner}")
+            if clause.is_dml:
+                verb = type(clause).__name__.upper()
+                raise ReadOnlyBindError(key, f"a {verb} statement on {owner}")
+        return engine
+
+    def check_flush(self, session: sa_orm.Session) -> None:
+        """Refuse a flush that would write to a read-only bind."""
+        if not self._read_only:
+            return
+        for obj in (*session.new, *session.deleted, *session.dirty):
+            key, owner, _ = self._mapper_key(sa.inspect(obj).mapper)
+            if key in self._read_only and (obj not in session.dirty or session.is_modified(obj)):
+                raise ReadOnlyBindError(key, f"a flush writing {owner}")
+
+
+def _tables_in(clause: Any) -> Iterable[sa.Table]:
+    """The tables a statement, DDL construct or selectable refers to."""
+    if isinstance(clause, sa.Table):
+        yield clause
+        return
+    if isinstance(clause, sa.schema.ExecutableDDLElement):
+        target = clause.target
+        table = getattr(target, "table", target)
+        if isinstance(table, sa.Table):
+            yield table
+        return
+    for element in visitors.iterate(clause):
+        if isinstance(element, sa.Table):
+            yield element
+
+
+def _keys_of(tables: Iterable[sa.Table]) -> dict[BindKey, set[str]]:
+    keys: dict[BindKey, set[str]] = {}
+    for table in tables:
+        keys.setdefault(bind_key_of(table), set()).add(table.fullname)
+    return keys
+
+
+class RoutingSession(sa_orm.Session):
+    """A sync Session whose :meth:`get_bind` routes by bind key.
+
+    ``session.execute(stmt, bind_arguments={"bind_key": "users"})`` sends a statement to a bind by
+    name, for example a ``text()`` that has no tables to route by.
+    """
+
+    _asyncbind_router: ClassVar[Router]
+
+    # SQLAlchemy passes no statement to get_bind() for an ORM UNION / INTERSECT / EXCEPT, so it
+    # would go to the default bind whatever its tables; hand it over here.
+    def execute(self, statement: Any, params: Any = None, **kw: Any) -> Any:
+        if isinstance(statement, sa.CompoundSelect) and not kw.get("bind_arguments"):
+            kw["bind_arguments"] = {"clause": statement}
+        return super().execute(statement, params, **kw)
+
+    def scalar(self, statement: Any, params: Any = None, **kw: Any) -> Any:
+        if isinstance(statement, sa.CompoundSelect) and not kw.get("bind_arguments"):
+            kw["bind_arguments"] = {"clause": statement}
+        return super().scalar(statement, params, **kw)
+
+    def scalars(self, statement: Any, params: Any = None, **kw: Any) -> Any:
+        if isinstance(statement, sa.CompoundSelect) and not kw.get("bind_arguments"):
+            kw["bind_arguments"] = {"clause": statement}
+        return super().scalars(statement, params, **kw)
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        *,
+        clause: Any = None,
+        bind: Any = None,
+        bind_key: Any = _MISSING,
+        **kw: Any,
+    ) -> sa.Engine | sa.Connection:
+        if bind is not None:
+            return bind  # type: ignore[no-any-return]
+        router = self._asyncbind_router
+        if bind_key is not _MISSING:
+            return router.engine(bind_key, "bind_arguments={'bind_key': ...}")
+        if clause is not None:
+            return router.for_statement(mapper, clause)
+        if mapper is not None:
+            return router.for_mapper(mapper)
+        return router.engine(None, "a session operation with no statement")
+
+
+def routing_session_class(
+    router: Router, base: type[sa_orm.Session] = sa_orm.Session
+) -> type[RoutingSession]:
+    """A :class:`RoutingSession` subclass bound to ``router``, mixed with ``base`` if given."""
+    bases: tuple[type, ...]
+    if issubclass(base, RoutingSession):
+        bases = (base,)
+    elif base is sa_orm.Session:
+        bases = (RoutingSession,)
+    else:
+        bases = (RoutingSession, base)
+    cls = type("RoutingSession", bases, {"_asyncbind_router": router, "__module__": __name__})
+
+    def before_flush(session: sa_orm.Session, _context: Any, _instances: Any) -> None:
+        router.check_flush(session)
+
+    sa.event.listen(cls, "before_flush", before_flush)
+    return cls

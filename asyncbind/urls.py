@@ -1,0 +1,108 @@
+"""Database URLs: parsing, normalisation to an async driver, and safe rendering.
+
+This is the one place where a URL becomes text, and it always hides the password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from .exceptions import ConfigError, format_key
+
+__all__ = ["ASYNC_DRIVERS", "is_memory_sqlite", "normalize_url", "render_url"]
+
+#: The async driver a URL gets when it names a backend but no driver.
+ASYNC_DRIVERS: dict[str, str] = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def render_url(url: sa.URL) -> str:
+    """Render ``url`` as text with its password hidden."""
+    return url.render_as_string(hide_password=True)
+
+
+def _parse(value: object, key: Hashable | None) -> sa.URL:
+    if isinstance(value, sa.URL):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"Bind {format_key(key)}: the URL must be a string or a sqlalchemy.URL, "
+            f"not {type(value).__name__}. Example: 'postgresql://user@host/dbname'."
+        )
+    if not value.strip():
+        raise ConfigError(
+            f"Bind {format_key(key)}: the URL is empty. "
+            "Give a database URL such as 'sqlite:///app.db' or 'postgresql://user@host/dbname'."
+        )
+    try:
+        return sa.make_url(value)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        # The driver's message repeats the raw string, password and all: never chain it.
+        raise ConfigError(
+            f"Bind {format_key(key)}: the URL could not be parsed. Expected "
+            "'dialect[+driver]://user:password@host[:port]/database'; "
+            "percent-encode special characters in the user name and password."
+        ) from None
+
+
+def normalize_url(value: object, key: Hashable | None) -> sa.URL:
+    """Parse ``value`` and make sure it names an async driver.
+
+    A URL with no driver gets the default async one (see :data:`ASYNC_DRIVERS`). A URL that names
+    a driver keeps it when SQLAlchemy knows an async dialect for it; a sync-only driver or an
+    unknown backend raises :class:`ConfigError` naming the bind and the URL to use instead.
+    """
+    url = _parse(value, key)
+    backend, _, driver = url.drivername.partition("+")
+    if not driver:
+        if backend not in ASYNC_DRIVERS:
+            raise ConfigError(
+                f"Bind {format_key(key)}: scheme {backend!r} in {render_url(url)!r} names no "
+                f"async driver. Use {', '.join(f'{s}://' for s in ASYNC_DRIVERS)} (asyncbind "
+                "picks the async driver), or name one as 'dialect+driver://' "
+                "(for example 'mssql+aioodbc://...')."
+            )
+        return url.set(drivername=ASYNC_DRIVERS[backend])
+    if backend == "postgres":
+        url = url.set(drivername=f"postgresql+{driver}")
+    try:
+        dialect_cls = url.get_dialect()
+        is_async = dialect_cls.get_async_dialect_cls(url).is_async
+    except sa_exc.NoSuchModuleError:
+        raise ConfigError(
+            f"Bind {format_key(key)}: SQLAlchemy has no dialect {url.drivername!r} "
+            f"(in {render_url(url)!r}). Check the spelling of the scheme and driver."
+        ) from None
+    if not is_async:
+        suggestion = ASYNC_DRIVERS.get(backend)
+        fix = (
+            f"Use {render_url(url.set(drivername=suggestion))!r} instead."
+            if suggestion
+            else "Name an async driver for this database instead."
+        )
+        raise ConfigError(
+            f"Bind {format_key(key)}: driver {driver!r} in {render_url(url)!r} is not async; "
+            "asyncbind needs an async driver (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite). "
+            + fix
+        )
+    return url
+
+
+def is_memory_sqlite(url: sa.URL) -> bool:
+    """Whether ``url`` names an in-memory SQLite database."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    return database.startswith("file:") and (
+        url.query.get("mode") == "memory" or "mode=memory" in database
+    )

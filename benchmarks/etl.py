@@ -1,0 +1,303 @@
+"""etl: copy rows from a MariaDB bind (and from a SQLite bind) into a PostgreSQL bind.
+
+* raw-driver pipeline: aiomysql (or aiosqlite) streaming cursor -> asyncpg ``COPY``, batches of
+  10,000 in their own transactions, reading the next batch while the last one is written;
+* asyncbind: ``await db.copy(source, target)`` (see ``asyncbind.bulk``);
+* naive ORM: ``select(Source)`` into a list of objects, ``session.add_all(...)``, one commit.
+
+Then the peak Python memory of ``db.copy`` at two row counts five times apart, to show that it does
+not grow with the row count. Targets: asyncbind >= 0.8x the raw pipeline and >= 5x the naive ORM on
+MariaDB -> PostgreSQL, 200,000 rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from asyncbind import AsyncBind
+from asyncbind.bulk import BATCH_SIZE
+
+from .harness import Table
+from .servers import MYSQL, NAMES, POSTGRESQL, SQLITE, databases, unreachable, with_driver
+
+COLUMNS = ("id", "name", "amount", "day", "at", "flag", "note")
+
+
+def etl_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("amount", sa.Numeric(12, 2)),
+        sa.Column("day", sa.Date),
+        sa.Column("at", sa.DateTime),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("note", sa.Text),
+    ]
+
+
+def fill_sql(backend: str, rows: int) -> str:
+    """One statement that fills ``src`` with ``rows`` generated rows on the server."""
+    if backend == MYSQL:
+        return (
+            "INSERT INTO src (id, name, amount, day, at, flag, note) "
+            "SELECT seq, CONCAT('name ', seq), seq / 100, "
+            "DATE '2020-01-01' + INTERVAL MOD(seq, 1000) DAY, "
+            "TIMESTAMP '2020-01-01 00:00:00' + INTERVAL seq SECOND, MOD(seq, 2), "
+            "IF(MOD(seq, 5) = 0, NULL, REPEAT('x', MOD(seq, 40))) "
+            f"FROM seq_1_to_{rows}"
+        )
+    return (
+        f"WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {rows}) "
+        "INSERT INTO src (id, name, amount, day, at, flag, note) "
+        "SELECT n, 'name ' || n, round(n / 100.0, 2), "
+        "date('2020-01-01', '+' || (n % 1000) || ' days'), "
+        "datetime('2020-01-01', '+' || n || ' seconds'), n % 2, "
+        "CASE WHEN n % 5 = 0 THEN NULL ELSE substr('" + "x" * 40 + "', 1, n % 40) END FROM s"
+    )
+
+
+class Pipeline:
+    """The raw-driver pipeline: a streaming cursor feeding asyncpg COPY through a queue."""
+
+    def __init__(self, source: str, urls: dict[str, sa.URL]) -> None:
+        self.source = source
+        self.urls = urls
+        self.pg: Any = None
+        self.src: Any = None
+
+    async def start(self) -> None:
+        import asyncpg
+
+        pg = self.urls[POSTGRESQL]
+        self.pg = await asyncpg.connect(
+            host=pg.host,
+            port=pg.port or 5432,
+            user=pg.username,
+            password=pg.password,
+            database=pg.database,
+        )
+        if self.source == MYSQL:
+            import aiomysql
+
+            my = self.urls[MYSQL]
+            self.src = await aiomysql.connect(
+                host=my.host,
+                port=my.port or 3306,
+                user=my.username,
+                password=my.password or "",
+                db=my.database,
+                charset="utf8mb4",
+                autocommit=True,
+            )
+        else:
+            import aiosqlite
+
+            self.src = await aiosqlite.connect(self.urls[SQLITE].database)
+
+    async def read(self, queue: asyncio.Queue[Any]) -> None:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM src"
+        if self.source == MYSQL:
+            import aiomysql
+
+            async with self.src.cursor(aiomysql.SSCursor) as cursor:
+                await cursor.execute(sql)
+                while rows := await cursor.fetchmany(BATCH_SIZE):
+                    await queue.put(
+                        [
+                            (
+                                r[0],
+                                r[1],
+                                r[2],
+                                r[3],
+                                r[4],
+                                None if r[5] is None else r[5] == 1,
+                                r[6],
+                            )
+                            for r in rows
+                        ]
+                    )
+        else:
+            date, stamp, dec = dt.date.fromisoformat, dt.datetime.fromisoformat, decimal.Decimal
+            async with self.src.execute(sql) as cursor:
+                while rows := await cursor.fetchmany(BATCH_SIZE):
+                    await queue.put(
+                        [
+                            (
+                                r[0],
+                                r[1],
+                                None if r[2] is None else dec(str(r[2])),
+                                None if r[3] is None else date(r[3]),
+                                None if r[4] is None else stamp(r[4]),
+                                None if r[5] is None else r[5] == 1,
+                                r[6],
+                            )
+                            for r in rows
+                        ]
+                    )
+        await queue.put(None)
+
+    async def run(self) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        reader = asyncio.get_running_loop().create_task(self.read(queue))
+        while (batch := await queue.get()) is not None:
+            async with self.pg.transaction():
+                await self.pg.copy_records_to_table("dst", records=batch, columns=COLUMNS)
+        await reader
+
+    async def close(self) -> None:
+        await self.pg.close()
+        if self.source == MYSQL:
+            self.src.close()
+        else:
+            await self.src.close()
+
+
+async def main(options: Any) -> None:
+    rows = 5_000 if options.quick else 200_000
+    repeat = options.repeat or (2 if options.quick else 3)
+    memory_rows = (rows, rows * 5)
+    sources = [b for b in (MYSQL, SQLITE) if not await unreachable(b)]
+    if await unreachable(POSTGRESQL):
+        print(f"\netl: skipped ({await unreachable(POSTGRESQL)})")
+        return
+    async with databases("etl", POSTGRESQL, *sources) as urls:
+        keys = {POSTGRESQL: "pg", MYSQL: "my", SQLITE: "lite"}
+        db = AsyncBind(binds={keys[b]: urls[b] for b in urls})
+        src = {b: db.Table("src", *etl_columns(), bind_key=keys[b]) for b in sources}
+        dst = db.Table("dst", *etl_columns(), bind_key="pg")
+        await db.create_all()
+
+        class Base(sa_orm.DeclarativeBase):
+            pass
+
+        class Source(Base):
+            __table__ = sa.Table("src", sa.MetaData(), *etl_columns())
+
+        class Target(Base):
+            __table__ = sa.Table("dst", sa.MetaData(), *etl_columns())
+
+        drivers = {POSTGRESQL: "asyncpg", MYSQL: "aiomysql", SQLITE: "aiosqlite"}
+        plain = {b: create_async_engine(with_driver(urls[b], drivers[b])) for b in urls}
+
+        async def fill(backend: str, count: int) -> None:
+            async with db.get_engine(keys[backend]).begin() as conn:
+                await conn.execute(src[backend].delete())
+                await conn.exec_driver_sql(fill_sql(backend, count))
+
+        async def truncate() -> None:
+            async with db.get_engine("pg").begin() as conn:
+                await conn.exec_driver_sql("TRUNCATE dst")
+
+        def timed(work: Callable[[], Awaitable[Any]], doc: str) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                await truncate()
+                started = time.perf_counter()
+                await work()
+                return time.perf_counter() - started
+
+            run.__doc__ = doc
+            return run
+
+        pipelines: list[Pipeline] = []
+        try:
+            for backend in sources:
+                await fill(backend, rows)
+                pipeline = Pipeline(backend, urls)
+                await pipeline.start()
+                pipelines.append(pipeline)
+                raw_name = (
+                    "raw aiomysql -> asyncpg COPY"
+                    if backend == MYSQL
+                    else ("raw aiosqlite -> asyncpg COPY")
+                )
+
+                async def orm(backend: str = backend) -> None:
+                    async with async_sessionmaker(plain[backend])() as reader:
+                        objects = (await reader.scalars(sa.select(Source))).all()
+                    async with async_sessionmaker(plain[POSTGRESQL])() as writer:
+                        writer.add_all(
+                            Target(**{c: getattr(o, c) for c in COLUMNS}) for o in objects
+                        )
+                        await writer.commit()
+
+                table = Table(
+                    f"etl: {rows:,} rows {NAMES[backend]} -> PostgreSQL, {repeat} runs",
+                    repeat=repeat,
+                    ops=rows,
+                    unit="row",
+                    warmup=False,
+                )
+                table.case(
+                    raw_name,
+                    timed(pipeline.run, f"{raw_name}, streaming cursor, batches of {BATCH_SIZE:,}"),
+                )
+                table.case(
+                    "asyncbind",
+                    timed(
+                        lambda b=backend: db.copy(src[b], dst),
+                        "asyncbind db.copy(source, target)",
+                    ),
+                    vs=[raw_name, "naive ORM"],
+                )
+                table.case(
+                    "naive ORM",
+                    timed(orm, "naive ORM: select(Source) -> add_all(Target) -> commit"),
+                )
+                await table.run()
+                await _check_copied(db, dst, rows)
+
+            if MYSQL in sources:
+                print(f"\netl: peak Python memory (tracemalloc), {NAMES[MYSQL]} -> PostgreSQL")
+                for count in memory_rows:
+                    await fill(MYSQL, count)
+                    await truncate()
+                    peak = await _peak(lambda: db.copy(src[MYSQL], dst))
+                    print(f"  asyncbind db.copy(), {count:>9,} rows: peak {peak / 2**20:7.1f} MiB")
+                await fill(MYSQL, memory_rows[0])
+                await truncate()
+                peak = await _peak(lambda: orm_copy(plain, Source, Target))
+                rows_text = f"{memory_rows[0]:>9,}"
+                print(f"  naive ORM add_all,     {rows_text} rows: peak {peak / 2**20:7.1f} MiB")
+        finally:
+            for pipeline in pipelines:
+                await pipeline.close()
+            await db.drop_all()
+            await db.dispose()
+            for engine in plain.values():
+                await engine.dispose()
+
+
+async def orm_copy(plain: dict[str, Any], source: Any, target: Any) -> None:
+    async with async_sessionmaker(plain[MYSQL])() as reader:
+        objects = (await reader.scalars(sa.select(source))).all()
+    async with async_sessionmaker(plain[POSTGRESQL])() as writer:
+        writer.add_all(target(**{c: getattr(o, c) for c in COLUMNS}) for o in objects)
+        await writer.commit()
+
+
+async def _peak(work: Callable[[], Awaitable[Any]]) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        await work()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+async def _check_copied(db: AsyncBind, dst: sa.Table, rows: int) -> None:
+    async with db.get_engine("pg").connect() as conn:
+        copied = await conn.scalar(sa.select(sa.func.count()).select_from(dst))
+    if copied != rows:
+        raise RuntimeError(f"etl: the last case left {copied} rows in 'dst', expected {rows}")

@@ -1,0 +1,242 @@
+"""peers: the same lookups through what people use today.
+
+* Flask-SQLAlchemy 3.1 with binds: sync, psycopg 3 + PyMySQL, 16 threads, one app context (and so
+  one scoped session) per request;
+* sqlalchemy-bind-manager: async, one repository per bind, ``await repository.get(id)``;
+* asyncbind and a plain AsyncSession: 32 tasks over a pool of 16.
+
+Workloads: primary-key lookups on PostgreSQL, and requests doing one lookup on PostgreSQL and one on
+MariaDB. Targets: asyncbind >= 1.6x Flask-SQLAlchemy on PostgreSQL lookups, >= 1.25x on the mixed
+ones, and >= 1.05x sqlalchemy-bind-manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import lookups
+from .harness import SKIPPED_PEER, Table
+from .servers import MYSQL, POSTGRESQL, databases, unreachable, with_driver
+
+THREADS = 16
+
+
+def _plain_url(url: sa.URL, driver: str) -> str:
+    return with_driver(url, driver).render_as_string(hide_password=False)
+
+
+class FlaskSetup:
+    """Flask-SQLAlchemy with the default bind on PostgreSQL and bind 'my' on MariaDB."""
+
+    def __init__(self, urls: dict[str, sa.URL]) -> None:
+        from flask import Flask
+        from flask_sqlalchemy import SQLAlchemy
+
+        app = Flask("asyncbind_benchmarks")
+        app.config.update(
+            SQLALCHEMY_DATABASE_URI=_plain_url(urls[POSTGRESQL], "psycopg"),
+            SQLALCHEMY_BINDS={"my": _plain_url(urls[MYSQL], "pymysql")},
+            SQLALCHEMY_ENGINE_OPTIONS=dict(lookups.ENGINE_OPTIONS),
+        )
+        db = SQLAlchemy(app)
+
+        class FlaskPgItem(db.Model):  # type: ignore[name-defined,misc]
+            __table__ = sa.Table("item", db.metadatas[None], *lookups.item_columns())
+
+        class FlaskMyItem(db.Model):  # type: ignore[name-defined,misc]
+            __bind_key__ = "my"
+            __table__ = db.Table("item", *lookups.item_columns(), bind_key="my")
+
+        self.app, self.db, self.pg, self.my = app, db, FlaskPgItem, FlaskMyItem
+        self.executor = ThreadPoolExecutor(THREADS, thread_name_prefix="flask")
+
+    def get(self, key: int) -> Any:
+        with self.app.app_context():
+            return self.db.session.get(self.pg, key)
+
+    def mixed(self, key: int) -> Any:
+        with self.app.app_context():
+            return self.db.session.get(self.pg, key), self.db.session.get(self.my, key)
+
+    async def run(self, op: Callable[[int], Any], count: int) -> None:
+        keys = itertools.islice(itertools.cycle(lookups.ids()), count)
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    key = next(keys, None)
+                if key is None:
+                    return
+                op(key)
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.executor, worker) for _ in range(THREADS)))
+
+    def dispose(self) -> None:
+        with self.app.app_context():
+            for engine in self.db.engines.values():
+                engine.dispose()
+        self.executor.shutdown()
+
+
+class BindManagerSetup:
+    """sqlalchemy-bind-manager with async binds 'pg' and 'my', one repository each."""
+
+    def __init__(self, urls: dict[str, sa.URL]) -> None:
+        from sqlalchemy_bind_manager import SQLAlchemyBindManager, SQLAlchemyConfig
+        from sqlalchemy_bind_manager.repository import SQLAlchemyAsyncRepository
+
+        self.manager = SQLAlchemyBindManager(
+            {
+                key: SQLAlchemyConfig(
+                    engine_url=_plain_url(urls[backend], driver),
+                    engine_options=dict(lookups.ENGINE_OPTIONS),
+                    async_engine=True,
+                )
+                for key, backend, driver in (
+                    ("pg", POSTGRESQL, "asyncpg"),
+                    ("my", MYSQL, "aiomysql"),
+                )
+            }
+        )
+        self.repositories = {}
+        for key in ("pg", "my"):
+            bind = self.manager.get_bind(key)
+            base = bind.declarative_base
+            model = type(
+                f"BindManager{key.title()}Item",
+                (base,),
+                {"__table__": sa.Table("item", base.metadata, *lookups.item_columns())},
+            )
+            self.repositories[key] = SQLAlchemyAsyncRepository(bind=bind, model_class=model)
+
+    def get(self) -> lookups.Op:
+        repository = self.repositories["pg"]
+
+        async def op(key: int) -> Any:
+            return await repository.get(key)
+
+        return op
+
+    def mixed(self) -> lookups.Op:
+        pg, my = self.repositories["pg"], self.repositories["my"]
+
+        async def op(key: int) -> Any:
+            return await pg.get(key), await my.get(key)
+
+        return op
+
+    async def dispose(self) -> None:
+        for bind in self.manager.get_binds().values():
+            await bind.engine.dispose()
+
+
+def _flask_or_reason(urls: dict[str, sa.URL]) -> tuple[FlaskSetup | None, str | None]:
+    try:
+        import flask_sqlalchemy  # noqa: F401
+        import psycopg  # noqa: F401
+        import pymysql  # noqa: F401
+    except ImportError:
+        return None, SKIPPED_PEER
+    return FlaskSetup(urls), None
+
+
+def _bind_manager_or_reason(
+    urls: dict[str, sa.URL],
+) -> tuple[BindManagerSetup | None, str | None]:
+    try:
+        import sqlalchemy_bind_manager  # noqa: F401
+    except ImportError:
+        return None, SKIPPED_PEER
+    return BindManagerSetup(urls), None
+
+
+def _async_case(op: lookups.Op, count: int, doc: str) -> Any:
+    async def run() -> None:
+        await lookups.run_concurrently(op, count)
+
+    run.__doc__ = doc
+    return run
+
+
+async def main(options: Any) -> None:
+    count = 300 if options.quick else 3_000
+    repeat = options.repeat or (2 if options.quick else 7)
+    for backend in (POSTGRESQL, MYSQL):
+        reason = await unreachable(backend)
+        if reason:
+            print(f"\npeers: skipped ({reason})")
+            return
+    async with databases("peers", POSTGRESQL, MYSQL) as urls:
+        await lookups.fill(urls)
+        ours, plain = lookups.AsyncbindSetup(urls), lookups.PlainSetup(urls)
+        flask, flask_skip = _flask_or_reason(urls)
+        manager, manager_skip = _bind_manager_or_reason(urls)
+        try:
+            for workload, title in (
+                ("get", f"PostgreSQL primary-key lookups, {count} per run"),
+                (
+                    "mixed",
+                    f"requests with a lookup on PostgreSQL and one on MariaDB, {count} per run",
+                ),
+            ):
+                table = Table(
+                    f"peers, {title}, {repeat} runs",
+                    repeat=repeat,
+                    ops=count,
+                    unit="request",
+                )
+
+                async def flask_run(workload: str = workload) -> None:
+                    assert flask is not None
+                    await flask.run(getattr(flask, workload), count)
+
+                flask_run.__doc__ = (
+                    f"Flask-SQLAlchemy 3.1, sync psycopg + PyMySQL, {THREADS} threads"
+                )
+                table.case("Flask-SQLAlchemy", flask_run, skip=flask_skip)
+                table.case(
+                    "sqlalchemy-bind-manager",
+                    _async_case(
+                        manager.get() if workload == "get" else manager.mixed(),
+                        count,
+                        "sqlalchemy-bind-manager async repositories, 32 tasks",
+                    )
+                    if manager is not None
+                    else None,
+                    doc=None
+                    if manager is not None
+                    else "sqlalchemy-bind-manager async repositories",
+                    skip=manager_skip,
+                )
+                plain_op = plain.get(POSTGRESQL) if workload == "get" else plain.mixed()
+                table.case(
+                    "plain AsyncSession",
+                    _async_case(
+                        plain_op, count, "plain AsyncSession (one engine or binds=), 32 tasks"
+                    ),
+                )
+                ours_op = ours.get(POSTGRESQL) if workload == "get" else ours.mixed()
+                table.case(
+                    "asyncbind",
+                    _async_case(ours_op, count, "asyncbind session, 32 tasks"),
+                    vs=["Flask-SQLAlchemy", "sqlalchemy-bind-manager", "plain AsyncSession"],
+                )
+                await table.run()
+        finally:
+            await ours.dispose()
+            await plain.dispose()
+            if manager is not None:
+                await manager.dispose()
+            if flask is not None:
+                flask.dispose()
+            gc.collect()

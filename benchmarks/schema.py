@@ -1,0 +1,156 @@
+"""schema: ``create_all`` / ``drop_all`` of 20 tables on each of 3 binds (PostgreSQL, MariaDB,
+SQLite).
+
+asyncbind runs the binds concurrently; plain SQLAlchemy runs them bind after bind (and, for
+reference, concurrently with ``asyncio.gather``). The floor is the slowest bind on its own. Target:
+asyncbind's ``create_all`` <= 1.15x the time of the slowest single bind alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from asyncbind import AsyncBind
+
+from .harness import Table
+from .servers import MYSQL, NAMES, POSTGRESQL, SQLITE, databases, unreachable, with_driver
+
+TABLES = 20
+DRIVERS = {POSTGRESQL: "asyncpg", MYSQL: "aiomysql", SQLITE: "aiosqlite"}
+
+
+def define_tables(make: Callable[..., sa.Table], prefix: str) -> None:
+    """``TABLES`` tables, each with a foreign key to the one before and an index."""
+    for i in range(TABLES):
+        columns: list[Any] = [
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("name", sa.String(100), nullable=False, index=True),
+            sa.Column("amount", sa.Numeric(12, 2)),
+            sa.Column("created", sa.DateTime, server_default=sa.func.now()),
+            sa.Column("body", sa.Text),
+        ]
+        if i:
+            columns.append(sa.Column("parent_id", sa.ForeignKey(f"{prefix}_{i - 1}.id")))
+        make(f"{prefix}_{i}", *columns)
+
+
+async def main(options: Any) -> None:
+    repeat = options.repeat or (2 if options.quick else 7)
+    backends = [b for b in (POSTGRESQL, MYSQL, SQLITE) if not await unreachable(b)]
+    if len(backends) < 3:
+        missing = [NAMES[b] for b in (POSTGRESQL, MYSQL, SQLITE) if b not in backends]
+        print(f"\nschema: skipped ({', '.join(missing)} not reachable)")
+        return
+    async with databases("schema", *backends) as urls:
+        keys = {POSTGRESQL: "pg", MYSQL: "my", SQLITE: "lite"}
+        db = AsyncBind(binds={keys[b]: urls[b] for b in backends})
+        for backend in backends:
+            key = keys[backend]
+            define_tables(lambda name, *cols, key=key: db.Table(name, *cols, bind_key=key), "t")
+        engines: dict[str, AsyncEngine] = {}
+        metadatas: dict[str, sa.MetaData] = {}
+        for backend in backends:
+            engines[backend] = create_async_engine(with_driver(urls[backend], DRIVERS[backend]))
+            metadata = metadatas[backend] = sa.MetaData()
+            define_tables(lambda name, *cols, m=metadata: sa.Table(name, m, *cols), "t")
+
+        async def plain_create(backend: str) -> None:
+            async with engines[backend].begin() as conn:
+                await conn.run_sync(metadatas[backend].create_all)
+
+        async def plain_drop(backend: str) -> None:
+            async with engines[backend].begin() as conn:
+                await conn.run_sync(metadatas[backend].drop_all)
+
+        async def drop_everywhere() -> None:
+            await asyncio.gather(*(plain_drop(b) for b in backends))
+
+        async def create_everywhere() -> None:
+            await asyncio.gather(*(plain_create(b) for b in backends))
+
+        def timed(
+            prepare: Callable[[], Awaitable[None]], work: Callable[[], Awaitable[None]], doc: str
+        ) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                await prepare()
+                started = time.perf_counter()
+                await work()
+                return time.perf_counter() - started
+
+            run.__doc__ = doc
+            return run
+
+        async def sequential_create() -> None:
+            for b in backends:
+                await plain_create(b)
+
+        async def sequential_drop() -> None:
+            for b in backends:
+                await plain_drop(b)
+
+        try:
+            for verb, prepare, op, sequential, together, ours in (
+                (
+                    "create_all",
+                    drop_everywhere,
+                    plain_create,
+                    sequential_create,
+                    create_everywhere,
+                    db.create_all,
+                ),
+                (
+                    "drop_all",
+                    create_everywhere,
+                    plain_drop,
+                    sequential_drop,
+                    drop_everywhere,
+                    db.drop_all,
+                ),
+            ):
+                table = Table(
+                    f"schema: {verb} of {TABLES} tables on each of {len(backends)} binds, "
+                    f"{repeat} runs",
+                    repeat=repeat,
+                    warmup=not options.quick,
+                )
+                alone = []
+                for backend in backends:
+                    name = f"{NAMES[backend]} alone"
+                    alone.append(name)
+                    table.case(
+                        name,
+                        timed(
+                            prepare,
+                            lambda b=backend, op=op: op(b),
+                            f"plain SQLAlchemy, {NAMES[backend]} bind alone",
+                        ),
+                    )
+                table.slowest_of("slowest alone", "the slowest single bind alone (per run)", alone)
+                table.case(
+                    "bind after bind",
+                    timed(prepare, sequential, "plain SQLAlchemy, bind after bind"),
+                )
+                table.case(
+                    "gather",
+                    timed(prepare, together, "plain SQLAlchemy, 3 binds with asyncio.gather"),
+                    vs=["slowest alone", "bind after bind"],
+                    ratio="time",
+                )
+                table.case(
+                    "asyncbind",
+                    timed(prepare, ours, f"asyncbind db.{verb}(), binds concurrently"),
+                    vs=["slowest alone", "bind after bind"],
+                    ratio="time",
+                )
+                await table.run()
+        finally:
+            await drop_everywhere()
+            await db.dispose()
+            for engine in engines.values():
+                await engine.dispose()

@@ -1,0 +1,411 @@
+"""The bulk path: rows streamed out of one bind and loaded into another, on real servers."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+import tracemalloc
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from asyncbind import AsyncBind, BulkCopyError, ConfigError, CrossBindError
+from asyncbind.bulk import copy, load_rows, stream_rows
+
+UTC = dt.UTC
+NewDatabase = Callable[..., Awaitable[str]]
+PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
+COLUMNS = ("id", "name", "amount", "day", "at", "at_tz", "flag", "blob", "doc", "note")
+
+
+def columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(100)),
+        sa.Column("amount", sa.Numeric(12, 2)),
+        sa.Column("day", sa.Date),
+        sa.Column("at", sa.DateTime),
+        sa.Column("at_tz", sa.DateTime(timezone=True)),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("blob", sa.LargeBinary),
+        sa.Column("doc", sa.JSON),
+        sa.Column("note", sa.Text),
+    ]
+
+
+def sample(n: int) -> list[tuple[Any, ...]]:
+    """``n`` rows with awkward values; every fifth row is all NULLs but its key."""
+    names = ["Zoë", "東京", "emoji 🎉", "", 'O\'Brien \\ "quoted"', "tab\tnew\nline", "%s %(x)s ?"]
+    rows: list[tuple[Any, ...]] = []
+    for i in range(1, n + 1):
+        if i % 5 == 0:
+            rows.append((i,) + (None,) * (len(COLUMNS) - 1))
+            continue
+        rows.append(
+            (
+                i,
+                f"{names[i % len(names)]} {i}",
+                decimal.Decimal(i) / 100 - decimal.Decimal("500.5"),
+                dt.date(1999, 12, 31) + dt.timedelta(days=i),
+                dt.datetime(2024, 2, 29, 23, 59, 58) + dt.timedelta(minutes=i),
+                dt.datetime(2024, 1, 1, 1, 30, tzinfo=PLUS_TWO) + dt.timedelta(hours=i),
+                i % 2 == 0,
+                bytes([0, 255, 10, 13, 39, 92, i % 256]) * (1 + i % 3),
+                {"i": i, "tags": ["é", None, True], "nested": {"x": 1.5}},
+                "x" * (i % 50),
+            )
+        )
+    return rows
+
+
+def expected(rows: list[tuple[Any, ...]], backend: str) -> list[tuple[Any, ...]]:
+    """What ``backend`` gives back for ``rows``: aware datetimes come back in UTC, and naive
+    (in UTC) where the database keeps no zone."""
+    out = []
+    for row in rows:
+        values = list(row)
+        at_tz = values[COLUMNS.index("at_tz")]
+        if at_tz is not None:
+            at_tz = at_tz.astimezone(UTC)
+            values[COLUMNS.index("at_tz")] = (
+                at_tz if backend == "postgresql" else at_tz.replace(tzinfo=None)
+            )
+        out.append(tuple(values))
+    return out
+
+
+async def fetch(db: AsyncBind, table: sa.Table, key: str | None = None) -> list[tuple[Any, ...]]:
+    async with db.get_engine(key).connect() as conn:
+        result = await conn.execute(sa.select(table).order_by(table.c.id))
+        return [tuple(row) for row in result]
+
+
+async def count(db: AsyncBind, table: sa.Table, key: str | None = None) -> int:
+    async with db.get_engine(key).connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(table)))
+
+
+def two_tables(db: AsyncBind, source_key: str, target_key: str) -> tuple[sa.Table, sa.Table]:
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    return (
+        db.Table(name, *columns(), bind_key=source_key),
+        db.Table(name, *columns(), bind_key=target_key),
+    )
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            ("mysql", "postgresql"),
+            id="mysql->postgresql",
+            marks=[pytest.mark.mysql, pytest.mark.postgresql],
+        ),
+        pytest.param(
+            ("sqlite", "postgresql"),
+            id="sqlite->postgresql",
+            marks=[pytest.mark.sqlite, pytest.mark.postgresql],
+        ),
+        pytest.param(
+            ("postgresql", "mysql"),
+            id="postgresql->mysql",
+            marks=[pytest.mark.postgresql, pytest.mark.mysql],
+        ),
+    ]
+)
+def server_pair(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A source backend and a different target backend."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def same_backend_db(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> AsyncBind:
+    """Binds 'source' and 'target': two databases on the test's backend."""
+    return make_db(
+        binds={"source": await new_database(backend), "target": await new_database(backend)}
+    )
+
+
+async def test_copy_round_trips_values(backend: str, same_backend_db: AsyncBind) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(2_345)
+    loaded = await load_rows(db.get_engine("source"), source, rows, batch_size=1_000)
+    assert (loaded.rows, loaded.batches) == (2_345, 3)
+
+    result = await db.copy(source, target, batch_size=500)
+
+    assert (result.rows, result.batches) == (2_345, 5)
+    assert await fetch(db, target, "target") == expected(rows, backend)
+    assert await fetch(db, source, "source") == expected(rows, backend)
+
+
+async def test_copy_across_servers(
+    server_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    source_backend, target_backend = server_pair
+    db = make_db(
+        binds={
+            "source": await new_database(source_backend),
+            "target": await new_database(target_backend),
+        }
+    )
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(3_001)
+    await load_rows(db.get_engine("source"), source, rows)
+
+    result = await db.copy(source, target, batch_size=1_000)
+
+    assert (result.rows, result.batches) == (3_001, 4)
+    assert await fetch(db, target, "target") == expected(rows, target_backend)
+
+
+async def test_failure_mid_copy_rolls_back_that_batch(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, sample(1_000))
+    # Row 250 is already in the target: the third batch of 100 breaks its primary key.
+    async with db.get_engine("target").begin() as conn:
+        await conn.execute(target.insert(), {"id": 250, "name": "already there"})
+
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(source, target, batch_size=100)
+
+    assert caught.value.rows_copied == 200
+    assert caught.value.table == target.name
+    assert isinstance(caught.value.__cause__, Exception)
+    assert "batch 3" in str(caught.value) and "200 row(s)" in str(caught.value)
+    landed = [row[0] for row in await fetch(db, target, "target")]
+    assert landed == [*range(1, 201), 250]
+
+
+async def test_failure_in_the_first_batch_lands_nothing(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    _, target = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(50)
+    rows[30] = (1, *rows[30][1:])  # a duplicate key inside the first batch
+
+    with pytest.raises(BulkCopyError) as caught:
+        await load_rows(db.get_engine("target"), target, rows, batch_size=100)
+
+    assert caught.value.rows_copied == 0
+    assert await count(db, target, "target") == 0
+
+
+async def test_load_into_a_connection_uses_savepoints(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    _, target = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(30)
+    rows[25] = (3, *rows[25][1:])  # breaks the second batch of 20
+
+    async with db.get_engine("target").connect() as conn:
+        await conn.execute(target.insert(), {"id": 1000, "name": "before"})
+        with pytest.raises(BulkCopyError) as caught:
+            await load_rows(conn, target, rows, batch_size=20)
+        assert caught.value.rows_copied == 20
+        # The caller's transaction is still usable: only the failed batch was rolled back.
+        await conn.execute(target.insert(), {"id": 1001, "name": "after"})
+        await conn.commit()
+
+    landed = [row[0] for row in await fetch(db, target, "target")]
+    assert landed == [*range(1, 21), 1000, 1001]
+
+
+async def test_copy_from_a_select_with_labels(
+    server_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    source_backend, target_backend = server_pair
+    db = make_db(
+        binds={
+            "source": await new_database(source_backend),
+            "target": await new_database(target_backend),
+        }
+    )
+    source = db.Table("people", *columns(), bind_key="source")
+    target = db.Table(
+        "contacts",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("display", sa.String(100)),
+        sa.Column("born", sa.Date),
+        bind_key="target",
+    )
+    await db.create_all()
+    rows = sample(100)
+    await load_rows(db.get_engine("source"), source, rows)
+    query = (
+        sa.select(source.c.id, source.c.name.label("display"), source.c.day.label("born"))
+        .where(source.c.flag.is_(True))
+        .order_by(source.c.id)
+    )
+
+    result = await db.copy(query, target, batch_size=7)
+
+    wanted = [(r[0], r[1], r[3]) for r in rows if r[6] is True]
+    assert result.rows == len(wanted) == 40
+    assert await fetch(db, target, "target") == wanted
+
+
+async def test_copy_models_by_their_bind_keys(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    db = make_db(
+        await new_database("sqlite"),
+        binds={"archive": await new_database("sqlite")},
+    )
+
+    class Event(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "event"
+        id: sa.orm.Mapped[int] = sa.orm.mapped_column(primary_key=True, autoincrement=False)
+        what: sa.orm.Mapped[str] = sa.orm.mapped_column(sa.String(20))
+
+    class ArchivedEvent(db.Model):  # type: ignore[name-defined,misc]
+        __bind_key__ = "archive"
+        __tablename__ = "event"
+        id: sa.orm.Mapped[int] = sa.orm.mapped_column(primary_key=True, autoincrement=False)
+        what: sa.orm.Mapped[str] = sa.orm.mapped_column(sa.String(20))
+
+    await db.create_all()
+    await load_rows(db.engine, Event, [{"id": i, "what": f"e{i}"} for i in range(1, 11)])
+
+    result = await db.copy(Event, ArchivedEvent)
+
+    assert result.rows == 10
+    async with db.session() as session:
+        archived = (
+            await session.scalars(sa.select(ArchivedEvent).order_by(ArchivedEvent.id))
+        ).all()
+    assert [(e.id, e.what) for e in archived] == [(i, f"e{i}") for i in range(1, 11)]
+
+
+async def test_copy_between_engines_with_explicit_columns(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(20)
+    await load_rows(db.get_engine("source"), source, rows)
+
+    result = await copy(
+        source,
+        target,
+        source_engine=db.get_engine("source"),
+        target_engine=db.get_engine("target"),
+        columns=["id", "name"],
+    )
+
+    assert result.rows == 20
+    fetched = await fetch(db, target, "target")
+    assert [(r[0], r[1]) for r in fetched] == [(r[0], r[1]) for r in rows]
+    assert all(r[2:] == (None,) * 8 for r in fetched)
+
+
+async def test_stream_rows_in_batches_and_stop_early(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    source, _ = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(1_050)
+    await load_rows(db.get_engine("source"), source, rows)
+    engine = db.get_engine("source")
+
+    ids = [
+        row.id
+        async for row in stream_rows(
+            engine, sa.select(source).order_by(source.c.id), batch_size=100
+        )
+    ]
+    assert ids == list(range(1, 1_051))
+
+    async with contextlib.aclosing(stream_rows(engine, source, batch_size=10)) as stream:
+        first = [row async for _, row in _zip_range(stream, 15)]
+    assert len(first) == 15
+    # The stream's connection went back to the pool: the engine still works and nothing leaked.
+    assert await count(db, source, "source") == 1_050
+    assert engine.pool.checkedout() == 0
+
+
+async def _zip_range(stream: Any, n: int) -> Any:
+    i = 0
+    async for row in stream:
+        yield i, row
+        i += 1
+        if i == n:
+            return
+
+
+async def test_empty_source_copies_nothing(backend: str, same_backend_db: AsyncBind) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+
+    result = await db.copy(source, target)
+
+    assert (result.rows, result.batches) == (0, 0)
+    assert await count(db, target, "target") == 0
+
+
+async def test_argument_errors_name_the_problem(make_db: Callable[..., AsyncBind]) -> None:
+    db = make_db("sqlite://", binds={"other": "sqlite://"})
+    source = db.Table("a", sa.Column("id", sa.Integer, primary_key=True))
+    target = db.Table("b", sa.Column("key", sa.Integer, primary_key=True), bind_key="other")
+    unrelated = db.Table("c", sa.Column("id", sa.Integer, primary_key=True), bind_key="other")
+
+    with pytest.raises(ConfigError, match="no column name in common"):
+        await db.copy(source, target)
+    with pytest.raises(ConfigError, match=r"unknown column\(s\) \['id'\]"):
+        await db.copy(sa.select(source.c.id), target)
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        await db.copy(source, unrelated, batch_size=0)
+    with pytest.raises(ConfigError, match="not a table"):
+        await db.copy(source, "b")
+    with pytest.raises(CrossBindError):
+        await db.copy(sa.select(source.c.id).join(unrelated, source.c.id == unrelated.c.id), target)
+    with pytest.raises(BulkCopyError, match="no value for column 'key'") as caught:
+        await load_rows(db.get_engine("other"), target, [{"id": 1}])
+    assert isinstance(caught.value.__cause__, ConfigError)
+    assert caught.value.rows_copied == 0
+
+
+async def test_copy_memory_does_not_grow_with_row_count(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    db = make_db(
+        binds={"source": await new_database("sqlite"), "target": await new_database("sqlite")}
+    )
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, sample(30_000), batch_size=5_000)
+
+    async def peak(rows: int) -> int:
+        async with db.get_engine("target").begin() as conn:
+            await conn.execute(target.delete())
+        tracemalloc.start()
+        try:
+            await db.copy(sa.select(source).where(source.c.id <= rows), target, batch_size=500)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    await peak(1_000)  # warm SQLAlchemy's caches
+    small, large = await peak(5_000), await peak(30_000)
+    assert await count(db, target, "target") == 30_000
+    # Six times the rows, about the same peak: a few batches of 500 rows are held at a time.
+    assert large < small * 1.5, (small, large)

@@ -1,0 +1,334 @@
+"""Cancellation storm: tasks cancelled at random points of session work leak nothing.
+
+Thousands of tasks over two binds (PostgreSQL and MariaDB) execute, stream, flush, commit, roll
+back and close sessions, and most are cancelled at a random moment. Afterwards every pool has no
+connection checked out, neither server has a transaction open for the test's database, nothing was
+dropped by the garbage collector, and every row whose commit returned is in its database.
+
+``ASYNCBIND_STORM_TASKS`` sets the number of tasks (default 2000) and ``ASYNCBIND_STORM_SEED`` the
+random seed (default: a new one, printed in the failure message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase, mysql_admin, postgresql_admin
+from sqlalchemy import orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from asyncbind import AsyncBind
+
+pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
+
+TASKS = int(os.environ.get("ASYNCBIND_STORM_TASKS", "2000"))
+SEED = int(os.environ.get("ASYNCBIND_STORM_SEED", str(random.SystemRandom().randrange(2**32))))
+#: Tasks running at once: more than the pools hold, so that some wait for a connection.
+CONCURRENCY = 48
+#: A generous bound for things that must finish, so a hang fails instead of blocking the suite.
+GUARD = 120
+KEYS: tuple[str | None, ...] = (None, "maria")
+BACKEND_OF = {None: "postgresql", "maria": "mysql"}
+
+
+async def server_fetch(backend: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` run on ``backend``'s admin database over a fresh raw-driver connection."""
+    if backend == "postgresql":
+        conn = await postgresql_admin()
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+    conn = await mysql_admin()
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql, args)
+            return [tuple(r) for r in await cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+async def open_transactions(backend: str, database: str) -> list[tuple[Any, ...]]:
+    """The server's connections to ``database`` that still have a transaction open.
+
+    MariaDB fills INNODB_TRX from a cache refreshed at most every 0.1s, so a transaction that
+    just ended can still be listed: a real leak is one that stays.
+    """
+    found = await _open_transactions(backend, database)
+    for _ in range(25):
+        if not found:
+            break
+        await asyncio.sleep(0.2)
+        found = await _open_transactions(backend, database)
+    return found
+
+
+async def _open_transactions(backend: str, database: str) -> list[tuple[Any, ...]]:
+    if backend == "postgresql":
+        return await server_fetch(
+            backend,
+            "SELECT pid, state, query FROM pg_stat_activity "
+            "WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            database,
+        )
+    return await server_fetch(
+        backend,
+        "SELECT p.ID, p.COMMAND, t.trx_state, t.trx_query FROM information_schema.INNODB_TRX t "
+        "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s",
+        database,
+    )
+
+
+async def server_connections(backend: str, database: str) -> int:
+    """How many connections the server has open to ``database``."""
+    if backend == "postgresql":
+        rows = await server_fetch(
+            backend, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+        )
+    else:
+        rows = await server_fetch(
+            backend,
+            "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %s",
+            database,
+        )
+    return int(rows[0][0])
+
+
+def checked_out(db: AsyncBind) -> dict[str | None, int]:
+    return {key: engine.pool.checkedout() for key, engine in db.engines.items()}  # type: ignore[attr-defined]
+
+
+async def settle(db: AsyncBind) -> None:
+    """Wait for every other task (shielded cleanups included) and for the pools to be idle."""
+    me = asyncio.current_task()
+    async with asyncio.timeout(GUARD):
+        while True:
+            others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not others and not any(checked_out(db).values()):
+                return
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Storm:
+    db: AsyncBind
+    rows: dict[str | None, type[Any]]
+    databases: dict[str | None, str]
+    committed: dict[str | None, set[str]] = field(default_factory=lambda: {k: set() for k in KEYS})
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+@pytest.fixture
+async def storm(new_database: NewDatabase, make_db: Callable[..., AsyncBind]) -> Storm:
+    urls = {key: await new_database(BACKEND_OF[key]) for key in KEYS}
+    db = make_db(
+        urls[None],
+        binds={"maria": urls["maria"]},
+        # Smaller pools than CONCURRENCY: tasks also get cancelled while waiting for a connection.
+        engine_options={"pool_size": 6, "max_overflow": 6, "pool_timeout": GUARD},
+    )
+
+    class PgRow(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "storm_rows"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        token: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(40), unique=True)
+        task: sa_orm.Mapped[int]
+
+    class MariaRow(db.Model):  # type: ignore[name-defined,misc]
+        __bind_key__ = "maria"
+        __tablename__ = "storm_rows"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        token: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(40), unique=True)
+        task: sa_orm.Mapped[int]
+
+    await db.create_all()
+    async with db.session() as session:
+        # Something to read and stream from the start.
+        for model in (PgRow, MariaRow):
+            session.add_all(model(token=f"seed-{i}", task=-1) for i in range(50))
+        await session.commit()
+    databases = {key: sa.make_url(urls[key]).database or "" for key in KEYS}
+    return Storm(db, {None: PgRow, "maria": MariaRow}, databases)
+
+
+def _sleep_sql(key: str | None, seconds: float) -> sa.TextClause:
+    if BACKEND_OF[key] == "postgresql":
+        return sa.text(f"SELECT pg_sleep({seconds})")
+    return sa.text(f"SELECT SLEEP({seconds})")
+
+
+async def session_work(storm: Storm, n: int, rng: random.Random) -> str:
+    """One task's session work: a random script over one or both binds."""
+    key = rng.choice(KEYS)
+    row = storm.rows[key]
+    script = rng.choice(
+        ("execute", "stream", "commit", "commit_both", "core_commit", "rollback", "close", "sleep")
+    )
+    async with storm.db.session() as session:
+        if script == "execute":
+            result = await session.execute(sa.select(row).limit(5))
+            result.scalars().all()
+        elif script == "stream":
+            result = await session.stream(sa.select(row.id).order_by(row.id))
+            async for i, _ in aenumerate(result):
+                if i >= rng.randrange(1, 60):
+                    break
+        elif script in ("commit", "commit_both"):
+            keys = KEYS if script == "commit_both" else (key,)
+            tokens = {k: [f"t{n}-{k}-{j}" for j in range(rng.randrange(1, 4))] for k in keys}
+            for k in keys:
+                session.add_all(storm.rows[k](token=t, task=n) for t in tokens[k])
+            await session.flush()
+            await session.execute(sa.select(sa.func.count()).select_from(row))
+            await session.commit()
+            for k in keys:
+                storm.committed[k].update(tokens[k])
+        elif script == "core_commit":
+            tokens = [f"c{n}-{key}-{j}" for j in range(rng.randrange(1, 4))]
+            await session.execute(sa.insert(row), [{"token": t, "task": n} for t in tokens])
+            await session.commit()
+            storm.committed[key].update(tokens)
+        elif script == "rollback":
+            session.add(row(token=f"r{n}-{key}", task=n))
+            await session.flush()
+            await session.rollback()
+            await session.execute(sa.select(row.id).limit(1))
+        elif script == "close":
+            await session.execute(sa.select(row.id).limit(1))
+            session.add(row(token=f"x{n}-{key}", task=n))
+            await session.flush()
+            await session.close()
+        else:
+            await session.execute(_sleep_sql(key, 0.01), bind_arguments={"bind_key": key})
+            session.add(row(token=f"s{n}-{key}", task=n))
+            await session.flush()
+            await session.execute(_sleep_sql(key, 0.01), bind_arguments={"bind_key": key})
+    return script
+
+
+async def aenumerate(result: Any) -> Any:
+    i = 0
+    async for item in result:
+        yield i, item
+        i += 1
+
+
+async def run_storm(storm: Storm, tasks: int, rng: random.Random) -> None:
+    slots = asyncio.Semaphore(CONCURRENCY)
+    loop = asyncio.get_running_loop()
+
+    async def one(n: int) -> None:
+        async with slots:
+            task = loop.create_task(session_work(storm, n, random.Random(rng.random())))
+            # Most tasks are cancelled after a random delay, spread over the life of the work;
+            # the rest run to completion.
+            if rng.random() < 0.8:
+                handle = loop.call_later(rng.uniform(0, 0.06), task.cancel)
+            else:
+                handle = None
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+                outcome = "cancelled"
+            finally:
+                if handle is not None:
+                    handle.cancel()
+            storm.outcomes[outcome] = storm.outcomes.get(outcome, 0) + 1
+
+    async with asyncio.timeout(GUARD * 4):
+        async with asyncio.TaskGroup() as group:
+            for n in range(tasks):
+                group.create_task(one(n))
+
+
+async def test_cancellation_storm_leaks_nothing(
+    storm: Storm, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sqlalchemy")
+    rng = random.Random(SEED)
+    context = f"seed {SEED} (rerun with ASYNCBIND_STORM_SEED={SEED})"
+
+    await run_storm(storm, TASKS, rng)
+    await settle(storm.db)
+
+    # Some tasks were cancelled and some finished, or the storm proved nothing.
+    assert storm.outcomes.get("cancelled", 0) > TASKS // 4, (storm.outcomes, context)
+    assert sum(n for k, n in storm.outcomes.items() if k != "cancelled") > TASKS // 20, (
+        storm.outcomes,
+        context,
+    )
+    assert checked_out(storm.db) == {None: 0, "maria": 0}, context
+    for key in KEYS:
+        assert await open_transactions(BACKEND_OF[key], storm.databases[key]) == [], (key, context)
+
+    # Every row whose commit returned is there.
+    async with storm.db.session() as session:
+        for key in KEYS:
+            row = storm.rows[key]
+            present = set((await session.scalars(sa.select(row.token))).all())
+            missing = storm.committed[key] - present
+            assert not missing, (key, sorted(missing)[:10], len(missing), context)
+            assert storm.committed[key], (key, "no commit completed", context)
+
+    # The pools still work.
+    async with storm.db.session() as session:
+        for key in KEYS:
+            assert (
+                await session.execute(sa.select(sa.literal(1)), bind_arguments={"bind_key": key})
+            ).scalar() == 1
+    await settle(storm.db)
+
+    # No connection was abandoned to the garbage collector, and after dispose() the servers hold
+    # no connection of the test's.
+    gc.collect()
+    await storm.db.dispose()
+    for key in KEYS:
+        backend, database = BACKEND_OF[key], storm.databases[key]
+        async with asyncio.timeout(GUARD):
+            while await server_connections(backend, database):  # noqa: ASYNC110 (server state)
+                await asyncio.sleep(0.1)
+    # SQLAlchemy logs (does not warn) when it finds a connection that was never checked in.
+    dropped = [r.getMessage() for r in caplog.records if "garbage collector" in r.getMessage()]
+    assert dropped == [], context
+
+
+async def test_cancelled_while_waiting_for_a_connection(
+    storm: Storm,
+) -> None:
+    """A task cancelled while the pool is exhausted gives up its place and leaks nothing."""
+    db = storm.db
+    holders: list[AsyncSession] = []
+    try:
+        for _ in range(12):  # pool_size + max_overflow: the pool is now empty
+            session = db.session()
+            await session.execute(sa.select(storm.rows[None].id).limit(1))
+            holders.append(session)
+        assert checked_out(db)[None] == 12
+        waiter = asyncio.create_task(_one_query(db, storm.rows[None]))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    finally:
+        for session in holders:
+            await session.close()
+    await settle(db)
+    assert checked_out(db) == {None: 0, "maria": 0}
+    assert await _one_query(db, storm.rows[None]) is not None
+
+
+async def _one_query(db: AsyncBind, row: type[Any]) -> Any:
+    async with db.session() as session:
+        return (await session.execute(sa.select(row.id).limit(1))).scalar()

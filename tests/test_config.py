@@ -1,0 +1,243 @@
+"""Configuration: binds, engine options, Flask-SQLAlchemy keys, the environment; all checked
+before any I/O, every problem a ConfigError that names the bind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from asyncbind import AsyncBind, ConfigError, NotConfiguredError, UnknownBindError
+from asyncbind.config import config_from_env, parse_config
+from asyncbind.engines import engine_arguments
+
+
+def test_binds_accept_strings_urls_and_dicts() -> None:
+    configs = parse_config(
+        "postgresql://localhost/main",
+        {
+            "users": "mysql://root@localhost/users",
+            "url_object": sa.make_url("sqlite:///x.db"),
+            "appmeta": {"url": "sqlite:///appmeta.db", "pool_recycle": 3600},
+        },
+        {"echo": False},
+    )
+    assert list(configs) == [None, "users", "url_object", "appmeta"]
+    assert configs[None].url.drivername == "postgresql+asyncpg"
+    assert configs["users"].url.drivername == "mysql+aiomysql"
+    assert configs["appmeta"].engine_options == {"echo": False, "pool_recycle": 3600}
+
+
+def test_engine_options_reach_every_bind_and_a_bind_dict_wins() -> None:
+    configs = parse_config(
+        None,
+        {"a": "sqlite:///a.db", "b": {"url": "sqlite:///b.db", "echo": True}},
+        {"echo": False, "pool_pre_ping": True},
+    )
+    assert configs["a"].engine_options == {"echo": False, "pool_pre_ping": True}
+    assert configs["b"].engine_options == {"echo": True, "pool_pre_ping": True}
+
+
+def test_every_engine_gets_its_options(tmp_path: Any) -> None:
+    db = AsyncBind(
+        f"sqlite:///{tmp_path / 'a.db'}",
+        binds={"b": f"sqlite:///{tmp_path / 'b.db'}"},
+        engine_options={"echo": True},
+    )
+    assert all(engine.echo for engine in db.engines.values())
+
+
+def test_mysql_gets_recycle_and_utf8mb4_unless_told_otherwise() -> None:
+    config = parse_config("mysql://root@h/db", None, None)[None]
+    url, options = engine_arguments(config)
+    assert url.query["charset"] == "utf8mb4"
+    assert options["pool_recycle"] == 7200
+    config = parse_config({"url": "mariadb://h/db?charset=latin1", "pool_recycle": 60}, None, None)[
+        None
+    ]
+    url, options = engine_arguments(config)
+    assert url.query["charset"] == "latin1"
+    assert options["pool_recycle"] == 60
+
+
+@pytest.mark.parametrize(
+    ("binds", "fragment"),
+    [
+        ({"users": {"pool_size": 5}}, "Bind 'users': its options dict has no 'url'"),
+        ({"__all__": "sqlite://"}, "'__all__' is reserved"),
+        ({"users": {"url": "sqlite://", "pool_size": "5"}}, "'pool_size' in its options is str"),
+        ({"users": {"url": "sqlite://", "pool_size": True}}, "'pool_size'"),
+        ({"users": {"url": "sqlite://", "echo": 3}}, "'echo'"),
+        ({"users": {"url": "sqlite://", "connect_timeout": -1}}, "positive number of seconds"),
+        ({"users": {"url": "sqlite://", "statement_timeout": 0}}, "positive number of seconds"),
+        (
+            {"users": {"url": "sqlite://", "no_such_option": 1}},
+            "Bind 'users': its engine options were rejected",
+        ),
+        ({"users": 42}, "Bind 'users' is configured with a int"),
+        ({3: "sqlite://"}, "Bind key 3 is a int"),
+        ({"  ": "sqlite://"}, "is blank"),
+        ({"users": "mysql+pymysql://root:hunter2@h/db"}, "Bind 'users': driver 'pymysql'"),
+    ],
+)
+def test_bad_config_is_a_config_error_naming_the_bind(binds: dict[Any, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        AsyncBind("sqlite://", binds=binds)
+    assert fragment in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_config_leaves_no_engine_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+    from asyncbind import engines
+
+    real = engines.create_async_engine
+    monkeypatch.setattr(
+        engines, "create_async_engine", lambda *a, **k: made.append(1) or real(*a, **k)
+    )
+    with pytest.raises(ConfigError):
+        AsyncBind(
+            "sqlite://", binds={"ok": "sqlite://", "bad": {"url": "sqlite://", "pool_size": "x"}}
+        )
+    assert made == []
+
+
+def test_default_bind_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="configured twice"):
+        AsyncBind("sqlite://", binds={None: "sqlite://"})
+
+
+def test_default_bind_may_come_from_binds() -> None:
+    db = AsyncBind(binds={None: "sqlite://", "x": "sqlite://"})
+    assert set(db.engines) == {None, "x"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"binds": ["sqlite://"]}, "binds= must be a mapping"),
+        ({"engine_options": [("echo", True)]}, "engine_options= must be a mapping"),
+        ({"engine_options": {"url": "sqlite://"}}, "engine_options= has a 'url'"),
+        ({"session_options": 3}, "session_options= must be a mapping"),
+        ({"session_options": {"sync_session_class": int}}, "Session subclass"),
+        ({"session_options": {"class_": dict}}, "AsyncSession subclass"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        AsyncBind("sqlite://", **kwargs)
+
+
+def test_from_config_reads_flask_sqlalchemy_keys() -> None:
+    db = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_DATABASE_URI": "sqlite://",
+            "SQLALCHEMY_BINDS": {
+                "users": "mysql://root@localhost/users",
+                "appmeta": {"url": "sqlite:///appmeta.db", "pool_recycle": 3600},
+            },
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            "SQLALCHEMY_ECHO": True,
+            "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+        }
+    )
+    assert set(db.engines) == {None, "users", "appmeta"}
+    assert db.engines["users"].url.drivername == "mysql+aiomysql"
+    assert all(engine.echo for engine in db.engines.values())
+    assert db.engines["appmeta"].sync_engine.pool._recycle == 3600
+    assert db.engines["users"].sync_engine.pool._pre_ping is True
+
+
+@pytest.mark.parametrize(
+    ("mapping", "fragment"),
+    [
+        ({"SQLALCHEMY_BINDS": "sqlite://"}, "SQLALCHEMY_BINDS must be a dict"),
+        ({"SQLALCHEMY_ENGINE_OPTIONS": "x"}, "SQLALCHEMY_ENGINE_OPTIONS must be a dict"),
+        ({"SQLALCHEMY_DATABASE_URI": "sqlite://", "SQLALCHEMY_ECHO": "maybe"}, "SQLALCHEMY_ECHO"),
+    ],
+)
+def test_from_config_errors(mapping: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        AsyncBind.from_config(mapping)
+
+
+def test_from_env() -> None:
+    environ = {
+        "ASYNCBIND_DATABASE_URL": "sqlite://",
+        "ASYNCBIND_BIND_USERS": "mysql://root@localhost/users",
+        "ASYNCBIND_BINDS": '{"appmeta": {"url": "sqlite:///m.db", "pool_recycle": 60}}',
+        "ASYNCBIND_ENGINE_OPTIONS": '{"pool_pre_ping": true}',
+        "ASYNCBIND_ECHO": "1",
+        "UNRELATED": "x",
+    }
+    db = AsyncBind.from_env(environ)
+    assert set(db.engines) == {None, "users", "appmeta"}
+    assert db.engines["users"].sync_engine.pool._pre_ping is True
+    assert all(engine.echo for engine in db.engines.values())
+
+
+def test_from_env_prefix_and_errors() -> None:
+    parsed = config_from_env({"APP_DATABASE_URL": "sqlite://"}, prefix="APP_")
+    assert parsed.url == "sqlite://"
+    with pytest.raises(ConfigError, match="ASYNCBIND_BINDS is not valid JSON"):
+        config_from_env({"ASYNCBIND_BINDS": "{nope"})
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        config_from_env({"ASYNCBIND_ENGINE_OPTIONS": "[1]"})
+    with pytest.raises(ConfigError, match="configured twice"):
+        config_from_env(
+            {"ASYNCBIND_BINDS": '{"users": "sqlite://"}', "ASYNCBIND_BIND_USERS": "sqlite://"}
+        )
+
+
+async def test_unconfigured_asyncbind_can_be_made_but_not_used() -> None:
+    db = AsyncBind()
+    assert repr(db) == "<AsyncBind (not configured)>"
+    for use in (lambda: db.session(), lambda: db.engine, lambda: db.get_engine("x")):
+        with pytest.raises(NotConfiguredError, match="No database is configured"):
+            use()
+    with pytest.raises(NotConfiguredError):
+        await db.create_all()
+    await db.dispose()  # nothing to dispose is fine
+
+
+async def test_configure_later() -> None:
+    db = AsyncBind()
+    db.configure("sqlite://", binds={"x": "sqlite://"})
+    async with db, db.session() as session:
+        assert (await session.execute(sa.text("SELECT 7"))).scalar() == 7
+    with pytest.raises(ConfigError, match="already configured"):
+        db.configure("sqlite://")
+    with pytest.raises(ConfigError, match="no database"):
+        AsyncBind().configure()
+
+
+def test_engine_accessors_and_unknown_keys() -> None:
+    db = AsyncBind("sqlite://", binds={"users": "sqlite://"})
+    assert db.engine is db.engines[None]
+    assert db.get_engine("users") is db.engines["users"]
+    with pytest.raises(UnknownBindError) as info:
+        db.get_engine("reports")
+    assert info.value.key == "reports"
+    assert "configured: None, 'users'" in str(info.value)
+    assert isinstance(info.value, LookupError)
+    with pytest.raises(TypeError):
+        db.engines["x"] = db.engine  # type: ignore[index]
+
+
+def test_repr_hides_passwords() -> None:
+    db = AsyncBind("postgresql://u:topsecret@h/db", binds={"m": "mysql://r:topsecret@h/db"})
+    text = repr(db) + repr(db.session) + repr(list(db._configs.values()))
+    assert "topsecret" not in text
+    assert "postgresql+asyncpg://u:***@h/db" in text
+
+
+def test_a_missing_driver_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "asyncmy", None)  # as if it were not installed
+    with pytest.raises(ConfigError) as info:
+        AsyncBind("sqlite://", binds={"m": "mysql+asyncmy://u:hunter2@h/d"})
+    assert "Bind 'm'" in str(info.value) and "'asyncmy'" in str(info.value)
+    assert "hunter2" not in str(info.value)

@@ -1,0 +1,123 @@
+"""AsyncBind's lifecycle, event loops, and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+
+from asyncbind import AsyncBind, WrongEventLoopError
+from asyncbind.__main__ import demo
+
+
+def checked_out(db: AsyncBind) -> int:
+    return sum(engine.sync_engine.pool.checkedout() for engine in db.engines.values())
+
+
+async def test_async_with_disposes_every_engine(
+    backend_pair: tuple[str, str], new_database: NewDatabase
+) -> None:
+    first, second = backend_pair
+    async with AsyncBind(await new_database(first), binds={"x": await new_database(second)}) as db:
+        for key in (None, "x"):
+            async with db.session() as session:
+                await session.execute(sa.text("SELECT 1"), bind_arguments={"bind_key": key})
+        pools = {key: engine.sync_engine.pool for key, engine in db.engines.items()}
+        assert all(pool.checkedin() == 1 for pool in pools.values())
+    assert all(pool.checkedin() == 0 for pool in pools.values())
+    await db.dispose()  # idempotent
+    async with db.session() as session:  # usable again afterwards
+        assert (await session.execute(sa.text("SELECT 5"))).scalar() == 5
+    await db.dispose()
+
+
+async def test_dispose_on_exit_survives_cancellation(url: str) -> None:
+    db = AsyncBind(url)
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with db:
+            async with db.session() as session:
+                await session.execute(sa.text("SELECT 1"))
+            started.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(work())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.engine.sync_engine.pool.checkedin() == 0
+    assert checked_out(db) == 0
+
+
+def test_made_at_import_time_works_in_any_loop_and_in_a_second_after_dispose(url: str) -> None:
+    db = AsyncBind(url)
+
+    async def use(value: int) -> int:
+        async with db.session() as session:
+            return int((await session.execute(sa.text(f"SELECT {value}"))).scalar_one())
+
+    async def use_then_dispose(value: int) -> int:
+        try:
+            return await use(value)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(use_then_dispose(1)) == 1
+    assert asyncio.run(use_then_dispose(2)) == 2
+
+
+def test_live_engines_in_another_loop_give_a_clear_error(url: str) -> None:
+    db = AsyncBind(url)
+
+    async def use() -> None:
+        async with db.session() as session:
+            await session.execute(sa.text("SELECT 1"))
+
+    runner = asyncio.Runner()
+    runner.run(use())
+    try:
+        with asyncio.Runner() as second:
+            with pytest.raises(WrongEventLoopError) as info:
+                second.run(use())
+            assert info.value.bind_key is None and "await db.dispose()" in str(info.value)
+    finally:
+        runner.run(db.dispose())
+        runner.close()
+
+
+async def test_demo_routes_to_three_binds(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+    counts = await demo(tmp_path, Out())
+    assert set(counts) == {None, "users", "audit"} and all(n >= 3 for n in counts.values())
+    assert {p.name for p in tmp_path.iterdir()} == {"main.db", "users.db", "audit.db"}  # noqa: ASYNC240
+    text = "".join(lines)
+    assert "order 10: 'lamp' for 'ada'" in text
+
+
+def test_demo_command_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "asyncbind", "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "statements per bind: " in result.stdout
+    assert "INSERT INTO audit_log" in result.stdout
+
+
+def test_package_imports_no_framework() -> None:
+    code = "import asyncbind, sys; print(sorted(m for m in ('quart', 'starlette', 'fastapi') if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,239 @@
+"""Models and tables: one MetaData per bind key, __bind_key__ inheritance, db.Table, model_class."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
+from sqlalchemy.orm import Mapped, mapped_column
+
+from asyncbind import AsyncBind, ConfigError
+from asyncbind.models import bind_key_of
+
+
+@pytest.fixture
+def db() -> AsyncBind:
+    return AsyncBind("sqlite://", binds={"users": "sqlite://", "meta": "sqlite://"})
+
+
+def test_each_bind_key_has_its_own_metadata(db: AsyncBind) -> None:
+    class User(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "user"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Item(db.Model):
+        __tablename__ = "item"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert User.__table__.metadata is db.metadatas["users"]
+    assert Item.__table__.metadata is db.metadata is db.metadatas[None]
+    assert db.metadatas["users"].info["bind_key"] == "users"
+    assert db.metadata.info["bind_key"] is None
+    assert bind_key_of(User.__table__) == "users"
+    assert isinstance(db.Model, type) and issubclass(db.Model, sa_orm.DeclarativeBase)
+
+
+def test_bind_key_is_inherited_from_abstract_bases_and_mixins(db: AsyncBind) -> None:
+    class UsersMixin:
+        __bind_key__ = "users"
+
+    class Abstract(db.Model):
+        __abstract__ = True
+        __bind_key__ = "meta"
+
+    class FromMixin(UsersMixin, db.Model):
+        __tablename__ = "from_mixin"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class FromAbstract(Abstract):
+        __tablename__ = "from_abstract"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class BackToDefault(Abstract):
+        __bind_key__ = None
+        __tablename__ = "back_to_default"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert bind_key_of(FromMixin.__table__) == "users"
+    assert bind_key_of(FromAbstract.__table__) == "meta"
+    assert bind_key_of(BackToDefault.__table__) is None
+
+
+def test_joined_and_single_table_inheritance(db: AsyncBind) -> None:
+    class Person(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "person"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str]
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+
+    class Engineer(Person):  # joined: its own table, same bind
+        __tablename__ = "engineer"
+        id: Mapped[int] = mapped_column(sa.ForeignKey("person.id"), primary_key=True)
+        __mapper_args__ = {"polymorphic_identity": "engineer"}
+
+    class Manager(Person):  # single table: stays on the parent's table
+        __mapper_args__ = {"polymorphic_identity": "manager"}
+
+    assert Engineer.__table__.metadata is db.metadatas["users"]
+    assert Manager.__table__ is Person.__table__
+    assert sa.inspect(Manager).local_table is Person.__table__
+
+
+def test_db_table_goes_to_its_bind(db: AsyncBind) -> None:
+    log = db.Table("log", sa.Column("id", sa.Integer, primary_key=True), bind_key="meta")
+    plain = db.Table("plain", sa.Column("id", sa.Integer, primary_key=True))
+    own = sa.MetaData()
+    explicit = db.Table("explicit", own, sa.Column("id", sa.Integer, primary_key=True))
+    assert log.metadata is db.metadatas["meta"]
+    assert plain.metadata is db.metadata
+    assert explicit.metadata is own
+
+
+def test_naming_convention_is_shared_by_every_bind() -> None:
+    class Base(sa_orm.DeclarativeBase):
+        metadata = sa.MetaData(naming_convention={"pk": "pk_%(table_name)s"})
+
+    db = AsyncBind("sqlite://", binds={"users": "sqlite://"}, model_class=Base)
+    assert db.metadatas.for_key("users").naming_convention["pk"] == "pk_%(table_name)s"
+
+
+def test_model_class_a_declarative_base_of_your_own() -> None:
+    class Base(sa_orm.DeclarativeBase):
+        def hello(self) -> str:
+            return "hi"
+
+    db = AsyncBind("sqlite://", binds={"users": "sqlite://"}, model_class=Base)
+
+    class User(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "user"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Item(db.Model):
+        __tablename__ = "item"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert issubclass(User, Base)
+    assert User().hello() == "hi"
+    assert db.metadata is Base.metadata
+    assert Item.__table__.metadata is Base.metadata
+    assert User.__table__.metadata is db.metadatas["users"]
+
+
+def test_model_class_a_mixin() -> None:
+    class Mixin:
+        def hello(self) -> str:
+            return "hi"
+
+    db = AsyncBind("sqlite://", model_class=Mixin)
+
+    class Item(db.Model):
+        __tablename__ = "item"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert Item().hello() == "hi"
+    assert "transient" in repr(Item())
+
+
+def test_model_class_errors() -> None:
+    class Base(sa_orm.DeclarativeBase):
+        pass
+
+    class MappedModel(Base):
+        __tablename__ = "m"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    with pytest.raises(ConfigError, match="is a mapped class"):
+        AsyncBind("sqlite://", model_class=MappedModel)
+    with pytest.raises(ConfigError, match="must be a class"):
+        AsyncBind("sqlite://", model_class="nope")  # type: ignore[arg-type]
+
+
+def test_bad_bind_key_type_on_a_model(db: AsyncBind) -> None:
+    with pytest.raises(ConfigError, match="Model 'Bad': __bind_key__ is 5"):
+
+        class Bad(db.Model):
+            __bind_key__ = 5
+            __tablename__ = "bad"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+
+def test_tables_made_elsewhere_carry_their_bind_in_info() -> None:
+    metadata = sa.MetaData(info={"bind_key": "meta"})
+    by_metadata = sa.Table("a", metadata, sa.Column("id", sa.Integer))
+    by_table = sa.Table("b", sa.MetaData(), sa.Column("id", sa.Integer), info={"bind_key": "users"})
+    overridden = sa.Table("c", metadata, sa.Column("id", sa.Integer), info={"bind_key": None})
+    assert bind_key_of(by_metadata) == "meta"
+    assert bind_key_of(by_table) == "users"
+    assert bind_key_of(overridden) is None
+    assert bind_key_of(sa.Table("d", sa.MetaData(), sa.Column("id", sa.Integer))) is None
+
+
+def test_tables_are_named_after_their_class_as_in_flask_sqlalchemy(db: AsyncBind) -> None:
+    class UserAccount(db.Model):
+        __bind_key__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str]
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "user"}
+
+    class Admin(UserAccount):  # no primary key of its own: single-table inheritance
+        __mapper_args__ = {"polymorphic_identity": "admin"}
+
+    class Engineer(UserAccount):  # its own primary key: joined inheritance
+        id: Mapped[int] = mapped_column(sa.ForeignKey("user_account.id"), primary_key=True)
+        __mapper_args__ = {"polymorphic_identity": "engineer"}
+
+    class HTTPRequestLog(db.Model):
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Named(db.Model):
+        __tablename__ = "explicit_name"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class NamedByMixin:
+        __tablename__ = "from_mixin"
+
+    class Mixed(NamedByMixin, db.Model):
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert UserAccount.__table__.name == "user_account"
+    assert Admin.__table__ is UserAccount.__table__ and sa.inspect(Admin).single
+    assert Engineer.__table__.name == "engineer"
+    assert Engineer.__table__.metadata is db.metadatas["users"]
+    assert HTTPRequestLog.__table__.name == "http_request_log"
+    assert Named.__table__.name == "explicit_name"
+    assert Mixed.__table__.name == "from_mixin"
+
+
+def test_autonaming_can_be_disabled() -> None:
+    db = AsyncBind("sqlite://", disable_autonaming=True)
+    with pytest.raises(sa.exc.InvalidRequestError, match="__tablename__"):
+
+        class Nameless(db.Model):
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+
+def test_a_typed_base_of_your_own_with_the_bind_key_mixin() -> None:
+    from asyncbind import BindKeyMixin
+
+    class Base(BindKeyMixin, sa_orm.DeclarativeBase):
+        pass
+
+    db = AsyncBind("sqlite://", binds={"users": "sqlite://"}, model_class=Base)
+    assert db.Model is Base and db.metadata is Base.metadata
+
+    class User(Base):
+        __bind_key__ = "users"
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Item(Base):
+        __tablename__ = "items"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert User.__table__.metadata is db.metadatas["users"]
+    assert Item.__table__.metadata is db.metadata
+    with pytest.raises(ConfigError, match="already belongs to another AsyncBind"):
+        AsyncBind("sqlite://", model_class=Base)

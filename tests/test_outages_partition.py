@@ -1,0 +1,138 @@
+"""Network partitions (a black-holed bind) and an exhausted pool, under the bind's timeouts.
+
+- Pre-ping of an idle pooled connection is bounded by the bind's statement (or connect) timeout:
+  past it the connection counts as dead and a new one is opened, within ``connect_timeout``.
+- ``db.dispose()`` does not wait for a partitioned server to acknowledge each close.
+- A request waiting on an exhausted pool fails with ``PoolTimeoutError`` naming the bind.
+"""
+
+# ruff: noqa: F811  (the fixtures imported from test_outages are test arguments here)
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+from test_outages import (  # noqa: F401  (fixtures)
+    BACKENDS,
+    GUARD,
+    WORKERS,
+    assert_pool_healthy,
+    cut_key,
+    make_outage_db,
+    proxy,
+    run_outage,
+)
+
+from asyncbind import AsyncBind, BindUnavailableError, PoolTimeoutError, StatementTimeoutError
+from benchmarks.faultproxy import FaultProxy
+
+pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
+
+
+async def test_black_hole_under_load_fails_then_recovers(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    await run_outage(cut_key, "blackhole", proxy, new_database, make_db)
+
+
+async def test_pre_ping_of_an_idle_connection_in_a_black_hole_fails_within_the_timeouts(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+
+    async def one() -> int:
+        async with db.session() as session:
+            sql = sa.text("SELECT 5")
+            return int((await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar())
+
+    # Idle connections in the pool, then the network black-holes.
+    assert await asyncio.gather(*(one() for _ in range(WORKERS))) == [5] * WORKERS
+    await proxy.set_mode("blackhole")
+    try:
+        async with asyncio.timeout(GUARD) as guard:
+            with pytest.raises((BindUnavailableError, StatementTimeoutError)) as info:
+                await one()
+    except TimeoutError:
+        if guard.expired():
+            pytest.fail(
+                f"A request to the black-holed bind {cut_key!r} was still waiting after {GUARD:g}s "
+                "(connect_timeout and statement_timeout are 1s): pre-ping has no timeout."
+            )
+        raise
+    finally:
+        await proxy.restore()
+    assert info.value.bind_key == cut_key and f"Bind {cut_key!r}" in str(info.value)
+    await proxy.restore()
+    assert await one() == 5
+    await assert_pool_healthy(db, cut_key)
+
+
+async def test_dispose_of_a_black_holed_bind_does_not_hang(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+    async with db.session() as session:
+        sql = sa.text("SELECT 1")
+        await session.execute(sql, bind_arguments={"bind_key": cut_key})
+    await proxy.set_mode("blackhole")
+    try:
+        async with asyncio.timeout(GUARD) as guard:
+            await db.dispose()
+    except TimeoutError:
+        if guard.expired():
+            pytest.fail(
+                f"db.dispose() with bind {cut_key!r} black-holed was still waiting after {GUARD:g}s."
+            )
+        raise
+    finally:
+        await proxy.restore()
+    async with db.session() as session:
+        sql = sa.text("SELECT 1")
+        assert (await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar() == 1
+
+
+async def test_exhausted_pool_of_a_slow_bind_names_the_bind(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    backend = BACKENDS[cut_key]
+    url = proxy.url_for(sa.make_url(await new_database(backend)))
+    db = make_db(
+        binds={
+            cut_key: {
+                "url": url,
+                "pool_size": 1,
+                "max_overflow": 0,
+                "pool_timeout": 0.5,
+                "statement_timeout": 5,
+            }
+        }
+    )
+    slow = {"postgresql": "SELECT pg_sleep(2)", "mysql": "SELECT SLEEP(2)"}[backend]
+
+    async def one() -> None:
+        async with db.session() as session:
+            await session.execute(sa.text(slow), bind_arguments={"bind_key": cut_key})
+
+    async with asyncio.timeout(GUARD):
+        results = await asyncio.gather(one(), one(), return_exceptions=True)
+    errors = [r for r in results if r is not None]
+    assert len(errors) == 1, results
+    assert isinstance(errors[0], PoolTimeoutError), repr(errors[0])
+    assert isinstance(errors[0], sa.exc.TimeoutError)
+    assert f"Bind {cut_key!r}" in str(errors[0])

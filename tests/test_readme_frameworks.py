@@ -1,0 +1,99 @@
+"""The examples of the README's "Frameworks" section run as written, and do what they say."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from twobinds import lifespan_of
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+pytestmark = pytest.mark.sqlite
+
+
+def example(title: str) -> str:
+    """The Python code block of the README's Frameworks subsection ``title``."""
+    text = README.read_text()
+    section = text[text.index("\n## Frameworks\n") :]
+    section = section[: section.index("\n## ", 1)]
+    part = section[section.index(f"\n### {title}\n") :]
+    code = re.search(r"```python\n(.*?)```", part, re.S)
+    assert code is not None, title
+    return code.group(1)
+
+
+def run(title: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Execute an example in ``path`` (its SQLite files go there), as a module would be."""
+    monkeypatch.chdir(path)
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    # dont_inherit: the example must not get this module's "from __future__ import annotations".
+    exec(compile(example(title), f"README {title}", "exec", dont_inherit=True), namespace)
+    return namespace
+
+
+def files(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()}
+
+
+def client_of(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def test_quart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example_ = run("Quart", tmp_path, monkeypatch)
+    app, db = example_["app"], example_["db"]
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert await (await client.post("/users/ada")).get_json() == {"users": ["ada"]}
+        assert await (await client.post("/users/bob")).get_json() == {"users": ["ada", "bob"]}
+    assert files(tmp_path) == {"main.db", "users.db"}
+    assert all(engine.sync_engine.pool.checkedin() == 0 for engine in db.engines.values())
+
+
+async def test_flask_sqlalchemy_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example_ = run("Porting a Flask-SQLAlchemy app with binds to Quart", tmp_path, monkeypatch)
+    app, db = example_["app"], example_["db"]
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert await (await client.post("/users/ada")).get_json() == {"id": 1}
+        assert await (await client.get("/users/1")).get_json() == {"name": "ada"}
+        async with app.app_context():
+            audit = example_["audit"]
+            rows = (await db.session.execute(audit.select())).all()
+            assert rows == [("ada",)]
+    assert files(tmp_path) == {"main.db", "meta.db", "auth.db"}
+
+
+async def test_starlette(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example_ = run("Starlette", tmp_path, monkeypatch)
+    app, db, User = example_["app"], example_["db"], example_["User"]
+    async with lifespan_of(app), client_of(app) as client:
+        assert (await client.post("/users/ada")).json() == {"added": "ada"}
+        async with db.session() as session:
+            assert (await session.get(User, 1)).name == "ada"  # committed by the middleware
+
+
+async def test_fastapi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example_ = run("FastAPI", tmp_path, monkeypatch)
+    app = example_["app"]
+    async with lifespan_of(app), client_of(app) as client:
+        assert (await client.post("/users/ada")).json() == {"id": 1}
+        assert (await client.post("/users/bob")).json() == {"id": 2}
+
+
+def test_workers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", example("Workers and scripts")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "10"

@@ -1,0 +1,203 @@
+"""create_all / drop_all / reflect over many binds: checked first, then concurrent, per bind."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase, server_url
+
+from asyncbind import AsyncBind, AsyncBindError, BindErrors, UnknownBindError
+
+Statements = Callable[[AsyncBind], list[tuple[Any, str]]]
+
+
+async def tables_in(db: AsyncBind, key: Any) -> set[str]:
+    async with db.engines[key].connect() as conn:
+        return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+
+
+def add_tables(db: AsyncBind, key: Any, *names: str) -> None:
+    for name in names:
+        db.Table(name, sa.Column("id", sa.Integer, primary_key=True), bind_key=key)
+
+
+@pytest.fixture
+async def three_binds(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> AsyncBind:
+    db = make_db(
+        await new_database(backend),
+        binds={"a": await new_database(backend), "b": await new_database(backend)},
+    )
+    add_tables(db, None, "t_default")
+    add_tables(db, "a", "t_a1", "t_a2")
+    add_tables(db, "b", "t_b")
+    return db
+
+
+async def test_create_all_and_drop_all_every_bind(three_binds: AsyncBind) -> None:
+    db = three_binds
+    await db.create_all()
+    assert await tables_in(db, None) == {"t_default"}
+    assert await tables_in(db, "a") == {"t_a1", "t_a2"}
+    assert await tables_in(db, "b") == {"t_b"}
+    await db.create_all()  # idempotent
+    await db.drop_all()
+    for key in (None, "a", "b"):
+        assert await tables_in(db, key) == set()
+    await db.drop_all()  # idempotent
+
+
+async def test_bind_key_selects_binds(three_binds: AsyncBind) -> None:
+    db = three_binds
+    await db.create_all(bind_key="a")
+    assert (await tables_in(db, None), await tables_in(db, "a")) == (set(), {"t_a1", "t_a2"})
+    await db.create_all(bind_key=[None, "b"])
+    assert await tables_in(db, None) == {"t_default"} and await tables_in(db, "b") == {"t_b"}
+    await db.drop_all(bind_key=None)
+    assert await tables_in(db, None) == set() and await tables_in(db, "b") == {"t_b"}
+    await db.drop_all(bind_key=["a", "__all__"])
+    assert all([await tables_in(db, k) == set() for k in (None, "a", "b")])
+
+
+async def test_unknown_bind_key_creates_nothing_anywhere(
+    three_binds: AsyncBind, statements: Statements
+) -> None:
+    db = three_binds
+    add_tables(db, "typo", "t_typo")
+    log = statements(db)
+    with pytest.raises(UnknownBindError) as info:
+        await db.create_all()
+    assert info.value.key == "typo" and "'t_typo'" in str(info.value)
+    assert log == []
+    for key in (None, "a", "b"):
+        assert await tables_in(db, key) == set()
+    with pytest.raises(UnknownBindError, match="'nope'"):
+        await db.create_all(bind_key="nope")
+    with pytest.raises(AsyncBindError, match="bind_key=3 is a int"):
+        await db.create_all(bind_key=3)  # type: ignore[arg-type]
+
+
+async def test_a_table_can_name_its_bind_in_info(three_binds: AsyncBind) -> None:
+    db = three_binds
+    sa.Table(
+        "t_moved",
+        db.metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        info={"bind_key": "b"},
+    )
+    await db.create_all()
+    assert await tables_in(db, "b") == {"t_b", "t_moved"}
+    assert "t_moved" not in await tables_in(db, None)
+
+
+async def test_foreign_keys_are_created_in_order(three_binds: AsyncBind) -> None:
+    db = three_binds
+    db.Table("parent", sa.Column("id", sa.Integer, primary_key=True), bind_key="b")
+    db.Table(
+        "child",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("parent_id", sa.ForeignKey("parent.id")),
+        bind_key="b",
+    )
+    await db.create_all(bind_key="b")
+    assert await tables_in(db, "b") == {"t_b", "parent", "child"}
+    await db.drop_all(bind_key="b")
+    assert await tables_in(db, "b") == set()
+
+
+async def test_one_failing_bind_does_not_stop_the_others(
+    backend_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    first, second = backend_pair
+    missing = "asyncbind_no_such_database"
+    broken = (
+        f"sqlite:////nonexistent-dir/{missing}.db"
+        if second == "sqlite"
+        else server_url(second, missing).render_as_string(hide_password=False)
+    )
+    db = make_db(
+        await new_database(first), binds={"ok": await new_database(second), "broken": broken}
+    )
+    add_tables(db, None, "t1")
+    add_tables(db, "ok", "t2")
+    add_tables(db, "broken", "t3")
+    with pytest.raises(BindErrors) as info:
+        await db.create_all()
+    assert list(info.value.errors) == ["broken"]
+    assert info.value.exceptions == (info.value.errors["broken"],)
+    assert "create_all failed on bind(s) 'broken'" in str(info.value)
+    assert await tables_in(db, None) == {"t1"}
+    assert await tables_in(db, "ok") == {"t2"}
+
+
+async def test_create_all_overlaps_binds(
+    backend_pair: tuple[str, str],
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    statements: Statements,
+) -> None:
+    """The binds' DDL interleaves instead of running bind after bind."""
+    first, second = backend_pair
+    db = make_db(await new_database(first), binds={"other": await new_database(second)})
+    add_tables(db, None, *(f"first_{i}" for i in range(8)))
+    add_tables(db, "other", *(f"other_{i}" for i in range(8)))
+    log = statements(db)
+    await db.create_all()
+    creates = [key for key, sql in log if sql.lstrip().upper().startswith("CREATE TABLE")]
+    assert sorted(creates, key=str) == sorted([None] * 8 + ["other"] * 8, key=str)
+    keys = [key for key, _ in log]
+    switches = sum(1 for x, y in itertools.pairwise(keys) if x != y)
+    assert switches >= 3, f"binds ran one after the other: {keys}"
+
+
+async def test_reflect_loads_each_bind_into_its_metadata(
+    backend_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    first, second = backend_pair
+    urls = {None: await new_database(first), "other": await new_database(second)}
+    writer = make_db(urls[None], binds={"other": urls["other"]})
+    add_tables(writer, None, "here")
+    writer.Table(
+        "there",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20)),
+        bind_key="other",
+    )
+    await writer.create_all()
+    async with writer.session() as session:
+        await session.execute(
+            sa.text("INSERT INTO there (id, name) VALUES (1, 'x')"),
+            bind_arguments={"bind_key": "other"},
+        )
+        await session.commit()
+
+    db = make_db(urls[None], binds={"other": urls["other"]})
+    await db.reflect()
+    assert set(db.metadata.tables) == {"here"}
+    assert set(db.metadatas["other"].tables) == {"there"}
+    there = db.metadatas["other"].tables["there"]
+    async with db.session() as session:  # reflected tables route to their bind
+        assert (await session.execute(sa.select(there.c.name))).scalar_one() == "x"
+    fresh = make_db(urls[None], binds={"other": urls["other"]})
+    await fresh.reflect(bind_key="other", only=["there"])
+    assert set(fresh.metadatas["other"].tables) == {"there"} and not fresh.metadata.tables
+
+
+@pytest.mark.sqlite
+async def test_names_differing_only_in_case_are_checked_by_the_database(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """SQLite (like MySQL on case-insensitive file systems) treats 'Users' and 'users' as one."""
+    db = make_db(await new_database("sqlite"))
+    async with db.engine.begin() as conn:
+        await conn.execute(sa.text('CREATE TABLE "Users" (id INTEGER PRIMARY KEY)'))
+    add_tables(db, None, "users")
+    await db.create_all()  # must not try to create it again
+    assert await tables_in(db, None) == {"Users"}
+    await db.drop_all()
+    assert await tables_in(db, None) == set()

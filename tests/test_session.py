@@ -1,0 +1,351 @@
+"""Routing: every statement of one session goes to its bind's engine, on real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+from sqlalchemy.orm import Mapped, mapped_column
+
+from asyncbind import AsyncBind, CrossBindError, UnknownBindError
+
+Statements = Callable[[AsyncBind], list[tuple[Any, str]]]
+
+
+def define(db: AsyncBind) -> tuple[Any, Any, sa.Table]:
+    class User(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "user_account"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+
+    class Item(db.Model):
+        __tablename__ = "item"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(sa.String(50))
+
+    log = db.Table(
+        "log",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("msg", sa.String(50)),
+        bind_key="users",
+    )
+    return User, Item, log
+
+
+async def table_rows(db: AsyncBind, key: Any, table: str) -> list[tuple[Any, ...]]:
+    """Read a table straight from one bind's engine, bypassing routing."""
+    async with db.engines[key].connect() as conn:
+        return [tuple(r) for r in await conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1"))]
+
+
+async def has_table(db: AsyncBind, key: Any, table: str) -> bool:
+    async with db.engines[key].connect() as conn:
+        return await conn.run_sync(lambda c: sa.inspect(c).has_table(table))
+
+
+@pytest.fixture
+async def two_binds(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> AsyncBind:
+    """Default bind and 'users', two databases on the test's backend."""
+    return make_db(await new_database(backend), binds={"users": await new_database(backend)})
+
+
+@pytest.fixture
+async def two_servers(
+    backend_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> AsyncBind:
+    """Default bind on one server, 'users' on another."""
+    first, second = backend_pair
+    return make_db(await new_database(first), binds={"users": await new_database(second)})
+
+
+async def test_orm_writes_and_reads_land_in_their_bind(
+    two_binds: AsyncBind, statements: Statements
+) -> None:
+    db = two_binds
+    User, Item, _ = define(db)
+    await db.create_all()
+    log = statements(db)
+    async with db.session() as session:
+        session.add_all([User(id=1, name="ada"), Item(id=1, title="lamp")])
+        await session.commit()
+        assert (await session.get(User, 1)).name == "ada"
+        assert (await session.scalars(sa.select(Item))).one().title == "lamp"
+    assert {k for k, sql in log if "user_account" in sql} == {"users"}
+    assert {k for k, sql in log if "item" in sql} == {None}
+    assert await table_rows(db, "users", "user_account") == [(1, "ada")]
+    assert await table_rows(db, None, "item") == [(1, "lamp")]
+    assert not await has_table(db, None, "user_account")
+    assert not await has_table(db, "users", "item")
+
+
+async def test_one_session_commits_every_bind_across_servers(
+    two_servers: AsyncBind, statements: Statements
+) -> None:
+    db = two_servers
+    User, Item, log_table = define(db)
+    await db.create_all()
+    async with db.session() as session:
+        session.add(User(id=7, name="grace"))
+        session.add(Item(id=8, title="desk"))
+        await session.execute(sa.insert(log_table).values(id=1, msg="hello"))
+        await session.commit()
+    assert await table_rows(db, "users", "user_account") == [(7, "grace")]
+    assert await table_rows(db, "users", "log") == [(1, "hello")]
+    assert await table_rows(db, None, "item") == [(8, "desk")]
+    log = statements(db)
+    async with db.session() as session:
+        assert (await session.execute(sa.select(log_table.c.msg))).scalar_one() == "hello"
+        await session.execute(sa.update(log_table).values(msg="bye"))
+        await session.execute(sa.delete(Item.__table__))
+        await session.commit()
+    assert [k for k, sql in log if "log" in sql] == ["users", "users"]
+    assert [k for k, sql in log if "item" in sql] == [None]
+    assert await table_rows(db, None, "item") == []
+
+
+async def test_text_goes_to_default_or_to_the_named_bind(
+    two_servers: AsyncBind, statements: Statements
+) -> None:
+    db = two_servers
+    log = statements(db)
+    async with db.session() as session:
+        await session.execute(sa.text("SELECT 1"))
+        await session.execute(sa.text("SELECT 2"), bind_arguments={"bind_key": "users"})
+        conn = await session.connection(bind_arguments={"bind_key": "users"})
+        assert conn.engine is db.engines["users"]
+        await session.execute(
+            sa.text("SELECT 3"), bind_arguments={"bind": db.engines["users"].sync_engine}
+        )
+        with pytest.raises(UnknownBindError, match="'nope'"):
+            await session.execute(sa.text("SELECT 4"), bind_arguments={"bind_key": "nope"})
+    assert [(k, sql) for k, sql in log if sql.startswith("SELECT")] == [
+        (None, "SELECT 1"),
+        ("users", "SELECT 2"),
+        ("users", "SELECT 3"),
+    ]
+
+
+async def test_same_table_name_in_two_binds_routes_each_to_its_own(two_servers: AsyncBind) -> None:
+    db = two_servers
+    columns = lambda: (sa.Column("id", sa.Integer, primary_key=True),)  # noqa: E731
+    here = db.Table("twin", *columns())
+    there = db.Table("twin", *columns(), bind_key="users")
+    await db.create_all()
+    async with db.session() as session:
+        for _ in range(3):  # the second time round, routing comes from its cache
+            await session.execute(sa.insert(here).values(id=1 + _))
+            await session.execute(sa.insert(there).values(id=10 + _))
+        await session.commit()
+    assert await table_rows(db, None, "twin") == [(1,), (2,), (3,)]
+    assert await table_rows(db, "users", "twin") == [(10,), (11,), (12,)]
+
+
+async def test_cross_bind_statements_are_refused_before_any_sql(
+    two_servers: AsyncBind, statements: Statements
+) -> None:
+    db = two_servers
+    User, Item, log_table = define(db)
+    await db.create_all()
+    log = statements(db)
+    cross = [
+        sa.select(User).join(Item, User.id == Item.id),
+        sa.select(Item).where(Item.id.in_(sa.select(User.id))),
+        sa.select(log_table.c.id, Item.id),
+        sa.insert(log_table).from_select(["id", "msg"], sa.select(Item.id, Item.title)),
+    ]
+    async with db.session() as session:
+        for statement in cross:
+            with pytest.raises(CrossBindError) as info:
+                await session.execute(statement)
+            assert set(info.value.keys) == {None, "users"}
+            assert "'item'" in str(info.value) and "Split it" in str(info.value)
+        assert (await session.execute(sa.select(sa.func.count()).select_from(Item))).scalar() == 0
+    assert [sql for _, sql in log if "user_account" in sql or "log" in sql] == []
+
+
+async def test_unknown_bind_key_names_the_model_and_the_configured_keys(
+    two_binds: AsyncBind,
+) -> None:
+    db = two_binds
+
+    class Report(db.Model):
+        __bind_key__ = "reports"
+        __tablename__ = "report"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    async with db.session() as session:
+        with pytest.raises(UnknownBindError) as info:
+            await session.execute(sa.select(Report))
+        assert info.value.key == "reports"
+        assert "'Report'" in str(info.value) and "configured: None, 'users'" in str(info.value)
+        session.add(Report(id=1))
+        with pytest.raises(UnknownBindError, match="'reports'"):
+            await session.flush()
+
+
+async def test_joined_inheritance_routes_by_the_local_table(two_binds: AsyncBind) -> None:
+    db = two_binds
+
+    class Person(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "person"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(sa.String(20))
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+
+    class Engineer(Person):
+        __tablename__ = "engineer"
+        id: Mapped[int] = mapped_column(sa.ForeignKey("person.id"), primary_key=True)
+        language: Mapped[str] = mapped_column(sa.String(20))
+        __mapper_args__ = {"polymorphic_identity": "engineer"}
+
+    class Manager(Person):
+        __mapper_args__ = {"polymorphic_identity": "manager"}
+
+    await db.create_all()
+    async with db.session() as session:
+        session.add_all([Engineer(id=1, language="python"), Manager(id=2)])
+        await session.commit()
+        kinds = (await session.scalars(sa.select(Person.kind).order_by(Person.id))).all()
+        assert kinds == ["engineer", "manager"]
+        assert (await session.get(Engineer, 1)).language == "python"
+    assert await table_rows(db, "users", "engineer") == [(1, "python")]
+    assert not await has_table(db, None, "person")
+
+
+async def test_session_defaults(two_binds: AsyncBind, make_db: Callable[..., AsyncBind]) -> None:
+    db = two_binds
+    _, Item, _ = define(db)
+    await db.create_all()
+    async with db.session() as session:
+        assert session.bind is db.engine
+        assert session.sync_session.bind is db.engine.sync_engine
+        assert session.get_bind() is db.engine.sync_engine
+        item = Item(id=1, title="kept")
+        session.add(item)
+        await session.commit()
+        assert item.title == "kept"  # not expired by the commit: no lazy load, no MissingGreenlet
+    assert db.sessionmaker.kw["expire_on_commit"] is False
+    other = make_db(str(db.engine.url), session_options={"expire_on_commit": True})
+    assert other.sessionmaker.kw["expire_on_commit"] is True
+
+
+async def test_custom_sync_session_class_keeps_routing(
+    two_binds: AsyncBind, make_db: Callable[..., AsyncBind]
+) -> None:
+    class Audited(sa.orm.Session):
+        audited = True
+
+    url = two_binds.engine.url.render_as_string(hide_password=False)
+    users = two_binds.engines["users"].url.render_as_string(hide_password=False)
+    db = make_db(url, binds={"users": users}, session_options={"sync_session_class": Audited})
+    define(db)
+    await db.create_all()
+    async with db.session() as session:
+        assert isinstance(session.sync_session, Audited)
+        conn = await session.connection(bind_arguments={"bind_key": "users"})
+        assert conn.engine is db.engines["users"]
+
+
+@pytest.mark.sqlite
+async def test_in_memory_sqlite_is_shared_by_every_session(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    db = make_db("sqlite://", binds={"users": "sqlite:///:memory:"})
+    User, Item, _ = define(db)
+    await db.create_all()
+    async with db.session() as first:
+        first.add_all([User(id=1, name="a"), Item(id=1, title="b")])
+        await first.commit()
+    async with db.session() as second:
+        assert (await second.get(User, 1)).name == "a"
+        assert (await second.get(Item, 1)).title == "b"
+    assert isinstance(db.engines["users"].sync_engine.pool, sa.StaticPool)
+
+
+async def test_routing_does_not_run_once_per_statement(
+    two_binds: AsyncBind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mapper's and a statement shape's bind is worked out once, then cached."""
+    from asyncbind import session as routing
+
+    db = two_binds
+    User, Item, _ = define(db)
+    await db.create_all()
+    calls: list[Any] = []
+    real = routing._tables_in
+    monkeypatch.setattr(routing, "_tables_in", lambda c: calls.append(c) or real(c))
+    async with db.session() as session:
+        for i in range(5):
+            await session.execute(sa.select(Item).where(Item.id == i))
+            await session.get(User, i)
+    assert 0 < len(calls) <= 6
+
+
+async def test_orm_unions_route_by_their_tables(
+    two_servers: AsyncBind, statements: Statements
+) -> None:
+    """SQLAlchemy hands get_bind() no statement for an ORM UNION; it must still reach its bind."""
+    db = two_servers
+    User, Item, log_table = define(db)
+    await db.create_all()
+    async with db.session() as session:
+        session.add_all([User(id=1, name="ada"), Item(id=2, title="lamp")])
+        await session.execute(sa.insert(log_table).values(id=3, msg="m"))
+        await session.commit()
+        log = statements(db)
+        union = sa.select(User.id).union_all(sa.select(log_table.c.id))
+        assert sorted((await session.execute(union)).scalars()) == [1, 3]
+        assert sorted((await session.scalars(union)).all()) == [1, 3]
+        assert await session.scalar(union) in (1, 3)
+        assert sorted([i async for i in await session.stream_scalars(union)]) == [1, 3]
+        assert {key for key, sql in log if "UNION" in sql} == {"users"}
+        with pytest.raises(CrossBindError):
+            await session.execute(sa.select(User.id).union(sa.select(Item.id)))
+
+
+async def test_tables_and_bases_made_outside_asyncbind_route_too(
+    backend_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A user's own DeclarativeBase, and Core tables that carry their bind in ``info``."""
+
+    class Base(sa.orm.DeclarativeBase):
+        pass
+
+    first, second = backend_pair
+    db = make_db(
+        await new_database(first), binds={"users": await new_database(second)}, model_class=Base
+    )
+
+    class Account(db.Model):
+        __bind_key__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    elsewhere = sa.MetaData(info={"bind_key": "users"})
+    by_metadata = sa.Table("by_metadata", elsewhere, sa.Column("id", sa.Integer, primary_key=True))
+    by_info = sa.Table(
+        "by_info",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        info={"bind_key": "users"},
+    )
+    await db.create_all()
+    async with db.engines["users"].begin() as conn:
+        await conn.run_sync(elsewhere.create_all)
+        await conn.run_sync(by_info.create)
+    async with db.session() as session:
+        session.add(Account(id=1))
+        await session.execute(sa.insert(by_metadata).values(id=2))
+        await session.execute(sa.insert(by_info).values(id=3))
+        await session.commit()
+        assert (await session.scalar(sa.select(by_metadata.c.id))) == 2
+        assert (await session.scalar(sa.select(by_info.c.id))) == 3
+    assert await table_rows(db, "users", "account") == [(1,)]
+    assert await table_rows(db, "users", "by_metadata") == [(2,)]
+    assert not await has_table(db, None, "account")
