@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 from twobinds import TwoBinds, add_models, all_zero, checked_out, make_urls, names
 
@@ -320,32 +321,56 @@ async def _add_and_flush(session: AsyncSession, obj: Any) -> None:
     await session.flush()
 
 
-async def test_close_from_another_task_waits_for_the_operation_in_flight(two: TwoBinds) -> None:
+@pytest.mark.parametrize("cleanup", ["close", "reset"])
+async def test_cleanup_from_another_task_waits_for_the_operation_in_flight(
+    two: TwoBinds, cleanup: str
+) -> None:
     db = two.db
     session = db.session()
     async with asyncio.timeout(GUARD):
         result, _ = await asyncio.gather(
-            session.execute(sa.text(SLEEP["postgresql"])), session.close()
+            session.execute(sa.text(SLEEP["postgresql"])), getattr(session, cleanup)()
         )
     assert len(result.all()) == 1
+    assert all_zero(checked_out(db))
+    # The session is free again, and usable.
+    assert (await session.execute(sa.select(sa.func.count()).select_from(two.Item))).scalar() == 0
+    await session.close()
+    assert all_zero(checked_out(db))
+
+
+async def test_a_sync_close_is_refused_while_another_task_is_in_flight(two: TwoBinds) -> None:
+    """Waiting needs SQLAlchemy's greenlet; a plain sync call cannot wait, so it is refused."""
+    db = two.db
+    async with db.session() as session:
+        running = asyncio.create_task(session.execute(sa.text(SLEEP["postgresql"])))
+        await asyncio.sleep(0)
+        with pytest.raises(SessionSharedError) as error:
+            session.sync_session.close()
+        assert error.value.operation == "close()" and error.value.running == "execute()"
+        await running
     assert all_zero(checked_out(db))
 
 
 async def test_guarded_classes_wrap_custom_session_classes(two: TwoBinds) -> None:
+    class MySync(sa_orm.Session):
+        pass
+
     class Mine(AsyncSession):
         pass
 
-    guarded = guarded_session_class(Mine)
-    assert issubclass(guarded, Mine) and is_guarded(guarded)
-    assert guarded_session_class(Mine) is guarded
+    guarded = guarded_session_class(MySync)
+    assert issubclass(guarded, MySync) and is_guarded(guarded)
+    assert guarded_session_class(MySync) is guarded
     assert guarded_session_class(guarded) is guarded
-    db = two.db
-    assert is_guarded(db.sessionmaker.class_)
-    custom = AsyncBind("sqlite://", session_options={"class_": Mine})
+    assert is_guarded(two.db.sessionmaker.kw["sync_session_class"])
+    custom = AsyncBind("sqlite://", session_options={"class_": Mine, "sync_session_class": MySync})
     try:
-        session = custom.session()
-        assert isinstance(session, Mine) and is_guarded(type(session))
-        await session.close()
+        async with custom.session() as session:
+            assert isinstance(session, Mine)
+            assert isinstance(session.sync_session, MySync)
+            assert is_guarded(type(session.sync_session))
+            assert (await session.execute(sa.text("SELECT 7"))).scalar() == 7
     finally:
         await custom.dispose()
 

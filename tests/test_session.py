@@ -109,6 +109,34 @@ async def test_one_session_commits_every_bind_across_servers(
     assert await table_rows(db, None, "item") == []
 
 
+async def test_get_routes_by_its_model_unless_told_otherwise(
+    two_binds: AsyncBind, statements: Statements
+) -> None:
+    """A primary-key lookup goes to its model's bind; explicit bind_arguments still win."""
+    db = two_binds
+    User, _, _ = define(db)
+    await db.create_all()
+    # The same table in the default bind, holding another row: where each get went shows.
+    async with db.engines[None].begin() as conn:
+        await conn.run_sync(lambda c: User.__table__.to_metadata(sa.MetaData()).create(c))
+        await conn.execute(sa.text("INSERT INTO user_account (id, name) VALUES (1, 'default')"))
+    async with db.session() as session:
+        session.add(User(id=1, name="users"))
+        await session.commit()
+    log = statements(db)
+    async with db.session() as session:
+        assert (await session.get(User, 1)).name == "users"
+    async with db.session() as session:
+        # AsyncSession.get() takes no bind_arguments; the sync Session.get() does.
+        found = await session.run_sync(
+            lambda sync: sync.get(User, 1, bind_arguments={"bind_key": None})
+        )
+        assert found.name == "default"
+    async with db.session() as session:
+        assert (await session.get_one(User, 1)).name == "users"
+    assert [k for k, sql in log if "user_account" in sql] == ["users", None, "users"]
+
+
 async def test_text_goes_to_default_or_to_the_named_bind(
     two_servers: AsyncBind, statements: Statements
 ) -> None:
