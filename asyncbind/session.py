@@ -13,6 +13,7 @@ compiled SQL, so a cache hit costs a dict lookup.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ __all__ = ["Router", "RoutingSession", "routing_session_class"]
 
 _MISSING: Any = object()
 #: The bind_arguments of a primary-key lookup: its mapper decides.
-_BY_MAPPER: Mapping[str, Any] = {"_asyncbind_by_mapper": True}
+_BY_MAPPER: Mapping[str, Any] = MappingProxyType({"_asyncbind_by_mapper": True})
 #: How many statement shapes the router remembers (SQLAlchemy's compiled cache holds 500).
 STATEMENT_CACHE_SIZE = 1000
 
