@@ -26,7 +26,7 @@ from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, form
 from .models import MetadataRegistry, make_model_base
 from .scoping import SessionFactory, SessionScope, run_to_completion
 from .session import Router, routing_session_class
-from .sharing import guarded_session_class
+from .sharing import guarded_session_class, guarded_sync_session_class
 from .urls import render_url
 
 __all__ = ["AsyncBind", "SessionFactory"]
@@ -181,8 +181,8 @@ class AsyncBind:
         session_class = options.pop("class_", AsyncSession)
         options.setdefault("expire_on_commit", False)
         return async_sessionmaker(
-            class_=session_class,
-            sync_session_class=guarded_session_class(
+            class_=guarded_session_class(session_class),
+            sync_session_class=guarded_sync_session_class(
                 routing_session_class(self._router, sync_class)
             ),
             **options,
