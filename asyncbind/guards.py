@@ -31,7 +31,6 @@ from .exceptions import (
 __all__ = ["connector", "install", "loop_affine_pool", "mentions", "pool_loop"]
 
 _TIMEOUT_MARK = "_asyncbind_timeout"
-get_running_loop = asyncio.get_running_loop
 #: Seconds a connection may take to close politely before it is dropped, when the bind sets no
 #: timeout of its own.
 CLOSE_TIMEOUT = 10.0
@@ -224,20 +223,16 @@ class _LoopAffinePool:
     _asyncbind_loop: asyncio.AbstractEventLoop | None = None
 
     def _do_get(self) -> Any:
-        if self._asyncbind_loop is not get_running_loop():
-            self._asyncbind_adopt_loop()
+        loop = asyncio.get_running_loop()
+        owner = self._asyncbind_loop
+        if owner is not loop:
+            if owner is not None:
+                raise WrongEventLoopError(self._asyncbind_key)
+            self._asyncbind_loop = loop
         try:
-            return self._asyncbind_parent_do_get()
+            return super()._do_get()  # type: ignore[misc]
         except sa_exc.TimeoutError as exc:
             raise PoolTimeoutError(self._asyncbind_key, getattr(self, "_timeout", None)) from exc
-
-    def _asyncbind_adopt_loop(self) -> None:
-        if self._asyncbind_loop is not None:
-            raise WrongEventLoopError(self._asyncbind_key)
-        self._asyncbind_loop = get_running_loop()
-
-    def _asyncbind_parent_do_get(self) -> Any:
-        raise NotImplementedError  # set per pool class by loop_affine_pool()
 
     def recreate(self) -> Any:
         new = super().recreate()  # type: ignore[misc]
@@ -253,9 +248,7 @@ def loop_affine_pool(poolclass: type[sa_pool.Pool]) -> type[sa_pool.Pool]:
     affine = _AFFINE.get(poolclass)
     if affine is None:
         name = f"LoopAffine{poolclass.__name__}"
-        # The pool class's own _do_get, called directly: this runs on every checkout.
-        namespace = {"_asyncbind_parent_do_get": poolclass._do_get}
-        affine = _AFFINE[poolclass] = type(name, (_LoopAffinePool, poolclass), namespace)
+        affine = _AFFINE[poolclass] = type(name, (_LoopAffinePool, poolclass), {})
     return affine
 
 

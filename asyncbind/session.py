@@ -13,7 +13,6 @@ compiled SQL, so a cache hit costs a dict lookup.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -27,8 +26,6 @@ from .models import bind_key_of
 __all__ = ["Router", "RoutingSession", "routing_session_class"]
 
 _MISSING: Any = object()
-#: The bind_arguments of a primary-key lookup: its mapper decides.
-_BY_MAPPER: Mapping[str, Any] = MappingProxyType({"_asyncbind_by_mapper": True})
 #: How many statement shapes the router remembers (SQLAlchemy's compiled cache holds 500).
 STATEMENT_CACHE_SIZE = 1000
 
@@ -179,13 +176,6 @@ class RoutingSession(sa_orm.Session):
             kw["bind_arguments"] = {"clause": statement}
         return super().scalars(statement, params, **kw)
 
-    # A primary-key lookup selects from its mapper's table alone: route it by the mapper, without
-    # looking the statement up.
-    def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
-        if not kw.get("bind_arguments"):
-            kw["bind_arguments"] = _BY_MAPPER
-        return super().get(entity, ident, **kw)
-
     def get_bind(
         self,
         mapper: Any = None,
@@ -193,7 +183,6 @@ class RoutingSession(sa_orm.Session):
         clause: Any = None,
         bind: Any = None,
         bind_key: Any = _MISSING,
-        _asyncbind_by_mapper: bool = False,
         **kw: Any,
     ) -> sa.Engine | sa.Connection:
         if bind is not None:
@@ -201,7 +190,7 @@ class RoutingSession(sa_orm.Session):
         router = self._asyncbind_router
         if bind_key is not _MISSING:
             return router.engine(bind_key, "bind_arguments={'bind_key': ...}")
-        if clause is not None and not (_asyncbind_by_mapper and mapper is not None):
+        if clause is not None:
             return router.for_statement(mapper, clause)
         if mapper is not None:
             return router.for_mapper(mapper)
