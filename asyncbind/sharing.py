@@ -3,8 +3,8 @@
 An :class:`~sqlalchemy.ext.asyncio.AsyncSession` must not be used by two tasks concurrently
 (``asyncio.gather`` over one session is the classic case). SQLAlchemy then fails only when the
 timing is unlucky, with ``IllegalStateChangeError`` or a leaked connection. The sessions asyncbind
-makes note the task that has an operation in flight and refuse another task that starts one
-meanwhile with :class:`~asyncbind.SessionSharedError`, every time, before anything is sent.
+makes note the operation in flight and refuse another task that starts one meanwhile with
+:class:`~asyncbind.SessionSharedError`, every time, before anything is sent.
 
 Handing a session from one task to the next (one after the other) stays allowed: frameworks do it,
 for example Starlette runs a streaming body in a task of its own. ``close()`` from another task
@@ -12,20 +12,22 @@ waits for the operation in flight to finish, then closes: cleanup must not leak 
 
 The bookkeeping sits in the *sync* session that the AsyncSession drives: every operation of an
 AsyncSession is one call of a sync Session method, run in SQLAlchemy's greenlet from the first
-to the last of its awaits. Marking the operation there costs one plain function call, where
-wrapping the coroutines would add a frame to every resumption of every await.
+to the last of its awaits, so that greenlet identifies the operation. Marking it there costs one
+plain function call, where wrapping the coroutines would add a frame to every resumption of every
+await.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import greenlet
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
 from .exceptions import SessionSharedError
 
@@ -70,49 +72,79 @@ def _task_name(task: asyncio.Task[Any] | None) -> str:
     return "<no task>" if task is None else task.get_name()
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop: plain sync use
+        return None
+
+
+def _owner_of(session: Any) -> asyncio.Task[Any] | None:
+    """The task whose operation on the sync ``session`` is in flight.
+
+    An operation in flight waits in SQLAlchemy's ``greenlet_spawn``, which was handed the
+    session's bound method (or, for ``run_sync``, the session itself): each other task's chain of
+    awaits is searched for that call. Only an error message needs the owner, so operations never
+    ask asyncio for their task.
+    """
+    try:
+        current, tasks = asyncio.current_task(), asyncio.all_tasks()
+    except RuntimeError:
+        return None
+    for task in tasks:
+        awaited: Any = None if task is current else task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None)
+            if frame is not None and frame.f_code.co_name == "greenlet_spawn":
+                fn, args = frame.f_locals.get("fn"), frame.f_locals.get("args", ())
+                if getattr(fn, "__self__", None) is session or any(a is session for a in args):
+                    return task
+            awaited = getattr(awaited, "cr_await", None)
+    return None
+
+
 def _guard(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     # The operation in flight is known by its greenlet: SQLAlchemy runs each AsyncSession
     # operation in a greenlet of its own, and calls nested in it (a get's autoflush) share it.
-    # Comparing greenlets is ten times cheaper than asking asyncio for the current task, which is
-    # done once per operation, for the error message.
+    # This runs several times per operation, so it costs two attribute writes and a greenlet
+    # comparison; the tasks involved are looked up only to word a refusal.
     getcurrent = greenlet.getcurrent
-    current_task = asyncio.current_task
 
     @functools.wraps(method)
     def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         owner = self._asyncbind_greenlet
         if owner is None:
-            try:
-                task = current_task()
-            except RuntimeError:  # no event loop: plain sync use
-                return method(self, *args, **kwargs)
             self._asyncbind_greenlet = getcurrent()
-            self._asyncbind_task = task
             self._asyncbind_operation = name
             try:
                 return method(self, *args, **kwargs)
             finally:
-                self._asyncbind_greenlet = self._asyncbind_task = None
-                waiter = self._asyncbind_waiter
-                if waiter is not None:
-                    self._asyncbind_waiter = None
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self._asyncbind_greenlet = None
+                if self._asyncbind_waiter is not None:
+                    _release(self)
         if owner is getcurrent():  # an operation calling another one
             return method(self, *args, **kwargs)
         raise SessionSharedError(
             f"{name}()",
-            task=_task_name(current_task()),
-            owner=_task_name(self._asyncbind_task),
+            task=_task_name(_current_task()),
+            owner=_task_name(_owner_of(self)),
             running=f"{self._asyncbind_operation}()",
         )
 
     return guarded
 
 
+def _release(session: Any) -> None:
+    """Wake the ``close()`` waiting for the operation that just ended."""
+    waiter = session._asyncbind_waiter
+    session._asyncbind_waiter = None
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def guarded_sync_session_class(base: type[_S]) -> type[_S]:
-    """A subclass of ``base`` (a sync Session class) that notes the task of the operation in
-    flight and refuses another task meanwhile."""
+    """A subclass of ``base`` (a sync Session class) that notes the operation in flight and
+    refuses another task meanwhile."""
     if getattr(base, "_asyncbind_guarded", False):
         return base
     guarded = _sync_classes.get(base)
@@ -123,7 +155,6 @@ def guarded_sync_session_class(base: type[_S]) -> type[_S]:
             "__doc__": base.__doc__,
             "_asyncbind_guarded": True,
             "_asyncbind_greenlet": None,
-            "_asyncbind_task": None,
             "_asyncbind_operation": None,
             "_asyncbind_waiter": None,
         }
@@ -145,6 +176,27 @@ async def _close_when_free(session: AsyncSession) -> None:
         await asyncio.shield(waiter)
 
 
+def _close(base: type[AsyncSession]) -> Callable[[AsyncSession], Coroutine[Any, Any, None]]:
+    """``close()`` for a guarded subclass of ``base``: first wait for another task's operation in
+    flight, then close as ``base`` does."""
+    if base.close is AsyncSession.close:
+        # SQLAlchemy's own close() is one call in its greenlet; made here, it costs no extra
+        # coroutine on the way out of every ``async with`` block.
+        async def close(self: AsyncSession) -> None:
+            sync = self.sync_session
+            if getattr(sync, "_asyncbind_greenlet", None) is not None:
+                await _close_when_free(self)
+            await greenlet_spawn(sync.close)
+
+    else:
+
+        async def close(self: AsyncSession) -> None:
+            await _close_when_free(self)
+            await base.close(self)
+
+    return functools.wraps(base.close)(close)
+
+
 def guarded_session_class(base: type[_AS]) -> type[_AS]:
     """A subclass of ``base`` (an AsyncSession class) whose ``close()`` from another task waits
     for the operation in flight instead of breaking it; the refusal itself happens in the sync
@@ -153,17 +205,12 @@ def guarded_session_class(base: type[_AS]) -> type[_AS]:
         return base
     guarded = _async_classes.get(base)
     if guarded is None:
-
-        async def close(self: AsyncSession) -> None:
-            await _close_when_free(self)
-            await base.close(self)
-
         namespace: dict[str, Any] = {
             "__module__": base.__module__,
             "__qualname__": base.__qualname__,
             "__doc__": base.__doc__,
             "_asyncbind_guarded": True,
-            "close": functools.wraps(base.close)(close),
+            "close": _close(base),
         }
         guarded = _async_classes[base] = type(base.__name__, (base,), namespace)
     return guarded  # type: ignore[return-value]

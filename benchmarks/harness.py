@@ -1,8 +1,12 @@
 """Run cases side by side and print medians, ranges and per-repetition ratios.
 
-Each repetition runs every case of a table once, in order, so that a case and its baseline are
-measured moments apart; a ratio is computed within each repetition and the table shows the median
-and range of those ratios. A case's docstring (its first line) is what the table prints for it.
+Each repetition runs every case of a table, so that a case and its baseline are measured moments
+apart; a ratio is computed within each repetition and the table shows the median and range of
+those ratios. With ``slices``, a repetition is cut into that many rounds in which every case does
+its share of the work, the order reversing from one round to the next (ABBA), so that a slow
+spell on a shared machine falls on every case alike instead of on whichever ran during it.
+
+A case's docstring (its first line) is what the table prints for it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 RESULTS: list[dict[str, Any]] = []
 
 SKIPPED_PEER = "skipped (install asyncbind[benchmarks])"
+#: How many interleaved rounds the lookup suites cut each full run into.
+SLICES = 6
 
 
 @dataclass
@@ -48,8 +54,10 @@ class Table:
         ops: int | None = None,
         unit: str = "op",
         warmup: bool = True,
+        slices: int = 1,
     ) -> None:
         self.title = title
+        self.slices = slices
         self.warmup = warmup
         self.repeat = repeat
         self.ops = ops
@@ -66,7 +74,8 @@ class Table:
         ratio: str = "speed",
         skip: str | None = None,
     ) -> None:
-        """Add a case. ``fn`` returns the seconds it measured itself, or None to be timed whole.
+        """Add a case. ``fn`` returns the seconds it measured itself, or None to be timed whole;
+        with ``slices``, it is called that many times per repetition, each call doing one slice.
 
         ``vs`` names the baselines it is compared with; ``ratio="speed"`` prints how many times
         as fast as the baseline (baseline time / case time), ``"time"`` the time ratio.
@@ -84,15 +93,19 @@ class Table:
             for case in self.cases:
                 if case.fn is not None and not case.skip:
                     await case.fn()
+        runnable = [c for c in self.cases if c.fn is not None and not c.skip]
         for _ in range(self.repeat):
-            for case in self.cases:
-                if case.fn is None or case.skip:
-                    continue
-                started = time.perf_counter()
-                measured = await case.fn()
-                case.samples.append(
-                    measured if measured is not None else time.perf_counter() - started
-                )
+            totals = dict.fromkeys((c.name for c in runnable), 0.0)
+            for index in range(self.slices):
+                for case in runnable if index % 2 == 0 else reversed(runnable):
+                    assert case.fn is not None
+                    started = time.perf_counter()
+                    measured = await case.fn()
+                    totals[case.name] += (
+                        measured if measured is not None else time.perf_counter() - started
+                    )
+            for case in runnable:
+                case.samples.append(totals[case.name])
         by_name = {c.name: c for c in self.cases}
         for case in self.cases:
             if case.combine and not case.skip:

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import lookups
-from .harness import SKIPPED_PEER, Table
+from .harness import SKIPPED_PEER, SLICES, Table
 from .servers import MYSQL, POSTGRESQL, databases, unreachable, with_driver
 
 THREADS = 16
@@ -171,6 +171,9 @@ def _async_case(op: lookups.Op, count: int, doc: str) -> Any:
 async def main(options: Any) -> None:
     count = 300 if options.quick else 3_000
     repeat = options.repeat or (2 if options.quick else 7)
+    slices = 1 if options.quick else SLICES
+    share = count // slices
+    rounds = f" in {slices} interleaved rounds" if slices > 1 else ""
     for backend in (POSTGRESQL, MYSQL):
         reason = await unreachable(backend)
         if reason:
@@ -190,15 +193,16 @@ async def main(options: Any) -> None:
                 ),
             ):
                 table = Table(
-                    f"peers, {title}, {repeat} runs",
+                    f"peers, {title}, {repeat} runs{rounds}",
                     repeat=repeat,
                     ops=count,
                     unit="request",
+                    slices=slices,
                 )
 
                 async def flask_run(workload: str = workload) -> None:
                     assert flask is not None
-                    await flask.run(getattr(flask, workload), count)
+                    await flask.run(getattr(flask, workload), share)
 
                 flask_run.__doc__ = (
                     f"Flask-SQLAlchemy 3.1, sync psycopg + PyMySQL, {THREADS} threads"
@@ -208,7 +212,7 @@ async def main(options: Any) -> None:
                     "sqlalchemy-bind-manager",
                     _async_case(
                         manager.get() if workload == "get" else manager.mixed(),
-                        count,
+                        share,
                         "sqlalchemy-bind-manager async repositories, 32 tasks",
                     )
                     if manager is not None
@@ -222,13 +226,13 @@ async def main(options: Any) -> None:
                 table.case(
                     "plain AsyncSession",
                     _async_case(
-                        plain_op, count, "plain AsyncSession (one engine or binds=), 32 tasks"
+                        plain_op, share, "plain AsyncSession (one engine or binds=), 32 tasks"
                     ),
                 )
                 ours_op = ours.get(POSTGRESQL) if workload == "get" else ours.mixed()
                 table.case(
                     "asyncbind",
-                    _async_case(ours_op, count, "asyncbind session, 32 tasks"),
+                    _async_case(ours_op, share, "asyncbind session, 32 tasks"),
                     vs=["Flask-SQLAlchemy", "sqlalchemy-bind-manager", "plain AsyncSession"],
                 )
                 await table.run()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import lookups
-from .harness import Table
+from .harness import SLICES, Table
 from .servers import MYSQL, NAMES, POSTGRESQL, databases, unreachable
 
 
@@ -26,6 +26,9 @@ def _case(op: lookups.Op, count: int, doc: str) -> Any:
 async def main(options: Any) -> None:
     count = 300 if options.quick else 3_000
     repeat = options.repeat or (2 if options.quick else 7)
+    slices = 1 if options.quick else SLICES
+    share = count // slices
+    rounds = f" in {slices} interleaved rounds" if slices > 1 else ""
     backends = [b for b in (POSTGRESQL, MYSQL) if not await unreachable(b)]
     for b in (POSTGRESQL, MYSQL):
         if b not in backends:
@@ -46,14 +49,15 @@ async def main(options: Any) -> None:
                 driver = "asyncpg" if backend == POSTGRESQL else "aiomysql"
                 table = Table(
                     f"routing on {name}: {count} lookups per run, {lookups.TASKS} tasks, "
-                    f"pool of {lookups.POOL}, {repeat} runs",
+                    f"pool of {lookups.POOL}, {repeat} runs{rounds}",
                     repeat=repeat,
                     ops=count,
                     unit="lookup",
+                    slices=slices,
                 )
                 table.case(
                     f"raw {driver}",
-                    _case(raw.get(backend), count, f"raw {driver} pool, fetch one row by id"),
+                    _case(raw.get(backend), share, f"raw {driver} pool, fetch one row by id"),
                 )
                 for kind, label in (
                     ("get", "session.get(Item, id)"),
@@ -65,7 +69,7 @@ async def main(options: Any) -> None:
                         plain_name,
                         _case(
                             getattr(plain, kind)(backend),
-                            count,
+                            share,
                             f"plain AsyncSession, {label}",
                         ),
                         vs=[f"raw {driver}"],
@@ -74,7 +78,7 @@ async def main(options: Any) -> None:
                         f"asyncbind {kind}",
                         _case(
                             getattr(ours, kind)(backend),
-                            count,
+                            share,
                             f"asyncbind session, {label}",
                         ),
                         vs=[plain_name, f"raw {driver}"],
@@ -83,18 +87,19 @@ async def main(options: Any) -> None:
             if len(backends) == 2:
                 table = Table(
                     f"routing over two binds (PostgreSQL + MariaDB): {count} requests of one "
-                    f"get on each, {lookups.TASKS} tasks, {repeat} runs",
+                    f"get on each, {lookups.TASKS} tasks, {repeat} runs{rounds}",
                     repeat=repeat,
                     ops=count,
                     unit="request",
+                    slices=slices,
                 )
                 table.case(
                     "AsyncSession(binds=...)",
-                    _case(plain.mixed(), count, "plain AsyncSession(binds={Pg: e1, My: e2})"),
+                    _case(plain.mixed(), share, "plain AsyncSession(binds={Pg: e1, My: e2})"),
                 )
                 table.case(
                     "asyncbind mixed",
-                    _case(ours.mixed(), count, "asyncbind session, models with __bind_key__"),
+                    _case(ours.mixed(), share, "asyncbind session, models with __bind_key__"),
                     vs=["AsyncSession(binds=...)"],
                 )
                 await table.run()

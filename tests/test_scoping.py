@@ -303,6 +303,23 @@ async def test_sync_methods_are_refused_while_another_task_is_in_flight(two: Two
     assert await names(db) == (["late"], [])
 
 
+async def test_the_refusal_names_the_task_whose_run_sync_is_in_flight(two: TwoBinds) -> None:
+    db = two.db
+
+    def slow(sync_session: Any) -> Any:
+        return sync_session.execute(sa.text(SLEEP["postgresql"])).all()
+
+    async with db.session() as session:
+        running = asyncio.create_task(session.run_sync(slow), name="the-owner")
+        await asyncio.sleep(0)
+        with pytest.raises(SessionSharedError) as error:
+            await session.execute(sa.select(two.Item))
+        assert error.value.owner == "the-owner" and error.value.running == "execute()"
+        assert error.value.task == asyncio.current_task().get_name()  # type: ignore[union-attr]
+        assert len(await running) == 1
+    assert all_zero(checked_out(db))
+
+
 async def test_a_session_handed_from_task_to_task_is_allowed(two: TwoBinds) -> None:
     """One task after the other (Starlette runs a streaming body in a task of its own)."""
     db = two.db
