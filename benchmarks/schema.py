@@ -4,6 +4,10 @@ SQLite).
 asyncbind runs the binds concurrently; plain SQLAlchemy runs them bind after bind (and, for
 reference, concurrently with ``asyncio.gather``). The floor is the slowest bind on its own. Target:
 asyncbind's ``create_all`` <= 1.15x the time of the slowest single bind alone.
+
+For ``create_all`` the raw drivers (asyncpg, aiomysql, aiosqlite) also send the same DDL, compiled
+beforehand, alone and on the three binds at once: how much the servers slow each other down
+when they share the machine, with no Python library work in the way.
 """
 
 from __future__ import annotations
@@ -40,6 +44,73 @@ def define_tables(make: Callable[..., sa.Table], prefix: str) -> None:
         make(f"{prefix}_{i}", *columns)
 
 
+def ddl(metadata: sa.MetaData, dialect: sa.Dialect) -> list[str]:
+    """The statements ``create_all`` sends for ``metadata``, compiled for ``dialect``."""
+    statements = []
+    for table in metadata.sorted_tables:
+        statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)))
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            statements.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
+    return statements
+
+
+class RawDDL:
+    """One raw driver connection per bind, sending precompiled DDL statement by statement in a
+    transaction (MariaDB commits each DDL statement by itself)."""
+
+    def __init__(self, urls: dict[str, sa.URL], statements: dict[str, list[str]]) -> None:
+        self.urls, self.statements = urls, statements
+        self.conns: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        import aiomysql
+        import aiosqlite
+        import asyncpg
+
+        for backend, url in self.urls.items():
+            if backend == POSTGRESQL:
+                self.conns[backend] = await asyncpg.connect(
+                    host=url.host,
+                    port=url.port or 5432,
+                    user=url.username,
+                    password=url.password,
+                    database=url.database,
+                )
+            elif backend == MYSQL:
+                self.conns[backend] = await aiomysql.connect(
+                    host=url.host,
+                    port=url.port or 3306,
+                    user=url.username,
+                    password=url.password or "",
+                    db=url.database,
+                    autocommit=True,
+                )
+            else:
+                self.conns[backend] = await aiosqlite.connect(url.database or ":memory:")
+
+    async def create(self, backend: str) -> None:
+        conn, statements = self.conns[backend], self.statements[backend]
+        if backend == POSTGRESQL:
+            async with conn.transaction():
+                for statement in statements:
+                    await conn.execute(statement)
+        elif backend == MYSQL:
+            async with conn.cursor() as cursor:
+                for statement in statements:
+                    await cursor.execute(statement)
+        else:
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.commit()
+
+    async def close(self) -> None:
+        for backend, conn in self.conns.items():
+            if backend == MYSQL:
+                conn.close()
+            else:
+                await conn.close()
+
+
 async def main(options: Any) -> None:
     repeat = options.repeat or (2 if options.quick else 7)
     backends = [b for b in (POSTGRESQL, MYSQL, SQLITE) if not await unreachable(b)]
@@ -59,6 +130,8 @@ async def main(options: Any) -> None:
             engines[backend] = create_async_engine(with_driver(urls[backend], DRIVERS[backend]))
             metadata = metadatas[backend] = sa.MetaData()
             define_tables(lambda name, *cols, m=metadata: sa.Table(name, m, *cols), "t")
+        raw = RawDDL(urls, {b: ddl(metadatas[b], engines[b].sync_engine.dialect) for b in backends})
+        await raw.open()
 
         async def plain_create(backend: str) -> None:
             async with engines[backend].begin() as conn:
@@ -148,9 +221,36 @@ async def main(options: Any) -> None:
                     vs=["slowest alone", "bind after bind"],
                     ratio="time",
                 )
+                if verb == "create_all":
+                    raw_alone = []
+                    for backend in backends:
+                        name = f"raw {NAMES[backend]} alone"
+                        raw_alone.append(name)
+                        table.case(
+                            name,
+                            timed(
+                                prepare,
+                                lambda b=backend: raw.create(b),
+                                f"raw {DRIVERS[backend]}, precompiled DDL, alone",
+                            ),
+                        )
+                    table.slowest_of(
+                        "raw slowest alone", "raw: the slowest single bind alone", raw_alone
+                    )
+
+                    async def raw_together() -> None:
+                        await asyncio.gather(*(raw.create(b) for b in backends))
+
+                    table.case(
+                        "raw together",
+                        timed(prepare, raw_together, "raw drivers, 3 binds with asyncio.gather"),
+                        vs=["raw slowest alone"],
+                        ratio="time",
+                    )
                 await table.run()
         finally:
             await drop_everywhere()
+            await raw.close()
             await db.dispose()
             for engine in engines.values():
                 await engine.dispose()
