@@ -98,6 +98,33 @@ class BindKeyMixin:
             if getattr(cls, "metadata", None) is not metadata:
                 cls.metadata = metadata  # type: ignore[attr-defined]
         super().__init_subclass__(**kwargs)
+        _check_table_bind(cls)
+
+
+def _check_table_bind(cls: type) -> None:
+    """Refuse a mapped class whose table lives in another bind than its ``__bind_key__`` says:
+    queries follow the table, so the declared key would be silently ignored."""
+    mapper = cls.__dict__.get("__mapper__")
+    if mapper is None or not hasattr(cls, "__bind_key__"):
+        return
+    table, declared = mapper.local_table, cls.__bind_key__
+    if not isinstance(table, sa.Table) or bind_key_of(table) == declared:
+        return
+    actual = bind_key_of(table)
+    if mapper.inherits is not None and mapper.single:
+        parent = mapper.inherits.class_.__name__
+        raise ConfigError(
+            f"Model {cls.__name__!r} has __bind_key__ {declared!r}, but it shares the table "
+            f"{table.fullname!r} of {parent!r} (single-table inheritance), which is in bind "
+            f"{actual!r}. A table lives in one bind: drop __bind_key__ from {cls.__name__!r} "
+            f"(it then lives in {actual!r} with {parent!r}), or make it a model of its own "
+            f"instead of a subclass of {parent!r}."
+        )
+    raise ConfigError(
+        f"Model {cls.__name__!r} has __bind_key__ {declared!r}, but its table "
+        f"{table.fullname!r} is in bind {actual!r}. Make them agree: db.Table(..., "
+        f"bind_key={declared!r}) for the table, or the table's bind in __bind_key__."
+    )
 
 
 def table_name_for(class_name: str) -> str:

@@ -8,7 +8,8 @@ makes note the operation in flight and refuse another task that starts one meanw
 
 Handing a session from one task to the next (one after the other) stays allowed: frameworks do it,
 for example Starlette runs a streaming body in a task of its own. ``close()`` from another task
-waits for the operation in flight to finish, then closes: cleanup must not leak the connection.
+(or ``reset()``) waits for the operation in flight to finish, then closes: cleanup must not leak
+the connection.
 
 The bookkeeping sits in the *sync* session that the AsyncSession drives: every operation of an
 AsyncSession is one call of a sync Session method, run in SQLAlchemy's greenlet from the first
@@ -165,7 +166,7 @@ def guarded_sync_session_class(base: type[_S]) -> type[_S]:
     return guarded  # type: ignore[return-value]
 
 
-async def _close_when_free(session: AsyncSession) -> None:
+async def _wait_until_free(session: AsyncSession) -> None:
     """Wait until no other task has an operation in flight on ``session``."""
     sync = session.sync_session
     # An operation in flight is another task's: this one is busy closing.
@@ -176,31 +177,34 @@ async def _close_when_free(session: AsyncSession) -> None:
         await asyncio.shield(waiter)
 
 
-def _close(base: type[AsyncSession]) -> Callable[[AsyncSession], Coroutine[Any, Any, None]]:
-    """``close()`` for a guarded subclass of ``base``: first wait for another task's operation in
-    flight, then close as ``base`` does."""
-    if base.close is AsyncSession.close:
-        # SQLAlchemy's own close() is one call in its greenlet; made here, it costs no extra
-        # coroutine on the way out of every ``async with`` block.
-        async def close(self: AsyncSession) -> None:
+def _cleanup(
+    base: type[AsyncSession], name: str
+) -> Callable[[AsyncSession], Coroutine[Any, Any, None]]:
+    """``close()`` or ``reset()`` for a guarded subclass of ``base``: first wait for another
+    task's operation in flight, then do as ``base`` does."""
+    inherited = getattr(base, name)
+    if inherited is getattr(AsyncSession, name):
+        # SQLAlchemy's own close() and reset() are one call in its greenlet; made here, they
+        # cost no extra coroutine on the way out of every ``async with`` block.
+        async def cleanup(self: AsyncSession) -> None:
             sync = self.sync_session
             if getattr(sync, "_asyncbind_greenlet", None) is not None:
-                await _close_when_free(self)
-            await greenlet_spawn(sync.close)
+                await _wait_until_free(self)
+            await greenlet_spawn(getattr(sync, name))
 
     else:
 
-        async def close(self: AsyncSession) -> None:
-            await _close_when_free(self)
-            await base.close(self)
+        async def cleanup(self: AsyncSession) -> None:
+            await _wait_until_free(self)
+            await inherited(self)
 
-    return functools.wraps(base.close)(close)
+    return functools.wraps(inherited)(cleanup)
 
 
 def guarded_session_class(base: type[_AS]) -> type[_AS]:
-    """A subclass of ``base`` (an AsyncSession class) whose ``close()`` from another task waits
-    for the operation in flight instead of breaking it; the refusal itself happens in the sync
-    session (:func:`guarded_sync_session_class`)."""
+    """A subclass of ``base`` (an AsyncSession class) whose ``close()`` and ``reset()`` from
+    another task wait for the operation in flight instead of breaking it; the refusal itself
+    happens in the sync session (:func:`guarded_sync_session_class`)."""
     if is_guarded(base):
         return base
     guarded = _async_classes.get(base)
@@ -210,7 +214,8 @@ def guarded_session_class(base: type[_AS]) -> type[_AS]:
             "__qualname__": base.__qualname__,
             "__doc__": base.__doc__,
             "_asyncbind_guarded": True,
-            "close": _close(base),
+            "close": _cleanup(base, "close"),
+            "reset": _cleanup(base, "reset"),
         }
         guarded = _async_classes[base] = type(base.__name__, (base,), namespace)
     return guarded  # type: ignore[return-value]

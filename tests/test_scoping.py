@@ -337,15 +337,22 @@ async def _add_and_flush(session: AsyncSession, obj: Any) -> None:
     await session.flush()
 
 
-async def test_close_from_another_task_waits_for_the_operation_in_flight(two: TwoBinds) -> None:
+@pytest.mark.parametrize("cleanup", ["close", "reset"])
+async def test_cleanup_from_another_task_waits_for_the_operation_in_flight(
+    two: TwoBinds, cleanup: str
+) -> None:
     db = two.db
     session = db.session()
+    session.add(two.User(name="pending"))
     async with asyncio.timeout(GUARD):
         result, _ = await asyncio.gather(
-            session.execute(sa.text(SLEEP["postgresql"])), session.close()
+            session.execute(sa.text(SLEEP["postgresql"])), getattr(session, cleanup)()
         )
     assert len(result.all()) == 1
     assert all_zero(checked_out(db))
+    assert not session.new  # the cleanup ran, after the statement
+    await session.close()
+    assert await names(db) == ([], [])
 
 
 async def test_a_sync_close_is_refused_while_another_task_is_in_flight(two: TwoBinds) -> None:
