@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import greenlet
 from sqlalchemy import orm as sa_orm
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.util import greenlet_spawn
 
 from .exceptions import SessionSharedError
@@ -55,6 +55,8 @@ _OPERATIONS = (
     "rollback",
     "close",
     "reset",
+    "begin",
+    "begin_nested",
     "invalidate",
     "connection",
     "add",
@@ -64,6 +66,14 @@ _OPERATIONS = (
     "expunge",
     "expunge_all",
 )
+
+# What ``async with session.begin()`` and its transaction do, run through the sync session's
+# check: SQLAlchemy calls the sync SessionTransaction for them, not a Session method.
+_TRANSACTION_STEPS = {
+    "_asyncbind_commit": ("commit", None),
+    "_asyncbind_rollback": ("rollback", None),
+    "_asyncbind_end_block": ("__aexit__", "the end of 'async with session.begin()'"),
+}
 
 _async_classes: dict[type[AsyncSession], type[AsyncSession]] = {}
 _sync_classes: dict[type[sa_orm.Session], type[sa_orm.Session]] = {}
@@ -104,19 +114,20 @@ def _owner_of(session: Any) -> asyncio.Task[Any] | None:
     return None
 
 
-def _guard(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+def _guard(name: str, method: Callable[..., Any], label: str | None = None) -> Callable[..., Any]:
     # The operation in flight is known by its greenlet: SQLAlchemy runs each AsyncSession
     # operation in a greenlet of its own, and calls nested in it (a get's autoflush) share it.
     # This runs several times per operation, so it costs two attribute writes and a greenlet
     # comparison; the tasks involved are looked up only to word a refusal.
     getcurrent = greenlet.getcurrent
+    label = label or f"{name}()"
 
     @functools.wraps(method)
     def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         owner = self._asyncbind_greenlet
         if owner is None:
             self._asyncbind_greenlet = getcurrent()
-            self._asyncbind_operation = name
+            self._asyncbind_operation = label
             try:
                 return method(self, *args, **kwargs)
             finally:
@@ -126,10 +137,10 @@ def _guard(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         if owner is getcurrent():  # an operation calling another one
             return method(self, *args, **kwargs)
         raise SessionSharedError(
-            f"{name}()",
+            label,
             task=_task_name(_current_task()),
             owner=_task_name(_owner_of(self)),
-            running=f"{self._asyncbind_operation}()",
+            running=self._asyncbind_operation,
         )
 
     return guarded
@@ -162,6 +173,8 @@ def guarded_sync_session_class(base: type[_S]) -> type[_S]:
         for name in _OPERATIONS:
             if hasattr(base, name):
                 namespace[name] = _guard(name, getattr(base, name))
+        for name, (operation, label) in _TRANSACTION_STEPS.items():
+            namespace[name] = _guard(operation, _call, label)
         guarded = _sync_classes[base] = type(base.__name__, (base,), namespace)
     return guarded  # type: ignore[return-value]
 
@@ -201,6 +214,48 @@ def _cleanup(
     return functools.wraps(inherited)(cleanup)
 
 
+def _call(_session: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+async def _transaction_step(
+    transaction: AsyncSessionTransaction, step: str, checked_as: str, *args: Any
+) -> None:
+    """Run ``step`` (commit, rollback or ``__exit__``) of ``transaction``'s sync transaction in
+    SQLAlchemy's greenlet, through the session's sharing check ``checked_as`` when it has one."""
+    method = getattr(transaction._sync_transaction(), step)
+    checked = getattr(transaction.session.sync_session, checked_as, None)
+    if checked is None:
+        await greenlet_spawn(method, *args)
+    else:
+        await greenlet_spawn(checked, method, *args)
+
+
+class GuardedSessionTransaction(AsyncSessionTransaction):
+    """What ``begin()`` / ``begin_nested()`` of a guarded session return: the commit or rollback
+    they make, at the end of the block or called, is refused while another task has an operation
+    in flight, as the session's own commit and rollback are."""
+
+    __slots__ = ()
+
+    async def commit(self) -> None:
+        await _transaction_step(self, "commit", "_asyncbind_commit")
+
+    async def rollback(self) -> None:
+        await _transaction_step(self, "rollback", "_asyncbind_rollback")
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        await _transaction_step(self, "__exit__", "_asyncbind_end_block", type_, value, traceback)
+
+
+def _begin(self: AsyncSession) -> AsyncSessionTransaction:
+    return GuardedSessionTransaction(self)
+
+
+def _begin_nested(self: AsyncSession) -> AsyncSessionTransaction:
+    return GuardedSessionTransaction(self, nested=True)
+
+
 def guarded_session_class(base: type[_AS]) -> type[_AS]:
     """A subclass of ``base`` (an AsyncSession class) whose ``close()`` and ``reset()`` from
     another task wait for the operation in flight instead of breaking it; the refusal itself
@@ -217,6 +272,9 @@ def guarded_session_class(base: type[_AS]) -> type[_AS]:
             "close": _cleanup(base, "close"),
             "reset": _cleanup(base, "reset"),
         }
+        for name, begin in (("begin", _begin), ("begin_nested", _begin_nested)):
+            if getattr(base, name) is getattr(AsyncSession, name):
+                namespace[name] = functools.wraps(getattr(base, name))(begin)
         guarded = _async_classes[base] = type(base.__name__, (base,), namespace)
     return guarded  # type: ignore[return-value]
 

@@ -320,6 +320,56 @@ async def test_the_refusal_names_the_task_whose_run_sync_is_in_flight(two: TwoBi
     assert all_zero(checked_out(db))
 
 
+async def test_begin_blocks_commit_or_roll_back_on_both_binds(two: TwoBinds) -> None:
+    db = two.db
+    async with db.session() as session:
+        async with session.begin():
+            session.add_all([two.Item(name="kept"), two.User(name="kept")])
+        with pytest.raises(ZeroDivisionError):
+            async with session.begin():
+                session.add_all([two.Item(name="undone"), two.User(name="undone")])
+                await session.flush()
+                1 / 0  # noqa: B018
+        async with session.begin():
+            session.add(two.Item(name="outer"))
+            with pytest.raises(ZeroDivisionError):
+                async with session.begin_nested():
+                    session.add(two.Item(name="savepoint"))
+                    await session.flush()
+                    1 / 0  # noqa: B018
+        transaction = await session.begin()
+        session.add(two.User(name="called"))
+        await transaction.commit()
+    assert await names(db) == (["kept", "outer"], ["called", "kept"])
+    assert all_zero(checked_out(db))
+
+
+@pytest.mark.parametrize("ending", ["block", "commit"])
+async def test_the_commit_of_a_begin_block_is_refused_while_another_task_is_in_flight(
+    two: TwoBinds, ending: str
+) -> None:
+    db = two.db
+    async with db.session() as session:
+        transaction = await session.begin()
+        session.add(two.Item(name="pending"))
+        await session.flush()
+        running = asyncio.create_task(session.execute(sa.text(SLEEP["postgresql"])), name="busy")
+        await asyncio.sleep(0)
+        with pytest.raises(SessionSharedError) as error:
+            if ending == "block":
+                await transaction.__aexit__(None, None, None)
+            else:
+                await transaction.commit()
+        assert error.value.owner == "busy" and error.value.running == "execute()"
+        expected = "the end of 'async with session.begin()'" if ending == "block" else "commit()"
+        assert error.value.operation == expected
+        assert len((await running).all()) == 1
+        assert await names(db) == ([], [])  # nothing was committed by the refused call
+        await transaction.commit()  # the session is free again
+    assert await names(db) == (["pending"], [])
+    assert all_zero(checked_out(db))
+
+
 async def test_a_session_handed_from_task_to_task_is_allowed(two: TwoBinds) -> None:
     """One task after the other (Starlette runs a streaming body in a task of its own)."""
     db = two.db
