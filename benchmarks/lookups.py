@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from asyncbind import AsyncBind
 
-from .servers import MYSQL, POSTGRESQL, with_driver
+from .servers import MYSQL, POSTGRESQL, driver_arguments, with_driver
 
 ROWS = 1_000
 POOL = 16
@@ -221,21 +221,11 @@ class RawSetup:
         for backend, url in self.urls.items():
             if backend == POSTGRESQL:
                 self.pools[backend] = await asyncpg.create_pool(
-                    host=url.host,
-                    port=url.port or 5432,
-                    user=url.username,
-                    password=url.password,
-                    database=url.database,
-                    min_size=POOL,
-                    max_size=POOL,
+                    **driver_arguments(backend, url), min_size=POOL, max_size=POOL
                 )
             else:
                 self.pools[backend] = await aiomysql.create_pool(
-                    host=url.host,
-                    port=url.port or 3306,
-                    user=url.username,
-                    password=url.password or "",
-                    db=url.database,
+                    **driver_arguments(backend, url),
                     minsize=POOL,
                     maxsize=POOL,
                     charset="utf8mb4",

@@ -23,7 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from asyncbind import AsyncBind
 
 from .harness import Table
-from .servers import MYSQL, NAMES, POSTGRESQL, SQLITE, databases, unreachable, with_driver
+from .servers import (
+    MYSQL,
+    NAMES,
+    POSTGRESQL,
+    SQLITE,
+    databases,
+    driver_arguments,
+    unreachable,
+    with_driver,
+)
 
 TABLES = 20
 DRIVERS = {POSTGRESQL: "asyncpg", MYSQL: "aiomysql", SQLITE: "aiosqlite"}
@@ -69,21 +78,10 @@ class RawDDL:
 
         for backend, url in self.urls.items():
             if backend == POSTGRESQL:
-                self.conns[backend] = await asyncpg.connect(
-                    host=url.host,
-                    port=url.port or 5432,
-                    user=url.username,
-                    password=url.password,
-                    database=url.database,
-                )
+                self.conns[backend] = await asyncpg.connect(**driver_arguments(backend, url))
             elif backend == MYSQL:
                 self.conns[backend] = await aiomysql.connect(
-                    host=url.host,
-                    port=url.port or 3306,
-                    user=url.username,
-                    password=url.password or "",
-                    db=url.database,
-                    autocommit=True,
+                    **driver_arguments(backend, url), autocommit=True
                 )
             else:
                 self.conns[backend] = await aiosqlite.connect(url.database or ":memory:")

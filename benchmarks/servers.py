@@ -17,6 +17,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -48,6 +49,27 @@ def server_url(backend: str) -> sa.URL:
     return url
 
 
+def driver_arguments(backend: str, url: sa.URL) -> dict[str, Any]:
+    """``url`` as keyword arguments of asyncpg's or aiomysql's ``connect()`` / ``create_pool()``."""
+    if backend == POSTGRESQL:
+        return {
+            "host": url.host,
+            "port": url.port or 5432,
+            "user": url.username,
+            "password": url.password,
+            "database": url.database,
+        }
+    arguments = {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+    }
+    if url.database:
+        arguments["db"] = url.database
+    return arguments
+
+
 async def admin(backend: str, *statements: str) -> list[tuple[object, ...]]:
     """Run statements on ``backend``'s server with the raw driver; the last one's rows."""
     url = server_url(backend)
@@ -55,14 +77,7 @@ async def admin(backend: str, *statements: str) -> list[tuple[object, ...]]:
     if backend == POSTGRESQL:
         import asyncpg
 
-        conn = await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-            timeout=10,
-        )
+        conn = await asyncpg.connect(**driver_arguments(backend, url), timeout=10)
         try:
             for statement in statements:
                 rows = [tuple(r) for r in await conn.fetch(statement)]
@@ -72,12 +87,7 @@ async def admin(backend: str, *statements: str) -> list[tuple[object, ...]]:
         import aiomysql
 
         conn = await aiomysql.connect(
-            host=url.host or "127.0.0.1",
-            port=url.port or 3306,
-            user=url.username or "root",
-            password=url.password or "",
-            connect_timeout=10,
-            autocommit=True,
+            **driver_arguments(backend, url), connect_timeout=10, autocommit=True
         )
         try:
             async with conn.cursor() as cursor:

@@ -80,30 +80,16 @@ def test_joined_and_single_table_inheritance(db: AsyncBind) -> None:
     assert Manager.__table__ is Person.__table__
     assert sa.inspect(Manager).local_table is Person.__table__
 
-
-def test_a_single_table_subclass_naming_another_bind_is_refused(db: AsyncBind) -> None:
-    class Person(db.Model):
-        __bind_key__ = "users"
-        __tablename__ = "person"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        kind: Mapped[str]
-        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
-
     with pytest.raises(ConfigError) as error:
 
-        class Manager(Person):  # would share 'person', which is in bind 'users'
+        class Director(Person):  # would share 'person', which is in bind 'users'
             __bind_key__ = "meta"
-            __mapper_args__ = {"polymorphic_identity": "manager"}
+            __mapper_args__ = {"polymorphic_identity": "director"}
 
     message = str(error.value)
-    assert "'Manager'" in message and "'meta'" in message and "'users'" in message
+    assert "'Director'" in message and "'meta'" in message and "'users'" in message
     assert "single-table inheritance" in message and "drop __bind_key__" in message
-
-    class Director(Person):  # the same subclass without the conflicting key is fine
-        __mapper_args__ = {"polymorphic_identity": "director"}
-
     sa_orm.configure_mappers()  # the refused class left nothing broken behind
-    assert sa.inspect(Director).local_table is Person.__table__
 
 
 def test_a_model_whose_table_is_in_another_bind_is_refused(db: AsyncBind) -> None:
