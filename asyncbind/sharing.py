@@ -32,7 +32,12 @@ from sqlalchemy.util import greenlet_spawn
 
 from .exceptions import SessionSharedError
 
-__all__ = ["guarded_session_class", "guarded_sync_session_class", "is_guarded"]
+__all__ = [
+    "GuardedSessionTransaction",
+    "guarded_session_class",
+    "guarded_sync_session_class",
+    "is_guarded",
+]
 
 _AS = TypeVar("_AS", bound=AsyncSession)
 _S = TypeVar("_S", bound=sa_orm.Session)
@@ -147,7 +152,7 @@ def _guard(name: str, method: Callable[..., Any], label: str | None = None) -> C
 
 
 def _release(session: Any) -> None:
-    """Wake the ``close()`` waiting for the operation that just ended."""
+    """Wake the ``close()`` or ``reset()`` waiting for the operation that just ended."""
     waiter = session._asyncbind_waiter
     session._asyncbind_waiter = None
     if not waiter.done():
