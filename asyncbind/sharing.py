@@ -75,9 +75,9 @@ _OPERATIONS = (
 # What ``async with session.begin()`` and its transaction do, run through the sync session's
 # check: SQLAlchemy calls the sync SessionTransaction for them, not a Session method.
 _TRANSACTION_STEPS = {
-    "_asyncbind_commit": ("commit", None),
-    "_asyncbind_rollback": ("rollback", None),
-    "_asyncbind_end_block": ("__aexit__", "the end of 'async with session.begin()'"),
+    "_asyncbind_commit": "commit()",
+    "_asyncbind_rollback": "rollback()",
+    "_asyncbind_end_block": "the end of 'async with session.begin()'",
 }
 
 _async_classes: dict[type[AsyncSession], type[AsyncSession]] = {}
@@ -119,13 +119,14 @@ def _owner_of(session: Any) -> asyncio.Task[Any] | None:
     return None
 
 
-def _guard(name: str, method: Callable[..., Any], label: str | None = None) -> Callable[..., Any]:
+def _guard(label: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` refused to a second task while an operation is in flight; ``label`` names the
+    operation in the refusal."""
     # The operation in flight is known by its greenlet: SQLAlchemy runs each AsyncSession
     # operation in a greenlet of its own, and calls nested in it (a get's autoflush) share it.
     # This runs several times per operation, so it costs two attribute writes and a greenlet
     # comparison; the tasks involved are looked up only to word a refusal.
     getcurrent = greenlet.getcurrent
-    label = label or f"{name}()"
 
     @functools.wraps(method)
     def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -177,9 +178,9 @@ def guarded_sync_session_class(base: type[_S]) -> type[_S]:
         }
         for name in _OPERATIONS:
             if hasattr(base, name):
-                namespace[name] = _guard(name, getattr(base, name))
-        for name, (operation, label) in _TRANSACTION_STEPS.items():
-            namespace[name] = _guard(operation, _call, label)
+                namespace[name] = _guard(f"{name}()", getattr(base, name))
+        for name, label in _TRANSACTION_STEPS.items():
+            namespace[name] = _guard(label, _call)
         guarded = _sync_classes[base] = type(base.__name__, (base,), namespace)
     return guarded  # type: ignore[return-value]
 

@@ -171,7 +171,7 @@ def _async_case(op: lookups.Op, count: int, doc: str) -> Any:
 async def main(options: Any) -> None:
     count = 300 if options.quick else 3_000
     repeat = options.repeat or (2 if options.quick else 7)
-    slices = 1 if options.quick else SLICES
+    slices = 2 if options.quick else SLICES
     share = count // slices
     rounds = f" in {slices} interleaved rounds" if slices > 1 else ""
     for backend in (POSTGRESQL, MYSQL):

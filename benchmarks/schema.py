@@ -54,12 +54,14 @@ def define_tables(make: Callable[..., sa.Table], prefix: str) -> None:
 
 
 def ddl(metadata: sa.MetaData, dialect: sa.Dialect) -> list[str]:
-    """The statements ``create_all`` sends for ``metadata``, compiled for ``dialect``."""
-    statements = []
-    for table in metadata.sorted_tables:
-        statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)))
-        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            statements.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
+    """The statements ``create_all`` sends for ``metadata``, compiled for ``dialect`` (collected
+    by SQLAlchemy's mock engine, so DDL events are included)."""
+    statements: list[str] = []
+
+    def collect(construct: Any, *_multiparams: Any, **_params: Any) -> None:
+        statements.append(str(construct.compile(dialect=dialect)))
+
+    metadata.create_all(sa.create_mock_engine(f"{dialect.name}://", collect), checkfirst=False)
     return statements
 
 
@@ -129,7 +131,6 @@ async def main(options: Any) -> None:
             metadata = metadatas[backend] = sa.MetaData()
             define_tables(lambda name, *cols, m=metadata: sa.Table(name, m, *cols), "t")
         raw = RawDDL(urls, {b: ddl(metadatas[b], engines[b].sync_engine.dialect) for b in backends})
-        await raw.open()
 
         async def plain_create(backend: str) -> None:
             async with engines[backend].begin() as conn:
@@ -157,6 +158,21 @@ async def main(options: Any) -> None:
             run.__doc__ = doc
             return run
 
+        def add_alone(
+            table: Table,
+            prefix: str,
+            one: Callable[[str], Awaitable[None]],
+            doc: Callable[[str], str],
+            slowest_doc: str,
+            prepare: Callable[[], Awaitable[None]],
+        ) -> None:
+            """A case per bind run alone, named ``{prefix}{name} alone``, and their slowest."""
+            names = []
+            for backend in backends:
+                names.append(f"{prefix}{NAMES[backend]} alone")
+                table.case(names[-1], timed(prepare, lambda b=backend: one(b), doc(backend)))
+            table.slowest_of(f"{prefix}slowest alone", slowest_doc, names)
+
         async def sequential_create() -> None:
             for b in backends:
                 await plain_create(b)
@@ -166,6 +182,7 @@ async def main(options: Any) -> None:
                 await plain_drop(b)
 
         try:
+            await raw.open()
             for verb, prepare, op, sequential, together, ours in (
                 (
                     "create_all",
@@ -190,19 +207,14 @@ async def main(options: Any) -> None:
                     repeat=repeat,
                     warmup=not options.quick,
                 )
-                alone = []
-                for backend in backends:
-                    name = f"{NAMES[backend]} alone"
-                    alone.append(name)
-                    table.case(
-                        name,
-                        timed(
-                            prepare,
-                            lambda b=backend, op=op: op(b),
-                            f"plain SQLAlchemy, {NAMES[backend]} bind alone",
-                        ),
-                    )
-                table.slowest_of("slowest alone", "the slowest single bind alone (per run)", alone)
+                add_alone(
+                    table,
+                    "",
+                    lambda b, op=op: op(b),
+                    lambda b: f"plain SQLAlchemy, {NAMES[b]} bind alone",
+                    "the slowest single bind alone (per run)",
+                    prepare,
+                )
                 table.case(
                     "bind after bind",
                     timed(prepare, sequential, "plain SQLAlchemy, bind after bind"),
@@ -220,20 +232,13 @@ async def main(options: Any) -> None:
                     ratio="time",
                 )
                 if verb == "create_all":
-                    raw_alone = []
-                    for backend in backends:
-                        name = f"raw {NAMES[backend]} alone"
-                        raw_alone.append(name)
-                        table.case(
-                            name,
-                            timed(
-                                prepare,
-                                lambda b=backend: raw.create(b),
-                                f"raw {DRIVERS[backend]}, precompiled DDL, alone",
-                            ),
-                        )
-                    table.slowest_of(
-                        "raw slowest alone", "raw: the slowest single bind alone", raw_alone
+                    add_alone(
+                        table,
+                        "raw ",
+                        raw.create,
+                        lambda b: f"raw {DRIVERS[b]}, precompiled DDL, alone",
+                        "raw: the slowest single bind alone",
+                        prepare,
                     )
 
                     async def raw_together() -> None:
