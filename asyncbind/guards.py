@@ -3,7 +3,8 @@ that refuse to be used from a second event loop.
 
 - ``connect_timeout`` bounds a new connection, TCP and handshake both.
 - ``statement_timeout`` bounds each statement, commit and rollback on the client side, so a server
-  that stops answering (not only one that is slow) is abandoned. The connection is then discarded.
+  that stops answering (not only one that is slow) is abandoned. The connection is then dropped at
+  once, without the goodbye a server that stopped answering would never acknowledge.
 - Connection failures become :class:`~asyncbind.exceptions.BindUnavailableError` and timeouts
   :class:`~asyncbind.exceptions.StatementTimeoutError`, both naming the bind.
 """
@@ -154,26 +155,54 @@ def _bounded(
     return call
 
 
+#: How a driver's connection is dropped at once, with no message to the server. SQLAlchemy's own
+#: ``terminate()`` first tries a polite close, which asyncpg lets wait up to 2s for an answer.
+_DROPS: dict[str, Callable[[Any], None]] = {
+    "asyncpg": lambda driver_connection: driver_connection.terminate(),
+    "aiomysql": lambda driver_connection: driver_connection.close(),
+}
+
+
+def _dropper(dialect: sa.Dialect) -> Callable[[Any], None]:
+    """A function that drops a DBAPI connection of ``dialect`` (or a cursor's) at once."""
+    drop = _DROPS.get(dialect.driver)
+
+    def drop_now(connection_or_cursor: Any) -> None:
+        # SQLAlchemy's adapted cursors know their connection as _adapt_connection.
+        connection = getattr(connection_or_cursor, "_adapt_connection", connection_or_cursor)
+        driver_connection = getattr(connection, "driver_connection", None)
+        if drop is None or driver_connection is None:
+            dialect.do_terminate(connection)
+        else:
+            drop(driver_connection)
+
+    return drop_now
+
+
 def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
     """Bound the driver calls that can wait on the network for ever.
 
     A statement, commit or rollback past ``statement_timeout`` raises; handle_error turns it into
     StatementTimeoutError and discards the connection. A pre-ping past the statement (or connect)
     timeout counts as a dead connection, so the pool opens a new one. Closing a connection is
-    bounded in any case: past the limit it is dropped without a goodbye.
+    bounded in any case. A connection abandoned in any of these ways is dropped on the spot:
+    the server has stopped answering, so waiting for it to acknowledge a goodbye would only make
+    the error late.
     """
     statement = config.statement_timeout
+    drop_now = _dropper(dialect)
 
     def abandon(what: str) -> Callable[[tuple[Any, ...], asyncio.CancelledError], Any]:
-        def expire(_args: tuple[Any, ...], exc: asyncio.CancelledError) -> Any:
+        def expire(args: tuple[Any, ...], exc: asyncio.CancelledError) -> Any:
             setattr(exc, _TIMEOUT_MARK, (statement, what))
+            drop_now(args[0])
             raise exc
 
         return expire
 
     def terminate(result: Any) -> Callable[[tuple[Any, ...], asyncio.CancelledError], Any]:
         def expire(args: tuple[Any, ...], _exc: asyncio.CancelledError) -> Any:
-            dialect.do_terminate(args[0])
+            drop_now(args[0])
             return result
 
         return expire

@@ -3,6 +3,8 @@
 - Pre-ping of an idle pooled connection is bounded by the bind's statement (or connect) timeout:
   past it the connection counts as dead and a new one is opened, within ``connect_timeout``.
 - ``db.dispose()`` does not wait for a partitioned server to acknowledge each close.
+- A statement past ``statement_timeout`` drops its connection at once: no goodbye is sent to a
+  server that has stopped answering (asyncpg's polite close would wait 2s more for it).
 - A request waiting on an exhausted pool fails with ``PoolTimeoutError`` naming the bind.
 """
 
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import aiomysql
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
@@ -102,6 +107,46 @@ async def test_dispose_of_a_black_holed_bind_does_not_hang(
     async with db.session() as session:
         sql = sa.text("SELECT 1")
         assert (await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar() == 1
+
+
+async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+    # Each polite close the drivers are asked for, and whether its connection was still open.
+    polite_closes: list[bool] = []
+    pg_close, my_close = asyncpg.Connection.close, aiomysql.Connection.ensure_closed
+
+    async def asyncpg_close(self: asyncpg.Connection, **kwargs: Any) -> None:
+        polite_closes.append(not self.is_closed())
+        await pg_close(self, **kwargs)
+
+    async def aiomysql_close(self: aiomysql.Connection) -> None:
+        polite_closes.append(not self.closed)
+        await my_close(self)
+
+    monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
+    monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    session = db.session()
+    try:
+        on_cut = {"bind_arguments": {"bind_key": cut_key}}
+        assert (await session.execute(sa.text("SELECT 1"), **on_cut)).scalar() == 1
+        await proxy.set_mode("blackhole")
+        async with asyncio.timeout(GUARD):
+            with pytest.raises(StatementTimeoutError) as info:
+                await session.execute(sa.text("SELECT 2"), **on_cut)
+        assert info.value.bind_key == cut_key
+        # The timed-out connection was invalidated, and nothing waited on the server to close it.
+        assert True not in polite_closes, polite_closes
+        await session.rollback()
+    finally:
+        await proxy.restore()
+        await session.close()
+    await assert_pool_healthy(db, cut_key)
 
 
 async def test_exhausted_pool_of_a_slow_bind_names_the_bind(
