@@ -87,7 +87,8 @@ class Scope:
         """
         session, self.session = self.session, None
         if session is not None:
-            await run_to_completion(session.close())
+            # The factory's sessions close to completion by themselves (see sharing.py).
+            await session.close()
 
     async def end(self) -> None:
         """Close the session for good: :meth:`get` raises from now on."""

@@ -9,7 +9,10 @@ makes note the operation in flight and refuse another task that starts one meanw
 Handing a session from one task to the next (one after the other) stays allowed: frameworks do it,
 for example Starlette runs a streaming body in a task of its own. ``close()`` from another task
 (or ``reset()``) waits for the operation in flight to finish, then closes: cleanup must not leak
-the connection.
+the connection. For the same reason ``close()`` and ``reset()`` run to their end in a task of their
+own, as the end of ``async with session:`` does: a caller cancelled meanwhile gets its
+cancellation once the connection is back in the pool, instead of a connection thrown away halfway
+through its rollback.
 
 The bookkeeping sits in the *sync* session that the AsyncSession drives: every operation of an
 AsyncSession is one call of a sync Session method, run in SQLAlchemy's greenlet from the first
@@ -31,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.util import greenlet_spawn
 
 from .exceptions import SessionSharedError
+from .scoping import run_to_completion
 
 __all__ = [
     "GuardedSessionTransaction",
@@ -196,16 +200,16 @@ async def _wait_until_free(session: AsyncSession) -> None:
         await asyncio.shield(waiter)
 
 
-def _cleanup(
+def _cleanup_steps(
     base: type[AsyncSession], name: str
 ) -> Callable[[AsyncSession], Coroutine[Any, Any, None]]:
-    """``close()`` or ``reset()`` for a guarded subclass of ``base``: first wait for another
-    task's operation in flight, then do as ``base`` does."""
+    """What ``close()`` or ``reset()`` of a guarded subclass of ``base`` does: first wait for
+    another task's operation in flight, then do as ``base`` does."""
     inherited = getattr(base, name)
     if inherited is getattr(AsyncSession, name):
         # SQLAlchemy's own close() and reset() are one call in its greenlet; made here, they
         # cost no extra coroutine on the way out of every ``async with`` block.
-        async def cleanup(self: AsyncSession) -> None:
+        async def steps(self: AsyncSession) -> None:
             sync = self.sync_session
             if getattr(sync, "_asyncbind_greenlet", None) is not None:
                 await _wait_until_free(self)
@@ -213,11 +217,37 @@ def _cleanup(
 
     else:
 
-        async def cleanup(self: AsyncSession) -> None:
+        async def steps(self: AsyncSession) -> None:
             await _wait_until_free(self)
             await inherited(self)
 
-    return functools.wraps(inherited)(cleanup)
+    return steps
+
+
+def _cleanup(
+    base: type[AsyncSession], name: str
+) -> Callable[[AsyncSession], Coroutine[Any, Any, None]]:
+    """``close()`` or ``reset()`` that runs to its end even if the caller is cancelled meanwhile
+    (the cancellation is raised once it has finished): interrupted, it would leave the connection
+    to be thrown away instead of returned to the pool."""
+    steps = _cleanup_steps(base, name)
+
+    async def cleanup(self: AsyncSession) -> None:
+        await run_to_completion(steps(self))
+
+    return functools.wraps(getattr(base, name))(cleanup)
+
+
+def _exit(
+    base: type[AsyncSession],
+) -> Callable[[AsyncSession, Any, Any, Any], Coroutine[Any, Any, None]]:
+    """``__aexit__`` that closes the session as SQLAlchemy's does, in one task of its own."""
+    close = _cleanup_steps(base, "close")
+
+    async def exit_(self: AsyncSession, type_: Any, value: Any, traceback: Any) -> None:
+        await run_to_completion(close(self))
+
+    return functools.wraps(AsyncSession.__aexit__)(exit_)
 
 
 def _call(_session: Any, fn: Callable[..., Any], *args: Any) -> Any:
@@ -263,9 +293,10 @@ def _begin_nested(self: AsyncSession) -> AsyncSessionTransaction:
 
 
 def guarded_session_class(base: type[_AS]) -> type[_AS]:
-    """A subclass of ``base`` (an AsyncSession class) whose ``close()`` and ``reset()`` from
-    another task wait for the operation in flight instead of breaking it; the refusal itself
-    happens in the sync session (:func:`guarded_sync_session_class`)."""
+    """A subclass of ``base`` (an AsyncSession class) whose ``close()`` and ``reset()`` run to
+    their end even if the caller is cancelled, and from another task wait for the operation in
+    flight instead of breaking it; the refusal itself happens in the sync session
+    (:func:`guarded_sync_session_class`)."""
     if is_guarded(base):
         return base
     guarded = _async_classes.get(base)
@@ -278,6 +309,9 @@ def guarded_session_class(base: type[_AS]) -> type[_AS]:
             "close": _cleanup(base, "close"),
             "reset": _cleanup(base, "reset"),
         }
+        if base.__aexit__ is AsyncSession.__aexit__:
+            # SQLAlchemy's closes in a task of its own already: not a second one inside it.
+            namespace["__aexit__"] = _exit(base)
         for name, begin in (("begin", _begin), ("begin_nested", _begin_nested)):
             if getattr(base, name) is getattr(AsyncSession, name):
                 namespace[name] = functools.wraps(getattr(base, name))(begin)

@@ -27,6 +27,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncbind import AsyncBind
+from benchmarks.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -38,6 +39,7 @@ CONCURRENCY = 48
 GUARD = 120
 KEYS: tuple[str | None, ...] = (None, "maria")
 BACKEND_OF = {None: "postgresql", "maria": "mysql"}
+PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 async def server_fetch(backend: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -332,3 +334,34 @@ async def test_cancelled_while_waiting_for_a_connection(
 async def _one_query(db: AsyncBind, row: type[Any]) -> Any:
     async with db.session() as session:
         return (await session.execute(sa.select(row.id).limit(1))).scalar()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+async def test_close_cancelled_halfway_still_returns_its_connection_intact(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """``await session.close()`` (a FastAPI dependency's cleanup, say) cancelled while its
+    rollback is on the wire finishes first: the connection goes back to the pool, not away."""
+    server = sa.make_url(await new_database(backend))
+    async with FaultProxy(server.host or "127.0.0.1", server.port or PORTS[backend]) as proxy:
+        db = make_db(proxy.url_for(server), engine_options={"pool_size": 1, "max_overflow": 0})
+        invalidated: list[object] = []
+        sa.event.listen(db.engine.sync_engine, "invalidate", lambda *args: invalidated.append(args))
+        session = db.session()
+        await session.execute(sa.text("SELECT 1"))  # a transaction is open on the connection
+        driver_connection = (await session.connection()).sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+        await proxy.set_mode("pass", latency=0.3)  # each chunk, the ROLLBACK too, takes 0.3s
+        closing = asyncio.create_task(session.close())
+        await asyncio.sleep(0.05)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        # The cancellation came once the close had finished.
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert invalidated == []
+        await proxy.restore()
+        async with db.session() as again:
+            connection = await again.connection()
+            assert connection.sync_connection.connection.dbapi_connection is driver_connection  # type: ignore[union-attr]
+            assert (await again.execute(sa.text("SELECT 2"))).scalar() == 2
+        await db.dispose()  # while the proxy still forwards the goodbye
