@@ -12,6 +12,7 @@ that refuse to be used from a second event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -195,7 +196,9 @@ def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
     def abandon(what: str) -> Callable[[tuple[Any, ...], asyncio.CancelledError], Any]:
         def expire(args: tuple[Any, ...], exc: asyncio.CancelledError) -> Any:
             setattr(exc, _TIMEOUT_MARK, (statement, what))
-            drop_now(args[0])
+            # The timeout is the error to report; SQLAlchemy discards the connection anyway.
+            with contextlib.suppress(Exception):
+                drop_now(args[0])
             raise exc
 
         return expire

@@ -310,7 +310,8 @@ def guarded_session_class(base: type[_AS]) -> type[_AS]:
             "reset": _cleanup(base, "reset"),
         }
         if base.__aexit__ is AsyncSession.__aexit__:
-            # SQLAlchemy's closes in a task of its own already: not a second one inside it.
+            # SQLAlchemy's __aexit__ runs close() in a task of its own; calling the close()
+            # above from there would start a second task inside the first.
             namespace["__aexit__"] = _exit(base)
         for name, begin in (("begin", _begin), ("begin_nested", _begin_nested)):
             if getattr(base, name) is getattr(AsyncSession, name):
