@@ -5,11 +5,12 @@ says what it measures, each case's docstring is what its line prints, and every 
 driver, plain SQLAlchemy, the peers) is measured in the same run. Each repetition runs every case
 of a table once, and ratios are computed per repetition, then summarised as median (min-max).
 
-Suites: ``routing``, ``peers``, ``schema``, ``etl``, ``scaling``, or ``all``. Peers and plotting
-need ``pip install asyncbind[benchmarks]``; without them those cases print "skipped".
+Suites: ``routing``, ``peers``, ``schema``, ``etl``, ``scaling``, ``instructions``, or ``all``.
+Peers and plotting need ``pip install asyncbind[benchmarks]``, the instruction counts valgrind;
+without them those cases print "skipped".
 
 The package also holds the fault-injecting proxy and the soak script, run as
 ``python -m benchmarks.<name>``.
 """
 
-SUITES = ("routing", "peers", "schema", "etl", "scaling")
+SUITES = ("routing", "peers", "schema", "etl", "scaling", "instructions")

@@ -28,7 +28,16 @@ from asyncbind import AsyncBind
 from asyncbind.bulk import BATCH_SIZE
 
 from .harness import Table
-from .servers import MYSQL, NAMES, POSTGRESQL, SQLITE, databases, unreachable, with_driver
+from .servers import (
+    DRIVERS,
+    MYSQL,
+    NAMES,
+    POSTGRESQL,
+    SQLITE,
+    databases,
+    unreachable,
+    with_driver,
+)
 
 COLUMNS = ("id", "name", "amount", "day", "at", "flag", "note")
 
@@ -186,8 +195,7 @@ async def main(options: Any) -> None:
         class Target(Base):
             __table__ = sa.Table("dst", sa.MetaData(), *etl_columns())
 
-        drivers = {POSTGRESQL: "asyncpg", MYSQL: "aiomysql", SQLITE: "aiosqlite"}
-        plain = {b: create_async_engine(with_driver(urls[b], drivers[b])) for b in urls}
+        plain = {b: create_async_engine(with_driver(urls[b], DRIVERS[b])) for b in urls}
 
         async def fill(backend: str, count: int) -> None:
             async with db.get_engine(keys[backend]).begin() as conn:

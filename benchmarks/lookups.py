@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from asyncbind import AsyncBind
 
-from .servers import MYSQL, POSTGRESQL, driver_arguments, with_driver
+from .servers import DRIVERS, MYSQL, POSTGRESQL, SQLITE, driver_arguments, with_driver
 
 ROWS = 1_000
 POOL = 16
@@ -39,7 +39,7 @@ def item_columns() -> list[sa.Column[Any]]:
 async def fill(urls: dict[str, sa.URL]) -> None:
     """Create and fill ``item`` in each database."""
     for url in urls.values():
-        engine = create_async_engine(url.set(drivername=_async_driver(url)))
+        engine = create_async_engine(with_driver(url, DRIVERS[url.get_backend_name()]))
         metadata = sa.MetaData()
         table = sa.Table("item", metadata, *item_columns())
         async with engine.begin() as conn:
@@ -48,10 +48,6 @@ async def fill(urls: dict[str, sa.URL]) -> None:
                 table.insert(), [{"id": i, "name": f"item {i}", "value": i * 7} for i in ids()]
             )
         await engine.dispose()
-
-
-def _async_driver(url: sa.URL) -> str:
-    return "postgresql+asyncpg" if url.get_backend_name() == POSTGRESQL else "mysql+aiomysql"
 
 
 def ids() -> range:
@@ -75,26 +71,22 @@ ENGINE_OPTIONS = {"pool_size": POOL, "max_overflow": 0}
 # -- asyncbind --------------------------------------------------------------------------------
 
 
+#: asyncbind's bind key for each backend's database.
+BIND_KEYS = {POSTGRESQL: "pg", MYSQL: "my", SQLITE: "lite"}
+
+
 class AsyncbindSetup:
-    """asyncbind with binds 'pg' and 'my'; ``Item`` lives in 'pg', ``MyItem`` in 'my'."""
+    """asyncbind with a bind per database ('pg', 'my', 'lite'), each with its ``item`` model."""
 
     def __init__(self, urls: dict[str, sa.URL]) -> None:
-        binds = {}
-        if POSTGRESQL in urls:
-            binds["pg"] = urls[POSTGRESQL]
-        if MYSQL in urls:
-            binds["my"] = urls[MYSQL]
+        binds = {BIND_KEYS[backend]: url for backend, url in urls.items()}
         self.db = db = AsyncBind(binds=binds, engine_options=ENGINE_OPTIONS)
-
-        class PgItem(db.Model):  # type: ignore[name-defined,misc]
-            __bind_key__ = "pg"
-            __table__ = db.Table("item", *item_columns(), bind_key="pg")
-
-        class MyItem(db.Model):  # type: ignore[name-defined,misc]
-            __bind_key__ = "my"
-            __table__ = db.Table("item", *item_columns(), bind_key="my")
-
-        self.models = {POSTGRESQL: PgItem, MYSQL: MyItem}
+        self.models: dict[str, Any] = {}
+        for backend in urls:
+            key = BIND_KEYS[backend]
+            table = db.Table("item", *item_columns(), bind_key=key)
+            namespace = {"__bind_key__": key, "__table__": table}
+            self.models[backend] = type(f"{key.title()}Item", (db.Model,), namespace)
 
     def get(self, backend: str) -> Op:
         model, session = self.models[backend], self.db.session
@@ -149,8 +141,7 @@ class PlainSetup:
         self.engines: dict[str, AsyncEngine] = {}
         self.models: dict[str, Any] = {}
         for backend, url in urls.items():
-            driver = "asyncpg" if backend == POSTGRESQL else "aiomysql"
-            engine = create_async_engine(with_driver(url, driver), **ENGINE_OPTIONS)
+            engine = create_async_engine(with_driver(url, DRIVERS[backend]), **ENGINE_OPTIONS)
             table = sa.Table("item", sa.MetaData(), *item_columns())
             model = type(f"Plain{backend.title()}Item", (Base,), {"__table__": table})
             self.engines[backend] = engine

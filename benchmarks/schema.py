@@ -24,6 +24,7 @@ from asyncbind import AsyncBind
 
 from .harness import Table
 from .servers import (
+    DRIVERS,
     MYSQL,
     NAMES,
     POSTGRESQL,
@@ -35,7 +36,6 @@ from .servers import (
 )
 
 TABLES = 20
-DRIVERS = {POSTGRESQL: "asyncpg", MYSQL: "aiomysql", SQLITE: "aiosqlite"}
 
 
 def define_tables(make: Callable[..., sa.Table], prefix: str) -> None:

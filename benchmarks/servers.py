@@ -25,6 +25,8 @@ POSTGRESQL = "postgresql"
 MYSQL = "mysql"
 SQLITE = "sqlite"
 NAMES = {POSTGRESQL: "PostgreSQL", MYSQL: "MariaDB", SQLITE: "SQLite"}
+#: The asyncio driver each backend is measured with.
+DRIVERS = {POSTGRESQL: "asyncpg", MYSQL: "aiomysql", SQLITE: "aiosqlite"}
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
