@@ -8,9 +8,9 @@ lookups themselves are counted (not start-up, set-up or warm-up), so a count rep
 the same code, inputs and hash seed. The hash seed changes how objects lie in memory, which moves
 a count by a percent or so whatever the code; each case runs under several seeds.
 
-The ratio is plain / asyncbind, so 1.00x means asyncbind adds nothing; it is counted in the same
-process family as the routing suite's ops (``benchmarks/lookups.py``). Needs ``valgrind`` on the
-PATH; without it the suite prints "skipped".
+The lookups are the routing suite's own (``benchmarks/lookups.py``). The ratio is plain /
+asyncbind, so 1.00x means asyncbind adds nothing. Needs ``valgrind`` on the PATH; without it the
+suite prints "skipped".
 """
 
 from __future__ import annotations

@@ -337,11 +337,13 @@ async def _one_query(db: AsyncBind, row: type[Any]) -> Any:
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
-async def test_close_cancelled_halfway_still_returns_its_connection_intact(
-    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+@pytest.mark.parametrize("cleanup", ["close", "reset"])
+async def test_cleanup_cancelled_halfway_still_returns_its_connection_intact(
+    backend: str, cleanup: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
 ) -> None:
-    """``await session.close()`` (a FastAPI dependency's cleanup, say) cancelled while its
-    rollback is on the wire finishes first: the connection goes back to the pool, not away."""
+    """``await session.close()`` (a FastAPI dependency's cleanup, say) or ``reset()`` cancelled
+    while its rollback is on the wire finishes first: the connection goes back to the pool, not
+    away."""
     server = sa.make_url(await new_database(backend))
     async with FaultProxy(server.host or "127.0.0.1", server.port or PORTS[backend]) as proxy:
         db = make_db(proxy.url_for(server), engine_options={"pool_size": 1, "max_overflow": 0})
@@ -349,19 +351,20 @@ async def test_close_cancelled_halfway_still_returns_its_connection_intact(
         sa.event.listen(db.engine.sync_engine, "invalidate", lambda *args: invalidated.append(args))
         session = db.session()
         await session.execute(sa.text("SELECT 1"))  # a transaction is open on the connection
-        driver_connection = (await session.connection()).sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+        connection = await session.connection()
+        dbapi_connection = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
         await proxy.set_mode("pass", latency=0.3)  # each chunk, the ROLLBACK too, takes 0.3s
-        closing = asyncio.create_task(session.close())
+        cleaning = asyncio.create_task(getattr(session, cleanup)())
         await asyncio.sleep(0.05)
-        closing.cancel()
+        cleaning.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await closing
-        # The cancellation came once the close had finished.
+            await cleaning
+        # The cancellation came once the cleanup had finished.
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         assert invalidated == []
         await proxy.restore()
         async with db.session() as again:
             connection = await again.connection()
-            assert connection.sync_connection.connection.dbapi_connection is driver_connection  # type: ignore[union-attr]
+            assert connection.sync_connection.connection.dbapi_connection is dbapi_connection  # type: ignore[union-attr]
             assert (await again.execute(sa.text("SELECT 2"))).scalar() == 2
         await db.dispose()  # while the proxy still forwards the goodbye
