@@ -131,6 +131,9 @@ async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye
 
     monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
     monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    invalidated: list[object] = []
+    engine = db.get_engine(cut_key).sync_engine
+    sa.event.listen(engine, "invalidate", lambda *args: invalidated.append(args))
     session = db.session()
     try:
         on_cut = {"bind_arguments": {"bind_key": cut_key}}
@@ -141,6 +144,7 @@ async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye
                 await session.execute(sa.text("SELECT 2"), **on_cut)
         assert info.value.bind_key == cut_key
         # The timed-out connection was invalidated, and nothing waited on the server to close it.
+        assert len(invalidated) == 1
         assert True not in polite_closes, polite_closes
         await session.rollback()
     finally:
