@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.sql import visitors
+from sqlalchemy.util import EMPTY_DICT
 
 from .config import BindKey
 from .exceptions import CrossBindError, ReadOnlyBindError, UnknownBindError
@@ -150,6 +151,39 @@ def _keys_of(tables: Iterable[sa.Table]) -> dict[BindKey, set[str]]:
     return keys
 
 
+def _passing_compound_selects(name: str) -> Any:
+    """``Session.<name>`` (execute, scalar or scalars) that hands an ORM UNION / INTERSECT /
+    EXCEPT over to get_bind(): SQLAlchemy passes none, so it would go to the default bind whatever
+    its tables.
+
+    This runs for every statement, so the parameters are spelled out: packing them into ``**kw``
+    and out again costs more than the check itself.
+    """
+
+    def method(
+        self: RoutingSession,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        bind_arguments: Any = None,
+        **kw: Any,
+    ) -> Any:
+        if not bind_arguments and isinstance(statement, sa.CompoundSelect):
+            bind_arguments = {"clause": statement}
+        return getattr(super(RoutingSession, self), name)(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    method.__name__ = name
+    method.__qualname__ = f"RoutingSession.{name}"
+    return method
+
+
 class RoutingSession(sa_orm.Session):
     """A sync Session whose :meth:`get_bind` routes by bind key.
 
@@ -159,22 +193,9 @@ class RoutingSession(sa_orm.Session):
 
     _asyncbind_router: ClassVar[Router]
 
-    # SQLAlchemy passes no statement to get_bind() for an ORM UNION / INTERSECT / EXCEPT, so it
-    # would go to the default bind whatever its tables; hand it over here.
-    def execute(self, statement: Any, params: Any = None, **kw: Any) -> Any:
-        if isinstance(statement, sa.CompoundSelect) and not kw.get("bind_arguments"):
-            kw["bind_arguments"] = {"clause": statement}
-        return super().execute(statement, params, **kw)
-
-    def scalar(self, statement: Any, params: Any = None, **kw: Any) -> Any:
-        if isinstance(statement, sa.CompoundSelect) and not kw.get("bind_arguments"):
-            kw["bind_arguments"] = {"clause": statement}
-        return super().scalar(statement, params, **kw)
-
-    def scalars(self, statement: Any, params: Any = None, **kw: Any) -> Any:
-        if isinstance(statement, sa.CompoundSelect) and not kw.get("bind_arguments"):
-            kw["bind_arguments"] = {"clause": statement}
-        return super().scalars(statement, params, **kw)
+    execute = _passing_compound_selects("execute")
+    scalar = _passing_compound_selects("scalar")
+    scalars = _passing_compound_selects("scalars")
 
     def get_bind(
         self,

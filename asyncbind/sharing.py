@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import keyword
+import types
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -123,37 +126,106 @@ def _owner_of(session: Any) -> asyncio.Task[Any] | None:
     return None
 
 
+# The check, made for each guarded method with the method's own parameters: forwarding them by
+# name costs a third of what packing them into *args and **kwargs and unpacking them again does,
+# and this runs several times per operation. The operation in flight is known by its greenlet:
+# SQLAlchemy runs each AsyncSession operation in a greenlet of its own, and calls nested in it (a
+# get's autoflush) share it. The tasks involved are looked up only to word a refusal.
+_GUARD_SOURCE = """
+def {name}({parameters}):
+    _asyncbind_owner = {self}._asyncbind_greenlet
+    if _asyncbind_owner is None:
+        {self}._asyncbind_greenlet = _asyncbind_getcurrent()
+        {self}._asyncbind_operation = _asyncbind_label
+        try:
+            return _asyncbind_method({arguments})
+        finally:
+            {self}._asyncbind_greenlet = None
+            if {self}._asyncbind_waiter is not None:
+                _asyncbind_release({self})
+    if _asyncbind_owner is _asyncbind_getcurrent():  # an operation calling another one
+        return _asyncbind_method({arguments})
+    raise _asyncbind_refusal({self}, _asyncbind_label)
+"""
+
+
+def _forwarding(method: Callable[..., Any]) -> tuple[str, str, str, dict[str, Any]] | None:
+    """The parameter list of ``method``, the arguments that pass them on, the name of the first
+    (the session) and the defaults they refer to; None when ``method`` has no plain Python
+    signature to copy."""
+    if not isinstance(method, types.FunctionType) or hasattr(method, "__signature__"):
+        return None
+    try:
+        signature = inspect.signature(method, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    declared: list[str] = []
+    passed: list[str] = []
+    defaults: dict[str, Any] = {}
+    previous = None
+    for index, parameter in enumerate(signature.parameters.values()):
+        name, kind = parameter.name, parameter.kind
+        if name.startswith("_asyncbind_"):
+            return None
+        if previous is kinds.POSITIONAL_ONLY and kind is not previous:
+            declared.append("/")
+        if kind is kinds.KEYWORD_ONLY and previous not in (kind, kinds.VAR_POSITIONAL):
+            declared.append("*")
+        previous = kind
+        if kind is kinds.VAR_POSITIONAL:
+            declared.append(f"*{name}")
+            passed.append(f"*{name}")
+            continue
+        if kind is kinds.VAR_KEYWORD:
+            declared.append(f"**{name}")
+            passed.append(f"**{name}")
+            continue
+        passed.append(f"{name}={name}" if kind is kinds.KEYWORD_ONLY else name)
+        if parameter.default is parameter.empty:
+            declared.append(name)
+        else:
+            defaults[f"_asyncbind_default_{index}"] = parameter.default
+            declared.append(f"{name}=_asyncbind_default_{index}")
+    if previous is kinds.POSITIONAL_ONLY:
+        declared.append("/")
+    if not passed or passed[0].startswith("*") or "=" in passed[0]:
+        return None  # no positional session parameter to mark
+    return ", ".join(declared), ", ".join(passed), passed[0], defaults
+
+
+def _refusal(session: Any, label: str) -> SessionSharedError:
+    return SessionSharedError(
+        label,
+        task=_task_name(_current_task()),
+        owner=_task_name(_owner_of(session)),
+        running=session._asyncbind_operation,
+    )
+
+
 def _guard(label: str, method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` refused to a second task while an operation is in flight; ``label`` names the
     operation in the refusal."""
-    # The operation in flight is known by its greenlet: SQLAlchemy runs each AsyncSession
-    # operation in a greenlet of its own, and calls nested in it (a get's autoflush) share it.
-    # This runs several times per operation, so it costs two attribute writes and a greenlet
-    # comparison; the tasks involved are looked up only to word a refusal.
-    getcurrent = greenlet.getcurrent
-
-    @functools.wraps(method)
-    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-        owner = self._asyncbind_greenlet
-        if owner is None:
-            self._asyncbind_greenlet = getcurrent()
-            self._asyncbind_operation = label
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                self._asyncbind_greenlet = None
-                if self._asyncbind_waiter is not None:
-                    _release(self)
-        if owner is getcurrent():  # an operation calling another one
-            return method(self, *args, **kwargs)
-        raise SessionSharedError(
-            label,
-            task=_task_name(_current_task()),
-            owner=_task_name(_owner_of(self)),
-            running=self._asyncbind_operation,
-        )
-
-    return guarded
+    forwarding = _forwarding(method)
+    if forwarding is None:
+        forwarding = ("self, *args, **kwargs", "self, *args, **kwargs", "self", {})
+    parameters, arguments, session, defaults = forwarding
+    name = getattr(method, "__name__", "")
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_asyncbind_"):
+        name = "guarded"
+    namespace: dict[str, Any] = {
+        "_asyncbind_getcurrent": greenlet.getcurrent,
+        "_asyncbind_label": label,
+        "_asyncbind_method": method,
+        "_asyncbind_release": _release,
+        "_asyncbind_refusal": _refusal,
+        **defaults,
+    }
+    source = _GUARD_SOURCE.format(
+        name=name, parameters=parameters, arguments=arguments, self=session
+    )
+    exec(compile(source, f"<asyncbind guard of {name}>", "exec"), namespace)
+    return functools.wraps(method)(namespace[name])
 
 
 def _release(session: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 from twobinds import TwoBinds, add_models, all_zero, checked_out, make_urls, names
 
@@ -435,6 +436,46 @@ async def test_guarded_classes_wrap_custom_session_classes(two: TwoBinds) -> Non
         await session.close()
     finally:
         await custom.dispose()
+
+
+class Tagging(sa_orm.Session):
+    """A sync session whose methods take more than SQLAlchemy's, in every kind of parameter."""
+
+    def add(self, instance: Any, /, *tags: str, _warn: bool = True, **labels: str) -> None:
+        instance.name = " ".join([instance.name, *tags, *(f"{k}={v}" for k, v in labels.items())])
+        super().add(instance, _warn=_warn)
+
+    def expire(self, instance: Any, attribute_names: Any = None, *, why: str) -> None:
+        instance.name = f"{instance.name} ({why})"
+
+
+async def test_a_custom_sync_session_keeps_its_signatures_and_is_refused_too(
+    new_database: Any, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The check is made with each method's own parameters: arguments of every kind reach the
+    user's methods as given, and a second task is still refused."""
+    postgresql, mysql = await make_urls(new_database)
+    options = {"sync_session_class": Tagging}
+    two = add_models(make_db(postgresql, binds={"users": mysql}, session_options=options))
+    await two.db.create_all()
+    async with two.db.session() as session:
+        sync = session.sync_session
+        assert isinstance(sync, Tagging) and is_guarded(type(sync))
+        lamp = two.Item(name="lamp")
+        sync.add(lamp, "red", "new", colour="blue")
+        sync.expire(lamp, why="sale")
+        session.add(two.User(name="ada"))
+        running = asyncio.create_task(session.execute(sa.text(SLEEP["postgresql"])))
+        await asyncio.sleep(0)
+        with pytest.raises(SessionSharedError) as error:
+            sync.add(two.Item(name="late"), "x", colour="y")
+        assert error.value.operation == "add()" and error.value.running == "execute()"
+        with pytest.raises(SessionSharedError):
+            sync.expire(lamp, why="late")
+        await running
+        await session.commit()
+    assert await names(two.db) == (["lamp red new colour=blue (sale)"], ["ada"])
+    assert all_zero(checked_out(two.db))
 
 
 # -- no framework needed -------------------------------------------------------------------------
