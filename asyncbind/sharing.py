@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import keyword
+import linecache
 import types
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -131,6 +133,7 @@ def _owner_of(session: Any) -> asyncio.Task[Any] | None:
 # and this runs several times per operation. The operation in flight is known by its greenlet:
 # SQLAlchemy runs each AsyncSession operation in a greenlet of its own, and calls nested in it (a
 # get's autoflush) share it. The tasks involved are looked up only to word a refusal.
+_guard_numbers = itertools.count(1)
 _GUARD_SOURCE = """
 def {name}({parameters}):
     _asyncbind_owner = {self}._asyncbind_greenlet
@@ -224,7 +227,11 @@ def _guard(label: str, method: Callable[..., Any]) -> Callable[..., Any]:
     source = _GUARD_SOURCE.format(
         name=name, parameters=parameters, arguments=arguments, self=session
     )
-    exec(compile(source, f"<asyncbind guard of {name}>", "exec"), namespace)
+    qualname = getattr(method, "__qualname__", name)
+    filename = f"<asyncbind guard of {qualname} #{next(_guard_numbers)}>"
+    exec(compile(source, filename, "exec"), namespace)
+    # Tracebacks through the check show its lines, as they do for dataclasses' methods.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return functools.wraps(method)(namespace[name])
 
 
