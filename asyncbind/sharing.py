@@ -152,6 +152,18 @@ def {name}({parameters}):
 """
 
 
+class _Named:
+    """A default shown by the name it has in the generated check's namespace."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
 def _forwarding(method: Callable[..., Any]) -> tuple[str, str, str, dict[str, Any]] | None:
     """The parameter list of ``method``, the arguments that pass them on, the name of the first
     (the session) and the defaults they refer to; None when ``method`` has no plain Python
@@ -163,38 +175,35 @@ def _forwarding(method: Callable[..., Any]) -> tuple[str, str, str, dict[str, An
     except (TypeError, ValueError):
         return None
     kinds = inspect.Parameter
-    declared: list[str] = []
+    parameters = list(signature.parameters.values())
+    if not parameters or parameters[0].kind not in (
+        kinds.POSITIONAL_ONLY,
+        kinds.POSITIONAL_OR_KEYWORD,
+    ):
+        return None  # no positional session parameter to mark
+    bare: list[inspect.Parameter] = []
     passed: list[str] = []
     defaults: dict[str, Any] = {}
-    previous = None
-    for index, parameter in enumerate(signature.parameters.values()):
+    for index, parameter in enumerate(parameters):
         name, kind = parameter.name, parameter.kind
         if name.startswith("_asyncbind_"):
             return None
-        if previous is kinds.POSITIONAL_ONLY and kind is not previous:
-            declared.append("/")
-        if kind is kinds.KEYWORD_ONLY and previous not in (kind, kinds.VAR_POSITIONAL):
-            declared.append("*")
-        previous = kind
-        if kind is kinds.VAR_POSITIONAL:
-            declared.append(f"*{name}")
+        default = parameter.default
+        if default is not parameter.empty:
+            defaults[f"_asyncbind_default_{index}"] = default
+            default = _Named(f"_asyncbind_default_{index}")
+        bare.append(parameter.replace(annotation=parameter.empty, default=default))
+        if kind is kinds.KEYWORD_ONLY:
+            passed.append(f"{name}={name}")
+        elif kind is kinds.VAR_POSITIONAL:
             passed.append(f"*{name}")
-            continue
-        if kind is kinds.VAR_KEYWORD:
-            declared.append(f"**{name}")
+        elif kind is kinds.VAR_KEYWORD:
             passed.append(f"**{name}")
-            continue
-        passed.append(f"{name}={name}" if kind is kinds.KEYWORD_ONLY else name)
-        if parameter.default is parameter.empty:
-            declared.append(name)
         else:
-            defaults[f"_asyncbind_default_{index}"] = parameter.default
-            declared.append(f"{name}=_asyncbind_default_{index}")
-    if previous is kinds.POSITIONAL_ONLY:
-        declared.append("/")
-    if not passed or passed[0].startswith("*") or "=" in passed[0]:
-        return None  # no positional session parameter to mark
-    return ", ".join(declared), ", ".join(passed), passed[0], defaults
+            passed.append(name)
+    # inspect writes the parameter list, with its "/" and "*", as Python would read it back.
+    declared = str(signature.replace(parameters=bare, return_annotation=signature.empty))
+    return declared[1:-1], ", ".join(passed), parameters[0].name, defaults
 
 
 def _refusal(session: Any, label: str) -> SessionSharedError:
