@@ -26,7 +26,7 @@ from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, form
 from .models import MetadataRegistry, make_model_base
 from .scoping import SessionFactory, SessionScope, run_to_completion
 from .session import Router, routing_session_class
-from .sharing import guarded_session_class, guarded_sync_session_class
+from .sharing import guarded_session_class, install_sharing_checks
 from .urls import render_url
 
 __all__ = ["AsyncBind", "SessionFactory"]
@@ -180,12 +180,10 @@ class AsyncBind:
         sync_class = options.pop("sync_session_class", sa_orm.Session)
         session_class = options.pop("class_", AsyncSession)
         options.setdefault("expire_on_commit", False)
+        routing = routing_session_class(self._router, sync_class)
+        install_sharing_checks(routing)
         return async_sessionmaker(
-            class_=guarded_session_class(session_class),
-            sync_session_class=guarded_sync_session_class(
-                routing_session_class(self._router, sync_class)
-            ),
-            **options,
+            class_=guarded_session_class(session_class), sync_session_class=routing, **options
         )
 
     def _metadata_for(self, key: BindKey) -> sa.MetaData:

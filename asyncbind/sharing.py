@@ -44,12 +44,11 @@ from .scoping import run_to_completion
 __all__ = [
     "GuardedSessionTransaction",
     "guarded_session_class",
-    "guarded_sync_session_class",
+    "install_sharing_checks",
     "is_guarded",
 ]
 
 _AS = TypeVar("_AS", bound=AsyncSession)
-_S = TypeVar("_S", bound=sa_orm.Session)
 
 # The sync Session methods that AsyncSession's operations call (directly or through
 # greenlet_spawn), plus the ones without I/O that still change the session's state.
@@ -90,7 +89,6 @@ _TRANSACTION_STEPS = {
 }
 
 _async_classes: dict[type[AsyncSession], type[AsyncSession]] = {}
-_sync_classes: dict[type[sa_orm.Session], type[sa_orm.Session]] = {}
 
 
 def _task_name(task: asyncio.Task[Any] | None) -> str:
@@ -252,29 +250,40 @@ def _release(session: Any) -> None:
         waiter.set_result(None)
 
 
-def guarded_sync_session_class(base: type[_S]) -> type[_S]:
-    """A subclass of ``base`` (a sync Session class) that notes the operation in flight and
-    refuses another task meanwhile."""
-    if getattr(base, "_asyncbind_guarded", False):
-        return base
-    guarded = _sync_classes.get(base)
-    if guarded is None:
-        namespace: dict[str, Any] = {
-            "__module__": base.__module__,
-            "__qualname__": base.__qualname__,
-            "__doc__": base.__doc__,
+#: The checks made for each tuple of bases, so that every AsyncBind with the same session classes
+#: shares one set (they hold nothing of the AsyncBind's own).
+_checks: dict[tuple[type, ...], dict[str, Any]] = {}
+
+
+def install_sharing_checks(cls: type[sa_orm.Session]) -> None:
+    """Make ``cls``, a sync Session class just made, note the operation in flight and refuse
+    another task meanwhile.
+
+    The checks go into ``cls`` itself rather than a subclass of it: each class in the hierarchy
+    is one more step for every attribute lookup that misses Python's type cache, and SQLAlchemy
+    does several per operation. ``cls`` must not define the operations itself; each check wraps
+    what ``cls`` inherits.
+    """
+    bases = cls.__bases__
+    if any(is_guarded(base) for base in bases):
+        return  # inherited
+    checks = _checks.get(bases)
+    if checks is None:
+        inherited = super(cls, cls)
+        checks = {
             "_asyncbind_guarded": True,
             "_asyncbind_greenlet": None,
             "_asyncbind_operation": None,
             "_asyncbind_waiter": None,
         }
         for name in _OPERATIONS:
-            if hasattr(base, name):
-                namespace[name] = _guard(f"{name}()", getattr(base, name))
+            if hasattr(inherited, name):
+                checks[name] = _guard(f"{name}()", getattr(inherited, name))
         for name, label in _TRANSACTION_STEPS.items():
-            namespace[name] = _guard(label, _call)
-        guarded = _sync_classes[base] = type(base.__name__, (base,), namespace)
-    return guarded  # type: ignore[return-value]
+            checks[name] = _guard(label, _call)
+        _checks[bases] = checks
+    for name, value in checks.items():
+        setattr(cls, name, value)
 
 
 async def _wait_until_free(session: AsyncSession) -> None:
@@ -384,7 +393,7 @@ def guarded_session_class(base: type[_AS]) -> type[_AS]:
     """A subclass of ``base`` (an AsyncSession class) whose ``close()`` and ``reset()`` run to
     their end even if the caller is cancelled, and from another task wait for the operation in
     flight instead of breaking it; the refusal itself happens in the sync session
-    (:func:`guarded_sync_session_class`)."""
+    (:func:`install_sharing_checks`)."""
     if is_guarded(base):
         return base
     guarded = _async_classes.get(base)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,24 @@ async def test_dispose_on_exit_survives_cancellation(url: str) -> None:
         await task
     assert db.engine.sync_engine.pool.checkedin() == 0
     assert checked_out(db) == 0
+
+
+async def test_an_asyncbind_let_go_takes_its_engines_with_it(url: str) -> None:
+    # Apps and test suites that make an AsyncBind per tenant or per test must not keep every
+    # engine (pool, dialect, compiled cache) they ever made.
+    engines: list[weakref.ref[sa.Engine]] = []
+    for _ in range(3):
+        db = AsyncBind(url, binds={"x": url})
+        for key in (None, "x"):
+            async with db.session() as session:
+                await session.execute(sa.text("SELECT 1"), bind_arguments={"bind_key": key})
+        engines += [weakref.ref(engine.sync_engine) for engine in db.engines.values()]
+        await db.dispose()
+        del db, session
+    # The session class goes in the first collection, the engines its router held in the second.
+    gc.collect()
+    gc.collect()
+    assert [engine() for engine in engines] == [None] * 6
 
 
 def test_made_at_import_time_works_in_any_loop_and_in_a_second_after_dispose(url: str) -> None:
