@@ -5,9 +5,10 @@ routing target allows. Here the lookups of the ``routing`` suite (``get``, ORM `
 ``select``, one session each, one after another) run under valgrind's callgrind, which counts the
 instructions the process executes, on a SQLite file: no server, no network timing. Only the
 lookups themselves are counted (not start-up, set-up or warm-up). A count still moves by a percent
-or two from run to run: the hash seed changes how objects lie in memory, and aiosqlite's worker
-thread hands its results back at different points. So each case runs under six hash seeds, the
-two sides of a ratio under the same seed, and the ratio shown is the median of the six.
+or two with memory layout: the hash seed, and even the directory the suite runs from, change among
+other things which attribute lookups collide in Python's type cache (a miss walks the class's
+MRO). So each case runs under six hash seeds, the two sides of a ratio under the same seed, and
+the ratio shown is the median of the six.
 
 The lookups are the routing suite's own (``benchmarks/lookups.py``). The ratio is plain /
 asyncbind, so 1.00x means asyncbind adds nothing. Needs ``valgrind`` on the PATH; without it the

@@ -2,8 +2,12 @@
 
 * Flask-SQLAlchemy 3.1 with binds: sync, psycopg 3 + PyMySQL, 16 threads, one app context (and so
   one scoped session) per request;
-* sqlalchemy-bind-manager: async, one repository per bind, ``await repository.get(id)``;
-* asyncbind and a plain AsyncSession: 32 tasks over a pool of 16.
+* sqlalchemy-bind-manager: async, one repository per bind, ``await repository.get(id)``. Its
+  repositories keep one AsyncSession per task (``async_scoped_session`` keyed by the current task)
+  and close it in that task, unshielded, after each call;
+* plain SQLAlchemy used the same way ("per task"), to tell that pattern's cost from the layer's;
+* asyncbind and a plain AsyncSession: a session per lookup, closed as ``async with`` closes it
+  (in a task of its own, so a cancellation cannot interrupt it), 32 tasks over a pool of 16.
 
 Workloads: primary-key lookups on PostgreSQL, and requests doing one lookup on PostgreSQL and one on
 MariaDB. Targets: asyncbind >= 1.6x Flask-SQLAlchemy on PostgreSQL lookups, >= 1.25x on the mixed
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import async_scoped_session
 
 from . import lookups
 from .harness import SKIPPED_PEER, SLICES, Table
@@ -140,6 +145,46 @@ class BindManagerSetup:
             await bind.engine.dispose()
 
 
+class PerTaskSetup:
+    """Plain SQLAlchemy the way sqlalchemy-bind-manager uses it: an ``async_scoped_session`` per
+    bind keyed by the current task, its session closed in place after each lookup and kept."""
+
+    def __init__(self, plain: lookups.PlainSetup) -> None:
+        self.models = plain.models
+        self.sessions = {
+            backend: async_scoped_session(maker, scopefunc=asyncio.current_task)
+            for backend, maker in plain.sessions.items()
+        }
+
+    def _lookup(self, backend: str) -> lookups.Op:
+        model, sessions = self.models[backend], self.sessions[backend]
+
+        async def op(key: int) -> Any:
+            session = sessions()
+            try:
+                return await session.get(model, key)
+            finally:
+                await session.close()
+
+        return op
+
+    def get(self) -> lookups.Op:
+        return self._lookup(POSTGRESQL)
+
+    def mixed(self) -> lookups.Op:
+        pg, my = self._lookup(POSTGRESQL), self._lookup(MYSQL)
+
+        async def op(key: int) -> Any:
+            return await pg(key), await my(key)
+
+        return op
+
+    def dispose(self) -> None:
+        # Every kept session was closed after its last lookup; only the tasks' entries remain.
+        for sessions in self.sessions.values():
+            sessions.registry.clear()
+
+
 def _flask_or_reason(urls: dict[str, sa.URL]) -> tuple[FlaskSetup | None, str | None]:
     try:
         import flask_sqlalchemy  # noqa: F401
@@ -182,6 +227,7 @@ async def main(options: Any) -> None:
     async with databases("peers", POSTGRESQL, MYSQL) as urls:
         await lookups.fill(urls)
         ours, plain = lookups.AsyncbindSetup(urls), lookups.PlainSetup(urls)
+        per_task = PerTaskSetup(plain)
         flask, flask_skip = _flask_or_reason(urls)
         manager, manager_skip = _bind_manager_or_reason(urls)
         try:
@@ -222,6 +268,14 @@ async def main(options: Any) -> None:
                     else "sqlalchemy-bind-manager async repositories",
                     skip=manager_skip,
                 )
+                table.case(
+                    "plain, per task",
+                    _async_case(
+                        per_task.get() if workload == "get" else per_task.mixed(),
+                        share,
+                        "plain AsyncSession kept per task, closed in place, 32 tasks",
+                    ),
+                )
                 plain_op = plain.get(POSTGRESQL) if workload == "get" else plain.mixed()
                 table.case(
                     "plain AsyncSession",
@@ -233,11 +287,17 @@ async def main(options: Any) -> None:
                 table.case(
                     "asyncbind",
                     _async_case(ours_op, share, "asyncbind session, 32 tasks"),
-                    vs=["Flask-SQLAlchemy", "sqlalchemy-bind-manager", "plain AsyncSession"],
+                    vs=[
+                        "Flask-SQLAlchemy",
+                        "sqlalchemy-bind-manager",
+                        "plain, per task",
+                        "plain AsyncSession",
+                    ],
                 )
                 await table.run()
         finally:
             await ours.dispose()
+            per_task.dispose()
             await plain.dispose()
             if manager is not None:
                 await manager.dispose()
