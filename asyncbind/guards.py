@@ -5,6 +5,8 @@ that refuse to be used from a second event loop.
 - ``statement_timeout`` bounds each statement, commit and rollback on the client side, so a server
   that stops answering (not only one that is slow) is abandoned. The connection is then dropped at
   once, without the goodbye a server that stopped answering would never acknowledge.
+- A connection whose goodbye fails (the server reset it meanwhile) is dropped at once rather than
+  left open until garbage collection.
 - Connection failures become :class:`~asyncbind.exceptions.BindUnavailableError` and timeouts
   :class:`~asyncbind.exceptions.StatementTimeoutError`, both naming the bind.
 """
@@ -223,7 +225,32 @@ def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
     if ping is not None:
         dialect.do_ping = _bounded(dialect.do_ping, ping, terminate(False))  # type: ignore[method-assign]
     close = statement or config.connect_timeout or CLOSE_TIMEOUT
-    dialect.do_close = _bounded(dialect.do_close, close, terminate(None))  # type: ignore[method-assign]
+    polite = _closing(dialect.do_close, drop_now)
+    dialect.do_close = _bounded(polite, close, terminate(None))  # type: ignore[method-assign]
+
+
+def _closing(
+    close: Callable[[Any], None], drop_now: Callable[[Any], None]
+) -> Callable[[Any], None]:
+    """``close`` (a dialect's polite close) that drops the connection at once if the goodbye
+    fails, instead of leaving its socket to the garbage collector.
+
+    A connection the server has already reset (a restart, a failover, an idle timeout) cannot be
+    told goodbye; aiomysql then raises ConnectionResetError and keeps its socket. The connection
+    was being closed anyway, so that is no error to report. On any other failure the connection
+    is dropped as well and the error passed on, for the pool to log.
+    """
+
+    def close_or_drop(connection: Any) -> None:
+        try:
+            close(connection)
+        except OSError:
+            drop_now(connection)
+        except Exception:
+            drop_now(connection)
+            raise
+
+    return close_or_drop
 
 
 # -- errors that name the bind -----------------------------------------------------------------

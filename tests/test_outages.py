@@ -11,6 +11,8 @@ slower than the bind's timeouts. Then the proxy is restored.
   bind, and none hangs (a generous guard turns a hang into a failure).
 - After the restore, the bind recovers by itself: requests succeed again, a burst that uses the
   whole pool succeeds, and no connection stays checked out.
+- Disposing of a pool whose idle connections the server has reset closes each of them, with
+  nothing logged.
 
 The binds use the recommended settings for an outage: ``pool_pre_ping``, ``connect_timeout`` and
 ``statement_timeout``.
@@ -19,6 +21,7 @@ The binds use the recommended settings for an outage: ``pool_pre_ping``, ``conne
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -340,3 +343,40 @@ async def test_connections_reset_mid_query_fail_fast_and_are_discarded(
         assert isinstance(result, BindUnavailableError), repr(result)
         assert result.bind_key == cut_key and f"Bind {cut_key!r} is unavailable" in str(result)
     await assert_pool_healthy(db, cut_key)
+
+
+async def test_dispose_after_the_server_reset_idle_connections_closes_each_quietly(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restart or failover resets the connections idle in the pool. Disposing of the pool
+    then closes every one of them (aiomysql's polite close fails and would keep the socket),
+    with nothing logged, and the bind works again afterwards."""
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+    await db.dispose()
+    engine = db.get_engine(cut_key).sync_engine
+    opened: list[Any] = []
+    sa.event.listen(
+        engine, "connect", lambda dbapi, _record: opened.append(dbapi.driver_connection)
+    )
+
+    async def one() -> None:
+        async with db.session() as session:
+            sql = sa.text(SLEEP[BACKENDS[cut_key]])
+            await session.execute(sql, bind_arguments={"bind_key": cut_key})
+
+    await asyncio.gather(*(one() for _ in range(WORKERS)))
+    assert opened and checked_out(db)[cut_key] == 0
+    assert proxy.reset_connections() >= 1
+    await asyncio.sleep(0.1)  # let the drivers see the resets
+    with caplog.at_level(logging.WARNING):
+        await db.dispose()
+    assert [record.getMessage() for record in caplog.records] == []
+    still_open = [c for c in opened if not (c.is_closed() if cut_key == "pg" else c.closed)]
+    assert still_open == []
+    async with db.session() as session:
+        sql = sa.text("SELECT 1")
+        assert (await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar() == 1
