@@ -8,6 +8,7 @@ server that is down skips its tests locally and fails them under ``CI=true``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -185,6 +186,19 @@ async def url(backend: str, new_database: NewDatabase) -> str:
 def backend_pair(request: pytest.FixtureRequest) -> tuple[str, str]:
     """Two different backends, for routing that crosses real servers."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect what each test leaves behind as it ends, so that a connection it dropped unclosed
+    fails that test (warnings are errors) instead of whichever test the collector next runs in.
+
+    What survives the collection is frozen: each collection then looks only at what the test
+    made, which keeps it cheap and the suite faster than without it.
+    """
+    yield
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture
