@@ -237,8 +237,8 @@ def _closing(
 
     A connection the server has already reset (a restart, a failover, an idle timeout) cannot be
     told goodbye; aiomysql then raises ConnectionResetError and keeps its socket. The connection
-    was being closed anyway, so that is no error to report. On any other failure the connection
-    is dropped as well and the error passed on, for the pool to log.
+    was being closed anyway, so that is no error to report. On any other failure, a cancellation
+    included, the connection is dropped as well and the error passed on.
     """
 
     def close_or_drop(connection: Any) -> None:
@@ -246,7 +246,7 @@ def _closing(
             close(connection)
         except OSError:
             drop_now(connection)
-        except Exception:
+        except BaseException:
             drop_now(connection)
             raise
 

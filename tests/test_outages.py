@@ -12,7 +12,7 @@ slower than the bind's timeouts. Then the proxy is restored.
 - After the restore, the bind recovers by itself: requests succeed again, a burst that uses the
   whole pool succeeds, and no connection stays checked out.
 - Disposing of a pool whose idle connections the server has reset closes each of them, with
-  nothing logged.
+  nothing logged; a dispose cancelled while a goodbye is pending still closes its connection.
 
 The binds use the recommended settings for an outage: ``pool_pre_ping``, ``connect_timeout`` and
 ``statement_timeout``.
@@ -380,3 +380,41 @@ async def test_dispose_after_the_server_reset_idle_connections_closes_each_quiet
     async with db.session() as session:
         sql = sa.text("SELECT 1")
         assert (await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar() == 1
+
+
+async def test_a_dispose_cancelled_during_a_goodbye_still_closes_the_connection(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+    await db.dispose()
+    engine = db.get_engine(cut_key).sync_engine
+    opened: list[Any] = []
+    sa.event.listen(
+        engine, "connect", lambda dbapi, _record: opened.append(dbapi.driver_connection)
+    )
+    async with db.session() as session:
+        await session.execute(sa.text("SELECT 1"), bind_arguments={"bind_key": cut_key})
+    (connection,) = opened
+    goodbye_sent = asyncio.Event()
+
+    async def goodbye_never_acknowledged(*_args: Any, **_kwargs: Any) -> None:
+        goodbye_sent.set()
+        await asyncio.Event().wait()
+
+    driver = type(connection)
+    polite = "close" if cut_key == "pg" else "ensure_closed"
+    monkeypatch.setattr(driver, polite, goodbye_never_acknowledged)
+    # Only the cut bind's engine: the other bind's close is not held up.
+    disposing = asyncio.create_task(db.get_engine(cut_key).dispose())
+    async with asyncio.timeout(GUARD):
+        await goodbye_sent.wait()
+    disposing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await disposing
+    monkeypatch.undo()
+    closed = connection.is_closed() if cut_key == "pg" else connection.closed
+    assert closed, f"a cancelled dispose left the {driver.__module__} connection open"
