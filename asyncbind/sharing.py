@@ -30,7 +30,7 @@ import itertools
 import keyword
 import linecache
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import greenlet
@@ -92,7 +92,15 @@ _async_classes: dict[type[AsyncSession], type[AsyncSession]] = {}
 
 
 def _task_name(task: asyncio.Task[Any] | None) -> str:
-    return "<no task>" if task is None else task.get_name()
+    """``task``'s name; for the task a ``close()`` or ``reset()`` runs in (see
+    :func:`~asyncbind.scoping.run_to_completion`), the name of the task that called it."""
+    if task is None:
+        return "<no task>"
+    seen = {task}
+    while (caller := _caller_of(task)) is not None and caller not in seen:
+        seen.add(caller)
+        task = caller
+    return task.get_name()
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -100,6 +108,28 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:  # no event loop: plain sync use
         return None
+
+
+def _awaits(task: asyncio.Task[Any]) -> Iterator[Any]:
+    """The frames of the coroutines ``task`` is suspended in, outermost first."""
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None)
+        if frame is not None:
+            yield frame
+        awaited = getattr(awaited, "cr_await", None)
+
+
+_RUN_TO_COMPLETION = run_to_completion.__code__
+
+
+def _caller_of(inner: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+    """The task whose ``run_to_completion()`` is waiting for ``inner``, if one is."""
+    for task in asyncio.all_tasks():
+        for frame in _awaits(task):
+            if frame.f_code is _RUN_TO_COMPLETION and frame.f_locals.get("task") is inner:
+                return task
+    return None
 
 
 def _owner_of(session: Any) -> asyncio.Task[Any] | None:
@@ -115,14 +145,13 @@ def _owner_of(session: Any) -> asyncio.Task[Any] | None:
     except RuntimeError:
         return None
     for task in tasks:
-        awaited: Any = None if task is current else task.get_coro()
-        while awaited is not None:
-            frame = getattr(awaited, "cr_frame", None)
-            if frame is not None and frame.f_code.co_name == "greenlet_spawn":
+        if task is current:
+            continue
+        for frame in _awaits(task):
+            if frame.f_code.co_name == "greenlet_spawn":
                 fn, args = frame.f_locals.get("fn"), frame.f_locals.get("args", ())
                 if getattr(fn, "__self__", None) is session or any(a is session for a in args):
                     return task
-            awaited = getattr(awaited, "cr_await", None)
     return None
 
 

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import await_
 from twobinds import TwoBinds, add_models, all_zero, checked_out, make_urls, names
 
 from asyncbind import (
@@ -318,6 +319,38 @@ async def test_the_refusal_names_the_task_whose_run_sync_is_in_flight(two: TwoBi
         assert error.value.owner == "the-owner" and error.value.running == "execute()"
         assert error.value.task == asyncio.current_task().get_name()  # type: ignore[union-attr]
         assert len(await running) == 1
+    assert all_zero(checked_out(db))
+
+
+async def test_the_refusal_names_the_task_that_called_close_not_the_one_close_runs_in(
+    two: TwoBinds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() runs in a task of its own so that a cancellation cannot cut it short; the refusal
+    # names the task the user knows, the one that called it.
+    db = two.db
+    dialect = db.engines[None].sync_engine.dialect
+    rolling_back, release = asyncio.Event(), asyncio.Event()
+    rollback = dialect.do_rollback
+
+    def slow_rollback(dbapi_connection: Any) -> None:
+        rolling_back.set()
+        await_(release.wait())
+        rollback(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_rollback", slow_rollback)
+    session = db.session()
+    await session.execute(sa.select(two.Item))
+    closing = asyncio.create_task(session.close(), name="the-closer")
+    try:
+        async with asyncio.timeout(GUARD):
+            await rolling_back.wait()
+        with pytest.raises(SessionSharedError) as error:
+            await session.execute(sa.select(two.Item))
+        assert error.value.owner == "the-closer" and error.value.running == "close()"
+        assert "task 'the-closer' is using" in str(error.value)
+    finally:
+        release.set()
+        await closing
     assert all_zero(checked_out(db))
 
 
