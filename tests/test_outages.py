@@ -345,6 +345,24 @@ async def test_connections_reset_mid_query_fail_fast_and_are_discarded(
     await assert_pool_healthy(db, cut_key)
 
 
+async def connections_from_now_on(db: AsyncBind, key: str) -> list[Any]:
+    """Empty ``key``'s pool; the driver connections it opens from then on are added to the list
+    returned."""
+    await db.dispose()
+    opened: list[Any] = []
+
+    def connected(dbapi_connection: Any, _record: Any) -> None:
+        opened.append(dbapi_connection.driver_connection)
+
+    sa.event.listen(db.get_engine(key).sync_engine, "connect", connected)
+    return opened
+
+
+def is_closed(connection: Any) -> bool:
+    """Whether an asyncpg or aiomysql connection is closed."""
+    return bool(connection.is_closed() if hasattr(connection, "is_closed") else connection.closed)
+
+
 async def test_dispose_after_the_server_reset_idle_connections_closes_each_quietly(
     cut_key: str,
     proxy: FaultProxy,
@@ -356,12 +374,7 @@ async def test_dispose_after_the_server_reset_idle_connections_closes_each_quiet
     then closes every one of them (aiomysql's polite close fails and would keep the socket),
     with nothing logged, and the bind works again afterwards."""
     db = await make_outage_db(cut_key, proxy, new_database, make_db)
-    await db.dispose()
-    engine = db.get_engine(cut_key).sync_engine
-    opened: list[Any] = []
-    sa.event.listen(
-        engine, "connect", lambda dbapi, _record: opened.append(dbapi.driver_connection)
-    )
+    opened = await connections_from_now_on(db, cut_key)
 
     async def one() -> None:
         async with db.session() as session:
@@ -375,8 +388,7 @@ async def test_dispose_after_the_server_reset_idle_connections_closes_each_quiet
     with caplog.at_level(logging.WARNING):
         await db.dispose()
     assert [record.getMessage() for record in caplog.records] == []
-    still_open = [c for c in opened if not (c.is_closed() if cut_key == "pg" else c.closed)]
-    assert still_open == []
+    assert [c for c in opened if not is_closed(c)] == []
     async with db.session() as session:
         sql = sa.text("SELECT 1")
         assert (await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar() == 1
@@ -390,12 +402,7 @@ async def test_a_dispose_cancelled_during_a_goodbye_still_closes_the_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = await make_outage_db(cut_key, proxy, new_database, make_db)
-    await db.dispose()
-    engine = db.get_engine(cut_key).sync_engine
-    opened: list[Any] = []
-    sa.event.listen(
-        engine, "connect", lambda dbapi, _record: opened.append(dbapi.driver_connection)
-    )
+    opened = await connections_from_now_on(db, cut_key)
     async with db.session() as session:
         await session.execute(sa.text("SELECT 1"), bind_arguments={"bind_key": cut_key})
     (connection,) = opened
@@ -408,7 +415,6 @@ async def test_a_dispose_cancelled_during_a_goodbye_still_closes_the_connection(
     driver = type(connection)
     polite = "close" if cut_key == "pg" else "ensure_closed"
     monkeypatch.setattr(driver, polite, goodbye_never_acknowledged)
-    # Only the cut bind's engine: the other bind's close is not held up.
     disposing = asyncio.create_task(db.get_engine(cut_key).dispose())
     async with asyncio.timeout(GUARD):
         await goodbye_sent.wait()
@@ -416,5 +422,6 @@ async def test_a_dispose_cancelled_during_a_goodbye_still_closes_the_connection(
     with pytest.raises(asyncio.CancelledError):
         await disposing
     monkeypatch.undo()
-    closed = connection.is_closed() if cut_key == "pg" else connection.closed
-    assert closed, f"a cancelled dispose left the {driver.__module__} connection open"
+    assert is_closed(connection), (
+        f"a cancelled dispose left the {driver.__module__} connection open"
+    )
