@@ -225,8 +225,9 @@ def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
     if ping is not None:
         dialect.do_ping = _bounded(dialect.do_ping, ping, terminate(False))  # type: ignore[method-assign]
     close = statement or config.connect_timeout or CLOSE_TIMEOUT
+    # A close past its time is cancelled, and _closing drops the connection on the cancellation.
     polite = _closing(dialect.do_close, drop_now)
-    dialect.do_close = _bounded(polite, close, terminate(None))  # type: ignore[method-assign]
+    dialect.do_close = _bounded(polite, close, lambda _args, _cancellation: None)  # type: ignore[method-assign]
 
 
 def _closing(
