@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import BindConfig, BindKey
@@ -167,15 +168,24 @@ _DROPS: dict[str, Callable[[Any], None]] = {
 
 
 def _dropper(dialect: sa.Dialect) -> Callable[[Any], None]:
-    """A function that drops a DBAPI connection of ``dialect`` (or a cursor's) at once."""
+    """A function that drops a DBAPI connection of ``dialect`` (or a cursor's) at once.
+
+    Made before the dialect's methods are bounded. A dialect with no ``do_terminate()`` of its own
+    (psycopg's) inherits one that calls ``do_close()``: that must be the close as it is now, not
+    the bounded one that drops the connection when closing fails, which would lead back here.
+    """
     drop = _DROPS.get(dialect.driver)
+    if type(dialect).do_terminate is DefaultDialect.do_terminate:
+        terminate = dialect.do_close
+    else:
+        terminate = dialect.do_terminate
 
     def drop_now(connection_or_cursor: Any) -> None:
         # SQLAlchemy's adapted cursors know their connection as _adapt_connection.
         connection = getattr(connection_or_cursor, "_adapt_connection", connection_or_cursor)
         driver_connection = getattr(connection, "driver_connection", None)
         if drop is None or driver_connection is None:
-            dialect.do_terminate(connection)
+            terminate(connection)
         else:
             drop(driver_connection)
 
