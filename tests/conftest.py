@@ -193,8 +193,8 @@ def _collect_garbage() -> Iterator[None]:
     """Collect what each test leaves behind as it ends, so that a connection it dropped unclosed
     fails that test (warnings are errors) instead of whichever test the collector next runs in.
 
-    What survives the collection is frozen: each collection then looks only at what the test
-    made, which keeps it cheap and the suite faster than without it.
+    What survives the collection is frozen, so that each collection looks only at what one test
+    made, which keeps it cheap.
     """
     yield
     gc.collect()
