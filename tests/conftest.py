@@ -119,8 +119,12 @@ async def new_database(tmp_path: Path) -> AsyncIterator[NewDatabase]:
         name = f"asyncbind_{uuid.uuid4().hex[:12]}"
         if backend == "sqlite":
             return f"sqlite:///{tmp_path / (name + '.sqlite')}"
-        quote = '"' if backend == "postgresql" else "`"
-        await _admin_execute(backend, f"CREATE DATABASE {quote}{name}{quote}")
+        if backend == "postgresql":
+            create = f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
+        else:
+            # utf8mb4 whatever the server's default (a stock server may default to latin1).
+            create = f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        await _admin_execute(backend, create)
         made.append((backend, name))
         return server_url(backend, name).render_as_string(hide_password=False)
 
