@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import guards
 from .config import BindConfig
-from .exceptions import ConfigError, format_key
+from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
 
 __all__ = ["engine_arguments", "make_engine"]
@@ -28,8 +28,8 @@ _READ_ONLY_SQL = {
 def _read_only_sqlite(config: BindConfig, url: sa.URL) -> sa.URL:
     if is_memory_sqlite(url):
         raise ConfigError(
-            f"Bind {format_key(config.key)}: an in-memory SQLite database cannot be read-only "
-            "(it starts empty). Point the bind at a database file, or drop 'read_only'."
+            f"{bind_name(config.key, start=True)}: an in-memory SQLite database cannot be "
+            "read-only (it starts empty). Point the bind at a database file, or drop 'read_only'."
         )
     database = url.database or ""
     if not database.startswith("file:"):
@@ -55,7 +55,7 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
     backend = url.get_backend_name()
     if url.get_driver_name() == "aiomysql" and not _latin1(url.password):
         raise ConfigError(
-            f"Bind {format_key(config.key)}: its password has characters outside latin-1, "
+            f"{bind_name(config.key, start=True)}: its password has characters outside latin-1, "
             "which aiomysql cannot send. Change the password, or use 'mysql+asyncmy://'."
         )
     if backend in ("mysql", "mariadb"):
@@ -72,7 +72,7 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
         settings = connect_args.get("server_settings") or {}
         if not isinstance(settings, Mapping):
             raise ConfigError(
-                f"Bind {format_key(config.key)}: connect_args['server_settings'] is "
+                f"{bind_name(config.key, start=True)}: connect_args['server_settings'] is "
                 f"{type(settings).__name__}; asyncpg expects a dict of server settings."
             )
         settings = dict(settings)
@@ -119,13 +119,13 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         engine = create_async_engine(url, **options)
     except ImportError as exc:
         raise ConfigError(
-            f"Bind {format_key(config.key)}: the driver for {url.drivername!r} is not installed "
-            f"(no module {exc.name or '?'!r}). Install it with pip, or use a URL with no driver "
-            f"('{url.get_backend_name()}://...') to get the one asyncbind installs."
+            f"{bind_name(config.key, start=True)}: the driver for {url.drivername!r} is not "
+            f"installed (no module {exc.name or '?'!r}). Install it with pip, or use a URL with "
+            f"no driver ('{url.get_backend_name()}://...') to get the one asyncbind installs."
         ) from None
     except Exception as exc:  # no I/O has happened: whatever was refused is the configuration
         message = (
-            f"Bind {format_key(config.key)}: its engine options were rejected "
+            f"{bind_name(config.key, start=True)}: its engine options were rejected "
             f"({', '.join(sorted(options)) or 'none'})"
         )
         fix = "Options are create_async_engine() keyword arguments."

@@ -27,6 +27,7 @@ __all__ = [
     "StatementTimeoutError",
     "UnknownBindError",
     "WrongEventLoopError",
+    "bind_name",
     "format_key",
     "format_keys",
 ]
@@ -35,6 +36,15 @@ __all__ = [
 def format_key(key: Hashable | None) -> str:
     """Render a bind key the way messages show it: ``None`` bare, names quoted."""
     return "None" if key is None else repr(key)
+
+
+def bind_name(key: Hashable | None, *, start: bool = False) -> str:
+    """Name a bind in a message: ``bind 'users'``, or ``the default bind`` for key None.
+
+    ``start=True`` capitalises it to begin a sentence.
+    """
+    name = "the default bind" if key is None else f"bind {key!r}"
+    return name[0].upper() + name[1:] if start else name
 
 
 def format_keys(keys: Iterable[Hashable | None]) -> str:
@@ -101,8 +111,9 @@ class UnknownBindError(AsyncBindError, LookupError):
         self.key = key
         self.configured = tuple(configured)
         where = f" used by {owner}" if owner else ""
+        what = "The default bind (key None)" if key is None else f"Bind key {key!r}"
         super().__init__(
-            f"Bind key {format_key(key)}{where} is not configured "
+            f"{what}{where} is not configured "
             f"(configured: {format_keys(self.configured)}). "
             f"Add it to binds=... or fix the '__bind_key__' / 'bind_key=' that names it."
         )
@@ -119,7 +130,7 @@ class CrossBindError(AsyncBindError):
         self.tables = {key: tuple(sorted(names)) for key, names in tables.items()}
         self.keys = tuple(self.tables)
         parts = "; ".join(
-            f"bind {format_key(key)}: {', '.join(repr(n) for n in names)}"
+            f"{bind_name(key)}: {', '.join(repr(n) for n in names)}"
             for key, names in sorted(
                 self.tables.items(), key=lambda kv: (kv[0] is not None, str(kv[0]))
             )
@@ -142,7 +153,7 @@ class BindErrors(AsyncBindError, ExceptionGroup[Exception]):  # noqa: N818
 
     def __new__(cls, operation: str, errors: Mapping[Hashable | None, Exception]) -> BindErrors:
         details = "; ".join(
-            f"{format_key(key)}: {type(exc).__name__}: {exc}" for key, exc in errors.items()
+            f"{bind_name(key)}: {type(exc).__name__}: {exc}" for key, exc in errors.items()
         )
         message = f"{operation} failed on bind(s) {format_keys(errors)} ({details})"
         self = super().__new__(cls, message, list(errors.values()))
@@ -162,8 +173,8 @@ class ReadOnlyBindError(AsyncBindError):
     def __init__(self, key: Hashable | None, what: str) -> None:
         self.key = key
         super().__init__(
-            f"Bind {format_key(key)} is read-only, so {what} was refused before any SQL was sent. "
-            "Write to a writable bind, or drop 'read_only' from the bind's options."
+            f"{bind_name(key, start=True)} is read-only, so {what} was refused before any SQL "
+            "was sent. Write to a writable bind, or drop 'read_only' from the bind's options."
         )
 
 
@@ -189,8 +200,8 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
     def __str__(self) -> str:
         reason = f"{type(self.orig).__name__}: {self.orig}".rstrip(": ")
         return (
-            f"Bind {format_key(self.bind_key)} is unavailable ({reason}). Check that its server "
-            "is up and reachable; the bind reconnects by itself on its next use."
+            f"{bind_name(self.bind_key, start=True)} is unavailable ({reason}). Check that its "
+            "server is up and reachable; the bind reconnects by itself on its next use."
         )
 
     def __reduce__(self) -> Any:
@@ -209,7 +220,7 @@ class StatementTimeoutError(AsyncBindError, TimeoutError):
         self.bind_key = bind_key
         self.timeout = timeout
         super().__init__(
-            f"Bind {format_key(bind_key)}: {what} took longer than its statement_timeout of "
+            f"{bind_name(bind_key, start=True)}: {what} took longer than its statement_timeout of "
             f"{timeout:g}s and was abandoned. Roll the session back and retry, or raise the "
             "bind's 'statement_timeout'."
         )
@@ -225,9 +236,10 @@ class PoolTimeoutError(AsyncBindError, sa_exc.TimeoutError):
         self.bind_key = bind_key
         waited = f" for {timeout:g}s" if timeout is not None else ""
         super().__init__(
-            f"Bind {format_key(bind_key)}: every connection of its pool stayed in use{waited} "
-            "(pool_timeout). Raise 'pool_size' / 'max_overflow', keep transactions short, or set "
-            "'statement_timeout' so that a stuck statement gives its connection back."
+            f"{bind_name(bind_key, start=True)}: every connection of its pool stayed in use"
+            f"{waited} (pool_timeout). Raise 'pool_size' / 'max_overflow', keep transactions "
+            "short, or set 'statement_timeout' so that a stuck statement gives its connection "
+            "back."
         )
 
 
@@ -237,7 +249,7 @@ class WrongEventLoopError(AsyncBindError):
     def __init__(self, bind_key: Hashable | None) -> None:
         self.bind_key = bind_key
         super().__init__(
-            f"Bind {format_key(bind_key)} has connections that belong to another event loop. "
+            f"{bind_name(bind_key, start=True)} has connections that belong to another event loop. "
             "Call 'await db.dispose()' before using the AsyncBind from a new loop "
             "(for example between two asyncio.run() calls), or make one AsyncBind per loop."
         )

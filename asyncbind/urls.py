@@ -10,7 +10,7 @@ from collections.abc import Hashable
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from .exceptions import ConfigError, format_key
+from .exceptions import ConfigError, bind_name
 
 __all__ = ["ASYNC_DRIVERS", "is_memory_sqlite", "normalize_url", "render_url"]
 
@@ -34,12 +34,12 @@ def _parse(value: object, key: Hashable | None) -> sa.URL:
         return value
     if not isinstance(value, str):
         raise ConfigError(
-            f"Bind {format_key(key)}: the URL must be a string or a sqlalchemy.URL, "
+            f"{bind_name(key, start=True)}: the URL must be a string or a sqlalchemy.URL, "
             f"not {type(value).__name__}. Example: 'postgresql://user@host/dbname'."
         )
     if not value.strip():
         raise ConfigError(
-            f"Bind {format_key(key)}: the URL is empty. "
+            f"{bind_name(key, start=True)}: the URL is empty. "
             "Give a database URL such as 'sqlite:///app.db' or 'postgresql://user@host/dbname'."
         )
     try:
@@ -47,7 +47,7 @@ def _parse(value: object, key: Hashable | None) -> sa.URL:
     except (sa_exc.ArgumentError, ValueError, TypeError):
         # The driver's message repeats the raw string, password and all: never chain it.
         raise ConfigError(
-            f"Bind {format_key(key)}: the URL could not be parsed. Expected "
+            f"{bind_name(key, start=True)}: the URL could not be parsed. Expected "
             "'dialect[+driver]://user:password@host[:port]/database'; "
             "percent-encode special characters in the user name and password."
         ) from None
@@ -65,7 +65,7 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
     if not driver:
         if backend not in ASYNC_DRIVERS:
             raise ConfigError(
-                f"Bind {format_key(key)}: scheme {backend!r} in {render_url(url)!r} names no "
+                f"{bind_name(key, start=True)}: scheme {backend!r} in {render_url(url)!r} names no "
                 f"async driver. Use {', '.join(f'{s}://' for s in ASYNC_DRIVERS)} (asyncbind "
                 "picks the async driver), or name one as 'dialect+driver://' "
                 "(for example 'mssql+aioodbc://...')."
@@ -78,7 +78,7 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
         is_async = dialect_cls.get_async_dialect_cls(url).is_async
     except sa_exc.NoSuchModuleError:
         raise ConfigError(
-            f"Bind {format_key(key)}: SQLAlchemy has no dialect {url.drivername!r} "
+            f"{bind_name(key, start=True)}: SQLAlchemy has no dialect {url.drivername!r} "
             f"(in {render_url(url)!r}). Check the spelling of the scheme and driver."
         ) from None
     if not is_async:
@@ -89,7 +89,7 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
             else "Name an async driver for this database instead."
         )
         raise ConfigError(
-            f"Bind {format_key(key)}: driver {driver!r} in {render_url(url)!r} is not async; "
+            f"{bind_name(key, start=True)}: driver {driver!r} in {render_url(url)!r} is not async; "
             "asyncbind needs an async driver (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite). "
             + fix
         )

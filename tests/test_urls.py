@@ -65,7 +65,7 @@ def test_scheme_without_a_default_async_driver_is_refused(given: str) -> None:
 
 
 def test_unknown_driver_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"Bind None: SQLAlchemy has no dialect 'nope\+x'"):
+    with pytest.raises(ConfigError, match=r"The default bind: SQLAlchemy has no dialect 'nope\+x'"):
         normalize_url("nope+x://a/b", None)
 
 
