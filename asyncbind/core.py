@@ -23,7 +23,7 @@ from .config import (
 )
 from .engines import make_engine
 from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, format_key
-from .models import MetadataRegistry, make_model_base
+from .models import UNSET, MetadataRegistry, Unset, make_model_base, make_table
 from .scoping import SessionFactory, SessionScope, run_to_completion
 from .session import Router, routing_session_class
 from .sharing import guarded_session_class, install_sharing_checks
@@ -208,16 +208,15 @@ class AsyncBind:
         """The default bind's metadata (key ``None``)."""
         return self.metadatas[None]
 
-    def Table(self, name: str, *args: Any, bind_key: BindKey = None, **kwargs: Any) -> sa.Table:  # noqa: N802
-        """A :class:`sqlalchemy.Table` in the metadata of ``bind_key``.
+    def Table(  # noqa: N802
+        self, name: str, *args: Any, bind_key: BindKey | Unset = UNSET, **kwargs: Any
+    ) -> sa.Table:
+        """A :class:`sqlalchemy.Table` in the metadata of ``bind_key`` (or of
+        ``info={"bind_key": ...}``; the default bind if neither is given).
 
         ``db.Table("log", sa.Column("id", sa.Integer, primary_key=True), bind_key="appmeta")``
         """
-        if args and isinstance(args[0], sa.MetaData):
-            metadata, args = args[0], args[1:]
-        else:
-            metadata = self.metadatas.for_key(bind_key)
-        return sa.Table(name, metadata, *args, **kwargs)
+        return make_table(self.metadatas, name, args, kwargs, bind_key)
 
     # -- schema -----------------------------------------------------------------------------
 

@@ -2,15 +2,16 @@
 
 Every bind key has its own :class:`~sqlalchemy.MetaData` with ``info["bind_key"]`` set. A model's
 ``__bind_key__`` (inherited from parents, abstract bases and mixins like any class attribute)
-chooses the metadata its table is created in; ``db.Table(..., bind_key=...)`` does the same for a
-Core table.
+chooses the metadata its table is created in; ``db.Table(..., bind_key=...)`` (or
+``info={"bind_key": ...}``) does the same for a Core table.
 """
 
 from __future__ import annotations
 
+import enum
 import re
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
@@ -19,11 +20,14 @@ from .config import BindKey
 from .exceptions import ConfigError
 
 __all__ = [
+    "UNSET",
     "AutoTableName",
     "BindKeyMixin",
     "MetadataRegistry",
+    "Unset",
     "bind_key_of",
     "make_model_base",
+    "make_table",
     "table_name_for",
 ]
 
@@ -41,7 +45,8 @@ def bind_key_of(table: sa.FromClause) -> BindKey:
 
 
 class MetadataRegistry(dict[BindKey, sa.MetaData]):
-    """``db.metadatas``: one MetaData per bind key, made on first use.
+    """``db.metadatas``: one MetaData per bind key, made when the bind is configured or when a
+    model or table first uses the key.
 
     A new key's metadata copies the default metadata's naming convention, so constraint names are
     the same in every bind.
@@ -60,6 +65,56 @@ class MetadataRegistry(dict[BindKey, sa.MetaData]):
             metadata = sa.MetaData(naming_convention=convention, info={"bind_key": key})
             self[key] = metadata
         return metadata
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = "UNSET"
+
+
+#: ``db.Table``'s ``bind_key`` when the argument is not given (None names the default bind).
+UNSET: Final = Unset.UNSET
+
+
+def _check_table_key(table: str, key: object, where: str) -> BindKey:
+    if key is not None and not isinstance(key, str):
+        raise ConfigError(
+            f"Table {table!r}: {where} is {key!r}; "
+            "expected a bind key string, or None for the default bind."
+        )
+    return key
+
+
+def make_table(
+    metadatas: MetadataRegistry,
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    bind_key: BindKey | Unset = UNSET,
+) -> sa.Table:
+    """``db.Table``: a :class:`sqlalchemy.Table` in the metadata of its bind.
+
+    The bind is ``bind_key``, else ``info["bind_key"]`` (how Flask-SQLAlchemy's older docs
+    spell it), else the default; the two must agree when both are given. A MetaData passed as
+    the first argument is used as it is.
+    """
+    if args and isinstance(args[0], sa.MetaData):
+        return sa.Table(name, *args, **kwargs)
+    info = kwargs.get("info") or {}
+    key: BindKey = None
+    if bind_key is not UNSET:
+        key = _check_table_key(name, bind_key, "bind_key=")
+    if "bind_key" in info:
+        from_info = _check_table_key(name, info["bind_key"], "info['bind_key']")
+        if bind_key is not UNSET and from_info != key:
+            raise ConfigError(
+                f"Table {name!r} is given bind_key={key!r} and info={{'bind_key': "
+                f"{from_info!r}}}, which disagree. A table lives in one bind: keep one of them "
+                "(bind_key= is enough)."
+            )
+        key = from_info
+    return sa.Table(name, metadatas.for_key(key), *args, **kwargs)
 
 
 class BindKeyMixin:
