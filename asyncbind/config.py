@@ -1,7 +1,9 @@
 """Bind configuration: parsed and validated eagerly, with no I/O.
 
 A bind is configured by a URL (a string or a :class:`sqlalchemy.URL`) or by a dict of engine
-options holding a ``"url"``. ``engine_options`` apply to every bind; a bind's own dict wins.
+options holding a ``"url"``. ``engine_options`` apply to every bind; a bind's own dict wins. An
+option set to None means SQLAlchemy's default where SQLAlchemy's default is None. Every bind is
+checked, and one :class:`ConfigError` names every problem found.
 :func:`config_from_mapping` reads Flask-SQLAlchemy's keys, :func:`config_from_env` environment
 variables.
 """
@@ -10,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
 
-from .exceptions import ConfigError, format_key
+from .exceptions import ConfigError, bind_name
 from .urls import normalize_url, render_url
 
 __all__ = [
@@ -27,6 +29,9 @@ __all__ = [
     "BindKey",
     "BindValue",
     "ParsedConfig",
+    "check_config",
+    "check_engine_options",
+    "config_error",
     "config_from_env",
     "config_from_mapping",
     "parse_config",
@@ -65,6 +70,22 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
 }
 #: Options asyncbind handles itself; the rest go to create_async_engine().
 BIND_OPTIONS = frozenset({"read_only", "connect_timeout", "statement_timeout"})
+# Options whose default is None: None is accepted and means the default (SQLAlchemy's, or the
+# dialect default asyncbind sets, such as the in-memory SQLite pool).
+_NONE_IS_DEFAULT = frozenset(
+    {
+        "echo",
+        "echo_pool",
+        "execution_options",
+        "isolation_level",
+        "logging_name",
+        "pool",
+        "pool_logging_name",
+        "poolclass",
+        "connect_timeout",
+        "statement_timeout",
+    }
+)
 _POSITIVE = frozenset({"connect_timeout", "statement_timeout"})
 # Options that must be whole numbers, where a bool (an int subclass) is a mistake.
 _NOT_BOOL = frozenset(
@@ -106,6 +127,27 @@ class ParsedConfig:
     url: BindValue | None = None
     binds: Mapping[Any, Any] = field(default_factory=dict)
     engine_options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``SQLALCHEMY_ECHO`` / ``ASYNCBIND_ECHO``: ``echo`` and ``echo_pool`` where nothing else
+    #: sets them.
+    echo: bool | str | None = None
+
+    def engine_options_over(self, defaults: object) -> dict[str, Any]:
+        """The engine options for every bind, merged as Flask-SQLAlchemy merges them.
+
+        ``defaults`` (the AsyncBind's own ``engine_options``) come first and the configuration's
+        options override them; the echo setting then fills ``echo`` and ``echo_pool``, each only
+        where neither set it.
+        """
+        options = {**_mapping(defaults, "engine_options"), **self.engine_options}
+        if self.echo is not None:
+            options.setdefault("echo", self.echo)
+            options.setdefault("echo_pool", self.echo)
+        return options
+
+    @property
+    def has_database(self) -> bool:
+        """Whether a default URL or any bind is configured."""
+        return self.url is not None or bool(self.binds)
 
 
 def _check_key(key: object) -> BindKey:
@@ -128,62 +170,158 @@ def _check_key(key: object) -> BindKey:
     return key
 
 
-def _check_options(key: BindKey, options: Mapping[Any, Any], what: str) -> dict[str, Any]:
+def _say(subject: str | None, text: str) -> str:
+    """``text`` about ``subject`` (a bind), or on its own when the problem is in no one bind."""
+    return f"{subject}: {text}" if subject else text[0].upper() + text[1:]
+
+
+def _check_options(subject: str | None, options: Mapping[Any, Any], what: str) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for name, value in options.items():
         if not isinstance(name, str):
             raise ConfigError(
-                f"Bind {format_key(key)}: {what} has a non-string option name {name!r}; "
-                "option names are create_async_engine() keyword arguments."
+                _say(
+                    subject,
+                    f"option name {name!r} in {what} is not a string; "
+                    "option names are create_async_engine() keyword arguments.",
+                )
             )
+        checked[name] = value
+        if value is None and name in _NONE_IS_DEFAULT:
+            continue
         expected = _OPTION_TYPES.get(name)
         bad_bool = name in _NOT_BOOL and isinstance(value, bool)
         if expected is not None and (bad_bool or not isinstance(value, expected)):
             wanted = " or ".join(t.__name__ for t in expected)
-            raise ConfigError(
-                f"Bind {format_key(key)}: option {name!r} in {what} is "
-                f"{type(value).__name__} {value!r}; expected {wanted}."
+            if name in _NONE_IS_DEFAULT:
+                wanted += " or None"
+            problem = f"is {type(value).__name__} {value!r}; expected {wanted}."
+        elif name in ("echo", "echo_pool") and isinstance(value, str) and value != "debug":
+            problem = f"is {value!r}; expected True, False, 'debug' or None."
+        elif name == "poolclass" and not (isinstance(value, type) and issubclass(value, sa.Pool)):
+            problem = (
+                f"is {value!r}; expected a sqlalchemy.pool.Pool subclass such as "
+                "sqlalchemy.NullPool, or None."
             )
-        if name in ("echo", "echo_pool") and isinstance(value, str) and value != "debug":
-            raise ConfigError(
-                f"Bind {format_key(key)}: option {name!r} in {what} is {value!r}; "
-                "expected True, False or 'debug'."
-            )
-        if name == "poolclass" and not (isinstance(value, type) and issubclass(value, sa.Pool)):
-            raise ConfigError(
-                f"Bind {format_key(key)}: option 'poolclass' in {what} is {value!r}; "
-                "expected a sqlalchemy.pool.Pool subclass such as sqlalchemy.NullPool."
-            )
-        if name in _POSITIVE and not (0 < value < float("inf")):
-            raise ConfigError(
-                f"Bind {format_key(key)}: option {name!r} in {what} is {value!r}; "
-                "expected a positive number of seconds."
-            )
-        checked[name] = value
+        elif name in _POSITIVE and not (0 < value < float("inf")):
+            problem = f"is {value!r}; expected a positive number of seconds, or None."
+        else:
+            continue
+        raise ConfigError(_say(subject, f"option {name!r} in {what} {problem}"))
     return checked
 
 
 def _bind(key: BindKey, value: object, engine_options: Mapping[str, Any]) -> BindConfig:
+    subject = bind_name(key, start=True)
     if isinstance(value, Mapping):
         if "url" not in value:
             raise ConfigError(
-                f"Bind {format_key(key)}: its options dict has no 'url' "
+                f"{subject}: its options dict has no 'url' "
                 f"(keys: {', '.join(repr(k) for k in value) or 'none'}). "
                 "Add the database URL as {'url': 'postgresql://...', ...}."
             )
-        own = _check_options(key, {k: v for k, v in value.items() if k != "url"}, "its options")
+        own = _check_options(subject, {k: v for k, v in value.items() if k != "url"}, "its options")
         url = normalize_url(value["url"], key)
     elif isinstance(value, str | sa.URL):
         own = {}
         url = normalize_url(value, key)
     else:
         raise ConfigError(
-            f"Bind {format_key(key)} is configured with a {type(value).__name__}; expected a URL "
+            f"{subject} is configured with a {type(value).__name__}; expected a URL "
             "string, a sqlalchemy.URL, or a dict of engine options with a 'url'."
         )
-    options = {**engine_options, **own}
+    # A bind's own None overrides a shared value, then means the default.
+    options = {
+        name: value
+        for name, value in {**engine_options, **own}.items()
+        if not (value is None and name in _NONE_IS_DEFAULT)
+    }
     extras = {name: options.pop(name) for name in BIND_OPTIONS if name in options}
     return BindConfig(key, url, MappingProxyType(options), **extras)
+
+
+def _mapping(value: object, argument: str) -> Mapping[Any, Any]:
+    """``value`` if it is a mapping (None is an empty one); else a ConfigError about
+    ``argument``, ``binds`` or ``engine_options``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        if argument == "binds":
+            what, example = "bind key to URL", "binds={'users': 'mysql://root@localhost/users'}"
+        else:
+            what, example = "create_async_engine() options", "engine_options={'echo': True}"
+        raise ConfigError(
+            f"{argument}= must be a mapping of {what}, not {type(value).__name__}. "
+            f"Example: {example}."
+        )
+    return value
+
+
+def check_engine_options(engine_options: object) -> dict[str, Any]:
+    """Validate ``engine_options=``, the options shared by every bind."""
+    shared = _check_options(None, _mapping(engine_options, "engine_options"), "engine_options")
+    if "url" in shared:
+        raise ConfigError(
+            "engine_options= has a 'url', but engine options are shared by every bind. "
+            "Pass the default URL as the first argument and the others in binds=."
+        )
+    return shared
+
+
+def check_config(
+    url: object, binds: object, engine_options: object
+) -> tuple[dict[BindKey, BindConfig], list[ConfigError]]:
+    """Validate the arguments of :class:`~asyncbind.AsyncBind`, every bind of them.
+
+    Returns the config of each bind that is right, and a :class:`ConfigError` for each problem
+    (one per bind at most, naming it), so that all of them can be reported at once.
+    """
+    problems: list[ConfigError] = []
+    shared: dict[str, Any] = {}
+    try:
+        shared = check_engine_options(engine_options)
+    except ConfigError as exc:
+        problems.append(exc)
+    try:
+        given = _mapping(binds, "binds")
+    except ConfigError as exc:
+        problems.append(exc)
+        given = {}
+    raw: dict[BindKey, object] = {}
+    for key, value in given.items():
+        try:
+            raw[_check_key(key)] = value
+        except ConfigError as exc:
+            problems.append(exc)
+    if url is not None:
+        if None in raw:
+            problems.append(
+                ConfigError(
+                    "The default bind is configured twice: by the URL argument and by "
+                    "binds[None]. Keep one of them."
+                )
+            )
+        else:
+            raw = {None: url, **raw}
+    configs: dict[BindKey, BindConfig] = {}
+    for key, value in raw.items():
+        try:
+            configs[key] = _bind(key, value, shared)
+        except ConfigError as exc:
+            problems.append(exc)
+    return configs, problems
+
+
+def config_error(problems: Sequence[ConfigError]) -> ConfigError:
+    """One error for ``problems``: the problem itself when there is one, else an error that
+    lists them, one line each."""
+    if len(problems) == 1:
+        return problems[0]
+    lines = "\n".join(f"- {problem}" for problem in problems)
+    return ConfigError(
+        f"The configuration has {len(problems)} problems; no bind was set up. "
+        f"Fix each of them:\n{lines}"
+    )
 
 
 def parse_config(
@@ -193,35 +331,12 @@ def parse_config(
 ) -> dict[BindKey, BindConfig]:
     """Validate the arguments of :class:`~asyncbind.AsyncBind` into one config per bind.
 
-    Raises :class:`ConfigError` on the first problem, naming the bind it is in.
+    Raises one :class:`ConfigError` naming every bind that is wrong (see :func:`check_config`).
     """
-    if binds is not None and not isinstance(binds, Mapping):
-        raise ConfigError(
-            f"binds= must be a mapping of bind key to URL, not {type(binds).__name__}. "
-            "Example: binds={'users': 'mysql://root@localhost/users'}."
-        )
-    if engine_options is not None and not isinstance(engine_options, Mapping):
-        raise ConfigError(
-            f"engine_options= must be a mapping of create_async_engine() options, "
-            f"not {type(engine_options).__name__}. Example: engine_options={{'echo': True}}."
-        )
-    shared = _check_options(None, engine_options or {}, "engine_options")
-    if "url" in shared:
-        raise ConfigError(
-            "engine_options= has a 'url', but engine options are shared by every bind. "
-            "Pass the default URL as the first argument and the others in binds=."
-        )
-    raw: dict[BindKey, object] = {}
-    for key, value in (binds or {}).items():
-        raw[_check_key(key)] = value
-    if url is not None:
-        if None in raw:
-            raise ConfigError(
-                "The default bind is configured twice: by the URL argument and by binds[None]. "
-                "Keep one of them."
-            )
-        raw = {None: url, **raw}
-    return {key: _bind(key, value, shared) for key, value in raw.items()}
+    configs, problems = check_config(url, binds, engine_options)
+    if problems:
+        raise config_error(problems)
+    return configs
 
 
 def _truthy(name: str, value: object) -> bool:
@@ -235,11 +350,24 @@ def _truthy(name: str, value: object) -> bool:
     raise ConfigError(f"{name} is {value!r}; expected a boolean such as true/false or 1/0.")
 
 
+def _echo(name: str, value: object) -> bool | str:
+    """An echo setting: a boolean, or ``"debug"`` (which also logs result rows)."""
+    if isinstance(value, str) and value.strip().lower() == "debug":
+        return "debug"
+    try:
+        return _truthy(name, value)
+    except ConfigError:
+        raise ConfigError(
+            f"{name} is {value!r}; expected a boolean such as true/false or 1/0, or 'debug'."
+        ) from None
+
+
 def config_from_mapping(mapping: Mapping[str, Any]) -> ParsedConfig:
     """Read Flask-SQLAlchemy's configuration keys from ``mapping`` (``app.config``, a dict).
 
     ``SQLALCHEMY_DATABASE_URI`` is the default bind, ``SQLALCHEMY_BINDS`` the others,
-    ``SQLALCHEMY_ENGINE_OPTIONS`` apply to every bind and ``SQLALCHEMY_ECHO`` sets ``echo``.
+    ``SQLALCHEMY_ENGINE_OPTIONS`` apply to every bind and ``SQLALCHEMY_ECHO`` sets ``echo`` and
+    ``echo_pool`` where they do not (see :meth:`ParsedConfig.engine_options_over`).
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(
@@ -252,15 +380,15 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> ParsedConfig:
             f"SQLALCHEMY_ENGINE_OPTIONS must be a dict of engine options, "
             f"not {type(options).__name__}."
         )
-    options = dict(options)
-    if "SQLALCHEMY_ECHO" in mapping:
-        options.setdefault("echo", _truthy("SQLALCHEMY_ECHO", mapping["SQLALCHEMY_ECHO"]))
+    echo = None
+    if mapping.get("SQLALCHEMY_ECHO") is not None:
+        echo = _echo("SQLALCHEMY_ECHO", mapping["SQLALCHEMY_ECHO"])
     binds = mapping.get("SQLALCHEMY_BINDS") or {}
     if not isinstance(binds, Mapping):
         raise ConfigError(
             f"SQLALCHEMY_BINDS must be a dict of bind key to URL, not {type(binds).__name__}."
         )
-    return ParsedConfig(mapping.get("SQLALCHEMY_DATABASE_URI"), binds, options)
+    return ParsedConfig(mapping.get("SQLALCHEMY_DATABASE_URI"), binds, dict(options), echo)
 
 
 def _json_object(name: str, text: str) -> dict[str, Any]:
@@ -285,7 +413,8 @@ def config_from_env(
     - ``{prefix}BIND_<NAME>``: the URL of bind ``<name>`` (the key is ``NAME`` in lower case).
     - ``{prefix}BINDS``: a JSON object like ``SQLALCHEMY_BINDS``.
     - ``{prefix}ENGINE_OPTIONS``: a JSON object of engine options for every bind.
-    - ``{prefix}ECHO``: ``1``/``true`` logs every statement.
+    - ``{prefix}ECHO``: ``1``/``true`` logs every statement (``echo`` and ``echo_pool``, where
+      the engine options do not set them).
     """
     env = os.environ if environ is None else environ
     binds: dict[str, Any] = {}
@@ -304,6 +433,5 @@ def config_from_env(
     options: dict[str, Any] = {}
     if f"{prefix}ENGINE_OPTIONS" in env:
         options.update(_json_object(f"{prefix}ENGINE_OPTIONS", env[f"{prefix}ENGINE_OPTIONS"]))
-    if f"{prefix}ECHO" in env:
-        options.setdefault("echo", _truthy(f"{prefix}ECHO", env[f"{prefix}ECHO"]))
-    return ParsedConfig(env.get(f"{prefix}DATABASE_URL") or None, binds, options)
+    echo = _echo(f"{prefix}ECHO", env[f"{prefix}ECHO"]) if f"{prefix}ECHO" in env else None
+    return ParsedConfig(env.get(f"{prefix}DATABASE_URL") or None, binds, options, echo)

@@ -17,9 +17,12 @@ from .config import (
     ALL,
     BindConfig,
     BindKey,
+    ParsedConfig,
+    check_config,
+    check_engine_options,
+    config_error,
     config_from_env,
     config_from_mapping,
-    parse_config,
 )
 from .engines import make_engine
 from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, format_key
@@ -48,14 +51,16 @@ class AsyncBind:
         of engine options with a ``"url"``. May be omitted.
     :param binds: the other binds, by key, configured the same way.
     :param engine_options: :func:`~sqlalchemy.ext.asyncio.create_async_engine` options for every
-        bind; a bind's own dict overrides them.
+        bind; a bind's own dict overrides them. Kept for binds configured later
+        (:meth:`configure`, :meth:`init_app`), whose own engine options override them.
     :param session_options: :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` options;
         ``expire_on_commit`` defaults to False.
     :param model_class: a declarative base of your own, or a mixin for every model.
     :param disable_autonaming: require ``__tablename__`` on every model instead of naming tables
         after their class (``UserAccount`` -> ``user_account``) as Flask-SQLAlchemy does.
 
-    Everything is validated here, before any I/O; a bad config raises :class:`ConfigError`.
+    Everything is validated here, before any I/O; a bad config raises one :class:`ConfigError`
+    that names every bind that is wrong.
     """
 
     Model: Any
@@ -72,7 +77,8 @@ class AsyncBind:
         disable_autonaming: bool = False,
         app: Any = None,
     ) -> None:
-        configs = parse_config(url, binds, engine_options)
+        configs, engines = _build(url, binds, engine_options)
+        self._engine_options = check_engine_options(engine_options)
         self._session_options = _check_session_options(session_options)
         self._router = Router()
         self._configs: dict[BindKey, BindConfig] = {}
@@ -83,14 +89,15 @@ class AsyncBind:
             model_class, self._metadata_for, autoname=not disable_autonaming
         )
         self.metadatas = MetadataRegistry(default_metadata)
-        """The :class:`~sqlalchemy.MetaData` of every bind key that has tables, by key."""
+        """The :class:`~sqlalchemy.MetaData` of every configured bind, and of every other key
+        that a model or table uses, by key."""
         self.sessionmaker: async_sessionmaker[AsyncSession] = self._make_sessionmaker()
         """The :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` behind :attr:`session`."""
         self.session = SessionFactory(self)
         """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
         current request's or task scope's session (see :meth:`scope`)."""
         if configs:
-            self._install(configs)
+            self._install(configs, engines)
         if app is not None:
             self.init_app(app)
 
@@ -98,9 +105,10 @@ class AsyncBind:
         """Set this AsyncBind up for a Quart ``app`` (``AsyncBind(app=app)`` calls it).
 
         Reads Flask-SQLAlchemy's keys from ``app.config`` (``SQLALCHEMY_DATABASE_URI``,
-        ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``) unless the
-        AsyncBind was given its binds already; gives every app context (so every request) its
-        own ``db.session``, closed in teardown; disposes the engines when the app stops serving.
+        ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS`` over the constructor's
+        ``engine_options``, ``SQLALCHEMY_ECHO``) unless the AsyncBind was given its binds already.
+        Gives every app context (so every request) its own ``db.session``, closed in teardown;
+        disposes the engines when the app stops serving.
         Starlette and FastAPI apps use :mod:`asyncbind.integrations.starlette` and
         :mod:`asyncbind.integrations.fastapi` instead.
         """
@@ -122,9 +130,20 @@ class AsyncBind:
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any], **kwargs: Any) -> AsyncBind:
         """Configure from Flask-SQLAlchemy keys (``SQLALCHEMY_DATABASE_URI``, ``SQLALCHEMY_BINDS``,
-        ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``) in ``mapping``, e.g. ``app.config``."""
+        ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``) in ``mapping``, e.g. ``app.config``.
+
+        ``kwargs`` go to the constructor; an ``engine_options=`` among them is the default that
+        ``SQLALCHEMY_ENGINE_OPTIONS`` overrides, as in Flask-SQLAlchemy. A mapping with neither
+        ``SQLALCHEMY_DATABASE_URI`` nor ``SQLALCHEMY_BINDS`` is refused, as Flask-SQLAlchemy does.
+        """
         parsed = config_from_mapping(mapping)
-        return cls(parsed.url, binds=parsed.binds, engine_options=parsed.engine_options, **kwargs)
+        if not parsed.has_database:
+            raise ConfigError(
+                "Neither 'SQLALCHEMY_DATABASE_URI' nor 'SQLALCHEMY_BINDS' is set in the mapping "
+                "given to 'AsyncBind.from_config()'. Set one of them, or make 'AsyncBind()' "
+                "and call 'db.configure(...)' or 'db.init_app(app)' once the config is known."
+            )
+        return cls._from_parsed(parsed, kwargs)
 
     @classmethod
     def from_env(
@@ -136,9 +155,14 @@ class AsyncBind:
     ) -> AsyncBind:
         """Configure from environment variables: ``ASYNCBIND_DATABASE_URL`` (the default bind),
         ``ASYNCBIND_BIND_<NAME>`` (bind ``name``), ``ASYNCBIND_BINDS`` and
-        ``ASYNCBIND_ENGINE_OPTIONS`` (JSON objects), ``ASYNCBIND_ECHO``."""
-        parsed = config_from_env(environ, prefix=prefix)
-        return cls(parsed.url, binds=parsed.binds, engine_options=parsed.engine_options, **kwargs)
+        ``ASYNCBIND_ENGINE_OPTIONS`` (JSON objects, over an ``engine_options=`` argument),
+        ``ASYNCBIND_ECHO``."""
+        return cls._from_parsed(config_from_env(environ, prefix=prefix), kwargs)
+
+    @classmethod
+    def _from_parsed(cls, parsed: ParsedConfig, kwargs: dict[str, Any]) -> AsyncBind:
+        options = parsed.engine_options_over(kwargs.pop("engine_options", None))
+        return cls(parsed.url, binds=parsed.binds, engine_options=options, **kwargs)
 
     def configure(
         self,
@@ -146,9 +170,11 @@ class AsyncBind:
         *,
         binds: Mapping[BindKey, Any] | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        session_options: Mapping[str, Any] | None = None,
     ) -> None:
         """Configure the binds of an AsyncBind created without any (frameworks do this at start-up).
 
+        ``engine_options`` and ``session_options`` override the constructor's, which apply too.
         Raises :class:`ConfigError` if it already has binds; call :meth:`dispose` and make a new
         AsyncBind to change them.
         """
@@ -157,16 +183,27 @@ class AsyncBind:
                 f"{self!r} is already configured; configure() sets the binds of an AsyncBind "
                 "created without any."
             )
-        configs = parse_config(url, binds, engine_options)
+        shared: object = engine_options  # not a mapping: _build reports it
+        if engine_options is None or isinstance(engine_options, Mapping):
+            shared = {**self._engine_options, **(engine_options or {})}
+        sessions = None
+        if session_options is not None:
+            sessions = {**self._session_options, **_check_session_options(session_options)}
+        configs, engines = _build(url, binds, shared)
         if not configs:
             raise ConfigError("configure() was given no database. Pass a URL or binds={...}.")
-        self._install(configs)
+        if sessions is not None:
+            self._session_options = sessions
+            self.sessionmaker = self._make_sessionmaker()
+        self._install(configs, engines)
 
-    def _install(self, configs: dict[BindKey, BindConfig]) -> None:
-        # Every engine is made before any is kept: a rejected bind leaves nothing behind.
-        engines = {key: make_engine(config) for key, config in configs.items()}
+    def _install(
+        self, configs: dict[BindKey, BindConfig], engines: dict[BindKey, AsyncEngine]
+    ) -> None:
         self._configs.update(configs)
         self._engines.update(engines)
+        for key in configs:
+            self.metadatas.for_key(key)
         self._router.set_engines(
             {k: e.sync_engine for k, e in self._engines.items()},
             read_only=[k for k, c in self._configs.items() if c.read_only],
@@ -348,6 +385,26 @@ class AsyncBind:
             for k, c in self._configs.items()
         )
         return f"<AsyncBind {{{binds}}}>" if binds else "<AsyncBind (not configured)>"
+
+
+def _build(
+    url: object, binds: object, engine_options: object
+) -> tuple[dict[BindKey, BindConfig], dict[BindKey, AsyncEngine]]:
+    """Validate every bind and make its engine (no connection yet).
+
+    Every problem of every bind is found first, then raised as one :class:`ConfigError`; no
+    engine is kept when any bind is wrong.
+    """
+    configs, problems = check_config(url, binds, engine_options)
+    engines: dict[BindKey, AsyncEngine] = {}
+    for key, config in configs.items():
+        try:
+            engines[key] = make_engine(config)
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        raise config_error(problems)
+    return configs, engines
 
 
 def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -3,6 +3,8 @@ before any I/O, every problem a ConfigError that names the bind."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -90,18 +92,27 @@ def test_bad_config_is_a_config_error_naming_the_bind(binds: dict[Any, Any], fra
 
 
 def test_bad_config_leaves_no_engine_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[Any] = []
+    """The good binds' engines may be made while every bind is checked (no connection is
+    opened); none of them outlives the error."""
+    made: list[weakref.ref[Any]] = []
     from asyncbind import engines
 
     real = engines.create_async_engine
-    monkeypatch.setattr(
-        engines, "create_async_engine", lambda *a, **k: made.append(1) or real(*a, **k)
-    )
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        engine = real(*args, **kwargs)
+        made.append(weakref.ref(engine))
+        return engine
+
+    monkeypatch.setattr(engines, "create_async_engine", create)
     with pytest.raises(ConfigError):
         AsyncBind(
             "sqlite://", binds={"ok": "sqlite://", "bad": {"url": "sqlite://", "pool_size": "x"}}
         )
-    assert made == []
+    with pytest.raises(ConfigError):
+        AsyncBind("sqlite://", binds={"ok": "sqlite://", "bad": {"url": "sqlite://", "nope": 1}})
+    gc.collect()
+    assert [ref() for ref in made] == [None] * len(made)
 
 
 def test_default_bind_twice_is_refused() -> None:

@@ -2,7 +2,8 @@
 
 - The binds come from Flask-SQLAlchemy's keys in ``app.config`` (``SQLALCHEMY_DATABASE_URI``,
   ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``), read and validated by
-  ``init_app``; an AsyncBind given its binds already keeps them.
+  ``init_app``; an AsyncBind given its binds already keeps them. ``SQLALCHEMY_ENGINE_OPTIONS``
+  override the AsyncBind's own ``engine_options``, as in Flask-SQLAlchemy.
 - The engines are made by ``init_app`` (no connection is opened until one is used).
   ``before_serving`` resets their pools, so that the serving event loop starts with connections
   of its own; ``after_serving`` disposes every engine.
@@ -90,8 +91,9 @@ def _configure(db: AsyncBind, app: Quart) -> None:
             "AsyncBind(...)."
         )
     parsed = config_from_mapping(config)
+    engine_options = parsed.engine_options_over(db._engine_options)
     if db.engines:
-        configs = parse_config(parsed.url, parsed.binds, parsed.engine_options)
+        configs = parse_config(parsed.url, parsed.binds, engine_options)
         if configs == db._configs:
             return  # the same binds, for example a second app of one app factory
         raise ConfigError(
@@ -99,4 +101,4 @@ def _configure(db: AsyncBind, app: Quart) -> None:
             f"{app.name!r}. An AsyncBind has one set of binds: make one AsyncBind per set, or "
             "configure it in one place only (app.config or AsyncBind(...))."
         )
-    db.configure(parsed.url, binds=parsed.binds, engine_options=parsed.engine_options)
+    db.configure(parsed.url, binds=parsed.binds, engine_options=engine_options)
