@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .exceptions import ConfigError, bind_name
-from .urls import normalize_url, render_url
+from .urls import normalize_url, render_url, sqlite_file_under
 
 __all__ = [
     "ALL",
@@ -35,6 +35,7 @@ __all__ = [
     "config_from_env",
     "config_from_mapping",
     "parse_config",
+    "place_sqlite_files",
 ]
 
 #: A bind key: ``None`` is the default bind.
@@ -435,3 +436,34 @@ def config_from_env(
         options.update(_json_object(f"{prefix}ENGINE_OPTIONS", env[f"{prefix}ENGINE_OPTIONS"]))
     echo = _echo(f"{prefix}ECHO", env[f"{prefix}ECHO"]) if f"{prefix}ECHO" in env else None
     return ParsedConfig(env.get(f"{prefix}DATABASE_URL") or None, binds, options, echo)
+
+
+def _placed(value: Any, folder: str) -> Any:
+    """A bind's value with its relative SQLite file path under ``folder``; else ``value``."""
+    if isinstance(value, Mapping) and "url" in value:
+        url = _placed(value["url"], folder)
+        return value if url is value["url"] else {**value, "url": url}
+    if isinstance(value, str):
+        try:
+            parsed = sa.make_url(value)
+        except Exception:  # reported, without the text, when the bind is parsed
+            return value
+        placed = sqlite_file_under(parsed, folder)
+        return value if placed is parsed else placed
+    if isinstance(value, sa.URL):
+        return sqlite_file_under(value, folder)
+    return value
+
+
+def place_sqlite_files(parsed: ParsedConfig, folder: str) -> ParsedConfig:
+    """``parsed`` with every relative SQLite file path made relative to ``folder`` (an app's
+    instance folder) instead of the working directory, as Flask-SQLAlchemy does.
+
+    In-memory databases and absolute paths stay as they are. Returns ``parsed`` itself when no
+    path moved.
+    """
+    url = _placed(parsed.url, folder)
+    binds = {key: _placed(value, folder) for key, value in parsed.binds.items()}
+    if url is parsed.url and all(binds[k] is v for k, v in parsed.binds.items()):
+        return parsed
+    return ParsedConfig(url, binds, parsed.engine_options, parsed.echo)

@@ -107,8 +107,10 @@ class AsyncBind:
         Reads Flask-SQLAlchemy's keys from ``app.config`` (``SQLALCHEMY_DATABASE_URI``,
         ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS`` over the constructor's
         ``engine_options``, ``SQLALCHEMY_ECHO``) unless the AsyncBind was given its binds already.
-        Gives every app context (so every request) its own ``db.session``, closed in teardown;
-        disposes the engines when the app stops serving.
+        As in Flask-SQLAlchemy, and only here, a relative SQLite path is taken relative to
+        ``app.instance_path`` (created if needed), not the working directory. Gives every app
+        context (so every request) its own ``db.session``, closed in teardown; disposes the
+        engines when the app stops serving.
         Starlette and FastAPI apps use :mod:`asyncbind.integrations.starlette` and
         :mod:`asyncbind.integrations.fastapi` instead.
         """

@@ -5,6 +5,7 @@ This is the one place where a URL becomes text, and it always hides the password
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable
 
 import sqlalchemy as sa
@@ -12,7 +13,13 @@ from sqlalchemy import exc as sa_exc
 
 from .exceptions import ConfigError, bind_name
 
-__all__ = ["ASYNC_DRIVERS", "is_memory_sqlite", "normalize_url", "render_url"]
+__all__ = [
+    "ASYNC_DRIVERS",
+    "is_memory_sqlite",
+    "normalize_url",
+    "render_url",
+    "sqlite_file_under",
+]
 
 #: The async driver a URL gets when it names a backend but no driver.
 ASYNC_DRIVERS: dict[str, str] = {
@@ -106,3 +113,21 @@ def is_memory_sqlite(url: sa.URL) -> bool:
     return database.startswith("file:") and (
         url.query.get("mode") == "memory" or "mode=memory" in database
     )
+
+
+def sqlite_file_under(url: sa.URL, folder: str) -> sa.URL:
+    """``url`` with its SQLite file path joined to ``folder`` if the path is relative.
+
+    Any other URL (another database, in memory, an absolute path) is returned as it is. With
+    ``?uri=true`` the path is the part after ``file:``, as SQLite reads it.
+    """
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+        return url
+    database = url.database or ""
+    prefix = ""
+    is_uri = str(url.query.get("uri", "")).lower() in ("true", "yes", "on", "y", "t", "1")
+    if is_uri and database.startswith("file:"):
+        prefix, database = "file:", database[len("file:") :]
+    if database in ("", ":memory:") or os.path.isabs(database):
+        return url
+    return url.set(database=prefix + os.path.join(folder, database))

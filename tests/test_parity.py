@@ -7,7 +7,9 @@ test says so.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,6 +284,94 @@ def test_echo_config_fills_only_what_engine_options_leave_unset() -> None:
     )
     assert db.engine.echo is False
     assert db.engine.sync_engine.pool.echo is True
+
+
+# -- 5. relative SQLite paths under the Quart app's instance_path ---------------------------------
+
+
+async def test_init_app_puts_relative_sqlite_files_under_instance_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask-SQLAlchemy makes relative SQLite paths relative to ``app.instance_path`` and creates
+    that folder (test_engine.py ``test_sqlite_relative_path``, ``test_sqlite_driver_level_uri``);
+    in-memory databases and absolute paths stay as they are."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    instance = tmp_path / "instance"
+    app = Quart(__name__, instance_path=str(instance))
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI="sqlite:///app.db",
+        SQLALCHEMY_BINDS={
+            "nested": "sqlite:///data/nested.db",
+            "uri": {"url": "sqlite:///file:uri.db?uri=true", "pool_pre_ping": True},
+            "absolute": f"sqlite:///{tmp_path / 'absolute.db'}",
+            "memory": "sqlite://",
+            "memory_file_uri": "sqlite:///file:mem?mode=memory&uri=true",
+            "url_object": sa.make_url("sqlite:///object.db"),
+        },
+    )
+    (instance / "data").mkdir(parents=True)  # sub-folders are the app's to make, as in Flask
+    db = AsyncBind()
+    db.init_app(app)
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    async with db:
+        await db.create_all()
+    assert db.engine.url.database == str(instance / "app.db")
+    assert db.engines["nested"].url.database == str(instance / "data" / "nested.db")
+    assert db.engines["uri"].url.database == f"file:{instance / 'uri.db'}"
+    assert db.engines["absolute"].url.database == str(tmp_path / "absolute.db")
+    assert db.engines["memory"].url.database is None
+    assert db.engines["memory_file_uri"].url.database == "file:mem"
+    assert db.engines["url_object"].url.database == str(instance / "object.db")
+    assert sorted(p.name for p in instance.iterdir()) == ["app.db", "data", "object.db", "uri.db"]
+    assert sorted(os.listdir(cwd)) == []
+
+
+async def test_init_app_creates_the_instance_folder(tmp_path: Path) -> None:
+    """Flask-SQLAlchemy creates ``app.instance_path`` when a SQLite path is relative to it."""
+    instance = tmp_path / "not" / "yet"
+    app = Quart(__name__, instance_path=str(instance))
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///app.db"
+    db = AsyncBind(app=app)
+    assert instance.is_dir()
+    async with db, db.engine.connect() as conn:
+        await conn.execute(sa.text("CREATE TABLE t (id INTEGER)"))
+    assert (instance / "app.db").is_file()
+
+
+def test_only_init_app_moves_sqlite_files(tmp_path: Path) -> None:
+    """Outside ``init_app`` (no app, so no instance folder) a relative path stays relative to the
+    working directory, as SQLAlchemy has it; and an app without relative SQLite paths gets no
+    instance folder."""
+    assert AsyncBind("sqlite:///app.db").engine.url.database == "app.db"
+    config = {"SQLALCHEMY_DATABASE_URI": "sqlite:///app.db"}
+    assert AsyncBind.from_config(config).engine.url.database == "app.db"
+    instance = tmp_path / "instance"
+    app = Quart(__name__, instance_path=str(instance))
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'a.db'}"
+    AsyncBind(app=app)
+    assert not instance.exists()
+
+
+def test_an_app_factory_with_relative_sqlite_paths_compares_the_placed_files(
+    tmp_path: Path,
+) -> None:
+    """One AsyncBind for several apps of one factory: the same relative path under the same
+    instance folder is the same database; under another folder it is another one."""
+    db = AsyncBind()
+    for _ in range(2):
+        app = Quart(__name__, instance_path=str(tmp_path / "one"))
+        app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///app.db"
+        db.init_app(app)
+    other = Quart(__name__, instance_path=str(tmp_path / "two"))
+    other.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///app.db"
+    with pytest.raises(ConfigError, match="already configured"):
+        db.init_app(other)
 
 
 # -- 6. from_config refuses a config with no database ---------------------------------------------

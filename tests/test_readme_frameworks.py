@@ -52,7 +52,10 @@ async def test_quart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         client = test_app.test_client()
         assert await (await client.post("/users/ada")).get_json() == {"users": ["ada"]}
         assert await (await client.post("/users/bob")).get_json() == {"users": ["ada", "bob"]}
-    assert files(tmp_path) == {"main.db", "users.db"}
+    # As in Flask-SQLAlchemy, relative SQLite paths are in the app's instance folder.
+    assert app.instance_path == str(tmp_path / "instance")
+    assert files(tmp_path) == {"instance"}
+    assert files(tmp_path / "instance") == {"main.db", "users.db"}
     assert all(engine.sync_engine.pool.checkedin() == 0 for engine in db.engines.values())
 
 
@@ -67,7 +70,7 @@ async def test_flask_sqlalchemy_port(tmp_path: Path, monkeypatch: pytest.MonkeyP
             audit = example_["audit"]
             rows = (await db.session.execute(audit.select())).all()
             assert rows == [("ada",)]
-    assert files(tmp_path) == {"main.db", "meta.db", "auth.db"}
+    assert files(tmp_path / "instance") == {"main.db", "meta.db", "auth.db"}
 
 
 async def test_starlette(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,8 @@
   ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``), read and validated by
   ``init_app``; an AsyncBind given its binds already keeps them. ``SQLALCHEMY_ENGINE_OPTIONS``
   override the AsyncBind's own ``engine_options``, as in Flask-SQLAlchemy.
+- As in Flask-SQLAlchemy, a relative SQLite path is relative to ``app.instance_path``, which is
+  created if needed; in-memory databases and absolute paths stay as they are.
 - The engines are made by ``init_app`` (no connection is opened until one is used).
   ``before_serving`` resets their pools, so that the serving event loop starts with connections
   of its own; ``after_serving`` disposes every engine.
@@ -15,12 +17,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from quart import Quart, has_app_context
 from quart.globals import app_ctx
 
-from ..config import config_from_mapping, parse_config
+from ..config import config_from_mapping, parse_config, place_sqlite_files
 from ..exceptions import ConfigError
 from ..scoping import Scope, run_to_completion
 
@@ -91,9 +94,10 @@ def _configure(db: AsyncBind, app: Quart) -> None:
             "AsyncBind(...)."
         )
     parsed = config_from_mapping(config)
-    engine_options = parsed.engine_options_over(db._engine_options)
+    placed = place_sqlite_files(parsed, app.instance_path)
+    engine_options = placed.engine_options_over(db._engine_options)
     if db.engines:
-        configs = parse_config(parsed.url, parsed.binds, engine_options)
+        configs = parse_config(placed.url, placed.binds, engine_options)
         if configs == db._configs:
             return  # the same binds, for example a second app of one app factory
         raise ConfigError(
@@ -101,4 +105,6 @@ def _configure(db: AsyncBind, app: Quart) -> None:
             f"{app.name!r}. An AsyncBind has one set of binds: make one AsyncBind per set, or "
             "configure it in one place only (app.config or AsyncBind(...))."
         )
-    db.configure(parsed.url, binds=parsed.binds, engine_options=engine_options)
+    if placed is not parsed:
+        os.makedirs(app.instance_path, exist_ok=True)  # as Flask-SQLAlchemy does
+    db.configure(placed.url, binds=placed.binds, engine_options=engine_options)
