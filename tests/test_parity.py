@@ -7,6 +7,7 @@ test says so.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from quart import Quart
 from sqlalchemy.orm import Mapped, mapped_column
 
 from asyncbind import AsyncBind, ConfigError
+from asyncbind.__main__ import demo
 from asyncbind.exceptions import (
     PoolTimeoutError,
     ReadOnlyBindError,
@@ -528,3 +530,14 @@ def test_messages_call_the_default_bind_by_name() -> None:
             make()
         assert str(info.value).startswith("The default bind: ")
     assert str(ReadOnlyBindError("users", "a flush")).startswith("Bind 'users' is read-only")
+
+
+# -- 9. the demo, twice -----------------------------------------------------------------------
+
+
+async def test_the_demo_runs_twice_in_one_folder_with_the_same_report(tmp_path: Path) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    counts = await demo(tmp_path, first)
+    assert await demo(tmp_path, second) == counts
+    assert second.getvalue() == first.getvalue()
+    assert "order 10: 'lamp' for 'ada'" in second.getvalue()
