@@ -5,12 +5,14 @@ says what it measures, each case's docstring is what its line prints, and every 
 driver, plain SQLAlchemy, the peers) is measured in the same run. Each repetition runs every case
 of a table once, and ratios are computed per repetition, then summarised as median (min-max).
 
-Suites: ``routing``, ``peers``, ``schema``, ``etl``, ``scaling``, ``instructions``, or ``all``.
-Peers and plotting need ``pip install asyncbind[benchmarks]``, the instruction counts valgrind;
-without them those cases print "skipped".
+Suites: ``routing``, ``peers``, ``schema``, ``etl``, ``scaling``, ``instructions``, ``soak``, or
+``all``. Peers and plotting need ``pip install asyncbind[benchmarks]``, the instruction counts
+valgrind; without them those cases print "skipped". ``soak`` is not a measurement but a check:
+it runs on private servers of its own, restarts one, and its verdict (was an acknowledged row
+lost?) is the run's last line and sets the exit status.
 
-The package also holds the fault-injecting proxy and the soak script, run as
-``python -m benchmarks.<name>``.
+The package also holds the fault-injecting proxy (``faultproxy``) that the soak and the outage
+tests use.
 """
 
-SUITES = ("routing", "peers", "schema", "etl", "scaling", "instructions")
+SUITES = ("routing", "peers", "schema", "etl", "scaling", "instructions", "soak")

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from . import SUITES
+from . import SUITES, soak
 from .harness import RESULTS
 from .servers import print_header
 
@@ -26,27 +26,37 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=0, help="runs per case (default: per suite)")
     parser.add_argument("--plot", metavar="FILE.png", help="scaling: draw the curves to FILE.png")
     parser.add_argument("--json", metavar="FILE", help="also write every table to FILE as JSON")
+    soak.add_arguments(parser.add_argument_group("soak"))
     return parser.parse_args(argv)
 
 
-async def run(options: argparse.Namespace) -> None:
+async def run(options: argparse.Namespace) -> list[tuple[int, str]]:
+    """Run the suites; the verdicts of those that give one (exit status, last line)."""
     names = list(SUITES) if options.suite == "all" else [options.suite]
     await print_header(", ".join(names), options.quick)
+    verdicts = []
     for name in names:
         module = importlib.import_module(f".{name}", __package__)
         started = time.perf_counter()
-        await module.main(options)
+        verdict = await module.main(options)
+        if verdict is not None:
+            verdicts.append(verdict)
         print(f"({name}: {time.perf_counter() - started:.1f}s)")
+    return verdicts
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     options = parse(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    asyncio.run(run(options))
+    verdicts = asyncio.run(run(options))
     print(f"\ntotal: {time.perf_counter() - started:.1f}s")
     if options.json:
         with open(options.json, "w", encoding="utf-8") as file:
             json.dump(RESULTS, file, indent=1)
+    # A verdict (the soak's: was an acknowledged row lost?) is the run's last line.
+    for _, line in verdicts:
+        print(line)
+    return max((status for status, _ in verdicts), default=0)
 
 
-main()
+sys.exit(main())

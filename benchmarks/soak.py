@@ -1,401 +1,542 @@
-"""Soak: mixed load over two binds, random cancellations, and one bind flapping.
+"""soak: mixed load over two binds on private servers, one restart, outages, cancellations; then
+every row asyncbind acknowledged is looked for.
 
-    python -m benchmarks.soak --seconds 60 [--workers 32] [--flap maria] [--modes down,reset,...]
+    python -m benchmarks soak [--quick] [--seconds 60] [--restart pg|maria] [--kill] ...
 
-Two binds on throw-away databases: ``None`` on PostgreSQL and ``"maria"`` on MariaDB. The flapping
-bind is reached through the fault proxy (``benchmarks.faultproxy``), which takes it down and brings
-it back at random: server down (connections reset, new ones refused), connections reset, network
-black-holed, latency beyond the bind's timeouts. Meanwhile workers read, write and commit, roll
-back, stream, and commit across both binds, and a share of their operations is cancelled at a
-random moment.
+It starts a PostgreSQL server (bind ``None``) and a MariaDB server (bind ``"maria"``) of its own
+(``tests/privateservers.py``), never the shared ones. Workers write through sessions (one bind and
+both), read, stream, roll back, bulk-load with ``load_rows`` and copy between the binds with
+``db.copy`` (``benchmarks/soakload.py``), with small pools, and a share of the operations is
+cancelled at a random moment. Halfway through, one server is restarted (a clean stop, or SIGKILL
+with ``--kill``); the other sits behind the fault proxy, which cuts it now and then.
 
-At the end it prints operations done, failures by bind, connections leaked (checked out of a pool,
-idle in a transaction on a server, or still open on a server after ``dispose()``), rows lost (a
-commit that returned but whose rows are missing) and peak memory. It exits 1 if any connection
-leaked or any row was lost, 2 if the servers cannot be reached.
+Then, with both servers up, it prints per bind the rows acknowledged against those found,
+connections left checked out, connections idle in a transaction on the server, connections still
+open after ``dispose()``, and connections never returned to their pool that the garbage collector
+closed. The run's last line says whether an acknowledged row was lost; the exit status is 1 if one
+was, or a rolled-back row was found, or a connection leaked.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import logging
+import os
 import random
-import resource
-import sys
-import time
+import re
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from asyncbind import AsyncBind
+from asyncbind.exceptions import format_key
+from tests.privateservers import (
+    HOST,
+    MariaDBServer,
+    PostgreSQLServer,
+    PrivateServer,
+    ServerNotInstalledError,
+)
 
-from .faultproxy import MODES, FaultProxy
-from .servers import MYSQL, POSTGRESQL, admin, databases, server_url, unreachable
+from .faultproxy import FaultProxy
+from .servers import DRIVERS, with_driver
+from .soakload import BOTH, GUARD, KEYS, WEIGHTS, Key, Load, define_tables, fill_seeds
 
-KEYS: tuple[str | None, ...] = (None, "maria")
-BOTH = "(both binds)"
-BACKEND = {None: POSTGRESQL, "maria": MYSQL}
-#: Bound on one operation: far above the flapping bind's timeouts, so only a hang reaches it.
-GUARD = 30.0
+DATABASE = "soak"
+#: How SQLAlchemy's pool logs a connection that was never returned and got garbage-collected.
+_COLLECTED = "The garbage collector is trying to clean up non-checked-in connection"
+#: Characters of a message that the report shows.
+_WIDTH = 120
+SECONDS, QUICK_SECONDS = 60.0, 6.0
+POOL = {"pool_size": 3, "max_overflow": 3}
 CONNECT_TIMEOUT = 1.0
 STATEMENT_TIMEOUT = 2.0
-#: Time allowed on top of the timeouts (SQLAlchemy's asyncpg close waits up to 2s) before an
-#: operation counts as having overrun them.
-SLACK = 3.0
-SLEEP = {POSTGRESQL: "SELECT pg_sleep(:s)", MYSQL: "SELECT SLEEP(:s)"}
-#: The proxy's fault modes, and latency beyond the statement timeout.
-OUTAGES = (*MODES[1:], "latency")
+#: Seconds with no outage at the end of the run: an operation an outage held up has failed by then.
+CALM = CONNECT_TIMEOUT + STATEMENT_TIMEOUT
+OUTAGES = ("refuse", "reset", "blackhole", "latency")
+BIND_NAMES = {"pg": None, "maria": "maria"}
+VERSION_SQL = {"postgresql": "SHOW server_version", "mysql": "SELECT VERSION()"}
 
 
-class _CountingHandler(logging.Handler):
-    """Counts warnings and errors logged during the run (SQLAlchemy logs some instead of
-    raising, for example a connection that failed to reset on its way back to the pool)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.counts: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        first_line = record.getMessage().splitlines()[0][:80] if record.getMessage() else ""
-        self.counts[f"{record.name}: {first_line}"] += 1
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long the load runs")
-    parser.add_argument("--workers", type=int, default=32, help="concurrent workers")
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """The soak's options, on ``python -m benchmarks``' command line."""
     parser.add_argument(
-        "--flap", choices=["pg", "maria"], default="maria", help="the bind behind the fault proxy"
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"soak: how long the load runs (default {SECONDS:g}, --quick {QUICK_SECONDS:g})",
+    )
+    parser.add_argument("--workers", type=int, default=6, help="soak: concurrent workers")
+    parser.add_argument(
+        "--cancel", type=float, default=0.3, help="soak: share of operations cancelled (0-1)"
     )
     parser.add_argument(
-        "--modes",
+        "--restart",
+        choices=list(BIND_NAMES),
+        default="pg",
+        help="soak: the server restarted halfway (the other one is behind the fault proxy)",
+    )
+    parser.add_argument(
+        "--kill", action="store_true", help="soak: restart with SIGKILL instead of a clean stop"
+    )
+    parser.add_argument(
+        "--outages",
         default=",".join(OUTAGES),
-        help=f"outages to pick from, comma-separated (default: {','.join(OUTAGES)})",
+        help=f"soak: fault-proxy outages to pick from, or 'none' (default: {','.join(OUTAGES)})",
     )
     parser.add_argument(
-        "--cancel", type=float, default=0.3, help="share of operations cancelled (0-1)"
+        "--ports",
+        default="25474,25475",
+        help="soak: loopback ports of its PostgreSQL and MariaDB servers (default: 25474,25475)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    options = parser.parse_args(argv)
-    modes = [m for m in options.modes.split(",") if m]
-    unknown = sorted(set(modes) - set(OUTAGES))
-    if unknown or not modes:
-        parser.error(f"unknown or no --modes: {', '.join(unknown) or '(none)'}")
-    options.modes = modes
-    return options
+    parser.add_argument("--seed", type=int, default=None, help="soak: random seed")
 
 
 @dataclass
-class Stats:
-    done: Counter[str] = field(default_factory=Counter)
-    #: By bind key; BOTH for errors of cross-bind operations that name no bind.
-    failures: dict[str | None, Counter[str]] = field(
-        default_factory=lambda: {key: Counter() for key in (*KEYS, BOTH)}
-    )
-    committed: dict[str | None, set[str]] = field(default_factory=lambda: {k: set() for k in KEYS})
-    outages: Counter[str] = field(default_factory=Counter)
-    slowest: dict[str | None, float] = field(default_factory=lambda: dict.fromkeys(KEYS, 0.0))
-    #: Operations that took longer than connect_timeout + statement_timeout + SLACK.
-    overran: Counter[str | None] = field(default_factory=Counter)
+class Settings:
+    seconds: float
+    workers: int
+    cancel: float
+    restarted: Key
+    kill: bool
+    outages: list[str]
+    ports: tuple[int, int]
+    seed: int
 
-
-def make_db(urls: dict[str | None, sa.URL], flap: str | None) -> AsyncBind:
-    binds: dict[str | None, Any] = {}
-    for key in KEYS:
-        options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
-        if key == flap:
-            options |= {"connect_timeout": CONNECT_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}
-        binds[key] = {"url": urls[key], **options}
-    db = AsyncBind(binds.pop(None), binds=binds)
-    for key in KEYS:
-        db.Table(
-            "soak_rows",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("token", sa.String(40), unique=True, nullable=False),
-            bind_key=key,
+    @classmethod
+    def of(cls, options: argparse.Namespace) -> Settings:
+        outages = [] if options.outages == "none" else options.outages.split(",")
+        unknown = sorted(set(outages) - set(OUTAGES))
+        if unknown:
+            raise SystemExit(f"soak: unknown --outages {unknown}; pick from {', '.join(OUTAGES)}")
+        ports = tuple(int(port) for port in options.ports.split(","))
+        if len(ports) != 2:
+            raise SystemExit(f"soak: --ports {options.ports!r} must be two ports, e.g. 25474,25475")
+        return cls(
+            seconds=options.seconds or (QUICK_SECONDS if options.quick else SECONDS),
+            workers=options.workers,
+            cancel=options.cancel,
+            restarted=BIND_NAMES[options.restart],
+            kill=options.kill,
+            outages=outages,
+            ports=(ports[0], ports[1]),
+            seed=options.seed if options.seed is not None else random.randrange(2**32),
         )
+
+
+@dataclass
+class Results:
+    """What the run did and what it found afterwards, per bind."""
+
+    seconds: tuple[float, float, float]
+    """Setting up (servers, schema), the load, and the checks afterwards."""
+    load: Load
+    versions: dict[Key, str]
+    restart: tuple[float, float]
+    outages: Counter[str]
+    checked_out: dict[Key, int]
+    idle_in_transaction: dict[Key, int]
+    open_after_dispose: dict[Key, int]
+    found: dict[Key, dict[int, str]]
+    collected: dict[Key, int] = field(default_factory=dict)
+    """Connections never returned to the pool, which the garbage collector closed."""
+
+
+async def main(options: argparse.Namespace) -> tuple[int, str] | None:
+    """Run the soak; its verdict: the exit status and the line to end the run with."""
+    settings = Settings.of(options)
+    try:
+        servers: dict[Key, PrivateServer] = {
+            None: PostgreSQLServer(settings.ports[0]),
+            "maria": MariaDBServer(settings.ports[1]),
+        }
+    except ServerNotInstalledError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            return 2, f"soak: could not run: {exc}"
+        print(f"\nsoak: skipped ({exc})")
+        return None
+    logged = _CountingHandler()
+    logging.getLogger().addHandler(logged)
+    logging.captureWarnings(True)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for server in servers.values():
+                stack.push_async_callback(_remove, server)
+            results = await soak(servers, settings)
+    finally:
+        logging.captureWarnings(False)
+        logging.getLogger().removeHandler(logged)
+    results.collected = {
+        key: logged.collected[DRIVERS[server.backend]] for key, server in servers.items()
+    }
+    return report(settings, servers, results, logged.counts)
+
+
+async def _remove(server: PrivateServer) -> None:
+    await asyncio.shield(server.aremove())
+
+
+async def start(servers: list[PrivateServer]) -> None:
+    """Make every server's data directory at once (the slow part), then start each."""
+    made = await asyncio.gather(
+        *(asyncio.to_thread(server.create) for server in servers), return_exceptions=True
+    )
+    for outcome in made:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    for server in servers:
+        await server.astart()
+
+
+async def soak(servers: dict[Key, PrivateServer], settings: Settings) -> Results:
+    print(
+        f"\nsoak: {settings.seconds:g}s, {settings.workers} workers, {settings.cancel:.0%} of "
+        f"operations cancelled, seed {settings.seed}; starting private servers"
+    )
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await start(list(servers.values()))
+    versions: dict[Key, str] = {}
+    for key, server in servers.items():
+        await admin(server, f"CREATE DATABASE {DATABASE}")
+        versions[key] = str((await admin(server, VERSION_SQL[server.backend]))[0][0])
+    urls = {key: server.url(DATABASE) for key, server in servers.items()}
+    rng = random.Random(settings.seed)
+    outages: Counter[str] = Counter()
+    async with contextlib.AsyncExitStack() as stack:
+        proxy = None
+        proxied = next(key for key in KEYS if key != settings.restarted)
+        if settings.outages:
+            proxy = FaultProxy(HOST, servers[proxied].port)
+            await stack.enter_async_context(proxy)
+            urls[proxied] = proxy.url_for(urls[proxied])
+        db = make_db(urls)
+        stack.push_async_callback(db.dispose)
+        await db.create_all()
+        await fill_seeds(db)
+        load = Load(db, rng, settings.cancel)
+        started = loop.time()
+        deadline = started + settings.seconds
+        async with asyncio.TaskGroup() as group:
+            for _ in range(settings.workers):
+                group.create_task(load.worker(deadline))
+            restart = group.create_task(
+                restarter(servers[settings.restarted], settings.kill, started, deadline)
+            )
+            if proxy is not None:
+                group.create_task(flapper(proxy, settings.outages, rng, deadline, outages))
+        ended = loop.time()
+        checked_out = await settle(db)
+        idle = {key: await idle_in_transaction(server) for key, server in servers.items()}
+        await db.dispose()
+        gc.collect()  # a connection dropped unreturned is found now, not after the report
+    open_after = {key: await connections(server) for key, server in servers.items()}
+    found = {key: await rows_in(server) for key, server in servers.items()}
+    return Results(
+        (started - began, ended - started, loop.time() - ended),
+        load,
+        versions,
+        restart.result(),
+        outages,
+        checked_out,
+        idle,
+        open_after,
+        found,
+    )
+
+
+def make_db(urls: dict[Key, sa.URL]) -> AsyncBind:
+    """Both binds with small pools (so that a connection is soon reused) and the recommended
+    outage settings."""
+    options = {
+        **POOL,
+        "pool_pre_ping": True,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "statement_timeout": STATEMENT_TIMEOUT,
+    }
+    db = AsyncBind(
+        {"url": urls[None], **options},
+        binds={key: {"url": urls[key], **options} for key in KEYS if key is not None},
+    )
+    define_tables(db)
     return db
 
 
-class Load:
-    def __init__(self, db: AsyncBind, stats: Stats, rng: random.Random, cancel: float) -> None:
-        self.db = db
-        self.stats = stats
-        self.rng = rng
-        self.cancel = cancel
-        self.serial = 0
-
-    def table(self, key: str | None) -> sa.Table:
-        return self.db.metadatas[key].tables["soak_rows"]
-
-    def token(self) -> str:
-        self.serial += 1
-        return f"t{self.serial}"
-
-    async def operation(self, key: str | None, kind: str) -> None:
-        table = self.table(key)
-        async with self.db.session() as session:
-            if kind == "read":
-                await session.execute(sa.select(sa.func.count()).select_from(table))
-                await session.execute(
-                    sa.text(SLEEP[BACKEND[key]]),
-                    {"s": self.rng.choice((0, 0.01, 0.05))},
-                    bind_arguments={"bind_key": key},
-                )
-            elif kind == "stream":
-                result = await session.stream(sa.select(table.c.token).limit(200))
-                async for _ in result:
-                    if self.rng.random() < 0.05:
-                        break
-            elif kind == "commit":
-                tokens = [self.token() for _ in range(self.rng.randint(1, 5))]
-                await session.execute(sa.insert(table), [{"token": t} for t in tokens])
-                await session.commit()
-                self.stats.committed[key].update(tokens)
-            elif kind == "rollback":
-                await session.execute(sa.insert(table), [{"token": self.token()}])
-                await session.rollback()
-            elif kind == "both":
-                # One session, a write on each bind, one commit per bind (not atomic across them).
-                tokens = {k: self.token() for k in KEYS}
-                for k in KEYS:
-                    await session.execute(sa.insert(self.table(k)), [{"token": tokens[k]}])
-                await session.commit()
-                for k in KEYS:
-                    self.stats.committed[k].add(tokens[k])
-            else:
-                raise ValueError(kind)
-
-    async def worker(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        while loop.time() < deadline:
-            key = self.rng.choice(KEYS)
-            kind = self.rng.choice(
-                ("read", "read", "stream", "commit", "commit", "rollback", "both")
-            )
-            task = loop.create_task(self.guarded(key, kind))
-            handle = None
-            if self.rng.random() < self.cancel:
-                handle = loop.call_later(self.rng.uniform(0, 0.05), task.cancel)
-            try:
-                outcome = await task
-            except asyncio.CancelledError:
-                if not task.cancelled():
-                    raise
-                outcome = "cancelled"
-            finally:
-                if handle is not None:
-                    handle.cancel()
-            self.stats.done[outcome] += 1
-            if outcome not in ("ok", "cancelled"):
-                await asyncio.sleep(0.05)  # a failing bind must not make this a busy loop
-
-    async def guarded(self, key: str | None, kind: str) -> str:
-        failing = BOTH if kind == "both" else key
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with asyncio.timeout(GUARD) as guard:
-                await self.operation(key, kind)
-        except TimeoutError as exc:
-            name = "hung" if guard.expired() else type(exc).__name__
-            self.stats.failures[getattr(exc, "bind_key", failing)][name] += 1
-            return "failed"
-        except Exception as exc:
-            self.stats.failures[getattr(exc, "bind_key", failing)][type(exc).__name__] += 1
-            return "failed"
-        finally:
-            took = loop.time() - started
-            if kind != "both":  # that one waits on both binds
-                self.stats.slowest[key] = max(self.stats.slowest[key], took)
-                if took > CONNECT_TIMEOUT + STATEMENT_TIMEOUT + SLACK:
-                    self.stats.overran[key] += 1
-        return "ok"
+async def restarter(
+    server: PrivateServer, kill: bool, started: float, deadline: float
+) -> tuple[float, float]:
+    """Restart ``server`` once, halfway; when (seconds into the run) and for how long."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, (started + deadline) / 2 - loop.time()))
+    began = loop.time()
+    await server.arestart(kill=kill)
+    return began - started, loop.time() - began
 
 
 async def flapper(
-    proxy: FaultProxy, modes: list[str], stats: Stats, rng: random.Random, deadline: float
+    proxy: FaultProxy, modes: list[str], rng: random.Random, deadline: float, done: Counter[str]
 ) -> None:
+    """Cut the proxied server now and then, for longer than its bind's timeouts at times.
+
+    The last outage ends CALM seconds before the deadline, so that operations it holds up
+    end before the deadline too instead of keeping the run going."""
     loop = asyncio.get_running_loop()
+    last = deadline - CALM
     try:
-        while loop.time() < deadline:
-            await asyncio.sleep(min(rng.uniform(1, 3), max(0.0, deadline - loop.time())))
-            if loop.time() >= deadline:
-                break
+        while True:
+            await asyncio.sleep(rng.uniform(1, 3))
+            if loop.time() >= last:
+                return
             mode = rng.choice(modes)
-            stats.outages[mode] += 1
+            done[mode] += 1
             if mode == "latency":
                 await proxy.set_mode("pass", latency=2 * STATEMENT_TIMEOUT)
             else:
                 await proxy.set_mode(mode)  # type: ignore[arg-type]
                 if mode in ("refuse", "reset"):
                     proxy.reset_connections()
-            # Some outages outlast every timeout of the bind (see SLACK).
-            await asyncio.sleep(rng.uniform(1, 8))
+            await asyncio.sleep(min(rng.uniform(0.5, 4), max(0.0, last - loop.time())))
             await proxy.restore()
     finally:
         await proxy.restore()
 
 
-async def settle(db: AsyncBind) -> dict[str | None, int]:
+async def settle(db: AsyncBind) -> dict[Key, int]:
     """Wait (bounded) for the pools to have nothing checked out; what is still out."""
     loop = asyncio.get_running_loop()
     end = loop.time() + GUARD
     while True:
-        out = {key: engine.pool.checkedout() for key, engine in db.engines.items()}  # type: ignore[attr-defined]
+        pools = {key: engine.sync_engine.pool for key, engine in db.engines.items()}
+        out: dict[Key, int] = {key: pool.checkedout() for key, pool in pools.items()}  # type: ignore[attr-defined]
         if not any(out.values()) or loop.time() > end:
             return out
         await asyncio.sleep(0.1)
 
 
-async def open_transactions(backend: str, database: str) -> int:
-    if backend == POSTGRESQL:
+@contextlib.asynccontextmanager
+async def _connection(server: PrivateServer, database: str | None) -> AsyncIterator[Any]:
+    """A connection of its own to ``server``, outside every pool, in autocommit mode."""
+    url = with_driver(server.url(database), DRIVERS[server.backend])
+    engine = create_async_engine(url, poolclass=sa.NullPool)
+    try:
+        async with engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+    finally:
+        await engine.dispose()
+
+
+async def admin(server: PrivateServer, sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on ``server``'s admin database; its rows, if any."""
+    database = "postgres" if server.backend == "postgresql" else None
+    async with _connection(server, database) as conn:
+        result = await conn.execute(sa.text(sql))
+        return [tuple(row) for row in result] if result.returns_rows else []
+
+
+async def idle_in_transaction(server: PrivateServer) -> int:
+    """Connections to the soak's database that sit in a transaction with nothing running."""
+    if server.backend == "postgresql":
         sql = (
             "SELECT count(*) FROM pg_stat_activity "
-            f"WHERE datname = '{database}' AND state LIKE 'idle in transaction%'"
+            f"WHERE datname = '{DATABASE}' AND state LIKE 'idle in transaction%'"
         )
-    else:
-        sql = (
-            "SELECT count(*) FROM information_schema.INNODB_TRX t JOIN "
-            "information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-            f"WHERE p.DB = '{database}'"
-        )
+        return int((await admin(server, sql))[0][0])
+    sql = (
+        "SELECT count(*) FROM information_schema.INNODB_TRX t JOIN "
+        "information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+        f"WHERE p.DB = '{DATABASE}' AND p.COMMAND = 'Sleep'"
+    )
     # MariaDB fills INNODB_TRX from a cache refreshed at most every 0.1s: a leak is what stays.
-    for _ in range(25):
-        count = int((await admin(backend, sql))[0][0])  # type: ignore[call-overload]
+    for _ in range(10):
+        count = int((await admin(server, sql))[0][0])
         if not count:
             break
         await asyncio.sleep(0.2)
     return count
 
 
-async def server_connections(backend: str, database: str) -> int:
-    if backend == POSTGRESQL:
-        sql = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'"
+async def connections(server: PrivateServer) -> int:
+    """Connections the server still has open to the soak's database."""
+    if server.backend == "postgresql":
+        sql = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{DATABASE}'"
     else:
-        sql = f"SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = '{database}'"
+        sql = f"SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = '{DATABASE}'"
     # A server notices a closed connection a moment later: a leak is what stays.
     for _ in range(50):
-        count = int((await admin(backend, sql))[0][0])  # type: ignore[call-overload]
+        count = int((await admin(server, sql))[0][0])
         if not count:
             break
         await asyncio.sleep(0.2)
     return count
 
 
-async def soak(options: argparse.Namespace) -> int:
-    for backend in (POSTGRESQL, MYSQL):
-        reason = await unreachable(backend)
-        if reason:
-            print(f"soak: {reason}", file=sys.stderr)
-            return 2
-    seed = options.seed if options.seed is not None else random.randrange(2**32)
-    rng = random.Random(seed)
-    flap: str | None = None if options.flap == "pg" else "maria"
-    stats = Stats()
-    print(
-        f"soak: {options.seconds:g}s, {options.workers} workers, bind {options.flap!r} flapping "
-        f"({', '.join(options.modes)}), {options.cancel:.0%} of operations cancelled, seed {seed}"
-    )
-    async with databases("soak", POSTGRESQL, MYSQL) as made:
-        urls = {key: made[BACKEND[key]] for key in KEYS}
-        names = {key: urls[key].database or "" for key in KEYS}
-        target = server_url(BACKEND[flap])
-        port = target.port or (5432 if BACKEND[flap] == POSTGRESQL else 3306)
-        async with FaultProxy(target.host or "127.0.0.1", port) as proxy:
-            urls[flap] = proxy.url_for(urls[flap])
-            db = make_db(urls, flap)
-            try:
-                await db.create_all()
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                deadline = started + options.seconds
-                load = Load(db, stats, rng, options.cancel)
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(flapper(proxy, options.modes, stats, rng, deadline))
-                    for _ in range(options.workers):
-                        group.create_task(load.worker(deadline))
-                elapsed = loop.time() - started
-                await proxy.restore()
-                checked_out = await settle(db)
-                open_trx = {k: await open_transactions(BACKEND[k], names[k]) for k in KEYS}
-                lost = await rows_lost(db, stats)
-            finally:
-                await proxy.restore()
-                await db.dispose()
-            left_open = {k: await server_connections(BACKEND[k], names[k]) for k in KEYS}
+async def rows_in(server: PrivateServer) -> dict[int, str]:
+    """Every row of the soak's table on ``server``: id -> the operation that wrote it."""
+    async with _connection(server, DATABASE) as conn:
+        result = await conn.execute(sa.text("SELECT id, kind FROM soak_rows"))
+        return {int(row[0]): str(row[1]) for row in result}
 
-    leaked = sum(checked_out.values()) + sum(open_trx.values()) + sum(left_open.values())
-    total_lost = sum(lost.values())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    operations = sum(stats.done.values())
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def report(
+    settings: Settings,
+    servers: dict[Key, PrivateServer],
+    results: Results,
+    logged: Counter[str],
+) -> tuple[int, str]:
+    """Print what the run did and found; the verdict (exit status, last line)."""
+
+    def bind(key: Key) -> str:
+        return f"{format_key(key)} ({servers[key].name})"
+
+    for key, server in servers.items():
+        role = (
+            f"restarted halfway ({'SIGKILL' if settings.kill else 'clean stop'}, then start)"
+            if key == settings.restarted
+            else "behind the fault proxy"
+            if settings.outages
+            else "left alone"
+        )
+        print(
+            f"bind {bind(key)}: {server.name} {results.versions[key]} on {HOST}:{server.port} "
+            f"(private), {role}"
+        )
+    stats = results.load.stats
+    setup, elapsed, checks = results.seconds
+    print(f"time: {setup:.1f}s to set up, {elapsed:.1f}s of load, {checks:.1f}s of checks")
+    total = sum(sum(c.values()) for c in stats.outcomes.values())
     print(
-        f"operations done: {operations} in {elapsed:.1f}s ({operations / elapsed:.0f}/s): "
-        + ", ".join(f"{k} {v}" for k, v in sorted(stats.done.items()))
+        f"operations: {total:,} in {elapsed:.1f}s ({total / elapsed:,.0f}/s), "
+        "ok / failed / cancelled:"
     )
-    print("outages: " + (", ".join(f"{k} {v}" for k, v in sorted(stats.outages.items())) or "none"))
-    for key in KEYS:
+    for kind in WEIGHTS:
+        c = stats.outcomes[kind]
+        print(f"  {kind:<9} {c['ok']:>6,} {c['failed']:>6,} {c['cancelled']:>6,}")
+    at, down = results.restart
+    print(
+        f"restart of {servers[settings.restarted].name}: {at:.1f}s into the run, "
+        f"down for {down:.2f}s"
+    )
+    outages = ", ".join(f"{mode} {n}" for mode, n in sorted(results.outages.items()))
+    print(f"fault-proxy outages: {outages or 'none'}")
+    for key in (*KEYS, BOTH):
         failures = stats.failures[key]
-        label = f"{'None' if key is None else repr(key)} ({BACKEND[key]}"
-        label += ", flapping)" if key == flap else ")"
-        detail = ", ".join(f"{k} {v}" for k, v in failures.most_common()) or "none"
-        print(f"failures by bind: {label}: {sum(failures.values())} ({detail})")
-    if stats.failures[BOTH]:
-        detail = ", ".join(f"{k} {v}" for k, v in stats.failures[BOTH].most_common())
-        print(f"failures naming no bind, in operations over both binds: {detail}")
-    limit = CONNECT_TIMEOUT + STATEMENT_TIMEOUT + SLACK
-    print(
-        f"slowest operation: {_by_key(stats.slowest, '{:.1f}s')}; "
-        f"longer than {limit:g}s (the flapping bind's timeouts + {SLACK:g}s): "
-        f"{_by_key({k: stats.overran[k] for k in KEYS})}"
-    )
-    print(
-        f"connections leaked: {leaked} (checked out {_by_key(checked_out)}; idle in transaction "
-        f"{_by_key(open_trx)}; open after dispose {_by_key(left_open)})"
-    )
-    committed = {k: len(v) for k, v in stats.committed.items()}
-    print(f"rows lost: {total_lost} (of {_by_key(committed)} committed)")
-    print(f"peak memory: {peak:.0f} MiB (max RSS)")
-    return 1 if leaked or total_lost else 0
+        label = bind(key) if key != BOTH else "operations over both binds, naming neither"
+        print(f"failures, {label}: {sum(failures.values()) or 'none'}")
+        for name, n in failures.most_common():
+            print(f"  {n:,}x {name}: {stats.examples[key, name][:_WIDTH]}")
+
+    rows = {key: Rows(results.load.ledger.acknowledged[key], results.found[key]) for key in KEYS}
+    for key, of_bind in rows.items():
+        print(
+            f"rows in {bind(key)}: {len(of_bind.acknowledged):,} acknowledged, "
+            f"{len(of_bind.found):,} found; lost {_counts(of_bind.lost())}; "
+            f"found but not acknowledged {_counts(of_bind.unacknowledged())}"
+        )
+    rolled_back = {key: of_bind.unacknowledged()["rollback"] for key, of_bind in rows.items()}
+    print(f"rows found that were rolled back: {_by_key(rolled_back)}")
+    leaks = {
+        "checked out of the pool": results.checked_out,
+        "idle in a transaction": results.idle_in_transaction,
+        "open after dispose()": results.open_after_dispose,
+        "never returned to the pool (garbage-collected)": results.collected,
+    }
+    print("connections: " + "; ".join(f"{what} {_by_key(n)}" for what, n in leaks.items()))
+    print(f"logged warnings and errors: {sum(logged.values()) or 'none'}")
+    for message, n in logged.most_common():
+        print(f"  {n}x {message}")
+    return verdict(rows, leaks, {key: server.name for key, server in servers.items()})
 
 
-async def rows_lost(db: AsyncBind, stats: Stats) -> dict[str | None, int]:
-    lost: dict[str | None, int] = {}
-    async with db.session() as session:
-        for key in KEYS:
-            table = db.metadatas[key].tables["soak_rows"]
-            present = set((await session.scalars(sa.select(table.c.token))).all())
-            lost[key] = len(stats.committed[key] - present)
-    return lost
+@dataclass
+class Rows:
+    """One bind's rows: those asyncbind acknowledged (id -> how) and those found (id -> kind)."""
+
+    acknowledged: dict[int, str]
+    found: dict[int, str]
+
+    def lost(self) -> Counter[str]:
+        """Acknowledged rows that are missing, by how they were acknowledged."""
+        return Counter(how for i, how in self.acknowledged.items() if i not in self.found)
+
+    def unacknowledged(self) -> Counter[str]:
+        """Rows found that were never acknowledged, by the operation that wrote them."""
+        return Counter(kind for i, kind in self.found.items() if i not in self.acknowledged)
 
 
-def _by_key(values: dict[str | None, Any], form: str = "{}") -> str:
-    return ", ".join(
-        f"{'None' if k is None else repr(k)}={form.format(v)}" for k, v in values.items()
-    )
+def verdict(
+    rows: dict[Key, Rows], leaks: dict[str, dict[Key, int]], names: dict[Key, str]
+) -> tuple[int, str]:
+    """The exit status, and the line that ends the run: lost rows first, then what else is
+    wrong (rolled-back rows found, connections leaked)."""
+    lost = {key: of_bind.lost() for key, of_bind in rows.items()}
+    total = sum(sum(counts.values()) for counts in lost.values())
+    line = "no acknowledged row lost"
+    if total:
+        line = f"LOST {_rows(total)}: " + "; ".join(
+            f"{format_key(key)} ({names[key]}) {sum(lost[key].values()):,} of "
+            f"{len(rows[key].acknowledged):,} ({_kinds(lost[key])})"
+            for key in rows
+            if lost[key]
+        )
+    problems = []
+    rolled_back = sum(of_bind.unacknowledged()["rollback"] for of_bind in rows.values())
+    if rolled_back:
+        problems.append(f"{rolled_back:,} rolled-back row(s) found")
+    problems += [
+        f"connections {what}: {_by_key(n)}" for what, n in leaks.items() if any(n.values())
+    ]
+    if problems:
+        line += "; but " + "; ".join(problems)
+    return (1 if total or problems else 0), line
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse(sys.argv[1:] if argv is None else argv)
-    started = time.perf_counter()
-    logged = _CountingHandler()
-    logging.getLogger().addHandler(logged)
-    try:
-        code = asyncio.run(soak(options))
-    finally:
-        logging.getLogger().removeHandler(logged)
-    print(
-        "logged warnings and errors: "
-        + (", ".join(f"{n}x {m}" for m, n in logged.counts.most_common()) or "none")
-    )
-    print(f"total: {time.perf_counter() - started:.1f}s, exit {code}")
-    return code
+def _rows(n: int) -> str:
+    return f"{n:,} acknowledged row" + ("" if n == 1 else "s")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _kinds(counts: Counter[str]) -> str:
+    """``commit 9, both 3``"""
+    return ", ".join(f"{kind} {n:,}" for kind, n in counts.most_common())
+
+
+def _counts(counts: Counter[str]) -> str:
+    """``12 (commit 9, both 3)``, or ``0``."""
+    total = sum(counts.values())
+    return f"{total:,} ({_kinds(counts)})" if total else "0"
+
+
+def _by_key(values: dict[Key, int]) -> str:
+    return ", ".join(f"{format_key(key)} {value}" for key, value in values.items())
+
+
+class _CountingHandler(logging.Handler):
+    """Counts warnings and errors logged during the run (SQLAlchemy logs some instead of
+    raising, for example a connection that failed to reset on its way back to the pool), and
+    Python warnings, which ``logging.captureWarnings`` turns into log records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+        self.collected: Counter[str] = Counter()
+        """Connections never returned to their pool that the garbage collector found, by
+        driver (from the pool's log record; the SAWarning that comes with it is not counted)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.name != "py.warnings" and message.startswith(_COLLECTED):
+            self.collected.update(d for d in DRIVERS.values() if f"<{d}." in message)
+        if record.name == "py.warnings":  # "path:line: Category: text": the path says little
+            message = message.split(": ", 1)[-1]
+        message = re.sub(r" (object )?at 0x[0-9a-f]+", "", message)  # the same error, once
+        first_line = message.splitlines()[0][:_WIDTH] if message else ""
+        self.counts[f"{record.name}: {first_line}"] += 1
