@@ -10,11 +10,11 @@ both), read, stream, roll back, bulk-load with ``load_rows`` and copy between th
 cancelled at a random moment. Halfway through, one server is restarted (a clean stop, or SIGKILL
 with ``--kill``); the other sits behind the fault proxy, which cuts it now and then.
 
-Then, with both servers up, it prints per bind the rows acknowledged against those found,
-connections left checked out, connections idle in a transaction on the server, connections still
-open after ``dispose()``, and connections never returned to their pool that the garbage collector
-closed. The run's last line says whether an acknowledged row was lost; the exit status is 1 if one
-was, or a rolled-back row was found, or a connection leaked.
+Then, with both servers up, it prints per bind (``benchmarks/soakcheck.py``) the rows acknowledged
+against those found, connections left checked out, connections idle in a transaction on the
+server, connections still open after ``dispose()``, and connections never returned to their pool
+that the garbage collector closed. The run's last line says whether an acknowledged row was lost;
+the exit status is 1 if one was, or a rolled-back row was found, or a connection leaked.
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ import gc
 import logging
 import os
 import random
-import re
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from asyncbind import AsyncBind
 from asyncbind.exceptions import format_key
@@ -46,14 +42,23 @@ from tests.privateservers import (
 )
 
 from .faultproxy import FaultProxy
-from .servers import DRIVERS, with_driver
-from .soakload import BOTH, GUARD, KEYS, WEIGHTS, Key, Load, define_tables, fill_seeds
+from .servers import DRIVERS
+from .soakcheck import (
+    DATABASE,
+    WIDTH,
+    LogCounter,
+    Rows,
+    admin,
+    by_key,
+    connections,
+    counts,
+    idle_in_transaction,
+    rows_in,
+    settle,
+    verdict,
+)
+from .soakload import BOTH, KEYS, WEIGHTS, Key, Load, define_tables, fill_seeds
 
-DATABASE = "soak"
-#: How SQLAlchemy's pool logs a connection that was never returned and got garbage-collected.
-_COLLECTED = "The garbage collector is trying to clean up non-checked-in connection"
-#: Characters of a message that the report shows.
-_WIDTH = 120
 SECONDS, QUICK_SECONDS = 60.0, 6.0
 POOL = {"pool_size": 3, "max_overflow": 3}
 CONNECT_TIMEOUT = 1.0
@@ -144,9 +149,9 @@ class Results:
     checked_out: dict[Key, int]
     idle_in_transaction: dict[Key, int]
     open_after_dispose: dict[Key, int]
-    found: dict[Key, dict[int, str]]
-    collected: dict[Key, int] = field(default_factory=dict)
+    collected: dict[Key, int]
     """Connections never returned to the pool, which the garbage collector closed."""
+    found: dict[Key, dict[int, str]]
 
 
 async def main(options: argparse.Namespace) -> tuple[int, str] | None:
@@ -162,20 +167,17 @@ async def main(options: argparse.Namespace) -> tuple[int, str] | None:
             return 2, f"soak: could not run: {exc}"
         print(f"\nsoak: skipped ({exc})")
         return None
-    logged = _CountingHandler()
+    logged = LogCounter()
     logging.getLogger().addHandler(logged)
     logging.captureWarnings(True)
     try:
         async with contextlib.AsyncExitStack() as stack:
             for server in servers.values():
                 stack.push_async_callback(_remove, server)
-            results = await soak(servers, settings)
+            results = await soak(servers, settings, logged)
     finally:
         logging.captureWarnings(False)
         logging.getLogger().removeHandler(logged)
-    results.collected = {
-        key: logged.collected[DRIVERS[server.backend]] for key, server in servers.items()
-    }
     return report(settings, servers, results, logged.counts)
 
 
@@ -195,7 +197,9 @@ async def start(servers: list[PrivateServer]) -> None:
         await server.astart()
 
 
-async def soak(servers: dict[Key, PrivateServer], settings: Settings) -> Results:
+async def soak(
+    servers: dict[Key, PrivateServer], settings: Settings, logged: LogCounter
+) -> Results:
     print(
         f"\nsoak: {settings.seconds:g}s, {settings.workers} workers, {settings.cancel:.0%} of "
         f"operations cancelled, seed {settings.seed}; starting private servers"
@@ -237,6 +241,7 @@ async def soak(servers: dict[Key, PrivateServer], settings: Settings) -> Results
         idle = {key: await idle_in_transaction(server) for key, server in servers.items()}
         await db.dispose()
         gc.collect()  # a connection dropped unreturned is found now, not after the report
+        collected = {key: logged.collected[DRIVERS[s.backend]] for key, s in servers.items()}
     open_after = {key: await connections(server) for key, server in servers.items()}
     found = {key: await rows_in(server) for key, server in servers.items()}
     return Results(
@@ -248,6 +253,7 @@ async def soak(servers: dict[Key, PrivateServer], settings: Settings) -> Results
         checked_out,
         idle,
         open_after,
+        collected,
         found,
     )
 
@@ -308,83 +314,7 @@ async def flapper(
         await proxy.restore()
 
 
-async def settle(db: AsyncBind) -> dict[Key, int]:
-    """Wait (bounded) for the pools to have nothing checked out; what is still out."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + GUARD
-    while True:
-        pools = {key: engine.sync_engine.pool for key, engine in db.engines.items()}
-        out: dict[Key, int] = {key: pool.checkedout() for key, pool in pools.items()}  # type: ignore[attr-defined]
-        if not any(out.values()) or loop.time() > end:
-            return out
-        await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def _connection(server: PrivateServer, database: str | None) -> AsyncIterator[Any]:
-    """A connection of its own to ``server``, outside every pool, in autocommit mode."""
-    url = with_driver(server.url(database), DRIVERS[server.backend])
-    engine = create_async_engine(url, poolclass=sa.NullPool)
-    try:
-        async with engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-    finally:
-        await engine.dispose()
-
-
-async def admin(server: PrivateServer, sql: str) -> list[tuple[Any, ...]]:
-    """Run ``sql`` on ``server``'s admin database; its rows, if any."""
-    database = "postgres" if server.backend == "postgresql" else None
-    async with _connection(server, database) as conn:
-        result = await conn.execute(sa.text(sql))
-        return [tuple(row) for row in result] if result.returns_rows else []
-
-
-async def idle_in_transaction(server: PrivateServer) -> int:
-    """Connections to the soak's database that sit in a transaction with nothing running."""
-    if server.backend == "postgresql":
-        sql = (
-            "SELECT count(*) FROM pg_stat_activity "
-            f"WHERE datname = '{DATABASE}' AND state LIKE 'idle in transaction%'"
-        )
-        return int((await admin(server, sql))[0][0])
-    sql = (
-        "SELECT count(*) FROM information_schema.INNODB_TRX t JOIN "
-        "information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-        f"WHERE p.DB = '{DATABASE}' AND p.COMMAND = 'Sleep'"
-    )
-    # MariaDB fills INNODB_TRX from a cache refreshed at most every 0.1s: a leak is what stays.
-    for _ in range(10):
-        count = int((await admin(server, sql))[0][0])
-        if not count:
-            break
-        await asyncio.sleep(0.2)
-    return count
-
-
-async def connections(server: PrivateServer) -> int:
-    """Connections the server still has open to the soak's database."""
-    if server.backend == "postgresql":
-        sql = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{DATABASE}'"
-    else:
-        sql = f"SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = '{DATABASE}'"
-    # A server notices a closed connection a moment later: a leak is what stays.
-    for _ in range(50):
-        count = int((await admin(server, sql))[0][0])
-        if not count:
-            break
-        await asyncio.sleep(0.2)
-    return count
-
-
-async def rows_in(server: PrivateServer) -> dict[int, str]:
-    """Every row of the soak's table on ``server``: id -> the operation that wrote it."""
-    async with _connection(server, DATABASE) as conn:
-        result = await conn.execute(sa.text("SELECT id, kind FROM soak_rows"))
-        return {int(row[0]): str(row[1]) for row in result}
-
-
-# -- the report ----------------------------------------------------------------------------------
+# -- the report -----------------------------------------------------------------------------------
 
 
 def report(
@@ -433,110 +363,25 @@ def report(
         label = bind(key) if key != BOTH else "operations over both binds, naming neither"
         print(f"failures, {label}: {sum(failures.values()) or 'none'}")
         for name, n in failures.most_common():
-            print(f"  {n:,}x {name}: {stats.examples[key, name][:_WIDTH]}")
+            print(f"  {n:,}x {name}: {stats.examples[key, name][:WIDTH]}")
 
     rows = {key: Rows(results.load.ledger.acknowledged[key], results.found[key]) for key in KEYS}
     for key, of_bind in rows.items():
         print(
             f"rows in {bind(key)}: {len(of_bind.acknowledged):,} acknowledged, "
-            f"{len(of_bind.found):,} found; lost {_counts(of_bind.lost())}; "
-            f"found but not acknowledged {_counts(of_bind.unacknowledged())}"
+            f"{len(of_bind.found):,} found; lost {counts(of_bind.lost())}; "
+            f"found but not acknowledged {counts(of_bind.unacknowledged())}"
         )
     rolled_back = {key: of_bind.unacknowledged()["rollback"] for key, of_bind in rows.items()}
-    print(f"rows found that were rolled back: {_by_key(rolled_back)}")
+    print(f"rows found that were rolled back: {by_key(rolled_back)}")
     leaks = {
         "checked out of the pool": results.checked_out,
         "idle in a transaction": results.idle_in_transaction,
         "open after dispose()": results.open_after_dispose,
         "never returned to the pool (garbage-collected)": results.collected,
     }
-    print("connections: " + "; ".join(f"{what} {_by_key(n)}" for what, n in leaks.items()))
+    print("connections: " + "; ".join(f"{what} {by_key(n)}" for what, n in leaks.items()))
     print(f"logged warnings and errors: {sum(logged.values()) or 'none'}")
     for message, n in logged.most_common():
         print(f"  {n}x {message}")
     return verdict(rows, leaks, {key: server.name for key, server in servers.items()})
-
-
-@dataclass
-class Rows:
-    """One bind's rows: those asyncbind acknowledged (id -> how) and those found (id -> kind)."""
-
-    acknowledged: dict[int, str]
-    found: dict[int, str]
-
-    def lost(self) -> Counter[str]:
-        """Acknowledged rows that are missing, by how they were acknowledged."""
-        return Counter(how for i, how in self.acknowledged.items() if i not in self.found)
-
-    def unacknowledged(self) -> Counter[str]:
-        """Rows found that were never acknowledged, by the operation that wrote them."""
-        return Counter(kind for i, kind in self.found.items() if i not in self.acknowledged)
-
-
-def verdict(
-    rows: dict[Key, Rows], leaks: dict[str, dict[Key, int]], names: dict[Key, str]
-) -> tuple[int, str]:
-    """The exit status, and the line that ends the run: lost rows first, then what else is
-    wrong (rolled-back rows found, connections leaked)."""
-    lost = {key: of_bind.lost() for key, of_bind in rows.items()}
-    total = sum(sum(counts.values()) for counts in lost.values())
-    line = "no acknowledged row lost"
-    if total:
-        line = f"LOST {_rows(total)}: " + "; ".join(
-            f"{format_key(key)} ({names[key]}) {sum(lost[key].values()):,} of "
-            f"{len(rows[key].acknowledged):,} ({_kinds(lost[key])})"
-            for key in rows
-            if lost[key]
-        )
-    problems = []
-    rolled_back = sum(of_bind.unacknowledged()["rollback"] for of_bind in rows.values())
-    if rolled_back:
-        problems.append(f"{rolled_back:,} rolled-back row(s) found")
-    problems += [
-        f"connections {what}: {_by_key(n)}" for what, n in leaks.items() if any(n.values())
-    ]
-    if problems:
-        line += "; but " + "; ".join(problems)
-    return (1 if total or problems else 0), line
-
-
-def _rows(n: int) -> str:
-    return f"{n:,} acknowledged row" + ("" if n == 1 else "s")
-
-
-def _kinds(counts: Counter[str]) -> str:
-    """``commit 9, both 3``"""
-    return ", ".join(f"{kind} {n:,}" for kind, n in counts.most_common())
-
-
-def _counts(counts: Counter[str]) -> str:
-    """``12 (commit 9, both 3)``, or ``0``."""
-    total = sum(counts.values())
-    return f"{total:,} ({_kinds(counts)})" if total else "0"
-
-
-def _by_key(values: dict[Key, int]) -> str:
-    return ", ".join(f"{format_key(key)} {value}" for key, value in values.items())
-
-
-class _CountingHandler(logging.Handler):
-    """Counts warnings and errors logged during the run (SQLAlchemy logs some instead of
-    raising, for example a connection that failed to reset on its way back to the pool), and
-    Python warnings, which ``logging.captureWarnings`` turns into log records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.counts: Counter[str] = Counter()
-        self.collected: Counter[str] = Counter()
-        """Connections never returned to their pool that the garbage collector found, by
-        driver (from the pool's log record; the SAWarning that comes with it is not counted)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if record.name != "py.warnings" and message.startswith(_COLLECTED):
-            self.collected.update(d for d in DRIVERS.values() if f"<{d}." in message)
-        if record.name == "py.warnings":  # "path:line: Category: text": the path says little
-            message = message.split(": ", 1)[-1]
-        message = re.sub(r" (object )?at 0x[0-9a-f]+", "", message)  # the same error, once
-        first_line = message.splitlines()[0][:_WIDTH] if message else ""
-        self.counts[f"{record.name}: {first_line}"] += 1

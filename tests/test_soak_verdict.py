@@ -1,9 +1,9 @@
-"""The soak's accounting (``benchmarks/soak.py``): which rows count as lost, and the verdict line
-and exit status it ends with. The soak itself runs as ``python -m benchmarks soak``."""
+"""The soak's accounting (``benchmarks/soakcheck.py``): which rows count as lost, and the
+verdict line and exit status it ends with. The soak itself runs as ``python -m benchmarks soak``."""
 
 from __future__ import annotations
 
-from benchmarks.soak import Rows, verdict
+from benchmarks.soakcheck import Rows, verdict
 
 NAMES = {None: "PostgreSQL", "maria": "MariaDB"}
 NO_LEAKS = {"idle in a transaction": {None: 0, "maria": 0}}
