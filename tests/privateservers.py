@@ -16,9 +16,10 @@ can be added). Never the shared servers, which other work depends on.
 
 Each server runs as the database's own OS user (``postgres``, ``mysql``) when started by root, in
 a process group of its own (so a Ctrl-C in the terminal reaches only the code that owns it, which
-then stops it), and gets SIGKILL if the thread that started it ends first: a crashed test run
-leaves no server behind. Start servers from a thread that outlives them (the main thread, or the
-event loop's). Missing binaries raise :class:`ServerNotInstalledError`, naming the Debian package.
+then stops it), and gets SIGKILL if the thread that started it ends first: a test run that is
+itself killed leaves no server running behind (only its temporary directory). Start servers from a
+thread that outlives them (the main thread, or the event loop's). Missing binaries raise
+:class:`ServerNotInstalledError`, naming the Debian package to install.
 """
 
 from __future__ import annotations
