@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from . import guards
+from . import checkin, guards
 from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
@@ -136,4 +136,5 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     if config.read_only and backend in _READ_ONLY_SQL and url.get_driver_name() != "asyncpg":
         _read_only_connections(engine, _READ_ONLY_SQL[backend])
     guards.install(engine, config)
+    checkin.install(engine, config.key)
     return engine

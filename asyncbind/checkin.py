@@ -1,0 +1,93 @@
+"""The last check before a connection goes back into its pool: is the server still in a transaction?
+
+SQLAlchemy ends the transactions it knows about when a connection is returned (reset on return).
+A transaction opened on the driver connection itself (asyncpg's ``Connection.transaction()``, a
+raw ``BEGIN``) is invisible to it, and on asyncpg its rollback does nothing for such a transaction.
+The connection would go back into the pool with the server still in that transaction, and every
+later transaction on it would become a savepoint that never commits: acknowledged commits, no
+rows. So after SQLAlchemy's reset, every check-in asks the driver whether the server is still in a
+transaction, and a connection that is (or whose driver has lost track) is discarded, so that the
+pool opens a new one in its place.
+
+The question is an attribute read, with no I/O. It runs in SQLAlchemy's ``checkin`` pool event,
+which comes after the reset and only for connections that return to the pool: SQLAlchemy never
+checks in a connection of an async driver from outside the event loop (one garbage-collected
+unreturned is detached and terminated instead), and where SQLAlchemy discards a connection
+outside the loop, its ``terminate`` does no I/O either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from .config import BindKey
+from .exceptions import format_key
+
+__all__ = ["DRIVERS", "asyncpg_transaction_open", "install"]
+
+logger = logging.getLogger("asyncbind")
+
+
+def asyncpg_transaction_open(driver: Any) -> bool:
+    """Whether an asyncpg connection is in a transaction, or believes it is.
+
+    ``is_in_transaction()`` is the server's view (from its last ReadyForQuery). asyncpg also keeps
+    the transaction that its ``Connection.transaction()`` started as ``_top_xact``, even one whose
+    BEGIN was cancelled before the server saw it; the next ``transaction()`` on that connection
+    would then send a SAVEPOINT. No public method tells, so this reads the attribute
+    (tests/test_checkin.py fails if asyncpg renames it).
+    """
+    return bool(driver.is_in_transaction()) or driver._top_xact is not None
+
+
+def _aiomysql_transaction_open(driver: Any) -> bool:
+    # The SERVER_STATUS_IN_TRANS flag of the server's last OK or EOF packet.
+    return bool(driver.get_transaction_status())
+
+
+def _aiosqlite_transaction_open(driver: Any) -> bool:
+    # sqlite3's Connection.in_transaction: not in autocommit mode, read without a query.
+    return bool(driver.in_transaction)
+
+
+#: For each driver asyncbind checks: whether its connection is (or may be) in a transaction.
+DRIVERS: dict[str, Callable[[Any], bool]] = {
+    "asyncpg": asyncpg_transaction_open,
+    "aiomysql": _aiomysql_transaction_open,
+    "aiosqlite": _aiosqlite_transaction_open,
+}
+
+
+def install(engine: AsyncEngine, key: BindKey) -> None:
+    """Discard connections of ``engine`` that come back to its pool inside a transaction.
+
+    Does nothing for drivers it does not know. The listener is on the engine, so it stays when
+    the pool is recreated (``dispose()``) and covers ``execution_options()`` copies.
+    """
+    in_transaction = DRIVERS.get(engine.dialect.driver)
+    if in_transaction is None:
+        return
+
+    def check(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is None:  # already invalidated
+            return
+        try:
+            suspect = in_transaction(record.driver_connection)
+        except Exception:  # a driver that cannot answer cannot be trusted either
+            suspect = True
+        if suspect:
+            logger.info(
+                "Bind %s: a connection came back to the pool inside a transaction that "
+                "SQLAlchemy did not end (one opened on the driver connection itself?); it was "
+                "discarded and will be replaced",
+                format_key(key),
+            )
+            record.invalidate()
+
+    sa.event.listen(engine.sync_engine, "checkin", check)

@@ -1,0 +1,97 @@
+"""What the servers say about a test's database: open transactions and connections.
+
+Asked on the server's admin database over a fresh raw-driver connection, so that the question does
+not count itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import sqlalchemy as sa
+from conftest import mysql_admin, postgresql_admin
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+#: A generous bound for waiting on server state; a hang fails instead of blocking the suite.
+GUARD = 60
+
+
+async def server_fetch(backend: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` run on ``backend``'s admin database."""
+    if backend == "postgresql":
+        conn = await postgresql_admin()
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+    conn = await mysql_admin()
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql, args)
+            return [tuple(r) for r in await cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+async def open_transactions(backend: str, database: str) -> list[tuple[Any, ...]]:
+    """The server's connections to ``database`` idle inside a transaction.
+
+    PostgreSQL: ``pg_stat_activity`` state 'idle in transaction'. MariaDB: a transaction in
+    INNODB_TRX whose connection is asleep (not running a statement), or a connection whose
+    session says it is in a transaction. MariaDB fills INNODB_TRX from a cache refreshed at most
+    every 0.1s, so a transaction that just ended can still be listed: a real one is one that stays.
+    """
+    found = await _open_transactions(backend, database)
+    for _ in range(25):
+        if not found:
+            break
+        await asyncio.sleep(0.2)
+        found = await _open_transactions(backend, database)
+    return found
+
+
+async def _open_transactions(backend: str, database: str) -> list[tuple[Any, ...]]:
+    if backend == "postgresql":
+        return await server_fetch(
+            backend,
+            "SELECT pid, state, query FROM pg_stat_activity "
+            "WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            database,
+        )
+    return await server_fetch(
+        backend,
+        "SELECT p.ID, p.COMMAND, t.trx_state, t.trx_query FROM information_schema.INNODB_TRX t "
+        "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+        "WHERE p.DB = %s AND p.COMMAND = 'Sleep'",
+        database,
+    )
+
+
+async def server_connections(backend: str, database: str) -> int:
+    """How many connections the server has open to ``database``."""
+    if backend == "postgresql":
+        rows = await server_fetch(
+            backend, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+        )
+    else:
+        rows = await server_fetch(
+            backend, "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %s", database
+        )
+    return int(rows[0][0])
+
+
+async def pooled_equals_server(engine: AsyncEngine, backend: str, database: str) -> bool:
+    """Whether the server's connections to ``database`` are exactly the idle ones of ``engine``'s
+    pool, once the server has ended those the pool let go of (it does so a moment after the
+    client hangs up)."""
+    pooled = engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+    async with asyncio.timeout(GUARD):
+        while True:
+            if await server_connections(backend, database) == pooled:
+                return True
+            await asyncio.sleep(0.1)
+
+
+def database_of(url: str) -> str:
+    return sa.make_url(url).database or ""
