@@ -46,7 +46,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import util as sql_util
 
-from .exceptions import BulkCopyError, ConfigError, CrossBindError
+from .engines import bind_config
+from .exceptions import BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from .models import bind_key_of
 
 if TYPE_CHECKING:
@@ -120,10 +121,12 @@ async def load_rows(
     ``columns`` defaults to all of the table's columns. With an engine every batch is committed as
     it lands; with a connection every batch is a SAVEPOINT in the connection's transaction, which
     the caller commits. On failure the failed batch is rolled back and
-    :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``.
+    :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``. A ``target`` of a
+    read-only bind raises :class:`~asyncbind.exceptions.ReadOnlyBindError` before any SQL is sent.
     """
     _check_batch_size(batch_size)
     table = _as_table(table, "table")
+    _refuse_read_only(target, table, "a bulk load")
     names = list(columns) if columns is not None else [c.name for c in table.columns]
     _check_columns(table, names)
     started = time.perf_counter()
@@ -146,10 +149,12 @@ async def copy(
     ``source`` is a Table, a mapped class, or a ``select()`` whose column names are columns of
     ``target``. With a table source, the columns both tables have (by name) are copied, or the
     ``columns`` given. Reading the next batch overlaps with writing the current one; a few batches
-    are in memory at a time, whatever the number of rows.
+    are in memory at a time, whatever the number of rows. A ``target_engine`` of a read-only bind
+    raises :class:`~asyncbind.exceptions.ReadOnlyBindError` before any SQL is sent.
     """
     _check_batch_size(batch_size)
     target_table = _as_table(target, "target")
+    _refuse_read_only(target_engine, target_table, "a bulk copy")
     select, names = _plan(source, target_table, columns)
     started = time.perf_counter()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
@@ -225,6 +230,13 @@ class _ReadFailure:
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer, e.g. 10000.")
+
+
+def _refuse_read_only(target: Bind, table: sa.Table, what: str) -> None:
+    """Raise :class:`ReadOnlyBindError` when ``target`` belongs to a bind configured read-only."""
+    config = bind_config(target)
+    if config is not None and config.read_only:
+        raise ReadOnlyBindError(config.key, f"{what} into table {table.fullname!r}")
 
 
 def _as_table(obj: Any, what: str) -> sa.Table:

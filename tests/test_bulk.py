@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from asyncbind import AsyncBind, BulkCopyError, ConfigError, CrossBindError
+from asyncbind import AsyncBind, BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from asyncbind.bulk import copy, load_rows, stream_rows
+from asyncbind.engines import bind_config
 
 UTC = dt.UTC
 NewDatabase = Callable[..., Awaitable[str]]
@@ -409,3 +410,71 @@ async def test_copy_memory_does_not_grow_with_row_count(
     assert await count(db, target, "target") == 30_000
     # Six times the rows, about the same peak: a few batches of 500 rows are held at a time.
     assert large < small * 1.5, (small, large)
+
+
+async def test_read_only_target_is_refused_before_any_sql(
+    backend: str,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    statements: Callable[[AsyncBind], list[tuple[Any, str]]],
+) -> None:
+    urls = {"source": await new_database(backend), "archive": await new_database(backend)}
+    writable = make_db(binds=urls)
+    source, target = two_tables(writable, "source", "archive")
+    await writable.create_all()
+    await load_rows(writable.get_engine("source"), source, sample(10))
+    # The same databases, the archive configured read-only.
+    db = make_db(
+        binds={"source": urls["source"], "archive": {"url": urls["archive"], "read_only": True}}
+    )
+    source = db.Table(source.name, *columns(), bind_key="source")
+    target = db.Table(target.name, *columns(), bind_key="archive")
+    engine = db.get_engine("archive")
+    log = statements(db)
+
+    attempts: list[Callable[[], Awaitable[Any]]] = [
+        lambda: db.copy(source, target),
+        lambda: db.copy(sa.select(source).where(source.c.id > 5), target),
+        lambda: load_rows(engine, target, sample(3)),
+        lambda: load_rows(engine.execution_options(yield_per=10), target, sample(3)),
+        lambda: copy(source, target, source_engine=db.get_engine("source"), target_engine=engine),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ReadOnlyBindError) as caught:
+            await attempt()
+        assert caught.value.key == "archive"
+        assert f"into table '{target.name}'" in str(caught.value)
+        assert "read-only" in str(caught.value)
+    assert log == []
+    # A connection of the bind, and the engine after dispose(), are refused as well.
+    async with engine.connect() as conn:
+        with pytest.raises(ReadOnlyBindError):
+            await load_rows(conn, target, sample(3))
+    await db.dispose()
+    with pytest.raises(ReadOnlyBindError, match="a bulk load into table"):
+        await load_rows(engine, target, sample(3))
+    assert [sql for key, sql in log if key == "archive" and "INSERT" in sql.upper()] == []
+    assert await count(writable, target, "archive") == 0
+
+
+async def test_bind_config_follows_the_engine(make_db: Callable[..., AsyncBind]) -> None:
+    """Engines remember the bind they were made for; copies made with execution_options() and
+    their connections too, and the memory outlives dispose()."""
+    db = make_db("sqlite://", binds={"other": {"url": "sqlite://", "echo_pool": False}})
+    engine = db.get_engine("other")
+    config = bind_config(engine)
+    assert config is not None and config.key == "other"
+    assert config.engine_options["echo_pool"] is False
+    assert bind_config(engine.execution_options(isolation_level="SERIALIZABLE")) is config
+    assert bind_config(engine.sync_engine) is config
+    async with engine.connect() as conn:
+        assert bind_config(conn) is config
+        assert bind_config(conn.sync_connection) is config  # type: ignore[arg-type]
+    await db.dispose()
+    assert bind_config(engine) is config
+    assert bind_config(db.engine) is not config and bind_config(db.engine) is not None
+    foreign = sa.ext.asyncio.create_async_engine("sqlite+aiosqlite://")
+    try:
+        assert bind_config(foreign) is None
+    finally:
+        await foreign.dispose()
