@@ -19,6 +19,14 @@ Every batch is its own transaction (a SAVEPOINT when loading through a connectio
 a transaction). When a batch fails it is rolled back, the batches before it stay, and
 :class:`~asyncbind.exceptions.BulkCopyError` says how many rows landed (``rows_copied``).
 
+Every batch, asyncpg's COPY included, is written inside a transaction that SQLAlchemy began and
+ends, never one opened on the driver connection behind its back, so a cancellation cannot leave a
+transaction open on a pooled connection; a COPY interrupted half-way discards its connection. A
+load into MySQL or MariaDB adds ``NO_AUTO_VALUE_ON_ZERO`` (a 0 in an AUTO_INCREMENT column stays 0,
+as with mysqldump) and ``STRICT_ALL_TABLES`` (a value a column cannot hold is an error, not a
+warning and a changed value) to its session's ``sql_mode``, and gives the connection its own mode
+back afterwards.
+
 Python-side column defaults (``Column(default=...)``) of columns that are not copied are not
 applied: give such columns a ``server_default`` or copy them explicitly.
 """
@@ -49,6 +57,7 @@ from sqlalchemy.sql import util as sql_util
 from .engines import bind_config
 from .exceptions import BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from .models import bind_key_of
+from .scoping import run_to_completion
 
 if TYPE_CHECKING:
     from .config import BindKey
@@ -452,35 +461,102 @@ async def _batched(
 # -- writing ---------------------------------------------------------------------------------
 
 
-class _Writer:
-    """Writes batches of rows into one table through one connection, with the driver's fast path."""
+#: Added to a MySQL or MariaDB session's sql_mode for a load, and taken away after it:
+#: NO_AUTO_VALUE_ON_ZERO keeps a 0 in an AUTO_INCREMENT column a 0 instead of making it the next
+#: value (mysqldump sets it too); STRICT_ALL_TABLES makes a value that a column cannot hold an
+#: error rather than a warning and a changed value.
+_MYSQL_LOAD_MODE = (
+    "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+    "'NO_AUTO_VALUE_ON_ZERO', 'STRICT_ALL_TABLES')"
+)
+_NOT_SET: Any = object()
 
-    def __init__(self, conn: AsyncConnection, table: sa.Table, names: Sequence[str]) -> None:
+
+class _Writer:
+    """Writes batches of rows into one table through one connection, with the driver's fast path,
+    each batch inside the transaction (or savepoint) that the caller began with SQLAlchemy."""
+
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        names: Sequence[str],
+    ) -> None:
         dialect = conn.dialect
         self._conn = conn
         self._table = table
         self._names = list(names)
         self._convert = _row_converter(table, names, dialect)
         self._copy = dialect.name == "postgresql" and dialect.driver == "asyncpg"
-        self._driver: Any = None
+        self._mysql = dialect.name in ("mysql", "mariadb")
+        self._saved_mode: Any = _NOT_SET
         if not self._copy:
             self._sql = _insert_sql(conn, table, names)
 
     async def write(self, rows: Sequence[Any]) -> None:
         convert = self._convert
         records = [convert(row) for row in rows]
+        if self._mysql and self._saved_mode is _NOT_SET:
+            self._saved_mode = await self._conn.scalar(sa.text("SELECT @@SESSION.sql_mode"))
+            await self._conn.exec_driver_sql(_MYSQL_LOAD_MODE)
         if self._copy:
-            driver = self._driver
-            if driver is None:
-                raw = await self._conn.get_raw_connection()
-                driver = self._driver = raw.driver_connection
-            schema = _schema_of(self._conn, self._table)
-            async with driver.transaction():
-                await driver.copy_records_to_table(
-                    self._table.name, records=records, columns=self._names, schema_name=schema
-                )
+            await self._copy_records(records)
         else:
             await self._conn.exec_driver_sql(self._sql, records)
+
+    async def _copy_records(self, records: list[Any]) -> None:
+        conn = self._conn
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        if not driver.is_in_transaction():
+            # SQLAlchemy's asyncpg adapter sends its BEGIN with the first statement of a
+            # transaction. Send one, so that the COPY runs in the transaction that SQLAlchemy
+            # commits or rolls back, not in one of its own that nobody ends.
+            await conn.exec_driver_sql("SELECT 1")
+            dbapi = raw.dbapi_connection
+            autocommit = dbapi is not None and conn.dialect.detect_autocommit_setting(dbapi)
+            if not driver.is_in_transaction() and not autocommit:
+                raise RuntimeError(
+                    "the connection is not in a transaction although SQLAlchemy began one; "
+                    "the COPY was not sent"
+                )
+        schema = _schema_of(conn, self._table)
+        try:
+            await driver.copy_records_to_table(
+                self._table.name, records=records, columns=self._names, schema_name=schema
+            )
+        except Exception:
+            # asyncpg raises once the exchange is over (the server refused, or a value could not
+            # be encoded): the transaction has failed and SQLAlchemy's rollback ends it. Unless
+            # the connection itself is gone.
+            if driver.is_closed():
+                await _discard(conn)
+            raise
+        except BaseException:
+            # Interrupted half-way (a cancellation): the connection is in an unknown state. Drop
+            # it at once, without the goodbye a COPY in progress would hold up, and discard it.
+            driver.terminate()
+            await _discard(conn)
+            raise
+
+    async def finish(self) -> None:
+        """Give the connection back its own sql_mode, or discard it if that cannot be done, so
+        that no pooled connection keeps the load's."""
+        conn = self._conn
+        if self._saved_mode is _NOT_SET or conn.invalidated:
+            return
+        try:
+            await conn.exec_driver_sql("SET SESSION sql_mode = %s", (self._saved_mode,))
+        except BaseException:
+            await _discard(conn)
+            raise
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Invalidate ``conn`` (its pool opens a new connection in its place), even if the caller is
+    cancelled meanwhile."""
+    if not conn.invalidated:
+        await run_to_completion(conn.invalidate())
 
 
 def _schema_of(conn: AsyncConnection, table: sa.Table) -> str | None:
@@ -558,6 +634,8 @@ async def _write_batches(
                 rows_copied=rows_done,
                 table=table.fullname,
             ) from exc
+        finally:
+            await run_to_completion(writer.finish())
     return rows_done, count
 
 
