@@ -9,11 +9,13 @@ has:
   ``INSERT ... VALUES (...), (...)`` statements;
 * SQLite (aiosqlite) and any other driver: ``executemany``.
 
-Values are converted the way an ``INSERT`` through SQLAlchemy would convert them: each target
-column's type gets its bind processor for the target dialect (JSON is serialised, SQLite dates
-become text, ...). NULL stays SQL NULL, also in JSON columns. A timezone-aware datetime going into
-a column that cannot keep the zone (``DateTime()`` anywhere, every datetime on MySQL and SQLite) is
-stored as UTC; a naive datetime going into PostgreSQL ``timestamptz`` is taken as UTC.
+Values are converted the way an ``INSERT`` through SQLAlchemy would convert them, and a value the
+target column cannot hold exactly fails the batch instead of landing changed (see
+:mod:`asyncbind.values`). NULL stays SQL NULL, also in JSON columns; a copy reads JSON columns as
+their text, so JSON ``null`` stays JSON ``null`` and the text is what the source holds. A
+timezone-aware datetime going into a column that cannot keep the zone (``DateTime()`` anywhere,
+every datetime on MySQL and SQLite) is stored as UTC; a naive datetime going into PostgreSQL
+``timestamptz`` is taken as UTC.
 
 Every batch is its own transaction (a SAVEPOINT when loading through a connection that is already in
 a transaction). When a batch fails it is rolled back, the batches before it stay, and
@@ -35,13 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Callable,
+    Collection,
     Hashable,
     Iterable,
     Mapping,
@@ -58,6 +59,7 @@ from .engines import bind_config
 from .exceptions import BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from .models import bind_key_of
 from .scoping import run_to_completion
+from .values import is_json, row_converter
 
 if TYPE_CHECKING:
     from .config import BindKey
@@ -164,7 +166,7 @@ async def copy(
     _check_batch_size(batch_size)
     target_table = _as_table(target, "target")
     _refuse_read_only(target_engine, target_table, "a bulk copy")
-    select, names = _plan(source, target_table, columns)
+    select, names, raw_json = _plan(source, target_table, columns)
     started = time.perf_counter()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
 
@@ -192,7 +194,9 @@ async def copy(
     producer = asyncio.get_running_loop().create_task(produce())
     try:
         async with contextlib.aclosing(batches()) as received:
-            rows_done, count = await _write_batches(target_engine, target_table, names, received)
+            rows_done, count = await _write_batches(
+                target_engine, target_table, names, received, raw_json
+            )
     finally:
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -273,8 +277,9 @@ def _as_select(source: Any) -> sa.Select[Any]:
 
 def _plan(
     source: Any, target: sa.Table, columns: Sequence[str] | None
-) -> tuple[sa.Select[Any], list[str]]:
-    """The SELECT to stream and the target column names its rows fill, in order."""
+) -> tuple[sa.Select[Any], list[str], frozenset[str]]:
+    """The SELECT to stream, the target column names its rows fill (in order), and those of them
+    that are read as JSON text."""
     if isinstance(source, sa.Select):
         names = [str(key) for key in source.selected_columns.keys()]
         _check_columns(target, names, "the select()'s column names")
@@ -283,7 +288,7 @@ def _plan(
                 "columns= cannot reorder a select(); label the select()'s columns with the "
                 f"target's names instead (the select() gives {names})."
             )
-        return source, names
+        return _json_as_text(source, names)
     table = _as_table(source, "source")
     if columns is not None:
         names = list(columns)
@@ -301,7 +306,27 @@ def _plan(
                 f"Tables {table.fullname!r} and {target.fullname!r} have no column name in "
                 "common. Pass a select() whose columns are labelled with the target's names."
             )
-    return sa.select(*(table.c[n] for n in names)), names
+    return _json_as_text(sa.select(*(table.c[n] for n in names)), names)
+
+
+def _json_as_text(
+    select: sa.Select[Any], names: list[str]
+) -> tuple[sa.Select[Any], list[str], frozenset[str]]:
+    """``select`` with its JSON columns read as their text.
+
+    Read as Python objects, JSON ``null`` and SQL NULL are both None, and a round trip through
+    Python may change the text (key order, number spelling); as text they go into the target as
+    they are.
+    """
+    selected = list(select.selected_columns)
+    raw = frozenset(name for name, col in zip(names, selected, strict=True) if is_json(col.type))
+    if not raw:
+        return select, names, raw
+    columns = [
+        sa.cast(col, sa.Text).label(name) if name in raw else col
+        for name, col in zip(names, selected, strict=True)
+    ]
+    return select.with_only_columns(*columns, maintain_column_froms=True), names, raw
 
 
 def _check_columns(table: sa.Table, names: Sequence[str], what: str = "columns=") -> None:
@@ -359,70 +384,7 @@ async def _read_batches(
                 await conn.invalidate()
 
 
-# -- converting ------------------------------------------------------------------------------
-
-_UTC = dt.UTC
-
-
-def _utc_naive(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(_UTC).replace(tzinfo=None)
-    return value
-
-
-def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
-    while isinstance(type_, sa.types.TypeDecorator):
-        type_ = type_.impl_instance
-    return type_
-
-
-def _converter(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
-    """The function that turns a Python value into what ``dialect``'s driver takes for
-    ``column``, or None when the value goes as it is. Never called with None."""
-    steps: list[Callable[[Any], Any]] = []
-    base = _base_type(column.type)
-    if isinstance(base, sa.DateTime) and not (dialect.name == "postgresql" and base.timezone):
-        steps.append(_utc_naive)
-    impl = column.type.dialect_impl(dialect)
-    processor = impl.bind_processor(dialect)
-    if isinstance(impl, sa.Boolean) and dialect.supports_native_boolean:
-        # Only checks that the value is a bool; the driver checks that as well.
-        processor = None
-    if processor is not None:
-        steps.append(processor)
-    if not steps:
-        return None
-    if len(steps) == 1:
-        return steps[0]
-    first, second = steps
-
-    def both(value: Any) -> Any:
-        return second(first(value))
-
-    return both
-
-
-def _row_converter(
-    table: sa.Table, names: Sequence[str], dialect: sa.Dialect
-) -> Callable[[Sequence[Any]], Sequence[Any]]:
-    """Make one row driver-ready: a tuple of converted values, in ``names`` order."""
-    todo = [
-        (i, conv)
-        for i, name in enumerate(names)
-        if (conv := _converter(table.c[name], dialect)) is not None
-    ]
-    if not todo:
-        return tuple
-
-    def convert(row: Sequence[Any]) -> Sequence[Any]:
-        values = list(row)
-        for i, conv in todo:
-            value = values[i]
-            if value is not None:
-                values[i] = conv(value)
-        return tuple(values)
-
-    return convert
+# -- batching --------------------------------------------------------------------------------
 
 
 async def _batched(
@@ -481,12 +443,13 @@ class _Writer:
         conn: AsyncConnection,
         table: sa.Table,
         names: Sequence[str],
+        raw_json: Collection[str] = (),
     ) -> None:
         dialect = conn.dialect
         self._conn = conn
         self._table = table
         self._names = list(names)
-        self._convert = _row_converter(table, names, dialect)
+        self._convert = row_converter(table, names, dialect, raw_json)
         self._copy = dialect.name == "postgresql" and dialect.driver == "asyncpg"
         self._mysql = dialect.name in ("mysql", "mariadb")
         self._saved_mode: Any = _NOT_SET
@@ -595,13 +558,17 @@ def _insert_sql(conn: AsyncConnection, table: sa.Table, names: Sequence[str]) ->
 
 
 async def _write_batches(
-    target: Bind, table: sa.Table, names: Sequence[str], batches: AsyncIterator[Sequence[Any]]
+    target: Bind,
+    table: sa.Table,
+    names: Sequence[str],
+    batches: AsyncIterator[Sequence[Any]],
+    raw_json: Collection[str] = (),
 ) -> tuple[int, int]:
     """Write every batch, each in its own transaction; (rows, batches) written."""
     rows_done = count = 0
     async with _connection(target) as conn:
         own = not isinstance(target, AsyncConnection)
-        writer = _Writer(conn, table, names)
+        writer = _Writer(conn, table, names, raw_json)
         try:
             async for batch in batches:
                 if not batch:

@@ -1,0 +1,262 @@
+"""Values on their way into a bulk write: made ready for the target column's driver, or refused.
+
+Each value is converted the way an ``INSERT`` through SQLAlchemy would convert it: the target
+column type's bind processor for the target dialect (JSON is serialised, SQLite dates become
+text, ...). A timezone-aware datetime going into a column that keeps no zone (``DateTime()``
+anywhere, every datetime on MySQL and SQLite) is stored as UTC.
+
+A value the target column cannot hold exactly is refused with a ValueError that names the column
+and the value, where the database would otherwise change it without an error:
+
+* a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round);
+* a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
+* a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``);
+* NaN into SQLite, which stores it as NULL;
+* microseconds into a datetime or time column that keeps fewer fractional digits (MySQL's
+  ``DATETIME`` and ``TIME`` keep none unless declared with ``fsp``; PostgreSQL's ``TIMESTAMP(p)``).
+
+Out-of-range integers, strings longer than the column, unknown enum values, infinities and NaN
+into MySQL are refused by the driver or the server already (MySQL's strict mode is set for the
+load, see :mod:`asyncbind.bulk`). Negative zero becomes zero on MySQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+import struct
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = ["is_json", "row_converter"]
+
+Convert = Callable[[Any], Any]
+
+_UTC = dt.UTC
+_MYSQL = ("mysql", "mariadb")
+# NUMERIC(10, 2) -> precision 10, scale 2; FLOAT(24) -> precision 24; DATETIME(6) -> 6.
+_SIZES = re.compile(r"\((\d+)(?:,\s*(\d+))?\)")
+
+
+def row_converter(
+    table: sa.Table, names: Sequence[str], dialect: sa.Dialect, raw_json: Collection[str] = ()
+) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """Make one row driver-ready: a tuple of converted values, in ``names`` order.
+
+    ``raw_json`` names the columns whose values are already JSON text (read as text from a JSON
+    column of the source), which go as they are: SQL NULL stays NULL and JSON ``null`` stays
+    ``null``.
+    """
+    todo = [
+        (i, conv)
+        for i, name in enumerate(names)
+        if (conv := _converter(table.c[name], dialect, name in raw_json)) is not None
+    ]
+    if not todo:
+        return tuple
+
+    def convert(row: Sequence[Any]) -> tuple[Any, ...]:
+        values = list(row)
+        for i, conv in todo:
+            value = values[i]
+            if value is not None:
+                values[i] = conv(value)
+        return tuple(values)
+
+    return convert
+
+
+def is_json(type_: sa.types.TypeEngine[Any]) -> bool:
+    """Whether ``type_`` is a JSON type (also under a TypeDecorator)."""
+    return isinstance(_base_type(type_), sa.JSON)
+
+
+def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    while isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.impl_instance
+    return type_
+
+
+def _converter(column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool) -> Convert | None:
+    """What turns a Python value into what ``dialect``'s driver takes for ``column`` (checking
+    first that the column can hold it), or None when values go as they are. Never called with
+    None."""
+    base = _base_type(column.type)
+    if raw_json and isinstance(base, sa.JSON):
+        return None
+    steps: list[Convert] = []
+    check = _check(column, base, dialect)
+    if check is not None:
+        steps.append(check)
+    if isinstance(base, sa.DateTime) and not (dialect.name == "postgresql" and base.timezone):
+        steps.append(_utc_naive)
+    impl = column.type.dialect_impl(dialect)
+    processor = impl.bind_processor(dialect)
+    if isinstance(impl, sa.Boolean) and dialect.supports_native_boolean:
+        processor = None  # only checks that the value is a bool; the driver checks that as well
+    if processor is not None:
+        steps.append(processor)
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+    if len(steps) == 2:
+        first, second = steps
+        return lambda value: second(first(value))
+    first, second, third = steps
+    return lambda value: third(second(first(value)))
+
+
+def _utc_naive(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(_UTC).replace(tzinfo=None)
+    return value
+
+
+# -- what a column can hold ------------------------------------------------------------------
+
+
+def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Convert | None:
+    """A function that returns a value the column holds exactly and raises ValueError for one
+    the database would change; None when the database refuses what it cannot hold by itself."""
+    if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time):
+        return None
+    name = dialect.name
+    if name == "sqlite":
+        if isinstance(base, sa.Float):
+            return _no_nan(column.name)
+        return _survives_sqlite(column, dialect) if isinstance(base, sa.Numeric) else None
+    if name != "postgresql" and name not in _MYSQL:
+        return None
+    # What the column is, as the DDL it was created with says: NUMERIC(10, 2), DATETIME(6), ...
+    ddl = column.type.compile(dialect=dialect).upper()
+    sizes = _SIZES.search(ddl)
+    precision = int(sizes.group(1)) if sizes else None
+    scale = int(sizes.group(2)) if sizes and sizes.group(2) else None
+    if isinstance(base, sa.Float):
+        # MySQL's FLOAT and FLOAT(p <= 24) are 4 bytes, PostgreSQL's REAL and FLOAT(p <= 24) too.
+        small = (precision is None or precision <= 24) and scale is None
+        if name == "postgresql":
+            single = ddl == "REAL" or (ddl.startswith("FLOAT(") and small)
+        else:
+            single = ddl.startswith("FLOAT") and small
+        return _single_precision(column.name, ddl) if single else None
+    if isinstance(base, sa.Numeric):
+        if name == "postgresql" and precision is None:
+            return None  # NUMERIC without a precision keeps any scale
+        return _decimal_places(column.name, ddl, scale or 0)  # MySQL's DECIMAL is (10, 0)
+    digits = precision if precision is not None else (6 if name == "postgresql" else 0)
+    return _fractional_seconds(column.name, ddl, digits) if digits < 6 else None
+
+
+def _refuse(column: str, ddl: str, value: Any, problem: str, fix: str) -> ValueError:
+    return ValueError(f"column {column!r} ({ddl}) cannot hold {value!r}: {problem}. {fix}")
+
+
+#: Enough precision for any decimal a driver hands over, so that quantize() never rounds.
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
+def _decimal_places(column: str, ddl: str, scale: int) -> Convert:
+    quantum = decimal.Decimal(1).scaleb(-scale)
+
+    def check(value: Any) -> Any:
+        number = decimal.Decimal(repr(value)) if isinstance(value, float) else value
+        if (
+            not isinstance(number, decimal.Decimal)
+            or number.same_quantum(quantum)  # what a column of this scale gives: cheap to see
+            or not number.is_finite()  # NaN and infinities are the database's to refuse
+        ):
+            return value
+        if number.quantize(quantum, context=_EXACT) != number:
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                f"it keeps {scale} decimal place(s), so it would be rounded",
+                "Give the target column a larger scale, or round the values first.",
+            )
+        return value
+
+    return check
+
+
+def _survives_sqlite(column: sa.Column[Any], dialect: sa.Dialect) -> Convert | None:
+    """SQLite keeps a decimal as a float: refuse one that does not read back as it went in."""
+    impl = column.type.dialect_impl(dialect)
+    to_driver = impl.bind_processor(dialect)
+    from_driver = impl.result_processor(dialect, None)
+    if to_driver is None or from_driver is None:  # asdecimal=False: floats in, floats out
+        return None
+
+    def check(value: Any) -> Any:
+        if isinstance(value, decimal.Decimal) and from_driver(to_driver(value)) != value:
+            raise _refuse(
+                column.name,
+                "SQLite",
+                value,
+                "SQLite keeps decimals as 8-byte floats, which would change it",
+                "Store it in a String column, or copy into a server database.",
+            )
+        return value
+
+    return check
+
+
+def _no_nan(column: str) -> Convert:
+    def check(value: Any) -> Any:
+        if value != value:
+            raise _refuse(
+                column,
+                "SQLite",
+                value,
+                "SQLite stores NaN as NULL",
+                "Replace NaN by NULL first if that is what you mean.",
+            )
+        return value
+
+    return check
+
+
+_FLOAT32 = struct.Struct("<f")
+
+
+def _single_precision(column: str, ddl: str) -> Convert:
+    def check(value: Any) -> Any:
+        if isinstance(value, float) and value == value:
+            try:
+                same = _FLOAT32.unpack(_FLOAT32.pack(value))[0] == value
+            except OverflowError:
+                same = False
+            if not same:
+                raise _refuse(
+                    column,
+                    ddl,
+                    value,
+                    "it is a 4-byte float, which would round it",
+                    "Declare the column as sqlalchemy.Double.",
+                )
+        return value
+
+    return check
+
+
+def _fractional_seconds(column: str, ddl: str, digits: int) -> Convert:
+    unit = 10 ** (6 - digits)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dt.datetime | dt.time) and value.microsecond % unit:
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                f"it keeps {digits} fractional second digit(s) and would drop the rest",
+                "Declare it with 6 (mysql.DATETIME(fsp=6), mysql.TIME(fsp=6), "
+                "postgresql.TIMESTAMP(precision=6)), or truncate the values first.",
+            )
+        return value
+
+    return check

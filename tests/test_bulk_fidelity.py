@@ -1,0 +1,505 @@
+"""A copy reproduces its source exactly, or fails: every direction between PostgreSQL, MariaDB and
+SQLite, for the types people move, on real servers.
+
+The source rows are written with plain SQLAlchemy (not the bulk path), both tables are read back
+through SQLAlchemy, and the values are compared after the documented normalisation: aware
+datetimes in UTC (PostgreSQL's ``timestamptz`` keeps them aware, the others naive), floats by
+``repr``, JSON with whether it is SQL NULL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import BACKENDS, NewDatabase
+from sqlalchemy.dialects import mysql, postgresql
+
+from asyncbind import AsyncBind, BulkCopyError
+from asyncbind.bulk import load_rows
+
+UTC = dt.UTC
+
+
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+    BLUE = "blue"
+
+
+def columns() -> list[sa.Column[Any]]:
+    """One column per kind of value; MySQL's datetimes and times keep microseconds (fsp=6)."""
+    micro: dict[str, Any] = {"fsp": 6}
+    return [
+        # AUTO_INCREMENT on MySQL, where a 0 means "the next value" unless told otherwise.
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("big", sa.BigInteger),
+        sa.Column("num", sa.Numeric(18, 6)),
+        sa.Column("dbl", sa.Double),
+        sa.Column("text", sa.String(60)),
+        sa.Column("blob", sa.LargeBinary),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("day", sa.Date),
+        sa.Column("clock", sa.Time().with_variant(mysql.TIME(**micro), "mysql", "mariadb")),
+        sa.Column("naive", sa.DateTime().with_variant(mysql.DATETIME(**micro), "mysql", "mariadb")),
+        sa.Column(
+            "aware",
+            sa.DateTime(timezone=True).with_variant(
+                mysql.DATETIME(timezone=True, **micro), "mysql", "mariadb"
+            ),
+        ),
+        sa.Column("doc", sa.JSON(none_as_null=True)),
+        sa.Column("uid", sa.Uuid),
+        sa.Column("color", sa.Enum(Color, name="color")),
+        sa.Column("size", sa.Enum("S", "M", "L", name="size")),
+    ]
+
+
+NAMES = [c.name for c in columns()]
+PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
+MINUS_FIVE_THIRTY = dt.timezone(-dt.timedelta(hours=5, minutes=30))
+#: One row per interesting value; the columns a row does not name are NULL.
+ROWS: list[dict[str, Any]] = [
+    {
+        "id": 0,
+        "big": 0,
+        "num": Decimal("0"),
+        "dbl": 0.0,
+        "text": "",
+        "blob": b"",
+        "flag": False,
+        "day": dt.date(1970, 1, 1),
+        "clock": dt.time(0, 0),
+        "naive": dt.datetime(1970, 1, 1),
+        "aware": dt.datetime(1970, 1, 1, tzinfo=UTC),
+        "doc": {},
+        "uid": uuid.UUID(int=0),
+        "color": Color.RED,
+        "size": "S",
+    },
+    {
+        "id": -1,
+        "big": -1,
+        "num": Decimal("-1234.5"),
+        "dbl": 0.1 + 0.2,
+        "text": "Zoë 東京 Ελλάδα",
+        "blob": b"\x00",
+        "flag": True,
+        "day": dt.date(2000, 2, 29),
+        "clock": dt.time(23, 59, 59, 999_999),
+        "naive": dt.datetime(2024, 2, 29, 23, 59, 59, 999_999),
+        "aware": dt.datetime(2024, 1, 1, 1, 30, 0, 123_456, tzinfo=PLUS_TWO),
+        "doc": sa.JSON.NULL,  # JSON null, not SQL NULL
+        "uid": uuid.UUID(int=2**128 - 1),
+        "color": Color.GREEN,
+        "size": "M",
+    },
+    {
+        "id": 1,
+        "big": 2**63 - 1,
+        "num": Decimal("123456789.123456"),
+        "dbl": 1 / 3,
+        "text": "emoji 🎉👍🏽 𝄞 (four bytes each)",
+        "blob": bytes(range(256)),
+        "day": dt.date(9999, 12, 31),
+        "clock": dt.time(12, 34, 56, 789),
+        "naive": dt.datetime(9999, 12, 31, 23, 59, 59, 999_999),
+        "aware": dt.datetime(2038, 1, 19, 3, 14, 8, 1, tzinfo=MINUS_FIVE_THIRTY),
+        "doc": {"nested": {"list": [1, 2.5, None, True, "é🎉"]}, "big": 2**63 - 1, "": "key"},
+        "uid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "color": Color.BLUE,
+        "size": "L",
+    },
+    {
+        "id": 2,
+        "big": -(2**63),
+        "num": Decimal("-0.000001"),
+        "dbl": 1.7976931348623157e308,
+        "text": "quote ' \" \\ %s %(x)s ? :name $1 --",
+        "blob": b"\x00\xff'\\\"\x00",
+        "day": dt.date(1, 1, 1),
+        "naive": dt.datetime(1, 1, 1),
+        "doc": [],
+    },
+    {"id": 3, "dbl": 5e-324, "num": Decimal("99999999.999999"), "text": "tab\tnew\nline\r\n"},
+    {"id": 4, "dbl": 2.2250738585072014e-308, "text": "trailing spaces  ", "doc": "a string"},
+    {"id": 5, "dbl": -1e-300, "text": "  leading", "doc": [[], {}, "null", 0, -1.5e-10]},
+    {"id": 6},  # SQL NULL everywhere
+    {"id": 2**31 - 1, "flag": True, "doc": 0},
+]
+
+
+def _direction(source: str, target: str) -> Any:
+    marks = [getattr(pytest.mark, b) for b in dict.fromkeys((source, target))]
+    return pytest.param((source, target), id=f"{source}->{target}", marks=marks)
+
+
+@pytest.fixture(params=[_direction(s, t) for s in BACKENDS for t in BACKENDS])
+def direction(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A source backend and a target backend: the six directions between different ones, and
+    each backend into itself."""
+    return request.param  # type: ignore[no-any-return]
+
+
+async def source_and_target(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> tuple[AsyncBind, sa.Table, sa.Table]:
+    source_backend, target_backend = direction
+    db = make_db(
+        binds={
+            "source": await new_database(source_backend),
+            "target": await new_database(target_backend),
+        }
+    )
+    source = db.Table("fidelity", *columns(), bind_key="source")
+    target = db.Table("fidelity", *columns(), bind_key="target")
+    await db.create_all()
+    return db, source, target
+
+
+async def insert_plainly(db: AsyncBind, key: str, table: sa.Table, rows: Sequence[Any]) -> None:
+    """Insert ``rows`` with a plain SQLAlchemy INSERT, every column given (NULL where a row has
+    none). Aware datetimes are given in UTC: where the column keeps no zone, a plain INSERT drops
+    the zone without converting. On MySQL the id 0 needs NO_AUTO_VALUE_ON_ZERO, on a connection
+    then thrown away."""
+    full = [{name: _in_utc(row.get(name)) for name in table.c.keys()} for row in rows]
+    async with db.get_engine(key).connect() as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            await conn.exec_driver_sql("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'")
+        await conn.execute(table.insert(), full)
+        await conn.commit()
+        await conn.invalidate()
+
+
+def _in_utc(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
+    return value
+
+
+async def read_back(db: AsyncBind, key: str, table: sa.Table) -> list[tuple[Any, ...]]:
+    """Every row through SQLAlchemy, normalised, in id order."""
+    query = sa.select(table, table.c.doc.is_(None).label("doc_is_sql_null")).order_by(table.c.id)
+    async with db.get_engine(key).connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    aware = [row["aware"] for row in rows if row["aware"] is not None]
+    if db.get_engine(key).dialect.name == "postgresql":
+        assert all(v.utcoffset() == dt.timedelta(0) for v in aware)  # timestamptz: aware, UTC
+    else:
+        assert all(v.tzinfo is None for v in aware)  # no zone kept: naive, in UTC
+    return [normalise(row, bool(row["doc_is_sql_null"])) for row in rows]
+
+
+def normalise(row: Mapping[str, Any], doc_is_sql_null: bool) -> tuple[Any, ...]:
+    values: list[Any] = []
+    for name in NAMES:
+        value = row.get(name)
+        if name == "aware" and value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        elif name == "doc" and value is sa.JSON.NULL:
+            value = None
+        elif isinstance(value, float):
+            value = repr(value)  # -0.0 and 0.0 differ, and so do close floats
+        values.append(value)
+    return (*values, doc_is_sql_null)
+
+
+def differences(
+    got: Sequence[tuple[Any, ...]], want: Sequence[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """(id, column, got, wanted) for every value that differs, and the rows only one side has."""
+    names = [*NAMES, "doc_is_sql_null"]
+    found = []
+    for a, b in zip(got, want, strict=False):
+        found += [(b[0], n, x, y) for n, x, y in zip(names, a, b, strict=True) if x != y]
+    return found + [("row", "count", len(got), len(want))] * (len(got) != len(want))
+
+
+def expected() -> list[tuple[Any, ...]]:
+    rows = sorted(ROWS, key=lambda row: row["id"])
+    return [normalise(row, row.get("doc") is None) for row in rows]
+
+
+async def test_copy_reproduces_every_value(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    db, source, target = await source_and_target(direction, new_database, make_db)
+    await insert_plainly(db, "source", source, ROWS)
+    assert differences(await read_back(db, "source", source), expected()) == []
+
+    result = await db.copy(source, target, batch_size=4)
+
+    assert (result.rows, result.batches) == (len(ROWS), 3)
+    assert differences(await read_back(db, "target", target), expected()) == []
+
+
+async def test_load_rows_writes_every_value(
+    backend: str, url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The same values from Python (not from a source database) land as they are."""
+    db = make_db(url)
+    target = db.Table("fidelity", *columns())
+    await db.create_all()
+
+    await load_rows(db.engine, target, [{n: row.get(n) for n in NAMES} for row in ROWS])
+
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(target).order_by(target.c.id))).mappings().all()
+    sql_null = [row["id"] for row in ROWS if row.get("doc") is None]
+    assert differences([normalise(row, row["id"] in sql_null) for row in rows], expected()) == []
+
+
+# -- values a target cannot hold -------------------------------------------------------------
+
+
+def _case(target: str, type_: Any, good: Any, bad: Any, says: str, id: str) -> Any:
+    return pytest.param(
+        target, type_, good, bad, says, id=f"{id}-{target}", marks=[getattr(pytest.mark, target)]
+    )
+
+
+UNREPRESENTABLE = [
+    _case("postgresql", sa.Integer, 2**31 - 1, 2**31, "int32", "int64-into-int32"),
+    _case("mysql", sa.Integer, 2**31 - 1, 2**31, "Out of range", "int64-into-int32"),
+    _case(
+        "postgresql", sa.Numeric(10, 2), Decimal("1.20"), Decimal("1.239"), "decimal place", "scale"
+    ),
+    _case("mysql", sa.Numeric(10, 2), Decimal("1.20"), Decimal("1.239"), "decimal place", "scale"),
+    _case("postgresql", sa.Numeric(10, 2), 1.5, 1 / 3, "decimal place", "float-scale"),
+    _case(
+        "postgresql", sa.Numeric(5, 2), Decimal("999.99"), Decimal("1000"), "overflow", "precision"
+    ),
+    _case(
+        "mysql", sa.Numeric(5, 2), Decimal("999.99"), Decimal("1000"), "Out of range", "precision"
+    ),
+    _case(
+        "sqlite",
+        sa.Numeric(30, 10),
+        Decimal("1234.5"),
+        Decimal("12345678901234567890.1234567891"),
+        "8-byte floats",
+        "decimal",
+    ),
+    _case("postgresql", sa.REAL, 0.5, 0.1, "4-byte float", "double-into-real"),
+    _case("mysql", sa.Float, 0.5, 0.1, "4-byte float", "double-into-float"),
+    _case("sqlite", sa.Double, math.inf, math.nan, "NaN as NULL", "nan"),
+    _case("mysql", sa.Double, 1.5, math.inf, "inf can not be used", "inf"),
+    _case("mysql", sa.Double, 1.5, math.nan, "nan can not be used", "nan"),
+    _case(
+        "postgresql",
+        postgresql.TIMESTAMP(precision=0),
+        dt.datetime(2024, 1, 1, 1, 1, 1),
+        dt.datetime(2024, 1, 1, 1, 1, 1, 500_000),
+        "fractional second",
+        "timestamp0-micro",
+    ),
+    _case(
+        "mysql",
+        sa.DateTime,
+        dt.datetime(2024, 1, 1, 1, 1, 1),
+        dt.datetime(2024, 1, 1, 1, 1, 1, 1),
+        "fractional second",
+        "datetime-micro",
+    ),
+    _case(
+        "mysql",
+        mysql.DATETIME(fsp=3),
+        dt.datetime(2024, 1, 1, 1, 1, 1, 123_000),
+        dt.datetime(2024, 1, 1, 1, 1, 1, 123_400),
+        "3 fractional",
+        "datetime3-micro",
+    ),
+    _case(
+        "mysql",
+        sa.Time,
+        dt.time(1, 1, 1),
+        dt.time(1, 1, 1, 999_999),
+        "fractional second",
+        "time-micro",
+    ),
+    _case("postgresql", sa.String(5), "abcde", "abcdef", "too long", "string"),
+    _case("mysql", sa.String(5), "abcde", "abcdef", "too long", "string"),
+    _case("postgresql", sa.Enum("a", "b", name="ab"), "b", "c", "invalid input value", "enum"),
+    _case("mysql", sa.Enum("a", "b", name="ab"), "b", "c", "truncated", "enum"),
+]
+
+
+@pytest.mark.parametrize(
+    ("backend", "type_", "good", "bad", "says"), UNREPRESENTABLE, indirect=["backend"]
+)
+async def test_a_value_the_target_cannot_hold_fails_the_copy(
+    backend: str,
+    url: str,
+    type_: Any,
+    good: Any,
+    bad: Any,
+    says: str,
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    """Never something else instead: the batch with the value fails, the one before it stays."""
+    db = make_db(url)
+    target = db.Table(
+        "narrow",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("v", type_),
+    )
+    await db.create_all()
+
+    with pytest.raises(BulkCopyError) as caught:
+        await load_rows(db.engine, target, [(1, good), (2, bad), (3, good)], batch_size=1)
+
+    assert caught.value.rows_copied == 1
+    assert says in str(caught.value)
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(sa.select(target.c.id, target.c.v))).all() == [(1, good)]
+
+
+# -- what is documented rather than exact ----------------------------------------------------
+
+
+TARGETS = [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in BACKENDS]
+SPECIAL = [(1, -0.0), (2, math.inf), (3, -math.inf), (4, math.nan)]
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("target_backend", TARGETS)
+async def test_infinities_nan_and_negative_zero(
+    target_backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """PostgreSQL keeps all four; MariaDB refuses infinities and NaN, SQLite refuses NaN (it
+    would store NULL); both keep no negative zero, which arrives as 0.0."""
+    db = make_db(
+        binds={
+            "source": await new_database("postgresql"),
+            "target": await new_database(target_backend),
+        }
+    )
+    tables = [
+        db.Table(
+            "floats",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("v", sa.Double),
+            bind_key=key,
+        )
+        for key in ("source", "target")
+    ]
+    await db.create_all()
+    await insert_plainly(db, "source", tables[0], [{"id": i, "v": v} for i, v in SPECIAL])
+
+    if target_backend == "postgresql":
+        assert (await db.copy(tables[0], tables[1], batch_size=1)).rows == 4
+    else:
+        with pytest.raises(BulkCopyError) as caught:
+            await db.copy(tables[0], tables[1], batch_size=1)
+        assert caught.value.rows_copied == (1 if target_backend == "mysql" else 3)
+
+    async with db.get_engine("target").connect() as conn:
+        got = [
+            (i, repr(v))
+            for i, v in await conn.execute(sa.select(*tables[1].c).order_by(tables[1].c.id))
+        ]
+    everything = [(i, repr(v)) for i, v in SPECIAL]
+    assert (
+        got
+        == {
+            "postgresql": everything,
+            "mysql": [(1, "0.0")],
+            "sqlite": [(1, "0.0"), (2, "inf"), (3, "-inf")],
+        }[target_backend]
+    )
+
+
+@pytest.mark.mysql
+async def test_a_lax_mysql_session_still_fails_a_value_instead_of_changing_it(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A session without strict mode, on a connection whose charset has no 4-byte characters,
+    truncates strings and turns emoji into '?' with a warning; a load into it fails instead, and
+    leaves the session's mode as it found it."""
+    url = sa.make_url(await new_database("mysql")).update_query_dict({"charset": "utf8mb3"})
+    db = make_db(
+        {
+            "url": url.render_as_string(hide_password=False),
+            "connect_args": {"init_command": "SET SESSION sql_mode = ''"},
+            "pool_size": 1,
+            "max_overflow": 0,
+        }
+    )
+    target = db.Table(
+        "lax",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("v", sa.String(5)),
+        mysql_charset="utf8mb4",
+    )
+    await db.create_all()
+    async with db.session() as session:  # what a plain INSERT does there
+        await session.execute(target.insert(), [{"id": 1, "v": "abcdefgh"}, {"id": 2, "v": "🎉"}])
+        await session.commit()
+        assert (
+            await session.execute(sa.select(target.c.v).order_by(target.c.id))
+        ).scalars().all() == ["abcde", "????"]
+
+    for value, says in (("abcdefgh", "too long"), ("🎉", "Incorrect string value")):
+        with pytest.raises(BulkCopyError, match=says):
+            await load_rows(db.engine, target, [(3, value)])
+
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(sa.text("SELECT @@SESSION.sql_mode"))).scalar() == ""
+        assert (await conn.execute(sa.text("SELECT count(*) FROM lax"))).scalar() == 2
+
+
+async def test_json_text_is_copied_as_the_source_holds_it(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A copy does not parse and re-serialise JSON: spacing, escapes and number spelling stay
+    (PostgreSQL's json, MariaDB's JSON and SQLite keep the text they were given; SQLite turns a
+    document that is a bare number into a number, so none is one here)."""
+    source_backend, target_backend = direction
+    db = make_db(
+        binds={
+            "source": await new_database(source_backend),
+            "target": await new_database(target_backend),
+        }
+    )
+    tables = [
+        db.Table(
+            "docs",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("doc", sa.JSON),
+            bind_key=key,
+        )
+        for key in ("source", "target")
+    ]
+    await db.create_all()
+    texts = [
+        '{"b":1,"a":[1.0, 1e2]}',
+        '"\\u00e9 é"',
+        "[0.1000000000000000055511151231257827]",
+        "null",
+    ]
+    async with db.get_engine("source").begin() as conn:
+        for i, text in enumerate(texts, 1):
+            doc = (
+                sa.cast(sa.literal(text), sa.Text)
+                if source_backend != "postgresql"
+                else sa.cast(sa.literal(text), postgresql.JSON)
+            )
+            await conn.execute(tables[0].insert().values(id=i, doc=doc))
+
+    await db.copy(tables[0], tables[1])
+
+    for key, table in zip(("source", "target"), tables, strict=True):
+        async with db.get_engine(key).connect() as conn:
+            stored = (
+                (await conn.execute(sa.select(sa.cast(table.c.doc, sa.Text)).order_by(table.c.id)))
+                .scalars()
+                .all()
+            )
+        assert stored == texts, key
