@@ -478,3 +478,20 @@ async def test_bind_config_follows_the_engine(make_db: Callable[..., AsyncBind])
         assert bind_config(foreign) is None
     finally:
         await foreign.dispose()
+
+
+async def test_load_through_an_autocommit_engine(
+    backend: str, url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """With AUTOCOMMIT there is no transaction to write in: each batch (one COPY or INSERT)
+    commits by itself."""
+    db = make_db(url)
+    target = db.Table("auto", *columns())
+    await db.create_all()
+
+    result = await load_rows(
+        db.engine.execution_options(isolation_level="AUTOCOMMIT"), target, sample(25), batch_size=10
+    )
+
+    assert (result.rows, result.batches) == (25, 3)
+    assert await fetch(db, target) == expected(sample(25), backend)

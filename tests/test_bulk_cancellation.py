@@ -12,6 +12,7 @@ exactly the connections the pools hold.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import statistics
@@ -118,8 +119,12 @@ async def settle(db: AsyncBind) -> None:
 
 
 async def test_cancelled_bulk_calls_lose_no_acknowledged_row(
-    server: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+    server: str,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING)
     context = f"seed {SEED} (rerun with ASYNCBIND_STORM_SEED={SEED})"
     urls = {None: await new_database(server), "source": await new_database(server)}
     db = make_db(
@@ -214,6 +219,13 @@ async def test_cancelled_bulk_calls_lose_no_acknowledged_row(
                 await asyncio.sleep(0.1)
                 connections = await server_connections(server, database)
             assert pooled == 1, (key, context)
+        # Nothing was logged as a problem: no failed reset, no connection left to the collector.
+        problems = [
+            f"{r.name}: {r.getMessage()}"
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name.split(".")[0] in ("sqlalchemy", "asyncbind")
+        ]
+        assert problems == [], context
 
 
 @pytest.mark.mysql
