@@ -11,10 +11,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from conftest import mysql_admin, postgresql_admin
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-#: A generous bound for waiting on server state; a hang fails instead of blocking the suite.
-GUARD = 60
 
 
 async def server_fetch(backend: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -81,17 +77,6 @@ async def server_connections(backend: str, database: str) -> int:
     return int(rows[0][0])
 
 
-async def pooled_equals_server(engine: AsyncEngine, backend: str, database: str) -> bool:
-    """Whether the server's connections to ``database`` are exactly the idle ones of ``engine``'s
-    pool, once the server has ended those the pool let go of (it does so a moment after the
-    client hangs up)."""
-    pooled = engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
-    async with asyncio.timeout(GUARD):
-        while True:
-            if await server_connections(backend, database) == pooled:
-                return True
-            await asyncio.sleep(0.1)
-
-
 def database_of(url: str) -> str:
+    """The database name in ``url``."""
     return sa.make_url(url).database or ""
