@@ -509,7 +509,7 @@ class _Writer:
         if self._saved_mode is _NOT_SET or conn.invalidated:
             return
         try:
-            await conn.exec_driver_sql("SET SESSION sql_mode = %s", (self._saved_mode,))
+            await conn.execute(sa.text("SET SESSION sql_mode = :mode"), {"mode": self._saved_mode})
         except BaseException:
             await _discard(conn)
             raise
