@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,21 +21,24 @@ from asyncbind.checkin import asyncpg_transaction_open
 SERVERS = [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in ("postgresql", "mysql")]
 
 
-async def begin_on_the_driver(conn: AsyncConnection, backend: str) -> None:
+async def begin_on_the_driver(conn: AsyncConnection, backend: str) -> Callable[[], Awaitable[Any]]:
     """Open a transaction on ``conn``'s driver connection, behind SQLAlchemy's back, and write a
-    row (id 1) in it."""
+    row (id 1) in it. Returns what rolls that transaction back."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
     if backend == "postgresql":
-        await driver.transaction().start()
+        transaction = driver.transaction()
+        await transaction.start()
         await driver.execute("INSERT INTO leak (id) VALUES (1)")
-    elif backend == "mysql":
+        return transaction.rollback  # type: ignore[no-any-return]
+    if backend == "mysql":
         await driver.begin()
         async with driver.cursor() as cursor:
             await cursor.execute("INSERT INTO leak (id) VALUES (1)")
     else:
         await driver.execute("BEGIN")
         await driver.execute("INSERT INTO leak (id) VALUES (1)")
+    return driver.rollback  # type: ignore[no-any-return]
 
 
 def leak_table(db: AsyncBind) -> sa.Table:
@@ -145,13 +148,9 @@ async def test_connections_that_end_cleanly_are_kept(
             conn = await session.connection()
             drivers.add(id((await conn.get_raw_connection()).driver_connection))
     async with db.engine.connect() as conn:
-        await begin_on_the_driver(conn, backend)
-        driver: Any = (await conn.get_raw_connection()).driver_connection
-        drivers.add(id(driver))
-        if backend == "postgresql":
-            await driver._top_xact.rollback()
-        else:
-            await driver.rollback()
+        rollback = await begin_on_the_driver(conn, backend)
+        drivers.add(id((await conn.get_raw_connection()).driver_connection))
+        await rollback()
 
     assert invalidated == []
     assert len(drivers) == 1
