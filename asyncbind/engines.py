@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from . import checkin, guards
+from . import checkin, guards, readonly
 from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
@@ -148,6 +148,8 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     backend = url.get_backend_name()
     if config.read_only and backend in _READ_ONLY_SQL and url.get_driver_name() != "asyncpg":
         _read_only_connections(engine, _READ_ONLY_SQL[backend])
+    if config.read_only:
+        readonly.install(engine, config.key)
     guards.install(engine, config)
     checkin.install(engine, config.key)
     _CONFIGS[engine.dialect] = config

@@ -168,14 +168,33 @@ class BindErrors(AsyncBindError, ExceptionGroup[Exception]):  # noqa: N818
 
 
 class ReadOnlyBindError(AsyncBindError):
-    """A write was routed to a bind configured with ``read_only=True``; no SQL was sent."""
+    """A write reached a bind configured with ``read_only=True``.
 
-    def __init__(self, key: Hashable | None, what: str) -> None:
+    Usually it is refused before any SQL is sent (``sent`` is False). A write asyncbind cannot
+    recognise (raw SQL) is refused by the read-only connection itself: then ``sent`` is True, the
+    driver's error is ``__cause__``, and the transaction must be rolled back before it is used
+    again (PostgreSQL aborts it).
+    """
+
+    def __init__(self, key: Hashable | None, what: str, *, sent: bool = False) -> None:
         self.key = key
+        self.sent = sent
+        if sent:
+            message = (
+                f"{bind_name(key, start=True)} is read-only, and its database refused {what}. "
+                "Roll the transaction back before using it again. "
+            )
+        else:
+            message = (
+                f"{bind_name(key, start=True)} is read-only, so {what} was refused before any SQL "
+                "was sent. "
+            )
         super().__init__(
-            f"{bind_name(key, start=True)} is read-only, so {what} was refused before any SQL "
-            "was sent. Write to a writable bind, or drop 'read_only' from the bind's options."
+            f"{message}Write to a writable bind, or drop 'read_only' from the bind's options."
         )
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
@@ -266,3 +285,11 @@ class BulkCopyError(AsyncBindError):
         self.rows_copied = rows_copied
         self.table = table
         super().__init__(message)
+
+
+def _rebuild(cls: type[Exception], state: dict[str, Any], args: tuple[Any, ...]) -> Exception:
+    """Unpickle an error whose ``__init__`` takes other arguments than its message."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error

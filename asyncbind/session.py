@@ -20,6 +20,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.sql import visitors
 from sqlalchemy.util import EMPTY_DICT
 
+from . import readonly
 from .config import BindKey
 from .exceptions import CrossBindError, ReadOnlyBindError, UnknownBindError
 from .models import bind_key_of
@@ -34,11 +35,19 @@ STATEMENT_CACHE_SIZE = 1000
 class Router:
     """Maps mappers and statements to the sync engine of their bind."""
 
-    __slots__ = ("_engines", "_mapper_keys", "_mappers", "_read_only", "_statements")
+    __slots__ = (
+        "_engines",
+        "_mapper_keys",
+        "_mappers",
+        "_read_only",
+        "_read_only_engines",
+        "_statements",
+    )
 
     def __init__(self) -> None:
         self._engines: dict[BindKey, sa.Engine] = {}
         self._read_only: frozenset[BindKey] = frozenset()
+        self._read_only_engines: dict[sa.Engine, BindKey] = {}
         self._mappers: dict[Any, sa.Engine] = {}
         self._mapper_keys: dict[Any, tuple[BindKey, str, str]] = {}
         self._statements: dict[Hashable, sa.Engine] = {}
@@ -52,6 +61,7 @@ class Router:
         """
         self._engines = dict(engines)
         self._read_only = frozenset(read_only)
+        self._read_only_engines = {self._engines[k]: k for k in self._read_only}
         self._mappers.clear()
         self._mapper_keys.clear()
         self._statements.clear()
@@ -62,6 +72,30 @@ class Router:
             return self._engines[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
             raise UnknownBindError(key, self._engines, owner=owner) from None
+
+    def for_key(self, key: BindKey, clause: Any) -> sa.Engine:
+        """The engine of bind ``key``, named in ``bind_arguments``; a write to a read-only bind is
+        refused."""
+        engine = self.engine(key, "bind_arguments={'bind_key': ...}")
+        if key in self._read_only and clause is not None:
+            self.refuse_write(key, clause)
+        return engine
+
+    def check_bind(self, bind: sa.Engine | sa.Connection, clause: Any) -> None:
+        """Refuse ``clause`` if it writes and ``bind`` (an engine or a connection, passed as
+        ``bind=``) belongs to a read-only bind."""
+        if not self._read_only_engines:
+            return
+        key = self._read_only_engines.get(bind.engine, _MISSING)
+        if key is not _MISSING:
+            self.refuse_write(key, clause)
+
+    @staticmethod
+    def refuse_write(key: BindKey, clause: Any, owner: str | None = None) -> None:
+        """Raise :class:`ReadOnlyBindError` if ``clause`` writes (DML or DDL)."""
+        error = readonly.refusal(key, clause, owner)
+        if error is not None:
+            raise error
 
     def for_mapper(self, mapper: Any) -> sa.Engine:
         engine = self._mappers.get(mapper)
@@ -111,11 +145,7 @@ class Router:
             owner = f"table {next(iter(keys[key]))!r}"
         engine = self.engine(key, owner)
         if key in self._read_only:
-            if isinstance(clause, sa.schema.ExecutableDDLElement):
-                raise ReadOnlyBindError(key, f"DDL on {owner}")
-            if clause.is_dml:
-                verb = type(clause).__name__.upper()
-                raise ReadOnlyBindError(key, f"a {verb} statement on {owner}")
+            self.refuse_write(key, clause, owner)
         return engine
 
     def check_flush(self, session: sa_orm.Session) -> None:
@@ -206,11 +236,13 @@ class RoutingSession(sa_orm.Session):
         bind_key: Any = _MISSING,
         **kw: Any,
     ) -> sa.Engine | sa.Connection:
-        if bind is not None:
-            return bind  # type: ignore[no-any-return]
         router = self._asyncbind_router
+        if bind is not None:
+            if clause is not None:
+                router.check_bind(bind, clause)
+            return bind  # type: ignore[no-any-return]
         if bind_key is not _MISSING:
-            return router.engine(bind_key, "bind_arguments={'bind_key': ...}")
+            return router.for_key(bind_key, clause)
         if clause is not None:
             return router.for_statement(mapper, clause)
         if mapper is not None:
