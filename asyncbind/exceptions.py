@@ -21,6 +21,7 @@ __all__ = [
     "CrossBindError",
     "NoCurrentSessionError",
     "NotConfiguredError",
+    "PartialCommitError",
     "PoolTimeoutError",
     "ReadOnlyBindError",
     "SessionSharedError",
@@ -197,6 +198,48 @@ class ReadOnlyBindError(AsyncBindError):
         return _rebuild, (type(self), self.__dict__, self.args)
 
 
+class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
+    """A commit across binds stopped part-way: some binds had committed when one failed.
+
+    Binds commit one after the other, the default bind first and then the others in the order
+    they were configured. ``committed`` are the binds whose changes landed, in that order;
+    ``failed`` is the bind whose commit raised ``cause`` (also ``__cause__``); ``rolled_back``
+    are the binds after it, which were rolled back. The session has been rolled back and is
+    usable. Also SQLAlchemy's base error, so ``except SQLAlchemyError`` around a commit sees it.
+    """
+
+    def __init__(
+        self,
+        committed: Sequence[Hashable | None],
+        failed: Hashable | None,
+        cause: BaseException,
+        rolled_back: Sequence[Hashable | None] = (),
+    ) -> None:
+        self.committed = tuple(committed)
+        self.failed = failed
+        self.cause = cause
+        self.rolled_back = tuple(rolled_back)
+        landed = ", ".join(format_key(key) for key in self.committed)
+        undone = ", ".join(format_key(key) for key in self.rolled_back) or "none"
+        if getattr(cause, "connection_invalidated", False) or isinstance(cause, TimeoutError):
+            fate = (
+                "The committed changes stay in their databases and the rolled-back ones did not "
+                f"land; whether {format_key(failed)}'s did is unknown (its connection was lost "
+                "or abandoned during the commit), so check it"
+            )
+        else:
+            fate = "The committed changes stay in their databases and the others did not land"
+        super().__init__(
+            f"A commit across binds stopped part-way. Committed: {landed}. "
+            f"Failed: {format_key(failed)} ({_first_line(cause)}). Rolled back: {undone}. "
+            f"{fate}: undo or complete the committed ones, or retry the failed ones (written so "
+            "that a retry is harmless). Writes that must land together belong in one bind."
+        )
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
+
+
 class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
     """A bind could not be reached: connection refused or timed out, or lost mid-statement.
 
@@ -293,3 +336,9 @@ def _rebuild(cls: type[Exception], state: dict[str, Any], args: tuple[Any, ...])
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+def _first_line(error: BaseException) -> str:
+    """``error``'s type and the first line of its message (SQLAlchemy adds SQL and a link)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -20,7 +20,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.sql import visitors
 from sqlalchemy.util import EMPTY_DICT
 
-from . import readonly
+from . import commits, readonly
 from .config import BindKey
 from .exceptions import CrossBindError, ReadOnlyBindError, UnknownBindError
 from .models import bind_key_of
@@ -39,6 +39,7 @@ class Router:
         "_engines",
         "_mapper_keys",
         "_mappers",
+        "_order",
         "_read_only",
         "_read_only_engines",
         "_statements",
@@ -48,6 +49,7 @@ class Router:
         self._engines: dict[BindKey, sa.Engine] = {}
         self._read_only: frozenset[BindKey] = frozenset()
         self._read_only_engines: dict[sa.Engine, BindKey] = {}
+        self._order: dict[sa.Engine, tuple[int, BindKey]] = {}
         self._mappers: dict[Any, sa.Engine] = {}
         self._mapper_keys: dict[Any, tuple[BindKey, str, str]] = {}
         self._statements: dict[Hashable, sa.Engine] = {}
@@ -62,6 +64,9 @@ class Router:
         self._engines = dict(engines)
         self._read_only = frozenset(read_only)
         self._read_only_engines = {self._engines[k]: k for k in self._read_only}
+        # The default bind first, then the others in the order they were configured.
+        keys = sorted(self._engines, key=lambda k: k is not None)
+        self._order = {self._engines[k]: (rank, k) for rank, k in enumerate(keys)}
         self._mappers.clear()
         self._mapper_keys.clear()
         self._statements.clear()
@@ -96,6 +101,11 @@ class Router:
         error = readonly.refusal(key, clause, owner)
         if error is not None:
             raise error
+
+    def commit_rank(self, engine: sa.Engine) -> tuple[int, BindKey] | None:
+        """Where ``engine``'s bind commits among the binds, and its key; None for an engine that
+        is not one of the binds'."""
+        return self._order.get(engine)
 
     def for_mapper(self, mapper: Any) -> sa.Engine:
         engine = self._mappers.get(mapper)
@@ -226,6 +236,12 @@ class RoutingSession(sa_orm.Session):
     execute = _passing_compound_selects("execute")
     scalar = _passing_compound_selects("scalar")
     scalars = _passing_compound_selects("scalars")
+
+    def commit(self) -> None:
+        """Flush and commit; the binds of a transaction that spans several commit one after the
+        other in a stable order (see :mod:`asyncbind.commits`)."""
+        if not commits.commit_in_order(self):
+            super().commit()
 
     def get_bind(
         self,

@@ -36,8 +36,10 @@ from typing import Any, TypeVar
 import greenlet
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.util import greenlet_spawn
 
+from . import commits
 from .exceptions import SessionSharedError
 from .scoping import run_to_completion
 
@@ -381,11 +383,15 @@ def _call(_session: Any, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _transaction_step(
-    transaction: AsyncSessionTransaction, step: str, checked_as: str, *args: Any
+    transaction: AsyncSessionTransaction,
+    step: Callable[..., None],
+    checked_as: str,
+    *args: Any,
 ) -> None:
-    """Run ``step`` (commit, rollback or ``__exit__``) of ``transaction``'s sync transaction in
-    SQLAlchemy's greenlet, through the session's sharing check ``checked_as`` when it has one."""
-    method = getattr(transaction._sync_transaction(), step)
+    """Run ``step`` (commit, rollback or ``__exit__``, given ``transaction``'s sync transaction)
+    in SQLAlchemy's greenlet, through the session's sharing check ``checked_as`` when it has
+    one."""
+    method = functools.partial(step, transaction._sync_transaction())
     checked = getattr(transaction.session.sync_session, checked_as, None)
     if checked is None:
         await greenlet_spawn(method, *args)
@@ -396,18 +402,21 @@ async def _transaction_step(
 class GuardedSessionTransaction(AsyncSessionTransaction):
     """What ``begin()`` / ``begin_nested()`` of a guarded session return: the commit or rollback
     they make, at the end of the block or called, is refused while another task has an operation
-    in flight, as the session's own commit and rollback are."""
+    in flight, as the session's own commit and rollback are. Commits go through
+    :mod:`asyncbind.commits`, as the session's own do."""
 
     __slots__ = ()
 
     async def commit(self) -> None:
-        await _transaction_step(self, "commit", "_asyncbind_commit")
+        await _transaction_step(self, commits.commit_transaction, "_asyncbind_commit")
 
     async def rollback(self) -> None:
-        await _transaction_step(self, "rollback", "_asyncbind_rollback")
+        await _transaction_step(self, SessionTransaction.rollback, "_asyncbind_rollback")
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        await _transaction_step(self, "__exit__", "_asyncbind_end_block", type_, value, traceback)
+        await _transaction_step(
+            self, commits.end_transaction_block, "_asyncbind_end_block", type_, value, traceback
+        )
 
 
 def _begin(self: AsyncSession) -> AsyncSessionTransaction:
