@@ -85,6 +85,13 @@ def assert_refused(info: pytest.ExceptionInfo[ReadOnlyBindError], what: str) -> 
 async def test_explicit_bind_key_and_bind_are_refused_before_any_sql(ro: ReadOnly) -> None:
     """``bind_arguments`` naming the read-only bind, its engine or one of its connections."""
     engine = ro.db.engines["ro"]
+
+    class Base(sa.orm.DeclarativeBase):
+        pass
+
+    class Ref(Base):
+        __table__ = ro.ref
+
     async with engine.connect() as outside:
         for bind_arguments in (
             {"bind_key": "ro"},
@@ -96,6 +103,12 @@ async def test_explicit_bind_key_and_bind_are_refused_before_any_sql(ro: ReadOnl
                     with pytest.raises(ReadOnlyBindError) as info:
                         await session.execute(write, bind_arguments=bind_arguments)
                     assert_refused(info, what)
+                # ORM statements too: a bulk INSERT of a model of the default bind.
+                with pytest.raises(ReadOnlyBindError) as info:
+                    await session.execute(
+                        sa.insert(Ref), [{"id": 7, "name": "orm"}], bind_arguments=bind_arguments
+                    )
+                assert_refused(info, "an INSERT statement on table 'ref'")
                 # The session is still usable.
                 found = await session.scalars(
                     sa.select(ro.ref.c.name), bind_arguments=bind_arguments
