@@ -59,6 +59,8 @@ def _take_prepared(root: sa_orm.SessionTransaction) -> list[_Held] | None:
     """
     root._prepare_impl()
     entries = root._connections
+    if len(entries) <= 2:  # one connection at most, known by itself and by its engine
+        return None
     held = list(dict.fromkeys(entry for entry in entries.values() if entry[2]))
     if len(held) < 2:
         return None
@@ -166,14 +168,13 @@ def _orders(session: sa_orm.Session) -> Rank | None:
     return None if router is None else router.commit_rank
 
 
-def commit_in_order(session: sa_orm.Session) -> bool:
-    """``session.commit()`` with the root transaction's binds committed in order; False, having
-    done nothing, where SQLAlchemy's own commit applies (no transaction, one that can no longer
-    commit, a ``twophase`` session). SAVEPOINTs in progress are released first, as SQLAlchemy
-    does."""
+def commit_in_order(session: sa_orm.Session, rank: Rank) -> bool:
+    """``session.commit()`` with the root transaction's binds committed in the order ``rank``
+    gives; False, having done nothing, where SQLAlchemy's own commit applies (no transaction, or
+    one that can no longer commit). SAVEPOINTs in progress are released first, as SQLAlchemy
+    does. Two-phase sessions are the caller's to leave out."""
     root = session.get_transaction()
-    rank = _orders(session)
-    if root is None or rank is None or not root.is_active:
+    if root is None or not root.is_active:
         return False
     while (nested := session.get_nested_transaction()) is not None:
         nested.commit()

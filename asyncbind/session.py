@@ -240,7 +240,7 @@ class RoutingSession(sa_orm.Session):
     def commit(self) -> None:
         """Flush and commit; the binds of a transaction that spans several commit one after the
         other in a stable order (see :mod:`asyncbind.commits`)."""
-        if not commits.commit_in_order(self):
+        if self.twophase or not commits.commit_in_order(self, self._asyncbind_router.commit_rank):
             super().commit()
 
     def get_bind(
