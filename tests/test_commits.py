@@ -546,3 +546,49 @@ async def test_a_commit_cancelled_part_way_leaks_no_connection(
         await setup.write(session, "after")
         await session.commit()
     assert (await setup.contents())[second.key][-1:] == ["after"]
+
+
+@pytest.mark.sqlite
+async def test_an_engine_of_no_bind_commits_last_and_is_named_by_its_url(
+    make_setup: Callable[..., Any], tmp_path: Any
+) -> None:
+    """``bind=`` an engine asyncbind does not know: it commits after the binds, however early
+    the session used it, and an error names it by its URL, password hidden."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    setup = await make_setup(["sqlite"])
+    (bind,) = setup.binds
+    foreign = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/foreign.db")
+    try:
+        order: list[str] = []
+        sa.event.listen(foreign.sync_engine, "commit", lambda _c: order.append("foreign"))
+        sa.event.listen(foreign.sync_engine, "connect", _foreign_keys_on)
+        bind_engine = setup.db.engines["sqlite"].sync_engine
+        sa.event.listen(bind_engine, "commit", lambda _c: order.append("sqlite"))
+        async with foreign.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE parents (id INTEGER PRIMARY KEY)"))
+            await conn.execute(
+                sa.text(
+                    "CREATE TABLE entries (id INTEGER PRIMARY KEY, name VARCHAR(50), parent_id "
+                    "INTEGER REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+        order.clear()
+        outside = {"bind": foreign.sync_engine}
+        async with setup.db.session() as session:
+            await session.execute(sa.insert(bind.table).values(name="ok"), bind_arguments=outside)
+            await setup.write(session, "mine")
+            await session.commit()
+            assert order == ["sqlite", "foreign"]
+            await session.execute(
+                sa.insert(bind.table).values(name="x", parent_id=NO_PARENT), bind_arguments=outside
+            )
+            await setup.write(session, "landed")
+            with pytest.raises(PartialCommitError) as info:
+                await session.commit()
+        url = foreign.url.render_as_string(hide_password=True)
+        assert (info.value.committed, info.value.failed) == (("sqlite",), url)
+        assert bind_engine.pool.checkedout() == 0 and foreign.sync_engine.pool.checkedout() == 0
+        assert await setup.contents() == {"sqlite": ["mine", "landed"]}
+    finally:
+        await foreign.dispose()
