@@ -232,6 +232,9 @@ class RoutingSession(sa_orm.Session):
     """
 
     _asyncbind_router: ClassVar[Router]
+    #: False when mixed with a session class that has a commit() of its own, which then runs as
+    #: written (and commits in SQLAlchemy's order).
+    _asyncbind_ordered_commit: ClassVar[bool] = True
 
     execute = _passing_compound_selects("execute")
     scalar = _passing_compound_selects("scalar")
@@ -240,7 +243,11 @@ class RoutingSession(sa_orm.Session):
     def commit(self) -> None:
         """Flush and commit; the binds of a transaction that spans several commit one after the
         other in a stable order (see :mod:`asyncbind.commits`)."""
-        if self.twophase or not commits.commit_in_order(self, self._asyncbind_router.commit_rank):
+        if (
+            self.twophase
+            or not self._asyncbind_ordered_commit
+            or not commits.commit_in_order(self, self._asyncbind_router.commit_rank)
+        ):
             super().commit()
 
     def get_bind(
@@ -271,13 +278,16 @@ def routing_session_class(
 ) -> type[RoutingSession]:
     """A :class:`RoutingSession` subclass bound to ``router``, mixed with ``base`` if given."""
     bases: tuple[type, ...]
+    namespace: dict[str, Any] = {"_asyncbind_router": router, "__module__": __name__}
     if issubclass(base, RoutingSession):
         bases = (base,)
     elif base is sa_orm.Session:
         bases = (RoutingSession,)
     else:
         bases = (RoutingSession, base)
-    cls = type("RoutingSession", bases, {"_asyncbind_router": router, "__module__": __name__})
+        # RoutingSession.commit() comes first; a commit() of base's own is called instead.
+        namespace["_asyncbind_ordered_commit"] = base.commit is sa_orm.Session.commit
+    cls = type("RoutingSession", bases, namespace)
 
     def before_flush(session: sa_orm.Session, _context: Any, _instances: Any) -> None:
         router.check_flush(session)

@@ -592,3 +592,44 @@ async def test_an_engine_of_no_bind_commits_last_and_is_named_by_its_url(
         assert await setup.contents() == {"sqlite": ["mine", "landed"]}
     finally:
         await foreign.dispose()
+
+
+@pytest.mark.sqlite
+async def test_a_sync_session_class_of_ones_own(
+    make_db: Callable[..., AsyncBind], tmp_path: Any
+) -> None:
+    """Mixed into a session class of the user's, the commit stays ordered; a class with a
+    commit() of its own keeps it (and then SQLAlchemy's order)."""
+    calls: list[str] = []
+
+    class Audited(sa_orm.Session):
+        audited = True
+
+    class OwnCommit(sa_orm.Session):
+        def commit(self) -> None:
+            calls.append("commit")
+            super().commit()
+
+    for index, session_class in enumerate((Audited, OwnCommit)):
+        urls = {key: f"sqlite:///{tmp_path}/{key}{index}.db" for key in ("b", "a")}
+        db = make_db(binds=urls, session_options={"sync_session_class": session_class})
+        tables = [
+            db.Table("t", sa.Column("id", sa.Integer, primary_key=True), bind_key=k) for k in urls
+        ]
+        await db.create_all()
+        order: list[str] = []
+        for key, engine in db.engines.items():
+            sa.event.listen(
+                engine.sync_engine, "commit", lambda _c, key=key, order=order: order.append(key)
+            )
+        for trial in range(5):
+            async with db.session() as session:
+                assert isinstance(session.sync_session, session_class)
+                for table in tables:
+                    await session.execute(sa.insert(table).values(id=trial + 1))
+                await session.commit()
+        if session_class is Audited:
+            assert order == ["b", "a"] * 5
+        else:
+            assert sorted(order) == ["a"] * 5 + ["b"] * 5
+    assert calls == ["commit"] * 5
