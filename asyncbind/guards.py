@@ -314,12 +314,24 @@ _AFFINE: dict[type[sa_pool.Pool], type[sa_pool.Pool]] = {}
 
 
 def loop_affine_pool(poolclass: type[sa_pool.Pool]) -> type[sa_pool.Pool]:
-    """``poolclass`` made to refuse use from a second event loop."""
+    """``poolclass`` made to refuse use from a second event loop.
+
+    It logs under ``poolclass``'s own logger, so that it is quiet or verbose exactly when
+    SQLAlchemy's pools are (the level of the "sqlalchemy" loggers, ``echo_pool``).
+    """
     affine = _AFFINE.get(poolclass)
     if affine is None:
         name = f"LoopAffine{poolclass.__name__}"
-        affine = _AFFINE[poolclass] = type(name, (_LoopAffinePool, poolclass), {})
+        namespace = {"_sqla_logger_namespace": _logger_name(poolclass)}
+        affine = _AFFINE[poolclass] = type(name, (_LoopAffinePool, poolclass), namespace)
     return affine
+
+
+def _logger_name(poolclass: type[sa_pool.Pool]) -> str:
+    """The name of the logger SQLAlchemy gives ``poolclass``'s pools: its private
+    ``_sqla_logger_namespace`` if set, else the class's module and name (sqlalchemy.log)."""
+    namespace: str | None = getattr(poolclass, "_sqla_logger_namespace", None)
+    return namespace or f"{poolclass.__module__}.{poolclass.__name__}"
 
 
 def pool_loop(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:

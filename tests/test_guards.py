@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     SQLiteDialect_aiosqlite,
 )
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.util import greenlet_spawn
 
@@ -243,3 +245,38 @@ async def test_a_failing_close_where_the_dialect_has_no_terminate_is_not_retried
         "Exception closing connection"
     ]
     await greenlet_spawn(connection.close)
+
+
+def _pool_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
+    """The pool's log records as (logger, level, message), object addresses blanked out."""
+    return [
+        (record.name, record.levelname, re.sub(r"0x[0-9a-f]+", "0x?", record.getMessage()))
+        for record in caplog.records
+        if record.name.startswith(("sqlalchemy.pool", "asyncbind"))
+    ]
+
+
+@pytest.mark.parametrize("echo_pool", [False, True, "debug"])
+async def test_pools_log_when_and_how_sqlalchemys_own_pools_do(
+    url: str, echo_pool: bool | str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As under logging.basicConfig(level=logging.INFO): SQLAlchemy's pools stay quiet unless
+    # echo_pool is set; asyncbind's must do the same, under the same logger names.
+    db = AsyncBind(url, engine_options={"echo_pool": echo_pool})
+    plain = create_async_engine(db.engine.url, echo_pool=echo_pool)
+    logged: dict[str, list[tuple[str, str, str]]] = {}
+    for name, engine in (("asyncbind", db.engine), ("sqlalchemy", plain)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            async with engine.connect() as conn:
+                assert (await conn.execute(sa.text("SELECT 7"))).scalar() == 7
+            await engine.dispose()
+        logged[name] = _pool_records(caplog)
+    assert logged["asyncbind"] == logged["sqlalchemy"]
+    # Under echo_pool, a pool's logger is an InstanceLogger around the named one.
+    loggers = [engine.sync_engine.pool.logger for engine in (db.engine, plain)]
+    assert len({getattr(logger, "logger", logger).name for logger in loggers}) == 1
+    if echo_pool:
+        assert any("Pool disposed" in message for _, _, message in logged["asyncbind"])
+    else:
+        assert logged["asyncbind"] == []
