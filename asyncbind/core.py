@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import bulk, guards, schema
+from . import bulk, schema
 from .config import (
     ALL,
     BindConfig,
@@ -350,24 +350,17 @@ class AsyncBind:
     async def dispose(self) -> None:
         """Close every pooled connection of every bind, concurrently.
 
-        Safe to call more than once; the engines stay usable and open new connections on demand
-        (in the event loop that uses them next).
+        Connections made in another event loop, a closed one included, are closed too, without
+        that loop (see :mod:`asyncbind.loops`). Safe to call more than once; the engines stay
+        usable and open new connections on demand (in the event loop that uses them next).
         """
-        loop = asyncio.get_running_loop()
-
-        async def dispose(engine: AsyncEngine) -> None:
-            # Connections made in another (perhaps closed) loop cannot be closed from this one:
-            # drop them instead, as SQLAlchemy recommends after a fork.
-            owner = guards.pool_loop(engine)
-            await engine.dispose(close=owner is None or owner is loop)
-
         engines = list(self._engines.values())
         if len(engines) == 1:
-            await dispose(engines[0])
+            await engines[0].dispose()
         elif engines:
             async with asyncio.TaskGroup() as group:
                 for engine in engines:
-                    group.create_task(dispose(engine))
+                    group.create_task(engine.dispose())
 
     async def __aenter__(self) -> AsyncBind:
         return self

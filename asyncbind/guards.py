@@ -25,6 +25,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from . import loops
 from .config import BindConfig, BindKey
 from .exceptions import (
     BindUnavailableError,
@@ -33,7 +34,7 @@ from .exceptions import (
     WrongEventLoopError,
 )
 
-__all__ = ["connector", "install", "loop_affine_pool", "mentions", "pool_loop"]
+__all__ = ["connector", "install", "loop_affine_pool", "mentions"]
 
 _TIMEOUT_MARK = "_asyncbind_timeout"
 #: Seconds a connection may take to close politely before it is dropped, when the bind sets no
@@ -192,7 +193,9 @@ def _dropper(dialect: sa.Dialect) -> Callable[[Any], None]:
     return drop_now
 
 
-def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
+def _install_timeouts(
+    dialect: sa.Dialect, config: BindConfig, drop_now: Callable[[Any], None]
+) -> None:
     """Bound the driver calls that can wait on the network for ever.
 
     A statement, commit or rollback past ``statement_timeout`` raises; handle_error turns it into
@@ -203,7 +206,6 @@ def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
     the error late.
     """
     statement = config.statement_timeout
-    drop_now = _dropper(dialect)
 
     def abandon(what: str) -> Callable[[tuple[Any, ...], asyncio.CancelledError], Any]:
         def expire(args: tuple[Any, ...], exc: asyncio.CancelledError) -> Any:
@@ -237,7 +239,9 @@ def _install_timeouts(dialect: sa.Dialect, config: BindConfig) -> None:
     close = statement or config.connect_timeout or CLOSE_TIMEOUT
     # A close past its time is cancelled, and _closing drops the connection on the cancellation.
     polite = _closing(dialect.do_close, drop_now)
-    dialect.do_close = _bounded(polite, close, lambda _args, _cancellation: None)  # type: ignore[method-assign]
+    bounded = _bounded(polite, close, lambda _args, _cancellation: None)
+    # A connection of another event loop, perhaps closed, is closed without it.
+    dialect.do_close = loops.close_in_any_loop(bounded, drop_now, dialect.driver)  # type: ignore[method-assign,assignment]
 
 
 def _closing(
@@ -334,15 +338,12 @@ def _logger_name(poolclass: type[sa_pool.Pool]) -> str:
     return namespace or f"{poolclass.__module__}.{poolclass.__name__}"
 
 
-def pool_loop(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:
-    """The event loop ``engine``'s pooled connections belong to, if it has any."""
-    return getattr(engine.sync_engine.pool, "_asyncbind_loop", None)
-
-
 def install(engine: AsyncEngine, config: BindConfig) -> None:
     """Wire the guards into a new engine of ``config``'s bind."""
     sync_engine = engine.sync_engine
     if isinstance(sync_engine.pool, _LoopAffinePool):
         sync_engine.pool._asyncbind_key = config.key
     sa.event.listen(sync_engine, "handle_error", _translator(config.key))
-    _install_timeouts(sync_engine.dialect, config)
+    loops.remember_loops(sync_engine)
+    # The drop is made before the dialect's methods are bounded (see _dropper).
+    _install_timeouts(sync_engine.dialect, config, _dropper(sync_engine.dialect))

@@ -12,9 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from conftest import mysql_admin, postgresql_admin
 
+#: A generous bound on waiting for the server to notice a connection's end.
+GUARD = 30.0
+
 
 async def server_fetch(backend: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` run on ``backend``'s admin database."""
+    """Rows of ``sql`` run on ``backend``'s admin database over a fresh raw-driver connection."""
     if backend == "postgresql":
         conn = await postgresql_admin()
         try:
@@ -75,6 +78,24 @@ async def server_connections(backend: str, database: str) -> int:
             backend, "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %s", database
         )
     return int(rows[0][0])
+
+
+async def settled_connections(backend: str, database: str, expected: int) -> int:
+    """The server's count of connections to ``database`` once it is ``expected``, or the last
+    count seen after :data:`GUARD` seconds.
+
+    A server notices a closed connection a moment after the client closes it, so the count is
+    polled rather than read once.
+    """
+    count = await server_connections(backend, database)
+    try:
+        async with asyncio.timeout(GUARD):
+            while count != expected:
+                await asyncio.sleep(0.05)
+                count = await server_connections(backend, database)
+    except TimeoutError:
+        pass
+    return count
 
 
 def database_of(url: str) -> str:
