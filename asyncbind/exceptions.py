@@ -14,11 +14,15 @@ from sqlalchemy import exc as sa_exc
 
 __all__ = [
     "AsyncBindError",
+    "BindAuthenticationError",
     "BindErrors",
     "BindUnavailableError",
     "BulkCopyError",
     "ConfigError",
+    "ConnectionEndedError",
     "CrossBindError",
+    "DatabaseNotFoundError",
+    "DeadlockError",
     "NoCurrentSessionError",
     "NotConfiguredError",
     "PartialCommitError",
@@ -241,11 +245,13 @@ class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
 
 
 class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
-    """A bind could not be reached: connection refused or timed out, or lost mid-statement.
+    """A bind could not be reached: connection refused, reset or timed out.
 
     Also a :class:`sqlalchemy.exc.OperationalError`, so code that catches SQLAlchemy's errors keeps
     working. ``bind_key`` names the bind; the driver's error is ``orig`` and ``__cause__``. The
-    connection involved has been discarded; the bind reconnects on its next use.
+    connection involved has been discarded; the bind reconnects on its next use. Its subclasses
+    name a more precise cause: :class:`BindAuthenticationError`, :class:`DatabaseNotFoundError`,
+    :class:`ConnectionEndedError`.
     """
 
     def __init__(
@@ -259,15 +265,161 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
             self, statement, None, orig, hide_parameters=True, connection_invalidated=True
         )
 
+    def _reason(self) -> str:
+        """The driver's error, as ``Type: message``."""
+        return f"{type(self.orig).__name__}: {self.orig}".rstrip(": ")
+
     def __str__(self) -> str:
-        reason = f"{type(self.orig).__name__}: {self.orig}".rstrip(": ")
         return (
-            f"{bind_name(self.bind_key, start=True)} is unavailable ({reason}). Check that its "
+            f"{bind_name(self.bind_key, start=True)} is unavailable ({self._reason()}). "
+            "Check that its "
             "server is up and reachable; the bind reconnects by itself on its next use."
         )
 
     def __reduce__(self) -> Any:
         return type(self), (self.bind_key, self.orig, self.statement)
+
+
+class BindAuthenticationError(BindUnavailableError):
+    """A bind's server refused its login: a wrong user name or password, or a user that may not
+    connect (from this host, or to this database).
+
+    ``user`` is the user name the bind logs in with; the password is never shown. A subclass of
+    :class:`BindUnavailableError`, so handlers of that keep catching it.
+    """
+
+    def __init__(
+        self,
+        bind_key: Hashable | None,
+        orig: BaseException,
+        statement: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.user = user
+        super().__init__(bind_key, orig, statement)
+
+    def __str__(self) -> str:
+        who = f"user {self.user!r}" if self.user else "its user"
+        return (
+            f"{bind_name(self.bind_key, start=True)}: its server refused the login of {who} "
+            f"({self._reason()}). Check the user name and password of "
+            f"{bind_name(self.bind_key)} (in its URL, or 'user' and 'password' in its "
+            "connect_args); the bind tries again on its next use."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.bind_key, self.orig, self.statement, self.user)
+
+
+class DatabaseNotFoundError(BindUnavailableError):
+    """The database a bind names does not exist on its server (for SQLite: cannot be opened).
+
+    ``database`` is the name the bind asked for. A subclass of :class:`BindUnavailableError`.
+    """
+
+    def __init__(
+        self,
+        bind_key: Hashable | None,
+        orig: BaseException,
+        statement: str | None = None,
+        database: str | None = None,
+    ) -> None:
+        self.database = database
+        super().__init__(bind_key, orig, statement)
+
+    def __str__(self) -> str:
+        what = f"database {self.database!r}" if self.database else "its database"
+        return (
+            f"{bind_name(self.bind_key, start=True)}: {what} was not found "
+            f"({self._reason()}). Create it (create_all() makes tables, not databases; SQLite "
+            "makes a missing file, not a missing folder), or fix the database in the bind's URL."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.bind_key, self.orig, self.statement, self.database)
+
+
+class ConnectionEndedError(BindUnavailableError):
+    """A bind's connection was ended from the other end while asyncbind held it: by the server
+    (an administrator, an idle timeout, a shutdown or restart) or by the network between them.
+
+    ``server_message`` is the server's own account when the driver received one, else None. The
+    connection has been discarded; roll the session back and retry. A subclass of
+    :class:`BindUnavailableError`.
+    """
+
+    def __init__(
+        self,
+        bind_key: Hashable | None,
+        orig: BaseException,
+        statement: str | None = None,
+        server_message: str | None = None,
+    ) -> None:
+        self.server_message = server_message
+        super().__init__(bind_key, orig, statement)
+
+    def __str__(self) -> str:
+        if self.server_message:
+            what = f"the server ended its connection: {self.server_message!r}"
+        else:
+            what = f"its connection was closed from the other end ({self._reason()})"
+        return (
+            f"{bind_name(self.bind_key, start=True)}: {what}. Usual reasons: an "
+            "administrator ended it (pg_terminate_backend(), KILL); an idle timeout "
+            "(MySQL/MariaDB 'wait_timeout', PostgreSQL 'idle_in_transaction_session_timeout' or "
+            "'idle_session_timeout'); a server shutdown, restart or failover; a network failure "
+            "in between. The connection was discarded: roll the session back and retry; "
+            "'pool_pre_ping' replaces connections that die while idle in the pool."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.bind_key, self.orig, self.statement, self.server_message)
+
+
+class DeadlockError(AsyncBindError, sa_exc.OperationalError):
+    """A bind's server rolled a transaction back to break a deadlock, or because it could not be
+    serialized with a concurrent one (``serialization`` is then True).
+
+    Retrying the whole transaction is the fix. Also SQLAlchemy's
+    :class:`~sqlalchemy.exc.OperationalError` (a :class:`~sqlalchemy.exc.DBAPIError`), as the
+    error it replaces was, so handlers of those keep catching it. ``server_message`` is the
+    server's own account; the driver's error is ``orig`` and ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        bind_key: Hashable | None,
+        orig: BaseException,
+        statement: str | None = None,
+        params: Any = None,
+        server_message: str = "",
+        serialization: bool = False,
+    ) -> None:
+        self.bind_key = bind_key
+        self.server_message = server_message
+        self.serialization = serialization
+        sa_exc.OperationalError.__init__(self, statement, params, orig, hide_parameters=True)
+
+    def __str__(self) -> str:
+        if self.serialization:
+            what = "could not serialize the transaction with a concurrent one"
+        else:
+            what = "rolled the transaction back to break a deadlock"
+        said = f" ({self.server_message!r})" if self.server_message else ""
+        return (
+            f"{bind_name(self.bind_key, start=True)}: the server {what}{said}. Roll the "
+            "session back and run the whole transaction again."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (
+            self.bind_key,
+            self.orig,
+            self.statement,
+            self.params,
+            self.server_message,
+            self.serialization,
+        )
 
 
 class StatementTimeoutError(AsyncBindError, TimeoutError):

@@ -7,8 +7,10 @@ that refuse to be used from a second event loop.
   once, without the goodbye a server that stopped answering would never acknowledge.
 - A connection whose goodbye fails (the server reset it meanwhile) is dropped at once rather than
   left open until garbage collection.
-- Connection failures become :class:`~asyncbind.exceptions.BindUnavailableError` and timeouts
-  :class:`~asyncbind.exceptions.StatementTimeoutError`, both naming the bind.
+- Connection failures become :class:`~asyncbind.exceptions.BindUnavailableError` (or the more
+  precise error :mod:`asyncbind.causes` finds: a refused login, a missing database, a connection
+  the server ended, a deadlock) and timeouts :class:`~asyncbind.exceptions.StatementTimeoutError`,
+  all naming the bind.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import loops
+from . import causes, loops
 from .config import BindConfig, BindKey
 from .exceptions import (
     BindUnavailableError,
@@ -88,18 +90,22 @@ def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[...,
                 return await open_connection(*args, **kwargs)
         except Exception as exc:
             password = kwargs.get("password")
+            diagnosis = causes.diagnose(exc)
+            # asyncpg and psycopg name the database "database", aiomysql and asyncmy "db".
+            who = {"user": kwargs.get("user"), "database": kwargs.get("database", kwargs.get("db"))}
             if not (password and mentions(exc, str(password))):
                 if isinstance(exc, TimeoutError) and timeout is not None:
                     reason = TimeoutError(f"no connection within connect_timeout={timeout:g}s")
                     raise BindUnavailableError(key, reason) from exc
-                if isinstance(exc, OSError):  # refused, unreachable, reset
-                    raise BindUnavailableError(key, exc) from exc
+                if isinstance(exc, OSError) or diagnosis is not None:
+                    # Refused, unreachable, reset; a login refused, a missing database.
+                    raise causes.connect_error(key, exc, diagnosis, **who) from exc
                 raise
             # Some driver errors quote the password (aiomysql's UnicodeEncodeError does): keep
-            # the type, drop the text, and raise outside this block so that not even
-            # __context__ leads back to it.
+            # the type and the cause, drop the text (and the names, which may hold the password
+            # too), and raise outside this block so that not even __context__ leads back to it.
             hidden = ConnectionError(f"{type(exc).__name__} while connecting (details hidden)")
-        raise BindUnavailableError(key, hidden) from None
+        raise causes.connect_error(key, hidden, diagnosis, user=None, database=None) from None
 
     return connect
 
@@ -271,7 +277,9 @@ def _closing(
 # -- errors that name the bind -----------------------------------------------------------------
 
 
-def _translator(key: BindKey) -> Callable[[ExceptionContext], BaseException | None]:
+def _translator(config: BindConfig) -> Callable[[ExceptionContext], BaseException | None]:
+    key, url = config.key, config.url
+
     def translate(ctx: ExceptionContext) -> BaseException | None:
         orig = ctx.original_exception
         mark = getattr(orig, _TIMEOUT_MARK, None)
@@ -280,9 +288,17 @@ def _translator(key: BindKey) -> Callable[[ExceptionContext], BaseException | No
             return StatementTimeoutError(key, *mark)
         if ctx.is_pre_ping or not isinstance(orig, Exception):
             return None  # pre-ping recovers by itself; a cancellation stays a cancellation
-        if ctx.connection is None or ctx.is_disconnect or isinstance(orig, OSError):
-            return BindUnavailableError(key, orig, ctx.statement)
-        return None
+        if ctx.connection is None:  # connecting, with a creator of the application's own
+            diagnosis = causes.diagnose(orig)
+            return causes.connect_error(
+                key, orig, diagnosis, user=url.username, database=url.database
+            )
+        error = causes.statement_error(
+            key, orig, ctx.statement, ctx.parameters, disconnect=ctx.is_disconnect
+        )
+        if isinstance(error, BindUnavailableError):
+            ctx.is_disconnect = True  # the connection is discarded, not returned to the pool
+        return error
 
     return translate
 
@@ -343,7 +359,7 @@ def install(engine: AsyncEngine, config: BindConfig) -> None:
     sync_engine = engine.sync_engine
     if isinstance(sync_engine.pool, _LoopAffinePool):
         sync_engine.pool._asyncbind_key = config.key
-    sa.event.listen(sync_engine, "handle_error", _translator(config.key))
+    sa.event.listen(sync_engine, "handle_error", _translator(config))
     loops.remember_loops(sync_engine)
     # The drop is made before the dialect's methods are bounded (see _dropper).
     _install_timeouts(sync_engine.dialect, config, _dropper(sync_engine.dialect))

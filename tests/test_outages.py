@@ -7,8 +7,9 @@ slower than the bind's timeouts. Then the proxy is restored.
 
 - Every request to the healthy bind succeeds, before, during and after the outage.
 - Every request to the cut bind started during the outage fails, with
-  :class:`~asyncbind.BindUnavailableError` or :class:`~asyncbind.StatementTimeoutError` naming the
-  bind, and none hangs (a generous guard turns a hang into a failure).
+  :class:`~asyncbind.BindUnavailableError` (:class:`~asyncbind.ConnectionEndedError` for a
+  connection reset while in use) or :class:`~asyncbind.StatementTimeoutError` naming the bind, and
+  none hangs (a generous guard turns a hang into a failure).
 - After the restore, the bind recovers by itself: requests succeed again, a burst that uses the
   whole pool succeeds, and no connection stays checked out.
 - Disposing of a pool whose idle connections the server has reset closes each of them, with
@@ -31,7 +32,13 @@ import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_URL, POSTGRESQL_URL, NewDatabase
 
-from asyncbind import AsyncBind, AsyncBindError, BindUnavailableError, StatementTimeoutError
+from asyncbind import (
+    AsyncBind,
+    AsyncBindError,
+    BindUnavailableError,
+    ConnectionEndedError,
+    StatementTimeoutError,
+)
 from benchmarks.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
@@ -284,9 +291,8 @@ async def run_outage(
     # with an error naming it.
     during = load.of(cut_key, "cut")
     assert during, "no request to the cut bind during the outage"
-    assert set(describe(during)) <= {"BindUnavailableError", "StatementTimeoutError"}, describe(
-        during
-    )
+    expected = {"BindUnavailableError", "ConnectionEndedError", "StatementTimeoutError"}
+    assert set(describe(during)) <= expected, describe(during)
     for outcome in during:
         error = outcome.error
         assert isinstance(error, BindUnavailableError | StatementTimeoutError), repr(error)
@@ -324,7 +330,7 @@ async def test_connections_reset_mid_query_fail_fast_and_are_discarded(
     make_db: Callable[..., AsyncBind],
 ) -> None:
     """Queries in flight when their connections are reset fail at once with
-    BindUnavailableError, and the next queries reconnect."""
+    ConnectionEndedError (a BindUnavailableError), and the next queries reconnect."""
     db = await make_outage_db(cut_key, proxy, new_database, make_db)
     slow = {"postgresql": "SELECT pg_sleep(20)", "mysql": "SELECT SLEEP(20)"}[BACKENDS[cut_key]]
 
@@ -340,8 +346,10 @@ async def test_connections_reset_mid_query_fail_fast_and_are_discarded(
     async with asyncio.timeout(GUARD):
         results = await asyncio.gather(*tasks, return_exceptions=True)
     for result in results:
-        assert isinstance(result, BindUnavailableError), repr(result)
-        assert result.bind_key == cut_key and f"Bind {cut_key!r} is unavailable" in str(result)
+        assert isinstance(result, ConnectionEndedError), repr(result)
+        assert isinstance(result, BindUnavailableError)
+        assert result.bind_key == cut_key
+        assert f"Bind {cut_key!r}: its connection was closed from the other end" in str(result)
     await assert_pool_healthy(db, cut_key)
 
 
