@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from . import checkin, guards, readonly
+from . import cancellation, checkin, guards, readonly
 from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
@@ -101,6 +101,9 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
         poolclass: type[sa_pool.Pool] | None = options.get("poolclass") or _default_poolclass(url)
         if poolclass is not None and not issubclass(poolclass, sa_pool.NullPool):
             options["poolclass"] = guards.loop_affine_pool(poolclass)
+    if cancellation.resets_returned_connections(config.engine_options):
+        # asyncbind rolls returned connections back itself (see asyncbind.cancellation).
+        options["pool_reset_on_return"] = None
     return url, options
 
 

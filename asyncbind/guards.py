@@ -27,7 +27,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import causes, loops
+from . import cancellation, causes, loops
 from .config import BindConfig, BindKey
 from .exceptions import (
     BindUnavailableError,
@@ -45,6 +45,13 @@ CLOSE_TIMEOUT = 10.0
 
 
 # -- connecting ------------------------------------------------------------------------------
+
+#: How a driver's connection is dropped at once, with no message to the server. SQLAlchemy's own
+#: ``terminate()`` first tries a polite close, which asyncpg lets wait up to 2s for an answer.
+_DROPS: dict[str, Callable[[Any], None]] = {
+    "asyncpg": lambda driver_connection: driver_connection.terminate(),
+    "aiomysql": lambda driver_connection: driver_connection.close(),
+}
 
 
 def _aiomysql_open() -> Callable[..., Any]:
@@ -84,10 +91,18 @@ def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[...,
     except ImportError:
         return None  # create_async_engine() reports the missing driver
 
+    drop = _DROPS.get(driver)
+
+    async def attempt(*args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(timeout):
+            return await open_connection(*args, **kwargs)
+
     async def connect(*args: Any, **kwargs: Any) -> Any:
         try:
-            async with asyncio.timeout(timeout):
-                return await open_connection(*args, **kwargs)
+            if drop is None:
+                return await attempt(*args, **kwargs)
+            # Not cut short mid-handshake by the caller's cancellation (asyncbind.cancellation).
+            return await cancellation.finish_if_cancelled(attempt(*args, **kwargs), drop)
         except Exception as exc:
             password = kwargs.get("password")
             diagnosis = causes.diagnose(exc)
@@ -166,14 +181,6 @@ def _bounded(
     return call
 
 
-#: How a driver's connection is dropped at once, with no message to the server. SQLAlchemy's own
-#: ``terminate()`` first tries a polite close, which asyncpg lets wait up to 2s for an answer.
-_DROPS: dict[str, Callable[[Any], None]] = {
-    "asyncpg": lambda driver_connection: driver_connection.terminate(),
-    "aiomysql": lambda driver_connection: driver_connection.close(),
-}
-
-
 def _dropper(dialect: sa.Dialect) -> Callable[[Any], None]:
     """A function that drops a DBAPI connection of ``dialect`` (or a cursor's) at once.
 
@@ -246,8 +253,10 @@ def _install_timeouts(
     # A close past its time is cancelled, and _closing drops the connection on the cancellation.
     polite = _closing(dialect.do_close, drop_now)
     bounded = _bounded(polite, close, lambda _args, _cancellation: None)
-    # A connection of another event loop, perhaps closed, is closed without it.
-    dialect.do_close = loops.close_in_any_loop(bounded, drop_now, dialect.driver)  # type: ignore[method-assign,assignment]
+    # A cancellation is handed back to the task rather than raised into the pool; a connection
+    # of another event loop, perhaps closed, is closed without it.
+    quiet = cancellation.close_quietly(bounded)
+    dialect.do_close = loops.close_in_any_loop(quiet, drop_now, dialect.driver)  # type: ignore[method-assign,assignment]
 
 
 def _closing(
@@ -362,4 +371,12 @@ def install(engine: AsyncEngine, config: BindConfig) -> None:
     sa.event.listen(sync_engine, "handle_error", _translator(config))
     loops.remember_loops(sync_engine)
     # The drop is made before the dialect's methods are bounded (see _dropper).
-    _install_timeouts(sync_engine.dialect, config, _dropper(sync_engine.dialect))
+    drop_now = _dropper(sync_engine.dialect)
+    _install_timeouts(sync_engine.dialect, config, drop_now)
+    if cancellation.resets_returned_connections(config.engine_options):
+        cancellation.reset_quietly(
+            sync_engine,
+            sync_engine.dialect.do_rollback,
+            drop_now,
+            timed_out=lambda exc: hasattr(exc, _TIMEOUT_MARK),
+        )

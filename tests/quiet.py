@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,8 @@ class _Handler(logging.Handler):
         text = f"{record.levelname} {record.name}: {record.getMessage()}"
         if record.exc_info and record.exc_info[1] is not None:
             text += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
+            if os.environ.get("ASYNCBIND_TRACEBACKS"):
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info))
         self.into.append(text)
 
 

@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase, mysql_admin, postgresql_admin
+from quiet import Reports
+from serverstate import settled_connections
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -368,3 +371,203 @@ async def test_cleanup_cancelled_halfway_still_returns_its_connection_intact(
             assert connection.sync_connection.connection.dbapi_connection is dbapi_connection  # type: ignore[union-attr]
             assert (await again.execute(sa.text("SELECT 2"))).scalar() == 2
         await db.dispose()  # while the proxy still forwards the goodbye
+
+
+# -- a storm that must report nothing ---------------------------------------------------------
+
+QUIET_OPERATIONS = 300
+#: Operations at once: more than the pool holds, so that some wait for a connection and most
+#: connections are overflow ones, made for the operation and closed on its return.
+QUIET_CONCURRENCY = 12
+#: Where an operation can be cancelled: just after one of these events, so at the await that
+#: follows (the statement, the commit, the rollback of the pool's reset, the close of an
+#: overflow connection...), whatever the machine's speed.
+EVENTS = {
+    "engine": ("before_cursor_execute", "commit", "rollback"),
+    "pool": ("connect", "checkout", "reset", "checkin"),
+}
+
+
+@dataclass
+class Plans:
+    """Which task is to be cancelled at which of its events; what became of each operation; how
+    many connections the pool holds open (made, less closed)."""
+
+    at_event: dict[asyncio.Task[Any], list[int]] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    open_connections: int = 0
+
+    def listen(self, engine: sa.Engine) -> None:
+        for name in EVENTS["engine"]:
+            sa.event.listen(engine, name, self._seen)
+        for name in EVENTS["pool"]:
+            sa.event.listen(engine, name, self._seen)
+        sa.event.listen(engine, "connect", lambda *_: self._count(1))
+        sa.event.listen(engine, "close", lambda *_: self._count(-1))
+        sa.event.listen(engine, "close_detached", lambda *_: self._count(-1))
+
+    def _count(self, change: int) -> None:
+        self.open_connections += change
+
+    def _seen(self, *_args: Any) -> None:
+        task = asyncio.current_task()
+        countdown = self.at_event.get(task)  # type: ignore[arg-type]
+        if countdown is not None and task is not None:
+            countdown[0] -= 1
+            if countdown[0] == 0:
+                task.cancel()
+
+
+async def quiet_operation(db: AsyncBind, table: sa.Table, kind: str, n: int) -> str:
+    if kind == "connect":
+        async with db.engine.connect() as conn:
+            await conn.execute(sa.select(sa.literal(n)))
+    elif kind == "execute":
+        async with db.session() as session:
+            (await session.execute(sa.select(table).limit(3))).all()
+    elif kind == "commit":
+        async with db.session() as session:
+            await session.execute(sa.insert(table).values(n=n))
+            await session.commit()
+    else:
+        session = db.session()
+        try:
+            await session.execute(sa.insert(table).values(n=n))
+        finally:
+            await session.close()
+    return kind
+
+
+async def run_quiet_storm(db: AsyncBind, table: sa.Table, plans: Plans, rng: random.Random) -> None:
+    slots = asyncio.Semaphore(QUIET_CONCURRENCY)
+
+    async def one(n: int) -> None:
+        kind = rng.choice(("connect", "execute", "commit", "close"))
+        plan = rng.choice(("none", "events", "loop-turns"))
+        async with slots:
+            task = asyncio.create_task(quiet_operation(db, table, kind, n))
+            canceller = None
+            if plan == "events":
+                plans.at_event[task] = [rng.randint(1, 5)]
+            elif plan == "loop-turns":
+                canceller = asyncio.create_task(cancel_after_turns(task, rng.randint(0, 30)))
+            try:
+                await task
+                plans.outcomes[f"{plan}: done"] += 1
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+                plans.outcomes[f"{plan}: cancelled"] += 1
+            finally:
+                plans.at_event.pop(task, None)
+                if canceller is not None:
+                    canceller.cancel()
+
+    async with asyncio.timeout(GUARD * 2):
+        for start in range(0, QUIET_OPERATIONS, 50):
+            if start:
+                await db.dispose()  # so that the next operations connect anew
+            async with asyncio.TaskGroup() as group:
+                for n in range(start, start + 50):
+                    group.create_task(one(n))
+
+
+async def cancel_after_turns(task: asyncio.Task[Any], turns: int) -> None:
+    """Cancel ``task`` after ``turns`` turns of the event loop."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def server(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_a_cancellation_storm_reports_nothing_and_leaves_the_pool_clean(
+    server: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    url = await new_database(server)
+    db = make_db(url, engine_options={"pool_size": 2, "max_overflow": 8, "pool_timeout": GUARD})
+    table = db.Table(
+        "storm", sa.Column("id", sa.Integer, primary_key=True), sa.Column("n", sa.Integer)
+    )
+    await db.create_all()
+    await db.dispose()  # the pool counts its connections from here on
+    plans = Plans()
+    plans.listen(db.engine.sync_engine)
+    rng = random.Random(SEED)
+    context = f"seed {SEED} (rerun with ASYNCBIND_STORM_SEED={SEED})"
+    reports = Reports().start()
+    try:
+        reports.watch(asyncio.get_running_loop())
+        await run_quiet_storm(db, table, plans, rng)
+        await settle(db)
+        # Every operation that nobody cancelled finished; many were cancelled.
+        assert not plans.outcomes["none: cancelled"], (plans.outcomes, context)
+        cancelled = plans.outcomes["events: cancelled"] + plans.outcomes["loop-turns: cancelled"]
+        assert cancelled >= QUIET_OPERATIONS // 5, (plans.outcomes, context)
+        # The pool is clean: nothing checked out, and the server holds exactly the connections
+        # the pool has open (a connection attempt cut short finishes by itself and is closed).
+        assert db.engine.sync_engine.pool.checkedout() == 0, context  # type: ignore[attr-defined]
+        database = sa.make_url(url).database or ""
+        pooled = plans.open_connections
+        assert 0 <= pooled <= 10, (pooled, context)
+        assert await settled_connections(server, database, pooled) == pooled, context
+        await db.dispose()
+        assert await settled_connections(server, database, 0) == 0, context
+        gc.collect()
+    finally:
+        reports.stop()
+    assert reports.all() == {kind: [] for kind in reports.all()}, context
+
+
+@pytest.mark.mysql
+async def test_a_reset_cut_short_drops_its_connection_quietly_and_the_timeout_still_fires(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A pool rolls each returned connection back (MariaDB's rollback is a round trip even after
+    a commit). A timeout that fires during that rollback drops the connection, is reported as
+    the TimeoutError it is, and nothing is logged."""
+    url = await new_database("mysql")
+    db = make_db(url)
+    table = db.Table("items", sa.Column("id", sa.Integer, primary_key=True))
+    await db.create_all()
+    engine = db.engine.sync_engine
+    invalidated: list[object] = []
+    sa.event.listen(engine, "invalidate", lambda *args: invalidated.append(args))
+    loop = asyncio.get_running_loop()
+    reports = Reports().start()
+    try:
+        reports.watch(loop)
+        async with asyncio.timeout(GUARD):  # a hang fails, as this other timeout
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(None) as deadline:
+
+                    def expire_now(*_args: Any) -> None:
+                        deadline.reschedule(loop.time())  # fires at the rollback's first await
+
+                    sa.event.listen(engine, "reset", expire_now, insert=True)
+                    async with db.session() as session:
+                        sql = sa.text("SELECT CONNECTION_ID()")
+                        old = (await session.execute(sql)).scalar()
+                        await session.execute(sa.insert(table).values(id=1))
+                        await session.commit()
+                        sa.event.remove(engine, "reset", expire_now)
+                        await asyncio.sleep(GUARD)  # the handed-back cancellation lands here
+            assert deadline.expired()
+    finally:
+        reports.stop()
+    assert reports.all() == {kind: [] for kind in reports.all()}
+    assert len(invalidated) == 1  # dropped, never reused
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    async with db.session() as session:
+        assert (await session.execute(sa.text("SELECT CONNECTION_ID()"))).scalar() != old
+        assert (await session.execute(sa.select(table.c.id))).scalars().all() == [1]  # committed
+    database = sa.make_url(url).database or ""
+    assert await settled_connections("mysql", database, 1) == 1  # the new one only

@@ -1,0 +1,128 @@
+"""Cancellations that land in asyncbind's connector or in a pool returning a connection: each is
+absorbed there, so that a cancelled task leaves nothing behind and nothing is reported.
+
+- A connection attempt whose caller is cancelled is not interrupted mid-handshake: drivers do not
+  clean up after that (asyncpg leaves a future whose error nobody retrieves, reported as "Future
+  exception was never retrieved"; aiomysql its socket). The attempt finishes by itself and what
+  it made is dropped; the caller is cancelled at once.
+- A pool returning a connection resets it (a rollback) and may close it (an overflow connection,
+  or on dispose). SQLAlchemy's pool logs whatever a reset or close raises as an ERROR, a
+  cancellation included. A cancellation that lands there drops the connection (its state is
+  unknown, so it is never reused) and is handed back to the task: raised at the task's next
+  await, outside the pool.
+
+asyncbind therefore resets returned connections itself, through the pool's documented ``reset``
+event (SQLAlchemy's own reset is turned off with ``pool_reset_on_return=None``), unless the bind
+chooses its own ``pool_reset_on_return`` or ``pool``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+
+__all__ = ["close_quietly", "finish_if_cancelled", "reset_quietly", "resets_returned_connections"]
+
+#: Seconds a connection attempt whose caller was cancelled may take to finish by itself before
+#: it is cancelled after all (against a server that never answers, say).
+ABANDONED_CONNECT_TIMEOUT = 10.0
+#: Connection attempts whose caller was cancelled, kept until they finish.
+_ABANDONED: set[asyncio.Task[Any]] = set()
+
+
+async def finish_if_cancelled(
+    attempt: Coroutine[Any, Any, Any], drop: Callable[[Any], None]
+) -> Any:
+    """Await ``attempt`` (a driver's connect); if the caller is cancelled meanwhile, let it
+    finish by itself (within :data:`ABANDONED_CONNECT_TIMEOUT`) and ``drop`` the connection it
+    makes."""
+    task = asyncio.ensure_future(attempt)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done():
+            _discard(task, drop)
+        else:
+            _ABANDONED.add(task)
+            deadline = task.get_loop().call_later(ABANDONED_CONNECT_TIMEOUT, task.cancel)
+
+            def finished(done: asyncio.Task[Any]) -> None:
+                deadline.cancel()
+                _discard(done, drop)
+
+            task.add_done_callback(finished)
+        raise
+
+
+def _discard(attempt: asyncio.Task[Any], drop: Callable[[Any], None]) -> None:
+    _ABANDONED.discard(attempt)
+    # Reading the exception retrieves it: an attempt that failed alone is no error to report.
+    if not attempt.cancelled() and attempt.exception() is None:
+        drop(attempt.result())
+
+
+def _being_cancelled() -> asyncio.Task[Any] | None:
+    """The current task if a cancellation of it is under way (rather than a CancelledError
+    from a future that something else cancelled)."""
+    task = asyncio.current_task()
+    return task if task is not None and task.cancelling() else None
+
+
+def _hand_back(task: asyncio.Task[Any], cancelled: asyncio.CancelledError) -> None:
+    """Raise ``cancelled`` in ``task`` at its next await instead of here. The task's count of
+    cancellation requests stays as it was, so that asyncio.timeout() still recognises its own."""
+    task.uncancel()
+    task.cancel(cancelled.args[0] if cancelled.args else None)
+
+
+def close_quietly(close: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``close`` (a dialect's ``do_close``, which drops the connection when it fails) that hands a
+    cancellation back to the task instead of raising it into the pool."""
+
+    def call(dbapi_connection: Any) -> None:
+        try:
+            close(dbapi_connection)
+        except asyncio.CancelledError as cancelled:
+            task = _being_cancelled()
+            if task is None:
+                raise
+            _hand_back(task, cancelled)
+
+    return call
+
+
+def resets_returned_connections(engine_options: Mapping[str, Any]) -> bool:
+    """Whether asyncbind resets the connections returned to a bind's pool (the bind chose neither
+    its own ``pool_reset_on_return`` nor its own ``pool``)."""
+    return "pool_reset_on_return" not in engine_options and "pool" not in engine_options
+
+
+def reset_quietly(
+    engine: sa.Engine,
+    rollback: Callable[[Any], None],
+    drop: Callable[[Any], None],
+    timed_out: Callable[[BaseException], bool],
+) -> None:
+    """Roll back each connection returned to ``engine``'s pool, as SQLAlchemy's reset on return
+    does; a rollback cut short by a cancellation or a timeout (``timed_out``) drops the
+    connection quietly, and a cancellation is handed back to the task."""
+
+    def reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+        if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
+            return  # the pool drops it, or may not do I/O here, or nothing is left to roll back
+        try:
+            rollback(dbapi_connection)
+        except asyncio.CancelledError as cancelled:
+            task = _being_cancelled()
+            if task is None and not timed_out(cancelled):
+                raise
+            drop(dbapi_connection)
+            record.invalidate(cancelled)  # never handed out again
+            if task is not None:
+                _hand_back(task, cancelled)
+
+    sa.event.listen(engine, "reset", reset)
