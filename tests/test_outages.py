@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_URL, POSTGRESQL_URL, NewDatabase
+from serverstate import server_fetch
 
 from asyncbind import (
     AsyncBind,
@@ -338,10 +339,16 @@ async def test_connections_reset_mid_query_fail_fast_and_are_discarded(
         async with db.session() as session:
             await session.execute(sa.text(slow), bind_arguments={"bind_key": cut_key})
 
-    # statement_timeout would end them after 1s; the reset ends them first.
+    # statement_timeout would end them after 1s; the reset ends them first, once the server
+    # runs every one of them.
     tasks = [asyncio.create_task(slow_query()) for _ in range(WORKERS)]
-    await wait_until(lambda: proxy.open_connections >= WORKERS)
-    await asyncio.sleep(0.2)
+    database = db.get_engine(cut_key).url.database or ""
+    try:
+        async with asyncio.timeout(GUARD):
+            while await running_sleeps(BACKENDS[cut_key], database) < WORKERS:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"the server never ran {WORKERS} queries of bind {cut_key!r} at once")
     assert proxy.reset_connections() == WORKERS
     async with asyncio.timeout(GUARD):
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -351,6 +358,21 @@ async def test_connections_reset_mid_query_fail_fast_and_are_discarded(
         assert result.bind_key == cut_key
         assert f"Bind {cut_key!r}: its connection was closed from the other end" in str(result)
     await assert_pool_healthy(db, cut_key)
+
+
+async def running_sleeps(backend: str, database: str) -> int:
+    """How many statements of ``database`` the server is running a long sleep in."""
+    if backend == "postgresql":
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' "
+            "AND query LIKE 'SELECT pg_sleep(20)%'"
+        )
+    else:
+        sql = (
+            "SELECT count(*) FROM information_schema.PROCESSLIST "
+            "WHERE DB = %s AND INFO LIKE 'SELECT SLEEP(20)%%'"
+        )
+    return int((await server_fetch(backend, sql, database))[0][0])
 
 
 async def connections_from_now_on(db: AsyncBind, key: str) -> list[Any]:
