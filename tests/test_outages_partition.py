@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from conftest import NewDatabase
 from test_outages import (  # noqa: F401  (fixtures)
     BACKENDS,
+    CONNECT_TIMEOUT,
     GUARD,
     WORKERS,
     assert_pool_healthy,
@@ -71,7 +72,8 @@ async def test_pre_ping_of_an_idle_connection_in_a_black_hole_fails_within_the_t
         if guard.expired():
             pytest.fail(
                 f"A request to the black-holed bind {cut_key!r} was still waiting after {GUARD:g}s "
-                "(connect_timeout and statement_timeout are 1s): pre-ping has no timeout."
+                f"(connect_timeout and statement_timeout are {CONNECT_TIMEOUT:g}s): pre-ping "
+                "has no timeout."
             )
         raise
     finally:
