@@ -9,7 +9,8 @@ absorbed there, so that a cancelled task leaves nothing behind and nothing is re
   or on dispose). SQLAlchemy's pool logs whatever a reset or close raises as an ERROR, a
   cancellation included. A cancellation that lands there drops the connection (its state is
   unknown, so it is never reused) and is handed back to the task: raised at the task's next
-  await, outside the pool.
+  await, outside the pool. A reset that finds its connection lost (the server or the network
+  ended it) drops it just as quietly: nobody waits for a reset's outcome.
 
 asyncbind therefore resets returned connections itself, through the pool's documented ``reset``
 event (SQLAlchemy's own reset is turned off with ``pool_reset_on_return=None``), unless the bind
@@ -108,8 +109,14 @@ def reset_quietly(
     timed_out: Callable[[BaseException], bool],
 ) -> None:
     """Roll back each connection returned to ``engine``'s pool, as SQLAlchemy's reset on return
-    does; a rollback cut short by a cancellation or a timeout (``timed_out``) drops the
-    connection quietly, and a cancellation is handed back to the task."""
+    does. A rollback cut short by a cancellation, a timeout (``timed_out``) or the loss of the
+    connection drops the connection quietly (nobody waits for the reset's outcome; the pool
+    opens a new connection when it needs one), and a cancellation is handed back to the task.
+    Any other failure is raised, and the pool logs it."""
+
+    def discard(dbapi_connection: Any, record: ConnectionPoolEntry, why: BaseException) -> None:
+        drop(dbapi_connection)
+        record.invalidate(why)  # never handed out again
 
     def reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
         if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
@@ -120,9 +127,12 @@ def reset_quietly(
             task = _being_cancelled()
             if task is None and not timed_out(cancelled):
                 raise
-            drop(dbapi_connection)
-            record.invalidate(cancelled)  # never handed out again
+            discard(dbapi_connection, record, cancelled)
             if task is not None:
                 _hand_back(task, cancelled)
+        except Exception as exc:
+            if not engine.dialect.is_disconnect(exc, dbapi_connection, None):  # type: ignore[arg-type]
+                raise
+            discard(dbapi_connection, record, exc)
 
     sa.event.listen(engine, "reset", reset)

@@ -11,6 +11,9 @@ that refuse to be used from a second event loop.
   precise error :mod:`asyncbind.causes` finds: a refused login, a missing database, a connection
   the server ended, a deadlock) and timeouts :class:`~asyncbind.exceptions.StatementTimeoutError`,
   all naming the bind.
+
+Cancellations in the connector and the pool are absorbed by :mod:`asyncbind.cancellation`;
+connections of another event loop are closed by :mod:`asyncbind.loops`.
 """
 
 from __future__ import annotations
@@ -79,8 +82,10 @@ _OPENERS: dict[str, Callable[[], Callable[..., Any]]] = {
 
 
 def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[..., Any] | None:
-    """An ``async_creator_fn`` for ``driver``: connects within ``timeout`` (handshake included)
-    and turns a failure to reach the server into :class:`BindUnavailableError` naming ``key``.
+    """An ``async_creator_fn`` for ``driver``: connects within ``timeout`` (handshake included),
+    is not cut short mid-handshake when its caller is cancelled (:mod:`asyncbind.cancellation`),
+    and turns a failure to connect into the error that names ``key`` and the cause
+    (:mod:`asyncbind.causes`): :class:`BindUnavailableError` or one of its subclasses.
 
     None for drivers it does not know (and SQLite's, which open local files).
     """

@@ -471,3 +471,38 @@ async def test_a_dispose_cancelled_during_a_goodbye_still_closes_the_connection(
     assert is_closed(connection), (
         f"a cancelled dispose left the {driver.__module__} connection open"
     )
+
+
+async def test_a_connection_reset_on_its_way_back_to_the_pool_is_dropped_quietly(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pool rolls each returned connection back. When the server (or the network) has reset
+    it by then, the connection is dropped, never reused, and nothing is logged: the commit
+    before it went through, and the next request gets a working connection."""
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+    engine = db.get_engine(cut_key).sync_engine
+    table = db.metadatas[cut_key].tables["pings"]
+    invalidated: list[object] = []
+    sa.event.listen(engine, "invalidate", lambda *args: invalidated.append(args))
+
+    def reset_now(*_args: Any) -> None:
+        assert proxy.reset_connections() == 1
+
+    with caplog.at_level(logging.WARNING):
+        sa.event.listen(engine, "reset", reset_now, insert=True)  # before the rollback
+        try:
+            async with db.session() as session:
+                await session.execute(sa.insert(table).values(worker=7))
+                await session.commit()
+        finally:
+            sa.event.remove(engine, "reset", reset_now)
+        async with db.session() as session:
+            workers = await session.execute(sa.select(table.c.worker))
+            assert workers.scalars().all() == [7]
+    assert [record.getMessage() for record in caplog.records] == []
+    assert len(invalidated) == 1
+    await assert_pool_healthy(db, cut_key)
