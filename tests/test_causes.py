@@ -38,6 +38,7 @@ from asyncbind import (
     DatabaseNotFoundError,
     DeadlockError,
 )
+from asyncbind.exceptions import bind_name
 
 GUARD = 30
 #: The distinctive part of the test's passwords, made at run time so that no source line that a
@@ -320,7 +321,9 @@ def assert_ended(error: ConnectionEndedError, key: str) -> None:
     assert isinstance(error, BindUnavailableError) and isinstance(error, sa_exc.OperationalError)
     assert error.bind_key == key and error.__cause__ is not None
     message = str(error)
-    assert f"Bind {key!r}:" in message and "roll the session back and retry" in message
+    assert (
+        f"{bind_name(key, start=True)}:" in message and "roll the session back and retry" in message
+    )
     for reason in (
         "pg_terminate_backend()",
         "KILL",
