@@ -17,6 +17,7 @@ from .exceptions import (
     DeadlockError,
     NoCurrentSessionError,
     NotConfiguredError,
+    NotFoundError,
     PartialCommitError,
     PoolTimeoutError,
     ReadOnlyBindError,
@@ -26,13 +27,16 @@ from .exceptions import (
     WrongEventLoopError,
 )
 from .models import BindKeyMixin
+from .pagination import Pagination
 from .scoping import SessionScope
 from .session import RoutingSession
+from .views import AsyncBindSession, ViewHelpers
 
 __all__ = [
     "ALL",
     "AsyncBind",
     "AsyncBindError",
+    "AsyncBindSession",
     "BindAuthenticationError",
     "BindConfig",
     "BindErrors",
@@ -46,6 +50,8 @@ __all__ = [
     "DeadlockError",
     "NoCurrentSessionError",
     "NotConfiguredError",
+    "NotFoundError",
+    "Pagination",
     "PartialCommitError",
     "PoolTimeoutError",
     "ReadOnlyBindError",
@@ -55,6 +61,7 @@ __all__ = [
     "SessionSharedError",
     "StatementTimeoutError",
     "UnknownBindError",
+    "ViewHelpers",
     "WrongEventLoopError",
 ]
 

@@ -6,13 +6,15 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.selectable import TypedReturnsRows
 
-from . import bulk, schema
+from . import bulk, schema, views
 from .config import (
     ALL,
     BindConfig,
@@ -27,6 +29,7 @@ from .config import (
 from .engines import make_engine
 from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, format_key
 from .models import UNSET, MetadataRegistry, Unset, make_model_base, make_table
+from .pagination import Pagination
 from .scoping import SessionFactory, SessionScope, run_to_completion
 from .session import Router, routing_session_class
 from .sharing import guarded_session_class, install_sharing_checks
@@ -35,6 +38,9 @@ from .urls import render_url
 __all__ = ["AsyncBind", "SessionFactory"]
 
 logger = logging.getLogger("asyncbind")
+
+_O = TypeVar("_O", bound=object)
+_T = TypeVar("_T")
 
 _NOT_CONFIGURED = (
     "No database is configured on this AsyncBind. Pass a URL (AsyncBind('sqlite:///app.db')), "
@@ -91,7 +97,7 @@ class AsyncBind:
         self.metadatas = MetadataRegistry(default_metadata)
         """The :class:`~sqlalchemy.MetaData` of every configured bind, and of every other key
         that a model or table uses, by key."""
-        self.sessionmaker: async_sessionmaker[AsyncSession] = self._make_sessionmaker()
+        self.sessionmaker: async_sessionmaker[views.AsyncBindSession] = self._make_sessionmaker()
         """The :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` behind :attr:`session`."""
         self.session = SessionFactory(self)
         """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
@@ -214,10 +220,10 @@ class AsyncBind:
         if default is not None and "bind" not in self._session_options:
             self.sessionmaker.configure(bind=default)
 
-    def _make_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+    def _make_sessionmaker(self) -> async_sessionmaker[views.AsyncBindSession]:
         options = dict(self._session_options)
         sync_class = options.pop("sync_session_class", sa_orm.Session)
-        session_class = options.pop("class_", AsyncSession)
+        session_class = views.session_class(options.pop("class_", AsyncSession))
         options.setdefault("expire_on_commit", False)
         routing = routing_session_class(self._router, sync_class)
         install_sharing_checks(routing)
@@ -343,6 +349,86 @@ class AsyncBind:
             target_bind=target_bind,
             columns=columns,
             batch_size=batch_size,
+        )
+
+    # -- views (Flask-SQLAlchemy's) ---------------------------------------------------------
+
+    async def get_or_404(
+        self, entity: type[_O], ident: Any, *, description: str | None = None, **kwargs: Any
+    ) -> _O:
+        """``db.session.get_or_404(...)``: the current session's ``get()``, with a 404 instead of
+        None (see :class:`asyncbind.views.ViewHelpers`)."""
+        return await self.session.get_or_404(entity, ident, description=description, **kwargs)
+
+    @overload
+    async def first_or_404(
+        self, statement: TypedReturnsRows[_T], *, description: str | None = None
+    ) -> _T: ...
+
+    @overload
+    async def first_or_404(
+        self, statement: Executable, *, description: str | None = None
+    ) -> Any: ...
+
+    async def first_or_404(self, statement: Executable, *, description: str | None = None) -> Any:
+        """``db.session.first_or_404(...)``: the first row's first column, or a 404."""
+        return await self.session.first_or_404(statement, description=description)
+
+    @overload
+    async def one_or_404(
+        self, statement: TypedReturnsRows[_T], *, description: str | None = None
+    ) -> _T: ...
+
+    @overload
+    async def one_or_404(self, statement: Executable, *, description: str | None = None) -> Any: ...
+
+    async def one_or_404(self, statement: Executable, *, description: str | None = None) -> Any:
+        """``db.session.one_or_404(...)``: the one row's first column, or a 404."""
+        return await self.session.one_or_404(statement, description=description)
+
+    @overload
+    async def paginate(
+        self,
+        select: TypedReturnsRows[_T],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Pagination[_T]: ...
+
+    @overload
+    async def paginate(
+        self,
+        select: sa.Select[Any],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Pagination[Any]: ...
+
+    async def paginate(
+        self,
+        select: Any,
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Pagination[Any]:
+        """``db.session.paginate(...)``: one page of ``select`` on the current session, as
+        Flask-SQLAlchemy's ``db.paginate`` (see :meth:`asyncbind.views.ViewHelpers.paginate`)."""
+        return await self.session.paginate(
+            select,
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            error_out=error_out,
+            count=count,
         )
 
     # -- lifecycle --------------------------------------------------------------------------

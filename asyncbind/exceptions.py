@@ -25,6 +25,7 @@ __all__ = [
     "DeadlockError",
     "NoCurrentSessionError",
     "NotConfiguredError",
+    "NotFoundError",
     "PartialCommitError",
     "PoolTimeoutError",
     "ReadOnlyBindError",
@@ -97,6 +98,26 @@ class SessionSharedError(AsyncBindError):
             f"(its '{running}' has not finished). A session belongs to one task at a time: give "
             "each task its own, with 'async with db.scope():' inside the task (db.session is "
             "then that task's session) or 'async with db.session() as session:'."
+        )
+
+
+class NotFoundError(AsyncBindError, LookupError):
+    """``get_or_404()``, ``first_or_404()``, ``one_or_404()`` or ``paginate()`` found nothing
+    where no web framework's request is being handled (in one, the framework's own 404 is raised).
+
+    ``call`` is what was called, ``missing`` what it did not find, and ``description`` the
+    ``description=`` it was given (None if none), the text meant for the error page.
+    """
+
+    def __init__(self, call: str, missing: str, *, description: str | None = None) -> None:
+        self.call = call
+        self.missing = missing
+        self.description = description
+        given = f" (description: {description!r})" if description is not None else ""
+        super().__init__(
+            f"'{call}' found {missing}{given}. In a request of an app set up with an integration "
+            "this is the framework's 404 response; elsewhere catch NotFoundError (a "
+            "LookupError), or use session.get() or session.scalar(), which return None."
         )
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .exceptions import AsyncBindError, NoCurrentSessionError, NotConfiguredError
+from .pagination import CLOSED_BY_SCOPE
+from .views import AsyncBindSession, ViewHelpers
 
 if TYPE_CHECKING:
     from .core import AsyncBind
@@ -65,10 +67,10 @@ class Scope:
 
     def __init__(self, factory: SessionFactory) -> None:
         self._factory = factory
-        self.session: AsyncSession | None = None
+        self.session: AsyncBindSession | None = None
         self.ended = False
 
-    def get(self) -> AsyncSession:
+    def get(self) -> AsyncBindSession:
         """The scope's session, made now if it has none yet."""
         session = self.session
         if session is None:
@@ -89,6 +91,8 @@ class Scope:
         if session is not None:
             # The factory's sessions close to completion by themselves (see sharing.py).
             await session.close()
+            # A Pagination made with it must not open a connection that nobody would close.
+            session.info[CLOSED_BY_SCOPE] = True
 
     async def end(self) -> None:
         """Close the session for good: :meth:`get` raises from now on."""
@@ -113,7 +117,7 @@ class SessionScope:
         self._scope: Scope | None = None
         self._token: Token[Scope | None] | None = None
 
-    async def __aenter__(self) -> AsyncSession:
+    async def __aenter__(self) -> AsyncBindSession:
         if self._scope is not None:
             raise AsyncBindError(
                 "This db.scope() is already open; call db.scope() again for another scope."
@@ -143,7 +147,7 @@ class SessionScope:
         await scope.end()
 
 
-class SessionFactory(_Proxied):
+class SessionFactory(ViewHelpers, _Proxied):
     """``db.session``: call it for a new session; use it as one for the current session.
 
     - ``async with db.session() as session: ...`` opens a new routing
@@ -153,6 +157,8 @@ class SessionFactory(_Proxied):
       Quart app context's, or the task scope's (``async with db.scope():``). Outside all of them
       they raise :class:`~asyncbind.NoCurrentSessionError`.
     - ``await db.session.remove()`` closes the current session now; the next use makes a new one.
+    - ``await db.session.get_or_404(User, 1)``, ``first_or_404``, ``one_or_404`` and
+      ``paginate`` run on the current session (:class:`~asyncbind.views.ViewHelpers`).
     """
 
     __slots__ = ("_db", "_providers", "_var")
@@ -168,7 +174,7 @@ class SessionFactory(_Proxied):
         var: ContextVar[Scope | None] = ContextVar(f"asyncbind_session_{id(db):x}", default=None)
         set_(self, "_var", var)
 
-    def __call__(self, **kwargs: Any) -> AsyncSession:
+    def __call__(self, **kwargs: Any) -> AsyncBindSession:
         db = self._db
         if not db._configs:
             raise NotConfiguredError(_not_configured("db.session()"))
@@ -199,7 +205,10 @@ class SessionFactory(_Proxied):
                 return scope
         return None
 
-    def _current(self, name: str) -> AsyncSession:
+    def _helper_session(self, call: str) -> AsyncSession:
+        return self._current(call)
+
+    def _current(self, name: str) -> AsyncBindSession:
         scope = self._var.get() or self._ambient()
         if scope is None:
             if not self._db._configs:

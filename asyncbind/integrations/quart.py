@@ -13,16 +13,19 @@
   ``teardown_appcontext``, which rolls back whatever was not committed (a failed request's work).
   Quart pushes an app context per request and per websocket; ``async with app.app_context():``
   blocks, CLI commands and ``app.add_background_task`` tasks have their own too.
+- In a request, ``get_or_404`` and the other view helpers call ``quart.abort(404)``, and
+  ``paginate`` reads ``?page=`` and ``?per_page=`` from ``request.args``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from quart import Quart, has_app_context
+from quart import Quart, abort, has_app_context, has_request_context, request
 from quart.globals import app_ctx
 
+from .. import web
 from ..config import config_from_mapping, parse_config, place_sqlite_files
 from ..exceptions import ConfigError
 from ..scoping import Scope, run_to_completion
@@ -39,6 +42,25 @@ EXTENSION_KEY = "asyncbind"
 _SCOPES = "_asyncbind_scopes"
 
 
+class _QuartRequest:
+    """Quart's request being handled, for the view helpers: its query string and Quart's 404."""
+
+    __slots__ = ()
+
+    def query_arg(self, name: str) -> str | None:
+        return request.args.get(name)
+
+    def not_found(self, description: str | None) -> NoReturn:
+        abort(404, description=description)
+
+
+_REQUEST = _QuartRequest()
+
+
+def _current_request() -> _QuartRequest | None:
+    return _REQUEST if has_request_context() else None
+
+
 def init_app(db: AsyncBind, app: Quart) -> None:
     """Set ``db`` up for ``app``; see the module's documentation."""
     registered = app.extensions.get(EXTENSION_KEY)
@@ -51,6 +73,7 @@ def init_app(db: AsyncBind, app: Quart) -> None:
         )
     _configure(db, app)
     app.extensions[EXTENSION_KEY] = db
+    web.add_provider(_current_request)
     factory = db.session
 
     def current_scope() -> Scope | None:

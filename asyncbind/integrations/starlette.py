@@ -14,14 +14,21 @@ its own session.
         session = request.state.session  # also db.session, for this request
         ...
         await session.commit()
+
+In a request, ``get_or_404`` and the other view helpers raise Starlette's
+``HTTPException(404)``, and ``paginate`` reads ``?page=`` and ``?per_page=``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
+
+from .. import web
 from ..exceptions import NotConfiguredError
 from ..scoping import run_to_completion
 
@@ -64,11 +71,31 @@ def lifespan(db: AsyncBind, inner: Lifespan | None = None) -> Lifespan:
     return db_lifespan
 
 
+class _StarletteRequest:
+    """An HTTP request's query string and Starlette's 404, for the view helpers."""
+
+    __slots__ = ("_query", "_scope")
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+        self._query: QueryParams | None = None
+
+    def query_arg(self, name: str) -> str | None:
+        if self._query is None:
+            self._query = QueryParams(self._scope.get("query_string", b""))
+        return self._query.get(name)
+
+    def not_found(self, description: str | None) -> NoReturn:
+        raise HTTPException(404, detail=description)
+
+
 class AsyncBindMiddleware:
     """Gives each HTTP request and websocket a session of its own, and always closes it.
 
     The session is ``request.state.session`` (``state_key`` names it) and, for the request's
-    task, ``db.session``. Closing rolls back whatever was not committed.
+    task, ``db.session``. Closing rolls back whatever was not committed. In an HTTP request the
+    view helpers (``db.get_or_404()``, ...) raise Starlette's ``HTTPException(404)`` and
+    ``paginate()`` reads the query string.
 
     :param autocommit: False (the default): the handler commits. True: the session is committed
         when the handler's response has a status below 400, just before the response starts (so
@@ -94,10 +121,17 @@ class AsyncBindMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
+        if kind == "http":
+            with web.handling(_StarletteRequest(scope)):
+                await self._handle(scope, receive, send)
+        else:
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with self.db.scope() as session:
             # A new state dict: the server's may be shared with the lifespan's.
             scope["state"] = {**scope.get("state", {}), self.state_key: session}
-            if not (self.autocommit and kind == "http"):
+            if not (self.autocommit and scope["type"] == "http"):
                 await self.app(scope, receive, send)
                 return
 
