@@ -28,6 +28,7 @@ from .exceptions import (
 )
 from .models import BindKeyMixin
 from .pagination import Pagination
+from .recording import QueryInfo, get_recorded_queries
 from .scoping import SessionScope
 from .session import RoutingSession
 from .views import AsyncBindSession, ViewHelpers
@@ -54,6 +55,7 @@ __all__ = [
     "Pagination",
     "PartialCommitError",
     "PoolTimeoutError",
+    "QueryInfo",
     "ReadOnlyBindError",
     "RoutingSession",
     "SessionFactory",
@@ -63,6 +65,7 @@ __all__ = [
     "UnknownBindError",
     "ViewHelpers",
     "WrongEventLoopError",
+    "get_recorded_queries",
 ]
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
-from . import bulk, schema, views
+from . import bulk, recording, schema, views
 from .config import (
     ALL,
     BindConfig,
@@ -64,6 +64,9 @@ class AsyncBind:
     :param model_class: a declarative base of your own, or a mixin for every model.
     :param disable_autonaming: require ``__tablename__`` on every model instead of naming tables
         after their class (``UserAccount`` -> ``user_account``) as Flask-SQLAlchemy does.
+    :param record_queries: record the statements of each request and scope for
+        :func:`asyncbind.get_recorded_queries` (Flask-SQLAlchemy's ``SQLALCHEMY_RECORD_QUERIES``,
+        which ``from_config`` and ``init_app`` read too). Off, it costs nothing.
 
     Everything is validated here, before any I/O; a bad config raises one :class:`ConfigError`
     that names every bind that is wrong.
@@ -81,9 +84,13 @@ class AsyncBind:
         session_options: Mapping[str, Any] | None = None,
         model_class: type | None = None,
         disable_autonaming: bool = False,
+        record_queries: bool = False,
         app: Any = None,
     ) -> None:
         configs, engines = _build(url, binds, engine_options)
+        if not isinstance(record_queries, bool):
+            raise ConfigError(f"record_queries= is {record_queries!r}; expected True or False.")
+        self._record_queries = record_queries
         self._engine_options = check_engine_options(engine_options)
         self._session_options = _check_session_options(session_options)
         self._router = Router()
@@ -143,7 +150,10 @@ class AsyncBind:
         ``kwargs`` go to the constructor; an ``engine_options=`` among them is the default that
         ``SQLALCHEMY_ENGINE_OPTIONS`` overrides, as in Flask-SQLAlchemy. A mapping with neither
         ``SQLALCHEMY_DATABASE_URI`` nor ``SQLALCHEMY_BINDS`` is refused, as Flask-SQLAlchemy does.
+        ``SQLALCHEMY_RECORD_QUERIES`` turns on ``record_queries``.
         """
+        if recording.config_flag(mapping):
+            kwargs["record_queries"] = True
         parsed = config_from_mapping(mapping)
         if not parsed.has_database:
             raise ConfigError(
@@ -210,6 +220,9 @@ class AsyncBind:
     ) -> None:
         self._configs.update(configs)
         self._engines.update(engines)
+        if self._record_queries:
+            for engine in engines.values():
+                recording.install(engine)
         for key in configs:
             self.metadatas.for_key(key)
         self._router.set_engines(
@@ -351,7 +364,7 @@ class AsyncBind:
             batch_size=batch_size,
         )
 
-    # -- views (Flask-SQLAlchemy's) ---------------------------------------------------------
+    # -- views and query recording (Flask-SQLAlchemy's) ------------------------------------
 
     async def get_or_404(
         self, entity: type[_O], ident: Any, *, description: str | None = None, **kwargs: Any
@@ -430,6 +443,17 @@ class AsyncBind:
             error_out=error_out,
             count=count,
         )
+
+    @property
+    def record_queries(self) -> bool:
+        """Whether statements are recorded for :func:`asyncbind.get_recorded_queries`."""
+        return self._record_queries
+
+    def _start_recording(self) -> None:
+        """Turn recording on (``init_app`` with ``SQLALCHEMY_RECORD_QUERIES``)."""
+        self._record_queries = True
+        for engine in self._engines.values():
+            recording.install(engine)
 
     # -- lifecycle --------------------------------------------------------------------------
 

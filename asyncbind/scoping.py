@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import recording
 from .exceptions import AsyncBindError, NoCurrentSessionError, NotConfiguredError
 from .pagination import CLOSED_BY_SCOPE
 from .views import AsyncBindSession, ViewHelpers
@@ -110,12 +111,13 @@ class SessionScope:
     time should open a scope of its own.
     """
 
-    __slots__ = ("_factory", "_scope", "_token")
+    __slots__ = ("_factory", "_recording", "_scope", "_token")
 
     def __init__(self, factory: SessionFactory) -> None:
         self._factory = factory
         self._scope: Scope | None = None
         self._token: Token[Scope | None] | None = None
+        self._recording: recording.Recording | None = None
 
     async def __aenter__(self) -> AsyncBindSession:
         if self._scope is not None:
@@ -126,6 +128,8 @@ class SessionScope:
         session = scope.get()  # NotConfiguredError before anything is set
         self._scope = scope
         self._token = self._factory._var.set(scope)
+        if self._factory._db.record_queries:
+            self._recording = recording.begin()
         return session
 
     async def __aexit__(
@@ -138,6 +142,8 @@ class SessionScope:
         self._scope = self._token = None
         if scope is None or token is None:
             return
+        recording.end(self._recording)
+        self._recording = None
         try:
             self._factory._var.reset(token)
         except ValueError:

@@ -15,6 +15,8 @@
   blocks, CLI commands and ``app.add_background_task`` tasks have their own too.
 - In a request, ``get_or_404`` and the other view helpers call ``quart.abort(404)``, and
   ``paginate`` reads ``?page=`` and ``?per_page=`` from ``request.args``.
+- With ``SQLALCHEMY_RECORD_QUERIES``, the statements of each app context are recorded for
+  ``asyncbind.get_recorded_queries()``, as Flask-SQLAlchemy records them in ``g``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from quart import Quart, abort, has_app_context, has_request_context, request
 from quart.globals import app_ctx
 
-from .. import web
+from .. import recording, web
 from ..config import config_from_mapping, parse_config, place_sqlite_files
 from ..exceptions import ConfigError
 from ..scoping import Scope, run_to_completion
@@ -40,6 +42,8 @@ __all__ = ["init_app"]
 EXTENSION_KEY = "asyncbind"
 # The attribute of an AppContext that holds its scopes, one per AsyncBind.
 _SCOPES = "_asyncbind_scopes"
+# The attribute of an AppContext that holds its recorded queries.
+_QUERIES = "_asyncbind_queries"
 
 
 class _QuartRequest:
@@ -61,6 +65,21 @@ def _current_request() -> _QuartRequest | None:
     return _REQUEST if has_request_context() else None
 
 
+def _current_queries() -> list[recording.QueryInfo] | None:
+    """The app context's recorded queries, if its app's AsyncBind records them."""
+    if not has_app_context():
+        return None
+    ctx = app_ctx._get_current_object()
+    db = ctx.app.extensions.get(EXTENSION_KEY)
+    if db is None or not db.record_queries:
+        return None
+    queries: list[recording.QueryInfo] | None = getattr(ctx, _QUERIES, None)
+    if queries is None:
+        queries = []
+        setattr(ctx, _QUERIES, queries)
+    return queries
+
+
 def init_app(db: AsyncBind, app: Quart) -> None:
     """Set ``db`` up for ``app``; see the module's documentation."""
     registered = app.extensions.get(EXTENSION_KEY)
@@ -71,9 +90,13 @@ def init_app(db: AsyncBind, app: Quart) -> None:
             f"App {app.name!r} already has an AsyncBind ({registered!r}). "
             "Import and use that one instead of making a second."
         )
+    record_queries = recording.config_flag(app.config)
     _configure(db, app)
+    if record_queries:
+        db._start_recording()
     app.extensions[EXTENSION_KEY] = db
     web.add_provider(_current_request)
+    recording.add_provider(_current_queries)
     factory = db.session
 
     def current_scope() -> Scope | None:
