@@ -30,8 +30,8 @@ from twobinds import (
     wait_for_no_server_connections,
 )
 
-from asyncbind import AsyncBind, NoCurrentSessionError
-from asyncbind.integrations.starlette import AsyncBindMiddleware, lifespan
+from asyncbind import AsyncBind, AsyncBindSession, NoCurrentSessionError
+from asyncbind.integrations.starlette import AsyncBindMiddleware, lifespan, request_session
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -284,3 +284,35 @@ async def test_a_websocket_has_its_own_session(two: TwoBinds) -> None:
     assert len(sessions) == 1 and len(sessions[0].identity_map) == 0
     assert all_zero(checked_out(db))
     assert await names(db) == ([], ["ada", "bob"])
+
+
+async def test_request_session_is_the_middlewares_session_typed(two: TwoBinds) -> None:
+    """``request_session(request)`` is ``request.state.session`` (which type checkers see as
+    Any) as an AsyncBindSession; without the middleware's session it says what to do."""
+    db = two.db
+    seen: list[bool] = []
+
+    async def handler(request: Request) -> JSONResponse:
+        session = request_session(request, state_key="mine")
+        assert isinstance(session, AsyncBindSession)
+        seen.append(session is request.state.mine)
+        seen.append(session.sync_session is db.session.sync_session)
+        return JSONResponse({"users": list(await session.scalars(sa.select(two.User.name)))})
+
+    async def other_key(request: Request) -> JSONResponse:
+        with pytest.raises(NoCurrentSessionError, match=r"request\.state\.session.*state_key="):
+            request_session(request)
+        seen.append(True)
+        return JSONResponse({})
+
+    routes = [Route("/", handler), Route("/other", other_key)]
+    app = Starlette(
+        routes=routes, middleware=[Middleware(AsyncBindMiddleware, db=db, state_key="mine")]
+    )
+    async with client_of(app) as client:
+        assert (await client.get("/")).json() == {"users": []}
+        assert (await client.get("/other")).status_code == 200
+    async with client_of(Starlette(routes=routes)) as client:  # no middleware at all
+        assert (await client.get("/other")).status_code == 200
+    assert seen == [True, True, True, True]
+    assert all_zero(checked_out(db))

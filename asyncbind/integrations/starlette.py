@@ -10,8 +10,8 @@ its own session.
         middleware=[Middleware(AsyncBindMiddleware, db=db)],
     )
 
-    async def handler(request):
-        session = request.state.session  # also db.session, for this request
+    async def handler(request: Request) -> Response:
+        session = request_session(request)  # also db.session, for this request
         ...
         await session.commit()
 
@@ -23,23 +23,49 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 
 from .. import web
-from ..exceptions import NotConfiguredError
+from ..exceptions import NoCurrentSessionError, NotConfiguredError
 from ..scoping import run_to_completion
+from ..views import AsyncBindSession
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.requests import HTTPConnection
+    from starlette.types import (
+        ASGIApp,
+        Message,
+        Receive,
+        Scope,
+        Send,
+        StatefulLifespan,
+        StatelessLifespan,
+    )
 
     from ..core import AsyncBind
 
-__all__ = ["AsyncBindMiddleware", "lifespan"]
+__all__ = ["AsyncBindMiddleware", "lifespan", "request_session"]
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+_App = TypeVar("_App")
+
+
+# For type checkers, the lifespan is of the kind Starlette's and FastAPI's lifespan= accept: one
+# that yields no state without ``inner`` or with one that yields none, a stateful one otherwise.
+@overload
+def lifespan(db: AsyncBind, inner: None = None) -> StatelessLifespan[Any]: ...
+
+
+@overload
+def lifespan(db: AsyncBind, inner: StatelessLifespan[_App]) -> StatelessLifespan[_App]: ...
+
+
+@overload
+def lifespan(db: AsyncBind, inner: StatefulLifespan[_App]) -> StatefulLifespan[_App]: ...
 
 
 def lifespan(db: AsyncBind, inner: Lifespan | None = None) -> Lifespan:
@@ -71,6 +97,22 @@ def lifespan(db: AsyncBind, inner: Lifespan | None = None) -> Lifespan:
     return db_lifespan
 
 
+def request_session(request: HTTPConnection, state_key: str = "session") -> AsyncBindSession:
+    """The session :class:`AsyncBindMiddleware` gave ``request`` (``request.state.session``,
+    which type checkers see as ``Any``), as an AsyncSession.
+
+    ``state_key`` is the middleware's, if it was given one.
+    """
+    session = getattr(request.state, state_key, None)
+    if not isinstance(session, AsyncBindSession):
+        raise NoCurrentSessionError(
+            f"This request has no asyncbind session at request.state.{state_key} (found "
+            f"{type(session).__name__}). Add 'Middleware(AsyncBindMiddleware, db=db)' to the "
+            "app's middleware, and pass request_session() the same state_key= as the middleware."
+        )
+    return session
+
+
 class _StarletteRequest:
     """An HTTP request's query string and Starlette's 404, for the view helpers."""
 
@@ -92,10 +134,10 @@ class _StarletteRequest:
 class AsyncBindMiddleware:
     """Gives each HTTP request and websocket a session of its own, and always closes it.
 
-    The session is ``request.state.session`` (``state_key`` names it) and, for the request's
-    task, ``db.session``. Closing rolls back whatever was not committed. In an HTTP request the
-    view helpers (``db.get_or_404()``, ...) raise Starlette's ``HTTPException(404)`` and
-    ``paginate()`` reads the query string.
+    The session is ``request.state.session`` (``state_key`` names it; :func:`request_session`
+    reads it with its type) and, for the request's task, ``db.session``. Closing rolls back
+    whatever was not committed. In an HTTP request the view helpers (``db.get_or_404()``, ...)
+    raise Starlette's ``HTTPException(404)`` and ``paginate()`` reads the query string.
 
     :param autocommit: False (the default): the handler commits. True: the session is committed
         when the handler's response has a status below 400, just before the response starts (so
