@@ -343,3 +343,31 @@ def test_tables_made_in_one_loop_then_served_in_another(urls: tuple[str, str]) -
     asyncio.run(setup())
     assert asyncio.run(serve()) == {"items": ["served"], "users": ["served"]}
     assert all_zero(checked_in(db)) and all_zero(checked_out(db))
+
+
+async def test_tables_made_in_before_serving_need_test_app_not_test_client(
+    urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's way to test a Quart app: ``app.test_client()`` alone never runs
+    ``before_serving``, so its tables are missing; ``app.test_app()`` runs it (and
+    ``after_serving``, which closes every connection)."""
+    app, two, _ = create_app(*urls)
+    db = two.db
+
+    @app.before_serving
+    async def create_tables() -> None:
+        await db.create_all()
+
+    response = await app.test_client().post("/pairs/early")
+    assert response.status_code == 500
+    failures = [str(record.exc_info[1]) for record in caplog.records if record.exc_info]
+    assert len(failures) == 1 and 'relation "items" does not exist' in failures[0]
+    assert all_zero(checked_out(db))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.post("/pairs/served")).status_code == 200
+        assert await (await client.get("/pairs")).get_json() == {
+            "items": ["served"],
+            "users": ["served"],
+        }
+    assert all_zero(checked_in(db)) and all_zero(checked_out(db))
