@@ -52,6 +52,11 @@ async def test_quart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         client = test_app.test_client()
         assert await (await client.post("/users/ada")).get_json() == {"users": ["ada"]}
         assert await (await client.post("/users/bob")).get_json() == {"users": ["ada", "bob"]}
+        assert await (await client.get("/users/2")).get_json() == {"name": "bob"}
+        assert (await client.get("/users/3")).status_code == 404  # get_or_404: Quart's 404
+        page = await client.get("/users?page=2&per_page=1")
+        assert await page.get_json() == {"names": ["bob"], "pages": 2}
+        assert (await client.get("/users?page=3&per_page=1")).status_code == 404
     # As in Flask-SQLAlchemy, relative SQLite paths are in the app's instance folder.
     assert app.instance_path == str(tmp_path / "instance")
     assert files(tmp_path) == {"instance"}
@@ -66,6 +71,7 @@ async def test_flask_sqlalchemy_port(tmp_path: Path, monkeypatch: pytest.MonkeyP
         client = test_app.test_client()
         assert await (await client.post("/users/ada")).get_json() == {"id": 1}
         assert await (await client.get("/users/1")).get_json() == {"name": "ada"}
+        assert (await client.get("/users/2")).status_code == 404  # was a 500 with get_one()
         async with app.app_context():
             audit = example_["audit"]
             rows = (await db.session.execute(audit.select())).all()
@@ -80,6 +86,9 @@ async def test_starlette(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert (await client.post("/users/ada")).json() == {"added": "ada"}
         async with db.session() as session:
             assert (await session.get(User, 1)).name == "ada"  # committed by the middleware
+        assert (await client.get("/users/1")).json() == {"name": "ada"}
+        missing = await client.get("/users/2")
+        assert (missing.status_code, missing.text) == (404, "Not Found")  # Starlette's 404
 
 
 async def test_fastapi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +97,10 @@ async def test_fastapi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with lifespan_of(app), client_of(app) as client:
         assert (await client.post("/users/ada")).json() == {"id": 1}
         assert (await client.post("/users/bob")).json() == {"id": 2}
+        assert (await client.get("/users")).json() == {"names": ["ada", "bob"]}
+        assert (await client.get("/users?page=2&per_page=1")).json() == {"names": ["bob"]}
+        missing = await client.get("/users?page=3&per_page=1")
+        assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
 
 
 def test_workers(tmp_path: Path) -> None:
