@@ -119,7 +119,8 @@ class AsyncBind:
 
         Reads Flask-SQLAlchemy's keys from ``app.config`` (``SQLALCHEMY_DATABASE_URI``,
         ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS`` over the constructor's
-        ``engine_options``, ``SQLALCHEMY_ECHO``) unless the AsyncBind was given its binds already.
+        ``engine_options``, ``SQLALCHEMY_ECHO``) unless the AsyncBind was given its binds already;
+        ``SQLALCHEMY_RECORD_QUERIES`` turns on ``record_queries``.
         As in Flask-SQLAlchemy, and only here, a relative SQLite path is taken relative to
         ``app.instance_path`` (created if needed), not the working directory. Gives every app
         context (so every request) its own ``db.session``, closed in teardown; disposes the
