@@ -18,18 +18,25 @@ import fastapi
 import httpx
 import pytest
 import sqlalchemy as sa
-from quart import Quart, request
+from quart import Quart, request, websocket
 from sqlalchemy import orm as sa_orm
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 from twobinds import lifespan_of
 from werkzeug.exceptions import NotFound
 
-from asyncbind import AsyncBind, AsyncBindSession, Pagination, get_recorded_queries
+from asyncbind import (
+    AsyncBind,
+    AsyncBindSession,
+    NotFoundError,
+    Pagination,
+    get_recorded_queries,
+)
 from asyncbind.integrations import fastapi as fastapi_integration
 from asyncbind.integrations import starlette as starlette_integration
 
@@ -86,6 +93,14 @@ def recorded() -> list[list[Any]]:
     return [[q.bind_key, q.location] for q in get_recorded_queries()]
 
 
+async def look_up(get_or_404: Callable[..., Awaitable[Any]], model: Any, text: str) -> str:
+    """What a websocket answers when asked for todo ``text``: no request, so no 404 response."""
+    try:
+        return str((await get_or_404(model, int(text))).title)
+    except NotFoundError as error:
+        return f"NotFoundError: {error.missing}"
+
+
 # -- the three apps --------------------------------------------------------------------------
 
 
@@ -135,6 +150,10 @@ def quart_app(urls: tuple[str, str]) -> tuple[Quart, Models]:
         page = await db.session.paginate(sa.select(Note).order_by(Note.id))
         return {**page_json(page), "queries": recorded()}
 
+    @app.websocket("/ws")
+    async def ws() -> None:
+        await websocket.send(await look_up(db.get_or_404, Todo, await websocket.receive()))
+
     return app, models
 
 
@@ -174,6 +193,12 @@ def starlette_app(urls: tuple[str, str]) -> tuple[Starlette, Models]:
         page = await session_of(request).paginate(sa.select(Note).order_by(Note.id))
         return JSONResponse({**page_json(page), "queries": recorded()})
 
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        text = await websocket.receive_text()
+        await websocket.send_text(await look_up(db.get_or_404, Todo, text))
+        await websocket.close()
+
     app = Starlette(
         routes=[
             Route("/todos/{todo_id:int}", show_todo),
@@ -182,6 +207,7 @@ def starlette_app(urls: tuple[str, str]) -> tuple[Starlette, Models]:
             Route("/one", one),
             Route("/todos", todos),
             Route("/notes", notes),
+            WebSocketRoute("/ws", ws),
         ],
         lifespan=starlette_integration.lifespan(db),
         middleware=[Middleware(starlette_integration.AsyncBindMiddleware, db=db)],
@@ -229,6 +255,15 @@ def fastapi_app(urls: tuple[str, str]) -> tuple[fastapi.FastAPI, Models]:
     async def notes(session: AsyncBindSession = session_dependency) -> Any:
         page = await session.paginate(sa.select(Note).order_by(Note.id))
         return {**page_json(page), "queries": recorded()}
+
+    @app.websocket("/ws")
+    async def ws(
+        websocket: fastapi.WebSocket, session: AsyncBindSession = session_dependency
+    ) -> None:
+        await websocket.accept()
+        text = await websocket.receive_text()
+        await websocket.send_text(await look_up(session.get_or_404, Todo, text))
+        await websocket.close()
 
     return app, models
 
@@ -351,3 +386,50 @@ async def test_each_request_has_its_recorded_queries(served: tuple[Get, Models])
     assert (status, body["total"], body["pages"], body["ids"]) == (200, 3, 2, [1, 2])
     assert [key for key, _ in body["queries"]] == ["notes", "notes"]  # the page, its count
     assert all("(notes)" in location for _, location in body["queries"])
+
+
+async def asgi_websocket(app: Any, text: str) -> str:
+    """Send ``text`` over a websocket to ``/ws`` of an ASGI app, as a server would; the reply."""
+    incoming = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": text},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    replies: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.send":
+            replies.append(message["text"])
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
+    await app({**scope, "root_path": "", "scheme": "ws", "subprotocols": []}, receive, send)
+    assert len(replies) == 1, replies
+    return replies[0]
+
+
+async def test_a_websocket_gets_not_found_error(
+    framework: str, backend: str, new_database: Any
+) -> None:
+    """A websocket has no response to answer 404 with: the helpers raise NotFoundError there."""
+    urls = (await new_database(backend), await new_database(backend))
+    app, models = APPS[framework][0](urls)
+    await models.fill()
+    try:
+        if framework == "quart":
+            async with app.test_app() as test_app:
+                for text in ("4", "46"):
+                    async with test_app.test_client().websocket("/ws") as ws:
+                        await ws.send(text)
+                        assert await ws.receive() == (
+                            "task 4"
+                            if text == "4"
+                            else "NotFoundError: no 'Todo' with primary key 46"
+                        )
+        else:
+            assert await asgi_websocket(app, "4") == "task 4"
+            assert await asgi_websocket(app, "46") == "NotFoundError: no 'Todo' with primary key 46"
+    finally:
+        await models.db.dispose()
