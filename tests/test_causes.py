@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -255,11 +256,17 @@ async def test_a_missing_database_is_named(
         missing = f"{url.database}_missing"
         url = url.set(database=missing)
     db = AsyncBind("sqlite://", binds={"archive": url})
+    workers = set(threading.enumerate())
     try:
         with pytest.raises(DatabaseNotFoundError) as info:
             await first_statement(db, "archive")
     finally:
         await db.dispose()
+        # aiosqlite stops the worker thread of a connection that failed to open without waiting
+        # for it; let it finish while this test's loop can still take its last answer.
+        async with asyncio.timeout(GUARD):
+            while any(t.is_alive() for t in set(threading.enumerate()) - workers):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
     error = info.value
     assert isinstance(error, BindUnavailableError) and isinstance(error, sa_exc.OperationalError)
     assert error.bind_key == "archive" and error.database == missing
