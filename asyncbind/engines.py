@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from . import cancellation, checkin, guards, readonly
+from . import cancellation, checkin, guards, readonly, registry
 from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
 
-__all__ = ["bind_config", "engine_arguments", "make_engine"]
+__all__ = ["engine_arguments", "make_engine"]
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200
@@ -24,18 +23,6 @@ _READ_ONLY_SQL = {
     "mysql": "SET SESSION TRANSACTION READ ONLY",
     "mariadb": "SET SESSION TRANSACTION READ ONLY",
 }
-
-# Keyed by the engine's dialect: execution_options() copies of an engine share it, and dispose()
-# keeps it.
-_CONFIGS: weakref.WeakKeyDictionary[sa.Dialect, BindConfig] = weakref.WeakKeyDictionary()
-
-
-def bind_config(
-    bind: AsyncEngine | AsyncConnection | sa.Engine | sa.Connection,
-) -> BindConfig | None:
-    """The :class:`BindConfig` that ``bind``'s engine was made from, or None for an engine that
-    asyncbind did not make."""
-    return _CONFIGS.get(bind.dialect)
 
 
 def _read_only_sqlite(config: BindConfig, url: sa.URL) -> sa.URL:
@@ -155,5 +142,5 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         readonly.install(engine, config.key)
     guards.install(engine, config)
     checkin.install(engine, config.key)
-    _CONFIGS[engine.dialect] = config
+    registry.register(engine, config)
     return engine

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 
 from asyncbind import AsyncBind, BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from asyncbind.bulk import copy, load_rows, stream_rows
-from asyncbind.engines import bind_config
 
 UTC = dt.UTC
 NewDatabase = Callable[..., Awaitable[str]]
@@ -455,29 +454,6 @@ async def test_read_only_target_is_refused_before_any_sql(
         await load_rows(engine, target, sample(3))
     assert [sql for key, sql in log if key == "archive" and "INSERT" in sql.upper()] == []
     assert await count(writable, target, "archive") == 0
-
-
-async def test_bind_config_follows_the_engine(make_db: Callable[..., AsyncBind]) -> None:
-    """Engines remember the bind they were made for; copies made with execution_options() and
-    their connections too, and the memory outlives dispose()."""
-    db = make_db("sqlite://", binds={"other": {"url": "sqlite://", "echo_pool": False}})
-    engine = db.get_engine("other")
-    config = bind_config(engine)
-    assert config is not None and config.key == "other"
-    assert config.engine_options["echo_pool"] is False
-    assert bind_config(engine.execution_options(isolation_level="SERIALIZABLE")) is config
-    assert bind_config(engine.sync_engine) is config
-    async with engine.connect() as conn:
-        assert bind_config(conn) is config
-        assert bind_config(conn.sync_connection) is config  # type: ignore[arg-type]
-    await db.dispose()
-    assert bind_config(engine) is config
-    assert bind_config(db.engine) is not config and bind_config(db.engine) is not None
-    foreign = sa.ext.asyncio.create_async_engine("sqlite+aiosqlite://")
-    try:
-        assert bind_config(foreign) is None
-    finally:
-        await foreign.dispose()
 
 
 async def test_load_through_an_autocommit_engine(
