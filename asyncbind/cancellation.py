@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-__all__ = ["close_quietly", "finish_if_cancelled", "reset_quietly", "resets_returned_connections"]
+__all__ = ["close_quietly", "finish_if_cancelled", "reset_listener", "resets_returned_connections"]
 
 #: Seconds a connection attempt whose caller was cancelled may take to finish by itself before
 #: it is cancelled after all (against a server that never answers, say).
@@ -102,17 +102,20 @@ def resets_returned_connections(engine_options: Mapping[str, Any]) -> bool:
     return "pool_reset_on_return" not in engine_options and "pool" not in engine_options
 
 
-def reset_quietly(
-    engine: sa.Engine,
-    rollback: Callable[[Any], None],
+def reset_listener(
+    dialect: sa.Dialect,
     drop: Callable[[Any], None],
     timed_out: Callable[[BaseException], bool],
-) -> None:
-    """Roll back each connection returned to ``engine``'s pool, as SQLAlchemy's reset on return
-    does. A rollback cut short by a cancellation, a timeout (``timed_out``) or the loss of the
-    connection drops the connection quietly (nobody waits for the reset's outcome; the pool
-    opens a new connection when it needs one), and a cancellation is handed back to the task.
-    Any other failure is raised, and the pool logs it."""
+) -> Callable[[Any, ConnectionPoolEntry, PoolResetState], None]:
+    """A pool ``reset`` listener that rolls back each connection returned to the pool, as
+    SQLAlchemy's reset on return does, with ``dialect.do_rollback`` (asyncbind's, bounded in time
+    when the bind has a ``statement_timeout``).
+
+    A rollback cut short by a cancellation, a timeout (``timed_out``) or the loss of the
+    connection drops the connection quietly (nobody waits for the reset's outcome; the pool opens
+    a new connection when it needs one), and a cancellation is handed back to the task. Any other
+    failure is raised, and the pool logs it.
+    """
 
     def discard(dbapi_connection: Any, record: ConnectionPoolEntry, why: BaseException) -> None:
         drop(dbapi_connection)
@@ -122,7 +125,7 @@ def reset_quietly(
         if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
             return  # the pool drops it, or may not do I/O here, or nothing is left to roll back
         try:
-            rollback(dbapi_connection)
+            dialect.do_rollback(dbapi_connection)
         except asyncio.CancelledError as cancelled:
             task = _being_cancelled()
             if task is None and not timed_out(cancelled):
@@ -131,8 +134,8 @@ def reset_quietly(
             if task is not None:
                 _hand_back(task, cancelled)
         except Exception as exc:
-            if not engine.dialect.is_disconnect(exc, dbapi_connection, None):  # type: ignore[arg-type]
+            if not dialect.is_disconnect(exc, dbapi_connection, None):  # type: ignore[arg-type]
                 raise
             discard(dbapi_connection, record, exc)
 
-    sa.event.listen(engine, "reset", reset)
+    return reset

@@ -11,14 +11,20 @@ looked for along the error's chain, since drivers and SQLAlchemy wrap each other
 - An established connection ended from the other end (the server said so, or the driver found it
   closed or reset): :class:`ConnectionEndedError`, with the server's words when it sent any.
 - A deadlock or serialization failure: :class:`DeadlockError`.
+
+:func:`error_listener` is the ``handle_error`` listener that puts these errors in place of the
+driver's, on each engine.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import ExceptionContext
 
 from .config import BindKey
 from .exceptions import (
@@ -29,7 +35,14 @@ from .exceptions import (
     DeadlockError,
 )
 
-__all__ = ["Cause", "Diagnosis", "connect_error", "diagnose", "statement_error"]
+__all__ = [
+    "Cause",
+    "Diagnosis",
+    "connect_error",
+    "diagnose",
+    "error_listener",
+    "statement_error",
+]
 
 
 class Cause(enum.Enum):
@@ -154,3 +167,29 @@ def statement_error(
     if disconnect or isinstance(orig, OSError):
         return ConnectionEndedError(key, orig, statement)
     return None
+
+
+def error_listener(key: BindKey, url: sa.URL) -> Callable[[ExceptionContext], BaseException | None]:
+    """A ``handle_error`` listener for the engine of bind ``key`` (at ``url``): the driver's error
+    becomes the error that names the bind and the cause, where there is one to name.
+
+    A failed pre-ping is left alone (the pool opens a new connection by itself), and so is a
+    cancellation. A failure to connect reaches it from SQLite and from a connect function of the
+    application's own; asyncbind's connector reports its own (:mod:`asyncbind.connector`).
+    """
+
+    def translate(ctx: ExceptionContext) -> BaseException | None:
+        orig = ctx.original_exception
+        if ctx.is_pre_ping or not isinstance(orig, Exception):
+            return None
+        if ctx.connection is None:  # connecting
+            diagnosis = diagnose(orig)
+            return connect_error(key, orig, diagnosis, user=url.username, database=url.database)
+        error = statement_error(
+            key, orig, ctx.statement, ctx.parameters, disconnect=ctx.is_disconnect
+        )
+        if isinstance(error, BindUnavailableError):
+            ctx.is_disconnect = True  # the connection is discarded, not returned to the pool
+        return error
+
+    return translate

@@ -22,28 +22,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .config import BindKey
 from .exceptions import format_key
+from .internals import asyncpg_transaction_open
 
-__all__ = ["DRIVERS", "asyncpg_transaction_open", "install"]
+__all__ = ["DRIVERS", "transaction_check"]
 
 logger = logging.getLogger("asyncbind")
-
-
-def asyncpg_transaction_open(driver: Any) -> bool:
-    """Whether an asyncpg connection is in a transaction, or believes it is.
-
-    ``is_in_transaction()`` is the server's view (from its last ReadyForQuery). asyncpg also keeps
-    the transaction that its ``Connection.transaction()`` started as ``_top_xact``, even one whose
-    BEGIN was cancelled before the server saw it; the next ``transaction()`` on that connection
-    would then send a SAVEPOINT. No public method tells, so this reads the attribute
-    (tests/test_checkin.py fails if asyncpg renames it).
-    """
-    return bool(driver.is_in_transaction()) or driver._top_xact is not None
 
 
 def _aiomysql_transaction_open(driver: Any) -> bool:
@@ -58,21 +45,25 @@ def _aiosqlite_transaction_open(driver: Any) -> bool:
 
 #: For each driver asyncbind checks: whether its connection is (or may be) in a transaction.
 DRIVERS: dict[str, Callable[[Any], bool]] = {
+    # Reads asyncpg's private _top_xact as well: see asyncbind.internals.
     "asyncpg": asyncpg_transaction_open,
     "aiomysql": _aiomysql_transaction_open,
     "aiosqlite": _aiosqlite_transaction_open,
 }
 
 
-def install(engine: AsyncEngine, key: BindKey) -> None:
-    """Discard connections of ``engine`` that come back to its pool inside a transaction.
+def transaction_check(
+    driver: str, key: BindKey
+) -> Callable[[Any, ConnectionPoolEntry], None] | None:
+    """A pool ``checkin`` listener that discards connections of ``driver`` (bind ``key``) that
+    come back to the pool inside a transaction; None for drivers it does not know.
 
-    Does nothing for drivers it does not know. The listener is on the engine, so it stays when
-    the pool is recreated (``dispose()``) and covers ``execution_options()`` copies.
+    Listened for on the engine, it stays when the pool is recreated (``dispose()``) and covers
+    ``execution_options()`` copies.
     """
-    in_transaction = DRIVERS.get(engine.dialect.driver)
+    in_transaction = DRIVERS.get(driver)
     if in_transaction is None:
-        return
+        return None
 
     def check(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         if dbapi_connection is None:  # already invalidated
@@ -90,4 +81,4 @@ def install(engine: AsyncEngine, key: BindKey) -> None:
             )
             record.invalidate()
 
-    sa.event.listen(engine.sync_engine, "checkin", check)
+    return check

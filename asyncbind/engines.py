@@ -1,44 +1,42 @@
-"""One :class:`~sqlalchemy.ext.asyncio.AsyncEngine` per bind, with per-dialect defaults."""
+"""Each bind's :class:`~sqlalchemy.ext.asyncio.AsyncEngine`, made and wired in one place.
+
+:func:`engine_arguments` works out what the engine is created with: the URL and the dialect's
+defaults, read-only connections, the connector, the pool class, the reset on return.
+:func:`make_engine` creates it and wires in, top to bottom, everything asyncbind adds to an
+engine: errors that name the bind, event loops, timeouts, how connections close, the reset and
+check of returned connections, the refusal of writes on read-only binds. The other modules
+provide those pieces as functions and listeners; only this one attaches them to an engine.
+What has no public hook goes through :mod:`asyncbind.internals`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from . import cancellation, checkin, guards, readonly, registry
+from . import (
+    cancellation,
+    causes,
+    checkin,
+    closing,
+    connector,
+    internals,
+    loops,
+    readonly,
+    registry,
+    timeouts,
+)
 from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
 
-__all__ = ["engine_arguments", "make_engine"]
+__all__ = ["MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200
-_READ_ONLY_SQL = {
-    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-    "mysql": "SET SESSION TRANSACTION READ ONLY",
-    "mariadb": "SET SESSION TRANSACTION READ ONLY",
-}
-
-
-def _read_only_sqlite(config: BindConfig, url: sa.URL) -> sa.URL:
-    if is_memory_sqlite(url):
-        raise ConfigError(
-            f"{bind_name(config.key, start=True)}: an in-memory SQLite database cannot be "
-            "read-only (it starts empty). Point the bind at a database file, or drop 'read_only'."
-        )
-    database = url.database or ""
-    if not database.startswith("file:"):
-        database = f"file:{database}"
-    return url.set(database=database).update_query_dict({"mode": "ro", "uri": "true"})
-
-
-def _latin1(password: object) -> bool:
-    return password is None or all(ord(c) < 256 for c in str(password))
 
 
 def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
@@ -46,9 +44,10 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
 
     Dialect defaults come first and the bind's options override them: MySQL and MariaDB get
     ``pool_recycle=7200`` and ``charset=utf8mb4``; in-memory SQLite gets one shared connection
-    (``StaticPool``), so that every session of the bind sees the same database. A read-only
-    SQLite bind opens its file read-only; PostgreSQL through asyncpg gets read-only transactions
-    from the server settings.
+    (``StaticPool``), so that every session of the bind sees the same database. Then asyncbind's
+    own: read-only connections where the driver allows it, the connector (``connect_timeout``),
+    the pool class that knows its bind and event loop, and the reset on return of
+    :mod:`asyncbind.cancellation` unless the bind chose its own.
     """
     url = config.url
     options: dict[str, Any] = {}
@@ -65,61 +64,96 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
     elif is_memory_sqlite(url):
         options["poolclass"] = sa.StaticPool
     options.update(config.engine_options)
+
     connect_args = dict(options.get("connect_args") or {})
-    if config.read_only and backend == "sqlite":
-        url = _read_only_sqlite(config, url)
-    elif config.read_only and url.get_driver_name() == "asyncpg":
-        settings = connect_args.get("server_settings") or {}
-        if not isinstance(settings, Mapping):
-            raise ConfigError(
-                f"{bind_name(config.key, start=True)}: connect_args['server_settings'] is "
-                f"{type(settings).__name__}; asyncpg expects a dict of server settings."
-            )
-        settings = dict(settings)
-        settings["default_transaction_read_only"] = "on"
-        connect_args["server_settings"] = settings
-    if "async_creator_fn" not in connect_args:
-        creator = guards.connector(url.get_driver_name(), config.key, config.connect_timeout)
-        if creator is not None:
-            connect_args["async_creator_fn"] = creator
+    if config.read_only:
+        url = readonly.read_only_connections(config.key, url, connect_args)
+    connect = connector.connector(url.get_driver_name(), config.key, config.connect_timeout)
+    if connect is not None:
+        internals.add_connector(connect_args, connect)
     if connect_args:
         options["connect_args"] = connect_args
     if "pool" not in options:
-        poolclass: type[sa_pool.Pool] | None = options.get("poolclass") or _default_poolclass(url)
+        poolclass = options.get("poolclass") or internals.default_poolclass(url)
         if poolclass is not None and not issubclass(poolclass, sa_pool.NullPool):
-            options["poolclass"] = guards.loop_affine_pool(poolclass)
+            options["poolclass"] = internals.bind_pool_class(poolclass)
     if cancellation.resets_returned_connections(config.engine_options):
-        # asyncbind rolls returned connections back itself (see asyncbind.cancellation).
-        options["pool_reset_on_return"] = None
+        options["pool_reset_on_return"] = None  # asyncbind resets them (see make_engine)
     return url, options
 
 
-def _default_poolclass(url: sa.URL) -> type[sa_pool.Pool] | None:
-    try:
-        dialect_cls = url.get_dialect().get_async_dialect_cls(url)
-        poolclass: type[sa_pool.Pool] = dialect_cls.get_pool_class(url)  # type: ignore[attr-defined]
-        return poolclass
-    except Exception:  # an unusual dialect: let create_async_engine choose
-        return None
-
-
-def _read_only_connections(engine: AsyncEngine, sql: str) -> None:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(sql)
-        finally:
-            cursor.close()
-        dbapi_connection.commit()
-
-    sa.event.listen(engine.sync_engine, "connect", on_connect)
-
-
 def make_engine(config: BindConfig) -> AsyncEngine:
-    """Create the engine for one bind; no connection is made until it is used."""
+    """Create the engine of one bind, with everything asyncbind adds wired in; no connection is
+    made until it is used."""
     url, options = engine_arguments(config)
+    engine = _create(config, url, options)
+    sync = engine.sync_engine
+    dialect = sync.dialect
+    key = config.key
+    registry.register(engine, config)
+    internals.name_pool(sync.pool, key)  # for PoolTimeoutError and WrongEventLoopError
+
+    # Read-only binds: writes refused before any SQL is sent, the database's own refusal named,
+    # and read-only sessions where the connection could not be made read-only from the start.
+    if config.read_only:
+        sa.event.listen(sync, "before_execute", readonly.write_listener(key))
+        sa.event.listen(sync, "handle_error", readonly.refusal_listener(key, dialect.name))
+        sql = readonly.session_sql(url)
+        if sql is not None:
+            sa.event.listen(sync, "connect", readonly.session_sql_listener(sql))
+
+    # Errors that name the bind, and the cause where the driver's error tells it.
+    sa.event.listen(sync, "handle_error", causes.error_listener(key, url))
+
+    # Each connection remembers its event loop, so that it can be closed from another.
+    if loops.closes_across_loops(dialect.driver):
+        sa.event.listen(sync, "connect", loops.remember_loop)
+
+    # Timeouts. What drops a connection is made before the dialect's methods are replaced
+    # (see closing.dropper).
+    drop = closing.dropper(dialect)
+    statement = config.statement_timeout
+    if statement is not None:
+        for name, listener in timeouts.statement_listeners(dialect, statement, drop).items():
+            sa.event.listen(sync, name, listener)
+        commit = timeouts.bounded(dialect.do_commit, statement, "a commit", drop)
+        rollback = timeouts.bounded(dialect.do_rollback, statement, "a rollback", drop)
+        internals.replace_dialect_method(dialect, "do_commit", commit)
+        internals.replace_dialect_method(dialect, "do_rollback", rollback)
+        sa.event.listen(sync, "handle_error", timeouts.error_listener(key))
+    ping = statement or config.connect_timeout
+    if ping is not None:
+        internals.replace_dialect_method(
+            dialect, "do_ping", timeouts.bounded_ping(dialect.do_ping, ping, drop)
+        )
+
+    # Closing a connection: politely, dropped if the goodbye fails or is cancelled, within a
+    # time; a cancellation handed back to the task rather than raised into the pool; and a
+    # connection of another event loop closed without that loop.
+    close = closing.close_or_drop(dialect.do_close, drop)
+    close = timeouts.bounded_close(
+        close, statement or config.connect_timeout or timeouts.CLOSE_TIMEOUT
+    )
+    close = cancellation.close_quietly(close)
+    close = loops.close_in_any_loop(close, drop, dialect.driver)
+    internals.replace_dialect_method(dialect, "do_close", close)
+
+    # Connections returned to the pool: rolled back (by asyncbind, quietly, unless the bind chose
+    # its own reset), then discarded if the server is still in a transaction.
+    if cancellation.resets_returned_connections(config.engine_options):
+        reset = cancellation.reset_listener(dialect, drop, timeouts.timed_out)
+        sa.event.listen(sync, "reset", reset)
+    check = checkin.transaction_check(dialect.driver, key)
+    if check is not None:
+        sa.event.listen(sync, "checkin", check)
+    return engine
+
+
+def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEngine:
+    """``create_async_engine(url, **options)``; what it refuses is a :class:`ConfigError` naming
+    the bind, never showing the password."""
     try:
-        engine = create_async_engine(url, **options)
+        return create_async_engine(url, **options)
     except ImportError as exc:
         raise ConfigError(
             f"{bind_name(config.key, start=True)}: the driver for {url.drivername!r} is not "
@@ -132,15 +166,10 @@ def make_engine(config: BindConfig) -> AsyncEngine:
             f"({', '.join(sorted(options)) or 'none'})"
         )
         fix = "Options are create_async_engine() keyword arguments."
-        if url.password and guards.mentions(exc, str(url.password)):
+        if url.password and connector.mentions(exc, str(url.password)):
             raise ConfigError(f"{message}. {fix}") from None
         raise ConfigError(f"{message}: {exc}. {fix}") from exc
-    backend = url.get_backend_name()
-    if config.read_only and backend in _READ_ONLY_SQL and url.get_driver_name() != "asyncpg":
-        _read_only_connections(engine, _READ_ONLY_SQL[backend])
-    if config.read_only:
-        readonly.install(engine, config.key)
-    guards.install(engine, config)
-    checkin.install(engine, config.key)
-    registry.register(engine, config)
-    return engine
+
+
+def _latin1(password: object) -> bool:
+    return password is None or all(ord(c) < 256 for c in str(password))

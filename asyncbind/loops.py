@@ -11,11 +11,15 @@ So each connection's loop is remembered when it is made, and a close from any ot
 - shuts the socket down at once (``TransportSocket.shutdown()``, which asyncio allows), so the
   server lets go of the connection now;
 - if that loop is closed, releases the transport here: what the loop would have run, had it been
-  open, runs in this one (see :func:`_release`); the driver's connection is then marked closed;
+  open, runs in this one (:func:`asyncbind.internals.release_transport`); the driver's
+  connection is then marked closed;
 - if that loop is still open, asks it to drop the connection when it next runs.
 
 Drivers whose connections belong to no loop (aiosqlite's run in a thread of their own) and those
 asyncbind does not know are closed as SQLAlchemy closes them.
+
+A bind's pool used from a second loop refuses, with
+:class:`~asyncbind.exceptions.WrongEventLoopError`: see :class:`asyncbind.internals.BindPool`.
 """
 
 from __future__ import annotations
@@ -27,42 +31,26 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
+from . import internals
 
-__all__ = ["close_in_any_loop", "remember_loops", "transport_of"]
+__all__ = ["close_in_any_loop", "closes_across_loops", "remember_loop"]
 
 #: The loop each driver connection was made in.
 _LOOPS: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
 
-#: Each driver connection's transport. No driver offers it publicly: these are private
-#: attributes, kept here; tests/test_loops.py fails if a driver renames them.
-_TRANSPORTS: dict[str, Callable[[Any], Any]] = {
-    "asyncpg": lambda connection: connection._transport,
-    "aiomysql": lambda connection: connection._writer and connection._writer.transport,
-}
+
+def closes_across_loops(driver: str) -> bool:
+    """Whether connections of ``driver`` belong to an event loop and can be closed from another
+    (asyncbind knows their transport)."""
+    return internals.has_transport(driver)
 
 
-def transport_of(driver: str, driver_connection: Any) -> asyncio.Transport | None:
-    """The transport of ``driver``'s connection, or None if unknown or already closed."""
-    transport_getter = _TRANSPORTS.get(driver)
-    if transport_getter is None:
-        return None
-    transport: asyncio.Transport | None = transport_getter(driver_connection)
-    return transport
-
-
-def remember_loops(engine: sa.Engine) -> None:
-    """Remember the event loop each new connection of ``engine`` is made in."""
-    if engine.dialect.driver not in _TRANSPORTS:
-        return
-
-    def connected(dbapi_connection: Any, _record: Any) -> None:
-        driver_connection = getattr(dbapi_connection, "driver_connection", None)
-        if driver_connection is not None:
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to remember
-                _LOOPS[driver_connection] = asyncio.get_running_loop()
-
-    sa.event.listen(engine, "connect", connected)
+def remember_loop(dbapi_connection: Any, _record: Any) -> None:
+    """A pool ``connect`` listener: remember the event loop a new connection is made in."""
+    driver_connection = getattr(dbapi_connection, "driver_connection", None)
+    if driver_connection is not None:
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to remember
+            _LOOPS[driver_connection] = asyncio.get_running_loop()
 
 
 def close_in_any_loop(
@@ -73,7 +61,7 @@ def close_in_any_loop(
 
     ``drop`` closes a connection at once, with no goodbye to the server.
     """
-    if driver not in _TRANSPORTS:
+    if not closes_across_loops(driver):
         return close
 
     def close_anywhere(dbapi_connection: Any) -> None:
@@ -82,12 +70,12 @@ def close_in_any_loop(
         if owner is None or owner is _running_loop():
             close(dbapi_connection)
             return
-        transport = transport_of(driver, driver_connection)
+        transport = internals.transport_of(driver, driver_connection)
         if transport is not None:
             _shut_down(transport)
         if owner.is_closed():
             if transport is not None:
-                _release(transport)
+                internals.release_transport(transport)
             drop(dbapi_connection)  # only marks it closed: its transport is closed already
         else:
             owner.call_soon_threadsafe(drop, dbapi_connection)
@@ -108,20 +96,3 @@ def _shut_down(transport: asyncio.Transport) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # not connected any more
             sock.shutdown(socket.SHUT_RDWR)
-
-
-def _release(transport: asyncio.Transport) -> None:
-    """Close ``transport``, whose event loop is closed, without that loop.
-
-    ``abort()`` marks the transport closed, then schedules its ``connection_lost()`` callback
-    on its loop, which a closed loop refuses ("Event loop is closed"). That callback tells the
-    protocol and closes the socket; it runs here instead. It is private to asyncio's transports
-    (tests/test_loops.py fails if asyncio renames it); a transport without it keeps its socket,
-    already shut down, until the garbage collector closes it.
-    """
-    with contextlib.suppress(RuntimeError):
-        transport.abort()
-    connection_lost = getattr(transport, "_call_connection_lost", None)
-    sock = transport.get_extra_info("socket")
-    if connection_lost is not None and sock is not None and sock.fileno() != -1:
-        connection_lost(None)

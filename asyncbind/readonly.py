@@ -4,25 +4,35 @@ A bind configured with ``read_only=True`` refuses writes twice. First asyncbind:
 router refuses a flush or a routed INSERT / UPDATE / DELETE / DDL, and every statement that
 reaches a read-only engine by another path (``bind_arguments={"bind_key": ...}``, ``bind=``,
 ``session.connection()``, ``engine.connect()`` / ``engine.begin()``) is checked by a
-``before_execute`` listener on that engine. Then the database: the connection itself is read-only
-(see :mod:`asyncbind.engines`), so raw SQL that writes is refused there, and that refusal becomes
-a :class:`~asyncbind.exceptions.ReadOnlyBindError` as well.
+``before_execute`` listener on that engine (:func:`write_listener`). Then the database: the
+connection itself is read-only (:func:`read_only_connections`, :func:`session_sql`), so raw SQL
+that writes is refused there, and that refusal becomes a
+:class:`~asyncbind.exceptions.ReadOnlyBindError` as well (:func:`refusal_listener`).
 
 The listeners go on read-only engines only: writable binds pay nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import BindKey
-from .exceptions import ReadOnlyBindError
+from .exceptions import ConfigError, ReadOnlyBindError, bind_name
+from .urls import is_memory_sqlite
 
-__all__ = ["install", "is_refusal", "refusal"]
+__all__ = [
+    "is_refusal",
+    "read_only_connections",
+    "refusal",
+    "refusal_listener",
+    "session_sql",
+    "session_sql_listener",
+    "write_listener",
+]
 
 _ARTICLES = {"INSERT": "an", "UPDATE": "an"}
 #: MySQL / MariaDB: "Cannot execute statement in a READ ONLY transaction".
@@ -32,6 +42,71 @@ _POSTGRESQL_READ_ONLY = "25006"
 #: SQLite: SQLITE_READONLY, the low byte of its extended codes ("attempt to write a readonly
 #: database").
 _SQLITE_READ_ONLY = 8
+#: What makes a session read-only, where the driver cannot be told so when it connects.
+_SESSION_SQL = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+}
+
+
+# -- the connection --------------------------------------------------------------------------
+
+
+def read_only_connections(key: BindKey, url: sa.URL, connect_args: dict[str, Any]) -> sa.URL:
+    """The URL of read-only bind ``key``, and its ``connect_args`` updated in place, so that its
+    connections are read-only from the start where the driver allows it.
+
+    SQLite opens the file read-only (``mode=ro``; an in-memory database cannot be read-only, as
+    it starts empty). asyncpg sets ``default_transaction_read_only`` in the server settings.
+    Other drivers get :func:`session_sql` on each new connection.
+    """
+    if url.get_backend_name() == "sqlite":
+        if is_memory_sqlite(url):
+            raise ConfigError(
+                f"{bind_name(key, start=True)}: an in-memory SQLite database cannot be "
+                "read-only (it starts empty). Point the bind at a database file, or drop "
+                "'read_only'."
+            )
+        database = url.database or ""
+        if not database.startswith("file:"):
+            database = f"file:{database}"
+        return url.set(database=database).update_query_dict({"mode": "ro", "uri": "true"})
+    if url.get_driver_name() == "asyncpg":
+        settings = connect_args.get("server_settings") or {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(
+                f"{bind_name(key, start=True)}: connect_args['server_settings'] is "
+                f"{type(settings).__name__}; asyncpg expects a dict of server settings."
+            )
+        connect_args["server_settings"] = {**settings, "default_transaction_read_only": "on"}
+    return url
+
+
+def session_sql(url: sa.URL) -> str | None:
+    """The SQL that makes a new connection to ``url`` read-only, where
+    :func:`read_only_connections` could not (None there)."""
+    if url.get_driver_name() == "asyncpg":
+        return None
+    return _SESSION_SQL.get(url.get_backend_name())
+
+
+def session_sql_listener(sql: str) -> Callable[[Any, Any], None]:
+    """A pool ``connect`` listener that runs ``sql`` (:func:`session_sql`) on each new
+    connection, and commits it."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    return on_connect
+
+
+# -- writes ------------------------------------------------------------------------------------
 
 
 def refusal(key: BindKey, clause: Any, owner: str | None = None) -> ReadOnlyBindError | None:
@@ -87,10 +162,9 @@ def _message(error: BaseException) -> str:
     return (text.splitlines() or [type(error).__name__])[0]
 
 
-def install(engine: AsyncEngine, key: BindKey) -> None:
-    """Refuse writes on ``engine`` (read-only bind ``key``) before they are sent, and turn the
-    database's refusal of the ones that could not be recognised into ReadOnlyBindError."""
-    backend = engine.dialect.name
+def write_listener(key: BindKey) -> Callable[..., None]:
+    """A ``before_execute`` listener for read-only bind ``key``'s engine that refuses writes
+    before they are sent."""
 
     def before_execute(
         _conn: sa.Connection, clause: Any, _multiparams: Any, _params: Any, _options: Any
@@ -99,11 +173,20 @@ def install(engine: AsyncEngine, key: BindKey) -> None:
         if error is not None:
             raise error
 
+    return before_execute
+
+
+def refusal_listener(
+    key: BindKey, backend: str
+) -> Callable[[ExceptionContext], BaseException | None]:
+    """A ``handle_error`` listener for read-only bind ``key``'s engine (of ``backend``) that
+    turns the database's refusal of a write that could not be recognised into
+    :class:`ReadOnlyBindError`."""
+
     def handle_error(ctx: ExceptionContext) -> BaseException | None:
         original = ctx.original_exception
         if ctx.is_disconnect or not is_refusal(backend, original):
             return None
         return ReadOnlyBindError(key, f"a write ({_message(original)})", sent=True)
 
-    sa.event.listen(engine.sync_engine, "before_execute", before_execute)
-    sa.event.listen(engine.sync_engine, "handle_error", handle_error)
+    return handle_error

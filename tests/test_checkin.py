@@ -16,7 +16,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncbind import AsyncBind
-from asyncbind.checkin import asyncpg_transaction_open
 
 SERVERS = [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in ("postgresql", "mysql")]
 
@@ -155,37 +154,6 @@ async def test_connections_that_end_cleanly_are_kept(
     assert invalidated == []
     assert len(drivers) == 1
     assert await committed_ids(url, make_db) == list(range(0, 30, 3))
-
-
-@pytest.mark.postgresql
-async def test_asyncpg_transaction_open_reads_the_driver(
-    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
-) -> None:
-    """The one place that reads an asyncpg attribute (``_top_xact``): this fails if asyncpg
-    changes it."""
-    db = make_db(await new_database("postgresql"))
-    async with db.engine.connect() as conn:
-        driver: Any = (await conn.get_raw_connection()).driver_connection
-        assert asyncpg_transaction_open(driver) is False
-
-        transaction = driver.transaction()
-        await transaction.start()
-        assert driver._top_xact is transaction
-        assert asyncpg_transaction_open(driver) is True
-        await transaction.rollback()
-        assert asyncpg_transaction_open(driver) is False
-
-        # A transaction asyncpg believes in while the server is in none: what a BEGIN cancelled
-        # before it reached the server leaves.
-        driver._top_xact = transaction
-        assert not driver.is_in_transaction()
-        assert asyncpg_transaction_open(driver) is True
-        driver._top_xact = None
-
-        await driver.execute("BEGIN")  # the server's view
-        assert asyncpg_transaction_open(driver) is True
-        await driver.execute("ROLLBACK")
-        assert asyncpg_transaction_open(driver) is False
 
 
 @pytest.mark.parametrize("backend", SERVERS, indirect=True)

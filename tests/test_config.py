@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from asyncbind import AsyncBind, ConfigError, NotConfiguredError, UnknownBindError
 from asyncbind.config import config_from_env, parse_config
-from asyncbind.engines import engine_arguments
 
 
 def test_binds_accept_strings_urls_and_dicts() -> None:
@@ -48,19 +47,6 @@ def test_every_engine_gets_its_options(tmp_path: Any) -> None:
         engine_options={"echo": True},
     )
     assert all(engine.echo for engine in db.engines.values())
-
-
-def test_mysql_gets_recycle_and_utf8mb4_unless_told_otherwise() -> None:
-    config = parse_config("mysql://root@h/db", None, None)[None]
-    url, options = engine_arguments(config)
-    assert url.query["charset"] == "utf8mb4"
-    assert options["pool_recycle"] == 7200
-    config = parse_config({"url": "mariadb://h/db?charset=latin1", "pool_recycle": 60}, None, None)[
-        None
-    ]
-    url, options = engine_arguments(config)
-    assert url.query["charset"] == "latin1"
-    assert options["pool_recycle"] == 60
 
 
 @pytest.mark.parametrize(

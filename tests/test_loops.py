@@ -20,7 +20,7 @@ from conftest import NewDatabase
 from quiet import Reports
 from serverstate import server_connections, settled_connections
 
-from asyncbind import AsyncBind, loops
+from asyncbind import AsyncBind
 
 pytestmark = [pytest.mark.sqlite, pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -163,27 +163,3 @@ def test_dispose_closes_the_connections_of_a_loop_that_is_still_open(
     finally:
         reports.stop()
     assert reports.all() == {k: [] for k in reports.all()}
-
-
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param("postgresql", marks=pytest.mark.postgresql),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ],
-)
-async def test_the_private_attributes_it_closes_through_are_there(
-    backend: str, new_database: NewDatabase
-) -> None:
-    """What asyncbind.loops reads that drivers and asyncio do not offer publicly: a driver
-    connection's transport, and the transport's connection_lost() callback."""
-    db = AsyncBind(await new_database(backend))
-    try:
-        async with db.engine.connect() as conn:
-            dbapi_connection = (await conn.get_raw_connection()).dbapi_connection
-            driver = db.engine.dialect.driver
-            transport = loops.transport_of(driver, dbapi_connection.driver_connection)  # type: ignore[union-attr]
-            assert isinstance(transport, asyncio.Transport), (driver, transport)
-            assert callable(getattr(transport, "_call_connection_lost", None))
-    finally:
-        await db.dispose()

@@ -1,8 +1,10 @@
 """Read-only binds refuse writes on every path, before any SQL is sent; raw SQL that the read-only
-connection refuses is reported as the same error. On SQLite, PostgreSQL and MariaDB."""
+connection refuses is reported as the same error; create_all() skips them and drop_all() refuses
+them. On SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from sqlalchemy.orm import Mapped, mapped_column
 
-from asyncbind import AsyncBind, ReadOnlyBindError
+from asyncbind import AsyncBind, ConfigError, ReadOnlyBindError
 
 Statements = Callable[[AsyncBind], list[tuple[Any, str]]]
 
@@ -243,3 +246,119 @@ def test_read_only_error_survives_pickling() -> None:
     error = pickle.loads(pickle.dumps(ReadOnlyBindError("ro", "a write (x)", sent=True)))
     assert (error.key, error.sent) == ("ro", True)
     assert "its database refused a write (x)" in str(error)
+
+
+# -- through models and the session ----------------------------------------------------------
+
+
+@pytest.fixture
+async def read_only_db(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> tuple[AsyncBind, Any]:
+    """A writable default bind and a read-only bind 'ro' over a database holding one row."""
+    ro_url = await new_database(backend)
+    writer = make_db(ro_url)
+    writer.Table(
+        "ref", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(20))
+    )
+    await writer.create_all()
+    async with writer.session() as session:
+        await session.execute(sa.text("INSERT INTO ref (id, name) VALUES (1, 'one')"))
+        await session.commit()
+    await writer.dispose()
+
+    db = make_db(await new_database(backend), binds={"ro": {"url": ro_url, "read_only": True}})
+
+    class Ref(db.Model):
+        __bind_key__ = "ro"
+        __tablename__ = "ref"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(20))
+
+    return db, Ref
+
+
+async def ref_names(db: AsyncBind) -> list[str]:
+    async with db.engines["ro"].connect() as conn:
+        return list((await conn.execute(sa.text("SELECT name FROM ref ORDER BY id"))).scalars())
+
+
+async def test_read_only_bind_reads(read_only_db: tuple[AsyncBind, Any]) -> None:
+    db, Ref = read_only_db
+    async with db.session() as session:
+        assert (await session.get(Ref, 1)).name == "one"
+
+
+async def test_read_only_bind_refuses_writes_in_the_session(
+    read_only_db: tuple[AsyncBind, Any], statements: Statements
+) -> None:
+    db, Ref = read_only_db
+    log = statements(db)
+    ref = Ref.__table__
+    async with db.session() as session:
+        for write, what in [
+            (sa.insert(ref).values(id=2, name="two"), "INSERT"),
+            (sa.update(ref).values(name="x"), "UPDATE"),
+            (sa.delete(ref), "DELETE"),
+            (sa.update(Ref).values(name="x"), "UPDATE"),
+            (sa.schema.DropTable(ref), "DDL"),
+        ]:
+            with pytest.raises(ReadOnlyBindError) as info:
+                await session.execute(write)
+            assert info.value.key == "ro" and what in str(info.value)
+        session.add(Ref(id=3, name="three"))
+        with pytest.raises(ReadOnlyBindError, match=r"a flush writing model 'Ref'"):
+            await session.flush()
+        session.expunge_all()
+        (await session.get(Ref, 1)).name = "changed"
+        with pytest.raises(ReadOnlyBindError):
+            await session.commit()
+        session.expunge_all()
+        assert (await session.get(Ref, 1)).name == "one"  # the session is still usable
+    assert [
+        sql for key, sql in log if key == "ro" and not sql.lstrip().upper().startswith("SELECT")
+    ] == []
+    assert await ref_names(db) == ["one"]
+
+
+async def test_read_only_bind_refuses_raw_sql_in_the_database(
+    read_only_db: tuple[AsyncBind, Any],
+) -> None:
+    db, _ = read_only_db
+    async with db.session() as session:
+        with pytest.raises(ReadOnlyBindError, match="its database refused a write"):
+            await session.execute(
+                sa.text("INSERT INTO ref (id, name) VALUES (9, 'raw')"),
+                bind_arguments={"bind_key": "ro"},
+            )
+        await session.rollback()
+    async with db.engines["ro"].connect() as conn:
+        with pytest.raises(ReadOnlyBindError, match="its database refused a write"):
+            await conn.execute(sa.text("UPDATE ref SET name = 'raw'"))
+    assert await ref_names(db) == ["one"]
+
+
+async def test_create_all_skips_and_drop_all_refuses_read_only_binds(
+    read_only_db: tuple[AsyncBind, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    db, _ = read_only_db
+    db.Table("extra", sa.Column("id", sa.Integer, primary_key=True), bind_key="ro")
+    db.Table("mine", sa.Column("id", sa.Integer, primary_key=True))
+    with caplog.at_level(logging.INFO, logger="asyncbind"):
+        await db.create_all()
+    assert "create_all: skipped read-only bind 'ro'" in caplog.text
+    async with db.engines["ro"].connect() as conn:
+        assert not await conn.run_sync(lambda c: sa.inspect(c).has_table("extra"))
+    with pytest.raises(ReadOnlyBindError, match="drop_all"):
+        await db.drop_all(bind_key=[None, "ro"])
+    async with db.engines[None].connect() as conn:
+        assert await conn.run_sync(lambda c: sa.inspect(c).has_table("mine"))
+    await db.drop_all()
+    async with db.engines[None].connect() as conn:
+        assert not await conn.run_sync(lambda c: sa.inspect(c).has_table("mine"))
+    assert await ref_names(db) == ["one"]
+
+
+def test_read_only_in_memory_sqlite_is_refused() -> None:
+    with pytest.raises(ConfigError, match="in-memory SQLite database cannot be read-only"):
+        AsyncBind("sqlite://", binds={"ro": {"url": "sqlite://", "read_only": True}})

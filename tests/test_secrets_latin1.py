@@ -17,7 +17,7 @@ from conftest import MYSQL_URL, require_server
 from test_secrets import PASSWORD, assert_exception_clean, capture  # noqa: F401
 
 from asyncbind import AsyncBind, BindUnavailableError, ConfigError
-from asyncbind.guards import connector
+from asyncbind.connector import connector
 
 pytestmark = pytest.mark.mysql
 

@@ -1,0 +1,227 @@
+"""Everything asyncbind relies on that SQLAlchemy, the drivers or asyncio offer no public way to do.
+
+The rest of asyncbind goes through documented surfaces: ``create_async_engine()`` arguments, pool
+events (``connect``, ``reset``, ``checkin``), connection and dialect events (``before_execute``,
+``handle_error``, ``do_execute``...), public methods. What is left has no such surface, and each
+piece of it is one small function or class here, so that this module is the whole list.
+``tests/test_internals.py`` fails if a library changes what one of them relies on.
+
+SQLAlchemy:
+
+- :func:`replace_dialect_method`: ``do_commit``, ``do_rollback``, ``do_ping`` and ``do_close``
+  have no event around them; bounding them in time and closing a connection of another event loop
+  mean replacing them on the engine's own dialect.
+- :class:`BindPool`: the pool's checkout, the private ``Pool._do_get()``, where a pool is claimed
+  by one event loop and where its ``TimeoutError`` is raised.
+- :func:`bind_pool_class`: the pool logger's name, the private ``_sqla_logger_namespace``.
+- :func:`default_poolclass`: ``DefaultDialect.get_pool_class()``, which is not part of the
+  ``Dialect`` interface.
+- :func:`add_connector`: the ``async_creator_fn`` argument of SQLAlchemy's adapted DBAPI
+  ``connect()``, which hands the connect function the URL's arguments (the public
+  ``async_creator`` gets none).
+
+Drivers and asyncio:
+
+- :func:`aiomysql_connect`: ``aiomysql.Connection._connect()``, to close a half-made connection.
+- :func:`asyncpg_transaction_open`: asyncpg's ``Connection._top_xact``.
+- :func:`transport_of`: asyncpg's ``Connection._transport``, aiomysql's ``Connection._writer``.
+- :func:`release_transport`: asyncio's ``_call_connection_lost()`` of socket transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import pool as sa_pool
+
+from .config import BindKey
+from .exceptions import PoolTimeoutError, WrongEventLoopError
+
+__all__ = [
+    "DIALECT_METHODS",
+    "BindPool",
+    "add_connector",
+    "aiomysql_connect",
+    "asyncpg_transaction_open",
+    "bind_pool_class",
+    "default_poolclass",
+    "has_transport",
+    "name_pool",
+    "release_transport",
+    "replace_dialect_method",
+    "transport_of",
+]
+
+
+# -- SQLAlchemy ------------------------------------------------------------------------------
+
+#: The dialect methods asyncbind replaces: SQLAlchemy calls each through the engine's dialect
+#: (a commit; a rollback, a pool's reset on return included; pre-ping; closing a pooled
+#: connection) and has no event around any of them.
+DIALECT_METHODS = frozenset({"do_commit", "do_rollback", "do_ping", "do_close"})
+
+
+def replace_dialect_method(dialect: sa.Dialect, name: str, method: Callable[..., Any]) -> None:
+    """Make ``method`` the dialect's ``name`` (one of :data:`DIALECT_METHODS`).
+
+    Set on the instance, it is the engine's alone: every engine has a dialect of its own.
+    """
+    if name not in DIALECT_METHODS:
+        raise ValueError(f"{name!r} is not one of {sorted(DIALECT_METHODS)}")
+    setattr(dialect, name, method)
+
+
+class BindPool:
+    """Mixed into the pool class of every bind (:func:`bind_pool_class`): the pool belongs to the
+    event loop that first takes a connection from it, and names its bind when it stays exhausted.
+
+    Both happen in the pool's checkout, the private ``_do_get()``, because no pool event comes
+    early enough. ``checkout`` fires once a connection has left the pool's queue, whose asyncio
+    primitives belong to one loop, and has been pinged or recycled, which is I/O in the wrong loop;
+    and SQLAlchemy raises the pool's ``TimeoutError`` inside ``_do_get()``, where neither pool
+    events nor ``handle_error`` see it. ``dispose()`` replaces the pool (``recreate()``), so a
+    disposed bind belongs to no loop until it is used again.
+    """
+
+    _asyncbind_key: BindKey = None
+    _asyncbind_loop: asyncio.AbstractEventLoop | None = None
+
+    def _do_get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        owner = self._asyncbind_loop
+        if owner is not loop:
+            if owner is not None:
+                raise WrongEventLoopError(self._asyncbind_key)
+            self._asyncbind_loop = loop
+        try:
+            return super()._do_get()  # type: ignore[misc]
+        except sa_exc.TimeoutError as exc:
+            timeout = getattr(self, "timeout", None)  # QueuePool.timeout(), public
+            raise PoolTimeoutError(self._asyncbind_key, timeout() if timeout else None) from exc
+
+    def recreate(self) -> Any:
+        new = super().recreate()  # type: ignore[misc]
+        new._asyncbind_key = self._asyncbind_key
+        return new
+
+
+_BIND_POOLS: dict[type[sa_pool.Pool], type[sa_pool.Pool]] = {}
+
+
+def bind_pool_class(poolclass: type[sa_pool.Pool]) -> type[sa_pool.Pool]:
+    """``poolclass`` with :class:`BindPool` mixed in, one class per pool class.
+
+    It logs under ``poolclass``'s own logger, so that it is quiet or verbose exactly when
+    SQLAlchemy's pools are (``echo_pool``, the level of the "sqlalchemy" loggers): SQLAlchemy
+    names a class's logger after its private ``_sqla_logger_namespace`` if set, else after the
+    class's module and name.
+    """
+    made = _BIND_POOLS.get(poolclass)
+    if made is None:
+        namespace: str | None = getattr(poolclass, "_sqla_logger_namespace", None)
+        logger_name = namespace or f"{poolclass.__module__}.{poolclass.__name__}"
+        made = type(
+            f"Bind{poolclass.__name__}",
+            (BindPool, poolclass),
+            {"_sqla_logger_namespace": logger_name, "__module__": __name__},
+        )
+        _BIND_POOLS[poolclass] = made
+    return made
+
+
+def name_pool(pool: sa_pool.Pool, key: BindKey) -> None:
+    """Tell ``pool``, if it is a :class:`BindPool`, the bind its errors name."""
+    if isinstance(pool, BindPool):
+        pool._asyncbind_key = key
+
+
+def default_poolclass(url: sa.URL) -> type[sa_pool.Pool] | None:
+    """The pool class ``create_async_engine(url)`` would choose, or None for a dialect that
+    cannot say (``create_async_engine()`` then chooses)."""
+    try:
+        dialect_cls = url.get_dialect().get_async_dialect_cls(url)
+        poolclass: type[sa_pool.Pool] = dialect_cls.get_pool_class(url)  # type: ignore[attr-defined]
+        return poolclass
+    except Exception:  # an unusual dialect
+        return None
+
+
+def add_connector(connect_args: dict[str, Any], connector: Callable[..., Any]) -> None:
+    """Have the engine open its driver connections with ``connector``, which receives the
+    arguments the driver's own ``connect()`` would (host, user, database... from the URL, and
+    ``connect_args``); unless ``connect_args`` names a connect function already."""
+    connect_args.setdefault("async_creator_fn", connector)
+
+
+# -- drivers ---------------------------------------------------------------------------------
+
+
+def aiomysql_connect() -> Callable[..., Any]:
+    """``aiomysql.connect()``, but a connection cut short mid-handshake (cancelled, say) closes
+    its socket instead of leaving it to the garbage collector."""
+    import aiomysql
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        conn = aiomysql.Connection(*args, **kwargs)
+        try:
+            await conn._connect()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return connect
+
+
+def asyncpg_transaction_open(driver: Any) -> bool:
+    """Whether an asyncpg connection is in a transaction, or believes it is.
+
+    ``is_in_transaction()`` is the server's view (from its last ReadyForQuery). asyncpg also keeps
+    the transaction that its ``Connection.transaction()`` started as ``_top_xact``, even one whose
+    BEGIN was cancelled before the server saw it; the next ``transaction()`` on that connection
+    would then send a SAVEPOINT. No public method tells.
+    """
+    return bool(driver.is_in_transaction()) or driver._top_xact is not None
+
+
+#: Each driver connection's transport.
+_TRANSPORTS: dict[str, Callable[[Any], Any]] = {
+    "asyncpg": lambda connection: connection._transport,
+    "aiomysql": lambda connection: connection._writer and connection._writer.transport,
+}
+
+
+def transport_of(driver: str, driver_connection: Any) -> asyncio.Transport | None:
+    """The transport of a connection of ``driver``, or None if that driver is not known here or
+    the connection has none (closed)."""
+    transport_getter = _TRANSPORTS.get(driver)
+    if transport_getter is None:
+        return None
+    transport: asyncio.Transport | None = transport_getter(driver_connection)
+    return transport
+
+
+def has_transport(driver: str) -> bool:
+    """Whether :func:`transport_of` knows ``driver``'s connections."""
+    return driver in _TRANSPORTS
+
+
+def release_transport(transport: asyncio.Transport) -> None:
+    """Close ``transport``, whose event loop is closed, without that loop.
+
+    ``abort()`` marks the transport closed, then schedules its ``_call_connection_lost()`` on its
+    loop, which a closed loop refuses ("Event loop is closed"). That callback tells the protocol
+    and closes the socket; it runs here instead. A transport without it keeps its socket until
+    the garbage collector closes it.
+    """
+    with contextlib.suppress(RuntimeError):
+        transport.abort()
+    connection_lost = getattr(transport, "_call_connection_lost", None)
+    sock = transport.get_extra_info("socket")
+    if connection_lost is not None and sock is not None and sock.fileno() != -1:
+        connection_lost(None)

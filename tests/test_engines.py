@@ -1,0 +1,126 @@
+"""Engine construction: the arguments each bind's engine is created with, and what is wired into
+it, so that what a bind does not use costs it nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import pool as sa_pool
+
+from asyncbind import AsyncBind, internals
+from asyncbind.config import parse_config
+from asyncbind.engines import engine_arguments
+from asyncbind.registry import bind_config
+
+
+def test_mysql_gets_recycle_and_utf8mb4_unless_told_otherwise() -> None:
+    config = parse_config("mysql://root@h/db", None, None)[None]
+    url, options = engine_arguments(config)
+    assert url.query["charset"] == "utf8mb4"
+    assert options["pool_recycle"] == 7200
+    config = parse_config({"url": "mariadb://h/db?charset=latin1", "pool_recycle": 60}, None, None)[
+        None
+    ]
+    url, options = engine_arguments(config)
+    assert url.query["charset"] == "latin1"
+    assert options["pool_recycle"] == 60
+
+
+def arguments(url: str, **options: Any) -> dict[str, Any]:
+    """The keyword arguments the engine of a default bind at ``url`` is created with."""
+    return engine_arguments(parse_config({"url": url, **options}, None, None)[None])[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "pool"),
+    [
+        ("sqlite://", {}, sa_pool.StaticPool),  # one connection: every session sees the data
+        ("sqlite:///app.db", {}, sa_pool.AsyncAdaptedQueuePool),
+        ("postgresql://h/db", {}, sa_pool.AsyncAdaptedQueuePool),
+        (
+            "mysql://h/db",
+            {"poolclass": sa_pool.AsyncAdaptedQueuePool},
+            sa_pool.AsyncAdaptedQueuePool,
+        ),
+        ("postgresql://h/db", {"poolclass": sa_pool.StaticPool}, sa_pool.StaticPool),
+    ],
+)
+def test_every_pool_knows_its_bind_and_event_loop(
+    url: str, options: dict[str, Any], pool: type[sa_pool.Pool]
+) -> None:
+    poolclass = arguments(url, **options)["poolclass"]
+    assert issubclass(poolclass, internals.BindPool) and issubclass(poolclass, pool)
+
+
+def test_a_pool_of_the_binds_own_is_kept() -> None:
+    assert arguments("postgresql://h/db", poolclass=sa.NullPool)["poolclass"] is sa.NullPool
+    given = sa_pool.StaticPool(lambda: None)
+    options = arguments("sqlite:///app.db", pool=given)
+    assert options["pool"] is given and "poolclass" not in options
+    assert "pool_reset_on_return" not in options  # the bind's pool resets as it was told
+
+
+def test_asyncbind_resets_returned_connections_unless_the_bind_chose_how() -> None:
+    assert arguments("sqlite:///app.db")["pool_reset_on_return"] is None
+    chosen = arguments("sqlite:///app.db", pool_reset_on_return="commit")
+    assert chosen["pool_reset_on_return"] == "commit"
+
+
+def test_only_server_binds_get_asyncbinds_connector() -> None:
+    assert "connect_args" not in arguments("sqlite:///app.db")
+    for url in ("postgresql://h/db", "mysql://h/db"):
+        assert callable(arguments(url)["connect_args"]["async_creator_fn"])
+    own = arguments("postgresql://h/db", connect_args={"async_creator_fn": print})
+    assert own["connect_args"]["async_creator_fn"] is print
+
+
+def statement_listeners(db: AsyncBind, key: str | None) -> dict[str, int]:
+    dispatch = db.engines[key].sync_engine.dialect.dispatch
+    return {
+        name: len(getattr(dispatch, name))
+        for name in ("do_execute", "do_executemany", "do_execute_no_params")
+    }
+
+
+def replaced(db: AsyncBind, key: str | None) -> set[str]:
+    """The dialect methods replaced on ``key``'s engine."""
+    return set(vars(db.engines[key].sync_engine.dialect)) & internals.DIALECT_METHODS
+
+
+def test_timeouts_are_wired_only_where_a_bind_sets_them(make_db: Callable[..., AsyncBind]) -> None:
+    db = make_db(
+        "postgresql://h/db",
+        binds={
+            "connect": {"url": "postgresql://h/db", "connect_timeout": 1},
+            "statement": {"url": "mysql://h/db", "statement_timeout": 1},
+        },
+    )
+    # No statement_timeout: the statement path has no listener to run.
+    assert statement_listeners(db, None) == dict.fromkeys(statement_listeners(db, None), 0)
+    assert replaced(db, None) == {"do_close"}
+    assert statement_listeners(db, "connect") == statement_listeners(db, None)
+    assert replaced(db, "connect") == {"do_ping", "do_close"}
+    assert statement_listeners(db, "statement") == dict.fromkeys(statement_listeners(db, None), 1)
+    assert replaced(db, "statement") == internals.DIALECT_METHODS
+
+
+def test_read_only_listeners_go_on_read_only_binds_only(
+    make_db: Callable[..., AsyncBind], tmp_path: Any
+) -> None:
+    db = make_db(
+        f"sqlite:///{tmp_path / 'a.db'}",
+        binds={"ro": {"url": f"sqlite:///{tmp_path / 'b.db'}", "read_only": True}},
+    )
+    assert not db.engines[None].sync_engine.dispatch.before_execute
+    assert len(db.engines["ro"].sync_engine.dispatch.before_execute) == 1
+
+
+def test_every_engine_is_registered_with_its_bind(make_db: Callable[..., AsyncBind]) -> None:
+    db = make_db("sqlite://", binds={"users": "postgresql://h/db", "orders": "mysql://h/db"})
+    for key, engine in db.engines.items():
+        config = bind_config(engine)
+        assert config is db._configs[key] and config.key == key
+        assert engine.sync_engine.pool._asyncbind_key == key  # type: ignore[attr-defined]

@@ -1,0 +1,273 @@
+"""What asyncbind relies on that SQLAlchemy, the drivers and asyncio do not offer publicly
+(:mod:`asyncbind.internals`): each test here fails if a library changes one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+from sqlalchemy import pool as sa_pool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from asyncbind import AsyncBind, PoolTimeoutError, internals
+from asyncbind.internals import asyncpg_transaction_open
+
+GUARD = 30
+SERVERS = [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in ("postgresql", "mysql")]
+
+
+# -- SQLAlchemy: dialect methods with no event --------------------------------------------------
+
+
+async def test_the_dialect_methods_it_replaces_are_what_sqlalchemy_calls(
+    url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A commit, a rollback, the pool's reset on return, pre-ping and closing a pooled
+    connection each go through the engine's own dialect, where asyncbind replaces the method."""
+    db = make_db(url, engine_options={"pool_pre_ping": True})
+    engine = db.engine
+    async with engine.connect() as conn:  # the first connection initialises the dialect
+        await conn.execute(sa.text("SELECT 0"))
+    dialect = engine.sync_engine.dialect
+    calls: Counter[str] = Counter()
+
+    def counting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return method(*args, **kwargs)
+
+        return call
+
+    for name in sorted(internals.DIALECT_METHODS):
+        internals.replace_dialect_method(dialect, name, counting(name, getattr(dialect, name)))
+    async with engine.connect() as conn:  # the pooled connection is pinged first
+        await conn.execute(sa.text("SELECT 1"))
+        await conn.commit()
+    # Returned with no transaction of the Connection's to end: the pool's reset rolls it back.
+    assert calls == {"do_ping": 1, "do_commit": 1, "do_rollback": 1}
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 2"))
+        await conn.rollback()
+    assert calls == {"do_ping": 2, "do_commit": 1, "do_rollback": 3}
+    await db.dispose()
+    assert calls == {"do_ping": 2, "do_commit": 1, "do_rollback": 3, "do_close": 1}
+
+    # Replaced on this engine's dialect only.
+    other = create_async_engine(url.replace("://", "+" + dialect.driver + "://", 1))
+    try:
+        for name in internals.DIALECT_METHODS:
+            assert getattr(other.dialect, name).__func__ is getattr(type(other.dialect), name)
+    finally:
+        await other.dispose()
+
+
+def test_only_the_dialect_methods_with_no_event_are_replaced() -> None:
+    engine = create_async_engine("sqlite+aiosqlite://")
+    with pytest.raises(ValueError, match="'do_execute' is not one of"):
+        internals.replace_dialect_method(engine.dialect, "do_execute", print)
+
+
+# -- SQLAlchemy: the pool ---------------------------------------------------------------------
+
+
+async def test_the_pools_checkout_it_overrides_raises_the_pools_timeout(
+    url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """``Pool._do_get()`` is the pool's checkout and raises SQLAlchemy's TimeoutError when the
+    pool stays exhausted; after dispose() the new pool still names the bind."""
+    options = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    db = make_db("sqlite://", binds={"busy": {"url": url, **options}})
+    engine = db.get_engine("busy")
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, internals.BindPool)
+    base = next(
+        c
+        for c in type(pool).__mro__
+        if "_do_get" in vars(c) and not issubclass(c, internals.BindPool)
+    )
+    assert base.__module__.startswith("sqlalchemy.pool"), base
+    for round_ in range(2):
+        async with engine.connect():
+            async with asyncio.timeout(GUARD):
+                with pytest.raises(PoolTimeoutError) as info:
+                    await engine.connect()
+        assert isinstance(info.value, sa.exc.TimeoutError)
+        assert info.value.bind_key == "busy", round_
+        assert "Bind 'busy': every connection of its pool stayed in use for 0.2s" in str(info.value)
+        await db.dispose()
+
+
+def _pool_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
+    """The pool's log records as (logger, level, message), object addresses blanked out."""
+    return [
+        (record.name, record.levelname, re.sub(r"0x[0-9a-f]+", "0x?", record.getMessage()))
+        for record in caplog.records
+        if record.name.startswith(("sqlalchemy.pool", "asyncbind"))
+    ]
+
+
+@pytest.mark.parametrize("echo_pool", [False, True, "debug"])
+async def test_pools_log_when_and_how_sqlalchemys_own_pools_do(
+    url: str, echo_pool: bool | str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As under logging.basicConfig(level=logging.INFO): SQLAlchemy's pools stay quiet unless
+    # echo_pool is set; asyncbind's must do the same, under the same logger names (the private
+    # _sqla_logger_namespace).
+    db = AsyncBind(url, engine_options={"echo_pool": echo_pool})
+    plain = create_async_engine(db.engine.url, echo_pool=echo_pool)
+    logged: dict[str, list[tuple[str, str, str]]] = {}
+    for name, engine in (("asyncbind", db.engine), ("sqlalchemy", plain)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            async with engine.connect() as conn:
+                assert (await conn.execute(sa.text("SELECT 7"))).scalar() == 7
+            await engine.dispose()
+        logged[name] = _pool_records(caplog)
+    assert logged["asyncbind"] == logged["sqlalchemy"]
+    # Under echo_pool, a pool's logger is an InstanceLogger around the named one.
+    loggers = [engine.sync_engine.pool.logger for engine in (db.engine, plain)]
+    assert len({getattr(logger, "logger", logger).name for logger in loggers}) == 1
+    if echo_pool:
+        assert any("Pool disposed" in message for _, _, message in logged["asyncbind"])
+    else:
+        assert logged["asyncbind"] == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://u@h/db",
+        "mysql+aiomysql://u@h/db",
+        "sqlite+aiosqlite:///file.db",
+        "sqlite+aiosqlite://",
+    ],
+)
+async def test_default_poolclass_is_the_one_sqlalchemy_chooses(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        assert internals.default_poolclass(sa.make_url(url)) is type(engine.sync_engine.pool)
+    finally:
+        await engine.dispose()
+    assert internals.default_poolclass(sa.make_url("nosuchdialect://h/db")) is None
+
+
+def test_bind_pool_classes_are_made_once_per_pool_class() -> None:
+    made = internals.bind_pool_class(sa_pool.AsyncAdaptedQueuePool)
+    assert internals.bind_pool_class(sa_pool.AsyncAdaptedQueuePool) is made
+    assert issubclass(made, internals.BindPool) and issubclass(made, sa_pool.AsyncAdaptedQueuePool)
+    assert internals.bind_pool_class(sa_pool.StaticPool) is not made
+
+
+# -- SQLAlchemy: the connect function ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+async def test_the_connector_receives_the_urls_arguments(backend: str, url: str) -> None:
+    """``connect_args={"async_creator_fn": ...}`` is called in place of the driver's connect(),
+    with the arguments it would have had."""
+    import aiomysql
+    import asyncpg
+
+    received: list[dict[str, Any]] = []
+    real = asyncpg.connect if backend == "postgresql" else aiomysql.connect
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        received.append(kwargs)
+        return await real(*args, **kwargs)
+
+    connect_args: dict[str, Any] = {}
+    internals.add_connector(connect_args, connect)
+    internals.add_connector(connect_args, print)  # one given already is kept
+    parsed = sa.make_url(url).set(
+        drivername="postgresql+asyncpg" if backend == "postgresql" else "mysql+aiomysql"
+    )
+    engine = create_async_engine(parsed, connect_args=connect_args)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+    (arguments,) = received
+    assert arguments["user"] == parsed.username
+    assert arguments["database" if backend == "postgresql" else "db"] == parsed.database
+    assert arguments["host"] == parsed.host
+
+
+# -- drivers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.mysql
+async def test_aiomysql_connect_opens_a_connection(new_database: NewDatabase) -> None:
+    """Through ``aiomysql.Connection._connect()``, as aiomysql.connect() itself does."""
+    import aiomysql
+
+    assert inspect.iscoroutinefunction(aiomysql.Connection._connect)
+    url = sa.make_url(await new_database("mysql"))
+    connect = internals.aiomysql_connect()
+    async with asyncio.timeout(GUARD):
+        conn = await connect(
+            host=url.host, port=url.port or 3306, user=url.username, db=url.database
+        )
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute("SELECT DATABASE()")
+            assert await cursor.fetchone() == (url.database,)
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgresql
+async def test_asyncpg_transaction_open_reads_the_driver(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """asyncpg's ``_top_xact``, read at check-in (:mod:`asyncbind.checkin`)."""
+    db = make_db(await new_database("postgresql"))
+    async with db.engine.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        assert asyncpg_transaction_open(driver) is False
+
+        transaction = driver.transaction()
+        await transaction.start()
+        assert driver._top_xact is transaction
+        assert asyncpg_transaction_open(driver) is True
+        await transaction.rollback()
+        assert asyncpg_transaction_open(driver) is False
+
+        # A transaction asyncpg believes in while the server is in none: what a BEGIN cancelled
+        # before it reached the server leaves.
+        driver._top_xact = transaction
+        assert not driver.is_in_transaction()
+        assert asyncpg_transaction_open(driver) is True
+        driver._top_xact = None
+
+        await driver.execute("BEGIN")  # the server's view
+        assert asyncpg_transaction_open(driver) is True
+        await driver.execute("ROLLBACK")
+        assert asyncpg_transaction_open(driver) is False
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+async def test_the_transports_it_closes_through_are_there(backend: str, url: str) -> None:
+    """A driver connection's transport, and the transport's connection_lost() callback, which
+    :mod:`asyncbind.loops` uses to close a connection of a closed event loop."""
+    db = AsyncBind(url)
+    try:
+        async with db.engine.connect() as conn:
+            dbapi_connection = (await conn.get_raw_connection()).dbapi_connection
+            driver = db.engine.dialect.driver
+            assert internals.has_transport(driver)
+            transport = internals.transport_of(driver, dbapi_connection.driver_connection)  # type: ignore[union-attr]
+            assert isinstance(transport, asyncio.Transport), (driver, transport)
+            assert callable(getattr(transport, "_call_connection_lost", None))
+    finally:
+        await db.dispose()
+    assert not internals.has_transport("aiosqlite")
+    assert internals.transport_of("aiosqlite", object()) is None
