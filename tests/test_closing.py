@@ -3,12 +3,16 @@ is no error to report when the server had ended the connection already."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import NewDatabase
+from serverstate import server_fetch
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     SQLiteDialect_aiosqlite,
@@ -51,3 +55,67 @@ async def test_a_failing_close_where_the_dialect_has_no_terminate_is_not_retried
         "Exception closing connection"
     ]
     await greenlet_spawn(connection.close)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
+async def test_dispose_after_the_server_ended_idle_connections_closes_each_quietly(
+    backend: str,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An administrator (or a restart) ends the connections idle in the pool. Disposing of the
+    pool then closes every one of them with nothing logged, and the bind works again."""
+    url = await new_database(backend)
+    db = make_db(url)
+    opened: list[Any] = []
+    sa.event.listen(
+        db.engine.sync_engine,
+        "connect",
+        lambda conn, _record: opened.append(conn.driver_connection),
+    )
+
+    sessions = 3
+    holding: list[int] = []
+    all_holding = asyncio.Event()
+
+    async def server_id() -> int:
+        async with db.session() as session:
+            sql = "SELECT pg_backend_pid()" if backend == "postgresql" else "SELECT CONNECTION_ID()"
+            connection_id = int((await session.execute(sa.text(sql))).scalar_one())
+            holding.append(connection_id)
+            if len(holding) == sessions:
+                all_holding.set()
+            await all_holding.wait()  # so that each session has a connection of its own
+            return connection_id
+
+    async with asyncio.timeout(GUARD):
+        ids = await asyncio.gather(*(server_id() for _ in range(sessions)))
+    assert len(opened) == len(set(ids)) == sessions
+    for connection_id in ids:
+        if backend == "postgresql":
+            await server_fetch(backend, "SELECT pg_terminate_backend($1)", connection_id)
+        else:
+            await server_fetch(backend, f"KILL {int(connection_id)}")
+    database = sa.make_url(url).database
+    if backend == "postgresql":
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+    else:
+        sql = "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %s"
+    async with asyncio.timeout(GUARD):
+        while (await server_fetch(backend, sql, database))[0][0]:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING):
+        await db.dispose()
+    assert [record.getMessage() for record in caplog.records] == []
+    closed = [c.is_closed() if backend == "postgresql" else c.closed for c in opened]
+    assert closed == [True] * len(opened)
+    async with db.session() as session:
+        assert (await session.execute(sa.text("SELECT 1"))).scalar() == 1

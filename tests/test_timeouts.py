@@ -1,6 +1,6 @@
-"""``statement_timeout`` on real servers: a statement is abandoned past it, with an error naming the
-bind; the connection is dropped, and the bind recovers. (Pre-ping and close under a network
-partition: ``test_outages_partition.py``.)"""
+"""``statement_timeout`` on real servers: every way a statement reaches the driver, a commit and a
+rollback are abandoned past it, with an error naming the bind; the connection is dropped, and the
+bind recovers. (Pre-ping and close under a network partition: ``test_outages_partition.py``.)"""
 
 from __future__ import annotations
 
@@ -79,3 +79,103 @@ async def test_statement_timeout_names_the_bind_and_the_bind_recovers(
         assert result.scalar() == 42
     assert len(invalidated) == 1
     assert db.engines["slow"].sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["execute", "executemany", "no-parameters"])
+async def test_every_way_a_statement_is_sent_is_bounded(
+    server: str, path: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A statement with parameters, several parameter sets at once (executemany) and one sent
+    with no parameters at all: each is a cursor call of its own in SQLAlchemy."""
+    db, invalidated = await slow_db(server, new_database, make_db)
+    sent: list[tuple[bool, bool]] = []
+
+    def record(_conn: Any, _cursor: Any, _sql: str, _params: Any, context: Any, many: bool) -> None:
+        sent.append((many, bool(context.no_parameters)))
+
+    engine = db.engines["slow"]
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    async with engine.connect() as conn:
+        async with asyncio.timeout(GUARD):
+            with pytest.raises(StatementTimeoutError) as info:
+                if path == "execute":
+                    await conn.execute(sa.text(SLEEP_FOR[server]), {"s": 30})
+                elif path == "executemany":
+                    await conn.execute(sa.text(SLEEP_FOR[server]), [{"s": 30}, {"s": 30}])
+                else:
+                    quiet = await conn.execution_options(no_parameters=True)
+                    await quiet.exec_driver_sql(SLEEP[server])
+        assert_timed_out(info.value, "a statement")
+    assert sent == [
+        {"execute": (False, False), "executemany": (True, False)}.get(path, (False, True))
+    ]
+    assert len(invalidated) == 1
+    await assert_recovers(db)
+
+
+def hang_forever(monkeypatch: pytest.MonkeyPatch, server: str, what: str) -> None:
+    """Make the driver's commit or rollback wait for an answer that never comes, as from a
+    server that stopped answering."""
+
+    async def never_answered(*_args: Any, **_kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+    if server == "postgresql":
+        import asyncpg
+
+        monkeypatch.setattr(asyncpg.transaction.Transaction, what, never_answered)
+    else:
+        import aiomysql
+
+        monkeypatch.setattr(aiomysql.Connection, what, never_answered)
+
+
+@pytest.mark.parametrize("what", ["commit", "rollback"])
+async def test_a_commit_or_rollback_the_server_never_answers_is_abandoned(
+    server: str,
+    what: str,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db, invalidated = await slow_db(server, new_database, make_db)
+    async with db.session() as session:
+        await session.execute(sa.text("SELECT 1"), **on_slow())
+        hang_forever(monkeypatch, server, what)
+        async with asyncio.timeout(GUARD):
+            with pytest.raises(StatementTimeoutError) as info:
+                await getattr(session, what)()
+        monkeypatch.undo()
+        assert_timed_out(info.value, f"a {what}")
+        assert len(invalidated) == 1
+        await session.rollback()
+        result = await session.execute(sa.text("SELECT 7"), **on_slow())
+        assert result.scalar() == 7
+    await assert_recovers(db)
+
+
+@pytest.mark.postgresql
+async def test_a_commit_the_server_takes_too_long_over_is_abandoned(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A deferred trigger makes PostgreSQL's COMMIT itself slow."""
+    url = await new_database("postgresql")
+    setup = make_db(url)
+    async with setup.engine.begin() as conn:
+        for sql in (
+            "CREATE TABLE items (id INTEGER PRIMARY KEY)",
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$",
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON items "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()",
+        ):
+            await conn.execute(sa.text(sql))
+    db = make_db("sqlite://", binds={"slow": {"url": url, "statement_timeout": TIMEOUT}})
+    async with db.session() as session:
+        await session.execute(sa.text("INSERT INTO items (id) VALUES (1)"), **on_slow())
+        async with asyncio.timeout(GUARD):
+            with pytest.raises(StatementTimeoutError) as info:
+                await session.commit()
+        assert_timed_out(info.value, "a commit")
+        await session.rollback()
+    await assert_recovers(db)
