@@ -1,9 +1,10 @@
 """Everything asyncbind relies on that SQLAlchemy, the drivers or asyncio offer no public way to do.
 
-The rest of asyncbind goes through documented surfaces: ``create_async_engine()`` arguments, pool
-events (``connect``, ``reset``, ``checkin``), connection and dialect events (``before_execute``,
-``handle_error``, ``do_execute``...), public methods. What is left has no such surface, and each
-piece of it is one small function or class here, so that this module is the whole list.
+Engines and their connections otherwise go through documented surfaces: ``create_async_engine()``
+arguments, pool events (``connect``, ``reset``, ``checkin``), connection and dialect events
+(``before_execute``, ``handle_error``, ``do_execute``...), public methods. What is left has no
+such surface, and each piece of it is one small function or class here, so that this module is
+the whole list for them (the session side keeps its few next to their use, each with its test).
 ``tests/test_internals.py`` fails if a library changes what one of them relies on.
 
 SQLAlchemy:
