@@ -31,12 +31,9 @@ from . import (
 )
 from .config import BindConfig
 from .exceptions import ConfigError, bind_name
-from .registry import bind_config
 from .urls import is_memory_sqlite
 
-# bind_config lives in asyncbind.registry; it stays importable from here for code written
-# against this module.
-__all__ = ["MYSQL_POOL_RECYCLE", "bind_config", "engine_arguments", "make_engine"]
+__all__ = ["MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import BindKey
-from .engines import bind_config
 from .exceptions import ConfigError
+from .registry import bind_config
 
 __all__ = [
     "CONFIG_KEY",
