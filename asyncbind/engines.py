@@ -33,7 +33,10 @@ from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
 
-__all__ = ["MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
+__all__ = ["DRIVER_EXTRAS", "MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
+
+#: The extra that installs each driver asyncbind picks for a URL that names none.
+DRIVER_EXTRAS = {"asyncpg": "postgresql", "aiomysql": "mysql", "pymysql": "mysql"}
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200
@@ -155,10 +158,12 @@ def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEn
     try:
         return create_async_engine(url, **options)
     except ImportError as exc:
+        module = exc.name or url.get_driver_name()
+        extra = DRIVER_EXTRAS.get(module)
+        install = f"pip install 'asyncbind[{extra}]'" if extra else f"pip install {module}"
         raise ConfigError(
             f"{bind_name(config.key, start=True)}: the driver for {url.drivername!r} is not "
-            f"installed (no module {exc.name or '?'!r}). Install it with pip, or use a URL with "
-            f"no driver ('{url.get_backend_name()}://...') to get the one asyncbind installs."
+            f"installed (no module {module!r}). Install it: {install}."
         ) from None
     except Exception as exc:  # no I/O has happened: whatever was refused is the configuration
         message = (

@@ -238,3 +238,25 @@ def test_a_missing_driver_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> 
         AsyncBind("sqlite://", binds={"m": "mysql+asyncmy://u:hunter2@h/d"})
     assert "Bind 'm'" in str(info.value) and "'asyncmy'" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [
+        ("postgresql://u:hunter2@h/d", "asyncpg", "postgresql"),
+        ("mysql://u:hunter2@h/d", "aiomysql", "mysql"),
+        ("mariadb://u:hunter2@h/d", "aiomysql", "mysql"),
+    ],
+    ids=["postgresql", "mysql", "mariadb"],
+)
+def test_a_missing_driver_names_the_extra_that_installs_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, module: str, extra: str
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    with pytest.raises(ConfigError) as info:
+        AsyncBind(binds={"m": url})
+    assert f"no module {module!r}" in str(info.value)
+    assert f"pip install 'asyncbind[{extra}]'" in str(info.value)
+    assert "hunter2" not in str(info.value)

@@ -3,6 +3,9 @@ it, so that what a bind does not use costs it nothing."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -124,3 +127,44 @@ def test_every_engine_is_registered_with_its_bind(make_db: Callable[..., AsyncBi
         config = bind_config(engine)
         assert config is db._configs[key] and config.key == key
         assert engine.sync_engine.pool._asyncbind_key == key  # type: ignore[attr-defined]
+
+
+def test_sqlite_needs_no_server_driver() -> None:
+    """``pip install asyncbind`` without the postgresql and mysql extras: in a fresh interpreter
+    where asyncpg, aiomysql and PyMySQL cannot be imported, SQLite works and a PostgreSQL bind is a
+    ConfigError naming the extra."""
+    script = textwrap.dedent(
+        """
+        import asyncio, importlib.abc, sys
+
+        HIDDEN = ("asyncpg", "aiomysql", "pymysql")
+
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in HIDDEN:
+                    raise ImportError(f"{name} is hidden", name=name)
+                return None
+
+        sys.meta_path.insert(0, Hide())
+        import sqlalchemy as sa
+        import asyncbind
+
+        async def main():
+            async with asyncbind.AsyncBind("sqlite://", binds={"b": "sqlite://"}) as db:
+                async with db.session() as session:
+                    statement = sa.text("SELECT 1")
+                    assert (await session.execute(statement)).scalar() == 1
+            try:
+                asyncbind.AsyncBind("postgresql://app@127.0.0.1/app")
+            except asyncbind.ConfigError as exc:
+                print(exc)
+
+        asyncio.run(main())
+        assert not any(name.split(".")[0] in HIDDEN for name in sys.modules)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'asyncbind[postgresql]'" in done.stdout

@@ -21,5 +21,5 @@ def test_first_example_runs(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "<User 1> [<Order 1>]"
+    assert result.stdout.strip() == "ada [1]"
     assert {p.name for p in tmp_path.iterdir()} == {"main.db", "users.db"}
