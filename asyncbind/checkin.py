@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .config import BindKey
-from .exceptions import format_key
+from .exceptions import bind_name
 from .internals import asyncpg_transaction_open
 
 __all__ = ["DRIVERS", "transaction_check"]
@@ -74,10 +74,10 @@ def transaction_check(
             suspect = True
         if suspect:
             logger.info(
-                "Bind %s: a connection came back to the pool inside a transaction that "
+                "%s: a connection came back to the pool inside a transaction that "
                 "SQLAlchemy did not end (one opened on the driver connection itself?); it was "
                 "discarded and will be replaced",
-                format_key(key),
+                bind_name(key, start=True),
             )
             record.invalidate()
 

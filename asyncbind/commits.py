@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.engine import Transaction
 
-from .exceptions import PartialCommitError, format_key
+from .exceptions import PartialCommitError, bind_name, format_key
 
 __all__ = ["commit_in_order", "commit_transaction", "end_transaction_block"]
 
@@ -116,7 +116,7 @@ def _reported(
         landed = ", ".join(format_key(name) for name in committed) or "none"
         undone = ", ".join(format_key(name) for name in rolled_back) or "none"
         exc.add_note(
-            f"asyncbind: cancelled while committing bind {format_key(failed)}, so whether that "
+            f"asyncbind: cancelled while committing {bind_name(failed)}, so whether that "
             f"commit landed is unknown. Committed: {landed}. Rolled back: {undone}, and the "
             "session."
         )
@@ -125,7 +125,7 @@ def _reported(
     else:
         others = ", ".join(format_key(name) for name in rolled_back)
         exc.add_note(
-            f"asyncbind: bind {format_key(failed)} was the first of the session's binds to "
+            f"asyncbind: {bind_name(failed)} was the first of the session's binds to "
             f"commit, so nothing was committed: the others ({others}) and the session were "
             "rolled back, and the session can be used again."
         )
@@ -146,7 +146,7 @@ def _roll_back(rest: list[_Held], names: list[Any]) -> list[str]:
         except Exception as exc:
             held.connection.invalidate(exc)
             problems.append(
-                f"asyncbind: rolling back bind {format_key(name)} failed ({type(exc).__name__}); "
+                f"asyncbind: rolling back {bind_name(name)} failed ({type(exc).__name__}); "
                 "its connection was discarded, so its server rolled the transaction back."
             )
     return problems

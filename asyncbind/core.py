@@ -27,7 +27,7 @@ from .config import (
     config_from_mapping,
 )
 from .engines import make_engine
-from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, format_key
+from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, bind_name
 from .models import UNSET, MetadataRegistry, Unset, make_model_base, make_table
 from .pagination import Pagination
 from .scoping import SessionFactory, SessionScope, run_to_completion
@@ -293,7 +293,7 @@ class AsyncBind:
         groups = self._table_groups(bind_key)
         for key in [k for k in groups if self._configs[k].read_only]:
             del groups[key]
-            logger.info("create_all: skipped read-only bind %s", format_key(key))
+            logger.info("create_all: skipped read-only %s", bind_name(key))
 
         async def create(key: BindKey, engine: AsyncEngine) -> None:
             async with engine.begin() as conn:
@@ -311,7 +311,7 @@ class AsyncBind:
         for key in [k for k in groups if self._configs[k].read_only]:
             if bind_key == ALL:
                 del groups[key]
-                logger.info("drop_all: skipped read-only bind %s", format_key(key))
+                logger.info("drop_all: skipped read-only %s", bind_name(key))
             else:
                 raise ReadOnlyBindError(key, "drop_all()")
 

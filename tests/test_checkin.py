@@ -97,7 +97,7 @@ async def test_a_transaction_left_open_on_the_driver_is_not_pooled(
     # SQLAlchemy's own reset ends the driver's transaction, except on asyncpg (whose rollback
     # only knows SQLAlchemy's transaction) and where the reset is turned off.
     assert len(discarded) == (1 if backend == "postgresql" or reset_on_return is None else 0)
-    assert all(r.levelno == logging.INFO and "Bind None" in r.message for r in discarded)
+    assert all(r.levelno == logging.INFO and "The default bind" in r.message for r in discarded)
 
 
 @pytest.mark.postgresql

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncbind import AsyncBind, BindUnavailableError, PartialCommitError
 from asyncbind import commits as commits_module
-from asyncbind.exceptions import format_key
+from asyncbind.exceptions import bind_name, format_key
 
 TRIALS = 20
 #: The name PostgreSQL's table already holds: inserting it again fails at commit.
@@ -255,7 +255,7 @@ async def test_a_failing_first_commit_keeps_its_error_and_commits_nothing(
         else:
             assert isinstance(error, sa.exc.IntegrityError)
         notes = "\n".join(getattr(error, "__notes__", []))
-        assert f"bind {format_key(first.key)} was the first" in notes
+        assert f"{bind_name(first.key)} was the first" in notes
         assert "nothing was committed" in notes and format_key(second.key) in notes
         assert not session.in_transaction()
         await setup.write(session, "after")
@@ -531,7 +531,7 @@ async def test_a_commit_cancelled_part_way_leaks_no_connection(
             with pytest.raises(asyncio.CancelledError) as info:
                 await task
     notes = "\n".join(getattr(info.value, "__notes__", []))
-    assert f"cancelled while committing bind {format_key(target.key)}" in notes
+    assert f"cancelled while committing {bind_name(target.key)}" in notes
     landed, undone = (
         (format_key(first.key), "none") if at == 1 else ("none", format_key(second.key))
     )
