@@ -26,6 +26,7 @@ from .exceptions import (
     UnknownBindError,
     WrongEventLoopError,
 )
+from .health import BindHealth, PoolStatus
 from .models import BindKeyMixin
 from .pagination import Pagination
 from .recording import QueryInfo, get_recorded_queries
@@ -41,6 +42,7 @@ __all__ = [
     "BindAuthenticationError",
     "BindConfig",
     "BindErrors",
+    "BindHealth",
     "BindKeyMixin",
     "BindUnavailableError",
     "BulkCopyError",
@@ -54,6 +56,7 @@ __all__ = [
     "NotFoundError",
     "Pagination",
     "PartialCommitError",
+    "PoolStatus",
     "PoolTimeoutError",
     "QueryInfo",
     "ReadOnlyBindError",

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
-from . import bulk, recording, schema, views
+from . import bulk, health, recording, schema, views
 from .config import (
     ALL,
     BindConfig,
@@ -262,6 +262,11 @@ class AsyncBind:
         self._router.engine(bind_key, "get_engine()")  # raises UnknownBindError
         return self._engines[bind_key]
 
+    def _configured_engines(self) -> Mapping[BindKey, AsyncEngine]:
+        if not self._configs:
+            raise NotConfiguredError(_NOT_CONFIGURED)
+        return self.engines
+
     @property
     def metadata(self) -> sa.MetaData:
         """The default bind's metadata (key ``None``)."""
@@ -444,6 +449,24 @@ class AsyncBind:
             error_out=error_out,
             count=count,
         )
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def ping(
+        self,
+        *,
+        timeout: float = 2.0,  # noqa: ASYNC109 (per bind: see asyncbind.health)
+    ) -> dict[BindKey, health.BindHealth]:
+        """Send ``SELECT 1`` to every bind concurrently, each bounded by ``timeout`` seconds.
+
+        Returns a :class:`~asyncbind.BindHealth` per bind key (ok or not, latency, the error in
+        words with no password); a bind that fails or hangs is reported, never raised.
+        """
+        return await health.ping(self._configured_engines(), timeout=timeout)
+
+    def pool_status(self) -> dict[BindKey, health.PoolStatus]:
+        """Each bind's pool: size, connections checked out and in, overflow (no I/O)."""
+        return health.pool_status(self._configured_engines())
 
     @property
     def record_queries(self) -> bool:
