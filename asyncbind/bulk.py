@@ -37,11 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
+    Callable,
     Collection,
     Hashable,
     Iterable,
@@ -65,7 +68,16 @@ if TYPE_CHECKING:
     from .config import BindKey
     from .core import AsyncBind
 
-__all__ = ["BATCH_SIZE", "CopyResult", "copy", "copy_between_binds", "load_rows", "stream_rows"]
+__all__ = [
+    "BATCH_SIZE",
+    "CopyProgress",
+    "CopyResult",
+    "ProgressCallback",
+    "copy",
+    "copy_between_binds",
+    "load_rows",
+    "stream_rows",
+]
 
 #: Rows per batch when none is given: one server round trip and one transaction each.
 BATCH_SIZE = 10_000
@@ -91,6 +103,29 @@ class CopyResult:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CopyProgress:
+    """How far a bulk copy or load has got, given to ``on_progress`` after each batch lands."""
+
+    rows: int
+    """Rows written so far (committed, when the target is an engine)."""
+    batches: int
+    """Batches written so far."""
+    batch_rows: int
+    """Rows in the batch that just landed."""
+    seconds: float
+    """Time since the copy or load started."""
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+#: ``on_progress=``: called with a :class:`CopyProgress` after each batch; may be a coroutine
+#: function, which is awaited before the next batch is written.
+ProgressCallback = Callable[[CopyProgress], Awaitable[object] | object]
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -125,6 +160,7 @@ async def load_rows(
     *,
     columns: Sequence[str] | None = None,
     batch_size: int = BATCH_SIZE,
+    on_progress: ProgressCallback | None = None,
 ) -> CopyResult:
     """Write ``rows`` (sequences in the order of ``columns``, or mappings by column name) into
     ``table`` on ``target``, ``batch_size`` rows per statement and transaction.
@@ -134,15 +170,19 @@ async def load_rows(
     the caller commits. On failure the failed batch is rolled back and
     :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``. A ``target`` of a
     read-only bind raises :class:`~asyncbind.exceptions.ReadOnlyBindError` before any SQL is sent.
+    ``on_progress`` is called with a :class:`CopyProgress` after each batch.
     """
     _check_batch_size(batch_size)
+    _check_progress(on_progress)
     table = _as_table(table, "table")
     _refuse_read_only(target, table, "a bulk load")
     names = list(columns) if columns is not None else [c.name for c in table.columns]
     _check_columns(table, names)
     started = time.perf_counter()
     async with contextlib.aclosing(_batched(rows, names, batch_size)) as batches:
-        rows_done, count = await _write_batches(target, table, names, batches)
+        rows_done, count = await _write_batches(
+            target, table, names, batches, progress=_Progress(on_progress, started)
+        )
     return CopyResult(rows_done, count, time.perf_counter() - started)
 
 
@@ -154,6 +194,7 @@ async def copy(
     target_engine: Bind,
     columns: Sequence[str] | None = None,
     batch_size: int = BATCH_SIZE,
+    on_progress: ProgressCallback | None = None,
 ) -> CopyResult:
     """Copy the rows of ``source`` on ``source_engine`` into ``target`` on ``target_engine``.
 
@@ -162,8 +203,10 @@ async def copy(
     ``columns`` given. Reading the next batch overlaps with writing the current one; a few batches
     are in memory at a time, whatever the number of rows. A ``target_engine`` of a read-only bind
     raises :class:`~asyncbind.exceptions.ReadOnlyBindError` before any SQL is sent.
+    ``on_progress`` is called with a :class:`CopyProgress` after each batch lands.
     """
     _check_batch_size(batch_size)
+    _check_progress(on_progress)
     target_table = _as_table(target, "target")
     _refuse_read_only(target_engine, target_table, "a bulk copy")
     select, names, raw_json = _plan(source, target_table, columns)
@@ -195,7 +238,12 @@ async def copy(
     try:
         async with contextlib.aclosing(batches()) as received:
             rows_done, count = await _write_batches(
-                target_engine, target_table, names, received, raw_json
+                target_engine,
+                target_table,
+                names,
+                received,
+                raw_json,
+                progress=_Progress(on_progress, started),
             )
     finally:
         producer.cancel()
@@ -213,6 +261,7 @@ async def copy_between_binds(
     target_bind: BindKey = _AUTO,
     columns: Sequence[str] | None = None,
     batch_size: int = BATCH_SIZE,
+    on_progress: ProgressCallback | None = None,
 ) -> CopyResult:
     """:func:`copy` with engines looked up by bind key; a table's own bind when no key is given."""
     target_table = _as_table(target, "target")
@@ -227,6 +276,7 @@ async def copy_between_binds(
         target_engine=db.get_engine(target_bind),
         columns=columns,
         batch_size=batch_size,
+        on_progress=on_progress,
     )
 
 
@@ -238,6 +288,32 @@ class _ReadFailure:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+def _check_progress(on_progress: object) -> None:
+    if on_progress is not None and not callable(on_progress):
+        raise ConfigError(
+            f"on_progress={on_progress!r} is not callable; pass a function that takes a "
+            "CopyProgress, for example on_progress=lambda p: print(p.rows)."
+        )
+
+
+class _Progress:
+    """Tells ``on_progress`` (if any) about each batch that landed."""
+
+    __slots__ = ("callback", "started")
+
+    def __init__(self, callback: ProgressCallback | None, started: float) -> None:
+        self.callback = callback
+        self.started = started
+
+    async def landed(self, rows: int, batches: int, batch_rows: int) -> None:
+        if self.callback is None:
+            return
+        seconds = time.perf_counter() - self.started
+        result = self.callback(CopyProgress(rows, batches, batch_rows, seconds))
+        if inspect.isawaitable(result):
+            await result
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -563,8 +639,12 @@ async def _write_batches(
     names: Sequence[str],
     batches: AsyncIterator[Sequence[Any]],
     raw_json: Collection[str] = (),
+    *,
+    progress: _Progress,
 ) -> tuple[int, int]:
-    """Write every batch, each in its own transaction; (rows, batches) written."""
+    """Write every batch, each in its own transaction; (rows, batches) written. ``progress``
+    hears of each batch once it has landed; what it raises stops the writing, as a
+    :class:`BulkCopyError` that says so."""
     rows_done = count = 0
     async with _connection(target) as conn:
         own = not isinstance(target, AsyncConnection)
@@ -591,6 +671,16 @@ async def _write_batches(
                     ) from exc
                 rows_done += len(batch)
                 count += 1
+                try:
+                    await progress.landed(rows_done, count, len(batch))
+                except Exception as exc:
+                    raise BulkCopyError(
+                        f"on_progress raised {type(exc).__name__}: {_first_line(exc)}, so writing "
+                        f"to table {table.fullname!r} stopped after {rows_done} row(s) had "
+                        f"landed in {count} batch(es).",
+                        rows_copied=rows_done,
+                        table=table.fullname,
+                    ) from exc
         except BulkCopyError:
             raise
         except Exception as exc:

@@ -351,6 +351,7 @@ class AsyncBind:
         target_bind: Any = bulk._AUTO,
         columns: list[str] | None = None,
         batch_size: int = bulk.BATCH_SIZE,
+        on_progress: bulk.ProgressCallback | None = None,
     ) -> bulk.CopyResult:
         """Copy the rows of ``source`` (a Table, a mapped class or a ``select()``) into ``target``
         (a Table or mapped class), streaming from one bind and loading at driver speed into another.
@@ -358,7 +359,8 @@ class AsyncBind:
         The binds default to the tables' own; ``source_bind=`` / ``target_bind=`` name others.
         Each batch of ``batch_size`` rows is committed as it lands; on failure that batch is rolled
         back and :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``.
-        See :mod:`asyncbind.bulk`.
+        ``on_progress`` (a function or coroutine function) is called with a
+        :class:`~asyncbind.bulk.CopyProgress` after each batch lands. See :mod:`asyncbind.bulk`.
         """
         return await bulk.copy_between_binds(
             self,
@@ -368,6 +370,7 @@ class AsyncBind:
             target_bind=target_bind,
             columns=columns,
             batch_size=batch_size,
+            on_progress=on_progress,
         )
 
     # -- views and query recording (Flask-SQLAlchemy's) ------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from asyncbind import AsyncBind, BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
-from asyncbind.bulk import copy, load_rows, stream_rows
+from asyncbind.bulk import CopyProgress, copy, load_rows, stream_rows
 
 UTC = dt.UTC
 NewDatabase = Callable[..., Awaitable[str]]
@@ -471,3 +471,79 @@ async def test_load_through_an_autocommit_engine(
 
     assert (result.rows, result.batches) == (25, 3)
     assert await fetch(db, target) == expected(sample(25), backend)
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+async def test_copy_reports_progress_after_each_batch_lands(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    """Each report comes once its batch is in the target: the rows counted are there."""
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, sample(250))
+    seen: list[CopyProgress] = []
+    in_target: list[int] = []
+
+    async def on_progress(progress: CopyProgress) -> None:  # a coroutine function is awaited
+        seen.append(progress)
+        in_target.append(await count(db, target, "target"))
+
+    result = await db.copy(source, target, batch_size=100, on_progress=on_progress)
+
+    assert [(p.rows, p.batches, p.batch_rows) for p in seen] == [
+        (100, 1, 100),
+        (200, 2, 100),
+        (250, 3, 50),
+    ]
+    assert in_target == [100, 200, 250]
+    assert all(p.seconds > 0 and p.rows_per_second > 0 for p in seen)
+    assert [p.seconds for p in seen] == sorted(p.seconds for p in seen)
+    assert (result.rows, result.batches) == (250, 3)
+
+
+async def test_load_rows_reports_progress_to_a_plain_function(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    _, target = two_tables(db, "source", "target")
+    await db.create_all()
+    seen: list[tuple[int, int]] = []
+    await load_rows(
+        db.get_engine("target"),
+        target,
+        sample(30),
+        batch_size=10,
+        on_progress=lambda p: seen.append((p.rows, p.batch_rows)),
+    )
+    assert seen == [(10, 10), (20, 10), (30, 10)]
+
+
+async def test_a_failing_progress_callback_stops_the_copy_and_says_so(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    """The batch it was told about has landed; nothing after it is written."""
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, sample(300))
+
+    def on_progress(progress: CopyProgress) -> None:
+        if progress.batches == 2:
+            raise RuntimeError("the terminal went away")
+
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(source, target, batch_size=100, on_progress=on_progress)
+    assert caught.value.rows_copied == 200
+    assert "on_progress raised RuntimeError: the terminal went away" in str(caught.value)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert await count(db, target, "target") == 200
+
+
+async def test_on_progress_must_be_callable(same_backend_db: AsyncBind) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    with pytest.raises(ConfigError, match="on_progress=42 is not callable"):
+        await db.copy(source, target, on_progress=42)  # type: ignore[arg-type]
