@@ -11,8 +11,8 @@ valgrind; without them those cases print "skipped". ``soak`` is not a measuremen
 it runs on private servers of its own, restarts one, and its verdict (was an acknowledged row
 lost?) is the run's last line and sets the exit status.
 
-The package also holds the fault-injecting proxy (``faultproxy``) that the soak and the outage
-tests use.
+The soak uses the fault-injecting proxy of the tests (``tests/faultproxy.py``) and their private
+servers (``tests/privateservers.py``), so run it from the repository root.
 """
 
 SUITES = ("routing", "peers", "schema", "etl", "scaling", "instructions", "soak")

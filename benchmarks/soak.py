@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from asyncbind import AsyncBind
 from asyncbind.exceptions import format_key
+from tests.faultproxy import FaultProxy
 from tests.privateservers import (
     HOST,
     MariaDBServer,
@@ -41,7 +42,6 @@ from tests.privateservers import (
     ServerNotInstalledError,
 )
 
-from .faultproxy import FaultProxy
 from .servers import DRIVERS
 from .soakcheck import (
     DATABASE,

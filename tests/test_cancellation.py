@@ -34,13 +34,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from faultproxy import FaultProxy
 from quiet import Reports
 from serverstate import open_transactions, server_connections, settled_connections
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncbind import AsyncBind
-from benchmarks.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 

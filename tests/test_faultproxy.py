@@ -9,8 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-
-from benchmarks.faultproxy import FaultProxy
+from faultproxy import FaultProxy
 
 GUARD = 10
 

@@ -1,6 +1,6 @@
 """Outages: one bind goes down under load, the other keeps working, and the first comes back.
 
-A fault proxy (``benchmarks.faultproxy``) sits in front of one bind, PostgreSQL or MariaDB. Workers
+A fault proxy (``tests/faultproxy.py``) sits in front of one bind, PostgreSQL or MariaDB. Workers
 keep querying both binds while the proxy cuts that bind: the server goes away (existing
 connections reset, new ones refused), connections are reset mid-query, or the network becomes
 slower than the bind's timeouts. Then the proxy is restored.
@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_URL, POSTGRESQL_URL, NewDatabase
+from faultproxy import FaultProxy
 from serverstate import server_fetch
 
 from asyncbind import (
@@ -40,7 +41,6 @@ from asyncbind import (
     ConnectionEndedError,
     StatementTimeoutError,
 )
-from benchmarks.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from faultproxy import FaultProxy
 from test_outages import (  # noqa: F401  (fixtures)
     BACKENDS,
     CONNECT_TIMEOUT,
@@ -34,7 +35,6 @@ from test_outages import (  # noqa: F401  (fixtures)
 )
 
 from asyncbind import AsyncBind, BindUnavailableError, PoolTimeoutError, StatementTimeoutError
-from benchmarks.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
