@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# integrations registers how db.init_app() sets up a Quart app; it imports no framework.
+from . import integrations  # noqa: F401
 from .config import ALL, BindConfig
 from .core import AsyncBind, SessionFactory
 from .exceptions import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, overload
 
@@ -28,14 +28,22 @@ from .config import (
 )
 from .engines import make_engine
 from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, bind_name
-from .models import UNSET, MetadataRegistry, Unset, make_model_base, make_table
+from .models import (
+    UNSET,
+    MetadataRegistry,
+    Unset,
+    default_metadata,
+    make_model_base,
+    make_table,
+)
 from .pagination import Pagination
+from .registry import Bind, BindFields
 from .scoping import SessionFactory, SessionScope, run_to_completion
 from .session import Router, routing_session_class
 from .sharing import guarded_session_class, install_sharing_checks
 from .urls import render_url
 
-__all__ = ["AsyncBind", "SessionFactory"]
+__all__ = ["AppSetup", "AsyncBind", "SessionFactory", "add_app_setup"]
 
 logger = logging.getLogger("asyncbind")
 
@@ -87,30 +95,30 @@ class AsyncBind:
         record_queries: bool = False,
         app: Any = None,
     ) -> None:
-        configs, engines = _build(url, binds, engine_options)
+        binds_made = _build(url, binds, engine_options)
         if not isinstance(record_queries, bool):
             raise ConfigError(f"record_queries= is {record_queries!r}; expected True or False.")
         self._record_queries = record_queries
         self._engine_options = check_engine_options(engine_options)
         self._session_options = _check_session_options(session_options)
         self._router = Router()
-        self._configs: dict[BindKey, BindConfig] = {}
-        self._engines: dict[BindKey, AsyncEngine] = {}
-        self.engines: Mapping[BindKey, AsyncEngine] = MappingProxyType(self._engines)
+        self._binds: dict[BindKey, Bind] = {}
+        self.engines: Mapping[BindKey, AsyncEngine] = BindFields(self._binds, _engine)
         """The engine of every configured bind, by key (read-only)."""
-        self.Model, default_metadata = make_model_base(
-            model_class, self._metadata_for, autoname=not disable_autonaming
-        )
-        self.metadatas = MetadataRegistry(default_metadata)
+        self.bind_configs: Mapping[BindKey, BindConfig] = BindFields(self._binds, _config)
+        """The validated :class:`~asyncbind.BindConfig` of every configured bind, by key
+        (read-only); empty until the AsyncBind is configured."""
+        self.metadatas = MetadataRegistry(default_metadata(model_class))
         """The :class:`~sqlalchemy.MetaData` of every configured bind, and of every other key
         that a model or table uses, by key."""
+        self.Model = make_model_base(model_class, self.metadatas, autoname=not disable_autonaming)
         self.sessionmaker: async_sessionmaker[views.AsyncBindSession] = self._make_sessionmaker()
         """The :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` behind :attr:`session`."""
         self.session = SessionFactory(self)
         """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
         current request's or task scope's session (see :meth:`scope`)."""
-        if configs:
-            self._install(configs, engines)
+        if binds_made:
+            self._install(binds_made)
         if app is not None:
             self.init_app(app)
 
@@ -127,10 +135,22 @@ class AsyncBind:
         engines when the app stops serving.
         Starlette and FastAPI apps use :mod:`asyncbind.integrations.starlette` and
         :mod:`asyncbind.integrations.fastapi` instead.
-        """
-        from .integrations import init_app
 
-        init_app(self, app)
+        The setting up is done by the integration of the app's framework, which registered itself
+        with :func:`add_app_setup` when asyncbind was imported (:mod:`asyncbind.integrations.quart`
+        for Quart); this module imports no integration.
+        """
+        for setup in _app_setups:
+            if setup(self, app):
+                return
+        raise ConfigError(
+            f"init_app() sets up a Quart app, not a "
+            f"{type(app).__module__}.{type(app).__qualname__}. For Starlette use "
+            "'Starlette(lifespan=asyncbind.integrations.starlette.lifespan(db), "
+            "middleware=[Middleware(AsyncBindMiddleware, db=db)])'; for FastAPI use "
+            "'FastAPI(lifespan=asyncbind.integrations.fastapi.lifespan(db))' and "
+            "'Depends(asyncbind.integrations.fastapi.session_dependency(db))'."
+        )
 
     def scope(self) -> SessionScope:
         """``async with db.scope() as session:``: a session of this task, as ``db.session``.
@@ -197,7 +217,7 @@ class AsyncBind:
         Raises :class:`ConfigError` if it already has binds; call :meth:`dispose` and make a new
         AsyncBind to change them.
         """
-        if self._configs:
+        if self._binds:
             raise ConfigError(
                 f"{self!r} is already configured; configure() sets the binds of an AsyncBind "
                 "created without any."
@@ -208,31 +228,28 @@ class AsyncBind:
         sessions = None
         if session_options is not None:
             sessions = {**self._session_options, **_check_session_options(session_options)}
-        configs, engines = _build(url, binds, shared)
-        if not configs:
+        binds_made = _build(url, binds, shared)
+        if not binds_made:
             raise ConfigError("configure() was given no database. Pass a URL or binds={...}.")
         if sessions is not None:
             self._session_options = sessions
             self.sessionmaker = self._make_sessionmaker()
-        self._install(configs, engines)
+        self._install(binds_made)
 
-    def _install(
-        self, configs: dict[BindKey, BindConfig], engines: dict[BindKey, AsyncEngine]
-    ) -> None:
-        self._configs.update(configs)
-        self._engines.update(engines)
+    def _install(self, binds: dict[BindKey, Bind]) -> None:
+        self._binds.update(binds)
         if self._record_queries:
-            for engine in engines.values():
-                recording.install(engine)
-        for key in configs:
+            for bind in binds.values():
+                recording.install(bind.engine)
+        for key in binds:
             self.metadatas.for_key(key)
         self._router.set_engines(
-            {k: e.sync_engine for k, e in self._engines.items()},
-            read_only=[k for k, c in self._configs.items() if c.read_only],
+            {k: b.engine.sync_engine for k, b in self._binds.items()},
+            read_only=[k for k, b in self._binds.items() if b.config.read_only],
         )
-        default = engines.get(None)
+        default = binds.get(None)
         if default is not None and "bind" not in self._session_options:
-            self.sessionmaker.configure(bind=default)
+            self.sessionmaker.configure(bind=default.engine)
 
     def _make_sessionmaker(self) -> async_sessionmaker[views.AsyncBindSession]:
         options = dict(self._session_options)
@@ -245,9 +262,6 @@ class AsyncBind:
             class_=guarded_session_class(session_class), sync_session_class=routing, **options
         )
 
-    def _metadata_for(self, key: BindKey) -> sa.MetaData:
-        return self.metadatas.for_key(key)
-
     # -- accessors --------------------------------------------------------------------------
 
     @property
@@ -257,13 +271,13 @@ class AsyncBind:
 
     def get_engine(self, bind_key: BindKey = None) -> AsyncEngine:
         """The engine of ``bind_key``; :class:`UnknownBindError` if it is not configured."""
-        if not self._configs:
+        if not self._binds:
             raise NotConfiguredError(_NOT_CONFIGURED)
         self._router.engine(bind_key, "get_engine()")  # raises UnknownBindError
-        return self._engines[bind_key]
+        return self._binds[bind_key].engine
 
     def _configured_engines(self) -> Mapping[BindKey, AsyncEngine]:
-        if not self._configs:
+        if not self._binds:
             raise NotConfiguredError(_NOT_CONFIGURED)
         return self.engines
 
@@ -285,10 +299,10 @@ class AsyncBind:
     # -- schema -----------------------------------------------------------------------------
 
     def _table_groups(self, bind_key: object) -> schema.TableGroups:
-        if not self._configs:
+        if not self._binds:
             raise NotConfiguredError(_NOT_CONFIGURED)
-        keys = schema.select_keys(bind_key, self._configs)
-        return schema.tables_by_bind(list(self.metadatas.values()), keys, self._configs)
+        keys = schema.select_keys(bind_key, self._binds)
+        return schema.tables_by_bind(list(self.metadatas.values()), keys, self._binds)
 
     async def create_all(self, bind_key: BindKey | list[BindKey] = ALL) -> None:
         """Create the tables of ``bind_key``'s binds that do not exist yet, binds concurrently.
@@ -296,7 +310,7 @@ class AsyncBind:
         ``bind_key`` is ``"__all__"`` (every bind), None, a key, or a list of those.
         """
         groups = self._table_groups(bind_key)
-        for key in [k for k in groups if self._configs[k].read_only]:
+        for key in [k for k in groups if self._binds[k].config.read_only]:
             del groups[key]
             logger.info("create_all: skipped read-only %s", bind_name(key))
 
@@ -304,7 +318,7 @@ class AsyncBind:
             async with engine.begin() as conn:
                 await conn.run_sync(schema.create_tables, groups[key])
 
-        await schema.run_per_bind("create_all", self._engines, list(groups), create)
+        await schema.run_per_bind("create_all", self.engines, list(groups), create)
 
     async def drop_all(self, bind_key: BindKey | list[BindKey] = ALL) -> None:
         """Drop the tables of ``bind_key``'s binds that exist, binds concurrently.
@@ -313,7 +327,7 @@ class AsyncBind:
         named, and skipped when ``bind_key`` is ``"__all__"``.
         """
         groups = self._table_groups(bind_key)
-        for key in [k for k in groups if self._configs[k].read_only]:
+        for key in [k for k in groups if self._binds[k].config.read_only]:
             if bind_key == ALL:
                 del groups[key]
                 logger.info("drop_all: skipped read-only %s", bind_name(key))
@@ -324,23 +338,23 @@ class AsyncBind:
             async with engine.begin() as conn:
                 await conn.run_sync(schema.drop_tables, groups[key])
 
-        await schema.run_per_bind("drop_all", self._engines, list(groups), drop)
+        await schema.run_per_bind("drop_all", self.engines, list(groups), drop)
 
     async def reflect(self, bind_key: BindKey | list[BindKey] = ALL, **kwargs: Any) -> None:
         """Load the tables of ``bind_key``'s databases into :attr:`metadatas`, binds concurrently.
 
         ``kwargs`` go to :meth:`sqlalchemy.MetaData.reflect` (``only=``, ``schema=``, ``views=``).
         """
-        if not self._configs:
+        if not self._binds:
             raise NotConfiguredError(_NOT_CONFIGURED)
-        keys = schema.select_keys(bind_key, self._configs)
+        keys = schema.select_keys(bind_key, self._binds)
         metadatas = {key: self.metadatas.for_key(key) for key in keys}
 
         async def reflect(key: BindKey, engine: AsyncEngine) -> None:
             async with engine.connect() as conn:
                 await conn.run_sync(lambda sync: metadatas[key].reflect(sync, **kwargs))
 
-        await schema.run_per_bind("reflect", self._engines, keys, reflect)
+        await schema.run_per_bind("reflect", self.engines, keys, reflect)
 
     async def copy(
         self,
@@ -473,14 +487,28 @@ class AsyncBind:
 
     @property
     def record_queries(self) -> bool:
-        """Whether statements are recorded for :func:`asyncbind.get_recorded_queries`."""
+        """Whether statements are recorded for :func:`asyncbind.get_recorded_queries`.
+
+        Set it to True to record from now on, on every bind configured now or later (``init_app``
+        does with ``SQLALCHEMY_RECORD_QUERIES``); False records nothing in the requests and scopes
+        that start afterwards.
+        """
         return self._record_queries
 
-    def _start_recording(self) -> None:
-        """Turn recording on (``init_app`` with ``SQLALCHEMY_RECORD_QUERIES``)."""
-        self._record_queries = True
-        for engine in self._engines.values():
-            recording.install(engine)
+    @record_queries.setter
+    def record_queries(self, record: bool) -> None:
+        if not isinstance(record, bool):
+            raise ConfigError(f"record_queries is set to {record!r}; expected True or False.")
+        self._record_queries = record
+        if record:
+            for bind in self._binds.values():
+                recording.install(bind.engine)
+
+    @property
+    def engine_options(self) -> Mapping[str, Any]:
+        """The constructor's ``engine_options`` (read-only): every bind configured later gets
+        them, under its own (``SQLALCHEMY_ENGINE_OPTIONS`` in :meth:`init_app`'s config)."""
+        return MappingProxyType(self._engine_options)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -491,7 +519,7 @@ class AsyncBind:
         that loop (see :mod:`asyncbind.loops`). Safe to call more than once; the engines stay
         usable and open new connections on demand (in the event loop that uses them next).
         """
-        engines = list(self._engines.values())
+        engines = [bind.engine for bind in self._binds.values()]
         if len(engines) == 1:
             await engines[0].dispose()
         elif engines:
@@ -513,30 +541,54 @@ class AsyncBind:
 
     def __repr__(self) -> str:
         binds = ", ".join(
-            f"{'None' if k is None else repr(k)}: {render_url(c.url)!r}"
-            for k, c in self._configs.items()
+            f"{'None' if k is None else repr(k)}: {render_url(b.config.url)!r}"
+            for k, b in self._binds.items()
         )
         return f"<AsyncBind {{{binds}}}>" if binds else "<AsyncBind (not configured)>"
 
 
-def _build(
-    url: object, binds: object, engine_options: object
-) -> tuple[dict[BindKey, BindConfig], dict[BindKey, AsyncEngine]]:
+AppSetup = Callable[[AsyncBind, Any], bool]
+"""``setup(db, app)``: set ``db`` up for ``app`` and return True, or return False for an app of
+another framework."""
+
+_app_setups: list[AppSetup] = []
+
+
+def add_app_setup(setup: AppSetup) -> None:
+    """Let :meth:`AsyncBind.init_app` set up the apps that ``setup`` knows.
+
+    An integration registers its setup when it is imported: integrations import the facade, never
+    the reverse. ``import asyncbind`` imports :mod:`asyncbind.integrations`, which registers
+    Quart's without importing Quart.
+    """
+    if setup not in _app_setups:
+        _app_setups.append(setup)
+
+
+def _engine(bind: Bind) -> AsyncEngine:
+    return bind.engine
+
+
+def _config(bind: Bind) -> BindConfig:
+    return bind.config
+
+
+def _build(url: object, binds: object, engine_options: object) -> dict[BindKey, Bind]:
     """Validate every bind and make its engine (no connection yet).
 
     Every problem of every bind is found first, then raised as one :class:`ConfigError`; no
     engine is kept when any bind is wrong.
     """
     configs, problems = check_config(url, binds, engine_options)
-    engines: dict[BindKey, AsyncEngine] = {}
+    made: dict[BindKey, Bind] = {}
     for key, config in configs.items():
         try:
-            engines[key] = make_engine(config)
+            made[key] = Bind(config, make_engine(config))
         except ConfigError as exc:
             problems.append(exc)
     if problems:
         raise config_error(problems)
-    return configs, engines
+    return made
 
 
 def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ __all__ = [
     "MetadataRegistry",
     "Unset",
     "bind_key_of",
+    "default_metadata",
     "make_model_base",
     "make_table",
     "table_name_for",
@@ -133,12 +134,13 @@ class BindKeyMixin:
             __tablename__ = "users"
     """
 
-    __asyncbind_metadata__: ClassVar[Callable[[BindKey], sa.MetaData]]
+    __asyncbind_metadatas__: ClassVar[MetadataRegistry]
+    """The registry of the AsyncBind whose ``db.Model`` this is."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         own = cls.__dict__
         if (
-            "__asyncbind_metadata__" not in own
+            "__asyncbind_metadatas__" not in own
             and "metadata" not in own
             and "__table__" not in own
             and hasattr(cls, "__bind_key__")
@@ -149,7 +151,7 @@ class BindKeyMixin:
                     f"Model {cls.__name__!r}: __bind_key__ is {key!r}; "
                     "expected a bind key string, or None for the default bind."
                 )
-            metadata = cls.__asyncbind_metadata__(key)
+            metadata = cls.__asyncbind_metadatas__.for_key(key)
             if getattr(cls, "metadata", None) is not metadata:
                 cls.metadata = metadata  # type: ignore[attr-defined]
         super().__init_subclass__(**kwargs)
@@ -189,7 +191,7 @@ def table_name_for(class_name: str) -> str:
 
 
 def _is_model(cls: type) -> bool:
-    return issubclass(cls, BindKeyMixin) and "__asyncbind_metadata__" not in cls.__dict__
+    return issubclass(cls, BindKeyMixin) and "__asyncbind_metadatas__" not in cls.__dict__
 
 
 def _wants_table_name(cls: type) -> bool:
@@ -215,7 +217,7 @@ class AutoTableName:
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        named = "__asyncbind_metadata__" not in cls.__dict__ and _wants_table_name(cls)
+        named = "__asyncbind_metadatas__" not in cls.__dict__ and _wants_table_name(cls)
         if named:
             cls.__tablename__ = table_name_for(cls.__name__)  # type: ignore[attr-defined]
         super().__init_subclass__(**kwargs)
@@ -253,20 +255,7 @@ def _is_declarative_base(cls: type) -> bool:
     )
 
 
-def make_model_base(
-    model_class: type | None,
-    metadata: Callable[[BindKey], sa.MetaData],
-    *,
-    autoname: bool = True,
-) -> tuple[type[Any], sa.MetaData]:
-    """Build ``db.Model`` and return it with its default metadata.
-
-    ``model_class`` may be a declarative base of the user's own (its metadata becomes the default
-    bind's), a plain class whose methods every model should have, or None. With ``autoname``,
-    models without ``__tablename__`` are named after their class.
-    """
-    hook = staticmethod(metadata)
-    naming: tuple[type, ...] = (AutoTableName,) if autoname else ()
+def _check_model_class(model_class: type | None) -> None:
     if model_class is not None and not isinstance(model_class, type):
         raise ConfigError(
             f"model_class= must be a class (a DeclarativeBase subclass or a mixin), "
@@ -278,26 +267,52 @@ def make_model_base(
                 f"model_class={model_class.__name__!r} is a mapped class; pass its declarative "
                 "base (the class that subclasses DeclarativeBase) instead."
             )
-        registry = model_class.registry  # type: ignore[attr-defined]
-        default = getattr(model_class, "metadata", None) or registry.metadata
+        if issubclass(model_class, BindKeyMixin) and "__asyncbind_metadatas__" in vars(model_class):
+            raise ConfigError(
+                f"model_class={model_class.__name__!r} already belongs to another AsyncBind; "
+                "give each AsyncBind a declarative base of its own."
+            )
+
+
+def default_metadata(model_class: type | None) -> sa.MetaData:
+    """The default bind's MetaData for ``model_class`` (see :func:`make_model_base`): a declarative
+    base's own, else a new one. Raises :class:`ConfigError` for a ``model_class`` that cannot be
+    ``db.Model``."""
+    _check_model_class(model_class)
+    if model_class is not None and _is_declarative_base(model_class):
+        metadata = getattr(model_class, "metadata", None)
+        return metadata or model_class.registry.metadata  # type: ignore[attr-defined,no-any-return]
+    return sa.MetaData(info={"bind_key": None})
+
+
+def make_model_base(
+    model_class: type | None, metadatas: MetadataRegistry, *, autoname: bool = True
+) -> type[Any]:
+    """Build ``db.Model``, whose models put their tables in ``metadatas`` by ``__bind_key__``.
+
+    ``model_class`` may be a declarative base of the user's own (its metadata is the default
+    bind's, made with :func:`default_metadata`), a plain class whose methods every model should
+    have, or None. With ``autoname``, models without ``__tablename__`` are named after their class.
+    """
+    _check_model_class(model_class)
+    naming: tuple[type, ...] = (AutoTableName,) if autoname else ()
+    if model_class is not None and _is_declarative_base(model_class):
         if issubclass(model_class, BindKeyMixin):
             # The user's own base already routes by __bind_key__: it is db.Model itself.
-            if "__asyncbind_metadata__" in model_class.__dict__:
-                raise ConfigError(
-                    f"model_class={model_class.__name__!r} already belongs to another AsyncBind; "
-                    "give each AsyncBind a declarative base of its own."
-                )
-            model_class.__asyncbind_metadata__ = hook
-            return model_class, default
+            model_class.__asyncbind_metadatas__ = metadatas
+            return model_class
         metaclass: Any = type(model_class)
-        base = metaclass(
+        base: type[Any] = metaclass(
             "Model",
             (BindKeyMixin, *naming, model_class),
-            {"__abstract__": True, "__asyncbind_metadata__": hook, "__module__": __name__},
+            {"__abstract__": True, "__asyncbind_metadatas__": metadatas, "__module__": __name__},
         )
-        return base, default
-    default = sa.MetaData(info={"bind_key": None})
+        return base
     mixins = (model_class,) if model_class else ()
     bases = (BindKeyMixin, *naming, *mixins, _Repr, sa_orm.DeclarativeBase)
-    body = {"metadata": default, "__asyncbind_metadata__": hook, "__module__": __name__}
-    return type("Model", bases, body), default
+    body = {
+        "metadata": metadatas[None],
+        "__asyncbind_metadatas__": metadatas,
+        "__module__": __name__,
+    }
+    return type("Model", bases, body)

@@ -182,7 +182,7 @@ class SessionFactory(ViewHelpers, _Proxied):
 
     def __call__(self, **kwargs: Any) -> AsyncBindSession:
         db = self._db
-        if not db._configs:
+        if not db.bind_configs:
             raise NotConfiguredError(_not_configured("db.session()"))
         return db.sessionmaker(**kwargs)
 
@@ -217,7 +217,7 @@ class SessionFactory(ViewHelpers, _Proxied):
     def _current(self, name: str) -> AsyncBindSession:
         scope = self._var.get() or self._ambient()
         if scope is None:
-            if not self._db._configs:
+            if not self._db.bind_configs:
                 raise NotConfiguredError(_not_configured(f"db.session.{name}"))
             raise NoCurrentSessionError(_NO_SESSION.format(name=name))
         session = scope.session

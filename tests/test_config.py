@@ -225,7 +225,7 @@ def test_engine_accessors_and_unknown_keys() -> None:
 
 def test_repr_hides_passwords() -> None:
     db = AsyncBind("postgresql://u:topsecret@h/db", binds={"m": "mysql://r:topsecret@h/db"})
-    text = repr(db) + repr(db.session) + repr(list(db._configs.values()))
+    text = repr(db) + repr(db.session) + repr(list(db.bind_configs.values()))
     assert "topsecret" not in text
     assert "postgresql+asyncpg://u:***@h/db" in text
 

@@ -125,7 +125,7 @@ def test_every_engine_is_registered_with_its_bind(make_db: Callable[..., AsyncBi
     db = make_db("sqlite://", binds={"users": "postgresql://h/db", "orders": "mysql://h/db"})
     for key, engine in db.engines.items():
         config = bind_config(engine)
-        assert config is db._configs[key] and config.key == key
+        assert config is db.bind_configs[key] and config.key == key
         assert engine.sync_engine.pool._asyncbind_key == key  # type: ignore[attr-defined]
 
 

@@ -229,7 +229,7 @@ async def test_none_is_sqlalchemy_default(url: str) -> None:
     for key in (None, "mem"):
         assert type(db.engines[key].sync_engine.pool) is type(plain.engines[key].sync_engine.pool)
     assert isinstance(db.engines["mem"].sync_engine.pool, sa.StaticPool)
-    assert db._configs[None].connect_timeout is None
+    assert db.bind_configs[None].connect_timeout is None
     async with db, db.session() as session:
         assert (await session.execute(sa.text("SELECT 4"))).scalar() == 4
     await plain.dispose()

@@ -42,4 +42,4 @@ async def test_two_asyncbinds_with_the_same_keys_have_engines_of_their_own_binds
         mine, theirs = bind_config(first.engines[key]), bind_config(second.engines[key])
         assert mine is not None and theirs is not None and mine is not theirs
         assert mine.key == theirs.key == key
-        assert mine is first._configs[key] and theirs is second._configs[key]
+        assert mine is first.bind_configs[key] and theirs is second.bind_configs[key]

@@ -2,33 +2,31 @@
 
 Each module imports its framework; this package and the rest of asyncbind import none, so
 ``import asyncbind`` works with no framework installed.
+
+Importing this package (``import asyncbind`` does) registers with the facade how
+``db.init_app(app)`` sets up a Quart app (see :func:`asyncbind.core.add_app_setup`); the Quart
+integration itself is imported on the first ``init_app`` of a Quart app.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..exceptions import ConfigError
+from ..core import AsyncBind, add_app_setup
 
-if TYPE_CHECKING:
-    from ..core import AsyncBind
-
-__all__ = ["init_app"]
+__all__ = ["setup_quart_app"]
 
 
-def init_app(db: AsyncBind, app: Any) -> None:
-    """``db.init_app(app)``: set ``db`` up for ``app``, a Quart app."""
+def setup_quart_app(db: AsyncBind, app: Any) -> bool:
+    """``db.init_app(app)`` for a Quart ``app``; False for anything else."""
     quart = sys.modules.get("quart")  # an app of a framework that was never imported is not one
-    if quart is not None and isinstance(app, quart.Quart):
-        from .quart import init_app as init_quart
+    if quart is None or not isinstance(app, quart.Quart):
+        return False
+    from .quart import init_app
 
-        init_quart(db, app)
-        return
-    raise ConfigError(
-        f"init_app() sets up a Quart app, not a {type(app).__module__}.{type(app).__qualname__}. "
-        "For Starlette use 'Starlette(lifespan=asyncbind.integrations.starlette.lifespan(db), "
-        "middleware=[Middleware(AsyncBindMiddleware, db=db)])'; for FastAPI use "
-        "'FastAPI(lifespan=asyncbind.integrations.fastapi.lifespan(db))' and "
-        "'Depends(asyncbind.integrations.fastapi.session_dependency(db))'."
-    )
+    init_app(db, app)
+    return True
+
+
+add_app_setup(setup_quart_app)

@@ -93,7 +93,7 @@ def init_app(db: AsyncBind, app: Quart) -> None:
     record_queries = recording.config_flag(app.config)
     _configure(db, app)
     if record_queries:
-        db._start_recording()
+        db.record_queries = True
     app.extensions[EXTENSION_KEY] = db
     web.add_provider(_current_request)
     recording.add_provider(_current_queries)
@@ -141,10 +141,10 @@ def _configure(db: AsyncBind, app: Quart) -> None:
         )
     parsed = config_from_mapping(config)
     placed = place_sqlite_files(parsed, app.instance_path)
-    engine_options = placed.engine_options_over(db._engine_options)
+    engine_options = placed.engine_options_over(db.engine_options)
     if db.engines:
         configs = parse_config(placed.url, placed.binds, engine_options)
-        if configs == db._configs:
+        if configs == dict(db.bind_configs):
             return  # the same binds, for example a second app of one app factory
         raise ConfigError(
             f"{db!r} is already configured, with other binds than the config of app "
