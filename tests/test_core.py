@@ -1,4 +1,5 @@
-"""AsyncBind's lifecycle, event loops, and the demo."""
+"""AsyncBind's lifecycle, event loops, its public state, how init_app finds the integration, and
+the demo."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import gc
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 
-from asyncbind import AsyncBind, WrongEventLoopError
+from asyncbind import AsyncBind, ConfigError, WrongEventLoopError, get_recorded_queries
 from asyncbind.__main__ import demo
+from asyncbind.core import add_app_setup
 
 
 def checked_out(db: AsyncBind) -> int:
@@ -141,3 +144,58 @@ def test_package_imports_no_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_record_queries_turned_on_and_off_later(make_db: Callable[..., AsyncBind]) -> None:
+    """``db.record_queries = True`` records from then on, on the binds configured before and
+    after (init_app does it for SQLALCHEMY_RECORD_QUERIES); False records no new scope."""
+    db = make_db("sqlite://")
+    assert db.record_queries is False
+    db.record_queries = True
+    async with db.scope():
+        await db.session.execute(sa.text("SELECT 1"))
+        assert [q.statement for q in get_recorded_queries()] == ["SELECT 1"]
+    later = make_db()
+    later.record_queries = True
+    later.configure("sqlite://")
+    async with later.scope():
+        await later.session.execute(sa.text("SELECT 2"))
+        assert [q.statement for q in get_recorded_queries()] == ["SELECT 2"]
+    db.record_queries = False
+    async with db.scope():
+        await db.session.execute(sa.text("SELECT 3"))
+        assert get_recorded_queries() == []
+    with pytest.raises(ConfigError, match="expected True or False"):
+        db.record_queries = "yes"  # type: ignore[assignment]
+
+
+def test_engine_options_are_the_constructors_read_only() -> None:
+    db = AsyncBind(engine_options={"pool_pre_ping": True})
+    assert db.engine_options == {"pool_pre_ping": True}
+    with pytest.raises(TypeError):
+        db.engine_options["echo"] = True  # type: ignore[index]
+
+
+class _ToyApp:
+    """An app of a framework asyncbind has no integration for."""
+
+    def __init__(self) -> None:
+        self.set_up: list[AsyncBind] = []
+
+
+def _set_up_toy_app(db: AsyncBind, app: object) -> bool:
+    if not isinstance(app, _ToyApp):
+        return False
+    app.set_up.append(db)
+    return True
+
+
+def test_init_app_is_done_by_the_integration_registered_for_the_app() -> None:
+    """init_app asks each registered setup in turn; the facade imports no integration."""
+    add_app_setup(_set_up_toy_app)
+    add_app_setup(_set_up_toy_app)  # registering twice registers once
+    db, app = AsyncBind("sqlite://"), _ToyApp()
+    db.init_app(app)
+    assert app.set_up == [db]
+    with pytest.raises(ConfigError, match="sets up a Quart app"):
+        db.init_app(object())

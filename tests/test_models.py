@@ -8,7 +8,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 from asyncbind import AsyncBind, ConfigError
-from asyncbind.models import bind_key_of
+from asyncbind.models import MetadataRegistry, bind_key_of, default_metadata, make_model_base
 
 
 @pytest.fixture
@@ -266,3 +266,20 @@ def test_a_typed_base_of_your_own_with_the_bind_key_mixin() -> None:
     assert Item.__table__.metadata is db.metadata
     with pytest.raises(ConfigError, match="already belongs to another AsyncBind"):
         AsyncBind("sqlite://", model_class=Base)
+
+
+def test_a_model_base_puts_tables_in_the_registry_it_is_given() -> None:
+    """The metadata registry exists before the base that uses it (no call back into AsyncBind)."""
+    metadatas = MetadataRegistry(default_metadata(None))
+    Base = make_model_base(None, metadatas)
+
+    class Log(Base):
+        __bind_key__ = "logs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Note(Base):
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert Log.__table__.metadata is metadatas["logs"] and Log.__tablename__ == "log"
+    assert Note.__table__.metadata is metadatas[None] is Base.metadata
+    assert metadatas["logs"].info == {"bind_key": "logs"}

@@ -1,9 +1,12 @@
-"""Which bind an engine belongs to: one answer, for the engine, its copies and its connections."""
+"""The binds: one dict of config and engine per key, and which bind an engine belongs to, for the
+engine, its copies and its connections."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from asyncbind import AsyncBind
@@ -43,3 +46,26 @@ async def test_two_asyncbinds_with_the_same_keys_have_engines_of_their_own_binds
         assert mine is not None and theirs is not None and mine is not theirs
         assert mine.key == theirs.key == key
         assert mine is first.bind_configs[key] and theirs is second.bind_configs[key]
+
+
+async def test_engines_and_bind_configs_are_live_read_only_views_of_the_binds(
+    make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    """One dict holds each bind's config and engine; db.engines and db.bind_configs show it, and
+    a view taken before configure() shows the binds configured afterwards."""
+    db = make_db()
+    engines, configs = db.engines, db.bind_configs
+    assert dict(engines) == {} and dict(configs) == {}
+    db.configure(
+        "sqlite://", binds={"users": {"url": f"sqlite:///{tmp_path}/u.db", "read_only": True}}
+    )
+    assert list(engines) == list(configs) == [None, "users"] and len(engines) == 2
+    for key in (None, "users"):
+        assert engines[key] is db.get_engine(key)
+        assert bind_config(engines[key]) is configs[key] and configs[key].key == key
+    assert configs["users"].read_only and not configs[None].read_only
+    assert "users" in repr(configs) and engines == dict(engines)
+    with pytest.raises(TypeError):
+        engines["other"] = engines[None]  # type: ignore[index]
+    with pytest.raises(KeyError):
+        configs["other"]
