@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_URL, POSTGRESQL_URL, NewDatabase
+from faultproxy import FaultProxy
 
 from asyncbind import AsyncBind, BindHealth, NotConfiguredError, PoolStatus
-from benchmarks.faultproxy import FaultProxy
 
 MakeDb = Callable[..., AsyncBind]
 
