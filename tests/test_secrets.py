@@ -268,8 +268,10 @@ def assert_objects_clean(db: AsyncBind) -> None:
         ):
             assert_clean(f"repr() of bind {key!r}'s {what}", repr(value))
             assert_clean(f"str() of bind {key!r}'s {what}", str(value))
-    for key, config in getattr(db, "_configs", {}).items():
+    assert set(db.bind_configs) == set(db.engines)
+    for key, config in db.bind_configs.items():
         assert_clean(f"repr() of bind {key!r}'s config", repr(config))
+        assert_clean(f"str() of bind {key!r}'s config", str(config))
 
 
 @pytest.mark.parametrize(
