@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from conftest import NewDatabase
 
 from asyncbind import AsyncBind, ConfigError, WrongEventLoopError, get_recorded_queries
-from asyncbind.__main__ import demo
 from asyncbind.core import add_app_setup
+from asyncbind.demo import demo
 
 
 def checked_out(db: AsyncBind) -> int:

@@ -20,7 +20,7 @@ from quart import Quart
 from sqlalchemy.orm import Mapped, mapped_column
 
 from asyncbind import AsyncBind, ConfigError
-from asyncbind.__main__ import demo
+from asyncbind.demo import demo
 from asyncbind.exceptions import (
     PoolTimeoutError,
     ReadOnlyBindError,

@@ -1,0 +1,715 @@
+"""The command line: ``asyncbind [--app MODULE[:ATTRIBUTE]] COMMAND``, or ``python -m asyncbind``.
+
+``--app`` (or ``ASYNCBIND_APP``) names the AsyncBind to work on the way ``flask --app`` names an
+app; without it the binds come from the environment (:meth:`AsyncBind.from_env`). Exit status:
+0 ok, 1 failure, 2 usage error. An error is one line on stderr (``--traceback`` adds the
+traceback), and no password is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import __version__
+from .bulk import BATCH_SIZE, CopyProgress
+from .config import BindConfig, BindKey
+from .core import AsyncBind
+from .exceptions import BindErrors, ConfigError, bind_name, format_keys
+from .health import pool_status
+from .models import bind_key_of
+from .registry import bind_config
+from .urls import render_url
+
+__all__ = ["APP_ENV", "main"]
+
+#: The environment variable that stands for ``--app``.
+APP_ENV = "ASYNCBIND_APP"
+# What `--app module` (no attribute) looks for, in this order.
+_DEFAULT_ATTRIBUTES = ("db", "app", "application")
+# The key of app.extensions that db.init_app(app) sets (asyncbind.integrations.quart.EXTENSION_KEY;
+# not imported from there, which would import Quart).
+_EXTENSION_KEY = "asyncbind"
+_WHAT_APP_NAMES = (
+    "an AsyncBind, a Quart app that called 'db.init_app(app)', a Starlette or FastAPI app with "
+    "'AsyncBindMiddleware', or a factory written 'module:create_app()'"
+)
+_USAGE, _FAILED = 2, 1
+
+
+class UsageError(Exception):
+    """The command cannot run as written (exit status 2)."""
+
+
+class CommandError(Exception):
+    """The command ran and failed (exit status 1); ``details`` is the traceback, masked."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+# -- finding the AsyncBind -------------------------------------------------------------------
+
+
+def find_db(spec: str | None) -> AsyncBind:
+    """The AsyncBind that ``spec`` (``--app``), else ``ASYNCBIND_APP``, else the environment's
+    ``ASYNCBIND_*`` variables configure; :class:`UsageError` when there is none."""
+    spec = spec or os.environ.get(APP_ENV) or None
+    if spec is None:
+        return _from_env()
+    module_name, _, attribute = spec.partition(":")
+    if not module_name:
+        raise UsageError(f"--app {spec!r} names no module; write 'module:attribute' or 'module'.")
+    module = _import(module_name)
+    if attribute:
+        db = _db_of(_attribute(module, attribute, spec))
+        if db is None:
+            raise UsageError(
+                f"'{spec}' holds no AsyncBind. Name {_WHAT_APP_NAMES} in --app / {APP_ENV}."
+            )
+    else:
+        db, tried = None, []
+        for name in _DEFAULT_ATTRIBUTES:
+            found = getattr(module, name, None)
+            db = _db_of(found)
+            if db is not None:
+                spec = f"{module_name}:{name}"
+                break
+            tried.append(f"'{name}' ({'missing' if found is None else 'no AsyncBind in it'})")
+        if db is None:
+            raise UsageError(
+                f"Module {module_name!r} has no AsyncBind where asyncbind looks "
+                f"(tried {', '.join(tried)}). Write --app {module_name}:NAME, where NAME is "
+                f"{_WHAT_APP_NAMES}."
+            )
+    if not db.engines:
+        raise UsageError(
+            f"The AsyncBind of '{spec}' has no database configured. Configure it when the module "
+            "is imported (AsyncBind(url, binds=...), or db.init_app(app) with the app's config)."
+        )
+    return db
+
+
+def _from_env() -> AsyncBind:
+    try:
+        db = AsyncBind.from_env()
+    except ConfigError as exc:
+        raise UsageError(f"The ASYNCBIND_* environment variables are invalid: {exc}") from exc
+    if not db.engines:
+        raise UsageError(
+            f"No database to work on: --app is not given, {APP_ENV} is not set, and neither are "
+            "ASYNCBIND_DATABASE_URL, ASYNCBIND_BIND_<NAME> or ASYNCBIND_BINDS. Pass --app "
+            "module:attribute (from the folder that holds the module) or set "
+            "ASYNCBIND_DATABASE_URL."
+        )
+    return db
+
+
+def _import(name: str) -> ModuleType:
+    """Import ``name`` with the current directory on ``sys.path``, as ``flask --app`` does."""
+    folder = os.getcwd()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise UsageError(
+                f"Could not import module {name!r}: it is neither in {folder!r} nor on the Python "
+                f"path. Run asyncbind from the folder that holds it, or fix --app / {APP_ENV}."
+            ) from exc
+        raise UsageError(
+            f"Importing module {name!r} failed: {_one_line(exc)}. "
+            "Install what it needs, or fix the module (--traceback shows where)."
+        ) from exc
+    except Exception as exc:  # the module's own code failed: still a problem with --app
+        raise UsageError(
+            f"Importing module {name!r} failed: {_one_line(exc)}. "
+            "Fix the module (--traceback shows where)."
+        ) from exc
+
+
+def _attribute(module: ModuleType, attribute: str, spec: str) -> object:
+    """``module``'s ``attribute`` (dotted), called with no arguments if written ``name()``."""
+    call = attribute.endswith("()")
+    path = attribute[:-2] if call else attribute
+    if not all(part.isidentifier() for part in path.split(".")):
+        raise UsageError(
+            f"--app {spec!r}: {attribute!r} is not an attribute name. Write 'module:db', or "
+            "'module:create_app()' for a factory (called with no arguments)."
+        )
+    found: object = module
+    for part in path.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise UsageError(
+                f"Module {module.__name__!r} has no attribute {path!r} (--app {spec!r}). "
+                f"Name {_WHAT_APP_NAMES}."
+            ) from None
+    if not call:
+        return found
+    if not callable(found):
+        raise UsageError(f"--app {spec!r}: {path!r} is a {type(found).__name__}, not a factory.")
+    try:
+        return found()
+    except Exception as exc:
+        raise UsageError(
+            f"--app {spec!r}: calling {path}() failed: {_one_line(exc)}. "
+            "Fix the factory (--traceback shows where)."
+        ) from exc
+
+
+def _db_of(found: object) -> AsyncBind | None:
+    """The AsyncBind ``found`` is or holds (Quart extension, Starlette middleware), or None."""
+    if isinstance(found, AsyncBind):
+        return found
+    extensions = getattr(found, "extensions", None)
+    if isinstance(extensions, Mapping):
+        registered = extensions.get(_EXTENSION_KEY)
+        if isinstance(registered, AsyncBind):
+            return registered
+    for entry in getattr(found, "user_middleware", None) or ():
+        try:
+            _, args, kwargs = entry  # starlette.middleware.Middleware: (cls, args, kwargs)
+        except (TypeError, ValueError):
+            continue
+        db = kwargs.get("db", args[0] if args else None)
+        if isinstance(db, AsyncBind):
+            return db
+    return None
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s type and the first line of its message (SQLAlchemy adds SQL and a link)."""
+    if isinstance(exc, BindErrors) and len(exc.errors) == 1:
+        exc = next(iter(exc.errors.values()))
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _hide(text: str, db: AsyncBind) -> str:
+    """``text`` with every bind's password masked, wherever a driver may have put it."""
+    for engine in db.engines.values():
+        if engine.url.password:
+            text = text.replace(str(engine.url.password), "***")
+    return text
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _batches(count: int) -> str:
+    return f"{count} batch" if count == 1 else f"{count} batches"
+
+
+def _table_names(tables: Sequence[str]) -> str:
+    return ", ".join(tables) if tables else "none"
+
+
+def _model_tables(db: AsyncBind) -> dict[BindKey, list[str]]:
+    """The tables of the models and ``db.Table``s, by the bind key they name."""
+    tables: dict[BindKey, list[str]] = {}
+    for metadata in db.metadatas.values():
+        for table in metadata.sorted_tables:
+            tables.setdefault(bind_key_of(table), []).append(table.fullname)
+    return tables
+
+
+def _config(db: AsyncBind, key: BindKey) -> BindConfig:
+    config = bind_config(db.engines[key])
+    if config is None:  # every engine of an AsyncBind is made by make_engine, which registers it
+        raise CommandError(f"{bind_name(key, start=True)} has no BindConfig registered.")
+    return config
+
+
+def _bind_key(text: str) -> BindKey:
+    return text or None
+
+
+def _check_keys(db: AsyncBind, keys: Sequence[BindKey], option: str) -> None:
+    unknown = [k for k in keys if k not in db.engines]
+    if unknown:
+        raise UsageError(
+            f"{option} names bind(s) {format_keys(unknown)}, which are not configured "
+            f"(configured: {format_keys(db.engines)}). Write the default bind as ''."
+        )
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _run(
+    args: argparse.Namespace, command: Callable[[AsyncBind], Awaitable[int]], db: AsyncBind
+) -> int:
+    """Run ``command(db)`` in a new event loop and dispose of ``db``'s engines in it."""
+
+    async def within() -> int:
+        async with db:
+            return await command(db)
+
+    try:
+        return asyncio.run(within())
+    except (CommandError, UsageError):
+        raise
+    except Exception as exc:
+        details = "".join(traceback.format_exception(exc)) if args.traceback else ""
+        raise CommandError(_hide(_one_line(exc), db), _hide(details, db)) from exc
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    async def check(db: AsyncBind) -> int:
+        health = await db.ping(timeout=args.timeout)
+        for found in health.values():
+            _say(_hide(str(found), db))
+        return 0 if all(found.ok for found in health.values()) else _FAILED
+
+    return _run(args, check, find_db(args.app))
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    async def show(db: AsyncBind) -> int:
+        modelled = _model_tables(db)
+        pools = pool_status(db.engines)
+        async with asyncio.TaskGroup() as group:
+            found = {
+                key: group.create_task(_database_tables(engine, args.timeout, db))
+                for key, engine in db.engines.items()
+            }
+        for number, (key, engine) in enumerate(db.engines.items()):
+            config = _config(db, key)
+            pool = pools[key]
+            settings = [pool.pool] + ([f"size {pool.size}"] if pool.size is not None else [])
+            for option in ("max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping"):
+                if option in config.engine_options:
+                    settings.append(f"{option} {config.engine_options[option]}")
+            timeouts = [
+                f"{name} {value:g} s"
+                for name, value in (
+                    ("connect_timeout", config.connect_timeout),
+                    ("statement_timeout", config.statement_timeout),
+                )
+                if value is not None
+            ]
+            if number:
+                _say()
+            _say(bind_name(key))
+            _say(f"  url        {render_url(engine.url)}")
+            _say(f"  driver     {engine.dialect.driver} ({engine.dialect.name})")
+            _say(f"  pool       {', '.join(settings)}")
+            if timeouts:
+                _say(f"  timeouts   {', '.join(timeouts)}")
+            _say(f"  read-only  {'yes' if config.read_only else 'no'}")
+            _say(f"  models     {_table_names(modelled.get(key, []))}")
+            _say(f"  database   {found[key].result()}")
+        orphans = {k: t for k, t in modelled.items() if k not in db.engines}
+        for key, tables in orphans.items():
+            _say(f"\n{bind_name(key)} is not configured; its tables: {_table_names(tables)}")
+        return 0
+
+    return _run(args, show, find_db(args.app))
+
+
+async def _database_tables(engine: AsyncEngine, limit: float, db: AsyncBind) -> str:
+    """The tables in ``engine``'s database, or ``unreachable: <why>``; never raises."""
+    try:
+        async with asyncio.timeout(limit):
+            async with engine.connect() as conn:
+                names = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+    except TimeoutError:
+        return f"unreachable: no answer within {limit:g} s"
+    except Exception as exc:  # one bind's failure is that bind's line, not the command's
+        return _hide(f"unreachable: {_one_line(exc)}", db)
+    return _table_names(sorted(names))
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    """``create-all`` and ``drop-all``."""
+    drop = args.command == "drop-all"
+    db = find_db(args.app)
+    named = args.bind is not None
+    keys = [_bind_key(k) for k in args.bind] if named else list(db.engines)
+    keys = list(dict.fromkeys(keys))
+    _check_keys(db, keys, "--bind")
+    modelled = _model_tables(db)
+    if drop and not args.yes:
+        count = sum(len(modelled.get(k, [])) for k in keys)
+        question = f"Drop every table of bind(s) {format_keys(keys)} ({count} in the models)?"
+        print(f"{question} [y/N] ", end="", flush=True)
+        answer = sys.stdin.readline()
+        if not sys.stdin.isatty():
+            print()  # the answer was not typed, so no newline was echoed
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Aborted: nothing was dropped.", file=sys.stderr)
+            return _FAILED
+
+    async def run_one(key: BindKey) -> tuple[BindKey, str | None, float]:
+        started = time.perf_counter()
+        try:
+            if drop:
+                await db.drop_all(bind_key=key)
+            else:
+                await db.create_all(bind_key=key)
+        except Exception as exc:  # reported on this bind's line; the others carry on
+            return key, _hide(_one_line(exc), db), time.perf_counter() - started
+        return key, None, time.perf_counter() - started
+
+    async def schema(db: AsyncBind) -> int:
+        failed = False
+        runs = []
+        for key in keys:
+            # create_all skips read-only binds; drop_all refuses one that is named.
+            if _config(db, key).read_only and (not drop or not named):
+                _say(f"{bind_name(key)}: skipped (read-only)")
+            else:
+                runs.append(asyncio.create_task(run_one(key)))
+        for finished in asyncio.as_completed(runs):
+            key, error, seconds = await finished
+            if error is None:
+                tables = _table_names(modelled.get(key, []))
+                _say(f"{bind_name(key)}: ok in {seconds * 1000:.0f} ms ({tables})")
+            else:
+                failed = True
+                _say(f"{bind_name(key)}: FAILED: {error}")
+        return _FAILED if failed else 0
+
+    return _run(args, schema, db)
+
+
+def _endpoint(text: str, what: str) -> tuple[BindKey, str]:
+    key, colon, table = text.partition(":")
+    if not colon or not table:
+        raise UsageError(
+            f"{what} {text!r} is not 'bind:table'. Write 'users:accounts', or ':accounts' for "
+            "a table of the default bind."
+        )
+    return _bind_key(key), table
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    source_key, source_name = _endpoint(args.source, "SOURCE")
+    target_key, target_name = _endpoint(args.target, "TARGET")
+    db = find_db(args.app)
+    _check_keys(db, [source_key, target_key], "SOURCE and TARGET")
+
+    async def copy(db: AsyncBind) -> int:
+        source, target = await asyncio.gather(
+            _reflect(db.get_engine(source_key), source_name, source_key),
+            _reflect(db.get_engine(target_key), target_name, target_key),
+        )
+        names = [c.name for c in target.columns if c.name in source.c]
+        if not names:
+            raise CommandError(
+                f"Tables {source_name!r} and {target_name!r} have no column name in common; "
+                "nothing to copy."
+            )
+        left_out = [c.name for c in source.columns if c.name not in target.c]
+        if left_out:
+            print(f"not copied (not in the target): {', '.join(left_out)}", file=sys.stderr)
+        select = sa.select(*(source.c[name] for name in names))
+        total = None
+        if args.where:
+            select = select.where(sa.text(args.where))
+        else:
+            total = await _estimate_rows(db.get_engine(source_key), source)
+        report = _ProgressReport(sys.stderr, total)
+        try:
+            result = await db.copy(
+                select,
+                target,
+                source_bind=source_key,
+                target_bind=target_key,
+                batch_size=args.batch_size,
+                on_progress=report,
+            )
+        finally:
+            report.close()
+        _say(
+            f"copied {result.rows:,} rows from {bind_name(source_key)} table {source_name!r} to "
+            f"{bind_name(target_key)} table {target_name!r} in {_batches(result.batches)}, "
+            f"{result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s)"
+        )
+        return 0
+
+    return _run(args, copy, db)
+
+
+async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
+    """The table ``name`` (``schema.name`` allowed) as the database describes it."""
+    schema, _, table = name.rpartition(".")
+
+    def load(sync: sa.Connection) -> sa.Table:
+        return sa.Table(table, sa.MetaData(), schema=schema or None, autoload_with=sync)
+
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(load)
+    except sa_exc.NoSuchTableError:
+        raise CommandError(
+            f"Table {name!r} does not exist in {bind_name(key)}. Check the name, or create it "
+            "first (asyncbind create-all)."
+        ) from None
+
+
+async def _estimate_rows(engine: AsyncEngine, table: sa.Table) -> int | None:
+    """About how many rows ``table`` holds, from the database's statistics where it keeps them
+    (SQLite: ``count(*)``); None when it cannot tell. Never raises."""
+    backend = engine.dialect.name
+    if backend == "postgresql":
+        quoted = engine.dialect.identifier_preparer.format_table(table)
+        query: sa.Executable = sa.text(
+            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"
+        )
+        params: dict[str, Any] = {"name": quoted}
+    elif backend in ("mysql", "mariadb"):
+        query = sa.text(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
+        )
+        params = {"schema": table.schema, "name": table.name}
+    elif backend == "sqlite":
+        query, params = sa.select(sa.func.count()).select_from(table), {}
+    else:
+        return None
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.scalar(query, params)
+    except Exception:  # no estimate is no ETA, not a failed copy
+        return None
+    # PostgreSQL says -1 for a table that was never analysed.
+    return int(rows) if rows is not None and rows >= 0 else None
+
+
+class _ProgressReport:
+    """``on_progress`` for the copy: a bar redrawn in place on a terminal, else a line at most
+    about once a second (and the first)."""
+
+    _WIDTH = 24
+
+    def __init__(self, stream: TextIO, total: int | None) -> None:
+        self.stream = stream
+        self.total = total
+        self.live = stream.isatty()
+        self.drawn = False
+        self.last: float | None = None
+
+    def __call__(self, progress: CopyProgress) -> None:
+        if self.live:
+            self.stream.write(f"\r{self._bar(progress)}\x1b[K")
+            self.stream.flush()
+            self.drawn = True
+            return
+        now = time.monotonic()
+        if self.last is None or now - self.last >= 1.0:
+            self.last = now
+            self.stream.write(f"progress: {self._text(progress)}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _eta(self, progress: CopyProgress) -> str | None:
+        rate = progress.rows_per_second
+        if self.total is None or rate <= 0 or progress.rows >= self.total:
+            return None
+        seconds = round((self.total - progress.rows) / rate)
+        return f"{seconds // 60}:{seconds % 60:02d}"
+
+    def _text(self, progress: CopyProgress) -> str:
+        text = f"{progress.rows:,} rows"
+        if self.total is not None:
+            text += f" of about {self.total:,}"
+        text += f", {_batches(progress.batches)}, {progress.rows_per_second:,.0f} rows/s"
+        eta = self._eta(progress)
+        return text + (f", ETA {eta}" if eta else "")
+
+    def _bar(self, progress: CopyProgress) -> str:
+        if self.total:
+            done = min(progress.rows / self.total, 1.0)
+            filled = round(done * self._WIDTH)
+            bar = f"[{'#' * filled}{'.' * (self._WIDTH - filled)}] {done:4.0%} "
+        else:
+            bar = ""
+        eta = self._eta(progress)
+        rate = f"{progress.rows_per_second:,.0f} rows/s"
+        return f"{bar}{progress.rows:,} rows  {rate}" + (f"  ETA {eta}" if eta else "")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.dir)
+    return 0
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --app and --traceback are accepted before and after the command; SUPPRESS keeps a
+    # command's parser from overwriting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--app",
+        default=argparse.SUPPRESS,
+        metavar="MODULE[:ATTRIBUTE]",
+        help=f"where your AsyncBind is: {_WHAT_APP_NAMES}; 'MODULE' alone tries "
+        f"{', '.join(_DEFAULT_ATTRIBUTES)}. Default: ${APP_ENV}, else the ASYNCBIND_* "
+        "environment variables (AsyncBind.from_env()). The current directory is on the path.",
+    )
+    common.add_argument(
+        "--traceback",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+    parser = argparse.ArgumentParser(
+        prog="asyncbind",
+        description="Work with the databases of an AsyncBind: check, show, create or drop "
+        "tables, copy a table between binds.",
+        epilog="Exit status: 0 ok, 1 failure, 2 usage error. '%(prog)s COMMAND --help' "
+        "describes a command.",
+        parents=[common],
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"asyncbind {__version__} (SQLAlchemy {sa.__version__})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> Any:
+        sub = commands.add_parser(name, help=text, description=text, parents=[common])
+        sub.set_defaults(run=run)
+        return sub
+
+    timeout = _positive(float)
+    check = command("check", _cmd_check, "Ask every bind for SELECT 1; exit 1 unless all answer.")
+    check.add_argument(
+        "--timeout", type=timeout, default=5.0, metavar="S", help="seconds per bind (default 5)"
+    )
+    show = command(
+        "show",
+        _cmd_show,
+        "Show each bind: URL (password hidden), driver, pool, read-only flag, the tables of "
+        "its models and the tables in its database.",
+    )
+    show.add_argument(
+        "--timeout",
+        type=timeout,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for each database's list of tables (default 5)",
+    )
+    bind_help = (
+        "a bind key (repeat for several; the default bind is written --bind ''); "
+        "default: every bind"
+    )
+    create = command(
+        "create-all",
+        _cmd_schema,
+        "Create the models' tables that do not exist yet, binds concurrently; a line per bind "
+        "as it finishes. Read-only binds are skipped.",
+    )
+    create.add_argument("--bind", action="append", metavar="KEY", help=bind_help)
+    drop = command(
+        "drop-all",
+        _cmd_schema,
+        "Drop the models' tables, binds concurrently, after asking for confirmation; a line per "
+        "bind as it finishes.",
+    )
+    drop.add_argument("--bind", action="append", metavar="KEY", help=bind_help)
+    drop.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    copy = command(
+        "copy",
+        _cmd_copy,
+        "Copy the rows of a table into a table of another (or the same) bind, the columns "
+        "both tables have. Progress goes to stderr, the result to stdout.",
+    )
+    copy.add_argument("source", metavar="SOURCE", help="bind:table (':table' for the default bind)")
+    copy.add_argument("target", metavar="TARGET", help="bind:table (':table' for the default bind)")
+    copy.add_argument(
+        "--where", metavar="SQL", help="copy only the rows this SQL condition selects"
+    )
+    copy.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=BATCH_SIZE,
+        metavar="N",
+        help=f"rows per batch, each committed as it lands (default {BATCH_SIZE})",
+    )
+    demo = command(
+        "demo",
+        _cmd_demo,
+        "Write and read three SQLite binds through one session and show where each statement "
+        "went (needs no --app).",
+    )
+    demo.add_argument(
+        "--dir", type=Path, help="folder for the databases (default: a temporary one)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits for --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else _USAGE
+    args.app = getattr(args, "app", None)
+    args.traceback = getattr(args, "traceback", False)
+    try:
+        status: int = args.run(args)
+        return status
+    except UsageError as exc:
+        if args.traceback:
+            traceback.print_exception(exc)
+        print(f"asyncbind: error: {exc}", file=sys.stderr)
+        return _USAGE
+    except CommandError as exc:
+        if exc.details:
+            print(exc.details, end="", file=sys.stderr)
+        print(f"asyncbind: error: {exc}", file=sys.stderr)
+        return _FAILED
+    except KeyboardInterrupt:
+        print("asyncbind: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # outside any bind's work (the demo): still one line
+        if args.traceback:
+            traceback.print_exception(exc)
+        print(f"asyncbind: error: {_one_line(exc)}", file=sys.stderr)
+        return _FAILED
