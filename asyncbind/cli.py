@@ -10,48 +10,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import os
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import __version__
-from .bulk import BATCH_SIZE, CopyProgress
+from .bulk import BATCH_SIZE
 from .config import BindConfig, BindKey
+from .copyprogress import ProgressReport, estimate_rows
 from .core import AsyncBind
-from .exceptions import BindErrors, ConfigError, bind_name, format_keys
+from .exceptions import bind_name, format_keys
+from .findapp import APP_ENV, DEFAULT_ATTRIBUTES, WHAT_APP_NAMES, UsageError, find_db, one_line
 from .health import pool_status
 from .models import bind_key_of
 from .registry import bind_config
 from .urls import render_url
 
-__all__ = ["APP_ENV", "main"]
+__all__ = ["main"]
 
-#: The environment variable that stands for ``--app``.
-APP_ENV = "ASYNCBIND_APP"
-# What `--app module` (no attribute) looks for, in this order.
-_DEFAULT_ATTRIBUTES = ("db", "app", "application")
-# The key of app.extensions that db.init_app(app) sets (asyncbind.integrations.quart.EXTENSION_KEY;
-# not imported from there, which would import Quart).
-_EXTENSION_KEY = "asyncbind"
-_WHAT_APP_NAMES = (
-    "an AsyncBind, a Quart app that called 'db.init_app(app)', a Starlette or FastAPI app with "
-    "'AsyncBindMiddleware', or a factory written 'module:create_app()'"
-)
 _USAGE, _FAILED = 2, 1
-
-
-class UsageError(Exception):
-    """The command cannot run as written (exit status 2)."""
 
 
 class CommandError(Exception):
@@ -62,147 +46,7 @@ class CommandError(Exception):
         self.details = details
 
 
-# -- finding the AsyncBind -------------------------------------------------------------------
-
-
-def find_db(spec: str | None) -> AsyncBind:
-    """The AsyncBind that ``spec`` (``--app``), else ``ASYNCBIND_APP``, else the environment's
-    ``ASYNCBIND_*`` variables configure; :class:`UsageError` when there is none."""
-    spec = spec or os.environ.get(APP_ENV) or None
-    if spec is None:
-        return _from_env()
-    module_name, _, attribute = spec.partition(":")
-    if not module_name:
-        raise UsageError(f"--app {spec!r} names no module; write 'module:attribute' or 'module'.")
-    module = _import(module_name)
-    if attribute:
-        db = _db_of(_attribute(module, attribute, spec))
-        if db is None:
-            raise UsageError(
-                f"'{spec}' holds no AsyncBind. Name {_WHAT_APP_NAMES} in --app / {APP_ENV}."
-            )
-    else:
-        db, tried = None, []
-        for name in _DEFAULT_ATTRIBUTES:
-            found = getattr(module, name, None)
-            db = _db_of(found)
-            if db is not None:
-                spec = f"{module_name}:{name}"
-                break
-            tried.append(f"'{name}' ({'missing' if found is None else 'no AsyncBind in it'})")
-        if db is None:
-            raise UsageError(
-                f"Module {module_name!r} has no AsyncBind where asyncbind looks "
-                f"(tried {', '.join(tried)}). Write --app {module_name}:NAME, where NAME is "
-                f"{_WHAT_APP_NAMES}."
-            )
-    if not db.engines:
-        raise UsageError(
-            f"The AsyncBind of '{spec}' has no database configured. Configure it when the module "
-            "is imported (AsyncBind(url, binds=...), or db.init_app(app) with the app's config)."
-        )
-    return db
-
-
-def _from_env() -> AsyncBind:
-    try:
-        db = AsyncBind.from_env()
-    except ConfigError as exc:
-        raise UsageError(f"The ASYNCBIND_* environment variables are invalid: {exc}") from exc
-    if not db.engines:
-        raise UsageError(
-            f"No database to work on: --app is not given, {APP_ENV} is not set, and neither are "
-            "ASYNCBIND_DATABASE_URL, ASYNCBIND_BIND_<NAME> or ASYNCBIND_BINDS. Pass --app "
-            "module:attribute (from the folder that holds the module) or set "
-            "ASYNCBIND_DATABASE_URL."
-        )
-    return db
-
-
-def _import(name: str) -> ModuleType:
-    """Import ``name`` with the current directory on ``sys.path``, as ``flask --app`` does."""
-    folder = os.getcwd()
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise UsageError(
-                f"Could not import module {name!r}: it is neither in {folder!r} nor on the Python "
-                f"path. Run asyncbind from the folder that holds it, or fix --app / {APP_ENV}."
-            ) from exc
-        raise UsageError(
-            f"Importing module {name!r} failed: {_one_line(exc)}. "
-            "Install what it needs, or fix the module (--traceback shows where)."
-        ) from exc
-    except Exception as exc:  # the module's own code failed: still a problem with --app
-        raise UsageError(
-            f"Importing module {name!r} failed: {_one_line(exc)}. "
-            "Fix the module (--traceback shows where)."
-        ) from exc
-
-
-def _attribute(module: ModuleType, attribute: str, spec: str) -> object:
-    """``module``'s ``attribute`` (dotted), called with no arguments if written ``name()``."""
-    call = attribute.endswith("()")
-    path = attribute[:-2] if call else attribute
-    if not all(part.isidentifier() for part in path.split(".")):
-        raise UsageError(
-            f"--app {spec!r}: {attribute!r} is not an attribute name. Write 'module:db', or "
-            "'module:create_app()' for a factory (called with no arguments)."
-        )
-    found: object = module
-    for part in path.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise UsageError(
-                f"Module {module.__name__!r} has no attribute {path!r} (--app {spec!r}). "
-                f"Name {_WHAT_APP_NAMES}."
-            ) from None
-    if not call:
-        return found
-    if not callable(found):
-        raise UsageError(f"--app {spec!r}: {path!r} is a {type(found).__name__}, not a factory.")
-    try:
-        return found()
-    except Exception as exc:
-        raise UsageError(
-            f"--app {spec!r}: calling {path}() failed: {_one_line(exc)}. "
-            "Fix the factory (--traceback shows where)."
-        ) from exc
-
-
-def _db_of(found: object) -> AsyncBind | None:
-    """The AsyncBind ``found`` is or holds (Quart extension, Starlette middleware), or None."""
-    if isinstance(found, AsyncBind):
-        return found
-    extensions = getattr(found, "extensions", None)
-    if isinstance(extensions, Mapping):
-        registered = extensions.get(_EXTENSION_KEY)
-        if isinstance(registered, AsyncBind):
-            return registered
-    for entry in getattr(found, "user_middleware", None) or ():
-        try:
-            _, args, kwargs = entry  # starlette.middleware.Middleware: (cls, args, kwargs)
-        except (TypeError, ValueError):
-            continue
-        db = kwargs.get("db", args[0] if args else None)
-        if isinstance(db, AsyncBind):
-            return db
-    return None
-
-
 # -- output ----------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    """``exc``'s type and the first line of its message (SQLAlchemy adds SQL and a link)."""
-    if isinstance(exc, BindErrors) and len(exc.errors) == 1:
-        exc = next(iter(exc.errors.values()))
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _hide(text: str, db: AsyncBind) -> str:
@@ -272,7 +116,7 @@ def _run(
         raise
     except Exception as exc:
         details = "".join(traceback.format_exception(exc)) if args.traceback else ""
-        raise CommandError(_hide(_one_line(exc), db), _hide(details, db)) from exc
+        raise CommandError(_hide(one_line(exc), db), _hide(details, db)) from exc
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -337,7 +181,7 @@ async def _database_tables(engine: AsyncEngine, limit: float, db: AsyncBind) -> 
     except TimeoutError:
         return f"unreachable: no answer within {limit:g} s"
     except Exception as exc:  # one bind's failure is that bind's line, not the command's
-        return _hide(f"unreachable: {_one_line(exc)}", db)
+        return _hide(f"unreachable: {one_line(exc)}", db)
     return _table_names(sorted(names))
 
 
@@ -369,7 +213,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
             else:
                 await db.create_all(bind_key=key)
         except Exception as exc:  # reported on this bind's line; the others carry on
-            return key, _hide(_one_line(exc), db), time.perf_counter() - started
+            return key, _hide(one_line(exc), db), time.perf_counter() - started
         return key, None, time.perf_counter() - started
 
     async def schema(db: AsyncBind) -> int:
@@ -429,8 +273,8 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         if args.where:
             select = select.where(sa.text(args.where))
         else:
-            total = await _estimate_rows(db.get_engine(source_key), source)
-        report = _ProgressReport(sys.stderr, total)
+            total = await estimate_rows(db.get_engine(source_key), source)
+        report = ProgressReport(sys.stderr, total)
         try:
             result = await db.copy(
                 select,
@@ -469,92 +313,6 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
         ) from None
 
 
-async def _estimate_rows(engine: AsyncEngine, table: sa.Table) -> int | None:
-    """About how many rows ``table`` holds, from the database's statistics where it keeps them
-    (SQLite: ``count(*)``); None when it cannot tell. Never raises."""
-    backend = engine.dialect.name
-    if backend == "postgresql":
-        quoted = engine.dialect.identifier_preparer.format_table(table)
-        query: sa.Executable = sa.text(
-            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"
-        )
-        params: dict[str, Any] = {"name": quoted}
-    elif backend in ("mysql", "mariadb"):
-        query = sa.text(
-            "SELECT TABLE_ROWS FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
-        )
-        params = {"schema": table.schema, "name": table.name}
-    elif backend == "sqlite":
-        query, params = sa.select(sa.func.count()).select_from(table), {}
-    else:
-        return None
-    try:
-        async with engine.connect() as conn:
-            rows = await conn.scalar(query, params)
-    except Exception:  # no estimate is no ETA, not a failed copy
-        return None
-    # PostgreSQL says -1 for a table that was never analysed.
-    return int(rows) if rows is not None and rows >= 0 else None
-
-
-class _ProgressReport:
-    """``on_progress`` for the copy: a bar redrawn in place on a terminal, else a line at most
-    about once a second (and the first)."""
-
-    _WIDTH = 24
-
-    def __init__(self, stream: TextIO, total: int | None) -> None:
-        self.stream = stream
-        self.total = total
-        self.live = stream.isatty()
-        self.drawn = False
-        self.last: float | None = None
-
-    def __call__(self, progress: CopyProgress) -> None:
-        if self.live:
-            self.stream.write(f"\r{self._bar(progress)}\x1b[K")
-            self.stream.flush()
-            self.drawn = True
-            return
-        now = time.monotonic()
-        if self.last is None or now - self.last >= 1.0:
-            self.last = now
-            self.stream.write(f"progress: {self._text(progress)}\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _eta(self, progress: CopyProgress) -> str | None:
-        rate = progress.rows_per_second
-        if self.total is None or rate <= 0 or progress.rows >= self.total:
-            return None
-        seconds = round((self.total - progress.rows) / rate)
-        return f"{seconds // 60}:{seconds % 60:02d}"
-
-    def _text(self, progress: CopyProgress) -> str:
-        text = f"{progress.rows:,} rows"
-        if self.total is not None:
-            text += f" of about {self.total:,}"
-        text += f", {_batches(progress.batches)}, {progress.rows_per_second:,.0f} rows/s"
-        eta = self._eta(progress)
-        return text + (f", ETA {eta}" if eta else "")
-
-    def _bar(self, progress: CopyProgress) -> str:
-        if self.total:
-            done = min(progress.rows / self.total, 1.0)
-            filled = round(done * self._WIDTH)
-            bar = f"[{'#' * filled}{'.' * (self._WIDTH - filled)}] {done:4.0%} "
-        else:
-            bar = ""
-        eta = self._eta(progress)
-        rate = f"{progress.rows_per_second:,.0f} rows/s"
-        return f"{bar}{progress.rows:,} rows  {rate}" + (f"  ETA {eta}" if eta else "")
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -586,8 +344,8 @@ def _parser() -> argparse.ArgumentParser:
         "--app",
         default=argparse.SUPPRESS,
         metavar="MODULE[:ATTRIBUTE]",
-        help=f"where your AsyncBind is: {_WHAT_APP_NAMES}; 'MODULE' alone tries "
-        f"{', '.join(_DEFAULT_ATTRIBUTES)}. Default: ${APP_ENV}, else the ASYNCBIND_* "
+        help=f"where your AsyncBind is: {WHAT_APP_NAMES}; 'MODULE' alone tries "
+        f"{', '.join(DEFAULT_ATTRIBUTES)}. Default: ${APP_ENV}, else the ASYNCBIND_* "
         "environment variables (AsyncBind.from_env()). The current directory is on the path.",
     )
     common.add_argument(
@@ -711,5 +469,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # outside any bind's work (the demo): still one line
         if args.traceback:
             traceback.print_exception(exc)
-        print(f"asyncbind: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"asyncbind: error: {one_line(exc)}", file=sys.stderr)
         return _FAILED
