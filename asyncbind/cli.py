@@ -23,14 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import __version__
 from .bulk import BATCH_SIZE
-from .config import BindConfig, BindKey
+from .config import BindKey
 from .copyprogress import ProgressReport, estimate_rows
 from .core import AsyncBind
 from .exceptions import bind_name, format_keys
 from .findapp import APP_ENV, DEFAULT_ATTRIBUTES, WHAT_APP_NAMES, UsageError, find_db, one_line
 from .health import pool_status
 from .models import bind_key_of
-from .registry import bind_config
 from .urls import render_url
 
 __all__ = ["main"]
@@ -76,13 +75,6 @@ def _model_tables(db: AsyncBind) -> dict[BindKey, list[str]]:
         for table in metadata.sorted_tables:
             tables.setdefault(bind_key_of(table), []).append(table.fullname)
     return tables
-
-
-def _config(db: AsyncBind, key: BindKey) -> BindConfig:
-    config = bind_config(db.engines[key])
-    if config is None:  # every engine of an AsyncBind is made by make_engine, which registers it
-        raise CommandError(f"{bind_name(key, start=True)} has no BindConfig registered.")
-    return config
 
 
 def _bind_key(text: str) -> BindKey:
@@ -139,7 +131,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 for key, engine in db.engines.items()
             }
         for number, (key, engine) in enumerate(db.engines.items()):
-            config = _config(db, key)
+            config = db.bind_configs[key]
             pool = pools[key]
             settings = [pool.pool] + ([f"size {pool.size}"] if pool.size is not None else [])
             for option in ("max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping"):
@@ -221,7 +213,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         runs = []
         for key in keys:
             # create_all skips read-only binds; drop_all refuses one that is named.
-            if _config(db, key).read_only and (not drop or not named):
+            if db.bind_configs[key].read_only and (not drop or not named):
                 _say(f"{bind_name(key)}: skipped (read-only)")
             else:
                 runs.append(asyncio.create_task(run_one(key)))
