@@ -105,6 +105,11 @@ class BindPool:
             timeout = getattr(self, "timeout", None)  # QueuePool.timeout(), public
             raise PoolTimeoutError(self._asyncbind_key, timeout() if timeout else None) from exc
 
+    @property
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop this pool belongs to; None until a connection is first taken from it."""
+        return self._asyncbind_loop
+
     def recreate(self) -> Any:
         new = super().recreate()  # type: ignore[misc]
         new._asyncbind_key = self._asyncbind_key

@@ -28,12 +28,19 @@ import asyncio
 import contextlib
 import socket
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import internals
 
-__all__ = ["close_in_any_loop", "closes_across_loops", "remember_loop"]
+__all__ = [
+    "close_in_any_loop",
+    "closes_across_loops",
+    "dispose_other_loops_pools",
+    "remember_loop",
+]
 
 #: The loop each driver connection was made in.
 _LOOPS: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
@@ -96,3 +103,14 @@ def _shut_down(transport: asyncio.Transport) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # not connected any more
             sock.shutdown(socket.SHUT_RDWR)
+
+
+async def dispose_other_loops_pools(engines: Iterable[AsyncEngine]) -> None:
+    """Dispose each engine whose pool belongs to another event loop than the running one, so
+    that it serves this loop; for code that moves between loops on purpose (a test suite whose
+    tables are made in one loop and whose tests run in others)."""
+    running = asyncio.get_running_loop()
+    for engine in engines:
+        pool = engine.sync_engine.pool
+        if isinstance(pool, internals.BindPool) and pool.event_loop not in (None, running):
+            await engine.dispose()

@@ -1,0 +1,190 @@
+"""The pytest plugin (``asyncbind.testing``): each test's writes on every bind are rolled back.
+
+Each case runs a small test suite of a user's with pytester, in a subprocess, against real
+databases on two backends: a Quart app writes to both binds and commits, the next test sees
+nothing, the app's own rollback works, and afterwards the databases themselves hold no row.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from importlib.metadata import entry_points
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+
+from asyncbind import AsyncBind
+
+pytest_plugins = ["pytester"]
+
+CONFTEST = """
+import os
+
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from quart import Quart
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from asyncbind import AsyncBind, BindKeyMixin
+
+
+class Base(BindKeyMixin, DeclarativeBase):
+    pass
+
+
+db = AsyncBind(os.environ["MAIN_URL"], binds={"other": os.environ["OTHER_URL"]}, model_class=Base)
+
+
+class Note(Base):
+    __tablename__ = "note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(sa.String(50))
+
+
+class Event(Base):
+    __bind_key__ = "other"
+    __tablename__ = "event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(sa.String(50))
+
+
+app = Quart(__name__)
+db.init_app(app)
+
+
+@app.post("/write")
+async def write():
+    db.session.add_all([Note(text="a note"), Event(text="an event")])
+    await db.session.commit()
+    return "written"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def asyncbind_db():
+    await db.create_all()
+    yield db
+    await db.dispose()
+
+
+async def counts():
+    async with db.session() as session:
+        notes = await session.scalar(sa.select(sa.func.count()).select_from(Note))
+        events = await session.scalar(sa.select(sa.func.count()).select_from(Event))
+    return notes, events
+"""
+
+TESTS = """
+import sqlalchemy as sa
+
+from conftest import Event, Note, app, counts, db
+
+
+async def test_1_a_request_writes_and_commits_to_both_binds(asyncbind_rollback):
+    response = await app.test_client().post("/write")
+    assert response.status_code == 200
+    assert await counts() == (1, 1)  # committed, as the app sees it
+    assert set(asyncbind_rollback) == {None, "other"}
+
+
+async def test_2_the_next_test_sees_nothing(asyncbind_rollback):
+    assert await counts() == (0, 0)
+
+
+async def test_3_the_apps_own_rollback_and_commit_still_work(asyncbind_rollback):
+    async with db.session() as session:
+        session.add_all([Note(text="dropped"), Event(text="dropped")])
+        await session.flush()
+        await session.rollback()
+        assert await counts() == (0, 0)
+        session.add(Note(text="kept"))
+        await session.commit()
+    async with db.scope():
+        db.session.add(Event(text="kept"))
+        await db.session.commit()
+    assert await counts() == (1, 1)
+    async with db.session() as session:
+        texts = await session.scalars(sa.select(Note.text))
+        assert texts.all() == ["kept"]
+
+
+async def test_4_and_again_nothing(asyncbind_rollback):
+    assert await counts() == (0, 0)
+"""
+
+INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = {scope}
+asyncio_default_test_loop_scope = {scope}
+"""
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            ("postgresql", "mysql"),
+            id="postgresql+mysql",
+            marks=[pytest.mark.postgresql, pytest.mark.mysql],
+        ),
+        pytest.param(
+            ("mysql", "sqlite"), id="mysql+sqlite", marks=[pytest.mark.mysql, pytest.mark.sqlite]
+        ),
+        pytest.param(
+            ("sqlite", "postgresql"),
+            id="sqlite+postgresql",
+            marks=[pytest.mark.sqlite, pytest.mark.postgresql],
+        ),
+    ]
+)
+def backends(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
+
+
+def test_the_plugin_is_registered_under_pytest11() -> None:
+    found = [e for e in entry_points(group="pytest11") if e.name == "asyncbind"]
+    assert [e.value for e in found] == ["asyncbind.testing"]
+
+
+@pytest.mark.parametrize("scope", ["session", "function"])
+async def test_each_tests_writes_on_every_bind_are_rolled_back(
+    pytester: pytest.Pytester,
+    backends: tuple[str, str],
+    new_database: NewDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    scope: str,
+) -> None:
+    """With one event loop for the whole run, and with a loop per test (the AsyncBind made its
+    tables in another loop: the plugin hands its pools over to the test's)."""
+    main, other = await new_database(backends[0]), await new_database(backends[1])
+    monkeypatch.setenv("MAIN_URL", main)
+    monkeypatch.setenv("OTHER_URL", other)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_app=TESTS)
+    pytester.makeini(INI.format(scope=scope))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+
+    result.assert_outcomes(passed=4)
+    # What the databases themselves hold afterwards: the tables, no row.
+    async with AsyncBind(main, binds={"other": other}) as db:
+        for key, table in ((None, "note"), ("other", "event")):
+            async with db.get_engine(key).connect() as conn:
+                count = await conn.scalar(sa.text(f"SELECT count(*) FROM {table}"))
+            assert count == 0, f"{table} kept {count} row(s)"
+
+
+def test_without_asyncbind_db_the_error_says_what_to_define(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI.format(scope="function"))
+    pytester.makepyfile(
+        textwrap.dedent(
+            """
+            async def test_it(asyncbind_rollback):
+                pass
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*define a fixture named 'asyncbind_db'*"])
