@@ -32,8 +32,8 @@ from .health import BindHealth, PoolStatus
 from .models import BindKeyMixin
 from .pagination import Pagination
 from .recording import QueryInfo, get_recorded_queries
+from .routing import RoutingSession
 from .scoping import SessionScope
-from .session import RoutingSession
 from .views import AsyncBindSession, ViewHelpers
 
 __all__ = [

@@ -164,7 +164,7 @@ def _orders(session: sa_orm.Session) -> Rank | None:
     """The commit order of ``session``'s binds, or None when SQLAlchemy's own commit applies."""
     if session.twophase:
         return None
-    router = getattr(session, "_asyncbind_router", None)
+    router = getattr(session, "router", None)  # a RoutingSession's
     return None if router is None else router.commit_rank
 
 

@@ -38,8 +38,8 @@ from .models import (
 )
 from .pagination import Pagination
 from .registry import Bind, BindFields
+from .routing import Router, check_session_class
 from .scoping import SessionFactory, SessionScope, run_to_completion
-from .session import Router, routing_session_class
 from .sharing import guarded_session_class, install_sharing_checks
 from .urls import render_url
 
@@ -253,13 +253,21 @@ class AsyncBind:
 
     def _make_sessionmaker(self) -> async_sessionmaker[views.AsyncBindSession]:
         options = dict(self._session_options)
-        sync_class = options.pop("sync_session_class", sa_orm.Session)
         session_class = views.session_class(options.pop("class_", AsyncSession))
         options.setdefault("expire_on_commit", False)
-        routing = routing_session_class(self._router, sync_class)
-        install_sharing_checks(routing)
+        # A sync_session_class given in session_options, else the class_'s own (SQLAlchemy reads
+        # the class attribute; AsyncBindSession's is RoutingSession).
+        given_as = "session_options['sync_session_class']"
+        sync_class = options.get("sync_session_class")
+        if sync_class is None:
+            sync_class = session_class.sync_session_class
+            given_as = (
+                f"'{session_class.__qualname__}.sync_session_class' (session_options['class_'])"
+            )
+        check_session_class(sync_class, given_as)
+        options["sync_session_class"] = _guarded_sync_class(sync_class)
         return async_sessionmaker(
-            class_=guarded_session_class(session_class), sync_session_class=routing, **options
+            class_=guarded_session_class(session_class), router=self._router, **options
         )
 
     # -- accessors --------------------------------------------------------------------------
@@ -600,15 +608,25 @@ def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             f"not {type(options).__name__}. Example: session_options={{'autoflush': False}}."
         )
     options = dict(options)
-    sync_class = options.get("sync_session_class", sa_orm.Session)
-    if not (isinstance(sync_class, type) and issubclass(sync_class, sa_orm.Session)):
-        raise ConfigError(
-            "session_options['sync_session_class'] must be a sqlalchemy.orm.Session subclass; "
-            "asyncbind mixes its routing into it."
-        )
+    if "sync_session_class" in options:
+        check_session_class(options["sync_session_class"], "session_options['sync_session_class']")
     session_class = options.get("class_", AsyncSession)
     if not (isinstance(session_class, type) and issubclass(session_class, AsyncSession)):
         raise ConfigError(
             "session_options['class_'] must be a sqlalchemy.ext.asyncio.AsyncSession subclass."
         )
     return options
+
+
+_guarded_sync_classes: dict[type[sa_orm.Session], type[sa_orm.Session]] = {}
+
+
+def _guarded_sync_class(cls: type[sa_orm.Session]) -> type[sa_orm.Session]:
+    """A subclass of ``cls`` with :mod:`asyncbind.sharing`'s checks, made once per class, until
+    those checks live in the AsyncSession."""
+    guarded = _guarded_sync_classes.get(cls)
+    if guarded is None:
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        guarded = _guarded_sync_classes[cls] = type(cls.__name__, (cls,), namespace)
+        install_sharing_checks(guarded)
+    return guarded

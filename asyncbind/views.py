@@ -15,12 +15,14 @@ from typing import Any, TypeVar, cast, overload
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from . import web
 from .pagination import Pagination, describe, paginate
+from .routing import RoutingSession, check_session_class
 
 __all__ = ["AsyncBindSession", "ViewHelpers", "session_class"]
 
@@ -162,7 +164,16 @@ class ViewHelpers:
 
 class AsyncBindSession(ViewHelpers, AsyncSession):
     """The :class:`~sqlalchemy.ext.asyncio.AsyncSession` asyncbind makes: SQLAlchemy's own, with
-    the view helpers of :class:`ViewHelpers`."""
+    the view helpers of :class:`ViewHelpers`, wrapping a :class:`~asyncbind.RoutingSession`."""
+
+    sync_session_class: type[sa_orm.Session] = RoutingSession
+
+    def __init__(
+        self, *args: Any, sync_session_class: type[sa_orm.Session] | None = None, **kw: Any
+    ) -> None:
+        if sync_session_class is not None:
+            check_session_class(sync_session_class, "db.session(sync_session_class=...)")
+        super().__init__(*args, sync_session_class=sync_session_class, **kw)
 
 
 _mixed: dict[type[AsyncSession], type[AsyncBindSession]] = {}

@@ -40,7 +40,7 @@ from serverstate import open_transactions, server_connections, settled_connectio
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from asyncbind import AsyncBind
+from asyncbind import AsyncBind, RoutingSession
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -320,16 +320,15 @@ async def test_cancelled_while_waiting_for_a_connection(
     """A task cancelled while the pool is exhausted gives up its place and leaks nothing."""
     db = storm.db
     holders: list[AsyncSession] = []
+    asking = asyncio.Event()
+    ask = lambda _: asking.set()  # noqa: E731
     try:
         for _ in range(12):  # pool_size + max_overflow: the pool is now empty
             session = db.session()
             await session.execute(sa.select(storm.rows[None].id).limit(1))
             holders.append(session)
         assert checked_out(db)[None] == 12
-        asking = asyncio.Event()
-        sa.event.listen(
-            db.sessionmaker.kw["sync_session_class"], "do_orm_execute", lambda _: asking.set()
-        )
+        sa.event.listen(RoutingSession, "do_orm_execute", ask)
         waiter = asyncio.create_task(_one_query(db, storm.rows[None]))
         async with asyncio.timeout(GUARD):
             await asking.wait()
@@ -340,6 +339,8 @@ async def test_cancelled_while_waiting_for_a_connection(
         with pytest.raises(asyncio.CancelledError):
             await waiter
     finally:
+        if sa.event.contains(RoutingSession, "do_orm_execute", ask):
+            sa.event.remove(RoutingSession, "do_orm_execute", ask)
         for session in holders:
             await session.close()
     await settle(db)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import await_
 from twobinds import TwoBinds, add_models, all_zero, checked_out, make_urls, names
@@ -24,6 +23,7 @@ from asyncbind import (
     ConfigError,
     NoCurrentSessionError,
     NotConfiguredError,
+    RoutingSession,
     SessionSharedError,
 )
 from asyncbind.sharing import guarded_session_class, is_guarded
@@ -471,7 +471,7 @@ async def test_guarded_classes_wrap_custom_session_classes(two: TwoBinds) -> Non
         await custom.dispose()
 
 
-class Tagging(sa_orm.Session):
+class Tagging(RoutingSession):
     """A sync session whose methods take more than SQLAlchemy's, in every kind of parameter."""
 
     def add(self, instance: Any, /, *tags: str, _warn: bool = True, **labels: str) -> None:

@@ -3,7 +3,8 @@
 SQLAlchemy asks the *sync* :class:`~sqlalchemy.orm.Session` wrapped by an ``AsyncSession`` for its
 bind, never ``AsyncSession.get_bind``. :class:`RoutingSession` answers with the ``sync_engine`` of
 the right bind, in Flask-SQLAlchemy's order: an explicit ``bind``, an explicit ``bind_key``, the
-mapper's table, the tables in the statement, then the default bind.
+mapper's table, the tables in the statement, then the default bind. A session given ``bind=`` or
+``binds=`` of its own answers from those first, as SQLAlchemy's does.
 
 This runs on every statement. A mapper's bind is worked out once; a statement's bind is cached by
 the statement's SQL cache key, which SQLAlchemy memoizes on the statement and reuses to find the
@@ -13,19 +14,20 @@ compiled SQL, so a cache hit costs a dict lookup.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.sql import visitors
 from sqlalchemy.util import EMPTY_DICT
 
 from . import commits, readonly
 from .config import BindKey
-from .exceptions import CrossBindError, ReadOnlyBindError, UnknownBindError
+from .exceptions import ConfigError, CrossBindError, ReadOnlyBindError, UnknownBindError
 from .models import bind_key_of
 
-__all__ = ["Router", "RoutingSession", "routing_session_class"]
+__all__ = ["Router", "RoutingSession", "check_session_class"]
 
 _MISSING: Any = object()
 #: How many statement shapes the router remembers (SQLAlchemy's compiled cache holds 500).
@@ -77,6 +79,10 @@ class Router:
             return self._engines[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
             raise UnknownBindError(key, self._engines, owner=owner) from None
+
+    def is_default(self, bind: sa.Engine | sa.Connection) -> bool:
+        """Whether ``bind`` is the default bind's engine."""
+        return bind is self._engines.get(None)
 
     def for_key(self, key: BindKey, clause: Any) -> sa.Engine:
         """The engine of bind ``key``, named in ``bind_arguments``; a write to a read-only bind is
@@ -225,29 +231,84 @@ def _passing_compound_selects(name: str) -> Any:
 
 
 class RoutingSession(sa_orm.Session):
-    """A sync Session whose :meth:`get_bind` routes by bind key.
+    """A sync Session whose :meth:`get_bind` routes by bind key, asking ``router``.
 
     ``session.execute(stmt, bind_arguments={"bind_key": "users"})`` sends a statement to a bind by
     name, for example a ``text()`` that has no tables to route by.
-    """
 
-    _asyncbind_router: ClassVar[Router]
-    #: False when mixed with a session class that has a commit() of its own, which then runs as
-    #: written (and commits in SQLAlchemy's order).
-    _asyncbind_ordered_commit: ClassVar[bool] = True
+    What the session was told comes first, in SQLAlchemy's order: ``bind=`` given to
+    :meth:`get_bind`, then the session's ``binds=`` (by mapper, then by the statement's tables),
+    then the session's own ``bind=``; routing decides the rest. ``binds=`` may also be keyed by bind
+    key (``None`` for the default bind): ``binds={None: conn_a, "users": conn_b}`` sends whatever
+    routes to a key to that connection.
+
+    A ``sync_session_class`` of your own subclasses this class. Its ``commit()``, if it has one,
+    keeps the binds' commit order by calling ``super().commit()``.
+
+    The AsyncSession passes its keyword arguments on, so ``router`` comes from the
+    ``async_sessionmaker``'s ``router=``.
+    """
 
     execute = _passing_compound_selects("execute")
     scalar = _passing_compound_selects("scalar")
     scalars = _passing_compound_selects("scalars")
 
+    def __init__(
+        self,
+        bind: sa.Engine | sa.Connection | None = None,
+        *,
+        router: Router,
+        binds: Mapping[Any, sa.Engine | sa.Connection] | None = None,
+        **kw: Any,
+    ) -> None:
+        by_key: dict[sa.Engine, sa.Engine | sa.Connection] = {}
+        by_target: dict[Any, sa.Engine | sa.Connection] = {}
+        for target, given in (binds or {}).items():
+            if target is None or isinstance(target, str):
+                by_key[router.engine(target, "db.session(binds={...})")] = given
+            else:
+                by_target[target] = given
+        #: The session's own bind: not the default bind's engine, which every session reports as
+        #: its ``bind`` (for code that reads ``session.bind.dialect``) and routing stands behind.
+        own = bind is not None and not router.is_default(bind)
+        if own and by_key:
+            raise ConfigError(
+                f"db.session() was given bind= (a {type(bind).__name__} of its own) and binds "
+                "keyed by bind key; bind= takes "
+                "every statement binds= does not match by model or table, so the bind keys would "
+                "never be used. Pass the default bind's connection as binds={None: conn} instead "
+                "of bind=."
+            )
+        if by_target and not own:
+            bind = None  # SQLAlchemy falls back to bind=; here routing does
+        super().__init__(bind, binds=by_target or None, **kw)
+        self.router = router
+        """The :class:`Router` this session routes with."""
+        self._by_key = by_key
+        self._asks_sqlalchemy = own or bool(by_target)
+        # get_bind()'s fast path, for a session with no binds of its own: the router, else None.
+        self._router_alone: Router | None = None if own or by_target or by_key else router
+
+    def bind_mapper(self, mapper: Any, bind: sa.Engine | sa.Connection) -> None:
+        """As SQLAlchemy's: statements of ``mapper`` go to ``bind``, before routing."""
+        self._binds_given()
+        super().bind_mapper(mapper, bind)
+
+    def bind_table(self, table: Any, bind: sa.Engine | sa.Connection) -> None:
+        """As SQLAlchemy's: statements on ``table`` go to ``bind``, before routing."""
+        self._binds_given()
+        super().bind_table(table, bind)
+
+    def _binds_given(self) -> None:
+        if not self._asks_sqlalchemy:  # self.bind is the default bind's, not the session's own
+            self.bind = None
+        self._asks_sqlalchemy = True
+        self._router_alone = None
+
     def commit(self) -> None:
         """Flush and commit; the binds of a transaction that spans several commit one after the
         other in a stable order (see :mod:`asyncbind.commits`)."""
-        if (
-            self.twophase
-            or not self._asyncbind_ordered_commit
-            or not commits.commit_in_order(self, self._asyncbind_router.commit_rank)
-        ):
+        if self.twophase or not commits.commit_in_order(self, self.router.commit_rank):
             super().commit()
 
     def get_bind(
@@ -259,11 +320,14 @@ class RoutingSession(sa_orm.Session):
         bind_key: Any = _MISSING,
         **kw: Any,
     ) -> sa.Engine | sa.Connection:
-        router = self._asyncbind_router
+        router = self._router_alone
+        if router is None:
+            return self._given_bind(mapper, clause, bind, bind_key, kw)
         if bind is not None:
             if clause is not None:
                 router.check_bind(bind, clause)
             return bind  # type: ignore[no-any-return]
+        # _route(), written out: this runs for every statement.
         if bind_key is not _MISSING:
             return router.for_key(bind_key, clause)
         if clause is not None:
@@ -272,25 +336,54 @@ class RoutingSession(sa_orm.Session):
             return router.for_mapper(mapper)
         return router.engine(None, "a session operation with no statement")
 
+    def _given_bind(
+        self, mapper: Any, clause: Any, bind: Any, bind_key: Any, kw: dict[str, Any]
+    ) -> sa.Engine | sa.Connection:
+        """get_bind() of a session given binds of its own: ``bind``, else SQLAlchemy's answer
+        from the session's ``binds=`` and ``bind=``, else routing (with ``binds=`` by bind key
+        applied)."""
+        router = self.router
+        if bind is None and self._asks_sqlalchemy:
+            try:
+                bind = super().get_bind(mapper, clause=clause, **kw)
+            except sa_exc.UnboundExecutionError:  # no match, and no bind of its own
+                pass
+        if bind is None:
+            engine = _route(router, mapper, clause, bind_key)
+            bind = self._by_key.get(engine)
+            if bind is None:
+                return engine
+        if clause is not None:
+            router.check_bind(bind, clause)
+        return bind  # type: ignore[no-any-return]
 
-def routing_session_class(
-    router: Router, base: type[sa_orm.Session] = sa_orm.Session
-) -> type[RoutingSession]:
-    """A :class:`RoutingSession` subclass bound to ``router``, mixed with ``base`` if given."""
-    bases: tuple[type, ...]
-    namespace: dict[str, Any] = {"_asyncbind_router": router, "__module__": __name__}
-    if issubclass(base, RoutingSession):
-        bases = (base,)
-    elif base is sa_orm.Session:
-        bases = (RoutingSession,)
-    else:
-        bases = (RoutingSession, base)
-        # RoutingSession.commit() comes first; a commit() of base's own is called instead.
-        namespace["_asyncbind_ordered_commit"] = base.commit is sa_orm.Session.commit
-    cls = type("RoutingSession", bases, namespace)
 
-    def before_flush(session: sa_orm.Session, _context: Any, _instances: Any) -> None:
-        router.check_flush(session)
+def _route(router: Router, mapper: Any, clause: Any, bind_key: Any) -> sa.Engine:
+    """The engine routing gives a statement: by ``bind_key``, else its tables and ``mapper``'s,
+    else the default bind."""
+    if bind_key is not _MISSING:
+        return router.for_key(bind_key, clause)
+    if clause is not None:
+        return router.for_statement(mapper, clause)
+    if mapper is not None:
+        return router.for_mapper(mapper)
+    return router.engine(None, "a session operation with no statement")
 
-    sa.event.listen(cls, "before_flush", before_flush)
-    return cls
+
+@sa.event.listens_for(RoutingSession, "before_flush")
+def _check_flush(session: RoutingSession, _context: Any, _instances: Any) -> None:
+    """Refuse a flush that would write to a read-only bind."""
+    session.router.check_flush(session)
+
+
+def check_session_class(cls: Any, given_as: str) -> None:
+    """Raise :class:`ConfigError` unless ``cls``, the ``sync_session_class`` given as
+    ``given_as``, is a :class:`RoutingSession` subclass: routing lives there."""
+    if isinstance(cls, type) and issubclass(cls, RoutingSession):
+        return
+    name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else repr(cls)
+    raise ConfigError(
+        f"{given_as} is {name!r}, not a subclass of 'asyncbind.RoutingSession'. Sessions route "
+        "each statement to its bind in RoutingSession, so a sync session class of your own "
+        "must subclass it: class Audited(asyncbind.RoutingSession): ..."
+    )

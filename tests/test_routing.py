@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from conftest import NewDatabase
 from sqlalchemy.orm import Mapped, mapped_column
 
-from asyncbind import AsyncBind, CrossBindError, UnknownBindError
+from asyncbind import AsyncBind, CrossBindError, RoutingSession, UnknownBindError
 
 Statements = Callable[[AsyncBind], list[tuple[Any, str]]]
 
@@ -267,7 +267,7 @@ async def test_session_defaults(two_binds: AsyncBind, make_db: Callable[..., Asy
 async def test_custom_sync_session_class_keeps_routing(
     two_binds: AsyncBind, make_db: Callable[..., AsyncBind]
 ) -> None:
-    class Audited(sa.orm.Session):
+    class Audited(RoutingSession):
         audited = True
 
     url = two_binds.engine.url.render_as_string(hide_password=False)
@@ -301,7 +301,7 @@ async def test_routing_does_not_run_once_per_statement(
     two_binds: AsyncBind, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A mapper's and a statement shape's bind is worked out once, then cached."""
-    from asyncbind import session as routing
+    from asyncbind import routing
 
     db = two_binds
     User, Item, _ = define(db)
