@@ -122,6 +122,30 @@ async def test_explicit_bind_key_and_bind_are_refused_before_any_sql(ro: ReadOnl
     assert await ro.names() == ["one"]
 
 
+async def test_connections_given_to_the_session_are_refused_writes_before_any_sql(
+    ro: ReadOnly,
+) -> None:
+    """A connection of the read-only bind given as ``binds=`` (for the default bind's key, where
+    ``ref`` routes, or for the table) or as the session's ``bind=``."""
+    # DML: SQLAlchemy matches binds= by table in the statement's elements, which a DDL construct's
+    # target is not one of.
+    on_ref = [(write, what) for write, what in writes(ro.ref) if write.is_dml]
+    async with ro.db.engines["ro"].connect() as conn:
+        for given in ({"binds": {None: conn}}, {"binds": {ro.ref: conn}}, {"bind": conn}):
+            async with ro.db.session(**given) as session:
+                for write, what in on_ref:
+                    with pytest.raises(ReadOnlyBindError) as info:
+                        await session.execute(write)
+                    assert_refused(info, what)
+                found = await session.scalars(sa.select(ro.ref.c.name))
+                assert found.all() == ["one"]
+                assert (await session.connection()).engine is ro.db.engines[
+                    "ro"
+                ] or "bind" not in given
+    assert [sql.split()[0] for sql in ro.sent_to_ro()] == ["SELECT"] * 3
+    assert await ro.names() == ["one"]
+
+
 async def test_a_sessions_connection_refuses_core_writes_before_any_sql(ro: ReadOnly) -> None:
     async with ro.db.session() as session:
         conn = await session.connection(bind_arguments={"bind_key": "ro"})

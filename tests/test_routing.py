@@ -10,7 +10,14 @@ import sqlalchemy as sa
 from conftest import NewDatabase
 from sqlalchemy.orm import Mapped, mapped_column
 
-from asyncbind import AsyncBind, CrossBindError, RoutingSession, UnknownBindError
+from asyncbind import (
+    AsyncBind,
+    AsyncBindSession,
+    ConfigError,
+    CrossBindError,
+    RoutingSession,
+    UnknownBindError,
+)
 
 Statements = Callable[[AsyncBind], list[tuple[Any, str]]]
 
@@ -377,3 +384,211 @@ async def test_tables_and_bases_made_outside_asyncbind_route_too(
     assert await table_rows(db, "users", "account") == [(1,)]
     assert await table_rows(db, "users", "by_metadata") == [(2,)]
     assert not await has_table(db, None, "account")
+
+
+# -- what the session was told: bind=, binds= and its own classes -------------------------------
+
+
+async def rows_on(conn: Any, table: str) -> list[tuple[Any, ...]]:
+    """A table's rows as ``conn`` (an AsyncConnection, maybe inside a transaction) sees them."""
+    return [tuple(r) for r in await conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1"))]
+
+
+async def test_bind_sends_every_statement_through_the_callers_connection(
+    two_binds: AsyncBind,
+) -> None:
+    """``db.session(bind=conn)``: SQLAlchemy's meaning, the session's statements go through
+    ``conn``, whose transaction stays the caller's: the session's commit does not end it."""
+    db = two_binds
+    User, Item, _ = define(db)
+    await db.create_all()
+    async with db.engine.connect() as conn:
+        outer = await conn.begin()
+        await conn.execute(sa.insert(Item).values(id=1, title="fixture"))
+        async with db.session(bind=conn) as session:
+            assert session.bind is conn
+            assert (await session.connection()).sync_connection is conn.sync_connection
+            # bind= takes what routing would send elsewhere too, as SQLAlchemy's does.
+            assert session.sync_session.get_bind(User) is conn.sync_connection
+            assert (await session.get(Item, 1)).title == "fixture"
+            session.add(Item(id=2, title="lamp"))
+            await session.commit()
+            await session.execute(sa.text("INSERT INTO item (id, title) VALUES (3, 'desk')"))
+            await session.commit()
+        assert await rows_on(conn, "item") == [(1, "fixture"), (2, "lamp"), (3, "desk")]
+        assert await table_rows(db, None, "item") == []  # nothing committed for real
+        await outer.rollback()
+    assert await table_rows(db, None, "item") == []
+
+
+async def _external_transactions(db: AsyncBind, mode: str | None, by_key: bool) -> None:
+    """SQLAlchemy's "join a session into an external transaction" recipe over two binds: the
+    caller opens a transaction on a connection of each bind, the session writes and commits in
+    them, and rolling the caller's transactions back leaves nothing anywhere."""
+    User, Item, log = define(db)
+    await db.create_all()
+    options = {} if mode is None else {"join_transaction_mode": mode}
+    async with db.engines[None].connect() as items, db.engines["users"].connect() as users:
+        outer = [await items.begin(), await users.begin()]
+        # A write first, as a test's fixture data would be (it also makes SQLite's driver open the
+        # transaction, which a SAVEPOINT needs to be nested in).
+        await items.execute(sa.insert(Item).values(id=1, title="fixture"))
+        await users.execute(sa.insert(User).values(id=1, name="fixture"))
+        binds: dict[Any, Any] = (
+            {None: items, "users": users} if by_key else {User: users, Item: items}
+        )
+        async with db.session(binds=binds, **options) as session:
+            session.add_all([User(id=2, name="ada"), Item(id=2, title="lamp")])
+            await session.commit()
+            if by_key:  # whatever routes to a key: Core tables and bind_key= too
+                await session.execute(sa.insert(log).values(id=3, msg="m"))
+                text = sa.text("SELECT count(*) FROM user_account")
+                assert (await session.scalar(text, bind_arguments={"bind_key": "users"})) == 2
+            await session.commit()
+            assert (await session.get(User, 1)).name == "fixture"
+            assert [u.name for u in await session.scalars(sa.select(User).order_by(User.id))] == [
+                "fixture",
+                "ada",
+            ]
+        assert await rows_on(users, "user_account") == [(1, "fixture"), (2, "ada")]
+        assert await rows_on(items, "item") == [(1, "fixture"), (2, "lamp")]
+        if by_key:
+            assert await rows_on(users, "log") == [(3, "m")]
+        # The session's commits did not commit the caller's transactions.
+        assert await table_rows(db, "users", "user_account") == []
+        assert await table_rows(db, None, "item") == []
+        for transaction in outer:
+            await transaction.rollback()
+    assert await table_rows(db, "users", "user_account") == []
+    assert await table_rows(db, "users", "log") == []
+    assert await table_rows(db, None, "item") == []
+
+
+JOIN_MODES = pytest.mark.parametrize(
+    "mode", [None, "create_savepoint"], ids=["default_join", "create_savepoint"]
+)
+
+
+@JOIN_MODES
+async def test_binds_by_model_join_the_callers_transactions(
+    two_binds: AsyncBind, mode: str | None
+) -> None:
+    await _external_transactions(two_binds, mode, by_key=False)
+
+
+@JOIN_MODES
+async def test_binds_by_model_join_the_callers_transactions_across_servers(
+    two_servers: AsyncBind, mode: str | None
+) -> None:
+    await _external_transactions(two_servers, mode, by_key=False)
+
+
+@JOIN_MODES
+async def test_binds_by_bind_key_join_the_callers_transactions(
+    two_binds: AsyncBind, mode: str | None
+) -> None:
+    await _external_transactions(two_binds, mode, by_key=True)
+
+
+@JOIN_MODES
+async def test_binds_by_bind_key_join_the_callers_transactions_across_servers(
+    two_servers: AsyncBind, mode: str | None
+) -> None:
+    await _external_transactions(two_servers, mode, by_key=True)
+
+
+async def test_binds_match_before_routing_and_routing_does_the_rest(
+    two_servers: AsyncBind, statements: Statements
+) -> None:
+    """A session's binds= for one model: the others still route, each to its bind, and so do
+    models bound later with bind_mapper()."""
+    db = two_servers
+    User, Item, log_table = define(db)
+    await db.create_all()
+    async with db.engines[None].connect() as items:
+        async with db.session(binds={Item: items}) as session:
+            assert session.sync_session.get_bind(Item) is items.sync_connection
+            assert session.sync_session.get_bind(User) is db.engines["users"].sync_engine
+            assert session.sync_session.get_bind() is db.engine.sync_engine
+            session.add_all([User(id=1, name="ada"), Item(id=1, title="lamp")])
+            await session.execute(sa.insert(log_table).values(id=1, msg="m"))
+            await session.commit()
+        await items.commit()
+        async with db.engines["users"].connect() as users:
+            async with db.session() as session:
+                await session.run_sync(lambda s: s.bind_mapper(User, users.sync_connection))
+                assert session.sync_session.get_bind(User) is users.sync_connection
+                assert session.sync_session.get_bind(Item) is db.engine.sync_engine
+                assert (await session.get(User, 1)).name == "ada"
+    assert await table_rows(db, "users", "user_account") == [(1, "ada")]
+    assert await table_rows(db, "users", "log") == [(1, "m")]
+    assert await table_rows(db, None, "item") == [(1, "lamp")]
+
+
+async def test_binds_by_bind_key_are_checked(two_binds: AsyncBind) -> None:
+    db = two_binds
+    async with db.engine.connect() as conn:
+        with pytest.raises(UnknownBindError, match="'nope'") as info:
+            db.session(binds={"nope": conn})
+        assert "binds=" in str(info.value)
+        with pytest.raises(ConfigError, match=r"binds=\{None: conn\}"):
+            db.session(bind=conn, binds={"users": conn})
+
+
+async def test_a_sync_session_class_per_call_routes_and_others_are_refused(
+    two_binds: AsyncBind, make_db: Callable[..., AsyncBind]
+) -> None:
+    db = two_binds
+    User, Item, _ = define(db)
+    await db.create_all()
+
+    class Audited(RoutingSession):
+        audited = True
+
+    async with db.session(sync_session_class=Audited) as session:
+        assert isinstance(session.sync_session, Audited)
+        session.add_all([User(id=1, name="ada"), Item(id=1, title="lamp")])
+        await session.commit()
+    assert await table_rows(db, "users", "user_account") == [(1, "ada")]
+    assert await table_rows(db, None, "item") == [(1, "lamp")]
+
+    class Plain(sa.orm.Session):
+        pass
+
+    with pytest.raises(ConfigError) as info:
+        db.session(sync_session_class=Plain)
+    message = str(info.value)
+    assert "db.session(sync_session_class=...)" in message and ".Plain'" in message
+    assert "class Audited(asyncbind.RoutingSession)" in message
+    with pytest.raises(ConfigError, match=r"session_options\['sync_session_class'\].*\.Plain'"):
+        make_db(str(db.engine.url), session_options={"sync_session_class": Plain})
+
+
+async def test_a_class_of_ones_own_keeps_its_sync_session_class(
+    two_binds: AsyncBind, make_db: Callable[..., AsyncBind]
+) -> None:
+    """SQLAlchemy reads ``sync_session_class`` from the AsyncSession class: a ``class_`` that sets
+    one keeps it, if it routes."""
+
+    class Mine(RoutingSession):
+        mine = True
+
+    class MyAsyncSession(AsyncBindSession):
+        sync_session_class = Mine
+
+    url = two_binds.engine.url.render_as_string(hide_password=False)
+    users = two_binds.engines["users"].url.render_as_string(hide_password=False)
+    db = make_db(url, binds={"users": users}, session_options={"class_": MyAsyncSession})
+    User, _, _ = define(db)
+    await db.create_all()
+    async with db.session() as session:
+        assert isinstance(session, MyAsyncSession) and isinstance(session.sync_session, Mine)
+        session.add(User(id=1, name="ada"))
+        await session.commit()
+    assert await table_rows(db, "users", "user_account") == [(1, "ada")]
+
+    class Unrouted(AsyncBindSession):
+        sync_session_class = sa.orm.Session
+
+    with pytest.raises(ConfigError, match=r"Unrouted\.sync_session_class'.*RoutingSession"):
+        make_db(url, session_options={"class_": Unrouted})
