@@ -255,16 +255,10 @@ class AsyncBind:
         options = dict(self._session_options)
         session_class = views.session_class(options.pop("class_", AsyncSession))
         options.setdefault("expire_on_commit", False)
-        # A sync_session_class given in session_options, else the class_'s own (SQLAlchemy reads
-        # the class attribute; AsyncBindSession's is RoutingSession).
-        given_as = "session_options['sync_session_class']"
-        sync_class = options.get("sync_session_class")
-        if sync_class is None:
-            sync_class = session_class.sync_session_class
-            given_as = (
-                f"'{session_class.__qualname__}.sync_session_class' (session_options['class_'])"
-            )
-        check_session_class(sync_class, given_as)
+        # session_options' sync_session_class, else the class_'s own (SQLAlchemy reads the class
+        # attribute; AsyncBindSession's is RoutingSession). Until the task-safety checks live in
+        # the AsyncSession, sharing's go into a subclass of it, passed explicitly.
+        sync_class = options.get("sync_session_class") or session_class.sync_session_class
         options["sync_session_class"] = _guarded_sync_class(sync_class)
         return async_sessionmaker(
             class_=guarded_session_class(session_class), router=self._router, **options
@@ -608,12 +602,18 @@ def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             f"not {type(options).__name__}. Example: session_options={{'autoflush': False}}."
         )
     options = dict(options)
-    if "sync_session_class" in options:
-        check_session_class(options["sync_session_class"], "session_options['sync_session_class']")
     session_class = options.get("class_", AsyncSession)
     if not (isinstance(session_class, type) and issubclass(session_class, AsyncSession)):
         raise ConfigError(
             "session_options['class_'] must be a sqlalchemy.ext.asyncio.AsyncSession subclass."
+        )
+    # The sync session class routes: one given here, else the class_'s own.
+    if options.get("sync_session_class") is not None:
+        check_session_class(options["sync_session_class"], "session_options['sync_session_class']")
+    else:
+        check_session_class(
+            views.session_class(session_class).sync_session_class,
+            f"'{session_class.__qualname__}.sync_session_class' (session_options['class_'])",
         )
     return options
 

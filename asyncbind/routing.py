@@ -263,19 +263,19 @@ class RoutingSession(sa_orm.Session):
     ) -> None:
         by_key: dict[sa.Engine, sa.Engine | sa.Connection] = {}
         by_target: dict[Any, sa.Engine | sa.Connection] = {}
-        for target, given in (binds or {}).items():
-            if target is None or isinstance(target, str):
-                by_key[router.engine(target, "db.session(binds={...})")] = given
-            else:
-                by_target[target] = given
-        #: The session's own bind: not the default bind's engine, which every session reports as
-        #: its ``bind`` (for code that reads ``session.bind.dialect``) and routing stands behind.
+        if binds:
+            for target, given in binds.items():
+                if target is None or isinstance(target, str):
+                    by_key[router.engine(target, "db.session(binds={...})")] = given
+                else:
+                    by_target[target] = given
+        # Every session is given the default bind's engine as bind=, to report it as its bind
+        # (code reads session.bind.dialect); routing stands behind that one. Another is its own.
         own = bind is not None and not router.is_default(bind)
         if own and by_key:
             raise ConfigError(
-                f"db.session() was given bind= (a {type(bind).__name__} of its own) and binds "
-                "keyed by bind key; bind= takes "
-                "every statement binds= does not match by model or table, so the bind keys would "
+                "db.session() was given bind= and binds= keyed by bind key. bind= takes every "
+                "statement that binds= does not match by model or table, so the bind keys would "
                 "never be used. Pass the default bind's connection as binds={None: conn} instead "
                 "of bind=."
             )

@@ -169,11 +169,17 @@ class AsyncBindSession(ViewHelpers, AsyncSession):
     sync_session_class: type[sa_orm.Session] = RoutingSession
 
     def __init__(
-        self, *args: Any, sync_session_class: type[sa_orm.Session] | None = None, **kw: Any
+        self,
+        bind: Any = None,
+        *,
+        binds: Any = None,
+        sync_session_class: type[sa_orm.Session] | None = None,
+        **kw: Any,
     ) -> None:
+        # Routing lives in the sync session: one given per call must route too.
         if sync_session_class is not None:
             check_session_class(sync_session_class, "db.session(sync_session_class=...)")
-        super().__init__(*args, sync_session_class=sync_session_class, **kw)
+        super().__init__(bind, binds=binds, sync_session_class=sync_session_class, **kw)
 
 
 _mixed: dict[type[AsyncSession], type[AsyncBindSession]] = {}
