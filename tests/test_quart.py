@@ -166,6 +166,7 @@ async def test_a_failed_request_is_rolled_back(urls: tuple[str, str]) -> None:
         # The failed request left the session usable for the next request.
         assert (await client.post("/pairs/after")).status_code == 200
     assert await names(db) == (["after", "kept"], ["after", "kept"])
+    await db.dispose()  # names() connected again after shutdown
 
 
 async def test_a_request_cancelled_by_a_disconnect_still_closes_its_session(
@@ -184,6 +185,7 @@ async def test_a_request_cancelled_by_a_disconnect_still_closes_its_session(
             await connection.disconnect()
         assert all_zero(checked_out(db))  # teardown closed it
     assert await names(db) == ([], [])
+    await db.dispose()  # names() connected again after shutdown
 
 
 async def test_background_tasks_and_websockets_have_sessions_of_their_own(
@@ -203,6 +205,7 @@ async def test_background_tasks_and_websockets_have_sessions_of_their_own(
     assert len(seen) == 2 and seen[0] is not seen[1]
     assert await names(db) == (["one", "two"], ["later"])
     assert all_zero(checked_out(db))
+    await db.dispose()  # names() connected again after shutdown
 
 
 async def test_app_context_outside_a_request_has_a_session(urls: tuple[str, str]) -> None:
@@ -258,6 +261,7 @@ async def test_asyncbind_app_argument_and_a_url_given_to_the_constructor(
         assert (await test_app.test_client().post("/direct")).status_code == 200
     assert await names(db) == ([], ["direct"])
     assert all_zero(checked_out(db))
+    await db.dispose()  # names() connected again after shutdown
 
 
 async def test_one_asyncbind_for_several_apps_of_one_factory(urls: tuple[str, str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -592,3 +594,19 @@ async def test_a_class_of_ones_own_keeps_its_sync_session_class(
 
     with pytest.raises(ConfigError, match=r"Unrouted\.sync_session_class'.*RoutingSession"):
         make_db(url, session_options={"class_": Unrouted})
+
+
+@pytest.mark.sqlite
+async def test_a_dropped_asyncbind_is_collected_with_its_engines() -> None:
+    """Sessions get their router through the constructor: no class or event listener made per
+    AsyncBind keeps one, and its engines, alive."""
+    db = AsyncBind("sqlite://", binds={"users": "sqlite://"})
+    define(db)
+    await db.create_all()
+    async with db.session() as session:
+        await session.execute(sa.text("SELECT 1"))
+    engines = [weakref.ref(engine.sync_engine) for engine in db.engines.values()]
+    await db.dispose()
+    del db, session
+    gc.collect()
+    assert [engine() for engine in engines] == [None, None]
