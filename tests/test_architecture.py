@@ -232,7 +232,7 @@ def test_the_checks_see_the_package() -> None:
     imports = _imports()
     quart = "asyncbind/integrations/quart.py"
     assert Import("asyncbind.integrations.quart", "quart", 27, "eager", quart) in imports
-    assert any(i.module == FACADE and i.target == "asyncbind.session" for i in imports)
+    assert any(i.module == FACADE and i.target == "asyncbind.routing" for i in imports)
     assert {"_binds", "_install"} <= _facade_private_names(PACKAGE)
     # Counting imports that never run, bulk.py and core.py import each other (bulk names
     # AsyncBind in its annotations): the cycle finder finds that one.
