@@ -65,6 +65,10 @@ async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnect
         for key, engine in db.engines.items():
             connection = await stack.enter_async_context(engine.connect())
             await connection.begin()  # rolled back when the connection closes
+            if connection.dialect.name == "sqlite":
+                # SQLite's Python driver sends BEGIN only before the first write, so the
+                # sessions' SAVEPOINT would open the transaction and its RELEASE commit it.
+                await connection.exec_driver_sql("BEGIN")
             connections[key] = connection
         saved = {name: maker.kw.get(name, _UNSET) for name in _JOINING}
         maker.configure(binds=dict(connections), join_transaction_mode="create_savepoint")

@@ -7,6 +7,7 @@ nothing, the app's own rollback works, and afterwards the databases themselves h
 
 from __future__ import annotations
 
+import importlib
 import textwrap
 from importlib.metadata import entry_points
 
@@ -17,6 +18,21 @@ from conftest import NewDatabase
 from asyncbind import AsyncBind
 
 pytest_plugins = ["pytester"]
+
+# pytester puts sys.modules back as it found them after each test: a driver or dialect first
+# imported during one (by the check of what the databases hold) would be imported a second time in
+# the next, and asyncpg's compiled protocol does not survive that. So they are imported here.
+for _module in (
+    "asyncpg",
+    "aiomysql",
+    "aiosqlite",
+    "pymysql",
+    "quart",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+    "sqlalchemy.dialects.mysql.aiomysql",
+    "sqlalchemy.dialects.sqlite.aiosqlite",
+):
+    importlib.import_module(_module)
 
 CONFTEST = """
 import os
@@ -61,7 +77,7 @@ async def write():
     return "written"
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def asyncbind_db():
     await db.create_all()
     yield db
