@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 
-from asyncbind import AsyncBind
+from asyncbind import AsyncBind, ConfigError
 
 pytest_plugins = ["pytester"]
 
@@ -204,3 +204,69 @@ def test_without_asyncbind_db_the_error_says_what_to_define(pytester: pytest.Pyt
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*define a fixture named 'asyncbind_db'*"])
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_starlette_and_fastapi_request_sessions_join_and_vanish(
+    new_database: NewDatabase,
+) -> None:
+    """rolled_back() directly (what the fixture runs): the sessions of a Starlette middleware
+    and of a FastAPI dependency commit into the test's transactions, and nothing is left."""
+    import httpx
+    from fastapi import Depends, FastAPI
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from twobinds import add_models, make_urls, names
+
+    from asyncbind import AsyncBindSession
+    from asyncbind.integrations.fastapi import session_dependency
+    from asyncbind.integrations.starlette import AsyncBindMiddleware, request_session
+    from asyncbind.testing import rolled_back
+
+    postgresql, mysql = await make_urls(new_database)
+    two = add_models(AsyncBind(postgresql, binds={"users": mysql}))
+    db, Item, User = two.db, two.Item, two.User
+    await db.create_all()
+
+    async def starlette_write(request: Request) -> PlainTextResponse:
+        session = request_session(request)
+        session.add_all([Item(name="starlette"), User(name="starlette")])
+        await session.commit()
+        return PlainTextResponse("ok")
+
+    starlette = Starlette(
+        routes=[Route("/write", starlette_write, methods=["POST"])],
+        middleware=[Middleware(AsyncBindMiddleware, db=db)],
+    )
+    fastapi = FastAPI()
+
+    @fastapi.post("/write")
+    async def fastapi_write(
+        session: AsyncBindSession = Depends(session_dependency(db)),  # noqa: B008
+    ) -> str:
+        session.add_all([Item(name="fastapi"), User(name="fastapi")])
+        await session.commit()
+        return "ok"
+
+    try:
+        async with rolled_back(db) as connections:
+            assert set(connections) == {None, "users"}
+            for app in (starlette, fastapi):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    assert (await client.post("/write")).status_code == 200
+            async with db.session() as session:
+                items = await session.scalars(sa.select(Item.name).order_by(Item.name))
+                users = await session.scalars(sa.select(User.name).order_by(User.name))
+                assert (items.all(), users.all()) == (["fastapi", "starlette"],) * 2
+            with pytest.raises(ConfigError, match="one at a time"):
+                async with rolled_back(db):
+                    pass
+        assert await names(db) == ([], [])  # read on connections of their own
+        assert "binds" not in db.sessionmaker.kw
+    finally:
+        await db.dispose()
