@@ -58,10 +58,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import util as sql_util
 
+from .cancellation import run_to_completion
 from .exceptions import BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from .models import bind_key_of
 from .registry import bind_config
-from .scoping import run_to_completion
 from .values import is_json, row_converter
 
 if TYPE_CHECKING:

@@ -1,5 +1,9 @@
-"""Cancellations that land in asyncbind's connector or in a pool returning a connection: each is
-absorbed there, so that a cancelled task leaves nothing behind and nothing is reported.
+"""Cancellations: cleanup that a cancellation does not cut short, and cancellations that land in
+asyncbind's connector or in a pool returning a connection, each absorbed there, so that a
+cancelled task leaves nothing behind and nothing is reported.
+
+- Cleanup (closing a session, disposing engines) runs in a task of its own,
+  :func:`run_to_completion`: a cancellation of the caller is raised once it has finished.
 
 - A connection attempt whose caller is cancelled is not interrupted mid-handshake: drivers do not
   clean up after that (asyncpg leaves a future whose error nobody retrieves, reported as "Future
@@ -21,18 +25,48 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-__all__ = ["close_quietly", "finish_if_cancelled", "reset_listener", "resets_returned_connections"]
+__all__ = [
+    "close_quietly",
+    "finish_if_cancelled",
+    "reset_listener",
+    "resets_returned_connections",
+    "run_to_completion",
+]
+
+_T = TypeVar("_T")
 
 #: Seconds a connection attempt whose caller was cancelled may take to finish by itself before
 #: it is cancelled after all (against a server that never answers, say).
 ABANDONED_CONNECT_TIMEOUT = 10.0
 #: Connection attempts whose caller was cancelled, kept until they finish.
 _ABANDONED: set[asyncio.Task[Any]] = set()
+
+
+async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``coro`` in a task of its own that a cancellation of the caller does not stop.
+
+    For cleanup (closing a session, disposing engines): the caller does not return before it has
+    finished, and a cancellation received meanwhile is re-raised afterwards.
+    """
+    task = asyncio.get_running_loop().create_task(coro)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                raise
+            cancelled = exc
+        else:
+            break
+    if cancelled is not None:
+        raise cancelled
+    return result
 
 
 async def finish_if_cancelled(

@@ -9,12 +9,12 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy import orm as sa_orm
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from . import bulk, health, recording, schema, views
+from .cancellation import run_to_completion
 from .config import (
     ALL,
     BindConfig,
@@ -39,8 +39,7 @@ from .models import (
 from .pagination import Pagination
 from .registry import Bind, BindFields
 from .routing import Router, check_session_class
-from .scoping import SessionFactory, SessionScope, run_to_completion
-from .sharing import guarded_session_class, install_sharing_checks
+from .scoping import SessionFactory, SessionScope
 from .urls import render_url
 
 __all__ = ["AppSetup", "AsyncBind", "SessionFactory", "add_app_setup"]
@@ -253,16 +252,12 @@ class AsyncBind:
 
     def _make_sessionmaker(self) -> async_sessionmaker[views.AsyncBindSession]:
         options = dict(self._session_options)
-        session_class = views.session_class(options.pop("class_", AsyncSession))
+        session_class = options.pop("class_", views.AsyncBindSession)
         options.setdefault("expire_on_commit", False)
-        # session_options' sync_session_class, else the class_'s own (SQLAlchemy reads the class
-        # attribute; AsyncBindSession's is RoutingSession). Until the task-safety checks live in
-        # the AsyncSession, sharing's go into a subclass of it, passed explicitly.
-        sync_class = options.get("sync_session_class") or session_class.sync_session_class
-        options["sync_session_class"] = _guarded_sync_class(sync_class)
-        return async_sessionmaker(
-            class_=guarded_session_class(session_class), router=self._router, **options
-        )
+        # A sync_session_class given in session_options goes to the sessionmaker; otherwise the
+        # class_'s own applies (SQLAlchemy reads the class attribute; AsyncBindSession's is
+        # RoutingSession). Both were checked by _check_session_options().
+        return async_sessionmaker(class_=session_class, router=self._router, **options)
 
     # -- accessors --------------------------------------------------------------------------
 
@@ -602,31 +597,21 @@ def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             f"not {type(options).__name__}. Example: session_options={{'autoflush': False}}."
         )
     options = dict(options)
-    session_class = options.get("class_", AsyncSession)
-    if not (isinstance(session_class, type) and issubclass(session_class, AsyncSession)):
+    session_class = options.get("class_", views.AsyncBindSession)
+    if not (isinstance(session_class, type) and issubclass(session_class, views.AsyncBindSession)):
+        given = session_class.__qualname__ if isinstance(session_class, type) else session_class
         raise ConfigError(
-            "session_options['class_'] must be a sqlalchemy.ext.asyncio.AsyncSession subclass."
+            f"session_options['class_'] is {given!r}; expected asyncbind.AsyncBindSession or a "
+            "subclass of it, which refuses a session shared by two tasks and has the view "
+            "helpers. Subclass it for a session class of your own: "
+            "'class MySession(asyncbind.AsyncBindSession): ...'."
         )
     # The sync session class routes: one given here, else the class_'s own.
     if options.get("sync_session_class") is not None:
         check_session_class(options["sync_session_class"], "session_options['sync_session_class']")
     else:
         check_session_class(
-            views.session_class(session_class).sync_session_class,
+            session_class.sync_session_class,
             f"'{session_class.__qualname__}.sync_session_class' (session_options['class_'])",
         )
     return options
-
-
-_guarded_sync_classes: dict[type[sa_orm.Session], type[sa_orm.Session]] = {}
-
-
-def _guarded_sync_class(cls: type[sa_orm.Session]) -> type[sa_orm.Session]:
-    """A subclass of ``cls`` with :mod:`asyncbind.sharing`'s checks, made once per class, until
-    those checks live in the AsyncSession."""
-    guarded = _guarded_sync_classes.get(cls)
-    if guarded is None:
-        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-        guarded = _guarded_sync_classes[cls] = type(cls.__name__, (cls,), namespace)
-        install_sharing_checks(guarded)
-    return guarded

@@ -11,12 +11,11 @@ outside all of them are not recorded.
 
 from __future__ import annotations
 
-import sys
+import traceback
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from time import perf_counter
-from types import FrameType
 from typing import Any
 
 import greenlet
@@ -199,16 +198,15 @@ def _location() -> str:
     A statement of an AsyncSession runs in SQLAlchemy's greenlet, whose frames end where the
     greenlet started: the awaiting code is in the frames of the greenlet that switched to it.
     """
-    frame: FrameType | None = sys._getframe(1)
     current = greenlet.getcurrent()
+    frames = traceback.walk_stack(None)
     while True:
-        while frame is not None:
-            module = frame.f_globals.get("__name__")  # None in code made at run time
+        for frame, line in frames:
+            module = frame.f_globals.get("__name__")
             if module and module.partition(".")[0] not in _LIBRARIES:
-                code = frame.f_code
-                return f"{code.co_filename}:{frame.f_lineno} ({code.co_name})"
-            frame = frame.f_back
+                where = traceback.StackSummary.extract([(frame, line)], lookup_lines=False)[0]
+                return f"{where.filename}:{where.lineno} ({where.name})"
         current = current.parent
-        if current is None:
+        if current is None or current.gr_frame is None:
             return "<unknown>"
-        frame = current.gr_frame
+        frames = traceback.walk_stack(current.gr_frame)

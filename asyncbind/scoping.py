@@ -10,11 +10,10 @@ made on first use and closed when the scope ends.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,34 +30,10 @@ if TYPE_CHECKING:
 else:
     _Proxied = object
 
-__all__ = ["Scope", "SessionFactory", "SessionScope", "run_to_completion"]
-
-_T = TypeVar("_T")
+__all__ = ["Scope", "SessionFactory", "SessionScope"]
 
 ScopeProvider = Callable[[], "Scope | None"]
 """Returns the scope of an ambient context (a Quart app context), or None outside one."""
-
-
-async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``coro`` in a task of its own that a cancellation of the caller does not stop.
-
-    For cleanup (closing a session, disposing engines): the caller does not return before it has
-    finished, and a cancellation received meanwhile is re-raised afterwards.
-    """
-    task = asyncio.get_running_loop().create_task(coro)
-    cancelled: asyncio.CancelledError | None = None
-    while True:
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done():
-                raise
-            cancelled = exc
-        else:
-            break
-    if cancelled is not None:
-        raise cancelled
-    return result
 
 
 class Scope:
@@ -90,7 +65,7 @@ class Scope:
         """
         session, self.session = self.session, None
         if session is not None:
-            # The factory's sessions close to completion by themselves (see sharing.py).
+            # The factory's sessions close to completion by themselves (see tasksafety.py).
             await session.close()
             # A Pagination made with it must not open a connection that nobody would close.
             session.info[CLOSED_BY_SCOPE] = True

@@ -2,11 +2,11 @@
 ``paginate``.
 
 They are methods of :class:`ViewHelpers`, which every session asyncbind makes has
-(:class:`AsyncBindSession`, or ``class_=`` of your own with it mixed in by
-:func:`session_class`), and so has ``db.session``, where they act on the current session; ``db``
-has them too. In a request of an app set up with an integration, "not found" is the framework's
-own 404 and ``paginate`` reads ``?page=`` and ``?per_page=``; elsewhere it is
-:class:`~asyncbind.NotFoundError` (see :mod:`asyncbind.web`).
+(:class:`AsyncBindSession`, or a ``class_=`` of your own that subclasses it), and so has
+``db.session``, where they act on the current session; ``db`` has them too. In a request of an
+app set up with an integration, "not found" is the framework's own 404 and ``paginate`` reads
+``?page=`` and ``?per_page=``; elsewhere it is :class:`~asyncbind.NotFoundError` (see
+:mod:`asyncbind.web`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from sqlalchemy.sql.selectable import TypedReturnsRows
 from . import web
 from .pagination import Pagination, describe, paginate
 from .routing import RoutingSession, check_session_class
+from .tasksafety import TaskSafeSession
 
-__all__ = ["AsyncBindSession", "ViewHelpers", "session_class"]
+__all__ = ["AsyncBindSession", "ViewHelpers"]
 
 _O = TypeVar("_O", bound=object)
 _T = TypeVar("_T")
@@ -162,9 +163,14 @@ class ViewHelpers:
         )
 
 
-class AsyncBindSession(ViewHelpers, AsyncSession):
-    """The :class:`~sqlalchemy.ext.asyncio.AsyncSession` asyncbind makes: SQLAlchemy's own, with
-    the view helpers of :class:`ViewHelpers`, wrapping a :class:`~asyncbind.RoutingSession`."""
+class AsyncBindSession(ViewHelpers, TaskSafeSession):
+    """The :class:`~sqlalchemy.ext.asyncio.AsyncSession` asyncbind makes: SQLAlchemy's own,
+    refused to a second task while one is using it (:class:`~asyncbind.tasksafety.TaskSafeSession`),
+    with the view helpers of :class:`ViewHelpers`, wrapping a :class:`~asyncbind.RoutingSession`.
+
+    A ``class_=`` of your own in ``session_options`` subclasses it:
+    ``class MySession(asyncbind.AsyncBindSession): ...``.
+    """
 
     sync_session_class: type[sa_orm.Session] = RoutingSession
 
@@ -180,27 +186,3 @@ class AsyncBindSession(ViewHelpers, AsyncSession):
         if sync_session_class is not None:
             check_session_class(sync_session_class, "db.session(sync_session_class=...)")
         super().__init__(bind, binds=binds, sync_session_class=sync_session_class, **kw)
-
-
-_mixed: dict[type[AsyncSession], type[AsyncBindSession]] = {}
-
-
-def session_class(base: type[AsyncSession]) -> type[AsyncBindSession]:
-    """The class of the sessions asyncbind makes when given ``class_=base``: ``base`` itself if
-    it has the view helpers, else a subclass of ``base`` and :class:`AsyncBindSession` (made once
-    per class), in which ``base``'s own methods come first."""
-    if issubclass(base, AsyncBindSession):
-        return base
-    if base is AsyncSession:
-        return AsyncBindSession
-    mixed = _mixed.get(base)
-    if mixed is None:
-        namespace = {
-            "__module__": base.__module__,
-            "__qualname__": base.__qualname__,
-            "__doc__": base.__doc__,
-        }
-        mixed = _mixed[base] = cast(
-            "type[AsyncBindSession]", type(base.__name__, (base, AsyncBindSession), namespace)
-        )
-    return mixed

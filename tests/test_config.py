@@ -119,7 +119,7 @@ def test_default_bind_may_come_from_binds() -> None:
         ({"engine_options": {"url": "sqlite://"}}, "engine_options= has a 'url'"),
         ({"session_options": 3}, "session_options= must be a mapping"),
         ({"session_options": {"sync_session_class": int}}, "RoutingSession"),
-        ({"session_options": {"class_": dict}}, "AsyncSession subclass"),
+        ({"session_options": {"class_": dict}}, "AsyncBindSession or a subclass"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], fragment: str) -> None:

@@ -28,9 +28,10 @@ from quart import Quart, abort, has_app_context, has_request_context, request
 from quart.globals import app_ctx
 
 from .. import recording, web
+from ..cancellation import run_to_completion
 from ..config import config_from_mapping, parse_config, place_sqlite_files
 from ..exceptions import ConfigError
-from ..scoping import Scope, run_to_completion
+from ..scoping import Scope
 
 if TYPE_CHECKING:
     from ..core import AsyncBind

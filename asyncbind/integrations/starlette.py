@@ -29,8 +29,8 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 
 from .. import web
+from ..cancellation import run_to_completion
 from ..exceptions import NoCurrentSessionError, NotConfiguredError
-from ..scoping import run_to_completion
 from ..views import AsyncBindSession
 
 if TYPE_CHECKING:

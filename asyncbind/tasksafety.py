@@ -1,0 +1,639 @@
+"""Refusing a session used by two tasks at once.
+
+An :class:`~sqlalchemy.ext.asyncio.AsyncSession` must not be used by two tasks concurrently
+(``asyncio.gather`` over one session is the classic case). SQLAlchemy then fails only when the
+timing is unlucky, with ``IllegalStateChangeError`` or a leaked connection. :class:`TaskSafeSession`
+guards itself the way asyncpg guards a connection (its ``_Atomic`` flag, "another operation is in
+progress"): each operation notes its task and its name on entry and clears them on exit; another
+task starting an operation meanwhile gets :class:`~asyncbind.SessionSharedError`, every time,
+before anything is sent. An operation calling another in the same task (``scalars()`` calls
+``execute()``; a ``run_sync()`` function may call ``session.add()``) goes through.
+
+Handing a session from one task to the next (one after the other) stays allowed: frameworks do it,
+for example Starlette runs a streaming body in a task of its own. ``close()`` and ``reset()`` from
+another task wait for the operation in flight to finish, then clean up: cleanup must not leak the
+connection. For the same reason they run to their end in a task of their own, as the end of
+``async with session:`` does: a caller cancelled meanwhile gets its cancellation once the
+connection is back in the pool, instead of a connection thrown away halfway through its rollback.
+
+Only operations of the AsyncSession are guarded; calls made on ``session.sync_session`` directly
+from another task are not seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    ParamSpec,
+    TypeVar,
+    TypeVarTuple,
+    overload,
+)
+
+from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.ext.asyncio.exc import AsyncContextNotStarted
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import EMPTY_DICT, greenlet_spawn
+
+from . import commits
+from .cancellation import run_to_completion
+from .exceptions import SessionSharedError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Result, ScalarResult
+    from sqlalchemy.engine.interfaces import (
+        CoreExecuteOptionsParameter,
+        _CoreAnyExecuteParams,
+    )
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult, AsyncScalarResult
+    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter
+    from sqlalchemy.orm.interfaces import ORMOption
+    from sqlalchemy.orm.session import _BindArguments, _EntityBindKey, _PKIdentityArgument
+    from sqlalchemy.sql.base import Executable
+    from sqlalchemy.sql.selectable import ForUpdateParameter, TypedReturnsRows
+
+__all__ = ["TaskSafeSession", "TaskSafeTransaction"]
+
+_O = TypeVar("_O", bound=object)
+_T = TypeVar("_T", bound=Any)
+_P = ParamSpec("_P")
+_Ts = TypeVarTuple("_Ts")
+
+#: What the end of ``async with session.begin():`` is called in a refusal.
+END_OF_BEGIN_BLOCK = "the end of 'async with session.begin()'"
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop: plain sync use
+        return None
+
+
+def _name(task: asyncio.Task[Any] | None) -> str:
+    return "<no task>" if task is None else task.get_name()
+
+
+class TaskSafeSession(AsyncSession):
+    """An AsyncSession that refuses a second task while one has an operation in flight
+    (:class:`~asyncbind.SessionSharedError`), and whose ``close()``, ``reset()`` and end of
+    ``async with`` run to their end even if the caller is cancelled, waiting for another task's
+    operation in flight first."""
+
+    #: The task whose operation is in flight, and the operation ("execute()").
+    _owner: asyncio.Task[Any] | None = None
+    _operation = ""
+    #: The name refusals give the owner when it is not its own: close() and reset() run in a
+    #: task of their own, and are named after the task that called them.
+    _owner_name: str | None = None
+    #: Set when the operation in flight ends, for a close() or reset() waiting for it.
+    _released: asyncio.Future[None] | None = None
+
+    # -- the bookkeeping ---------------------------------------------------------------------
+
+    def _take(self, operation: str) -> bool:
+        """Note ``operation`` of the current task as the one in flight. False when an operation
+        of this task is in flight already (one calling another); the outer one clears it."""
+        task = _current_task()
+        owner = self._owner
+        if owner is None:
+            self._owner = task
+            self._operation = operation
+            return True
+        if owner is task:
+            return False
+        raise self._refusal(operation, task)
+
+    def _leave(self) -> None:
+        """The operation :meth:`_take` noted has ended."""
+        self._owner = None
+        released = self._released
+        if released is not None:
+            self._released = None
+            if not released.done():
+                released.set_result(None)
+
+    def _check(self, operation: str) -> None:
+        """Refuse ``operation``, a call that does not await, while another task has one in
+        flight."""
+        owner = self._owner
+        if owner is not None and owner is not (task := _current_task()):
+            raise self._refusal(operation, task)
+
+    def _refusal(self, operation: str, task: asyncio.Task[Any] | None) -> SessionSharedError:
+        return SessionSharedError(
+            operation,
+            task=_name(task),
+            owner=self._owner_name or _name(self._owner),
+            running=self._operation,
+        )
+
+    async def _end(self, operation: str, end: Callable[[], None]) -> None:
+        """``end`` (the sync session's close or reset) in SQLAlchemy's greenlet, in a task of its
+        own that the caller's cancellation does not stop, once no other task has an operation in
+        flight."""
+        task = _current_task()
+        if task is not None and self._owner is task:
+            # Called inside an operation of this task's own (from a run_sync() function, say):
+            # there is nothing to wait for, and the operation in flight is this one.
+            await greenlet_spawn(end)
+            return
+        # The caller's name, taken here: the cleanup runs in a task of its own.
+        await run_to_completion(self._end_when_free(operation, end, _name(task)))
+
+    async def _end_when_free(self, operation: str, end: Callable[[], None], caller: str) -> None:
+        while self._owner is not None:
+            released = self._released
+            if released is None:
+                released = self._released = asyncio.get_running_loop().create_future()
+            # Shielded: other cleanups may be waiting for the same future.
+            await asyncio.shield(released)
+        self._owner = asyncio.current_task()
+        self._operation = operation
+        self._owner_name = caller
+        try:
+            await greenlet_spawn(end)
+        finally:
+            self._owner_name = None
+            self._leave()
+
+    # -- cleanup -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the session, as :meth:`AsyncSession.close`; runs to its end even if the caller
+        is cancelled meanwhile (the cancellation is raised once it has finished), and from
+        another task waits for the operation in flight instead of breaking it."""
+        await self._end("close()", self.sync_session.close)
+
+    async def reset(self) -> None:
+        """Reset the session, as :meth:`AsyncSession.reset`, with the guarantees of
+        :meth:`close`."""
+        await self._end("reset()", self.sync_session.reset)
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        # close() runs in a task of its own already; SQLAlchemy's __aexit__ would add another.
+        await self.close()
+
+    # -- operations that await ---------------------------------------------------------------
+
+    @overload
+    async def execute(
+        self,
+        statement: TypedReturnsRows[*_Ts],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        _parent_execute_state: Any | None = None,
+        _add_event: Any | None = None,
+    ) -> Result[*_Ts]: ...
+
+    @overload
+    async def execute(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        _parent_execute_state: Any | None = None,
+        _add_event: Any | None = None,
+    ) -> Result[*tuple[Any, ...]]: ...
+
+    async def execute(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Result[*tuple[Any, ...]]:
+        took = self._take("execute()")
+        try:
+            return await super().execute(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    @overload
+    async def scalar(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> _T | None: ...
+
+    @overload
+    async def scalar(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Any: ...
+
+    async def scalar(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Any:
+        took = self._take("scalar()")
+        try:
+            return await super().scalar(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    @overload
+    async def scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> ScalarResult[_T]: ...
+
+    @overload
+    async def scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> ScalarResult[Any]: ...
+
+    async def scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> ScalarResult[Any]:
+        took = self._take("scalars()")
+        try:
+            return await super().scalars(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    @overload
+    async def stream(
+        self,
+        statement: TypedReturnsRows[*_Ts],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[*_Ts]: ...
+
+    @overload
+    async def stream(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[*tuple[Any, ...]]: ...
+
+    async def stream(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[*tuple[Any, ...]]:
+        took = self._take("stream()")
+        try:
+            return await super().stream(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    @overload
+    async def stream_scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[_T]: ...
+
+    @overload
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[Any]: ...
+
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[Any]:
+        took = self._take("stream_scalars()")
+        try:
+            return await super().stream_scalars(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    async def get(
+        self,
+        entity: _EntityBindKey[_O],
+        ident: _PKIdentityArgument,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        populate_existing: bool | None = None,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Any | None = None,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+    ) -> _O | None:
+        took = self._take("get()")
+        try:
+            return await super().get(
+                entity,
+                ident,
+                options=options,
+                populate_existing=populate_existing,
+                with_for_update=with_for_update,
+                identity_token=identity_token,
+                execution_options=execution_options,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    async def get_one(
+        self,
+        entity: _EntityBindKey[_O],
+        ident: _PKIdentityArgument,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        populate_existing: bool | None = None,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Any | None = None,
+        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
+    ) -> _O:
+        took = self._take("get_one()")
+        try:
+            return await super().get_one(
+                entity,
+                ident,
+                options=options,
+                populate_existing=populate_existing,
+                with_for_update=with_for_update,
+                identity_token=identity_token,
+                execution_options=execution_options,
+            )
+        finally:
+            if took:
+                self._leave()
+
+    async def merge(
+        self, instance: _O, *, load: bool = True, options: Sequence[ORMOption] | None = None
+    ) -> _O:
+        took = self._take("merge()")
+        try:
+            return await super().merge(instance, load=load, options=options)
+        finally:
+            if took:
+                self._leave()
+
+    async def merge_all(
+        self,
+        instances: Iterable[_O],
+        *,
+        load: bool = True,
+        options: Sequence[ORMOption] | None = None,
+    ) -> Sequence[_O]:
+        took = self._take("merge_all()")
+        try:
+            return await super().merge_all(instances, load=load, options=options)
+        finally:
+            if took:
+                self._leave()
+
+    async def delete(self, instance: object) -> None:
+        took = self._take("delete()")
+        try:
+            await super().delete(instance)
+        finally:
+            if took:
+                self._leave()
+
+    async def delete_all(self, instances: Iterable[object]) -> None:
+        took = self._take("delete_all()")
+        try:
+            await super().delete_all(instances)
+        finally:
+            if took:
+                self._leave()
+
+    async def flush(self, objects: Sequence[Any] | None = None) -> None:
+        took = self._take("flush()")
+        try:
+            await super().flush(objects)
+        finally:
+            if took:
+                self._leave()
+
+    async def refresh(
+        self,
+        instance: object,
+        attribute_names: Iterable[str] | None = None,
+        with_for_update: ForUpdateParameter = None,
+    ) -> None:
+        took = self._take("refresh()")
+        try:
+            await super().refresh(instance, attribute_names, with_for_update)
+        finally:
+            if took:
+                self._leave()
+
+    async def commit(self) -> None:
+        took = self._take("commit()")
+        try:
+            await super().commit()
+        finally:
+            if took:
+                self._leave()
+
+    async def rollback(self) -> None:
+        took = self._take("rollback()")
+        try:
+            await super().rollback()
+        finally:
+            if took:
+                self._leave()
+
+    async def connection(
+        self,
+        bind_arguments: _BindArguments | None = None,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+        **kw: Any,
+    ) -> AsyncConnection:
+        took = self._take("connection()")
+        try:
+            return await super().connection(bind_arguments, execution_options, **kw)
+        finally:
+            if took:
+                self._leave()
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[Session, _P], _T], *arg: _P.args, **kw: _P.kwargs
+    ) -> _T:
+        took = self._take("run_sync()")
+        try:
+            return await super().run_sync(fn, *arg, **kw)
+        finally:
+            if took:
+                self._leave()
+
+    async def invalidate(self) -> None:
+        took = self._take("invalidate()")
+        try:
+            await super().invalidate()
+        finally:
+            if took:
+                self._leave()
+
+    def begin(self) -> TaskSafeTransaction:
+        return TaskSafeTransaction(self)
+
+    def begin_nested(self) -> TaskSafeTransaction:
+        return TaskSafeTransaction(self, nested=True)
+
+    # -- operations that do not await --------------------------------------------------------
+
+    def add(self, instance: object, *, _warn: bool = True) -> None:
+        self._check("add()")
+        super().add(instance, _warn=_warn)
+
+    def add_all(self, instances: Iterable[object]) -> None:
+        self._check("add_all()")
+        super().add_all(instances)
+
+    def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
+        self._check("expire()")
+        super().expire(instance, attribute_names)
+
+    def expire_all(self) -> None:
+        self._check("expire_all()")
+        super().expire_all()
+
+    def expunge(self, instance: object) -> None:
+        self._check("expunge()")
+        super().expunge(instance)
+
+    def expunge_all(self) -> None:
+        self._check("expunge_all()")
+        super().expunge_all()
+
+
+class TaskSafeTransaction(AsyncSessionTransaction):
+    """What ``begin()`` / ``begin_nested()`` of a :class:`TaskSafeSession` return: starting it,
+    and the commit or rollback it makes (called, or at the end of the block), are refused while
+    another task has an operation in flight, as the session's own are. Commits go through
+    :mod:`asyncbind.commits`, as the session's own do."""
+
+    __slots__ = ()
+
+    session: TaskSafeSession
+
+    async def start(self, is_ctxmanager: bool = False) -> TaskSafeTransaction:
+        session = self.session
+        took = session._take("begin_nested()" if self.nested else "begin()")
+        try:
+            await super().start(is_ctxmanager)
+        finally:
+            if took:
+                session._leave()
+        return self
+
+    async def commit(self) -> None:
+        await self._step("commit()", commits.commit_transaction)
+
+    async def rollback(self) -> None:
+        await self._step("rollback()", SessionTransaction.rollback)
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        await self._step(END_OF_BEGIN_BLOCK, commits.end_transaction_block, type_, value, traceback)
+
+    async def _step(self, operation: str, step: Callable[..., None], *args: Any) -> None:
+        """``step(sync_transaction, *args)`` in SQLAlchemy's greenlet, as ``operation`` of the
+        session."""
+        transaction = self.sync_transaction
+        if transaction is None:
+            raise AsyncContextNotStarted("This transaction has not started yet.")
+        session = self.session
+        took = session._take(operation)
+        try:
+            await greenlet_spawn(step, transaction, *args)
+        finally:
+            if took:
+                session._leave()
