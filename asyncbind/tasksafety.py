@@ -97,8 +97,9 @@ class TaskSafeSession(AsyncSession):
 
     def _take(self, operation: str) -> bool:
         """Note ``operation`` of the current task as the one in flight. False when an operation
-        of this task is in flight already (one calling another); the outer one clears it."""
-        task = _current_task()
+        of this task is in flight already (one calling another); the outer one clears it.
+        Called by coroutines only, so there is a running loop to ask for the task."""
+        task = asyncio.current_task()
         owner = self._owner
         if owner is None:
             self._owner = task
@@ -179,6 +180,11 @@ class TaskSafeSession(AsyncSession):
         await self.close()
 
     # -- operations that await ---------------------------------------------------------------
+    #
+    # Where SQLAlchemy's own method is one call of the sync session's method of the same name in
+    # its greenlet (greenlet_spawn), the check makes that call itself: calling SQLAlchemy's
+    # method instead would add a coroutine to every resumption of every await of the operation.
+    # The others (execute, scalar, ..., whose results SQLAlchemy prepares) call it.
 
     @overload
     async def execute(
@@ -415,7 +421,8 @@ class TaskSafeSession(AsyncSession):
     ) -> _O | None:
         took = self._take("get()")
         try:
-            return await super().get(
+            return await greenlet_spawn(
+                self.sync_session.get,
                 entity,
                 ident,
                 options=options,
@@ -441,7 +448,8 @@ class TaskSafeSession(AsyncSession):
     ) -> _O:
         took = self._take("get_one()")
         try:
-            return await super().get_one(
+            return await greenlet_spawn(
+                self.sync_session.get_one,
                 entity,
                 ident,
                 options=options,
@@ -459,7 +467,9 @@ class TaskSafeSession(AsyncSession):
     ) -> _O:
         took = self._take("merge()")
         try:
-            return await super().merge(instance, load=load, options=options)
+            return await greenlet_spawn(
+                self.sync_session.merge, instance, load=load, options=options
+            )
         finally:
             if took:
                 self._leave()
@@ -473,7 +483,9 @@ class TaskSafeSession(AsyncSession):
     ) -> Sequence[_O]:
         took = self._take("merge_all()")
         try:
-            return await super().merge_all(instances, load=load, options=options)
+            return await greenlet_spawn(
+                self.sync_session.merge_all, instances, load=load, options=options
+            )
         finally:
             if took:
                 self._leave()
@@ -481,7 +493,7 @@ class TaskSafeSession(AsyncSession):
     async def delete(self, instance: object) -> None:
         took = self._take("delete()")
         try:
-            await super().delete(instance)
+            await greenlet_spawn(self.sync_session.delete, instance)
         finally:
             if took:
                 self._leave()
@@ -489,7 +501,7 @@ class TaskSafeSession(AsyncSession):
     async def delete_all(self, instances: Iterable[object]) -> None:
         took = self._take("delete_all()")
         try:
-            await super().delete_all(instances)
+            await greenlet_spawn(self.sync_session.delete_all, instances)
         finally:
             if took:
                 self._leave()
@@ -497,7 +509,7 @@ class TaskSafeSession(AsyncSession):
     async def flush(self, objects: Sequence[Any] | None = None) -> None:
         took = self._take("flush()")
         try:
-            await super().flush(objects)
+            await greenlet_spawn(self.sync_session.flush, objects=objects)
         finally:
             if took:
                 self._leave()
@@ -510,7 +522,12 @@ class TaskSafeSession(AsyncSession):
     ) -> None:
         took = self._take("refresh()")
         try:
-            await super().refresh(instance, attribute_names, with_for_update)
+            await greenlet_spawn(
+                self.sync_session.refresh,
+                instance,
+                attribute_names=attribute_names,
+                with_for_update=with_for_update,
+            )
         finally:
             if took:
                 self._leave()
@@ -518,7 +535,7 @@ class TaskSafeSession(AsyncSession):
     async def commit(self) -> None:
         took = self._take("commit()")
         try:
-            await super().commit()
+            await greenlet_spawn(self.sync_session.commit)
         finally:
             if took:
                 self._leave()
@@ -526,7 +543,7 @@ class TaskSafeSession(AsyncSession):
     async def rollback(self) -> None:
         took = self._take("rollback()")
         try:
-            await super().rollback()
+            await greenlet_spawn(self.sync_session.rollback)
         finally:
             if took:
                 self._leave()
@@ -557,7 +574,7 @@ class TaskSafeSession(AsyncSession):
     async def invalidate(self) -> None:
         took = self._take("invalidate()")
         try:
-            await super().invalidate()
+            await greenlet_spawn(self.sync_session.invalidate)
         finally:
             if took:
                 self._leave()

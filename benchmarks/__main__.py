@@ -26,6 +26,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=0, help="runs per case (default: per suite)")
     parser.add_argument("--plot", metavar="FILE.png", help="scaling: draw the curves to FILE.png")
     parser.add_argument("--json", metavar="FILE", help="also write every table to FILE as JSON")
+    parser.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="instructions: also count asyncbind as it was at COMMIT, in the same run",
+    )
     soak.add_arguments(parser.add_argument_group("soak"))
     return parser.parse_args(argv)
 

@@ -13,6 +13,10 @@ the ratio shown is the median of the six.
 The lookups are the routing suite's own (``benchmarks/lookups.py``). The ratio is plain /
 asyncbind, so 1.00x means asyncbind adds nothing. Needs ``valgrind`` on the PATH; without it the
 suite prints "skipped".
+
+``--against COMMIT`` also counts asyncbind as it was at ``COMMIT`` (its ``asyncbind`` package,
+taken with ``git archive`` into a temporary folder), with the same lookups and seeds, and prints
+both ratios: ``python -m benchmarks instructions --against edbdd52``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,12 +41,18 @@ from .servers import SQLITE
 KINDS = ("get", "orm_select", "core_select")
 VARIANTS = ("plain", "asyncbind")
 _COLLECTED = re.compile(r"Collected : (\d+)")
+_IMPORTED = re.compile(r"asyncbind imported from: (.*)")
+#: The folder holding this checkout's ``asyncbind`` and ``benchmarks`` packages.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _lookups(variant: str, kind: str, count: int, database: Path) -> None:
     """The child process: set up ``variant``, warm up, then run ``count`` counted lookups."""
+    import asyncbind
+
     from . import lookups
 
+    print(f"asyncbind imported from: {Path(asyncbind.__file__).parent}", file=sys.stderr)
     urls = {SQLITE: sa.make_url(f"sqlite:///{database}")}
     loop = asyncio.new_event_loop()
     try:
@@ -57,9 +69,13 @@ def _lookups(variant: str, kind: str, count: int, database: Path) -> None:
         loop.close()
 
 
-async def _count(variant: str, kind: str, count: int, seed: int) -> int:
-    """Instructions of ``count`` lookups of ``variant``, in a child process under callgrind."""
+async def _count(variant: str, kind: str, count: int, seed: int, package_root: Path) -> int:
+    """Instructions of ``count`` lookups of ``variant``, in a child process under callgrind, with
+    ``asyncbind`` imported from ``package_root``."""
     with tempfile.TemporaryDirectory(prefix="asyncbind-instructions-") as tmp:
+        # Run from the temporary folder, so that the current directory puts no asyncbind first
+        # on sys.path: PYTHONPATH decides which one is imported.
+        path = os.pathsep.join(dict.fromkeys([str(package_root), str(ROOT)]))
         process = await asyncio.create_subprocess_exec(
             "valgrind",
             "--tool=callgrind",
@@ -73,7 +89,8 @@ async def _count(variant: str, kind: str, count: int, seed: int) -> int:
             kind,
             str(count),
             str(Path(tmp) / "lookups.db"),
-            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            cwd=tmp,
+            env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": path},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -82,7 +99,26 @@ async def _count(variant: str, kind: str, count: int, seed: int) -> int:
     found = _COLLECTED.search(text)
     if process.returncode != 0 or found is None:
         raise RuntimeError(f"callgrind run of {variant} {kind} failed:\n{text[-2000:]}")
+    imported = _IMPORTED.search(text)
+    expected = package_root / "asyncbind"
+    if imported is None or Path(imported.group(1)) != expected:
+        raise RuntimeError(f"callgrind run of {variant} {kind} did not import {expected}:\n{text}")
     return int(found.group(1))
+
+
+def _export(commit: str, folder: Path) -> str:
+    """Extract the ``asyncbind`` package as it is at ``commit`` into ``folder``; its short hash."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
+
+    short = git("rev-parse", "--short", f"{commit}^{{commit}}").decode().strip()
+    archive = folder / "asyncbind.tar"
+    archive.write_bytes(git("archive", "--format=tar", short, "asyncbind"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    archive.unlink()
+    return short
 
 
 async def main(options: Any) -> None:
@@ -96,31 +132,59 @@ async def main(options: Any) -> None:
     if shutil.which("valgrind") is None:
         print(f"\n{title}: skipped (valgrind is not installed)")
         return
+    with tempfile.TemporaryDirectory(prefix="asyncbind-against-") as folder:
+        roots = {"plain": ROOT, "asyncbind": ROOT}
+        against = None
+        if options.against:
+            against = _export(options.against, Path(folder))
+            roots[f"asyncbind@{against}"] = Path(folder)
+        per_lookup = await _count_all(roots, kinds, seeds, count)
+    print(f"\n{title}")
+    _print(per_lookup, list(roots), kinds, seeds, title)
+
+
+async def _count_all(
+    roots: dict[str, Path], kinds: tuple[str, ...], seeds: tuple[int, ...], count: int
+) -> dict[tuple[str, str, int], float]:
+    """Instructions per lookup of each variant (a name in ``roots``), kind and seed."""
     slots = asyncio.Semaphore(os.cpu_count() or 1)
 
-    async def one(variant: str, kind: str, seed: int) -> float:
+    async def one(name: str, kind: str, seed: int) -> float:
+        variant = "plain" if name == "plain" else "asyncbind"
         async with slots:
-            return await _count(variant, kind, count, seed) / count
+            return await _count(variant, kind, count, seed, roots[name]) / count
 
-    jobs = [(variant, kind, seed) for kind in kinds for seed in seeds for variant in VARIANTS]
-    per_lookup = dict(zip(jobs, await asyncio.gather(*(one(*job) for job in jobs)), strict=True))
-    print(f"\n{title}")
-    print(f"  {'lookup':<12} {'plain':>12} {'asyncbind':>12}  plain / asyncbind")
+    jobs = [(name, kind, seed) for kind in kinds for seed in seeds for name in roots]
+    return dict(zip(jobs, await asyncio.gather(*(one(*job) for job in jobs)), strict=True))
+
+
+def _print(
+    per_lookup: dict[tuple[str, str, int], float],
+    names: list[str],
+    kinds: tuple[str, ...],
+    seeds: tuple[int, ...],
+    title: str,
+) -> None:
+    ours = names[1:]  # asyncbind, then asyncbind@<commit> if asked for
+    header = "".join(f" {name:>18}" for name in names)
+    ratios_header = "".join(f"  {'plain / ' + name:>30}" for name in ours)
+    print(f"  {'lookup':<12}{header}{ratios_header}")
     table: dict[str, Any] = {"title": title, "cases": []}
     for kind in kinds:
-        plain = [per_lookup["plain", kind, seed] for seed in seeds]
-        ours = [per_lookup["asyncbind", kind, seed] for seed in seeds]
-        ratios = [p / o for p, o in zip(plain, ours, strict=True)]
-        ratio = f"{statistics.median(ratios):.3f}x"
-        if len(ratios) > 1:
-            ratio += f" ({min(ratios):.3f}-{max(ratios):.3f})"
-        print(
-            f"  {kind:<12} {statistics.median(plain):>12,.0f} {statistics.median(ours):>12,.0f}"
-            f"  {ratio}"
+        counts = {name: [per_lookup[name, kind, seed] for seed in seeds] for name in names}
+        line = f"  {kind:<12}" + "".join(
+            f" {statistics.median(counts[name]):>18,.0f}" for name in names
         )
-        table["cases"].append(
-            {"name": kind, "plain": plain, "asyncbind": ours, "ratios": ratios, "unit": "instr"}
-        )
+        case: dict[str, Any] = {"name": kind, "unit": "instr", **counts}
+        for name in ours:
+            ratios = [p / o for p, o in zip(counts["plain"], counts[name], strict=True)]
+            ratio = f"{statistics.median(ratios):.3f}x"
+            if len(ratios) > 1:
+                ratio += f" ({min(ratios):.3f}-{max(ratios):.3f})"
+            line += f"  {ratio:>30}"
+            case["ratios" if name == "asyncbind" else f"ratios {name}"] = ratios
+        print(line)
+        table["cases"].append(case)
     RESULTS.append(table)
 
 
