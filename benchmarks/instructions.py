@@ -15,8 +15,9 @@ asyncbind, so 1.00x means asyncbind adds nothing. Needs ``valgrind`` on the PATH
 suite prints "skipped".
 
 ``--against COMMIT`` also counts asyncbind as it was at ``COMMIT`` (its ``asyncbind`` package,
-taken with ``git archive`` into a temporary folder), with the same lookups and seeds, and prints
-both ratios: ``python -m benchmarks instructions --against edbdd52``.
+taken with ``git archive`` into a temporary folder, next to a copy of the current one), with the
+same lookups and seeds, and prints both ratios: ``python -m benchmarks instructions --against
+edbdd52``.
 """
 
 from __future__ import annotations
@@ -134,10 +135,16 @@ async def main(options: Any) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="asyncbind-against-") as folder:
         roots = {"plain": ROOT, "asyncbind": ROOT}
-        against = None
         if options.against:
-            against = _export(options.against, Path(folder))
-            roots[f"asyncbind@{against}"] = Path(folder)
+            # Both asyncbinds imported from folders whose paths have the same length, with the
+            # same PYTHONPATH shape for every variant: the size of the environment moves the
+            # process's memory layout, and with it the counts, by a percent or two.
+            here, then = Path(folder) / "here", Path(folder) / "then"
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(ROOT / "asyncbind", here / "asyncbind", ignore=ignore)
+            then.mkdir()
+            against = _export(options.against, then)
+            roots = {"plain": here, "asyncbind": here, f"asyncbind@{against}": then}
         per_lookup = await _count_all(roots, kinds, seeds, count)
     print(f"\n{title}")
     _print(per_lookup, list(roots), kinds, seeds, title)
