@@ -283,3 +283,99 @@ def test_import_asyncbind_imports_no_framework() -> None:
         and not imp.module.startswith(INTEGRATIONS + ".")
     ]
     assert not outside, "Only asyncbind.integrations.* may import a framework:" + _report(outside)
+
+
+#: The layers of the README's Architecture section, top first: a module imports (at run time)
+#: only from its own layer and those above it. The package's __init__ re-exports everything.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("ground", frozenset({"exceptions", "config", "urls"})),
+    (
+        "engines",
+        frozenset(
+            {
+                "internals",
+                "causes",
+                "connector",
+                "timeouts",
+                "closing",
+                "loops",
+                "cancellation",
+                "checkin",
+                "readonly",
+                "registry",
+                "engines",
+            }
+        ),
+    ),
+    ("models", frozenset({"models", "schema"})),
+    (
+        "sessions",
+        frozenset(
+            {
+                "routing",
+                "commits",
+                "tasksafety",
+                "views",
+                "pagination",
+                "web",
+                "recording",
+                "scoping",
+            }
+        ),
+    ),
+    ("data", frozenset({"bulk", "values", "health", "otel"})),
+    ("facade", frozenset({"core"})),
+    (
+        "outside",
+        frozenset(
+            {"integrations", "testing", "cli", "findapp", "copyprogress", "demo", "__main__"}
+        ),
+    ),
+)
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "asyncbind" or len(parts) < 2:
+        return None  # the package itself, or not asyncbind's
+    for number, (_, names) in enumerate(LAYERS):
+        if parts[1] in names:
+            return number
+    raise AssertionError(f"{module} is in no layer of LAYERS (and of the README's table)")
+
+
+def test_every_module_is_in_a_layer() -> None:
+    for name in _modules(PACKAGE):
+        _layer(name)
+
+
+def test_modules_import_only_their_own_layer_and_those_above() -> None:
+    problems = []
+    for found in _imports():
+        if found.kind == "typing":
+            continue
+        mine, theirs = _layer(found.module), _layer(found.target)
+        if mine is not None and theirs is not None and theirs > mine:
+            problems.append(f"{found} ({LAYERS[mine][0]} imports {LAYERS[theirs][0]})")
+    assert not problems, "imports running down the layers:" + _report(problems)
+
+
+def test_the_readme_lists_the_layers() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## Architecture") : readme.index("## Performance")]
+    for _, names in LAYERS:
+        for name in names - {"__main__"}:
+            shown = "integrations/" if name == "integrations" else f"`{name}`"
+            assert shown in section, f"the README's Architecture table does not show {name}"
+
+
+def test_no_generated_code_and_no_frame_reading() -> None:
+    """No exec, no generated source, no reading of other functions' frames or locals."""
+    banned = ("exec(", "eval(", "f_locals", "cr_frame", "f_code", "linecache", "_getframe")
+    found = [
+        f"{_path(path, PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(word in line for word in banned)
+    ]
+    assert not found, "generated code or frame reading:" + _report(found)
