@@ -39,7 +39,7 @@ from .models import (
 from .pagination import Pagination
 from .registry import Bind, BindFields
 from .routing import Router, check_session_class
-from .scoping import SessionFactory, SessionScope
+from .scoping import ScopeProvider, SessionFactory, SessionScope
 from .urls import render_url
 
 __all__ = ["AppSetup", "AsyncBind", "SessionFactory", "add_app_setup"]
@@ -113,7 +113,8 @@ class AsyncBind:
         self.Model = make_model_base(model_class, self.metadatas, autoname=not disable_autonaming)
         self.sessionmaker: async_sessionmaker[views.AsyncBindSession] = self._make_sessionmaker()
         """The :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` behind :attr:`session`."""
-        self.session = SessionFactory(self)
+        self._scope_providers: list[ScopeProvider] = []
+        self.session = SessionFactory(self, self._scope_providers)
         """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
         current request's or task scope's session (see :meth:`scope`)."""
         if binds_made:
@@ -150,6 +151,13 @@ class AsyncBind:
             "'FastAPI(lifespan=asyncbind.integrations.fastapi.lifespan(db))' and "
             "'Depends(asyncbind.integrations.fastapi.session_dependency(db))'."
         )
+
+    def add_scope_provider(self, provider: ScopeProvider) -> None:
+        """Make ``db.session`` the session of an ambient context when no ``db.scope()`` is open:
+        ``provider()`` returns that context's :class:`~asyncbind.scoping.Scope`, or None outside
+        one. Integrations call it (Quart: one per app context); asked in the order added."""
+        if provider not in self._scope_providers:
+            self._scope_providers.append(provider)
 
     def scope(self) -> SessionScope:
         """``async with db.scope() as session:``: a session of this task, as ``db.session``.

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 else:
     _Proxied = object
 
-__all__ = ["Scope", "SessionFactory", "SessionScope"]
+__all__ = ["Scope", "ScopeProvider", "SessionFactory", "SessionScope"]
 
 ScopeProvider = Callable[[], "Scope | None"]
 """Returns the scope of an ambient context (a Quart app context), or None outside one."""
@@ -148,10 +148,12 @@ class SessionFactory(ViewHelpers, _Proxied):
     _providers: list[ScopeProvider]
     _var: ContextVar[Scope | None]
 
-    def __init__(self, db: AsyncBind) -> None:
+    def __init__(self, db: AsyncBind, providers: list[ScopeProvider]) -> None:
+        """``providers`` is the AsyncBind's own list of ambient scopes
+        (:meth:`AsyncBind.add_scope_provider`), consulted in order."""
         set_ = object.__setattr__
         set_(self, "_db", db)
-        set_(self, "_providers", [])
+        set_(self, "_providers", providers)
         var: ContextVar[Scope | None] = ContextVar(f"asyncbind_session_{id(db):x}", default=None)
         set_(self, "_var", var)
 
@@ -173,11 +175,6 @@ class SessionFactory(ViewHelpers, _Proxied):
         scope = self._var.get() or self._ambient()
         if scope is not None:
             await scope.close()
-
-    def _add_provider(self, provider: ScopeProvider) -> None:
-        """Consult ``provider`` for the current scope when no task scope is open (integrations)."""
-        if provider not in self._providers:
-            self._providers.append(provider)
 
     def _ambient(self) -> Scope | None:
         for provider in self._providers:

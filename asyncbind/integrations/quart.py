@@ -124,7 +124,7 @@ def init_app(db: AsyncBind, app: Quart) -> None:
     async def reset_pools() -> None:
         await run_to_completion(db.dispose())
 
-    factory._add_provider(current_scope)
+    db.add_scope_provider(current_scope)
     app.teardown_appcontext(close_scope)
     app.before_serving(reset_pools)
     app.after_serving(reset_pools)
