@@ -114,7 +114,7 @@ class AsyncBind:
         self.sessionmaker: async_sessionmaker[views.AsyncBindSession] = self._make_sessionmaker()
         """The :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` behind :attr:`session`."""
         self._scope_providers: list[ScopeProvider] = []
-        self.session = SessionFactory(self, self._scope_providers)
+        self.session = SessionFactory(self, self._scope_providers, self._binds)
         """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
         current request's or task scope's session (see :meth:`scope`)."""
         if binds_made:

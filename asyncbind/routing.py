@@ -14,6 +14,7 @@ compiled SQL, so a cache hit costs a dict lookup.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from .models import bind_key_of
 __all__ = ["Router", "RoutingSession", "check_session_class"]
 
 _MISSING: Any = object()
+_NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
 #: How many statement shapes the router remembers (SQLAlchemy's compiled cache holds 500).
 STATEMENT_CACHE_SIZE = 1000
 
@@ -249,6 +251,15 @@ class RoutingSession(sa_orm.Session):
     ``async_sessionmaker``'s ``router=``.
     """
 
+    #: The :class:`Router` this session routes with.
+    router: Router
+    #: Connections given in ``binds=`` by bind key, by the engine of that bind.
+    _by_key: Mapping[sa.Engine, sa.Engine | sa.Connection]
+    #: Whether SQLAlchemy's own get_bind() is asked first (the session's bind= or binds=).
+    _asks_sqlalchemy: bool
+    #: get_bind()'s fast path, for a session with no binds of its own: the router, else None.
+    _router_alone: Router | None
+
     execute = _passing_compound_selects("execute")
     scalar = _passing_compound_selects("scalar")
     scalars = _passing_compound_selects("scalars")
@@ -261,6 +272,14 @@ class RoutingSession(sa_orm.Session):
         binds: Mapping[Any, sa.Engine | sa.Connection] | None = None,
         **kw: Any,
     ) -> None:
+        if not binds and (bind is None or router.is_default(bind)):
+            # What db.session() makes, once per session: routing alone decides.
+            super().__init__(bind, **kw)
+            self.router = router
+            self._by_key = _NO_BINDS
+            self._asks_sqlalchemy = False
+            self._router_alone = router
+            return
         by_key: dict[sa.Engine, sa.Engine | sa.Connection] = {}
         by_target: dict[Any, sa.Engine | sa.Connection] = {}
         if binds:
@@ -283,11 +302,9 @@ class RoutingSession(sa_orm.Session):
             bind = None  # SQLAlchemy falls back to bind=; here routing does
         super().__init__(bind, binds=by_target or None, **kw)
         self.router = router
-        """The :class:`Router` this session routes with."""
         self._by_key = by_key
         self._asks_sqlalchemy = own or bool(by_target)
-        # get_bind()'s fast path, for a session with no binds of its own: the router, else None.
-        self._router_alone: Router | None = None if own or by_target or by_key else router
+        self._router_alone = None if own or by_target or by_key else router
 
     def bind_mapper(self, mapper: Any, bind: sa.Engine | sa.Connection) -> None:
         """As SQLAlchemy's: statements of ``mapper`` go to ``bind``, before routing."""

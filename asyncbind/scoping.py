@@ -10,7 +10,7 @@ made on first use and closed when the scope ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -20,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import recording
 from .exceptions import AsyncBindError, NoCurrentSessionError, NotConfiguredError
 from .pagination import CLOSED_BY_SCOPE
+from .routing import check_session_class
 from .views import AsyncBindSession, ViewHelpers
 
 if TYPE_CHECKING:
+    from .config import BindKey
     from .core import AsyncBind
 
     # For type checkers, db.session is an AsyncSession (it forwards every attribute to one).
@@ -142,26 +144,33 @@ class SessionFactory(ViewHelpers, _Proxied):
       ``paginate`` run on the current session (:class:`~asyncbind.views.ViewHelpers`).
     """
 
-    __slots__ = ("_db", "_providers", "_var")
+    __slots__ = ("_binds", "_db", "_providers", "_var")
 
+    _binds: Mapping[BindKey, object]
     _db: AsyncBind
     _providers: list[ScopeProvider]
     _var: ContextVar[Scope | None]
 
-    def __init__(self, db: AsyncBind, providers: list[ScopeProvider]) -> None:
+    def __init__(
+        self, db: AsyncBind, providers: list[ScopeProvider], binds: Mapping[BindKey, object]
+    ) -> None:
         """``providers`` is the AsyncBind's own list of ambient scopes
-        (:meth:`AsyncBind.add_scope_provider`), consulted in order."""
+        (:meth:`AsyncBind.add_scope_provider`), consulted in order; ``binds`` its binds, by key
+        (empty until it is configured)."""
         set_ = object.__setattr__
         set_(self, "_db", db)
         set_(self, "_providers", providers)
+        set_(self, "_binds", binds)
         var: ContextVar[Scope | None] = ContextVar(f"asyncbind_session_{id(db):x}", default=None)
         set_(self, "_var", var)
 
     def __call__(self, **kwargs: Any) -> AsyncBindSession:
-        db = self._db
-        if not db.bind_configs:
+        if not self._binds:
             raise NotConfiguredError(_not_configured("db.session()"))
-        return db.sessionmaker(**kwargs)
+        if kwargs and kwargs.get("sync_session_class") is not None:
+            # Routing lives in the sync session: one given per call must route too.
+            check_session_class(kwargs["sync_session_class"], "db.session(sync_session_class=...)")
+        return self._db.sessionmaker(**kwargs)
 
     def scope(self) -> SessionScope:
         """``async with db.session.scope():``, the same as ``db.scope()``."""

@@ -22,7 +22,7 @@ from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from . import web
 from .pagination import Pagination, describe, paginate
-from .routing import RoutingSession, check_session_class
+from .routing import RoutingSession
 from .tasksafety import TaskSafeSession
 
 __all__ = ["AsyncBindSession", "ViewHelpers"]
@@ -173,16 +173,3 @@ class AsyncBindSession(ViewHelpers, TaskSafeSession):
     """
 
     sync_session_class: type[sa_orm.Session] = RoutingSession
-
-    def __init__(
-        self,
-        bind: Any = None,
-        *,
-        binds: Any = None,
-        sync_session_class: type[sa_orm.Session] | None = None,
-        **kw: Any,
-    ) -> None:
-        # Routing lives in the sync session: one given per call must route too.
-        if sync_session_class is not None:
-            check_session_class(sync_session_class, "db.session(sync_session_class=...)")
-        super().__init__(bind, binds=binds, sync_session_class=sync_session_class, **kw)
