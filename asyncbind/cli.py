@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import traceback
@@ -305,6 +306,61 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
         ) from None
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    """The migration commands: init, revision, upgrade, downgrade, current, history, check."""
+    try:
+        from alembic import command
+
+        from . import migrations
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"The db commands need Alembic ({one_line(exc)}). Install it: "
+            "pip install 'asyncbind[alembic]'."
+        ) from exc
+    db = find_db(args.app)
+    for key in db.engines:
+        migrations.script_name(key)
+    if args.db_command == "init":
+        app = args.app or os.environ.get(APP_ENV) or ""
+        for path in migrations.init(args.directory, app):
+            _say(f"wrote {path}")
+        if not app:
+            _say("asyncbind_app in alembic.ini is empty: plain 'alembic' will need $ASYNCBIND_APP")
+        return 0
+    keys = None
+    if args.bind is not None:
+        keys = list(dict.fromkeys(_bind_key(k) for k in args.bind))
+        _check_keys(db, keys, "--bind")
+    config = migrations.config_for(args.dir, db, keys)
+    try:
+        if args.db_command == "revision":
+            command.revision(config, message=args.message, autogenerate=args.autogenerate)
+        elif args.db_command in ("upgrade", "downgrade"):
+            run = command.upgrade if args.db_command == "upgrade" else command.downgrade
+            run(config, args.revision, sql=args.sql)
+            if not args.sql:
+                _show_current(config, db, keys)
+        elif args.db_command == "current":
+            _show_current(config, db, keys)
+        elif args.db_command == "history":
+            command.history(config)
+        else:
+            command.check(config)
+    except UsageError:
+        raise
+    except Exception as exc:
+        details = "".join(traceback.format_exception(exc)) if args.traceback else ""
+        raise CommandError(_hide(one_line(exc), db), _hide(details, db)) from exc
+    return 0
+
+
+def _show_current(config: Any, db: AsyncBind, keys: Sequence[BindKey] | None) -> None:
+    from . import migrations
+
+    for line in asyncio.run(migrations.current(config, db, keys or list(db.engines))):
+        _say(line)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -421,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"rows per batch, each committed as it lands (default {BATCH_SIZE})",
     )
+    _db_parser(command("db", _cmd_db, _DB_HELP), common, bind_help)
     demo = command(
         "demo",
         _cmd_demo,
@@ -431,6 +488,61 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", type=Path, help="folder for the databases (default: a temporary one)"
     )
     return parser
+
+
+_DB_HELP = (
+    "Schema migrations per bind with Alembic (needs the 'alembic' extra): one script folder, "
+    "an upgrade_<bind>() per bind in each revision, a version table in each bind's database."
+)
+
+
+def _db_parser(
+    db: argparse.ArgumentParser, common: argparse.ArgumentParser, bind_help: str
+) -> None:
+    commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("migrations"),
+        help="the migrations folder, which holds alembic.ini (default: migrations)",
+    )
+    where.add_argument("--bind", action="append", metavar="KEY", help=bind_help)
+
+    def sub(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, parents=[common, where])
+
+    init = commands.add_parser(
+        "init",
+        help="write the migrations folder",
+        description="Write DIR (default: migrations) with alembic.ini, env.py, script.py.mako and "
+        "versions/. alembic.ini names the app (--app), so plain 'alembic -c DIR/alembic.ini' "
+        "works too.",
+        parents=[common],
+    )
+    init.add_argument("directory", nargs="?", type=Path, default=Path("migrations"), metavar="DIR")
+    revision = sub("revision", "Write a new revision script, with a function pair per bind.")
+    revision.add_argument("-m", "--message", required=True, metavar="MSG")
+    revision.add_argument(
+        "--autogenerate",
+        action="store_true",
+        help="fill it in by comparing each bind's models with that bind's database",
+    )
+    for name, text, default in (
+        ("upgrade", "Upgrade each bind to REV (default: head), one bind after another.", "head"),
+        ("downgrade", "Downgrade each bind to REV (e.g. -1, base).", None),
+    ):
+        change = sub(name, text)
+        if default is None:
+            change.add_argument("revision", metavar="REV")
+        else:
+            change.add_argument("revision", nargs="?", default=default, metavar="REV")
+        change.add_argument(
+            "--sql", action="store_true", help="print each bind's SQL instead of running it"
+        )
+    sub("current", "Show each bind's revision.")
+    sub("history", "List the revisions.")
+    sub("check", "Exit 1 if any bind's models and database differ (autogenerate would add to it).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

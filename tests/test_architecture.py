@@ -328,7 +328,17 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "outside",
         frozenset(
-            {"integrations", "testing", "cli", "findapp", "copyprogress", "demo", "__main__"}
+            {
+                "integrations",
+                "testing",
+                "cli",
+                "findapp",
+                "copyprogress",
+                "demo",
+                "migrations",
+                "templates",
+                "__main__",
+            }
         ),
     ),
 )

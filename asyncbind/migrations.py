@@ -1,0 +1,258 @@
+"""Schema migrations per bind with Alembic: ``asyncbind db ...`` and the env.py it writes.
+
+One script directory serves every bind. Each revision has an ``upgrade_<bind>()`` and a
+``downgrade_<bind>()`` per bind (``default`` for the default bind), as in Alembic's multidb
+template. env.py calls :func:`run_migrations`, which runs one migration context per bind on that
+bind's async engine (``connection.run_sync``), with that bind's MetaData as the target of
+autogenerate and the version table ``alembic_version`` in that bind's own database. Binds run one
+after another, each in its own transaction; one failing does not stop the others, and the error
+names it. Needs the ``alembic`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+from alembic import context
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from mako.template import Template  # type: ignore[import-untyped]
+
+from .config import BindKey
+from .core import AsyncBind
+from .exceptions import AsyncBindError, bind_name, format_keys
+from .findapp import UsageError, find_db, one_line
+
+__all__ = [
+    "DEFAULT_NAME",
+    "MigrationError",
+    "config_for",
+    "current",
+    "init",
+    "run_migrations",
+    "script_name",
+    "script_names",
+]
+
+#: How revision scripts and ``-x bind=`` name the default bind.
+DEFAULT_NAME = "default"
+#: The version table, one in each bind's database.
+VERSION_TABLE = "alembic_version"
+_TEMPLATE = Path(__file__).resolve().parent / "templates" / "asyncbind"
+# What the asyncbind command hands to env.py through Config.attributes.
+_DB, _KEYS = "asyncbind_db", "asyncbind_binds"
+
+logger = logging.getLogger(__name__)
+
+
+class MigrationError(AsyncBindError):
+    """The migration of one or more binds failed; ``errors`` holds each bind's exception."""
+
+    def __init__(self, message: str, errors: dict[BindKey, BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+def script_name(key: BindKey) -> str:
+    """The name of bind ``key`` in revision scripts: ``default`` for the default bind."""
+    if key is None:
+        return DEFAULT_NAME
+    if not key.isidentifier() or key == DEFAULT_NAME:
+        raise UsageError(
+            f"Bind key {key!r} cannot name functions of a revision script (upgrade_<bind>); "
+            f"migrations need bind keys that are Python identifiers other than "
+            f"{DEFAULT_NAME!r}. Rename the bind."
+        )
+    return key
+
+
+def script_names(config: Config) -> list[str]:
+    """The script names of every bind of the AsyncBind that ``config`` names, in order."""
+    return [script_name(key) for key in _db(config).engines]
+
+
+def _db(config: Config) -> AsyncBind:
+    db = config.attributes.get(_DB)
+    if not isinstance(db, AsyncBind):
+        db = find_db(config.get_main_option("asyncbind_app") or None)
+        config.attributes[_DB] = db
+    return db
+
+
+def _selected(config: Config, db: AsyncBind) -> list[BindKey]:
+    """The binds to migrate: the asyncbind command's ``--bind``, else ``-x bind=KEY``, else all."""
+    keys: list[BindKey] | None = config.attributes.get(_KEYS)
+    if keys is None:
+        by_name = {script_name(key): key for key in db.engines}
+        by_name[""] = None
+        named = [x.partition("=")[2] for x in context.get_x_argument() if x.startswith("bind=")]
+        unknown = [name for name in named if name not in by_name]
+        if unknown:
+            raise UsageError(
+                f"-x bind= names {format_keys(unknown)}, which are not binds (binds: "
+                f"{format_keys(list(by_name)[:-1])})."
+            )
+        keys = [by_name[name] for name in named] or list(db.engines)
+    return list(dict.fromkeys(keys))
+
+
+# -- env.py -----------------------------------------------------------------------------------
+
+
+def run_migrations(config: Config) -> None:
+    """What env.py does: migrate each selected bind in its own migration context."""
+    db = _db(config)
+    keys = _selected(config, db)
+    if context.is_offline_mode():
+        for key in keys:
+            _offline(config, db, key)
+    else:
+        asyncio.run(_online(db, keys))
+
+
+def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
+    name = script_name(key)
+    dialect = db.engines[key].dialect.name
+    output: TextIO = config.output_buffer or sys.stdout
+    output.write(f"-- {bind_name(key)} ({dialect})\n\n")
+    context.configure(
+        dialect_name=dialect,
+        output_buffer=output,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        target_metadata=db.metadatas.get(key),
+        version_table=VERSION_TABLE,
+        upgrade_token=f"{name}_upgrades",
+        downgrade_token=f"{name}_downgrades",
+    )
+    with context.begin_transaction():
+        context.run_migrations(bind=name)
+    output.write("\n")
+
+
+async def _online(db: AsyncBind, keys: Sequence[BindKey]) -> None:
+    errors: dict[BindKey, BaseException] = {}
+    async with db:  # disposes of the engines in this event loop
+        for key in keys:
+            logger.info("Migrating %s", bind_name(key))
+            try:
+                async with db.engines[key].connect() as conn:
+                    await conn.run_sync(_migrate, db, key)
+            except Exception as exc:  # this bind's failure; the other binds carry on
+                logger.error("%s failed: %s", bind_name(key, start=True), one_line(exc))
+                errors[key] = exc
+    if errors:
+        ran = [key for key in keys if key not in errors]
+        first = next(iter(errors.values()))
+        raise MigrationError(
+            f"Migrating {format_keys(errors)} failed ({one_line(first)}); its transaction was "
+            f"rolled back where the database rolls back DDL (PostgreSQL; not MariaDB/MySQL or "
+            f"SQLite). The other binds were migrated: {format_keys(ran) if ran else 'none'}. "
+            "Fix the revision and run the command again.",
+            errors,
+        ) from first
+
+
+def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:
+    name = script_name(key)
+    context.configure(
+        connection=conn,
+        target_metadata=db.metadatas.get(key),
+        version_table=VERSION_TABLE,
+        upgrade_token=f"{name}_upgrades",
+        downgrade_token=f"{name}_downgrades",
+        include_name=_only_this_bind(db, key),
+        render_as_batch=conn.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations(bind=name)
+
+
+def _only_this_bind(db: AsyncBind, key: BindKey) -> Callable[..., bool]:
+    """Autogenerate's ``include_name``: leave out the tables that another bind's models hold, so
+    that autogenerate never proposes to drop them from this bind's database."""
+    mine = db.metadatas.get(key)
+    own = set(mine.tables) if mine is not None else set()
+    others = {
+        name for other, metadata in db.metadatas.items() if other != key for name in metadata.tables
+    }
+
+    def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+        if type_ != "table" or name is None:
+            return True
+        schema = parent_names.get("schema_name")
+        full = f"{schema}.{name}" if schema else name
+        return full in own or full not in others
+
+    return include_name
+
+
+# -- the asyncbind command's helpers -----------------------------------------------------------
+
+
+def init(folder: Path, app: str | None) -> list[Path]:
+    """Write ``folder`` with alembic.ini, env.py, script.py.mako and versions/; the files."""
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(
+            f"Folder '{folder}' exists and is not empty. Name another folder (asyncbind db init "
+            "DIR), or remove this one."
+        )
+    (folder / "versions").mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("env.py", "script.py.mako"):
+        shutil.copyfile(_TEMPLATE / name, folder / name)
+        written.append(folder / name)
+    ini = folder / "alembic.ini"
+    text = Template(filename=str(_TEMPLATE / "alembic.ini.mako")).render(
+        script_location="%(here)s", asyncbind_app=app or "", config_path=ini.as_posix()
+    )
+    ini.write_text(text)
+    written.append(ini)
+    return written
+
+
+def config_for(folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None) -> Config:
+    """Alembic's Config for ``folder``/alembic.ini, with ``db`` and the binds for env.py."""
+    ini = folder / "alembic.ini"
+    if not ini.is_file():
+        raise UsageError(
+            f"'{ini}' does not exist. Write the migrations folder first (asyncbind db init "
+            f"{folder}), or name it with --dir."
+        )
+    config = Config(str(ini))
+    config.attributes[_DB] = db
+    if keys is not None:
+        config.attributes[_KEYS] = list(keys)
+    for key in db.engines:
+        script_name(key)
+    return config
+
+
+async def current(config: Config, db: AsyncBind, keys: Sequence[BindKey]) -> list[str]:
+    """A line per bind: its revision(s) in its version table, ``(head)`` when at a head."""
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+
+    def read(conn: sa.Connection) -> tuple[str, ...]:
+        return MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_heads()
+
+    lines = []
+    async with db:
+        for key in keys:
+            async with db.engines[key].connect() as conn:
+                found = await conn.run_sync(read)
+            shown = ", ".join(f"{rev}{' (head)' if rev in heads else ''}" for rev in found)
+            lines.append(f"{bind_name(key)}: {shown or 'no revision'}")
+    return lines
