@@ -156,12 +156,16 @@ async def _online(db: AsyncBind, keys: Sequence[BindKey]) -> None:
         ran = [key for key in keys if key not in errors]
         first = next(iter(errors.values()))
         raise MigrationError(
-            f"Migrating {format_keys(errors)} failed ({one_line(first)}); its transaction was "
-            f"rolled back where the database rolls back DDL (PostgreSQL; not MariaDB/MySQL or "
-            f"SQLite). The other binds were migrated: {format_keys(ran) if ran else 'none'}. "
-            "Fix the revision and run the command again.",
+            f"Migrating {_names(errors)} failed ({one_line(first)}); its transaction was rolled "
+            "back where the database rolls back DDL (PostgreSQL; not MariaDB/MySQL or SQLite). "
+            f"The other binds were migrated: {_names(ran) if ran else 'none'}. Fix the revision "
+            "and run the command again.",
             errors,
         ) from first
+
+
+def _names(keys: Sequence[BindKey] | dict[BindKey, Any]) -> str:
+    return ", ".join(bind_name(key) for key in keys)
 
 
 def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:

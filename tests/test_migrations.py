@@ -1,0 +1,256 @@
+"""Migrations per bind: ``python -m asyncbind db ...`` and plain ``alembic``, run as subprocesses in
+a folder holding the app's module, against SQLite, PostgreSQL and MariaDB binds together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+from test_cli import PACKAGE_ROOT, MakeDb, Run, cli, write_module
+
+pytestmark = [pytest.mark.sqlite, pytest.mark.postgresql, pytest.mark.mysql]
+
+MODELS = """
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Mapped, mapped_column
+    from asyncbind import AsyncBind
+
+    db = AsyncBind({main!r}, binds={{"users": {users!r}, "audit": {audit!r}}})
+
+    class Order(db.Model):
+        __tablename__ = "orders"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class User(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+        {extra}
+
+    class Event(db.Model):
+        __bind_key__ = "audit"
+        __tablename__ = "events"
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+EMAIL = "email: Mapped[str | None] = mapped_column(sa.String(100))"
+
+
+async def alembic(folder: Path, *args: str) -> Run:
+    """Plain ``python -m alembic *args`` in ``folder``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCBIND_")}
+    environ["PYTHONPATH"] = PACKAGE_ROOT
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "alembic",
+        *args,
+        cwd=folder,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+async def db_cmd(folder: Path, *args: str) -> Run:
+    return await cli(folder, "--app", "models:db", "db", *args)
+
+
+async def columns(url: str, make_db: MakeDb) -> dict[str, set[str]]:
+    """Each table of ``url``'s database with its columns."""
+
+    def read(sync: sa.Connection) -> dict[str, set[str]]:
+        inspector = sa.inspect(sync)
+        return {
+            table: {column["name"] for column in inspector.get_columns(table)}
+            for table in inspector.get_table_names()
+        }
+
+    async with make_db(url).engine.connect() as conn:
+        return await conn.run_sync(read)
+
+
+def revisions(folder: Path) -> dict[str, str]:
+    """The revision scripts by message (the file name's end)."""
+    return {
+        path.stem.split("_", 1)[1]: path.read_text()
+        for path in (folder / "migrations" / "versions").glob("*.py")
+    }
+
+
+def revision_id(script: str) -> str:
+    found = re.search(r"^revision: str = '(\w+)'", script, re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def function(script: str, name: str) -> str:
+    """The body of function ``name`` in a revision script."""
+    return script.split(f"def {name}() -> None:", 1)[1].split("\ndef ", 1)[0]
+
+
+async def three_binds(tmp_path: Path, new_database: NewDatabase) -> dict[str, str]:
+    urls = {
+        "main": await new_database("sqlite"),
+        "users": await new_database("postgresql"),
+        "audit": await new_database("mysql"),
+    }
+    write_module(tmp_path, "models", MODELS.format(extra="", **urls))
+    return urls
+
+
+async def test_init_autogenerate_upgrade_change_downgrade(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    urls = await three_binds(tmp_path, new_database)
+    run = await db_cmd(tmp_path, "init")
+    assert run.status == 0, run.err
+    assert "asyncbind_app = models:db" in (tmp_path / "migrations" / "alembic.ini").read_text()
+    assert (tmp_path / "migrations" / "env.py").is_file()
+
+    # Autogenerate compares each bind's models with its own database only.
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")
+    assert run.status == 0, run.err
+    first = revisions(tmp_path)["first"]
+    assert "create_table('orders'" in function(first, "upgrade_default")
+    assert "create_table('users'" in function(first, "upgrade_users")
+    assert "create_table('events'" in function(first, "upgrade_audit")
+    assert "create_table" not in function(first, "upgrade_users").replace(
+        "create_table('users'", ""
+    )
+    rev1 = revision_id(first)
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+    assert run.lines == [
+        f"the default bind: {rev1} (head)",
+        f"bind 'users': {rev1} (head)",
+        f"bind 'audit': {rev1} (head)",
+    ]
+    assert set(await columns(urls["main"], make_db)) == {"orders", "alembic_version"}
+    assert set(await columns(urls["users"], make_db)) == {"users", "alembic_version"}
+    assert set(await columns(urls["audit"], make_db)) == {"events", "alembic_version"}
+    run = await db_cmd(tmp_path, "check")
+    assert (run.status, run.out.strip()) == (0, "No new upgrade operations detected."), run.err
+
+    # A model change: check sees it, a second revision adds the column to that bind only.
+    write_module(tmp_path, "models", MODELS.format(extra=EMAIL, **urls))
+    run = await db_cmd(tmp_path, "check")
+    assert run.status == 1
+    assert "New upgrade operations detected" in run.err and "email" in run.err
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "email")
+    assert run.status == 0, run.err
+    second = revisions(tmp_path)["email"]
+    rev2 = revision_id(second)
+    assert "add_column" in function(second, "upgrade_users")
+    assert "pass" in function(second, "upgrade_default")
+    assert "pass" in function(second, "upgrade_audit")
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+    assert (await columns(urls["users"], make_db))["users"] == {"id", "name", "email"}
+    run = await db_cmd(tmp_path, "check")
+    assert run.status == 0, run.err
+
+    run = await db_cmd(tmp_path, "downgrade", "-1")
+    assert run.status == 0, run.err
+    assert run.lines == [
+        f"the default bind: {rev1}",
+        f"bind 'users': {rev1}",
+        f"bind 'audit': {rev1}",
+    ]
+    assert (await columns(urls["users"], make_db))["users"] == {"id", "name"}
+
+    # --bind: only that bind moves.
+    run = await db_cmd(tmp_path, "upgrade", "--bind", "users")
+    assert run.status == 0, run.err
+    assert run.lines == [f"bind 'users': {rev2} (head)"]
+    run = await db_cmd(tmp_path, "current")
+    assert run.lines == [
+        f"the default bind: {rev1}",
+        f"bind 'users': {rev2} (head)",
+        f"bind 'audit': {rev1}",
+    ]
+
+    # Plain alembic finds the app through alembic.ini.
+    run = await alembic(tmp_path, "-c", "migrations/alembic.ini", "upgrade", "head")
+    assert run.status == 0, run.err
+    run = await db_cmd(tmp_path, "current")
+    assert run.lines == [
+        f"the default bind: {rev2} (head)",
+        f"bind 'users': {rev2} (head)",
+        f"bind 'audit': {rev2} (head)",
+    ]
+    run = await db_cmd(tmp_path, "history")
+    assert run.status == 0, run.err
+    assert f"{rev1} -> {rev2} (head), email" in run.out
+    assert f"<base> -> {rev1}, first" in run.out
+
+
+async def test_offline_sql_per_bind(tmp_path: Path, new_database: NewDatabase) -> None:
+    await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init", "schema")).status == 0
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first", "--dir", "schema")
+    assert run.status == 0, run.err
+    run = await db_cmd(tmp_path, "upgrade", "--sql", "--dir", "schema")
+    assert run.status == 0, run.err
+    default, users, audit = re.split(r"^-- .*bind.*$", run.out, flags=re.MULTILINE)[1:]
+    labels = re.findall(r"^-- .*bind.*$", run.out, flags=re.MULTILINE)
+    assert labels[:2] == ["-- the default bind (sqlite)", "-- bind 'users' (postgresql)"]
+    assert labels[2] in ("-- bind 'audit' (mysql)", "-- bind 'audit' (mariadb)")
+    assert "CREATE TABLE orders" in default and "CREATE TABLE users" not in default
+    assert "CREATE TABLE users" in users and "VARCHAR(50)" in users
+    assert "CREATE TABLE events" in audit and "CREATE TABLE users" not in audit
+    assert all("alembic_version" in sql for sql in (default, users, audit))
+
+
+async def test_one_bind_failing_leaves_the_others_upgraded(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+    run = await db_cmd(tmp_path, "revision", "-m", "broken")
+    assert run.status == 0, run.err
+    path = next((tmp_path / "migrations" / "versions").glob("*_broken.py"))
+    script = path.read_text()
+    rev1, rev2 = revision_id(revisions(tmp_path)["first"]), revision_id(script)
+    for name, table in (("default", "orders"), ("audit", "events")):
+        script = script.replace(
+            f"def upgrade_{name}() -> None:\n    pass",
+            f"def upgrade_{name}() -> None:\n"
+            f"    op.add_column({table!r}, sa.Column('note', sa.String(20)))",
+        )
+    script = script.replace(
+        "def upgrade_users() -> None:\n    pass",
+        "def upgrade_users() -> None:\n"
+        "    op.add_column('users', sa.Column('note', sa.String(20)))\n"
+        "    raise RuntimeError('users cannot take it')",
+    )
+    path.write_text(script)
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 1
+    error = run.err.strip().splitlines()[-1]
+    assert error.startswith("asyncbind: error: MigrationError: Migrating bind 'users' failed")
+    assert "users cannot take it" in error
+    assert "The other binds were migrated: the default bind, bind 'audit'" in error
+    run = await db_cmd(tmp_path, "current")
+    assert run.lines == [
+        f"the default bind: {rev2} (head)",
+        f"bind 'users': {rev1}",
+        f"bind 'audit': {rev2} (head)",
+    ]
+    assert "note" in (await columns(urls["main"], make_db))["orders"]
+    assert "note" in (await columns(urls["audit"], make_db))["events"]
+    # PostgreSQL rolled the failed bind's DDL back with its transaction.
+    assert (await columns(urls["users"], make_db))["users"] == {"id", "name"}
