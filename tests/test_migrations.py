@@ -254,3 +254,23 @@ async def test_one_bind_failing_leaves_the_others_upgraded(
     assert "note" in (await columns(urls["audit"], make_db))["events"]
     # PostgreSQL rolled the failed bind's DDL back with its transaction.
     assert (await columns(urls["users"], make_db))["users"] == {"id", "name"}
+
+
+async def test_autogenerate_never_drops_a_table_of_another_bind(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+    # The users database also holds a table named like the audit bind's, and one of no bind.
+    async with make_db(urls["users"]).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE events (id INTEGER PRIMARY KEY)"))
+        await conn.execute(sa.text("CREATE TABLE stray (id INTEGER PRIMARY KEY)"))
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "second")
+    assert run.status == 0, run.err
+    second = revisions(tmp_path)["second"]
+    assert "drop_table('stray')" in function(second, "upgrade_users")
+    assert "events" not in function(second, "upgrade_users")
+    assert "pass" in function(second, "upgrade_default")
+    assert "pass" in function(second, "upgrade_audit")
