@@ -145,7 +145,7 @@ async def _online(db: AsyncBind, keys: Sequence[BindKey]) -> None:
     errors: dict[BindKey, BaseException] = {}
     async with db:  # disposes of the engines in this event loop
         for key in keys:
-            logger.info("Migrating %s", bind_name(key))
+            logger.info("Running on %s", bind_name(key))
             try:
                 async with db.engines[key].connect() as conn:
                     await conn.run_sync(_migrate, db, key)
