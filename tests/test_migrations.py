@@ -180,8 +180,17 @@ async def test_init_autogenerate_upgrade_change_downgrade(
         f"bind 'audit': {rev1}",
     ]
 
-    # Plain alembic finds the app through alembic.ini.
-    run = await alembic(tmp_path, "-c", "migrations/alembic.ini", "upgrade", "head")
+    # Plain alembic finds the app through alembic.ini; -x bind= picks binds.
+    ini = "migrations/alembic.ini"
+    run = await alembic(tmp_path, "-c", ini, "-x", "bind=default", "upgrade", "head")
+    assert run.status == 0, run.err
+    run = await db_cmd(tmp_path, "current")
+    assert run.lines == [
+        f"the default bind: {rev2} (head)",
+        f"bind 'users': {rev2} (head)",
+        f"bind 'audit': {rev1}",
+    ]
+    run = await alembic(tmp_path, "-c", ini, "upgrade", "head")
     assert run.status == 0, run.err
     run = await db_cmd(tmp_path, "current")
     assert run.lines == [
