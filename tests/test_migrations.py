@@ -283,3 +283,26 @@ async def test_autogenerate_never_drops_a_table_of_another_bind(
     assert "events" not in function(second, "upgrade_users")
     assert "pass" in function(second, "upgrade_default")
     assert "pass" in function(second, "upgrade_audit")
+
+
+async def test_usage_errors(tmp_path: Path, new_database: NewDatabase) -> None:
+    main = await new_database("sqlite")
+    write_module(tmp_path, "models", f"from asyncbind import AsyncBind\ndb = AsyncBind({main!r})\n")
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 2
+    assert "alembic.ini' does not exist. Write the migrations folder first" in run.err
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    run = await db_cmd(tmp_path, "init")
+    assert run.status == 2
+    assert "Folder 'migrations' exists and is not empty" in run.err
+    run = await db_cmd(tmp_path, "current", "--bind", "nope")
+    assert run.status == 2
+    assert "--bind names bind(s) 'nope', which are not configured" in run.err
+    write_module(
+        tmp_path,
+        "models",
+        f"from asyncbind import AsyncBind\ndb = AsyncBind({main!r}, binds={{'my-bind': {main!r}}})\n",
+    )
+    run = await db_cmd(tmp_path, "current")
+    assert run.status == 2
+    assert "Bind key 'my-bind' cannot name functions of a revision script" in run.err
