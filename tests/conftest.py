@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from twobinds import TwoBinds, add_models, make_urls
 
 from asyncbind import AsyncBind
 
@@ -240,3 +241,13 @@ def statements() -> Iterator[Callable[[AsyncBind], list[tuple[Any, str]]]]:
     yield record
     for target, listener in listeners:
         sa.event.remove(target, "before_cursor_execute", listener)
+
+
+@pytest.fixture
+async def two(new_database: Any, make_db: Callable[..., AsyncBind]) -> TwoBinds:
+    """An AsyncBind over a new PostgreSQL database (default bind) and a new MariaDB database
+    (bind 'users'), with their tables made; modules with needs of their own define theirs."""
+    postgresql, mysql = await make_urls(new_database)
+    binds = add_models(make_db(postgresql, binds={"users": mysql}))
+    await binds.db.create_all()
+    return binds

@@ -8,14 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from twobinds import TwoBinds, add_models, all_zero, checked_out, make_urls, names
+from twobinds import TwoBinds, all_zero, checked_out, names
 
 from asyncbind import (
     AsyncBind,
@@ -29,16 +27,6 @@ pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 SLEEP = {"postgresql": "SELECT pg_sleep(0.2)", "mysql": "SELECT SLEEP(0.2)"}
 #: A generous bound on work that must finish, so that a regression fails instead of hanging.
 GUARD = 60
-
-
-@pytest.fixture
-async def two(new_database: Any, make_db: Callable[..., AsyncBind]) -> TwoBinds:
-    """An AsyncBind over a new PostgreSQL database (default bind) and a new MariaDB database
-    (bind 'users'), with their tables made."""
-    postgresql, mysql = await make_urls(new_database)
-    binds = add_models(make_db(postgresql, binds={"users": mysql}))
-    await binds.db.create_all()
-    return binds
 
 
 # -- db.session() --------------------------------------------------------------------------------

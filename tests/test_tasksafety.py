@@ -29,16 +29,6 @@ SLEEP = "SELECT pg_sleep(0.2)"  # on the default bind, PostgreSQL
 GUARD = 60
 
 
-@pytest.fixture
-async def two(new_database: Any, make_db: Callable[..., AsyncBind]) -> TwoBinds:
-    """An AsyncBind over a new PostgreSQL database (default bind) and a new MariaDB database
-    (bind 'users'), with their tables made."""
-    postgresql, mysql = await make_urls(new_database)
-    binds = add_models(make_db(postgresql, binds={"users": mysql}))
-    await binds.db.create_all()
-    return binds
-
-
 # -- one session, two tasks ----------------------------------------------------------------------
 
 
