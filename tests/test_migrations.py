@@ -220,6 +220,16 @@ async def test_offline_sql_per_bind(tmp_path: Path, new_database: NewDatabase) -
     assert "CREATE TABLE events" in audit and "CREATE TABLE users" not in audit
     assert all("alembic_version" in sql for sql in (default, users, audit))
 
+    (script,) = (tmp_path / "schema" / "versions").glob("*.py")
+    rev1 = revision_id(script.read_text())
+    run = await db_cmd(tmp_path, "downgrade", "--sql", f"{rev1}:base", "--dir", "schema")
+    assert run.status == 0, run.err
+    labels = re.findall(r"^-- .*bind.*$", run.out, flags=re.MULTILINE)
+    assert labels[:2] == ["-- the default bind (sqlite)", "-- bind 'users' (postgresql)"]
+    default, users, audit = re.split(r"^-- .*bind.*$", run.out, flags=re.MULTILINE)[1:]
+    assert "DROP TABLE orders" in default and "DROP TABLE users" not in default
+    assert "DROP TABLE users" in users and "DROP TABLE events" in audit
+
 
 async def test_one_bind_failing_leaves_the_others_upgraded(
     tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
