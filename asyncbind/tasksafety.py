@@ -87,9 +87,9 @@ class TaskSafeSession(AsyncSession):
     #: The task whose operation is in flight, and the operation ("execute()").
     _owner: asyncio.Task[Any] | None = None
     _operation = ""
-    #: The name refusals give the owner when it is not its own: close() and reset() run in a
-    #: task of their own, and are named after the task that called them.
-    _owner_name: str | None = None
+    #: The task refusals name as the owner when it is not the owner itself: close() and reset()
+    #: run in a task of their own, and are named after the task that called them.
+    _caller: asyncio.Task[Any] | None = None
     #: Set when the operation in flight ends, for a close() or reset() waiting for it.
     _released: asyncio.Future[None] | None = None
 
@@ -129,7 +129,7 @@ class TaskSafeSession(AsyncSession):
         return SessionSharedError(
             operation,
             task=_name(task),
-            owner=self._owner_name or _name(self._owner),
+            owner=_name(self._caller or self._owner),
             running=self._operation,
         )
 
@@ -137,16 +137,18 @@ class TaskSafeSession(AsyncSession):
         """``end`` (the sync session's close or reset) in SQLAlchemy's greenlet, in a task of its
         own that the caller's cancellation does not stop, once no other task has an operation in
         flight."""
-        task = _current_task()
+        task = asyncio.current_task()  # a coroutine: there is a running loop
         if task is not None and self._owner is task:
             # Called inside an operation of this task's own (from a run_sync() function, say):
             # there is nothing to wait for, and the operation in flight is this one.
             await greenlet_spawn(end)
             return
-        # The caller's name, taken here: the cleanup runs in a task of its own.
-        await run_to_completion(self._end_when_free(operation, end, _name(task)))
+        # The caller, taken here: the cleanup runs in a task of its own, named after it.
+        await run_to_completion(self._end_when_free(operation, end, task))
 
-    async def _end_when_free(self, operation: str, end: Callable[[], None], caller: str) -> None:
+    async def _end_when_free(
+        self, operation: str, end: Callable[[], None], caller: asyncio.Task[Any] | None
+    ) -> None:
         while self._owner is not None:
             released = self._released
             if released is None:
@@ -155,11 +157,11 @@ class TaskSafeSession(AsyncSession):
             await asyncio.shield(released)
         self._owner = asyncio.current_task()
         self._operation = operation
-        self._owner_name = caller
+        self._caller = caller
         try:
             await greenlet_spawn(end)
         finally:
-            self._owner_name = None
+            self._caller = None
             self._leave()
 
     # -- cleanup -----------------------------------------------------------------------------
