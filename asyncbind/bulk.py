@@ -59,7 +59,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import util as sql_util
 
 from .cancellation import run_to_completion
-from .exceptions import BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
+from .exceptions import (
+    BulkCopyError,
+    ConfigError,
+    CrossBindError,
+    ReadOnlyBindError,
+    first_line,
+)
 from .models import bind_key_of
 from .registry import bind_config
 from .values import is_json, row_converter
@@ -665,7 +671,7 @@ async def _write_batches(
                         f"Writing to table {table.fullname!r} failed in batch {count + 1} "
                         f"(rows {rows_done + 1} to {rows_done + len(batch)}), which was rolled "
                         f"back; the {rows_done} row(s) before it landed. "
-                        f"Cause: {type(exc).__name__}: {_first_line(exc)}",
+                        f"Cause: {first_line(exc)}",
                         rows_copied=rows_done,
                         table=table.fullname,
                     ) from exc
@@ -675,7 +681,7 @@ async def _write_batches(
                     await progress.landed(rows_done, count, len(batch))
                 except Exception as exc:
                     raise BulkCopyError(
-                        f"on_progress raised {type(exc).__name__}: {_first_line(exc)}, so writing "
+                        f"on_progress raised {first_line(exc)}, so writing "
                         f"to table {table.fullname!r} stopped after {rows_done} row(s) had "
                         f"landed in {count} batch(es).",
                         rows_copied=rows_done,
@@ -686,16 +692,10 @@ async def _write_batches(
         except Exception as exc:
             raise BulkCopyError(
                 f"Reading the rows for table {table.fullname!r} failed after {rows_done} row(s) "
-                f"had landed in {count} batch(es). Cause: {type(exc).__name__}: "
-                f"{_first_line(exc)}",
+                f"had landed in {count} batch(es). Cause: {first_line(exc)}",
                 rows_copied=rows_done,
                 table=table.fullname,
             ) from exc
         finally:
             await run_to_completion(writer.finish())
     return rows_done, count
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"

@@ -31,7 +31,7 @@ from .exceptions import bind_name, format_keys
 from .findapp import APP_ENV, DEFAULT_ATTRIBUTES, WHAT_APP_NAMES, UsageError, find_db, one_line
 from .health import pool_status
 from .models import bind_key_of
-from .urls import render_url
+from .urls import hide_passwords, render_url
 
 __all__ = ["main"]
 
@@ -51,10 +51,7 @@ class CommandError(Exception):
 
 def _hide(text: str, db: AsyncBind) -> str:
     """``text`` with every bind's password masked, wherever a driver may have put it."""
-    for engine in db.engines.values():
-        if engine.url.password:
-            text = text.replace(str(engine.url.password), "***")
-    return text
+    return hide_passwords(text, (engine.url for engine in db.engines.values()))
 
 
 def _say(text: str = "") -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "UnknownBindError",
     "WrongEventLoopError",
     "bind_name",
+    "first_line",
     "format_key",
     "format_keys",
 ]
@@ -256,7 +257,7 @@ class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
             fate = "The committed changes stay in their databases and the others did not land"
         super().__init__(
             f"A commit across binds stopped part-way. Committed: {landed}. "
-            f"Failed: {format_key(failed)} ({_first_line(cause)}). Rolled back: {undone}. "
+            f"Failed: {format_key(failed)} ({first_line(cause)}). Rolled back: {undone}. "
             f"{fate}: undo or complete the committed ones, or retry the failed ones (written so "
             "that a retry is harmless). Writes that must land together belong in one bind."
         )
@@ -511,7 +512,7 @@ def _rebuild(cls: type[Exception], state: dict[str, Any], args: tuple[Any, ...])
     return error
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """``error``'s type and the first line of its message (SQLAlchemy adds SQL and a link)."""
-    lines = str(error).splitlines()
+    lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

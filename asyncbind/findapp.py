@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from .core import AsyncBind
-from .exceptions import BindErrors, ConfigError
+from .exceptions import BindErrors, ConfigError, first_line
 
 __all__ = ["APP_ENV", "DEFAULT_ATTRIBUTES", "WHAT_APP_NAMES", "UsageError", "find_db", "one_line"]
 
@@ -171,5 +171,4 @@ def one_line(exc: BaseException) -> str:
     """``exc``'s type and the first line of its message (SQLAlchemy adds SQL and a link)."""
     if isinstance(exc, BindErrors) and len(exc.errors) == 1:
         exc = next(iter(exc.errors.values()))
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return first_line(exc)

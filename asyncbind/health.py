@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import BindKey
-from .exceptions import bind_name
+from .exceptions import bind_name, first_line
+from .urls import hide_passwords
 
 __all__ = ["BindHealth", "PoolStatus", "ping", "pool_status"]
 
@@ -97,11 +98,7 @@ async def _ping_one(key: BindKey, engine: AsyncEngine, limit: float) -> BindHeal
 
 def _describe(exc: BaseException, engine: AsyncEngine) -> str:
     """``exc`` as one line of text, with the bind's password masked wherever it appears."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    password = engine.url.password
-    if password:
-        text = text.replace(str(password), "***")
-    return text
+    return hide_passwords(first_line(exc), [engine.url])
 
 
 def pool_status(engines: Mapping[BindKey, AsyncEngine]) -> dict[BindKey, PoolStatus]:

@@ -44,12 +44,12 @@ from .cancellation import run_to_completion
 from .exceptions import SessionSharedError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Result, ScalarResult
+    from sqlalchemy.engine import Result
     from sqlalchemy.engine.interfaces import (
         CoreExecuteOptionsParameter,
         _CoreAnyExecuteParams,
     )
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult, AsyncScalarResult
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
     from sqlalchemy.orm._typing import OrmExecuteOptionsParameter
     from sqlalchemy.orm.interfaces import ORMOption
     from sqlalchemy.orm.session import _BindArguments, _EntityBindKey, _PKIdentityArgument
@@ -186,7 +186,9 @@ class TaskSafeSession(AsyncSession):
     # Where SQLAlchemy's own method is one call of the sync session's method of the same name in
     # its greenlet (greenlet_spawn), the check makes that call itself: calling SQLAlchemy's
     # method instead would add a coroutine to every resumption of every await of the operation.
-    # The others (execute, scalar, ..., whose results SQLAlchemy prepares) call it.
+    # The others (execute, scalar, stream, whose results SQLAlchemy prepares) call it.
+    # scalars() and stream_scalars() are SQLAlchemy's own: they call execute() and stream(),
+    # which check (a test pins this).
 
     @overload
     async def execute(
@@ -279,50 +281,6 @@ class TaskSafeSession(AsyncSession):
                 self._leave()
 
     @overload
-    async def scalars(
-        self,
-        statement: TypedReturnsRows[_T],
-        params: _CoreAnyExecuteParams | None = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
-        bind_arguments: _BindArguments | None = None,
-        **kw: Any,
-    ) -> ScalarResult[_T]: ...
-
-    @overload
-    async def scalars(
-        self,
-        statement: Executable,
-        params: _CoreAnyExecuteParams | None = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
-        bind_arguments: _BindArguments | None = None,
-        **kw: Any,
-    ) -> ScalarResult[Any]: ...
-
-    async def scalars(
-        self,
-        statement: Executable,
-        params: _CoreAnyExecuteParams | None = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
-        bind_arguments: _BindArguments | None = None,
-        **kw: Any,
-    ) -> ScalarResult[Any]:
-        took = self._take("scalars()")
-        try:
-            return await super().scalars(
-                statement,
-                params,
-                execution_options=execution_options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
-        finally:
-            if took:
-                self._leave()
-
-    @overload
     async def stream(
         self,
         statement: TypedReturnsRows[*_Ts],
@@ -356,50 +314,6 @@ class TaskSafeSession(AsyncSession):
         took = self._take("stream()")
         try:
             return await super().stream(
-                statement,
-                params,
-                execution_options=execution_options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
-        finally:
-            if took:
-                self._leave()
-
-    @overload
-    async def stream_scalars(
-        self,
-        statement: TypedReturnsRows[_T],
-        params: _CoreAnyExecuteParams | None = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
-        bind_arguments: _BindArguments | None = None,
-        **kw: Any,
-    ) -> AsyncScalarResult[_T]: ...
-
-    @overload
-    async def stream_scalars(
-        self,
-        statement: Executable,
-        params: _CoreAnyExecuteParams | None = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
-        bind_arguments: _BindArguments | None = None,
-        **kw: Any,
-    ) -> AsyncScalarResult[Any]: ...
-
-    async def stream_scalars(
-        self,
-        statement: Executable,
-        params: _CoreAnyExecuteParams | None = None,
-        *,
-        execution_options: OrmExecuteOptionsParameter = EMPTY_DICT,
-        bind_arguments: _BindArguments | None = None,
-        **kw: Any,
-    ) -> AsyncScalarResult[Any]:
-        took = self._take("stream_scalars()")
-        try:
-            return await super().stream_scalars(
                 statement,
                 params,
                 execution_options=execution_options,

@@ -6,7 +6,7 @@ This is the one place where a URL becomes text, and it always hides the password
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -15,6 +15,7 @@ from .exceptions import ConfigError, bind_name
 
 __all__ = [
     "ASYNC_DRIVERS",
+    "hide_passwords",
     "is_memory_sqlite",
     "normalize_url",
     "render_url",
@@ -34,6 +35,15 @@ ASYNC_DRIVERS: dict[str, str] = {
 def render_url(url: sa.URL) -> str:
     """Render ``url`` as text with its password hidden."""
     return url.render_as_string(hide_password=True)
+
+
+def hide_passwords(text: str, urls: Iterable[sa.URL]) -> str:
+    """``text`` (an error message, a traceback) with the password of each of ``urls`` masked
+    wherever a driver may have repeated it."""
+    for url in urls:
+        if url.password:
+            text = text.replace(str(url.password), "***")
+    return text
 
 
 def _parse(value: object, key: Hashable | None) -> sa.URL:

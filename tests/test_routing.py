@@ -471,32 +471,23 @@ JOIN_MODES = pytest.mark.parametrize(
 )
 
 
-@JOIN_MODES
-async def test_binds_by_model_join_the_callers_transactions(
-    two_binds: AsyncBind, mode: str | None
-) -> None:
-    await _external_transactions(two_binds, mode, by_key=False)
+BINDS_BY = pytest.mark.parametrize("by_key", [False, True], ids=["by_model", "by_bind_key"])
 
 
 @JOIN_MODES
-async def test_binds_by_model_join_the_callers_transactions_across_servers(
-    two_servers: AsyncBind, mode: str | None
+@BINDS_BY
+async def test_binds_join_the_callers_transactions(
+    two_binds: AsyncBind, mode: str | None, by_key: bool
 ) -> None:
-    await _external_transactions(two_servers, mode, by_key=False)
+    await _external_transactions(two_binds, mode, by_key=by_key)
 
 
 @JOIN_MODES
-async def test_binds_by_bind_key_join_the_callers_transactions(
-    two_binds: AsyncBind, mode: str | None
+@BINDS_BY
+async def test_binds_join_the_callers_transactions_across_servers(
+    two_servers: AsyncBind, mode: str | None, by_key: bool
 ) -> None:
-    await _external_transactions(two_binds, mode, by_key=True)
-
-
-@JOIN_MODES
-async def test_binds_by_bind_key_join_the_callers_transactions_across_servers(
-    two_servers: AsyncBind, mode: str | None
-) -> None:
-    await _external_transactions(two_servers, mode, by_key=True)
+    await _external_transactions(two_servers, mode, by_key=by_key)
 
 
 async def test_binds_match_before_routing_and_routing_does_the_rest(

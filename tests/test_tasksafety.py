@@ -111,6 +111,37 @@ async def test_sync_methods_are_refused_while_another_task_is_in_flight(
     assert await names(db) == (["kept", "late"], [])
 
 
+OPERATIONS: dict[str, tuple[str, Callable[[AsyncSession, TwoBinds], Any]]] = {
+    # operation: (the label the refusal gives it, the call)
+    "execute": ("execute()", lambda s, two: s.execute(sa.select(two.Item))),
+    "scalar": ("scalar()", lambda s, two: s.scalar(sa.select(two.Item))),
+    "scalars": ("execute()", lambda s, two: s.scalars(sa.select(two.Item))),
+    "stream": ("stream()", lambda s, two: s.stream(sa.select(two.Item))),
+    "stream_scalars": ("stream()", lambda s, two: s.stream_scalars(sa.select(two.Item))),
+    "get": ("get()", lambda s, two: s.get(two.Item, 1)),
+    "flush": ("flush()", lambda s, two: s.flush()),
+    "commit": ("commit()", lambda s, two: s.commit()),
+    "rollback": ("rollback()", lambda s, two: s.rollback()),
+    "connection": ("connection()", lambda s, two: s.connection()),
+    "run_sync": ("run_sync()", lambda s, two: s.run_sync(lambda sync: None)),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+async def test_every_operation_that_awaits_is_refused_while_another_task_is_in_flight(
+    two: TwoBinds, operation: str
+) -> None:
+    label, call = OPERATIONS[operation]
+    async with two.db.session() as session:
+        running = asyncio.create_task(session.execute(sa.text(SLEEP)))
+        await asyncio.sleep(0)  # the task starts and sends its statement
+        with pytest.raises(SessionSharedError) as error:
+            await call(session, two)
+        assert (error.value.operation, error.value.running) == (label, "execute()")
+        await running
+        await call(session, two)  # the session is free again
+
+
 async def test_the_refusal_names_the_task_whose_run_sync_is_in_flight(two: TwoBinds) -> None:
     db = two.db
 

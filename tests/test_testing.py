@@ -137,27 +137,6 @@ asyncio_default_test_loop_scope = {scope}
 """
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            ("postgresql", "mysql"),
-            id="postgresql+mysql",
-            marks=[pytest.mark.postgresql, pytest.mark.mysql],
-        ),
-        pytest.param(
-            ("mysql", "sqlite"), id="mysql+sqlite", marks=[pytest.mark.mysql, pytest.mark.sqlite]
-        ),
-        pytest.param(
-            ("sqlite", "postgresql"),
-            id="sqlite+postgresql",
-            marks=[pytest.mark.sqlite, pytest.mark.postgresql],
-        ),
-    ]
-)
-def backends(request: pytest.FixtureRequest) -> tuple[str, str]:
-    return request.param  # type: ignore[no-any-return]
-
-
 def test_the_plugin_is_registered_under_pytest11() -> None:
     found = [e for e in entry_points(group="pytest11") if e.name == "asyncbind"]
     assert [e.value for e in found] == ["asyncbind.testing"]
@@ -166,14 +145,14 @@ def test_the_plugin_is_registered_under_pytest11() -> None:
 @pytest.mark.parametrize("scope", ["session", "function"])
 async def test_each_tests_writes_on_every_bind_are_rolled_back(
     pytester: pytest.Pytester,
-    backends: tuple[str, str],
+    backend_pair: tuple[str, str],
     new_database: NewDatabase,
     monkeypatch: pytest.MonkeyPatch,
     scope: str,
 ) -> None:
     """With one event loop for the whole run, and with a loop per test (the AsyncBind made its
     tables in another loop: the plugin hands its pools over to the test's)."""
-    main, other = await new_database(backends[0]), await new_database(backends[1])
+    main, other = [await new_database(backend) for backend in backend_pair]
     monkeypatch.setenv("MAIN_URL", main)
     monkeypatch.setenv("OTHER_URL", other)
     pytester.makeconftest(CONFTEST)
