@@ -17,6 +17,11 @@ SQLAlchemy:
 - :func:`bind_pool_class`: the pool logger's name, the private ``_sqla_logger_namespace``.
 - :func:`default_poolclass`: ``DefaultDialect.get_pool_class()``, which is not part of the
   ``Dialect`` interface.
+- :data:`EXECUTE_OPTIONS`, :data:`STREAM_OPTIONS`, :func:`ensure_sync_result`: what
+  ``AsyncSession.execute()``, ``scalar()`` and ``stream()`` add around the sync session's call
+  (buffered or streamed rows; no server-side cursor behind a buffered result), for the task
+  check of :mod:`~asyncbind.tasksafety` to make that call itself instead of awaiting SQLAlchemy's
+  method, a coroutine more on every resumption of every await of a statement.
 - :func:`add_connector`: the ``async_creator_fn`` argument of SQLAlchemy's adapted DBAPI
   ``connect()``, which hands the connect function the URL's arguments (the public
   ``async_creator`` gets none).
@@ -33,24 +38,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import pool as sa_pool
+from sqlalchemy.ext.asyncio import result as _async_result
+from sqlalchemy.ext.asyncio import session as _async_session
+from sqlalchemy.util import immutabledict
 
 from .config import BindKey
 from .exceptions import PoolTimeoutError, WrongEventLoopError
 
 __all__ = [
     "DIALECT_METHODS",
+    "EXECUTE_OPTIONS",
+    "STREAM_OPTIONS",
     "BindPool",
     "add_connector",
     "aiomysql_connect",
     "asyncpg_transaction_open",
     "bind_pool_class",
     "default_poolclass",
+    "ensure_sync_result",
     "has_transport",
     "name_pool",
     "release_transport",
@@ -155,6 +166,16 @@ def default_poolclass(url: sa.URL) -> type[sa_pool.Pool] | None:
         return poolclass
     except Exception:  # an unusual dialect
         return None
+
+
+#: The execution options ``AsyncSession.execute()`` and ``scalar()`` add to a statement's (rows
+#: fetched in the greenlet, so that the result needs no more I/O), and those of ``stream()``.
+EXECUTE_OPTIONS: immutabledict[str, Any] = _async_session._EXECUTE_OPTIONS
+STREAM_OPTIONS: immutabledict[str, Any] = _async_session._STREAM_OPTIONS
+#: ``AsyncSession.execute()``'s last step: refuses (and closes) a result on a server-side cursor,
+#: which only ``stream()`` can read, and closes the cursor of a buffered one; the result is the
+#: one it was given.
+ensure_sync_result: Callable[[Any, Any], Awaitable[object]] = _async_result._ensure_sync_result
 
 
 def add_connector(connect_args: dict[str, Any], connector: Callable[..., Any]) -> None:

@@ -34,14 +34,15 @@ from typing import (
     overload,
 )
 
-from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.ext.asyncio import AsyncResult, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.ext.asyncio.exc import AsyncContextNotStarted
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.util import EMPTY_DICT, greenlet_spawn
+from sqlalchemy.util import EMPTY_DICT, greenlet_spawn, immutabledict
 
 from . import commits
 from .cancellation import run_to_completion
 from .exceptions import SessionSharedError
+from .internals import EXECUTE_OPTIONS, STREAM_OPTIONS, ensure_sync_result
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Result
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
         CoreExecuteOptionsParameter,
         _CoreAnyExecuteParams,
     )
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncResult
+    from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.orm._typing import OrmExecuteOptionsParameter
     from sqlalchemy.orm.interfaces import ORMOption
     from sqlalchemy.orm.session import _BindArguments, _EntityBindKey, _PKIdentityArgument
@@ -225,13 +226,20 @@ class TaskSafeSession(AsyncSession):
     ) -> Result[*tuple[Any, ...]]:
         took = self._take("execute()")
         try:
-            return await super().execute(
+            result: Result[*tuple[Any, ...]] = await greenlet_spawn(
+                self.sync_session.execute,
                 statement,
-                params,
-                execution_options=execution_options,
+                params=params,
+                execution_options=(
+                    immutabledict(execution_options).union(EXECUTE_OPTIONS)
+                    if execution_options
+                    else EXECUTE_OPTIONS
+                ),
                 bind_arguments=bind_arguments,
                 **kw,
             )
+            await ensure_sync_result(result, self.execute)
+            return result
         finally:
             if took:
                 self._leave()
@@ -269,10 +277,15 @@ class TaskSafeSession(AsyncSession):
     ) -> Any:
         took = self._take("scalar()")
         try:
-            return await super().scalar(
+            return await greenlet_spawn(
+                self.sync_session.scalar,
                 statement,
-                params,
-                execution_options=execution_options,
+                params=params,
+                execution_options=(
+                    immutabledict(execution_options).union(EXECUTE_OPTIONS)
+                    if execution_options
+                    else EXECUTE_OPTIONS
+                ),
                 bind_arguments=bind_arguments,
                 **kw,
             )
@@ -313,13 +326,19 @@ class TaskSafeSession(AsyncSession):
     ) -> AsyncResult[*tuple[Any, ...]]:
         took = self._take("stream()")
         try:
-            return await super().stream(
+            result = await greenlet_spawn(
+                self.sync_session.execute,
                 statement,
-                params,
-                execution_options=execution_options,
+                params=params,
+                execution_options=(
+                    immutabledict(execution_options).union(STREAM_OPTIONS)
+                    if execution_options
+                    else STREAM_OPTIONS
+                ),
                 bind_arguments=bind_arguments,
                 **kw,
             )
+            return AsyncResult(result)
         finally:
             if took:
                 self._leave()

@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from sqlalchemy import orm as sa_orm
 from sqlalchemy import pool as sa_pool
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio.exc import AsyncMethodRequired
 
 from asyncbind import AsyncBind, PoolTimeoutError, internals
 from asyncbind.internals import asyncpg_transaction_open
+from asyncbind.tasksafety import TaskSafeSession
 
 GUARD = 30
 SERVERS = [pytest.param(b, id=b, marks=getattr(pytest.mark, b)) for b in ("postgresql", "mysql")]
@@ -164,6 +167,63 @@ def test_bind_pool_classes_are_made_once_per_pool_class() -> None:
     assert internals.bind_pool_class(sa_pool.AsyncAdaptedQueuePool) is made
     assert issubclass(made, internals.BindPool) and issubclass(made, sa_pool.AsyncAdaptedQueuePool)
     assert internals.bind_pool_class(sa_pool.StaticPool) is not made
+
+
+# -- SQLAlchemy: what AsyncSession adds around the sync session's execute ---------------------
+
+
+async def _options_seen(session: AsyncSession) -> list[dict[str, Any]]:
+    """The execution options the sync session's execute() receives, for execute(), scalar() and
+    stream(), each with no options and with one of the caller's."""
+    seen: list[dict[str, Any]] = []
+
+    def record(state: sa_orm.ORMExecuteState) -> None:
+        seen.append(dict(state.execution_options))
+
+    sa.event.listen(session.sync_session, "do_orm_execute", record)
+    statement = sa.select(sa.literal(1))
+    for options in ({}, {"compiled_cache": None}):
+        await session.execute(statement, execution_options=options)
+        await session.scalar(statement, execution_options=options)
+        await (await session.stream(statement, execution_options=options)).all()
+    return seen
+
+
+async def test_execute_scalar_and_stream_hand_the_sync_session_what_sqlalchemy_does(
+    url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """TaskSafeSession makes the sync session's call of execute(), scalar() and stream() itself
+    (internals.EXECUTE_OPTIONS, STREAM_OPTIONS): the sync session sees the same execution
+    options as from SQLAlchemy's own AsyncSession."""
+    db = make_db(url)
+    async with AsyncSession(db.engine) as plain, db.session() as ours:
+        assert isinstance(ours, TaskSafeSession)
+        expected = await _options_seen(plain)
+        assert await _options_seen(ours) == expected
+    assert expected[0] == dict(internals.EXECUTE_OPTIONS)
+    assert expected[2] == dict(internals.STREAM_OPTIONS)
+
+
+async def test_execute_refuses_a_server_side_cursor_as_sqlalchemy_does(
+    url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """internals.ensure_sync_result: a buffered execute() of a statement asking for a streamed
+    result is refused, naming stream(), and its connection is not left mid-result."""
+    db = make_db(url)
+    statement = sa.select(sa.literal(1)).execution_options(stream_results=True)
+    async with AsyncSession(db.engine) as plain, db.session() as ours:
+        with pytest.raises(AsyncMethodRequired) as sqlalchemys:
+            await plain.execute(statement)
+        with pytest.raises(AsyncMethodRequired) as refused:
+            await ours.execute(statement)
+        assert str(refused.value) == str(sqlalchemys.value).replace(
+            "AsyncSession", "AsyncBindSession"
+        )
+        assert await ours.scalar(sa.select(sa.literal(2))) == 2
+    # The rows of a buffered result are all in it: it outlives its session.
+    async with db.session() as ours:
+        result = await ours.execute(sa.select(sa.literal(3)))
+    assert result.all() == [(3,)]
 
 
 # -- SQLAlchemy: the connect function ----------------------------------------------------------
