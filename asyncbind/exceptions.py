@@ -30,6 +30,7 @@ __all__ = [
     "PoolTimeoutError",
     "ReadOnlyBindError",
     "SessionSharedError",
+    "StartupCheckError",
     "StatementTimeoutError",
     "UnknownBindError",
     "WrongEventLoopError",
@@ -489,6 +490,26 @@ class WrongEventLoopError(AsyncBindError):
             "Call 'await db.dispose()' before using the AsyncBind from a new loop "
             "(for example between two asyncio.run() calls), or make one AsyncBind per loop."
         )
+
+
+class StartupCheckError(AsyncBindError):
+    """A program's start-up check found binds that do not answer (an arq worker's, say).
+
+    ``failed`` maps each such bind's key to why, in words with no password.
+    """
+
+    def __init__(self, what: str, failed: Mapping[Hashable | None, str]) -> None:
+        self.what = what
+        self.failed = dict(failed)
+        details = "; ".join(f"{bind_name(key)}: {why}" for key, why in self.failed.items())
+        super().__init__(
+            f"{what} did not start: {len(self.failed)} bind(s) did not answer 'SELECT 1' "
+            f"({details}). Check that each server is up and reachable from here and that the "
+            "bind's URL is right; it starts once every bind answers."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.what, self.failed)
 
 
 class BulkCopyError(AsyncBindError):

@@ -20,8 +20,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "asyncbind"
 FACADE = "asyncbind.core"
 INTEGRATIONS = "asyncbind.integrations"
-#: Web frameworks (and what only they bring in), which only asyncbind.integrations.* may import.
-FRAMEWORKS = frozenset({"quart", "starlette", "fastapi", "flask", "werkzeug", "httpx", "anyio"})
+#: Web frameworks and job queues (and what only they bring in), which only
+#: asyncbind.integrations.* may import.
+FRAMEWORKS = frozenset(
+    {"quart", "starlette", "fastapi", "flask", "werkzeug", "httpx", "anyio", "arq", "redis"}
+)
 
 
 @dataclass(frozen=True)

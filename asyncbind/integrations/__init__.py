@@ -1,4 +1,5 @@
-"""Framework integrations: :mod:`.quart`, :mod:`.starlette`, :mod:`.fastapi`.
+"""Framework integrations: :mod:`.quart`, :mod:`.starlette`, :mod:`.fastapi`, and :mod:`.arq` for
+arq's job workers.
 
 Each module imports its framework; this package and the rest of asyncbind import none, so
 ``import asyncbind`` works with no framework installed.
