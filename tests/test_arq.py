@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from arq import Retry, cron, func
-from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.jobs import Job, JobResult
+from arq.connections import RedisSettings
 from arq.worker import Worker, create_worker
-from conftest import IN_CI, NewDatabase
+from arqredis import REDIS_URL, Redis, redis_for_test
+from conftest import NewDatabase
 from twobinds import server_connections
 
 from asyncbind import (
@@ -42,8 +41,7 @@ from asyncbind.integrations.arq import in_scope, on_shutdown, on_startup, setup
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-REDIS_URL = os.environ.get("ASYNCBIND_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
-#: A loopback port of this module's range (25800-25899) where nothing listens.
+#: A loopback port where nothing listens.
 NOTHING_LISTENS = 25877
 #: Guards, in seconds: how long to wait for what should come much sooner.
 GUARD = 300
@@ -54,42 +52,10 @@ MakeDb = Callable[..., AsyncBind]
 arq_close_warning = pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 
 
-@dataclass
-class Redis:
-    pool: ArqRedis
-    token: str
-
-    @property
-    def queue(self) -> str:
-        return f"asyncbind-test:{self.token}"
-
-    def job_id(self, name: object) -> str:
-        return f"{self.token}:{name}"
-
-    async def result(self, job_id: str) -> JobResult | None:
-        return await Job(job_id, self.pool, _queue_name=self.queue).result_info()
-
-
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
-    """The Redis server's test database, and a token for this test's keys (deleted at its end)."""
-    settings = RedisSettings.from_dsn(REDIS_URL)
-    settings.conn_retries = 1
-    try:
-        pool = await create_pool(settings)
-    except Exception as exc:  # any failure to connect means "no server"
-        message = f"Redis is not reachable ({type(exc).__name__}: {exc})"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    found = Redis(pool, uuid.uuid4().hex[:12])
-    try:
+    async with redis_for_test() as found:
         yield found
-    finally:
-        keys = [key async for key in pool.scan_iter(match=f"*{found.token}*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await pool.delete(*keys[start : start + 500])
-        await pool.aclose()
 
 
 def job_rows(db: AsyncBind, bind_key: str | None) -> sa.Table:

@@ -10,6 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from arq.connections import RedisSettings
+from arq.worker import create_worker
+from arqredis import REDIS_URL, redis_for_test
 from twobinds import lifespan_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -113,3 +117,41 @@ def test_workers(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "10"
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")  # arq's
+async def test_arq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example_ = run("arq workers", tmp_path, monkeypatch)
+    db, User, settings = example_["db"], example_["User"], example_["WorkerSettings"]
+    async with redis_for_test() as redis:
+        for name in ("ada", "bob"):
+            await redis.pool.enqueue_job(
+                "add_user", name, _job_id=redis.job_id(name), _queue_name=redis.queue
+            )
+        # The example's WorkerSettings, on the test's Redis database and queue.
+        worker = create_worker(
+            settings,
+            redis_settings=RedisSettings.from_dsn(REDIS_URL),
+            queue_name=redis.queue,
+            burst=True,
+            handle_signals=False,
+            poll_delay=0.01,
+        )
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+        returned = {}
+        for name in ("ada", "bob"):
+            found = await redis.result(redis.job_id(name))
+            assert found is not None and found.success
+            returned[name] = found.result
+    assert files(tmp_path) == {"main.db", "users.db"}
+    async with db.session() as session:  # committed by the jobs' scopes
+        users = await session.scalars(sa.select(User))
+        assert {user.name: user.id for user in users} == returned  # each job returned its id
+    # A test can await a job directly, in its scope: committed when it returns.
+    assert await settings.functions[0].coroutine({"job_id": "test"}, "cy") == 3
+    async with db.session() as session:
+        assert (await session.get(User, 3)).name == "cy"
+    await db.dispose()
