@@ -505,7 +505,7 @@ class StartupCheckError(AsyncBindError):
         super().__init__(
             f"{what} did not start: {len(self.failed)} bind(s) did not answer 'SELECT 1' "
             f"({details}). Check that each server is up and reachable from here and that the "
-            "bind's URL is right; it starts once every bind answers."
+            "bind's URL is right, then start it again."
         )
 
     def __reduce__(self) -> Any:

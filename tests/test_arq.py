@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -491,10 +492,17 @@ async def test_a_bind_that_does_not_answer_stops_the_worker(
         await worker.close()
     assert started == []  # the worker's own start-up never ran
     assert list(caught.value.failed) == ["reports"]
+    assert "BindUnavailableError" in caught.value.failed["reports"]
     message = str(caught.value)
     assert "The arq worker did not start" in message
     assert "bind 'reports'" in message and "the default bind" not in message
     assert "secret-pw" not in message
+    again = pickle.loads(pickle.dumps(caught.value))  # as arq and process pools hand errors back
+    assert (type(again), str(again), again.failed) == (
+        StartupCheckError,
+        message,
+        caught.value.failed,
+    )
 
 
 @pytest.mark.sqlite

@@ -47,8 +47,14 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _Settings = TypeVar("_Settings")
 
+Job = Callable[_P, Coroutine[Any, Any, _T]]
+"""An arq job: ``async def job(ctx, *args, **kwargs)``."""
+
 Hook = Callable[[dict[Any, Any]], Awaitable[Any]]
 """An arq ``on_startup`` / ``on_shutdown`` hook: ``async def hook(ctx) -> ...``."""
+
+# The worker settings that setup() reads and changes.
+_OPTIONS = ("functions", "cron_jobs", "on_startup", "on_shutdown")
 
 #: Seconds each bind has to answer the start-up check, a new connection included.
 PING_TIMEOUT = 10.0
@@ -91,13 +97,6 @@ def setup(db: AsyncBind, settings: _Settings, *, ping_timeout: float = PING_TIME
         else:
             setattr(settings, name, value)
     return settings
-
-
-_OPTIONS = ("functions", "cron_jobs", "on_startup", "on_shutdown")
-
-
-Job = Callable[_P, Coroutine[Any, Any, _T]]
-"""An arq job: ``async def job(ctx, *args, **kwargs)``."""
 
 
 def in_scope(db: AsyncBind) -> Callable[[Job[_P, _T]], Job[_P, _T]]:
