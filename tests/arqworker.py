@@ -78,6 +78,14 @@ async def write_then_hang_in_postgresql(ctx: dict[str, Any]) -> None:
     await db.session.execute(sa.text("SELECT pg_sleep(3600)"))
 
 
+async def write_then_hang_in_mariadb(ctx: dict[str, Any]) -> None:
+    """MariaDB goes on with the SLEEP after the job is cancelled (and its connection dropped),
+    until it ends: a short one, so that the test sees the server idle again."""
+    await write(ctx)
+    sleep = sa.text(f"SELECT SLEEP({HANG_TIMEOUT + 3})")
+    await db.session.execute(sleep, bind_arguments={"bind_key": "other"})
+
+
 async def announce(ctx: dict[str, Any]) -> None:
     """The worker's own on_startup: runs once asyncbind's start-up check has passed."""
     await ctx["redis"].sadd(f"{os.environ['ASYNCBIND_ARQ_QUEUE']}:ready", os.getpid())
@@ -101,6 +109,7 @@ class WorkerSettings:
         write_then_retry,
         func(write_then_hang, timeout=HANG_TIMEOUT),
         func(write_then_hang_in_postgresql, timeout=HANG_TIMEOUT),
+        func(write_then_hang_in_mariadb, timeout=HANG_TIMEOUT),
     ]
     on_startup = announce
     on_shutdown = report_pools
