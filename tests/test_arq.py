@@ -12,6 +12,7 @@ a test makes carries the test's token and is deleted at its end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -321,13 +322,13 @@ async def sqlite(new_database: NewDatabase, make_db: MakeDb) -> Sqlite:
     return found
 
 
-def worker_of(settings: dict[str, Any], redis: Redis) -> Worker:
-    """An in-process arq worker in burst mode (it stops once the queue is empty)."""
+def worker_of(settings: dict[str, Any], redis: Redis, *, burst: bool = True) -> Worker:
+    """An in-process arq worker, by default in burst mode (it stops once the queue is empty)."""
     return create_worker(
         settings,
         redis_settings=RedisSettings.from_dsn(REDIS_URL),
         queue_name=redis.queue,
-        burst=True,
+        burst=burst,
         handle_signals=False,
         poll_delay=0.01,
     )
@@ -422,6 +423,41 @@ async def test_each_job_runs_in_a_scope_of_its_own(sqlite: Sqlite, redis: Redis)
     landed |= {redis.job_id("fail"): 1, redis.job_id("retry"): 1, "cron": 1}
     assert await rows_per_job(db, None) == landed
     assert await rows_per_job(db, "other") == landed
+    await db.dispose()
+
+
+@pytest.mark.sqlite
+@arq_close_warning
+async def test_a_job_cancelled_by_the_workers_shutdown_rolls_back(
+    sqlite: Sqlite, redis: Redis
+) -> None:
+    db = sqlite.db
+    started = asyncio.Event()
+    out_at_shutdown: list[int | None] = []
+
+    async def hang(ctx: dict[str, Any]) -> None:
+        await write_rows(sqlite, ctx)
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def at_shutdown(ctx: dict[str, Any]) -> None:
+        out_at_shutdown.extend(s.checked_out for s in db.pool_status().values())
+
+    settings = setup(db, {"functions": [hang], "on_shutdown": at_shutdown})
+    worker = worker_of(settings, redis, burst=False)
+    await redis.pool.enqueue_job(
+        hang.__qualname__, _job_id=redis.job_id("hang"), _queue_name=redis.queue
+    )
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.wait_for(started.wait(), GUARD)
+    finally:
+        await worker.close()  # as on SIGTERM: cancels the running jobs, then shuts down
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert out_at_shutdown == [0, 0]
+    assert await rows_per_job(db, None) == {}
+    assert await rows_per_job(db, "other") == {}
     await db.dispose()
 
 
