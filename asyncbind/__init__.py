@@ -26,6 +26,8 @@ from .exceptions import (
     SessionSharedError,
     StartupCheckError,
     StatementTimeoutError,
+    TwoPhaseInDoubtError,
+    TwoPhaseUnsupportedError,
     UnknownBindError,
     WrongEventLoopError,
 )
@@ -35,6 +37,7 @@ from .pagination import Pagination
 from .recording import QueryInfo, get_recorded_queries
 from .routing import RoutingSession
 from .scoping import SessionScope
+from .twophase import Resolution
 from .views import AsyncBindSession, ViewHelpers
 
 __all__ = [
@@ -63,12 +66,15 @@ __all__ = [
     "PoolTimeoutError",
     "QueryInfo",
     "ReadOnlyBindError",
+    "Resolution",
     "RoutingSession",
     "SessionFactory",
     "SessionScope",
     "SessionSharedError",
     "StartupCheckError",
     "StatementTimeoutError",
+    "TwoPhaseInDoubtError",
+    "TwoPhaseUnsupportedError",
     "UnknownBindError",
     "ViewHelpers",
     "WrongEventLoopError",

@@ -304,7 +304,10 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    """The migration commands: init, revision, upgrade, downgrade, current, history, check."""
+    """The migration commands: init, revision, upgrade, downgrade, current, history, check; and
+    recover, which needs no Alembic."""
+    if args.db_command == "recover":
+        return _run(args, _recover, find_db(args.app))
     try:
         from alembic import command
 
@@ -348,6 +351,15 @@ def _cmd_db(args: argparse.Namespace) -> int:
     except Exception as exc:
         details = "".join(traceback.format_exception(exc)) if args.traceback else ""
         raise CommandError(_hide(one_line(exc), db), _hide(details, db)) from exc
+    return 0
+
+
+async def _recover(db: AsyncBind) -> int:
+    done = await db.recover()
+    for resolution in done:
+        _say(_hide(str(resolution), db))
+    if not done:
+        _say("no two-phase transaction in doubt")
     return 0
 
 
@@ -489,7 +501,8 @@ def _parser() -> argparse.ArgumentParser:
 
 _DB_HELP = (
     "Schema migrations per bind with Alembic (needs the 'alembic' extra): one script folder, "
-    "an upgrade_<bind>() per bind in each revision, a version table in each bind's database."
+    "an upgrade_<bind>() per bind in each revision, a version table in each bind's database; "
+    "and 'db recover' for two-phase commits."
 )
 
 
@@ -540,6 +553,14 @@ def _db_parser(
     sub("current", "Show each bind's revision.")
     sub("history", "List the revisions.")
     sub("check", "Exit 1 if any bind's models and database differ (autogenerate would add to it).")
+    recover = "Resolve the app's in-doubt two-phase transactions on every bind (db.recover())."
+    commands.add_parser(
+        "recover",
+        help=recover,
+        description=recover + " Each is committed where the decision to commit was recorded, "
+        "else rolled back; one line per transaction resolved. Safe to run at every start.",
+        parents=[common],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

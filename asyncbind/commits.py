@@ -12,10 +12,11 @@ which (``committed``), which failed and why (``failed``, ``cause``) and which we
 (``rolled_back``). If the first commit fails, nothing was committed: its error is raised as it is
 (an ``IntegrityError`` stays one), with a note naming the bind.
 
-A transaction with a single connection, a ``twophase=True`` session and SAVEPOINTs
-(``begin_nested()``) go through SQLAlchemy's own commit. SessionEvents fire as SQLAlchemy fires
-them: ``before_commit`` then the flush, then ``after_commit`` on success, or ``after_rollback``
-when the session is rolled back after a failure.
+A transaction with a single connection and SAVEPOINTs (``begin_nested()``) go through
+SQLAlchemy's own commit; a ``twophase=True`` session commits through :mod:`asyncbind.twophase`,
+which uses the same two steps (:func:`take_prepared`, :func:`in_order`). SessionEvents fire as
+SQLAlchemy fires them: ``before_commit`` then the flush, then ``after_commit`` on success, or
+``after_rollback`` when the session is rolled back after a failure.
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ from sqlalchemy.engine import Transaction
 
 from .exceptions import PartialCommitError, bind_name, format_key
 
-__all__ = ["commit_in_order", "commit_transaction", "end_transaction_block"]
+__all__ = [
+    "Held",
+    "commit_in_order",
+    "commit_transaction",
+    "end_transaction_block",
+    "in_order",
+    "take_prepared",
+]
 
 #: A bind's place in the commit order and the name it is reported by.
 Rank = Callable[[sa.Engine], "tuple[int, Any] | None"]
 
 
-class _Held(NamedTuple):
+class Held(NamedTuple):
     """A connection the root transaction was to commit, taken over by the ordered commit."""
 
     connection: sa.Connection
@@ -43,7 +51,7 @@ class _Held(NamedTuple):
     close: bool  # opened by the session (from an engine), so closed by it
 
 
-def _take_prepared(root: sa_orm.SessionTransaction) -> list[_Held] | None:
+def take_prepared(root: sa_orm.SessionTransaction) -> list[Held] | None:
     """Do the first part of ``root.commit()`` (``before_commit``, then the flush), then take the
     connections it would commit out of ``root`` when there are two or more.
 
@@ -67,20 +75,16 @@ def _take_prepared(root: sa_orm.SessionTransaction) -> list[_Held] | None:
     for entry in held:
         for key in [key for key, value in entries.items() if value is entry]:
             del entries[key]
-    return [_Held(conn, transaction, autoclose) for conn, transaction, _, autoclose in held]
+    return [Held(conn, transaction, autoclose) for conn, transaction, _, autoclose in held]
 
 
 def _commit_root(root: sa_orm.SessionTransaction, rank: Rank) -> None:
     """``root.commit()``, with the connections of several binds committed in their order."""
-    held = _take_prepared(root)
+    held = take_prepared(root)
     if held is None:
         root.commit()
         return
-    ranks = [rank(h.connection.engine) for h in held]
-    last = len(held)  # engines of no bind go last, in the order the session used them
-    order = sorted(range(len(held)), key=lambda i: r[0] if (r := ranks[i]) is not None else last)
-    held = [held[i] for i in order]
-    names = [_name(h.connection.engine, ranks[i]) for h, i in zip(held, order, strict=True)]
+    held, names = in_order(held, rank)
     try:
         for position, current in enumerate(held):
             try:
@@ -102,6 +106,15 @@ def _commit_root(root: sa_orm.SessionTransaction, rank: Rank) -> None:
         for h in held:
             if h.close:
                 h.connection.close()
+
+
+def in_order(held: list[Held], rank: Rank) -> tuple[list[Held], list[Any]]:
+    """``held`` in commit order, and the name of each one's bind (its key, or its URL)."""
+    ranks = [rank(h.connection.engine) for h in held]
+    last = len(held)  # engines of no bind go last, in the order the session used them
+    order = sorted(range(len(held)), key=lambda i: r[0] if (r := ranks[i]) is not None else last)
+    names = [_name(held[i].connection.engine, ranks[i]) for i in order]
+    return [held[i] for i in order], names
 
 
 def _reported(
@@ -134,7 +147,7 @@ def _reported(
     return error
 
 
-def _roll_back(rest: list[_Held], names: list[Any]) -> list[str]:
+def _roll_back(rest: list[Held], names: list[Any]) -> list[str]:
     """Roll back the transactions that had not committed yet; what went wrong doing so, as notes.
 
     A rollback that fails discards its connection, which ends the transaction on the server.
@@ -160,36 +173,44 @@ def _name(engine: sa.Engine, rank: tuple[int, Any] | None) -> Any:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _orders(session: sa_orm.Session) -> Rank | None:
-    """The commit order of ``session``'s binds, or None when SQLAlchemy's own commit applies."""
-    if session.twophase:
-        return None
+def _committer(session: sa_orm.Session) -> Callable[[sa_orm.SessionTransaction], None] | None:
+    """How ``session``'s root transaction commits: in bind order, or, for a two-phase session,
+    through its router's two-phase coordinator; None when SQLAlchemy's own commit applies."""
     router = getattr(session, "router", None)  # a RoutingSession's
-    return None if router is None else router.commit_rank
+    if router is None:
+        return None
+    rank = router.commit_rank
+    if session.twophase:
+        coordinator = router.twophase
+        if coordinator is None:
+            return None
+        return lambda root: coordinator.commit_root(root, rank)
+    return lambda root: _commit_root(root, rank)
 
 
-def commit_in_order(session: sa_orm.Session, rank: Rank) -> bool:
-    """``session.commit()`` with the root transaction's binds committed in the order ``rank``
-    gives; False, having done nothing, where SQLAlchemy's own commit applies (no transaction, or
-    one that can no longer commit). SAVEPOINTs in progress are released first, as SQLAlchemy
-    does. Two-phase sessions are the caller's to leave out."""
+def commit_in_order(session: sa_orm.Session) -> bool:
+    """``session.commit()`` with the root transaction's binds committed in their order (a
+    two-phase session: prepared, decided, then committed in that order); False, having done
+    nothing, where SQLAlchemy's own commit applies (no transaction, or one that can no longer
+    commit). SAVEPOINTs in progress are released first, as SQLAlchemy does."""
+    commit_root = _committer(session)
     root = session.get_transaction()
-    if root is None or not root.is_active:
+    if commit_root is None or root is None or not root.is_active:
         return False
     while (nested := session.get_nested_transaction()) is not None:
         nested.commit()
-    _commit_root(root, rank)
+    commit_root(root)
     return True
 
 
 def commit_transaction(transaction: sa_orm.SessionTransaction) -> None:
     """``transaction.commit()`` (the transaction of ``session.begin()``), in bind order when it
     is the root transaction."""
-    rank = _orders(transaction.session)
-    if rank is None or transaction.parent is not None or not transaction.is_active:
+    commit_root = _committer(transaction.session)
+    if commit_root is None or transaction.parent is not None or not transaction.is_active:
         transaction.commit()
     else:
-        _commit_root(transaction, rank)
+        commit_root(transaction)
 
 
 def end_transaction_block(
@@ -201,17 +222,17 @@ def end_transaction_block(
     After a failed commit the transaction is rolled back if it is still open, as SQLAlchemy's
     ``__exit__`` does, before the block's context is left with the error.
     """
-    rank = _orders(transaction.session)
+    commit_root = _committer(transaction.session)
     if (
         type_ is not None
-        or rank is None
+        or commit_root is None
         or transaction.parent is not None
         or not transaction.is_active  # ended inside the block: nothing to commit
     ):
         transaction.__exit__(type_, value, traceback)
         return
     try:
-        _commit_root(transaction, rank)
+        commit_root(transaction)
     except BaseException as exc:
         if transaction.session.get_transaction() is transaction:
             transaction.rollback()

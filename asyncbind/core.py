@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
-from . import bulk, health, recording, schema, views
+from . import bulk, health, recording, schema, twophase, views
 from .cancellation import run_to_completion
 from .config import (
     ALL,
@@ -74,6 +74,12 @@ class AsyncBind:
     :param record_queries: record the statements of each request and scope for
         :func:`asyncbind.get_recorded_queries` (Flask-SQLAlchemy's ``SQLALCHEMY_RECORD_QUERIES``,
         which ``from_config`` and ``init_app`` read too). Off, it costs nothing.
+    :param twophase_name: the application's name in the ids of its two-phase transactions
+        (``db.session(twophase=True)``), which :meth:`recover` looks for; default
+        ``"asyncbind"``. Give each application that shares a database server its own.
+    :param twophase_log: the key of the bind whose database holds the decisions of two-phase
+        commits (table ``asyncbind_twophase``, made on first use); default the default bind, or
+        the first bind configured when there is no default bind.
 
     Everything is validated here, before any I/O; a bad config raises one :class:`ConfigError`
     that names every bind that is wrong.
@@ -92,8 +98,11 @@ class AsyncBind:
         model_class: type | None = None,
         disable_autonaming: bool = False,
         record_queries: bool = False,
+        twophase_name: str = twophase.DEFAULT_NAME,
+        twophase_log: BindKey | Unset = UNSET,
         app: Any = None,
     ) -> None:
+        twophase.check_name(twophase_name)
         binds_made = _build(url, binds, engine_options)
         if not isinstance(record_queries, bool):
             raise ConfigError(f"record_queries= is {record_queries!r}; expected True or False.")
@@ -101,6 +110,9 @@ class AsyncBind:
         self._engine_options = check_engine_options(engine_options)
         self._session_options = _check_session_options(session_options)
         self._router = Router()
+        self._router.twophase = twophase.Coordinator(
+            twophase_name, twophase_log, self._twophase_keys, self._twophase_log_engine
+        )
         self._binds: dict[BindKey, Bind] = {}
         self.engines: Mapping[BindKey, AsyncEngine] = BindFields(self._binds, _engine)
         """The engine of every configured bind, by key (read-only)."""
@@ -159,14 +171,15 @@ class AsyncBind:
         if provider not in self._scope_providers:
             self._scope_providers.append(provider)
 
-    def scope(self) -> SessionScope:
+    def scope(self, **options: Any) -> SessionScope:
         """``async with db.scope() as session:``: a session of this task, as ``db.session``.
 
         Inside the block ``db.session.<attr>`` is this task's own session (the one returned);
         it is closed when the block ends, rolling back whatever was not committed. For workers:
-        each of N concurrent tasks opens its own scope.
+        each of N concurrent tasks opens its own scope. ``options`` are those of
+        ``db.session(...)``: ``db.scope(twophase=True)``.
         """
-        return SessionScope(self.session)
+        return SessionScope(self.session, **options)
 
     # -- configuration --------------------------------------------------------------------
 
@@ -245,6 +258,10 @@ class AsyncBind:
 
     def _install(self, binds: dict[BindKey, Bind]) -> None:
         self._binds.update(binds)
+        coordinator = self._router.twophase
+        if coordinator is not None:
+            for bind in binds.values():
+                twophase.name_transactions(bind.engine.sync_engine, coordinator.name)
         if self._record_queries:
             for bind in binds.values():
                 recording.install(bind.engine)
@@ -471,6 +488,30 @@ class AsyncBind:
             error_out=error_out,
             count=count,
         )
+
+    # -- two-phase commit ----------------------------------------------------------------
+
+    def _twophase_keys(self) -> list[BindKey]:
+        return list(self._binds)
+
+    def _twophase_log_engine(self, key: BindKey) -> sa.Engine:
+        return self._router.engine(key, "twophase_log=")
+
+    async def recover(self) -> list[twophase.Resolution]:
+        """Resolve this application's in-doubt two-phase transactions on every bind.
+
+        After a crash between PREPARE and the last COMMIT of a ``twophase=True`` session, its
+        transactions stay prepared (holding their locks). Each is committed where the decision
+        to commit was recorded, else rolled back, the same way on every bind; the decision rows
+        of finished commits are deleted. Idempotent, and safe to run at every start while other
+        processes commit. Returns a :class:`~asyncbind.Resolution` per transaction resolved.
+        """
+        coordinator = self._router.twophase
+        engines = self._configured_engines()
+        if coordinator is None:  # pragma: no cover - made in the constructor
+            return []
+        log = self.get_engine(coordinator.log_key)
+        return await twophase.recover(coordinator, engines, log)
 
     # -- health -----------------------------------------------------------------------------
 

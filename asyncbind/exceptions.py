@@ -32,6 +32,8 @@ __all__ = [
     "SessionSharedError",
     "StartupCheckError",
     "StatementTimeoutError",
+    "TwoPhaseInDoubtError",
+    "TwoPhaseUnsupportedError",
     "UnknownBindError",
     "WrongEventLoopError",
     "bind_name",
@@ -261,6 +263,69 @@ class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
             f"Failed: {format_key(failed)} ({first_line(cause)}). Rolled back: {undone}. "
             f"{fate}: undo or complete the committed ones, or retry the failed ones (written so "
             "that a retry is harmless). Writes that must land together belong in one bind."
+        )
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
+
+
+class TwoPhaseUnsupportedError(AsyncBindError):
+    """A two-phase session used a bind whose database cannot prepare a transaction (SQLite).
+
+    Raised before anything is sent to that bind. ``bind_key`` names it, ``dialect`` is its
+    dialect's name.
+    """
+
+    def __init__(self, bind_key: Hashable | None, dialect: str) -> None:
+        self.bind_key = bind_key
+        self.dialect = dialect
+        super().__init__(
+            f"{bind_name(bind_key, start=True)} ({dialect}) cannot take part in a two-phase "
+            "session: only PostgreSQL and MySQL/MariaDB binds can prepare a transaction, and a "
+            "two-phase session begins a two-phase transaction on every bind it uses, reads "
+            "included. Nothing was sent to it. Use another session, without twophase=True, "
+            f"for {bind_name(bind_key)}."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.bind_key, self.dialect)
+
+
+class TwoPhaseInDoubtError(AsyncBindError, sa_exc.SQLAlchemyError):
+    """A two-phase commit stopped with prepared transactions left on some binds.
+
+    ``decided`` is True when the decision to commit was recorded (the commit stands: the binds in
+    ``in_doubt`` are committed by ``await db.recover()``), None when whether it was recorded is
+    unknown (``recover()`` commits them if it was, else rolls every bind back). ``committed`` are
+    the binds that committed already. The cause is ``__cause__``. The session has been rolled
+    back and is usable.
+    """
+
+    def __init__(
+        self,
+        decided: bool | None,
+        committed: Sequence[Hashable | None],
+        in_doubt: Sequence[Hashable | None],
+        cause: BaseException,
+    ) -> None:
+        self.decided = decided
+        self.committed = tuple(committed)
+        self.in_doubt = tuple(in_doubt)
+        self.cause = cause
+        waiting = ", ".join(format_key(key) for key in self.in_doubt)
+        landed = ", ".join(format_key(key) for key in self.committed) or "none"
+        if decided:
+            what = (
+                "The decision to commit was recorded, so the commit stands: "
+                f"committed: {landed}; prepared and still to commit: {waiting}"
+            )
+        else:
+            what = f"Whether the decision to commit was recorded is unknown; prepared on: {waiting}"
+        super().__init__(
+            f"A two-phase commit stopped part-way ({first_line(cause)}). {what}. Run "
+            "'await db.recover()' (or 'asyncbind db recover') once the binds answer: it "
+            "finishes every bind the same way. Until then the prepared transactions hold "
+            "their locks."
         )
 
     def __reduce__(self) -> Any:

@@ -11,7 +11,9 @@ SQLAlchemy:
 
 - :func:`replace_dialect_method`: ``do_commit``, ``do_rollback``, ``do_ping`` and ``do_close``
   have no event around them; bounding them in time and closing a connection of another event loop
-  mean replacing them on the engine's own dialect.
+  mean replacing them on the engine's own dialect. ``create_xid`` (part of the ``Dialect``
+  interface, with no argument to pass through ``Session(twophase=True)``) is replaced the same
+  way, so that two-phase transaction ids name the application.
 - :class:`BindPool`: the pool's checkout, the private ``Pool._do_get()``, where a pool is claimed
   by one event loop and where its ``TimeoutError`` is raised.
 - :func:`bind_pool_class`: the pool logger's name, the private ``_sqla_logger_namespace``.
@@ -74,8 +76,8 @@ __all__ = [
 
 #: The dialect methods asyncbind replaces: SQLAlchemy calls each through the engine's dialect
 #: (a commit; a rollback, a pool's reset on return included; pre-ping; closing a pooled
-#: connection) and has no event around any of them.
-DIALECT_METHODS = frozenset({"do_commit", "do_rollback", "do_ping", "do_close"})
+#: connection; the id of a two-phase transaction) and has no event around any of them.
+DIALECT_METHODS = frozenset({"do_commit", "do_rollback", "do_ping", "do_close", "create_xid"})
 
 
 def replace_dialect_method(dialect: sa.Dialect, name: str, method: Callable[..., Any]) -> None:

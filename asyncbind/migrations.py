@@ -30,6 +30,7 @@ from .config import BindKey
 from .core import AsyncBind
 from .exceptions import AsyncBindError, bind_name, format_keys
 from .findapp import UsageError, find_db, one_line
+from .twophase import TABLE_NAME as TWOPHASE_TABLE
 
 __all__ = [
     "DEFAULT_NAME",
@@ -185,7 +186,8 @@ def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:
 
 def _only_this_bind(db: AsyncBind, key: BindKey) -> Callable[..., bool]:
     """Autogenerate's ``include_name``: leave out the tables that another bind's models hold, so
-    that autogenerate never proposes to drop them from this bind's database."""
+    that autogenerate never proposes to drop them from this bind's database, and the decision
+    table of two-phase commits, which asyncbind makes itself."""
     mine = db.metadatas.get(key)
     own = set(mine.tables) if mine is not None else set()
     others = {
@@ -197,7 +199,7 @@ def _only_this_bind(db: AsyncBind, key: BindKey) -> Callable[..., bool]:
             return True
         schema = parent_names.get("schema_name")
         full = f"{schema}.{name}" if schema else name
-        return full in own or full not in others
+        return full in own or (full not in others and full != TWOPHASE_TABLE)
 
     return include_name
 

@@ -23,7 +23,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.sql import visitors
 from sqlalchemy.util import EMPTY_DICT
 
-from . import commits, readonly
+from . import commits, readonly, twophase
 from .config import BindKey
 from .exceptions import ConfigError, CrossBindError, ReadOnlyBindError, UnknownBindError
 from .models import bind_key_of
@@ -47,6 +47,7 @@ class Router:
         "_read_only",
         "_read_only_engines",
         "_statements",
+        "twophase",
     )
 
     def __init__(self) -> None:
@@ -57,6 +58,8 @@ class Router:
         self._mappers: dict[Any, sa.Engine] = {}
         self._mapper_keys: dict[Any, tuple[BindKey, str, str]] = {}
         self._statements: dict[Hashable, sa.Engine] = {}
+        #: The two-phase commits of sessions made with ``twophase=True``.
+        self.twophase: twophase.Coordinator | None = None
 
     def set_engines(
         self, engines: Mapping[BindKey, sa.Engine], read_only: Iterable[BindKey] = ()
@@ -245,7 +248,9 @@ class RoutingSession(sa_orm.Session):
     routes to a key to that connection.
 
     A ``sync_session_class`` of your own subclasses this class. Its ``commit()``, if it has one,
-    keeps the binds' commit order by calling ``super().commit()``.
+    keeps the binds' commit order by calling ``super().commit()``. With ``twophase=True`` (see
+    :mod:`asyncbind.twophase`) the commit prepares every bind, records the decision, then
+    commits; a bind that cannot prepare (SQLite) is refused before anything is sent to it.
 
     The AsyncSession passes its keyword arguments on, so ``router`` comes from the
     ``async_sessionmaker``'s ``router=``.
@@ -278,7 +283,8 @@ class RoutingSession(sa_orm.Session):
             self.router = router
             self._by_key = _NO_BINDS
             self._asks_sqlalchemy = False
-            self._router_alone = router
+            # A two-phase session checks each bind it is given (_given_bind()).
+            self._router_alone = None if self.twophase else router
             return
         by_key: dict[sa.Engine, sa.Engine | sa.Connection] = {}
         by_target: dict[Any, sa.Engine | sa.Connection] = {}
@@ -304,7 +310,7 @@ class RoutingSession(sa_orm.Session):
         self.router = router
         self._by_key = by_key
         self._asks_sqlalchemy = own or bool(by_target)
-        self._router_alone = None if own or by_target or by_key else router
+        self._router_alone = None if own or by_target or by_key or self.twophase else router
 
     def bind_mapper(self, mapper: Any, bind: sa.Engine | sa.Connection) -> None:
         """As SQLAlchemy's: statements of ``mapper`` go to ``bind``, before routing."""
@@ -325,7 +331,7 @@ class RoutingSession(sa_orm.Session):
     def commit(self) -> None:
         """Flush and commit; the binds of a transaction that spans several commit one after the
         other in a stable order (see :mod:`asyncbind.commits`)."""
-        if self.twophase or not commits.commit_in_order(self, self.router.commit_rank):
+        if not commits.commit_in_order(self):
             super().commit()
 
     def get_bind(
@@ -358,7 +364,15 @@ class RoutingSession(sa_orm.Session):
     ) -> sa.Engine | sa.Connection:
         """get_bind() of a session given binds of its own: ``bind``, else SQLAlchemy's answer
         from the session's ``binds=`` and ``bind=``, else routing (with ``binds=`` by bind key
-        applied)."""
+        applied). A two-phase session refuses a bind that cannot prepare (SQLite)."""
+        found = self._found_bind(mapper, clause, bind, bind_key, kw)
+        if self.twophase:
+            twophase.check_participant(found, self.router.commit_rank)
+        return found
+
+    def _found_bind(
+        self, mapper: Any, clause: Any, bind: Any, bind_key: Any, kw: dict[str, Any]
+    ) -> sa.Engine | sa.Connection:
         router = self.router
         if bind is None and self._asks_sqlalchemy:
             try:

@@ -41,10 +41,11 @@ ScopeProvider = Callable[[], "Scope | None"]
 class Scope:
     """The session of one request, app context or task scope, made on first use."""
 
-    __slots__ = ("_factory", "ended", "session")
+    __slots__ = ("_factory", "_options", "ended", "session")
 
-    def __init__(self, factory: SessionFactory) -> None:
+    def __init__(self, factory: SessionFactory, options: Mapping[str, Any] | None = None) -> None:
         self._factory = factory
+        self._options = dict(options) if options else {}  # for the factory: twophase=True, ...
         self.session: AsyncBindSession | None = None
         self.ended = False
 
@@ -56,7 +57,7 @@ class Scope:
                 # A task that inherited the scope outlived it: a new session here would never
                 # be closed.
                 raise NoCurrentSessionError(_SCOPE_ENDED)
-            session = self.session = self._factory()
+            session = self.session = self._factory(**self._options)
         return session
 
     async def close(self) -> None:
@@ -88,10 +89,11 @@ class SessionScope:
     time should open a scope of its own.
     """
 
-    __slots__ = ("_factory", "_recording", "_scope", "_token")
+    __slots__ = ("_factory", "_options", "_recording", "_scope", "_token")
 
-    def __init__(self, factory: SessionFactory) -> None:
+    def __init__(self, factory: SessionFactory, **options: Any) -> None:
         self._factory = factory
+        self._options = options
         self._scope: Scope | None = None
         self._token: Token[Scope | None] | None = None
         self._recording: recording.Recording | None = None
@@ -101,7 +103,7 @@ class SessionScope:
             raise AsyncBindError(
                 "This db.scope() is already open; call db.scope() again for another scope."
             )
-        scope = Scope(self._factory)
+        scope = Scope(self._factory, self._options)
         session = scope.get()  # NotConfiguredError before anything is set
         self._scope = scope
         self._token = self._factory._var.set(scope)
@@ -172,9 +174,9 @@ class SessionFactory(ViewHelpers, _Proxied):
             check_session_class(kwargs["sync_session_class"], "db.session(sync_session_class=...)")
         return self._db.sessionmaker(**kwargs)
 
-    def scope(self) -> SessionScope:
+    def scope(self, **options: Any) -> SessionScope:
         """``async with db.session.scope():``, the same as ``db.scope()``."""
-        return SessionScope(self)
+        return SessionScope(self, **options)
 
     async def remove(self) -> None:
         """Close the current session; the next ``db.session.<attr>`` makes a new one.

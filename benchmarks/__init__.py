@@ -5,7 +5,8 @@ says what it measures, each case's docstring is what its line prints, and every 
 driver, plain SQLAlchemy, the peers) is measured in the same run. Each repetition runs every case
 of a table once, and ratios are computed per repetition, then summarised as median (min-max).
 
-Suites: ``routing``, ``peers``, ``schema``, ``etl``, ``scaling``, ``instructions``, ``soak``, or
+Suites: ``routing``, ``peers``, ``schema``, ``etl``, ``scaling``, ``instructions``, ``twophase``,
+``soak``, or
 ``all``. Peers and plotting need ``pip install asyncbind[benchmarks]``, the instruction counts
 valgrind; without them those cases print "skipped". ``soak`` is not a measurement but a check:
 it runs on private servers of its own, restarts one, and its verdict (was an acknowledged row
@@ -15,4 +16,4 @@ The soak uses the fault-injecting proxy of the tests (``tests/faultproxy.py``) a
 servers (``tests/privateservers.py``), so run it from the repository root.
 """
 
-SUITES = ("routing", "peers", "schema", "etl", "scaling", "instructions", "soak")
+SUITES = ("routing", "peers", "schema", "etl", "scaling", "instructions", "twophase", "soak")

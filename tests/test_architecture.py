@@ -317,6 +317,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "routing",
                 "commits",
+                "twophase",
                 "tasksafety",
                 "views",
                 "pagination",

@@ -441,9 +441,9 @@ async def test_one_bind_commits_through_sqlalchemy_alone(
 ) -> None:
     setup = await make_setup(["sqlite"])
     taken: list[Any] = []
-    real = commits_module._take_prepared
+    real = commits_module.take_prepared
     monkeypatch.setattr(
-        commits_module, "_take_prepared", lambda root: taken.append(real(root)) or taken[-1]
+        commits_module, "take_prepared", lambda root: taken.append(real(root)) or taken[-1]
     )
     async with setup.db.session() as session:
         await setup.write(session, "one")
@@ -454,7 +454,7 @@ async def test_one_bind_commits_through_sqlalchemy_alone(
 
 @pytest.mark.sqlite
 async def test_what_the_ordered_commit_reads_from_sqlalchemy(tmp_path: Any) -> None:
-    """The private state the ordered commit relies on (see ``commits._take_prepared``): if
+    """The private state the ordered commit relies on (see ``commits.take_prepared``): if
     SQLAlchemy changes it, this fails."""
     db = AsyncBind(binds={"a": f"sqlite:///{tmp_path}/a.db", "b": f"sqlite:///{tmp_path}/b.db"})
     try:
@@ -481,7 +481,7 @@ async def test_what_the_ordered_commit_reads_from_sqlalchemy(tmp_path: Any) -> N
                     sa.event.listen(conn, "commit", lambda c: commits_seen.append(c))
                 fired: list[str] = []
                 sa.event.listen(sync, "before_commit", lambda s: fired.append("before_commit"))
-                held = commits_module._take_prepared(root)
+                held = commits_module.take_prepared(root)
                 assert fired == ["before_commit"]  # _prepare_impl() is the commit's first half
                 assert held is not None
                 assert [(h.connection, h.transaction, h.close) for h in held] == [
