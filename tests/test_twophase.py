@@ -591,3 +591,85 @@ async def test_the_readme_example_runs(new_database: NewDatabase, tmp_path: Path
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()
     assert out.decode().split() == ["1"]
+
+
+async def test_a_decision_that_cannot_be_recorded_rolls_every_bind_back(
+    new_database: NewDatabase,
+) -> None:
+    """The log bind refuses the decision (here: it is read-only, so its database refuses the
+    table and the INSERT): both binds were prepared, and both are rolled back."""
+    postgresql, mysql = await new_database("postgresql"), await new_database("mysql")
+    log = await new_database("postgresql")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    db = AsyncBind(
+        postgresql,
+        binds={"users": mysql, "log": {"url": log, "read_only": True}},
+        twophase_name=name,
+        twophase_log="log",
+    )
+    items = db.Table("items", sa.Column("name", sa.String(50), primary_key=True))
+    users = db.Table("users", sa.Column("name", sa.String(50), primary_key=True), bind_key="users")
+    rolled_back: list[Any] = []
+    for key in (None, "users"):
+        sa.event.listen(
+            db.engines[key].sync_engine,
+            "rollback_twophase",
+            lambda conn, xid, is_prepared: rolled_back.append(is_prepared),
+        )
+    try:
+        await db.create_all()
+        async with db.session(twophase=True) as session:
+            await session.execute(sa.insert(items).values(name="a"))
+            await session.execute(sa.insert(users).values(name="a"))
+            with pytest.raises(asyncbind.ReadOnlyBindError) as caught:
+                await session.commit()
+            assert caught.value.key == "log"
+            assert any(
+                "could not be recorded on bind 'log', so every bind was rolled back" in note
+                for note in caught.value.__notes__
+            )
+        assert rolled_back == [True, True]  # ROLLBACK PREPARED / XA ROLLBACK on both
+        async with db.engine.connect() as conn:
+            assert list(await conn.scalars(sa.select(items.c.name))) == []
+        async with db.engines["users"].connect() as conn:
+            assert list(await conn.scalars(sa.select(users.c.name))) == []
+        assert await prepared(name) == NOTHING
+    finally:
+        await db.dispose()
+        await roll_back_leftovers(name)
+
+
+async def test_a_bind_lost_after_the_decision_is_committed_by_recover(tp: TwoPhaseBinds) -> None:
+    """MariaDB's connection is killed just before its XA COMMIT: the PostgreSQL part has
+    committed, the decision stands, and recover() commits the MariaDB part."""
+    import pymysql
+
+    thread: list[int] = []
+
+    def kill_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
+        admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(f"KILL {thread[0]}")
+        finally:
+            admin.close()
+
+    sa.event.listen(tp.db.engines["users"].sync_engine, "commit_twophase", kill_before_commit)
+    async with tp.db.session(twophase=True) as session:
+        await session.execute(sa.insert(tp.items).values(name="a"))
+        conn = await session.connection(bind_arguments={"bind_key": "users"})
+        thread.append((await conn.exec_driver_sql("SELECT CONNECTION_ID()")).scalar_one())
+        await session.execute(sa.insert(tp.users).values(name="a"))
+        with pytest.raises(TwoPhaseInDoubtError) as caught:
+            await session.commit()
+        error = caught.value
+        assert (error.decided, error.committed, error.in_doubt) == (True, (None,), ("users",))
+        assert "The decision to commit was recorded, so the commit stands" in str(error)
+        assert "'await db.recover()'" in str(error)
+        await session.execute(sa.select(tp.items))  # the session is usable again
+    sa.event.remove(tp.db.engines["users"].sync_engine, "commit_twophase", kill_before_commit)
+    assert await names(tp) == (["a"], [])
+    in_doubt = await prepared(tp.name)
+    assert await tp.db.recover() == [Resolution("users", in_doubt["mysql"][0], True)]
+    assert await names(tp) == (["a"], ["a"])
+    assert await decisions(tp) == []
