@@ -292,8 +292,10 @@ class Coordinator:
     # -- recovery (each runs in run_sync on a connection of its own) ------------------------
 
     def read_decisions(self, conn: sa.Connection) -> dict[str, tuple[str, dt.datetime]]:
-        """This application's decision rows: outcome and time, by transaction id."""
-        self._ready(conn)
+        """This application's decision rows: outcome and time, by transaction id (none while
+        the table has not been made)."""
+        if conn.engine not in self._tables and not sa.inspect(conn).has_table(TABLE_NAME):
+            return {}
         rows = conn.execute(
             sa.select(decisions).where(decisions.c.xid.startswith(self.name + ".", autoescape=True))
         )
@@ -317,6 +319,7 @@ class Coordinator:
         A coordinator recording ``commit`` for the same id at the same time gets a duplicate key
         error and rolls back, or wins, and then this returns its ``commit``.
         """
+        self._ready(conn)
         for xid in xids:
             try:
                 with conn.begin():

@@ -449,7 +449,43 @@ async def test_recovery_leaves_other_applications_alone(tp: TwoPhaseBinds) -> No
 
 async def test_recover_with_nothing_in_doubt_does_nothing(tp: TwoPhaseBinds) -> None:
     assert await tp.db.recover() == []
-    assert await decisions(tp) == []  # the table was made on demand
+    async with tp.db.engine.connect() as conn:  # not even make the decision table
+        assert not await conn.run_sync(lambda c: sa.inspect(c).has_table(TABLE_NAME))
+
+
+async def test_a_decision_whose_commit_fails_is_settled_by_recover(tp: TwoPhaseBinds) -> None:
+    """The log bind's COMMIT of the decision fails: whether it landed is unknown, so both binds
+    stay prepared (TwoPhaseInDoubtError, decided None), and recover() settles them the same way:
+    here the decision had not landed, so both are rolled back."""
+
+    def fail(conn: Any) -> None:
+        if str(conn.info.get("sent", "")).startswith(f"INSERT INTO {TABLE_NAME}"):
+            raise ConnectionResetError("the log bind went away during COMMIT")
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        conn.info["sent"] = statement
+
+    log = tp.db.engine.sync_engine
+    sa.event.listen(log, "before_cursor_execute", note)
+    sa.event.listen(log, "commit", fail)
+    try:
+        async with tp.db.session(twophase=True) as session:
+            await session.execute(sa.insert(tp.items).values(name="a"))
+            await session.execute(sa.insert(tp.users).values(name="a"))
+            with pytest.raises(TwoPhaseInDoubtError) as caught:
+                await session.commit()
+    finally:
+        sa.event.remove(log, "commit", fail)
+        sa.event.remove(log, "before_cursor_execute", note)
+    error = caught.value
+    assert (error.decided, error.committed, error.in_doubt) == (None, (), (None, "users"))
+    assert "Whether the decision to commit was recorded is unknown" in str(error)
+    assert isinstance(error.__cause__, ConnectionResetError)
+    in_doubt = await prepared(tp.name)
+    assert [len(in_doubt["postgresql"]), len(in_doubt["mysql"])] == [1, 1]
+    done = await tp.db.recover()
+    assert [(r.bind_key, r.committed) for r in done] == [(None, False), ("users", False)]
+    assert await names(tp) == ([], [])
 
 
 async def test_the_decision_log_may_live_on_another_bind(
