@@ -13,7 +13,8 @@ SQLAlchemy:
   have no event around them; bounding them in time and closing a connection of another event loop
   mean replacing them on the engine's own dialect. ``create_xid`` (part of the ``Dialect``
   interface, with no argument to pass through ``Session(twophase=True)``) is replaced the same
-  way, so that two-phase transaction ids name the application.
+  way, so that two-phase transaction ids name the application (``tests/test_twophase.py``
+  checks the ids the events see).
 - :class:`BindPool`: the pool's checkout, the private ``Pool._do_get()``, where a pool is claimed
   by one event loop and where its ``TimeoutError`` is raised.
 - :func:`bind_pool_class`: the pool logger's name, the private ``_sqla_logger_namespace``.

@@ -184,7 +184,17 @@ class Coordinator:
 
     def commit_root(self, root: sa_orm.SessionTransaction, rank: commits.Rank) -> None:
         """Commit the root transaction of a two-phase session: prepare, decide, commit."""
-        held = commits.take_prepared(root)  # flush and PREPARE: all rolled back on failure
+        try:
+            held = commits.take_prepared(root)  # flush and PREPARE: all rolled back on failure
+        except sa_exc.DBAPIError as exc:
+            if "prepared transactions are disabled" in str(exc):
+                exc.add_note(
+                    "asyncbind: this PostgreSQL server refuses PREPARE TRANSACTION while "
+                    "'max_prepared_transactions' is 0 (its default). Set it, then restart the "
+                    "server: ALTER SYSTEM SET max_prepared_transactions = 64. Every bind was "
+                    "rolled back."
+                )
+            raise
         if held is None:  # one bind: nothing to agree on
             root.commit()
             return

@@ -709,3 +709,39 @@ async def test_a_bind_lost_after_the_decision_is_committed_by_recover(tp: TwoPha
     assert await tp.db.recover() == [Resolution("users", in_doubt["mysql"][0], True)]
     assert await names(tp) == (["a"], ["a"])
     assert await decisions(tp) == []
+
+
+async def test_a_postgresql_server_without_prepared_transactions_is_named(
+    new_database: NewDatabase,
+) -> None:
+    """A private server keeps PostgreSQL's default, max_prepared_transactions = 0."""
+    from privateservers import PostgreSQLServer
+
+    mysql = await new_database("mysql")
+    async with PostgreSQLServer(25710) as server:
+        name = f"t{uuid.uuid4().hex[:12]}"
+        db = AsyncBind(server.url(), binds={"users": mysql}, twophase_name=name)
+        items = db.Table("items", sa.Column("name", sa.String(50), primary_key=True))
+        users = db.Table(
+            "users", sa.Column("name", sa.String(50), primary_key=True), bind_key="users"
+        )
+        try:
+            await db.create_all()
+            async with db.session(twophase=True) as session:
+                await session.execute(sa.insert(items).values(name="a"))
+                await session.execute(sa.insert(users).values(name="a"))
+                with pytest.raises(
+                    sa_exc.DBAPIError, match="prepared transactions are disabled"
+                ) as caught:
+                    await session.commit()
+                assert any(
+                    "ALTER SYSTEM SET max_prepared_transactions = 64" in note
+                    for note in caught.value.__notes__
+                )
+            async with db.session() as session:
+                assert await session.scalar(sa.select(sa.func.count()).select_from(items)) == 0
+                assert await session.scalar(sa.select(sa.func.count()).select_from(users)) == 0
+            assert (await prepared(name))["mysql"] == []
+        finally:
+            await db.dispose()
+            await roll_back_leftovers(name)
