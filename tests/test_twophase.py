@@ -745,3 +745,19 @@ async def test_a_postgresql_server_without_prepared_transactions_is_named(
         finally:
             await db.dispose()
             await roll_back_leftovers(name)
+
+
+def test_the_errors_keep_their_facts_through_pickling() -> None:
+    import pickle
+
+    cause = ConnectionResetError(104, "Connection reset by peer")
+    for error in (
+        TwoPhaseUnsupportedError("cache", "sqlite"),
+        TwoPhaseInDoubtError(True, [None], ["users"], cause),
+        TwoPhaseInDoubtError(None, [], [None, "users"], cause),
+    ):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error)
+        assert {k: v for k, v in vars(again).items() if k != "cause"} == {
+            k: v for k, v in vars(error).items() if k != "cause"
+        }
