@@ -415,9 +415,11 @@ async def test_session_events_fire_as_sqlalchemy_fires_them(
 
 
 @pytest.mark.mysql
-async def test_two_phase_sessions_keep_sqlalchemys_commit(
+async def test_two_phase_sessions_commit_with_the_log_on_the_first_bind(
     new_database: NewDatabase, make_db: Callable[..., AsyncBind]
 ) -> None:
+    """``session_options={"twophase": True}``: every session commits in two phases (see
+    test_twophase.py); with no default bind, the decisions go to the first bind configured."""
     db = make_db(
         binds={"a": await new_database("mysql"), "b": await new_database("mysql")},
         session_options={"twophase": True},
@@ -433,6 +435,10 @@ async def test_two_phase_sessions_keep_sqlalchemys_commit(
     for key in "ab":
         async with db.engines[key].connect() as conn:
             assert (await conn.execute(sa.text("SELECT id FROM t"))).scalars().all() == [1]
+    async with db.engines["a"].connect() as conn:
+        assert (
+            await conn.execute(sa.text("SELECT count(*) FROM asyncbind_twophase"))
+        ).scalar() == 0
 
 
 @pytest.mark.sqlite
