@@ -18,6 +18,7 @@ from .exceptions import (
     DatabaseNotFoundError,
     DeadlockError,
     NoCurrentSessionError,
+    NoReplicaError,
     NotConfiguredError,
     NotFoundError,
     PartialCommitError,
@@ -35,6 +36,7 @@ from .health import BindHealth, PoolStatus
 from .models import BindKeyMixin
 from .pagination import Pagination
 from .recording import QueryInfo, get_recorded_queries
+from .replicas import USE_PRIMARY
 from .routing import RoutingSession
 from .scoping import SessionScope
 from .twophase import Resolution
@@ -42,6 +44,7 @@ from .views import AsyncBindSession, ViewHelpers
 
 __all__ = [
     "ALL",
+    "USE_PRIMARY",
     "AsyncBind",
     "AsyncBindError",
     "AsyncBindSession",
@@ -58,6 +61,7 @@ __all__ = [
     "DatabaseNotFoundError",
     "DeadlockError",
     "NoCurrentSessionError",
+    "NoReplicaError",
     "NotConfiguredError",
     "NotFoundError",
     "Pagination",

@@ -68,9 +68,31 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "read_only": (bool,),
     "connect_timeout": _NUMBER,
     "statement_timeout": _NUMBER,
+    "replicas": (list, tuple),
+    "replica_choice": (str,),
+    "replica_fallback": (bool,),
+    "replica_max_lag": _NUMBER,
+    "replica_check_interval": _NUMBER,
+    "pgbouncer": (bool,),
 }
 #: Options asyncbind handles itself; the rest go to create_async_engine().
-BIND_OPTIONS = frozenset({"read_only", "connect_timeout", "statement_timeout"})
+BIND_OPTIONS = frozenset(
+    {
+        "read_only",
+        "connect_timeout",
+        "statement_timeout",
+        "replicas",
+        "replica_choice",
+        "replica_fallback",
+        "replica_max_lag",
+        "replica_check_interval",
+        "pgbouncer",
+    }
+)
+#: Options that belong to one bind, never to the engine_options shared by every bind.
+_OWN_OPTIONS = frozenset({"replicas"})
+#: How a read picks among the replicas of a bind.
+REPLICA_CHOICES = ("round_robin", "random")
 # Options whose default is None: None is accepted and means the default (SQLAlchemy's, or the
 # dialect default asyncbind sets, such as the in-memory SQLite pool).
 _NONE_IS_DEFAULT = frozenset(
@@ -85,9 +107,12 @@ _NONE_IS_DEFAULT = frozenset(
         "poolclass",
         "connect_timeout",
         "statement_timeout",
+        "replica_max_lag",
     }
 )
-_POSITIVE = frozenset({"connect_timeout", "statement_timeout"})
+_POSITIVE = frozenset(
+    {"connect_timeout", "statement_timeout", "replica_max_lag", "replica_check_interval"}
+)
 # Options that must be whole numbers, where a bool (an int subclass) is a mistake.
 _NOT_BOOL = frozenset(
     {"max_overflow", "pool_recycle", "pool_size", "pool_timeout", "query_cache_size"}
@@ -107,18 +132,40 @@ class BindConfig:
     connect_timeout: float | None = None
     #: Seconds a statement, commit or rollback may take before it is abandoned.
     statement_timeout: float | None = None
+    #: The URLs of the bind's read replicas; reads go to them (see :mod:`asyncbind.replicas`).
+    replicas: tuple[sa.URL, ...] = ()
+    #: How a read picks a replica: ``"round_robin"`` or ``"random"``.
+    replica_choice: str = "round_robin"
+    #: Whether reads go to the primary when no replica is usable (else ``NoReplicaError``).
+    replica_fallback: bool = True
+    #: Seconds of replay lag past which a replica is skipped; None: lag is not checked.
+    replica_max_lag: float | None = None
+    #: Seconds before a replica that failed (or lagged) is tried again, and between lag checks.
+    replica_check_interval: float = 5.0
+    #: Running behind PgBouncer in transaction pooling mode: no named prepared statements kept.
+    pgbouncer: bool = False
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.engine_options.items())
         extras = "".join(
-            f", {name}={getattr(self, name)!r}"
+            f", {name}={_shown(getattr(self, name))!r}"
             for name in sorted(BIND_OPTIONS)
-            if getattr(self, name) not in (None, False)
+            if getattr(self, name) != _DEFAULTS[name]
         )
         return (
             f"BindConfig(key={self.key!r}, url={render_url(self.url)!r}{extras}, "
             f"engine_options={{{options}}})"
         )
+
+
+_DEFAULTS = {name: BindConfig.__dataclass_fields__[name].default for name in BIND_OPTIONS}
+
+
+def _shown(value: object) -> object:
+    """A bind option as its repr shows it: replica URLs rendered with their passwords hidden."""
+    if isinstance(value, tuple):
+        return [render_url(url) for url in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +285,36 @@ def _bind(key: BindKey, value: object, engine_options: Mapping[str, Any]) -> Bin
         if not (value is None and name in _NONE_IS_DEFAULT)
     }
     extras = {name: options.pop(name) for name in BIND_OPTIONS if name in options}
+    if "replicas" in extras:
+        extras["replicas"] = _replica_urls(key, extras["replicas"], url)
+    choice = extras.get("replica_choice")
+    if choice is not None and choice not in REPLICA_CHOICES:
+        raise ConfigError(
+            f"{subject}: option 'replica_choice' is {choice!r}; expected "
+            f"{' or '.join(repr(c) for c in REPLICA_CHOICES)}."
+        )
     return BindConfig(key, url, MappingProxyType(options), **extras)
+
+
+def _replica_urls(key: BindKey, given: Sequence[Any], primary: sa.URL) -> tuple[sa.URL, ...]:
+    """The replica URLs of bind ``key``, each normalised like the primary's and of its backend."""
+    subject = bind_name(key, start=True)
+    urls = []
+    for number, value in enumerate(given, 1):
+        if not isinstance(value, str | sa.URL):
+            raise ConfigError(
+                f"{subject}: replica {number} is a {type(value).__name__}; expected a URL "
+                "string or a sqlalchemy.URL. Replicas share the bind's engine options."
+            )
+        url = normalize_url(value, key)
+        if url.get_backend_name() != primary.get_backend_name():
+            raise ConfigError(
+                f"{subject}: replica {number} is a {url.get_backend_name()!r} database but the "
+                f"primary is {primary.get_backend_name()!r}; a replica is a copy of its primary. "
+                "Give a URL of the same kind of database."
+            )
+        urls.append(url)
+    return tuple(urls)
 
 
 def _mapping(value: object, argument: str) -> Mapping[Any, Any]:
@@ -265,6 +341,11 @@ def check_engine_options(engine_options: object) -> dict[str, Any]:
         raise ConfigError(
             "engine_options= has a 'url', but engine options are shared by every bind. "
             "Pass the default URL as the first argument and the others in binds=."
+        )
+    for name in _OWN_OPTIONS & shared.keys():
+        raise ConfigError(
+            f"engine_options= has {name!r}, which belongs to one bind: engine options are shared "
+            f"by every bind. Give it in that bind's dict: {{'url': ..., {name!r}: [...]}}."
         )
     return shared
 
@@ -416,6 +497,8 @@ def config_from_env(
     - ``{prefix}ENGINE_OPTIONS``: a JSON object of engine options for every bind.
     - ``{prefix}ECHO``: ``1``/``true`` logs every statement (``echo`` and ``echo_pool``, where
       the engine options do not set them).
+    - ``{prefix}DATABASE_REPLICAS`` and ``{prefix}REPLICAS_<NAME>``: the URLs of the read replicas
+      of the default bind and of bind ``<name>``, separated by commas or spaces.
     """
     env = os.environ if environ is None else environ
     binds: dict[str, Any] = {}
@@ -431,11 +514,37 @@ def config_from_env(
                     "Keep one of them."
                 )
             binds[key] = value
+    url: BindValue | None = env.get(f"{prefix}DATABASE_URL") or None
+    replicas_of = f"{prefix}REPLICAS_"
+    for name, value in env.items():
+        if name.startswith(replicas_of) and len(name) > len(replicas_of):
+            key = name[len(replicas_of) :].lower()
+            binds[key] = _with_replicas(name, binds.get(key), value)
+    if f"{prefix}DATABASE_REPLICAS" in env:
+        url = _with_replicas(f"{prefix}DATABASE_REPLICAS", url, env[f"{prefix}DATABASE_REPLICAS"])
     options: dict[str, Any] = {}
     if f"{prefix}ENGINE_OPTIONS" in env:
         options.update(_json_object(f"{prefix}ENGINE_OPTIONS", env[f"{prefix}ENGINE_OPTIONS"]))
     echo = _echo(f"{prefix}ECHO", env[f"{prefix}ECHO"]) if f"{prefix}ECHO" in env else None
-    return ParsedConfig(env.get(f"{prefix}DATABASE_URL") or None, binds, options, echo)
+    return ParsedConfig(url, binds, options, echo)
+
+
+def _with_replicas(name: str, bind: Any, text: str) -> dict[str, Any]:
+    """``bind`` (a URL, or a dict from a JSON object) with the replicas listed in ``text``, the
+    value of environment variable ``name``: URLs separated by commas or spaces."""
+    if bind is None:
+        raise ConfigError(
+            f"{name} lists replicas of a bind that is not configured. Set its URL too "
+            "(the DATABASE_URL or BIND_<NAME> variable of the same prefix)."
+        )
+    if isinstance(bind, Mapping):
+        if "replicas" in bind:
+            raise ConfigError(
+                f"{name} lists replicas of a bind whose JSON config has 'replicas' already. "
+                "Keep one of them."
+            )
+        return {**bind, "replicas": text.replace(",", " ").split()}
+    return {"url": bind, "replicas": text.replace(",", " ").split()}
 
 
 def _placed(value: Any, folder: str) -> Any:

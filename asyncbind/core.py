@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
-from . import bulk, health, recording, schema, twophase, views
+from . import bulk, health, recording, replicas, schema, twophase, views
 from .cancellation import run_to_completion
 from .config import (
     ALL,
@@ -103,7 +103,7 @@ class AsyncBind:
         app: Any = None,
     ) -> None:
         twophase.check_name(twophase_name)
-        binds_made = _build(url, binds, engine_options)
+        binds_made, replicas_made = _build(url, binds, engine_options)
         if not isinstance(record_queries, bool):
             raise ConfigError(f"record_queries= is {record_queries!r}; expected True or False.")
         self._record_queries = record_queries
@@ -114,6 +114,7 @@ class AsyncBind:
             twophase_name, twophase_log, self._twophase_keys, self._twophase_log_engine
         )
         self._binds: dict[BindKey, Bind] = {}
+        self._replicas: dict[BindKey, replicas.ReplicaSet] = {}
         self.engines: Mapping[BindKey, AsyncEngine] = BindFields(self._binds, _engine)
         """The engine of every configured bind, by key (read-only)."""
         self.bind_configs: Mapping[BindKey, BindConfig] = BindFields(self._binds, _config)
@@ -130,7 +131,7 @@ class AsyncBind:
         """Call ``db.session()`` for a new routing AsyncSession; ``db.session.<attr>`` is the
         current request's or task scope's session (see :meth:`scope`)."""
         if binds_made:
-            self._install(binds_made)
+            self._install(binds_made, replicas_made)
         if app is not None:
             self.init_app(app)
 
@@ -248,16 +249,19 @@ class AsyncBind:
         sessions = None
         if session_options is not None:
             sessions = {**self._session_options, **_check_session_options(session_options)}
-        binds_made = _build(url, binds, shared)
+        binds_made, replicas_made = _build(url, binds, shared)
         if not binds_made:
             raise ConfigError("configure() was given no database. Pass a URL or binds={...}.")
         if sessions is not None:
             self._session_options = sessions
             self.sessionmaker = self._make_sessionmaker()
-        self._install(binds_made)
+        self._install(binds_made, replicas_made)
 
-    def _install(self, binds: dict[BindKey, Bind]) -> None:
+    def _install(
+        self, binds: dict[BindKey, Bind], replica_sets: dict[BindKey, replicas.ReplicaSet]
+    ) -> None:
         self._binds.update(binds)
+        self._replicas.update(replica_sets)
         coordinator = self._router.twophase
         if coordinator is not None:
             for bind in binds.values():
@@ -265,11 +269,15 @@ class AsyncBind:
         if self._record_queries:
             for bind in binds.values():
                 recording.install(bind.engine)
+            for found in replica_sets.values():
+                for engine in found.engines:
+                    recording.install(engine)
         for key in binds:
             self.metadatas.for_key(key)
         self._router.set_engines(
             {k: b.engine.sync_engine for k, b in self._binds.items()},
             read_only=[k for k, b in self._binds.items() if b.config.read_only],
+            replicas=self._replicas,
         )
         default = binds.get(None)
         if default is not None and "bind" not in self._session_options:
@@ -525,11 +533,31 @@ class AsyncBind:
         Returns a :class:`~asyncbind.BindHealth` per bind key (ok or not, latency, the error in
         words with no password); a bind that fails or hangs is reported, never raised.
         """
-        return await health.ping(self._configured_engines(), timeout=timeout)
+        return await health.ping(
+            self._configured_engines(), timeout=timeout, replicas=self._replica_engines()
+        )
 
     def pool_status(self) -> dict[BindKey, health.PoolStatus]:
-        """Each bind's pool: size, connections checked out and in, overflow (no I/O)."""
-        return health.pool_status(self._configured_engines())
+        """Each bind's pool: size, connections checked out and in, overflow (no I/O); a bind's
+        read replicas' pools in its ``replicas``."""
+        return health.pool_status(self._configured_engines(), self._replica_engines())
+
+    def _replica_engines(self) -> dict[BindKey, list[AsyncEngine]]:
+        return {key: found.engines for key, found in self._replicas.items()}
+
+    @property
+    def replica_engines(self) -> Mapping[BindKey, list[AsyncEngine]]:
+        """The engines of each bind's read replicas, in the order configured, by bind key; a
+        bind without replicas has no entry. Sessions choose among them (see :meth:`primary`)."""
+        return MappingProxyType(self._replica_engines())
+
+    def primary(self) -> replicas.PrimaryBlock:
+        """``async with db.primary():`` sends every statement of this AsyncBind's sessions in the
+        block (in this task and the tasks it starts) to the primaries, never to a read replica.
+
+        For one statement: ``select(User).execution_options(use_primary=True)``.
+        """
+        return replicas.PrimaryBlock(self._router)
 
     @property
     def record_queries(self) -> bool:
@@ -549,6 +577,9 @@ class AsyncBind:
         if record:
             for bind in self._binds.values():
                 recording.install(bind.engine)
+            for found in self._replicas.values():
+                for engine in found.engines:
+                    recording.install(engine)
 
     @property
     def engine_options(self) -> Mapping[str, Any]:
@@ -566,6 +597,7 @@ class AsyncBind:
         usable and open new connections on demand (in the event loop that uses them next).
         """
         engines = [bind.engine for bind in self._binds.values()]
+        engines += [engine for found in self._replicas.values() for engine in found.engines]
         if len(engines) == 1:
             await engines[0].dispose()
         elif engines:
@@ -586,10 +618,7 @@ class AsyncBind:
         await run_to_completion(self.dispose())
 
     def __repr__(self) -> str:
-        binds = ", ".join(
-            f"{'None' if k is None else repr(k)}: {render_url(b.config.url)!r}"
-            for k, b in self._binds.items()
-        )
+        binds = ", ".join(_describe(key, bind.config) for key, bind in self._binds.items())
         return f"<AsyncBind {{{binds}}}>" if binds else "<AsyncBind (not configured)>"
 
 
@@ -611,6 +640,14 @@ def add_app_setup(setup: AppSetup) -> None:
         _app_setups.append(setup)
 
 
+def _describe(key: BindKey, config: BindConfig) -> str:
+    """A bind as the AsyncBind's repr shows it: its URL and its replicas', passwords hidden."""
+    text = f"{'None' if key is None else repr(key)}: {render_url(config.url)!r}"
+    if config.replicas:
+        text += f" (replicas: {', '.join(repr(render_url(url)) for url in config.replicas)})"
+    return text
+
+
 def _engine(bind: Bind) -> AsyncEngine:
     return bind.engine
 
@@ -619,22 +656,29 @@ def _config(bind: Bind) -> BindConfig:
     return bind.config
 
 
-def _build(url: object, binds: object, engine_options: object) -> dict[BindKey, Bind]:
-    """Validate every bind and make its engine (no connection yet).
+def _build(
+    url: object, binds: object, engine_options: object
+) -> tuple[dict[BindKey, Bind], dict[BindKey, replicas.ReplicaSet]]:
+    """Validate every bind and make its engine and its replicas' (no connection yet).
 
     Every problem of every bind is found first, then raised as one :class:`ConfigError`; no
     engine is kept when any bind is wrong.
     """
     configs, problems = check_config(url, binds, engine_options)
     made: dict[BindKey, Bind] = {}
+    replica_sets: dict[BindKey, replicas.ReplicaSet] = {}
     for key, config in configs.items():
         try:
             made[key] = Bind(config, make_engine(config))
+            found = replicas.make_replica_set(config)
         except ConfigError as exc:
             problems.append(exc)
+            continue
+        if found is not None:
+            replica_sets[key] = found
     if problems:
         raise config_error(problems)
-    return made
+    return made, replica_sets
 
 
 def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from . import (
     connector,
     internals,
     loops,
+    pgbouncer,
     readonly,
     registry,
     timeouts,
@@ -69,6 +70,8 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
     options.update(config.engine_options)
 
     connect_args = dict(options.get("connect_args") or {})
+    if config.pgbouncer:
+        pgbouncer.pgbouncer_connect_args(config.key, url, connect_args)
     if config.read_only:
         url = readonly.read_only_connections(config.key, url, connect_args)
     connect = connector.connector(url.get_driver_name(), config.key, config.connect_timeout)

@@ -24,6 +24,7 @@ __all__ = [
     "DatabaseNotFoundError",
     "DeadlockError",
     "NoCurrentSessionError",
+    "NoReplicaError",
     "NotConfiguredError",
     "NotFoundError",
     "PartialCommitError",
@@ -221,6 +222,24 @@ class ReadOnlyBindError(AsyncBindError):
             )
         super().__init__(
             f"{message}Write to a writable bind, or drop 'read_only' from the bind's options."
+        )
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
+
+
+class NoReplicaError(AsyncBindError):
+    """A read was to go to a replica of a bind configured with ``replica_fallback=False``, and
+    none of its replicas is in rotation (each is down or lags too much)."""
+
+    def __init__(self, key: Hashable | None, reasons: Sequence[str]) -> None:
+        self.key = key
+        self.reasons = list(reasons)
+        why = "; ".join(self.reasons) or "none is in rotation"
+        super().__init__(
+            f"{bind_name(key, start=True)} has no replica to read from ({why}). Replicas come "
+            "back by themselves once they answer again; meanwhile set 'replica_fallback': True "
+            "to read from the primary, or send the read there with 'async with db.primary():'."
         )
 
     def __reduce__(self) -> Any:

@@ -9,12 +9,14 @@ bind never raises out of it: a health endpoint or a start-up check gets the whol
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import EMPTY_DICT
 
 from .config import BindKey
 from .exceptions import bind_name, first_line
@@ -38,10 +40,17 @@ class BindHealth:
     latency: float
     #: Why the bind did not answer (the error's type and message, never a password); None if ok.
     error: str | None = None
+    #: For a bind with read replicas, each replica's answer (its ``replica`` is its number).
+    replicas: tuple[BindHealth, ...] = ()
+    #: Which replica of the bind this is, from 1; None for the bind's primary.
+    replica: int | None = None
 
     def __str__(self) -> str:
         state = f"ok in {self.latency * 1000:.1f} ms" if self.ok else f"FAILED: {self.error}"
-        return f"{bind_name(self.key)}: {state}"
+        name = bind_name(self.key)
+        if self.replica is not None:
+            name = f"replica {self.replica} of {name}"
+        return "\n".join([f"{name}: {state}", *(f"  {r}" for r in self.replicas)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,10 @@ class PoolStatus:
     checked_in: int | None
     #: Connections open beyond ``size`` (negative while fewer than ``size`` are open).
     overflow: int | None
+    #: For a bind with read replicas, each replica's pool (its ``replica`` is its number).
+    replicas: tuple[PoolStatus, ...] = ()
+    #: Which replica of the bind this is, from 1; None for the bind's primary.
+    replica: int | None = None
 
 
 # A timeout per bind, not asyncio.timeout() around the call: a bind that hangs must not cost
@@ -67,10 +80,12 @@ async def ping(
     engines: Mapping[BindKey, AsyncEngine],
     *,
     timeout: float = 2.0,  # noqa: ASYNC109
+    replicas: Mapping[BindKey, Sequence[AsyncEngine]] = EMPTY_DICT,
 ) -> dict[BindKey, BindHealth]:
     """Ask every engine for ``SELECT 1`` concurrently; each answer within ``timeout`` seconds.
 
-    Returns a :class:`BindHealth` per bind key, in the order of ``engines``. Never raises for a
+    Returns a :class:`BindHealth` per bind key, in the order of ``engines``; the engines of a
+    bind's read ``replicas`` are asked too, and answer in its ``replicas``. Never raises for a
     bind that fails or hangs; a bind that does not answer in time is reported as such, and the
     connection attempt is cancelled (asyncbind closes it quietly, see
     :mod:`asyncbind.cancellation`).
@@ -79,10 +94,24 @@ async def ping(
         raise ValueError(f"timeout= must be a positive number of seconds, not {timeout!r}.")
     async with asyncio.TaskGroup() as group:
         tasks = {key: group.create_task(_ping_one(key, e, timeout)) for key, e in engines.items()}
-    return {key: task.result() for key, task in tasks.items()}
+        replica_tasks = {
+            key: [
+                group.create_task(_ping_one(key, e, timeout, number))
+                for number, e in enumerate(found, 1)
+            ]
+            for key, found in replicas.items()
+        }
+    return {
+        key: dataclasses.replace(
+            task.result(), replicas=tuple(t.result() for t in replica_tasks.get(key, ()))
+        )
+        for key, task in tasks.items()
+    }
 
 
-async def _ping_one(key: BindKey, engine: AsyncEngine, limit: float) -> BindHealth:
+async def _ping_one(
+    key: BindKey, engine: AsyncEngine, limit: float, replica: int | None = None
+) -> BindHealth:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(limit):
@@ -90,10 +119,11 @@ async def _ping_one(key: BindKey, engine: AsyncEngine, limit: float) -> BindHeal
                 await connection.execute(_PING)
     except TimeoutError:
         waited = time.perf_counter() - started
-        return BindHealth(key, False, waited, f"no answer within {limit:g} s")
+        return BindHealth(key, False, waited, f"no answer within {limit:g} s", replica=replica)
     except Exception as exc:  # every failure is reported, never raised: that is the point
-        return BindHealth(key, False, time.perf_counter() - started, _describe(exc, engine))
-    return BindHealth(key, True, time.perf_counter() - started)
+        waited = time.perf_counter() - started
+        return BindHealth(key, False, waited, _describe(exc, engine), replica=replica)
+    return BindHealth(key, True, time.perf_counter() - started, replica=replica)
 
 
 def _describe(exc: BaseException, engine: AsyncEngine) -> str:
@@ -101,16 +131,28 @@ def _describe(exc: BaseException, engine: AsyncEngine) -> str:
     return hide_passwords(first_line(exc), [engine.url])
 
 
-def pool_status(engines: Mapping[BindKey, AsyncEngine]) -> dict[BindKey, PoolStatus]:
-    """Each engine's pool counters, read without I/O.
+def pool_status(
+    engines: Mapping[BindKey, AsyncEngine],
+    replicas: Mapping[BindKey, Sequence[AsyncEngine]] = EMPTY_DICT,
+) -> dict[BindKey, PoolStatus]:
+    """Each engine's pool counters, read without I/O; a bind's ``replicas`` in its own.
 
     Queue pools (the default for servers) report all four counters; pools without them
     (``NullPool``, ``StaticPool``) report None where they have no such number.
     """
-    return {key: _status(key, engine.sync_engine.pool) for key, engine in engines.items()}
+    return {
+        key: dataclasses.replace(
+            _status(key, engine.sync_engine.pool),
+            replicas=tuple(
+                _status(key, e.sync_engine.pool, number)
+                for number, e in enumerate(replicas.get(key, ()), 1)
+            ),
+        )
+        for key, engine in engines.items()
+    }
 
 
-def _status(key: BindKey, pool: sa.Pool) -> PoolStatus:
+def _status(key: BindKey, pool: sa.Pool, replica: int | None = None) -> PoolStatus:
     def count(name: str) -> int | None:
         method = getattr(pool, name, None)
         return method() if callable(method) else None
@@ -124,4 +166,5 @@ def _status(key: BindKey, pool: sa.Pool) -> PoolStatus:
         checked_out=count("checkedout"),
         checked_in=count("checkedin"),
         overflow=count("overflow"),
+        replica=replica,
     )

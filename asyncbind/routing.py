@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -27,6 +27,9 @@ from . import commits, readonly, twophase
 from .config import BindKey
 from .exceptions import ConfigError, CrossBindError, ReadOnlyBindError, UnknownBindError
 from .models import bind_key_of
+
+if TYPE_CHECKING:
+    from .replicas import ReplicaSet, SessionReplicas
 
 __all__ = ["Router", "RoutingSession", "check_session_class"]
 
@@ -47,6 +50,7 @@ class Router:
         "_read_only",
         "_read_only_engines",
         "_statements",
+        "replicas",
         "twophase",
     )
 
@@ -58,16 +62,23 @@ class Router:
         self._mappers: dict[Any, sa.Engine] = {}
         self._mapper_keys: dict[Any, tuple[BindKey, str, str]] = {}
         self._statements: dict[Hashable, sa.Engine] = {}
+        #: The replicas of the binds that have some, by the primary's engine.
+        self.replicas: Mapping[sa.Engine, ReplicaSet] = _NO_BINDS
         #: The two-phase commits of sessions made with ``twophase=True``.
         self.twophase: twophase.Coordinator | None = None
 
     def set_engines(
-        self, engines: Mapping[BindKey, sa.Engine], read_only: Iterable[BindKey] = ()
+        self,
+        engines: Mapping[BindKey, sa.Engine],
+        read_only: Iterable[BindKey] = (),
+        replicas: Mapping[BindKey, ReplicaSet] = _NO_BINDS,
     ) -> None:
         """Route to ``engines`` from now on, forgetting every cached decision.
 
-        Writes routed to a ``read_only`` bind raise :class:`ReadOnlyBindError`.
+        Writes routed to a ``read_only`` bind raise :class:`ReadOnlyBindError`. Sessions send
+        the reads of a bind with ``replicas`` to them (see :mod:`asyncbind.replicas`).
         """
+        self.replicas = {engines[key]: found for key, found in replicas.items()}
         self._engines = dict(engines)
         self._read_only = frozenset(read_only)
         self._read_only_engines = {self._engines[k]: k for k in self._read_only}
@@ -264,6 +275,8 @@ class RoutingSession(sa_orm.Session):
     _asks_sqlalchemy: bool
     #: get_bind()'s fast path, for a session with no binds of its own: the router, else None.
     _router_alone: Router | None
+    #: What this session's transaction did with read replicas (see :mod:`asyncbind.replicas`).
+    replica_reads: SessionReplicas | None = None
 
     execute = _passing_compound_selects("execute")
     scalar = _passing_compound_selects("scalar")
@@ -283,8 +296,9 @@ class RoutingSession(sa_orm.Session):
             self.router = router
             self._by_key = _NO_BINDS
             self._asks_sqlalchemy = False
-            # A two-phase session checks each bind it is given (_given_bind()).
-            self._router_alone = None if self.twophase else router
+            # A two-phase session checks each bind it is given (_given_bind()); binds with
+            # replicas take the longer path, which asks them.
+            self._router_alone = None if self.twophase or router.replicas else router
             return
         by_key: dict[sa.Engine, sa.Engine | sa.Connection] = {}
         by_target: dict[Any, sa.Engine | sa.Connection] = {}
@@ -310,7 +324,9 @@ class RoutingSession(sa_orm.Session):
         self.router = router
         self._by_key = by_key
         self._asks_sqlalchemy = own or bool(by_target)
-        self._router_alone = None if own or by_target or by_key or self.twophase else router
+        self._router_alone = (
+            None if own or by_target or by_key or self.twophase or router.replicas else router
+        )
 
     def bind_mapper(self, mapper: Any, bind: sa.Engine | sa.Connection) -> None:
         """As SQLAlchemy's: statements of ``mapper`` go to ``bind``, before routing."""
@@ -383,6 +399,9 @@ class RoutingSession(sa_orm.Session):
             engine = _route(router, mapper, clause, bind_key)
             bind = self._by_key.get(engine)
             if bind is None:
+                replicas = router.replicas.get(engine)
+                if replicas is not None:
+                    return replicas.bind_for(self, engine, mapper, clause)
                 return engine
         if clause is not None:
             router.check_bind(bind, clause)

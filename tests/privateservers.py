@@ -42,7 +42,9 @@ import sqlalchemy as sa
 
 __all__ = [
     "MariaDBServer",
+    "PgBouncerServer",
     "PostgreSQLServer",
+    "PostgreSQLStandby",
     "PrivateServer",
     "ServerNotInstalledError",
     "ServerStartError",
@@ -465,6 +467,10 @@ class PostgreSQLServer(PrivateServer):
             # loses nothing; only a crash of the machine would.
             "fsync": "off",
             "full_page_writes": "off",
+            # A standby can be made from it (pg_basebackup -X stream) and serve reads.
+            "wal_level": "replica",
+            "max_wal_senders": "5",
+            "hot_standby": "on",
         }
         command = [str(self.bindir / "postgres"), "-D", str(data)]
         for name, value in settings.items():
@@ -479,6 +485,43 @@ class PostgreSQLServer(PrivateServer):
             check=False,
         )
         return probe.returncode == 0
+
+
+class PostgreSQLStandby(PostgreSQLServer):
+    """A hot standby of ``primary`` (running), streaming its WAL: made with
+    ``pg_basebackup -R``, it serves reads and refuses writes.
+
+        with PostgreSQLServer(25510) as primary, PostgreSQLStandby(25511, primary) as standby:
+            ...  # standby.url() answers SELECT pg_is_in_recovery() with true
+    """
+
+    def __init__(
+        self,
+        port: int,
+        primary: PostgreSQLServer,
+        *,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 60.0,
+    ):
+        self.primary = primary
+        super().__init__(port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    def _initialise(self, data: Path) -> None:
+        self._run(
+            [
+                str(self.bindir / "pg_basebackup"),
+                f"--pgdata={data}",
+                f"--host={HOST}",
+                f"--port={self.primary.port}",
+                "--username=postgres",
+                "--wal-method=stream",
+                "--write-recovery-conf",  # standby.signal and primary_conninfo
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+            f"{self.name} pg_basebackup",
+            data.parent,
+        )
 
 
 class MariaDBServer(PrivateServer):
@@ -499,8 +542,17 @@ class MariaDBServer(PrivateServer):
         "--collation-server=utf8mb4_general_ci",
     )
 
-    def __init__(self, port: int, *, start_timeout: float = 60.0, stop_timeout: float = 60.0):
+    def __init__(
+        self,
+        port: int,
+        *,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 60.0,
+        options: tuple[str, ...] = (),
+    ):
         self.server_binary, self.install_binary = find_mariadb()
+        #: Server options of this one, after OPTIONS (``--log-bin``, ``--server-id=2``...).
+        self.options = options
         super().__init__(port, start_timeout=start_timeout, stop_timeout=stop_timeout)
 
     def url(self, database: str | None = None) -> sa.URL:
@@ -531,6 +583,7 @@ class MariaDBServer(PrivateServer):
             f"--socket={self.directory / 'mariadb.sock'}",
             f"--pid-file={self.directory / 'mariadb.pid'}",
             *self.OPTIONS,
+            *self.options,
         ]
 
     def _accepts_connections(self) -> bool:
@@ -544,3 +597,65 @@ class MariaDBServer(PrivateServer):
             return False
         connection.close()
         return True
+
+
+class PgBouncerServer(PrivateServer):
+    """PgBouncer in transaction pooling mode on ``port``, in front of the PostgreSQL server on
+    ``target`` (every database, user ``postgres`` with trust authentication). Its pool has
+    ``pool_size`` server connections per database, so that client connections share them."""
+
+    name = "PgBouncer"
+    backend = "postgresql"
+    package = "pgbouncer"
+    os_user = "postgres"  # it refuses to run as root
+    stop_signal = signal.SIGTERM
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        target: sa.URL,
+        pool_size: int = 2,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 30.0,
+    ):
+        found = shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+        if found is None:
+            raise ServerNotInstalledError(
+                "No 'pgbouncer' on '/usr/sbin:/usr/bin'. Install it: apt-get install pgbouncer"
+            )
+        self.binary = Path(found)
+        self.target = target
+        self.pool_size = pool_size
+        super().__init__(port, start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    def url(self, database: str | None = "postgres") -> sa.URL:
+        return sa.URL.create(
+            "postgresql", username="postgres", host=HOST, port=self.port, database=database
+        )
+
+    def _initialise(self, data: Path) -> None:
+        data.mkdir()
+        (data / "userlist.txt").write_text('"postgres" ""\n')
+        (data / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={self.target.host} port={self.target.port or 5432}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {HOST}\n"
+            f"listen_port = {self.port}\n"
+            f"unix_socket_dir = {data}\n"
+            "auth_type = trust\n"
+            f"auth_file = {data / 'userlist.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {self.pool_size}\n"
+            "max_client_conn = 200\n"
+        )
+        if self._user is not None:
+            for path in (data, data / "userlist.txt", data / "pgbouncer.ini"):
+                os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def _command(self, data: Path) -> list[str]:
+        return [str(self.binary), str(data / "pgbouncer.ini")]
+
+    def _accepts_connections(self) -> bool:
+        return _port_in_use(self.port)

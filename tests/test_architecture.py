@@ -305,6 +305,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "cancellation",
                 "checkin",
                 "readonly",
+                "pgbouncer",
                 "registry",
                 "engines",
             }
@@ -316,6 +317,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "routing",
+                "replicas",
                 "commits",
                 "twophase",
                 "tasksafety",
