@@ -51,7 +51,10 @@ class CommandError(Exception):
 
 def _hide(text: str, db: AsyncBind) -> str:
     """``text`` with every bind's password masked, wherever a driver may have put it."""
-    return hide_passwords(text, (engine.url for engine in db.engines.values()))
+    urls = [engine.url for engine in db.engines.values()]
+    urls += [config.url for config in db.bind_configs.values()]
+    urls += [url for config in db.bind_configs.values() for url in config.replicas]
+    return hide_passwords(text, urls)
 
 
 def _say(text: str = "") -> None:

@@ -50,6 +50,8 @@ def instrument(*dbs: AsyncBind, **options: Any) -> None:
                 f"{db!r} has no binds yet; call instrument() after configure() or init_app()."
             )
         engines.extend(engine.sync_engine for engine in db.engines.values())
+        for replicas in db.replica_engines.values():
+            engines.extend(engine.sync_engine for engine in replicas)
     instrumentor = _instrumentor()
     if instrumentor.is_instrumented_by_opentelemetry:
         raise ConfigError(

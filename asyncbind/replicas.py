@@ -137,6 +137,7 @@ class ReplicaSet:
             return primary
         if (
             primary in reads.written
+            or session.twophase  # a standby cannot PREPARE TRANSACTION
             or session.router in _PRIMARY_ONLY.get()
             or clause.get_execution_options().get(USE_PRIMARY)
         ):
@@ -188,6 +189,9 @@ class ReplicaSet:
                     connection.close()
                     self._take_out(replica, f"its lag could not be measured: {_say(exc, replica)}")
                     continue
+                except BaseException:  # cancelled: the connection goes back, then the task ends
+                    connection.close()
+                    raise
                 replica.lag_checked_at = now
                 if replica.lag is None or replica.lag > self.max_lag:
                     connection.close()

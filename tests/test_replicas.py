@@ -6,6 +6,7 @@ for the replica."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import uuid
@@ -287,6 +288,14 @@ async def test_the_primary_can_be_asked_for(rep: Replicated, make_db: MakeDb) ->
     assert await where(db, read.execution_options(use_primary=True), rep) == "primary"
 
 
+async def test_two_phase_sessions_use_the_primary(rep: Replicated, make_db: MakeDb) -> None:
+    """A standby cannot take part in a two-phase commit (PREPARE TRANSACTION, XA)."""
+    db, Item = await items_db(rep, make_db)
+    async with db.session(twophase=True) as session:
+        row = (await session.execute(sa.select(Item.name, rep.where))).one()
+        assert not rep.on_replica(row.where)
+
+
 async def test_a_stopped_replica_falls_back_to_the_primary_and_rejoins(
     rep: Replicated, make_db: MakeDb, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -377,6 +386,32 @@ async def test_two_servers_each_read_from_its_own_replica(
         await db.dispose()
         await pg.admin(False, f"DROP DATABASE IF EXISTS {pg.database} WITH (FORCE)")
         await my.admin(False, f"DROP DATABASE IF EXISTS {my.database}")
+
+
+async def test_cancelled_reads_leave_no_connection_checked_out(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    """Reads cancelled at every point (connecting to the replica, measuring its lag, running,
+    closing) give every connection back, on the primary and the replica."""
+    db, Item = await items_db(rep, make_db, replica_max_lag=30, replica_check_interval=0.001)
+
+    async def request(key: int) -> None:
+        async with db.session() as session:
+            await session.execute(sa.select(Item.name, rep.where).where(Item.id == 1))
+            if key % 3 == 0:
+                session.add(Item(id=1000 + key, name="x"))
+                await session.flush()
+                await session.execute(sa.select(Item.name).where(Item.id == 1))
+
+    for delay in (0.0, 0.001, 0.003, 0.01, 0.03):
+        tasks = [asyncio.create_task(request(n)) for n in range(30)]
+        await asyncio.sleep(delay)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    pools = db.pool_status()[None]
+    assert pools.checked_out == 0 and pools.replicas[0].checked_out == 0
+    assert await where(db, sa.select(Item.name, rep.where).where(Item.id == 1), rep) == "replica"
 
 
 # -- routing, on SQLite files -------------------------------------------------------------------
