@@ -50,6 +50,7 @@ class Router:
         "_read_only",
         "_read_only_engines",
         "_statements",
+        "has_replicas",
         "replicas",
         "twophase",
     )
@@ -66,6 +67,8 @@ class Router:
         self.replicas: Mapping[sa.Engine, ReplicaSet] = _NO_BINDS
         #: The two-phase commits of sessions made with ``twophase=True``.
         self.twophase: twophase.Coordinator | None = None
+        #: Whether any bind has replicas (sessions then leave get_bind()'s fast path).
+        self.has_replicas = False
 
     def set_engines(
         self,
@@ -79,6 +82,7 @@ class Router:
         the reads of a bind with ``replicas`` to them (see :mod:`asyncbind.replicas`).
         """
         self.replicas = {engines[key]: found for key, found in replicas.items()}
+        self.has_replicas = bool(self.replicas)
         self._engines = dict(engines)
         self._read_only = frozenset(read_only)
         self._read_only_engines = {self._engines[k]: k for k in self._read_only}
@@ -298,7 +302,7 @@ class RoutingSession(sa_orm.Session):
             self._asks_sqlalchemy = False
             # A two-phase session checks each bind it is given (_given_bind()); binds with
             # replicas take the longer path, which asks them.
-            self._router_alone = None if self.twophase or router.replicas else router
+            self._router_alone = None if self.twophase or router.has_replicas else router
             return
         by_key: dict[sa.Engine, sa.Engine | sa.Connection] = {}
         by_target: dict[Any, sa.Engine | sa.Connection] = {}
@@ -325,7 +329,7 @@ class RoutingSession(sa_orm.Session):
         self._by_key = by_key
         self._asks_sqlalchemy = own or bool(by_target)
         self._router_alone = (
-            None if own or by_target or by_key or self.twophase or router.replicas else router
+            None if own or by_target or by_key or self.twophase or router.has_replicas else router
         )
 
     def bind_mapper(self, mapper: Any, bind: sa.Engine | sa.Connection) -> None:
