@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from faultproxy import FaultProxy
 from privateservers import (
     MariaDBServer,
     PostgreSQLServer,
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from asyncbind import AsyncBind, ConfigError, NoReplicaError, ReadOnlyBindError
 from asyncbind.replicas import _is_read
+from asyncbind.testing import rolled_back
 
 PG_PORT = 25510  # and its standby on 25511
 MARIADB_PORT = 25520  # and its replica on 25521
@@ -191,7 +193,7 @@ def add_item(db: AsyncBind) -> Any:
 
 async def items_db(rep: Replicated, make_db: MakeDb, **options: Any) -> tuple[AsyncBind, Any]:
     """An AsyncBind on ``rep`` with table 'item' holding row 1, replicated."""
-    db = make_db(rep.config(**options))
+    db = make_db({**rep.config(), **options})
     Item = add_item(db)
     await db.create_all()
     async with db.engine.begin() as conn:
@@ -325,6 +327,29 @@ async def test_a_stopped_replica_falls_back_to_the_primary_and_rejoins(
 
     await wait_until(back, "reads back on the restarted replica")
     assert (await db.ping(timeout=5))[None].replicas[0].ok
+
+
+async def test_a_hung_replica_is_taken_out_after_connect_timeout(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    """A replica that stops answering (a network partition: connections accepted, nothing
+    forwarded) costs a read its connect_timeout, not the read itself."""
+    async with FaultProxy("127.0.0.1", rep.replica.port) as proxy:
+        config = rep.config(connect_timeout=1)
+        config["replicas"] = [proxy.url_for(rep.replica.url(rep.database))]
+        db, Item = await items_db(rep, make_db, **config)
+        read = sa.select(Item.name, rep.where)
+        assert await where(db, read, rep) == "replica"  # through the proxy
+        await proxy.set_mode("blackhole")
+        assert await where(db, read, rep) == "primary"  # the pooled connection's ping hangs
+        assert await where(db, read, rep) == "primary"  # out of rotation: not even tried
+        await proxy.set_mode("pass")
+
+        async def back() -> bool:
+            return await where(db, read, rep) == "replica"
+
+        await wait_until(back, "reads back on the replica once it answers")
+        await db.dispose()
 
 
 async def test_a_lagging_replica_is_skipped(rep: Replicated, make_db: MakeDb) -> None:
@@ -480,6 +505,16 @@ async def test_a_transaction_keeps_its_replica(tmp_path: Path, make_db: MakeDb) 
 
 
 @pytest.mark.sqlite
+async def test_sessions_of_the_rollback_fixture_use_its_connections(
+    tmp_path: Path, make_db: MakeDb
+) -> None:
+    files = await sqlite_db(tmp_path, make_db)
+    async with rolled_back(files.db):
+        assert await name_read(files) == "primary"
+    assert await name_read(files) == "replica 1"
+
+
+@pytest.mark.sqlite
 async def test_text_and_statements_without_tables(tmp_path: Path, make_db: MakeDb) -> None:
     files = await sqlite_db(tmp_path, make_db)
     # text() may write: the primary.
@@ -580,6 +615,15 @@ def test_replicas_from_flask_style_config_and_the_environment() -> None:
         }
     )
     assert [u.host for u in flask.bind_configs["users"].replicas] == ["db2"]
+    default = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_DATABASE_URI": {
+                "url": "postgresql://db1/app",
+                "replicas": ["postgresql://db2/app"],
+            }
+        }
+    )
+    assert [u.host for u in default.bind_configs[None].replicas] == ["db2"]
     env = AsyncBind.from_env(
         {
             "ASYNCBIND_DATABASE_URL": "postgresql://db1/app",
