@@ -117,7 +117,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         health = await db.ping(timeout=args.timeout)
         for found in health.values():
             _say(_hide(str(found), db))
-        return 0 if all(found.ok for found in health.values()) else _FAILED
+        answered = all(
+            found.ok and all(replica.ok for replica in found.replicas) for found in health.values()
+        )
+        return 0 if answered else _FAILED
 
     return _run(args, check, find_db(args.app))
 

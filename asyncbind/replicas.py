@@ -27,6 +27,7 @@ ends the transaction on it) and closes it when the transaction ends.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -244,8 +245,9 @@ class SessionReplicas:
         held = [bind for bind in self.held.values() if isinstance(bind, sa.Connection)]
         self.held.clear()
         self.written.clear()
-        for connection in held:
-            connection.close()
+        with contextlib.ExitStack() as closing:  # each is closed, whatever another raises
+            for connection in held:
+                closing.callback(connection.close)
 
 
 def _is_read(clause: Any) -> bool:

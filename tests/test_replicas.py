@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import NewDatabase
 from faultproxy import FaultProxy
 from privateservers import (
     MariaDBServer,
@@ -27,6 +28,7 @@ from privateservers import (
 )
 from replication import mariadb_replication, postgresql_replication, wait_until
 from sqlalchemy.orm import Mapped, mapped_column
+from test_cli import MODELS, PASSWORD, assert_no_password, cli, closed_port, write_module
 
 from asyncbind import AsyncBind, ConfigError, NoReplicaError, ReadOnlyBindError
 from asyncbind.replicas import _is_read
@@ -314,6 +316,7 @@ async def test_a_stopped_replica_falls_back_to_the_primary_and_rejoins(
         assert any("out of rotation" in r.getMessage() for r in caplog.records)
         health = await db.ping(timeout=3)
         assert health[None].ok and not health[None].replicas[0].ok
+        assert "\n  replica 1 of the default bind: FAILED: " in str(health[None])
         strict = make_db(rep.config(replica_fallback=False))
         add_item(strict)
         async with strict.session() as session:
@@ -501,7 +504,11 @@ async def test_a_transaction_keeps_its_replica(tmp_path: Path, make_db: MakeDb) 
             == 1
         )
     # Closed with the session: no replica connection is left checked out.
-    assert all(r.checked_out == 0 for r in files.db.pool_status()[None].replicas)
+    replicas = files.db.pool_status()[None].replicas
+    assert all(r.checked_out == 0 for r in replicas)
+    assert sum(r.checked_in for r in replicas) == 1
+    await files.db.dispose()
+    assert all(r.checked_in == 0 for r in files.db.pool_status()[None].replicas)
 
 
 @pytest.mark.sqlite
@@ -669,3 +676,25 @@ def test_replicas_are_per_bind_and_need_a_bind() -> None:
         AsyncBind("sqlite://", engine_options={"replicas": ["sqlite://"]})
     with pytest.raises(ConfigError, match="ASYNCBIND_REPLICAS_USERS lists replicas of a bind"):
         AsyncBind.from_env({"ASYNCBIND_REPLICAS_USERS": "mysql://db2/users"})
+
+
+@pytest.mark.sqlite
+@pytest.mark.postgresql
+async def test_the_check_command_reports_each_replica(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    users = await new_database("postgresql")
+    down = f"postgresql://app:{PASSWORD}@127.0.0.1:{closed_port()}/nowhere"
+    binds = {"users": {"url": users, "replicas": [users, down]}}
+    main = await new_database("sqlite")
+    write_module(tmp_path, "config", MODELS.format(main=main, binds=binds))
+    run = await cli(tmp_path, "check", "--app", "config", "--timeout", "30")
+    assert run.status == 1, run.err
+    assert [line.split(":")[0] for line in run.lines] == [
+        "the default bind",
+        "bind 'users'",
+        "  replica 1 of bind 'users'",
+        "  replica 2 of bind 'users'",
+    ]
+    assert ": ok in " in run.lines[2] and ": FAILED: " in run.lines[3]
+    assert_no_password(run)
