@@ -373,6 +373,8 @@ async def test_a_lagging_replica_is_skipped(rep: Replicated, make_db: MakeDb) ->
     await wait_until(lambda: on("replica"), "the replica back once it caught up")
 
 
+@pytest.mark.postgresql
+@pytest.mark.mysql
 async def test_two_servers_each_read_from_its_own_replica(
     pg_pair: Any, mariadb_pair: Any, make_db: MakeDb
 ) -> None:
@@ -380,8 +382,8 @@ async def test_two_servers_each_read_from_its_own_replica(
     my = Replicated("mysql", *mariadb_pair, f"rep_{uuid.uuid4().hex[:10]}")
     for found in (pg, my):
         await found.admin(False, f"CREATE DATABASE {found.database}")
+    db = make_db(pg.config(), binds={"users": my.config()})
     try:
-        db = make_db(pg.config(), binds={"users": my.config()})
 
         class Post(db.Model):
             id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
