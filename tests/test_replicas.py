@@ -524,6 +524,20 @@ async def test_sessions_of_the_rollback_fixture_use_its_connections(
 
 
 @pytest.mark.sqlite
+async def test_a_read_that_autoflushes_reads_from_the_primary(
+    tmp_path: Path, make_db: MakeDb
+) -> None:
+    files = await sqlite_db(tmp_path, make_db)
+    Item = files.Item
+    async with files.db.session() as session:
+        assert await session.scalar(sa.select(Item.name)) == "replica 1"
+        session.add(Item(id=2, name="new"))
+        # The autoflush before this read writes to the primary, so the read goes there too.
+        assert await session.scalar(sa.select(Item.name).where(Item.id == 2)) == "new"
+        assert await session.scalar(sa.select(Item.name).where(Item.id == 1)) == "primary"
+
+
+@pytest.mark.sqlite
 async def test_text_and_statements_without_tables(tmp_path: Path, make_db: MakeDb) -> None:
     files = await sqlite_db(tmp_path, make_db)
     # text() may write: the primary.
