@@ -148,6 +148,8 @@ class ReplicaSet:
             return held
         if not concurrency.in_greenlet():
             # Asked outside a statement (AsyncSession.get_bind() to read the dialect): no I/O.
+            # in_greenlet() is SQLAlchemy's own test for "I/O may wait here";
+            # test_get_bind_outside_a_statement_does_no_io checks it.
             return primary
         connection = self.connect()
         if connection is None:
