@@ -3,9 +3,10 @@
 :func:`engine_arguments` works out what the engine is created with: the URL and the dialect's
 defaults, read-only connections, the connector, the pool class, the reset on return.
 :func:`make_engine` creates it and wires in, top to bottom, everything asyncbind adds to an
-engine: errors that name the bind, event loops, timeouts, how connections close, the reset and
-check of returned connections, the refusal of writes on read-only binds. The other modules
-provide those pieces as functions and listeners; only this one attaches them to an engine.
+engine: errors that name the bind, event loops, timeouts, DDL in one round trip on asyncpg, how
+connections close, the reset and check of returned connections, the refusal of writes on
+read-only binds. The other modules provide those pieces as functions and listeners; only this one
+attaches them to an engine.
 What has no public hook goes through :mod:`asyncbind.internals`.
 """
 
@@ -23,6 +24,7 @@ from . import (
     checkin,
     closing,
     connector,
+    directddl,
     internals,
     loops,
     pgbouncer,
@@ -119,14 +121,20 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # (see closing.dropper).
     drop = closing.dropper(dialect)
     statement = config.statement_timeout
+    # DDL in one round trip on asyncpg (see directddl), within the statement timeout if any.
+    direct = directddl.applies(dialect)
     if statement is not None:
-        for name, listener in timeouts.statement_listeners(dialect, statement, drop).items():
+        methods = {"do_execute": directddl.with_direct_ddl(dialect.do_execute)} if direct else {}
+        listeners = timeouts.statement_listeners(dialect, statement, drop, methods)
+        for name, listener in listeners.items():
             sa.event.listen(sync, name, listener)
         commit = timeouts.bounded(dialect.do_commit, statement, "a commit", drop)
         rollback = timeouts.bounded(dialect.do_rollback, statement, "a rollback", drop)
         internals.replace_dialect_method(dialect, "do_commit", commit)
         internals.replace_dialect_method(dialect, "do_rollback", rollback)
         sa.event.listen(sync, "handle_error", timeouts.error_listener(key))
+    elif direct:
+        sa.event.listen(sync, "do_execute", directddl.listener)
     ping = statement or config.connect_timeout
     if ping is not None:
         internals.replace_dialect_method(

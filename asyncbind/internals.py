@@ -28,6 +28,9 @@ SQLAlchemy:
 - :func:`add_connector`: the ``async_creator_fn`` argument of SQLAlchemy's adapted DBAPI
   ``connect()``, which hands the connect function the URL's arguments (the public
   ``async_creator`` gets none).
+- :func:`raise_as_dbapi_error`: the adapted connection's ``_handle_exception()``, which turns a
+  driver's error into the DBAPI error SQLAlchemy wraps, for a driver call made through the public
+  ``run_async()``.
 
 Drivers and asyncio:
 
@@ -42,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -67,6 +70,7 @@ __all__ = [
     "ensure_sync_result",
     "has_transport",
     "name_pool",
+    "raise_as_dbapi_error",
     "release_transport",
     "replace_dialect_method",
     "transport_of",
@@ -189,6 +193,14 @@ def add_connector(connect_args: dict[str, Any], connector: Callable[..., Any]) -
 
 
 # -- drivers ---------------------------------------------------------------------------------
+
+
+def raise_as_dbapi_error(connection: Any, error: Exception) -> NoReturn:
+    """Raise ``error``, raised by a driver call made with ``connection.run_async()``, as the
+    adapted DBAPI error SQLAlchemy's own cursor call would have raised (which SQLAlchemy then
+    wraps, e.g. as :class:`sqlalchemy.exc.ProgrammingError`)."""
+    connection._handle_exception(error)
+    raise error  # _handle_exception() always raises; this is for a version where it would not
 
 
 def aiomysql_connect() -> Callable[..., Any]:

@@ -104,27 +104,30 @@ def _find(
 
 
 def create_tables(conn: sa.Connection, groups: list[tuple[sa.MetaData, list[sa.Table]]]) -> None:
-    """Create the tables of ``groups`` that do not exist yet, in one bind."""
+    """Create the tables of ``groups`` that do not exist yet, in one bind.
+
+    SQLAlchemy's ``create_all`` runs even when every table exists, as ``checkfirst=True`` would:
+    its metadata events still fire (with ``tables=[]``) and its standalone sequences are checked.
+    """
     exists = _find(conn, groups)
     for metadata, tables in groups:
         found = {t: exists(t) for t in tables}
         missing = [t for t in tables if found[t] is not True]
-        if missing:
-            unsure = any(found[t] is None for t in missing)
-            checkfirst = True if unsure else _CHECK_ALL_BUT_TABLES
-            metadata.create_all(conn, tables=missing, checkfirst=checkfirst)
+        unsure = any(found[t] is None for t in missing)
+        checkfirst = True if unsure else _CHECK_ALL_BUT_TABLES
+        metadata.create_all(conn, tables=missing, checkfirst=checkfirst)
 
 
 def drop_tables(conn: sa.Connection, groups: list[tuple[sa.MetaData, list[sa.Table]]]) -> None:
-    """Drop the tables of ``groups`` that exist, in one bind."""
+    """Drop the tables of ``groups`` that exist, in one bind (SQLAlchemy's ``drop_all`` runs
+    even when none does, as in :func:`create_tables`)."""
     exists = _find(conn, groups)
     for metadata, tables in reversed(groups):
         found = {t: exists(t) for t in tables}
         present = [t for t in tables if found[t] is not False]
-        if present:
-            unsure = any(found[t] is None for t in present)
-            checkfirst = True if unsure else _CHECK_ALL_BUT_TABLES
-            metadata.drop_all(conn, tables=present, checkfirst=checkfirst)
+        unsure = any(found[t] is None for t in present)
+        checkfirst = True if unsure else _CHECK_ALL_BUT_TABLES
+        metadata.drop_all(conn, tables=present, checkfirst=checkfirst)
 
 
 async def run_per_bind(

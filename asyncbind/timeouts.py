@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,10 +112,14 @@ def _statement_connection(args: tuple[Any, ...]) -> Any:
 
 
 def statement_listeners(
-    dialect: sa.Dialect, timeout: float, drop: Callable[[Any], None]
+    dialect: sa.Dialect,
+    timeout: float,
+    drop: Callable[[Any], None],
+    methods: Mapping[str, Callable[..., Any]] = MappingProxyType({}),
 ) -> dict[str, Callable[..., bool]]:
     """A listener for each of :data:`STATEMENT_EVENTS` that runs ``dialect``'s own cursor call
-    within ``timeout`` and tells SQLAlchemy it did (returns True).
+    (or the one ``methods`` gives for that event) within ``timeout`` and tells SQLAlchemy it did
+    (returns True).
 
     A listener that returns True ends the event, so a ``do_execute`` listener added to the engine
     after these never runs.
@@ -129,7 +134,7 @@ def statement_listeners(
         return execute
 
     return {
-        name: listener(_within(getattr(dialect, name), timeout, expire))
+        name: listener(_within(methods.get(name) or getattr(dialect, name), timeout, expire))
         for name in STATEMENT_EVENTS
     }
 

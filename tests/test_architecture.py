@@ -300,6 +300,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "causes",
                 "connector",
                 "timeouts",
+                "directddl",
                 "closing",
                 "loops",
                 "cancellation",

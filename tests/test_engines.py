@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 
-from asyncbind import AsyncBind, internals
+from asyncbind import AsyncBind, directddl, internals
 from asyncbind.config import parse_config
 from asyncbind.engines import engine_arguments
 from asyncbind.registry import bind_config
@@ -95,9 +95,9 @@ def replaced(db: AsyncBind, key: str | None) -> set[str]:
 
 def test_timeouts_are_wired_only_where_a_bind_sets_them(make_db: Callable[..., AsyncBind]) -> None:
     db = make_db(
-        "postgresql://h/db",
+        "mysql://h/db",
         binds={
-            "connect": {"url": "postgresql://h/db", "connect_timeout": 1},
+            "connect": {"url": "mysql://h/db", "connect_timeout": 1},
             "statement": {"url": "mysql://h/db", "statement_timeout": 1},
         },
     )
@@ -108,6 +108,29 @@ def test_timeouts_are_wired_only_where_a_bind_sets_them(make_db: Callable[..., A
     assert replaced(db, "connect") == {"do_ping", "do_close"}
     assert statement_listeners(db, "statement") == dict.fromkeys(statement_listeners(db, None), 1)
     assert replaced(db, "statement") == internals.DIALECT_METHODS
+
+
+def test_asyncpg_binds_send_ddl_directly_within_their_timeouts(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    db = make_db(
+        "postgresql://h/db",
+        binds={
+            "timed": {"url": "postgresql://h/db", "statement_timeout": 1},
+            "other": "mysql://h/db",
+        },
+    )
+    # Without a statement_timeout, one listener: the DDL path; with one, the timeout's listener
+    # runs the DDL path itself, within the time.
+    assert statement_listeners(db, None) == {
+        "do_execute": 1,
+        "do_executemany": 0,
+        "do_execute_no_params": 0,
+    }
+    assert list(db.engines[None].sync_engine.dialect.dispatch.do_execute) == [directddl.listener]
+    assert statement_listeners(db, "timed") == dict.fromkeys(statement_listeners(db, None), 1)
+    assert directddl.listener not in db.engines["timed"].sync_engine.dialect.dispatch.do_execute
+    assert statement_listeners(db, "other") == dict.fromkeys(statement_listeners(db, None), 0)
 
 
 def test_read_only_listeners_go_on_read_only_binds_only(

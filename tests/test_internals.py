@@ -314,6 +314,31 @@ async def test_asyncpg_transaction_open_reads_the_driver(
         assert asyncpg_transaction_open(driver) is False
 
 
+@pytest.mark.postgresql
+async def test_raise_as_dbapi_error_raises_the_adapted_error(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The adapted connection's ``_handle_exception()``, for DDL sent with ``run_async()``
+    (:mod:`asyncbind.directddl`): asyncpg's error becomes the adapted DBAPI's, as from a cursor."""
+    import asyncpg
+
+    db = make_db(await new_database("postgresql"))
+    dbapi = db.engine.sync_engine.dialect.loaded_dbapi
+
+    def drop(sync: sa.Connection) -> None:
+        adapted: Any = sync.connection.dbapi_connection
+        try:
+            adapted.run_async(lambda driver: driver.execute("DROP TABLE nothing_here"))
+        except asyncpg.UndefinedTableError as error:
+            internals.raise_as_dbapi_error(adapted, error)
+
+    async with db.engine.connect() as conn:
+        with pytest.raises(dbapi.ProgrammingError) as info:
+            await conn.run_sync(drop)
+        assert isinstance(info.value.__cause__, asyncpg.UndefinedTableError)
+        assert info.value.sqlstate == "42P01"
+
+
 @pytest.mark.parametrize("backend", SERVERS, indirect=True)
 async def test_the_transports_it_closes_through_are_there(backend: str, url: str) -> None:
     """A driver connection's transport, and the transport's connection_lost() callback, which

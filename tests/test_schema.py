@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -200,4 +202,169 @@ async def test_names_differing_only_in_case_are_checked_by_the_database(
     await db.create_all()  # must not try to create it again
     assert await tables_in(db, None) == {"Users"}
     await db.drop_all()
+    assert await tables_in(db, None) == set()
+
+
+def ddl_kind(sql: str) -> str | None:
+    """'CREATE TABLE', 'DROP INDEX', ... for a DDL statement; None for anything else."""
+    words = sql.split()
+    if words and words[0].upper() in ("CREATE", "DROP", "ALTER"):
+        return " ".join(w.upper() for w in words[:2])
+    return None
+
+
+def table_named(sql: str) -> str:
+    """The table a CREATE TABLE / DROP TABLE statement names."""
+    found = re.match(r"\s*(?:CREATE|DROP) TABLE\s+(?:IF EXISTS\s+)?[`\"]?(\w+)", sql, re.I)
+    assert found is not None, sql
+    return found.group(1)
+
+
+async def test_existing_tables_are_found_with_one_query_per_bind(
+    url: str, make_db: Callable[..., AsyncBind], statements: Statements
+) -> None:
+    db = make_db(url)
+    db.Table(
+        "parent",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20), index=True),
+    )
+    for i in range(6):
+        db.Table(
+            f"child_{i}",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("parent_id", sa.ForeignKey("parent.id"), index=True),
+        )
+    async with db.engine.connect():
+        pass  # the dialect's first-connect queries are not create_all's
+    log = statements(db)
+
+    await db.create_all()
+    kinds = Counter(ddl_kind(sql) for _, sql in log)
+    assert kinds == {None: 1, "CREATE TABLE": 7, "CREATE INDEX": 7}
+    log.clear()
+    await db.create_all()  # every table there: the one query, nothing else
+    assert [ddl_kind(sql) for _, sql in log] == [None]
+    log.clear()
+    await db.drop_all()
+    kinds = Counter(ddl_kind(sql) for _, sql in log)
+    assert kinds[None] == 1 and kinds["DROP TABLE"] == 7
+    log.clear()
+    await db.drop_all()
+    assert [ddl_kind(sql) for _, sql in log] == [None]
+    assert await tables_in(db, None) == set()
+
+
+async def test_ddl_events_and_dependency_order_are_sqlalchemys(
+    url: str, make_db: Callable[..., AsyncBind], statements: Statements
+) -> None:
+    db = make_db(url)
+    # Defined children first: the order comes from the foreign keys, not from the definitions.
+    tables = [
+        db.Table(
+            "grandchild",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("child_id", sa.ForeignKey("child.id")),
+        ),
+        db.Table(
+            "child",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("parent_id", sa.ForeignKey("parent.id")),
+        ),
+        db.Table(
+            "parent",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("name", sa.String(20)),
+        ),
+    ]
+    events: list[tuple[str, str]] = []
+    listed: list[list[str]] = []
+
+    def record(event: str) -> Callable[..., None]:
+        def listener(target: Any, connection: Any, **kw: Any) -> None:
+            assert isinstance(connection, sa.Connection)
+            name = target.name if isinstance(target, sa.Table) else "metadata"
+            events.append((event, name))
+            if name == "metadata":
+                listed.append([t.name for t in kw["tables"]])
+
+        return listener
+
+    for target in (db.metadata, *tables):
+        for event in ("before_create", "after_create", "before_drop", "after_drop"):
+            sa.event.listen(target, event, record(event))
+    sa.event.listen(
+        tables[2], "after_create", sa.DDL("INSERT INTO parent (id, name) VALUES (1, 'seeded')")
+    )
+    log = statements(db)
+
+    await db.create_all()
+    order = ["parent", "child", "grandchild"]
+    assert [table_named(sql) for _, sql in log if ddl_kind(sql) == "CREATE TABLE"] == order
+    assert events == [
+        ("before_create", "metadata"),
+        *[(e, name) for name in order for e in ("before_create", "after_create")],
+        ("after_create", "metadata"),
+    ]
+    assert listed == [order, order]
+    async with db.engine.connect() as conn:  # the after_create DDL ran in the same transaction
+        rows = (await conn.execute(sa.text("SELECT id, name FROM parent"))).all()
+    assert [tuple(row) for row in rows] == [(1, "seeded")]
+
+    events.clear(), listed.clear(), log.clear()
+    await db.create_all()  # nothing to create: the metadata's events still fire, as SQLAlchemy's
+    assert events == [("before_create", "metadata"), ("after_create", "metadata")]
+    assert listed == [[], []]
+
+    events.clear(), listed.clear(), log.clear()
+    await db.drop_all()
+    assert [table_named(sql) for _, sql in log if ddl_kind(sql) == "DROP TABLE"] == order[::-1]
+    assert events == [
+        ("before_drop", "metadata"),
+        *[(e, name) for name in order[::-1] for e in ("before_drop", "after_drop")],
+        ("after_drop", "metadata"),
+    ]
+    assert await tables_in(db, None) == set()
+
+
+@pytest.mark.postgresql
+async def test_postgresql_enums_and_sequences_are_created_and_dropped_once(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind], statements: Statements
+) -> None:
+    db = make_db(await new_database("postgresql"))
+    mood = sa.Enum("sad", "ok", "happy", name="mood")
+    for name in ("person", "pet"):
+        db.Table(name, sa.Column("id", sa.Integer, primary_key=True), sa.Column("mood", mood))
+    log = statements(db)
+
+    async def types_and_sequences() -> set[str]:
+        async with db.engine.connect() as conn:
+            found = await conn.execute(
+                sa.text(
+                    "SELECT typname FROM pg_type WHERE typname = 'mood' "
+                    "UNION ALL SELECT relname FROM pg_class WHERE relkind = 'S' "
+                    "AND relname = 'counter'"
+                )
+            )
+            return set(found.scalars())
+
+    await db.create_all()
+    assert [sql for _, sql in log if ddl_kind(sql) == "CREATE TYPE"] == [
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')"
+    ]
+    async with db.session() as session:
+        await session.execute(sa.text("INSERT INTO pet (id, mood) VALUES (1, 'happy')"))
+        await session.commit()
+    # A standalone sequence added once the tables exist is still created, as by SQLAlchemy.
+    sa.Sequence("counter", metadata=db.metadata)
+    log.clear()
+    await db.create_all()
+    assert [ddl_kind(sql) for _, sql in log if ddl_kind(sql)] == ["CREATE SEQUENCE"]
+    assert await types_and_sequences() == {"mood", "counter"}
+
+    log.clear()
+    await db.drop_all()
+    kinds = Counter(ddl_kind(sql) for _, sql in log)
+    assert (kinds["DROP TYPE"], kinds["DROP SEQUENCE"], kinds["DROP TABLE"]) == (1, 1, 2)
+    assert await types_and_sequences() == set()
     assert await tables_in(db, None) == set()
