@@ -35,8 +35,10 @@ __all__ = ["Router", "RoutingSession", "check_session_class"]
 
 _MISSING: Any = object()
 _NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
-#: How many statement shapes the router remembers (SQLAlchemy's compiled cache holds 500).
-STATEMENT_CACHE_SIZE = 1000
+#: How many statement shapes the router remembers: enough for a thousand models' usual statements
+#: (a few shapes each), since a miss walks the whole statement. An entry keeps the statement's
+#: cache key alive, about 3 KB. (SQLAlchemy's compiled cache holds 500 per engine.)
+STATEMENT_CACHE_SIZE = 5000
 
 
 class Router:

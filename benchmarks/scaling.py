@@ -1,8 +1,11 @@
-"""scaling: throughput and client CPU per lookup at 1, 8, 32 and 128 concurrent tasks.
+"""scaling: lookups at 1 to 128 concurrent tasks, and routing's cost at 1 to 100 binds and 10 and
+1,000 models.
 
 PostgreSQL primary-key lookups (one session per lookup, pool of 16) through asyncbind, a plain
-AsyncSession and raw asyncpg; then the memory of an open session. ``--plot FILE.png`` draws
-throughput and CPU per lookup against the number of tasks (needs matplotlib).
+AsyncSession and raw asyncpg: throughput and client CPU per lookup against the number of tasks;
+then the memory of an open session. Then routing alone, in CPU time per statement, against the
+number of binds and of models (``benchmarks/routingscale.py``; no server needed). ``--plot
+FILE.png`` draws both, each ratio on an axis of its own (needs matplotlib).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from . import lookups
+from . import lookups, routingscale
 from .harness import RESULTS, SKIPPED_PEER
 from .servers import POSTGRESQL, databases, unreachable
 
@@ -22,13 +25,47 @@ SERIES = ("asyncbind", "plain AsyncSession", "raw asyncpg")
 SESSIONS = 1_000
 
 
+#: Routing questions per run of the routing curves.
+CALLS = 20_000
+
+Tasks = dict[str, dict[int, dict[str, Any]]]
+
+
 async def main(options: Any) -> None:
     count = 200 if options.quick else 2_000
     repeat = options.repeat or (2 if options.quick else 5)
+    tasks: Tasks | None = None
     reason = await unreachable(POSTGRESQL)
     if reason:
-        print(f"\nscaling: skipped ({reason})")
-        return
+        print(f"\nscaling: lookups skipped ({reason})")
+    else:
+        tasks = await _lookups(count, repeat)
+    calls = CALLS // 10 if options.quick else CALLS
+    routes = await _routing(calls, repeat)
+    if options.plot:
+        _plot(tasks, routes, options.plot, count, calls, repeat)
+
+
+async def _routing(calls: int, repeat: int) -> dict[tuple[int, int], dict[str, list[float]]]:
+    print(
+        f"\nscaling: routing alone, {calls:,} statements per run, {repeat} runs, CPU ns per "
+        "statement (medians); asyncbind / plain Session(binds=...) per run"
+    )
+    results = await routingscale.measure(calls, repeat)
+    print(f"  {'binds':>5}  {'models':>6}  {'asyncbind':>10}  {'plain':>10}  asyncbind / plain")
+    table: dict[str, Any] = {"title": "scaling: routing", "calls": calls, "cases": []}
+    for (binds, models), samples in results.items():
+        ours, plain, ratios = routingscale.summary(samples)
+        print(
+            f"  {binds:>5}  {models:>6}  {ours:>8.0f}ns  {plain:>8.0f}ns  "
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+        table["cases"].append({"binds": binds, "models": models, **samples})
+    RESULTS.append(table)
+    return results
+
+
+async def _lookups(count: int, repeat: int) -> Tasks:
     async with databases("scaling", POSTGRESQL) as urls:
         await lookups.fill(urls)
         ours, plain, raw = (
@@ -42,7 +79,7 @@ async def main(options: Any) -> None:
             "plain AsyncSession": plain.get(POSTGRESQL),
             "raw asyncpg": raw.get(POSTGRESQL),
         }
-        results: dict[str, dict[int, dict[str, float]]] = {s: {} for s in SERIES}
+        results: Tasks = {s: {} for s in SERIES}
         try:
             for op in ops.values():  # warm the pools
                 await lookups.run_concurrently(op, lookups.POOL * 4, lookups.POOL)
@@ -70,17 +107,17 @@ async def main(options: Any) -> None:
                     cpu_us = statistics.median(cpus) / count * 1e6
                     results[series][tasks] = {"per_second": rate, "cpu_us": cpu_us}
                     line += f"  {rate:>10.0f}/s {cpu_us:>8.0f} us CPU"
-                ratio = statistics.median(
+                ratios = [
                     p / a
                     for (a, _), (p, _) in zip(
-                        samples["asyncbind"], samples["plain AsyncSession"], strict=False
+                        samples["asyncbind"], samples["plain AsyncSession"], strict=True
                     )
-                )
-                print(f"{line}  {ratio:.2f}x")
+                ]
+                results["asyncbind"][tasks]["ratios"] = ratios
+                print(f"{line}  {statistics.median(ratios):.2f}x")
             RESULTS.append({"title": "scaling", "series": results})
             await _session_memory(ours, plain)
-            if options.plot:
-                _plot(results, options.plot, count)
+            return results
         finally:
             await ours.dispose()
             await plain.dispose()
@@ -107,7 +144,14 @@ async def _session_memory(ours: lookups.AsyncbindSetup, plain: lookups.PlainSetu
         print(f"  {name:<28} {held / SESSIONS / 1024:6.2f} KiB per session")
 
 
-def _plot(results: dict[str, dict[int, dict[str, float]]], path: str, count: int) -> None:
+def _plot(
+    tasks: Tasks | None,
+    routes: dict[tuple[int, int], dict[str, list[float]]],
+    path: str,
+    count: int,
+    calls: int,
+    repeat: int,
+) -> None:
     try:
         import matplotlib
 
@@ -116,19 +160,82 @@ def _plot(results: dict[str, dict[int, dict[str, float]]], path: str, count: int
     except ImportError:
         print(f"  plot: {SKIPPED_PEER}")
         return
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for series, points in results.items():
-        levels = sorted(points)
-        left.plot(levels, [points[n]["per_second"] for n in levels], marker="o", label=series)
-        right.plot(levels, [points[n]["cpu_us"] for n in levels], marker="o", label=series)
-    for axis, label in ((left, "lookups per second"), (right, "client CPU per lookup (us)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(list(LEVELS), [str(n) for n in LEVELS])
-        axis.set_xlabel("concurrent tasks (pool of 16)")
-        axis.set_ylabel(label)
+    figure, ((rate, rate_ratio), (cost, cost_ratio)) = plt.subplots(2, 2, figsize=(12, 8.5))
+    if tasks is not None:
+        for series, points in tasks.items():
+            levels = sorted(points)
+            rate.plot(levels, [points[n]["per_second"] for n in levels], marker="o", label=series)
+        ours = tasks["asyncbind"]
+        levels = sorted(ours)
+        _ratio_line(rate_ratio, levels, [ours[n]["ratios"] for n in levels], "asyncbind / plain")
+        for axis in (rate, rate_ratio):
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(list(LEVELS), [str(n) for n in LEVELS])
+            axis.set_xlabel("concurrent tasks (pool of 16)")
+        rate.set_ylabel("lookups per second")
+        rate.legend()
+        rate_ratio.set_ylabel("throughput, asyncbind / plain")
+        rate.set_title(
+            f"PostgreSQL primary-key lookups, one session each:\n{count:,} per run, {repeat} runs, "
+            "medians",
+            fontsize=9,
+        )
+        rate_ratio.set_title(
+            "same runs: asyncbind / plain AsyncSession per run\n(median, min-max)", fontsize=9
+        )
+    else:
+        rate.set_title("PostgreSQL lookups: skipped (server not reachable)", fontsize=9)
+    binds = list(routingscale.BINDS)
+    for models, style, color in zip(routingscale.MODELS, "os", ("C0", "C1"), strict=True):
+        runs = [routes[b, models] for b in binds]
+        for name, line in (("asyncbind", "-"), ("plain", "--")):
+            who = "asyncbind" if name == "asyncbind" else "plain Session(binds=...)"
+            medians = [statistics.median(r[name]) / 1000 for r in runs]
+            cost.plot(
+                binds, medians, line, marker=style, color=color, label=f"{who}, {models:,} models"
+            )
+        ratios = [routingscale.summary(r)[2] for r in runs]
+        _ratio_line(cost_ratio, binds, ratios, f"{models:,} models", marker=style, color=color)
+    for axis in (cost, cost_ratio):
+        axis.set_xscale("log")
+        axis.set_xticks(binds, [str(b) for b in binds])
+        axis.set_xlabel("binds (models spread over them)")
+    cost.set_ylim(bottom=0)
+    cost.set_ylabel("routing CPU per statement (us)")
+    cost.legend(fontsize=8)
+    cost.set_title(
+        f"routing alone: {calls:,} statements per run, {repeat} runs, medians\n"
+        "(each model's ORM select, then its Core select, in turn)",
+        fontsize=9,
+    )
+    cost_ratio.set_ylabel("routing CPU, asyncbind / plain")
+    cost_ratio.set_title(
+        "same runs: asyncbind / plain Session(binds=...) per run\n"
+        "(median, min-max; below 1: asyncbind routes faster)",
+        fontsize=9,
+    )
+    cost_ratio.legend(fontsize=8)
+    for axis in (rate, rate_ratio, cost, cost_ratio):
         axis.grid(True, alpha=0.3)
-    left.legend()
-    figure.suptitle(f"PostgreSQL primary-key lookups, one session each ({count} per run)")
+    figure.suptitle("asyncbind scaling: concurrent tasks (top), binds and models (bottom)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     print(f"  plot written to {path}")
+
+
+def _ratio_line(
+    axis: Any,
+    xs: list[int],
+    ratios: list[list[float]],
+    label: str,
+    marker: str = "o",
+    color: str = "C0",
+) -> None:
+    """Median ratio per point with its min-max as error bars, and the 1.0 line."""
+    medians = [statistics.median(r) for r in ratios]
+    below = [m - min(r) for m, r in zip(medians, ratios, strict=True)]
+    above = [max(r) - m for m, r in zip(medians, ratios, strict=True)]
+    axis.errorbar(
+        xs, medians, yerr=[below, above], marker=marker, color=color, capsize=4, label=label
+    )
+    axis.axhline(1.0, color="grey", linewidth=1)

@@ -2,12 +2,12 @@
 SQLite).
 
 asyncbind runs the binds concurrently; plain SQLAlchemy runs them bind after bind (and, for
-reference, concurrently with ``asyncio.gather``). The floor is the slowest bind on its own. Target:
-asyncbind's ``create_all`` <= 1.15x the time of the slowest single bind alone.
+reference, concurrently with ``asyncio.gather``).
 
-For ``create_all`` the raw drivers (asyncpg, aiomysql, aiosqlite) also send the same DDL, compiled
-beforehand, alone and on the three binds at once: how much the servers slow each other down
-when they share the machine, with no Python library work in the way.
+The raw drivers (asyncpg, aiomysql, aiosqlite) also send the same DDL, compiled beforehand, alone
+and on the three binds at once: the floor, with no Python library work in the way, and how much
+the servers slow each other down when they share the machine. Target: asyncbind's ``create_all``
+and ``drop_all`` <= 1.2x the time of the raw drivers on the three binds at once.
 """
 
 from __future__ import annotations
@@ -53,15 +53,16 @@ def define_tables(make: Callable[..., sa.Table], prefix: str) -> None:
         make(f"{prefix}_{i}", *columns)
 
 
-def ddl(metadata: sa.MetaData, dialect: sa.Dialect) -> list[str]:
-    """The statements ``create_all`` sends for ``metadata``, compiled for ``dialect`` (collected
-    by SQLAlchemy's mock engine, so DDL events are included)."""
+def ddl(metadata: sa.MetaData, dialect: sa.Dialect, verb: str = "create_all") -> list[str]:
+    """The statements ``verb`` (``create_all`` or ``drop_all``) sends for ``metadata``, compiled
+    for ``dialect`` (collected by SQLAlchemy's mock engine, so DDL events are included)."""
     statements: list[str] = []
 
     def collect(construct: Any, *_multiparams: Any, **_params: Any) -> None:
         statements.append(str(construct.compile(dialect=dialect)))
 
-    metadata.create_all(sa.create_mock_engine(f"{dialect.name}://", collect), checkfirst=False)
+    run = getattr(metadata, verb)
+    run(sa.create_mock_engine(f"{dialect.name}://", collect), checkfirst=False)
     return statements
 
 
@@ -69,7 +70,10 @@ class RawDDL:
     """One raw driver connection per bind, sending precompiled DDL statement by statement in a
     transaction (MariaDB commits each DDL statement by itself)."""
 
-    def __init__(self, urls: dict[str, sa.URL], statements: dict[str, list[str]]) -> None:
+    def __init__(
+        self, urls: dict[str, sa.URL], statements: dict[str, dict[str, list[str]]]
+    ) -> None:
+        """``statements[verb][backend]``: what to send for ``create_all`` and ``drop_all``."""
         self.urls, self.statements = urls, statements
         self.conns: dict[str, Any] = {}
 
@@ -88,8 +92,8 @@ class RawDDL:
             else:
                 self.conns[backend] = await aiosqlite.connect(url.database or ":memory:")
 
-    async def create(self, backend: str) -> None:
-        conn, statements = self.conns[backend], self.statements[backend]
+    async def run(self, verb: str, backend: str) -> None:
+        conn, statements = self.conns[backend], self.statements[verb][backend]
         if backend == POSTGRESQL:
             async with conn.transaction():
                 for statement in statements:
@@ -130,7 +134,13 @@ async def main(options: Any) -> None:
             engines[backend] = create_async_engine(with_driver(urls[backend], DRIVERS[backend]))
             metadata = metadatas[backend] = sa.MetaData()
             define_tables(lambda name, *cols, m=metadata: sa.Table(name, m, *cols), "t")
-        raw = RawDDL(urls, {b: ddl(metadatas[b], engines[b].sync_engine.dialect) for b in backends})
+        raw = RawDDL(
+            urls,
+            {
+                verb: {b: ddl(metadatas[b], engines[b].sync_engine.dialect, verb) for b in backends}
+                for verb in ("create_all", "drop_all")
+            },
+        )
 
         async def plain_create(backend: str) -> None:
             async with engines[backend].begin() as conn:
@@ -228,28 +238,27 @@ async def main(options: Any) -> None:
                 table.case(
                     "asyncbind",
                     timed(prepare, ours, f"asyncbind db.{verb}(), binds concurrently"),
-                    vs=["slowest alone", "bind after bind"],
+                    vs=["raw together", "slowest alone", "bind after bind"],
                     ratio="time",
                 )
-                if verb == "create_all":
-                    add_alone(
-                        table,
-                        "raw ",
-                        raw.create,
-                        lambda b: f"raw {DRIVERS[b]}, precompiled DDL, alone",
-                        "raw: the slowest single bind alone",
-                        prepare,
-                    )
+                add_alone(
+                    table,
+                    "raw ",
+                    lambda b, verb=verb: raw.run(verb, b),
+                    lambda b: f"raw {DRIVERS[b]}, precompiled DDL, alone",
+                    "raw: the slowest single bind alone",
+                    prepare,
+                )
 
-                    async def raw_together() -> None:
-                        await asyncio.gather(*(raw.create(b) for b in backends))
+                async def raw_together(verb: str = verb) -> None:
+                    await asyncio.gather(*(raw.run(verb, b) for b in backends))
 
-                    table.case(
-                        "raw together",
-                        timed(prepare, raw_together, "raw drivers, 3 binds with asyncio.gather"),
-                        vs=["raw slowest alone"],
-                        ratio="time",
-                    )
+                table.case(
+                    "raw together",
+                    timed(prepare, raw_together, "raw drivers, 3 binds with asyncio.gather"),
+                    vs=["raw slowest alone"],
+                    ratio="time",
+                )
                 await table.run()
         finally:
             await drop_everywhere()
