@@ -200,9 +200,10 @@ def _plot(
         axis.set_xscale("log")
         axis.set_xticks(binds, [str(b) for b in binds])
         axis.set_xlabel("binds (models spread over them)")
-    cost.set_ylim(bottom=0)
+    top = max(statistics.median(r[n]) for r in routes.values() for n in ("asyncbind", "plain"))
+    cost.set_ylim(0, top / 1000 * 1.5)  # room for the legend above the lines
     cost.set_ylabel("routing CPU per statement (us)")
-    cost.legend(fontsize=8)
+    cost.legend(fontsize=8, loc="upper center", ncol=2)
     cost.set_title(
         f"routing alone: {calls:,} statements per run, {repeat} runs, medians\n"
         "(each model's ORM select, then its Core select, in turn)",
