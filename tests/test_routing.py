@@ -601,3 +601,43 @@ async def test_a_dropped_asyncbind_is_collected_with_its_engines() -> None:
     del db, session
     gc.collect()
     assert [engine() for engine in engines] == [None, None]
+
+
+async def test_a_thousand_models_statements_are_worked_out_once(
+    make_db: Callable[..., AsyncBind], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ORM and Core selects of 1,000 models over 10 binds stay in the router's cache: a
+    second pass walks no statement again (what the scaling suite's routing curves measure)."""
+    from asyncbind import routing
+
+    keys = [None, *(f"b{i}" for i in range(1, 10))]
+    db = make_db(binds={k: f"sqlite:///{tmp_path / f'{k}.db'}" for k in keys})
+    questions = []
+    for i in range(1000):
+        key = keys[i % len(keys)]
+        namespace = {
+            "__tablename__": f"t{i}",
+            "__bind_key__": key,
+            "id": mapped_column(sa.Integer, primary_key=True),
+        }
+        model: Any = type(f"Model{i}", (db.Model,), namespace)
+        engine = db.engines[key].sync_engine
+        questions.append((sa.inspect(model), sa.select(model).where(model.id == 1), engine))
+        questions.append(
+            (None, sa.select(model.__table__).where(model.__table__.c.id == 1), engine)
+        )
+    walked: list[Any] = []
+    tables_in = routing._tables_in
+
+    def counted(clause: Any) -> Any:
+        walked.append(clause)
+        return tables_in(clause)
+
+    monkeypatch.setattr(routing, "_tables_in", counted)
+    session = db.session().sync_session
+    passes = []
+    for _ in range(2):
+        for mapper, statement, engine in questions:
+            assert session.get_bind(mapper, clause=statement) is engine
+        passes.append(len(walked))
+    assert passes[0] >= len(questions) and passes[1] == passes[0]
