@@ -3,7 +3,9 @@ transaction, with SQLAlchemy's errors, within the statement timeout."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from asyncbind import AsyncBind, StatementTimeoutError
 
 pytestmark = pytest.mark.postgresql
+GUARD = 30
 
 
 def table() -> sa.Table:
@@ -27,7 +30,7 @@ def table() -> sa.Table:
 async def prepared(conn: AsyncConnection) -> list[str]:
     """The statements this connection has prepared on the server (and not yet closed)."""
     rows = await conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
-    return [str(statement) for statement in rows.scalars()]
+    return [str(statement).lstrip() for statement in rows.scalars()]
 
 
 async def create_in_transaction(engine: AsyncEngine) -> list[str]:
@@ -114,3 +117,34 @@ async def test_ddl_is_bounded_by_the_statement_timeout(
         with pytest.raises(StatementTimeoutError) as info:
             await conn.execute(sleep)
     assert info.value.bind_key == "slow"
+
+
+async def test_a_create_all_cancelled_mid_ddl_leaves_nothing_behind(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    db = make_db(await new_database("postgresql"))
+    for i in range(10):
+        db.Table(f"t{i}", sa.Column("id", sa.Integer, primary_key=True))
+    creates = 0
+    task: asyncio.Task[None] | None = None
+
+    def cancel_at_the_third(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        nonlocal creates
+        if sql.lstrip().startswith("CREATE TABLE"):
+            creates += 1
+            if creates == 3 and task is not None:
+                task.cancel()
+
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_at_the_third)
+    task = asyncio.create_task(db.create_all())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, GUARD)
+    sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_at_the_third)
+    assert creates == 3
+    assert db.engine.sync_engine.pool.checkedout() == 0
+    async with db.engine.connect() as conn:  # the transaction was rolled back: no table
+        assert await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()) == []
+    await db.create_all()
+    async with db.engine.connect() as conn:
+        names = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+    assert sorted(names) == sorted(f"t{i}" for i in range(10))
