@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -68,7 +69,7 @@ from .exceptions import (
 )
 from .models import bind_key_of
 from .registry import bind_config
-from .values import is_json, row_converter
+from .values import is_json, rows_converter
 
 if TYPE_CHECKING:
     from .config import BindKey
@@ -184,12 +185,10 @@ async def load_rows(
     _refuse_read_only(target, table, "a bulk load")
     names = list(columns) if columns is not None else [c.name for c in table.columns]
     _check_columns(table, names)
-    started = time.perf_counter()
+    tally = _Tally(on_progress)
     async with contextlib.aclosing(_batched(rows, names, batch_size)) as batches:
-        rows_done, count = await _write_batches(
-            target, table, names, batches, progress=_Progress(on_progress, started)
-        )
-    return CopyResult(rows_done, count, time.perf_counter() - started)
+        await _write_batches(target, table, names, batches, tally=tally)
+    return tally.result()
 
 
 async def copy(
@@ -200,6 +199,7 @@ async def copy(
     target_engine: Bind,
     columns: Sequence[str] | None = None,
     batch_size: int = BATCH_SIZE,
+    parallel: int = 1,
     on_progress: ProgressCallback | None = None,
 ) -> CopyResult:
     """Copy the rows of ``source`` on ``source_engine`` into ``target`` on ``target_engine``.
@@ -210,13 +210,71 @@ async def copy(
     are in memory at a time, whatever the number of rows. A ``target_engine`` of a read-only bind
     raises :class:`~asyncbind.exceptions.ReadOnlyBindError` before any SQL is sent.
     ``on_progress`` is called with a :class:`CopyProgress` after each batch lands.
+
+    ``parallel=N`` splits a table source on its integer primary key into N ranges of key values
+    and copies them at the same time, each over its own pair of connections (so each engine's pool
+    needs N connections); both binds must then be engines.
     """
     _check_batch_size(batch_size)
     _check_progress(on_progress)
+    _check_parallel(parallel, source_engine, target_engine)
     target_table = _as_table(target, "target")
     _refuse_read_only(target_engine, target_table, "a bulk copy")
     select, names, raw_json = _plan(source, target_table, columns)
-    started = time.perf_counter()
+    key = _split_key(source) if parallel > 1 else None
+    tally = _Tally(on_progress)
+    ranges = await _key_ranges(source_engine, key, parallel) if key is not None else []
+    if len(ranges) < 2:
+        await _copy_stream(
+            source_engine, select, target_engine, target_table, names, raw_json, batch_size, tally
+        )
+        return tally.result()
+
+    async def copy_range(where: sa.ColumnElement[bool]) -> None:
+        try:
+            await _copy_stream(
+                source_engine,
+                select.where(where),
+                target_engine,
+                target_table,
+                names,
+                raw_json,
+                batch_size,
+                tally,
+            )
+        except Exception as exc:
+            # The other ranges stop before their next batch, so that every batch is either
+            # counted or not written (cancelling them could interrupt a COMMIT that lands).
+            tally.failure = tally.failure or exc
+
+    async with asyncio.TaskGroup() as group:
+        for where in ranges:
+            group.create_task(copy_range(where))
+    failure = tally.failure
+    if isinstance(failure, BulkCopyError):
+        raise BulkCopyError(
+            f"{failure} The copy ran in {len(ranges)} key ranges at once; the others stopped "
+            f"after their batch in progress, and {tally.rows} row(s) in all had landed.",
+            rows_copied=tally.rows,
+            table=target_table.fullname,
+        ) from failure
+    if failure is not None:
+        raise failure  # what a copy in one stream raises, as it is: a server that went away, ...
+    return tally.result()
+
+
+async def _copy_stream(
+    source_engine: Bind,
+    select: sa.Select[Any],
+    target_engine: Bind,
+    target_table: sa.Table,
+    names: list[str],
+    raw_json: frozenset[str],
+    batch_size: int,
+    tally: _Tally,
+) -> None:
+    """Stream ``select`` from ``source_engine`` into ``target_table``, reading the next batch
+    while the last one is written."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
 
     async def produce() -> None:
@@ -243,19 +301,13 @@ async def copy(
     producer = asyncio.get_running_loop().create_task(produce())
     try:
         async with contextlib.aclosing(batches()) as received:
-            rows_done, count = await _write_batches(
-                target_engine,
-                target_table,
-                names,
-                received,
-                raw_json,
-                progress=_Progress(on_progress, started),
+            await _write_batches(
+                target_engine, target_table, names, received, raw_json, tally=tally
             )
     finally:
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await producer
-    return CopyResult(rows_done, count, time.perf_counter() - started)
 
 
 async def copy_between_binds(
@@ -267,6 +319,7 @@ async def copy_between_binds(
     target_bind: BindKey = _AUTO,
     columns: Sequence[str] | None = None,
     batch_size: int = BATCH_SIZE,
+    parallel: int = 1,
     on_progress: ProgressCallback | None = None,
 ) -> CopyResult:
     """:func:`copy` with engines looked up by bind key; a table's own bind when no key is given."""
@@ -282,6 +335,7 @@ async def copy_between_binds(
         target_engine=db.get_engine(target_bind),
         columns=columns,
         batch_size=batch_size,
+        parallel=parallel,
         on_progress=on_progress,
     )
 
@@ -304,22 +358,86 @@ def _check_progress(on_progress: object) -> None:
         )
 
 
-class _Progress:
-    """Tells ``on_progress`` (if any) about each batch that landed."""
+class _Tally:
+    """What a copy or load has written so far, over all its streams; tells ``on_progress`` (if
+    any) about each batch that landed."""
 
-    __slots__ = ("callback", "started")
+    __slots__ = ("batches", "callback", "failure", "rows", "started")
 
-    def __init__(self, callback: ProgressCallback | None, started: float) -> None:
+    def __init__(self, callback: ProgressCallback | None) -> None:
         self.callback = callback
-        self.started = started
+        self.started = time.perf_counter()
+        self.rows = 0
+        self.batches = 0
+        #: What stopped one stream of a parallel copy; the others stop before their next batch.
+        self.failure: Exception | None = None
 
-    async def landed(self, rows: int, batches: int, batch_rows: int) -> None:
+    async def landed(self, batch_rows: int) -> None:
+        self.rows += batch_rows
+        self.batches += 1
         if self.callback is None:
             return
         seconds = time.perf_counter() - self.started
-        result = self.callback(CopyProgress(rows, batches, batch_rows, seconds))
+        result = self.callback(CopyProgress(self.rows, self.batches, batch_rows, seconds))
         if inspect.isawaitable(result):
             await result
+
+    def result(self) -> CopyResult:
+        return CopyResult(self.rows, self.batches, time.perf_counter() - self.started)
+
+
+def _check_parallel(parallel: object, source: Bind, target: Bind) -> None:
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ConfigError(f"parallel={parallel!r} must be a positive integer, e.g. 2.")
+    if parallel > 1 and (
+        isinstance(source, AsyncConnection) or isinstance(target, AsyncConnection)
+    ):
+        raise ConfigError(
+            f"parallel={parallel} needs engines for both binds, to open a connection per key "
+            "range; a copy through a connection you pass runs on that one connection. Pass "
+            "engines, or leave out parallel=."
+        )
+
+
+def _split_key(source: Any) -> sa.Column[Any]:
+    """The integer primary key column that ``parallel=`` splits a table source on."""
+    table = None if isinstance(source, sa.Select) else _as_table(source, "source")
+    keys = list(table.primary_key.columns) if table is not None else []
+    if len(keys) != 1 or not _is_integer(keys[0]):
+        what = "a select()" if table is None else f"table {table.fullname!r}"
+        raise ConfigError(
+            f"parallel= splits the source on its integer primary key, and {what} has none "
+            "(or has one of several columns). Copy it with parallel=1, or copy a table that "
+            "has one."
+        )
+    return keys[0]
+
+
+def _is_integer(column: sa.Column[Any]) -> bool:
+    try:
+        python_type: type = column.type.python_type
+    except NotImplementedError:
+        return False
+    return issubclass(python_type, int) and not issubclass(python_type, bool)
+
+
+async def _key_ranges(
+    bind: Bind, key: sa.Column[Any], parallel: int
+) -> list[sa.ColumnElement[bool]]:
+    """``parallel`` conditions on ``key`` that together take in every row once: ranges of equal
+    width between the smallest and the largest key (fewer when there are fewer keys)."""
+    async with _connection(bind) as conn:
+        low, high = (await conn.execute(sa.select(sa.func.min(key), sa.func.max(key)))).one()
+    if low is None:
+        return []
+    low, high = int(low), int(high)
+    parts = min(parallel, high - low + 1)
+    edges = [low + (high - low + 1) * i // parts for i in range(parts)]
+    ranges: list[sa.ColumnElement[bool]] = [
+        sa.and_(key >= start, key < end) for start, end in itertools.pairwise(edges)
+    ]
+    ranges.append(key >= edges[-1])
+    return ranges
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -531,7 +649,7 @@ class _Writer:
         self._conn = conn
         self._table = table
         self._names = list(names)
-        self._convert = row_converter(table, names, dialect, raw_json)
+        self._convert = rows_converter(table, names, dialect, raw_json)
         self._copy = dialect.name == "postgresql" and dialect.driver == "asyncpg"
         self._mysql = dialect.name in ("mysql", "mariadb")
         self._saved_mode: Any = _NOT_SET
@@ -539,17 +657,17 @@ class _Writer:
             self._sql = _insert_sql(conn, table, names)
 
     async def write(self, rows: Sequence[Any]) -> None:
-        convert = self._convert
-        records = [convert(row) for row in rows]
+        records = self._convert(rows)
         if self._mysql and self._saved_mode is _NOT_SET:
             self._saved_mode = await self._conn.scalar(sa.text("SELECT @@SESSION.sql_mode"))
             await self._conn.exec_driver_sql(_MYSQL_LOAD_MODE)
         if self._copy:
             await self._copy_records(records)
         else:
-            await self._conn.exec_driver_sql(self._sql, records)
+            # The drivers' executemany takes tuples, not any sequence (rows read by SQLAlchemy).
+            await self._conn.exec_driver_sql(self._sql, list(map(tuple, records)))
 
-    async def _copy_records(self, records: list[Any]) -> None:
+    async def _copy_records(self, records: Sequence[Sequence[Any]]) -> None:
         conn = self._conn
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
@@ -646,17 +764,19 @@ async def _write_batches(
     batches: AsyncIterator[Sequence[Any]],
     raw_json: Collection[str] = (),
     *,
-    progress: _Progress,
-) -> tuple[int, int]:
-    """Write every batch, each in its own transaction; (rows, batches) written. ``progress``
-    hears of each batch once it has landed; what it raises stops the writing, as a
-    :class:`BulkCopyError` that says so."""
+    tally: _Tally,
+) -> None:
+    """Write every batch, each in its own transaction. ``tally`` hears of each batch once it has
+    landed; what its callback raises stops the writing, as a :class:`BulkCopyError` that says
+    so. The counts in messages are this call's; ``rows_copied`` is the tally's."""
     rows_done = count = 0
     async with _connection(target) as conn:
         own = not isinstance(target, AsyncConnection)
         writer = _Writer(conn, table, names, raw_json)
         try:
             async for batch in batches:
+                if tally.failure is not None:
+                    break
                 if not batch:
                     continue
                 try:
@@ -672,19 +792,19 @@ async def _write_batches(
                         f"(rows {rows_done + 1} to {rows_done + len(batch)}), which was rolled "
                         f"back; the {rows_done} row(s) before it landed. "
                         f"Cause: {first_line(exc)}",
-                        rows_copied=rows_done,
+                        rows_copied=tally.rows,
                         table=table.fullname,
                     ) from exc
                 rows_done += len(batch)
                 count += 1
                 try:
-                    await progress.landed(rows_done, count, len(batch))
+                    await tally.landed(len(batch))
                 except Exception as exc:
                     raise BulkCopyError(
                         f"on_progress raised {first_line(exc)}, so writing "
                         f"to table {table.fullname!r} stopped after {rows_done} row(s) had "
                         f"landed in {count} batch(es).",
-                        rows_copied=rows_done,
+                        rows_copied=tally.rows,
                         table=table.fullname,
                     ) from exc
         except BulkCopyError:
@@ -693,9 +813,8 @@ async def _write_batches(
             raise BulkCopyError(
                 f"Reading the rows for table {table.fullname!r} failed after {rows_done} row(s) "
                 f"had landed in {count} batch(es). Cause: {first_line(exc)}",
-                rows_copied=rows_done,
+                rows_copied=tally.rows,
                 table=table.fullname,
             ) from exc
         finally:
             await run_to_completion(writer.finish())
-    return rows_done, count

@@ -33,8 +33,8 @@ __all__ = ["DRIVERS", "transaction_check"]
 logger = logging.getLogger("asyncbind")
 
 
-def _aiomysql_transaction_open(driver: Any) -> bool:
-    # The SERVER_STATUS_IN_TRANS flag of the server's last OK or EOF packet.
+def _mysql_transaction_open(driver: Any) -> bool:
+    # The SERVER_STATUS_IN_TRANS flag of the server's last OK or EOF packet (aiomysql, asyncmy).
     return bool(driver.get_transaction_status())
 
 
@@ -47,7 +47,8 @@ def _aiosqlite_transaction_open(driver: Any) -> bool:
 DRIVERS: dict[str, Callable[[Any], bool]] = {
     # Reads asyncpg's private _top_xact as well: see asyncbind.internals.
     "asyncpg": asyncpg_transaction_open,
-    "aiomysql": _aiomysql_transaction_open,
+    "aiomysql": _mysql_transaction_open,
+    "asyncmy": _mysql_transaction_open,
     "aiosqlite": _aiosqlite_transaction_open,
 }
 

@@ -20,6 +20,7 @@ __all__ = ["close_or_drop", "driver_drop", "dropper"]
 _DRIVER_DROPS: dict[str, Callable[[Any], None]] = {
     "asyncpg": lambda driver_connection: driver_connection.terminate(),
     "aiomysql": lambda driver_connection: driver_connection.close(),
+    "asyncmy": lambda driver_connection: driver_connection.close(),
 }
 
 

@@ -395,6 +395,7 @@ class AsyncBind:
         target_bind: Any = bulk._AUTO,
         columns: list[str] | None = None,
         batch_size: int = bulk.BATCH_SIZE,
+        parallel: int = 1,
         on_progress: bulk.ProgressCallback | None = None,
     ) -> bulk.CopyResult:
         """Copy the rows of ``source`` (a Table, a mapped class or a ``select()``) into ``target``
@@ -404,7 +405,9 @@ class AsyncBind:
         Each batch of ``batch_size`` rows is committed as it lands; on failure that batch is rolled
         back and :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``.
         ``on_progress`` (a function or coroutine function) is called with a
-        :class:`~asyncbind.bulk.CopyProgress` after each batch lands. See :mod:`asyncbind.bulk`.
+        :class:`~asyncbind.bulk.CopyProgress` after each batch lands. ``parallel=N`` copies N
+        ranges of the source's integer primary key at once, over N connections to each bind. See
+        :mod:`asyncbind.bulk`.
         """
         return await bulk.copy_between_binds(
             self,
@@ -414,6 +417,7 @@ class AsyncBind:
             target_bind=target_bind,
             columns=columns,
             batch_size=batch_size,
+            parallel=parallel,
             on_progress=on_progress,
         )
 

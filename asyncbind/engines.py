@@ -39,7 +39,12 @@ from .urls import is_memory_sqlite
 __all__ = ["DRIVER_EXTRAS", "MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
 
 #: The extra that installs each driver asyncbind picks for a URL that names none.
-DRIVER_EXTRAS = {"asyncpg": "postgresql", "aiomysql": "mysql", "pymysql": "mysql"}
+DRIVER_EXTRAS = {
+    "asyncpg": "postgresql",
+    "aiomysql": "mysql",
+    "asyncmy": "mysql",
+    "pymysql": "mysql",
+}
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200

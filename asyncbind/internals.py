@@ -36,7 +36,8 @@ Drivers and asyncio:
 
 - :func:`aiomysql_connect`: ``aiomysql.Connection._connect()``, to close a half-made connection.
 - :func:`asyncpg_transaction_open`: asyncpg's ``Connection._top_xact``.
-- :func:`transport_of`: asyncpg's ``Connection._transport``, aiomysql's ``Connection._writer``.
+- :func:`transport_of`: asyncpg's ``Connection._transport``, aiomysql's ``Connection._writer``,
+  asyncmy's ``Connection._transport``.
 - :func:`release_transport`: asyncio's ``_call_connection_lost()`` of socket transports.
 """
 
@@ -235,6 +236,7 @@ def asyncpg_transaction_open(driver: Any) -> bool:
 _TRANSPORTS: dict[str, Callable[[Any], Any]] = {
     "asyncpg": lambda connection: connection._transport,
     "aiomysql": lambda connection: connection._writer and connection._writer.transport,
+    "asyncmy": lambda connection: connection._transport,
 }
 
 

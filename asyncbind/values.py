@@ -24,16 +24,23 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
+import operator
 import re
 import struct
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["is_json", "row_converter"]
+__all__ = ["is_json", "rows_converter"]
 
 Convert = Callable[[Any], Any]
+#: Tests a column of non-None values: True when the step leaves every one of them unchanged.
+Test = Callable[[list[Any]], bool]
+#: A conversion of single values, and the test that shows it would change none of a column's.
+Step = tuple[Convert, Test | None]
 
 _UTC = dt.UTC
 _MYSQL = ("mysql", "mariadb")
@@ -41,32 +48,58 @@ _MYSQL = ("mysql", "mariadb")
 _SIZES = re.compile(r"\((\d+)(?:,\s*(\d+))?\)")
 
 
-def row_converter(
+def rows_converter(
     table: sa.Table, names: Sequence[str], dialect: sa.Dialect, raw_json: Collection[str] = ()
-) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """Make one row driver-ready: a tuple of converted values, in ``names`` order.
+) -> Callable[[Sequence[Sequence[Any]]], Sequence[Sequence[Any]]]:
+    """Make a batch of rows driver-ready: each row's values converted, in ``names`` order.
 
-    ``raw_json`` names the columns whose values are already JSON text (read as text from a JSON
-    column of the source), which go as they are: SQL NULL stays NULL and JSON ``null`` stays
-    ``null``.
+    A batch whose values need no change comes back as it is (the same rows, not tuples). Each
+    column is first tested as a whole, at C speed, for whether any value would change or be
+    refused (a decimal of another scale, an aware datetime, ...); only a column that fails the
+    test is converted value by value. ``raw_json`` names the columns whose values are already
+    JSON text (read as text from a JSON column of the source), which go as they are: SQL NULL
+    stays NULL and JSON ``null`` stays ``null``.
     """
+    width = len(names)
     todo = [
-        (i, conv)
+        (i, *plan)
         for i, name in enumerate(names)
-        if (conv := _converter(table.c[name], dialect, name in raw_json)) is not None
+        if (plan := _plan(table.c[name], dialect, name in raw_json)) is not None
     ]
-    if not todo:
-        return tuple
 
-    def convert(row: Sequence[Any]) -> tuple[Any, ...]:
-        values = list(row)
-        for i, conv in todo:
-            value = values[i]
-            if value is not None:
-                values[i] = conv(value)
-        return tuple(values)
+    def convert(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+        _check_widths(rows, width)
+        changed: dict[int, list[Any]] = {}
+        for i, conv, tests in todo:
+            if tests and _unchanged(map(itemgetter(i), rows), tests):
+                continue
+            changed[i] = [None if v is None else conv(v) for v in map(itemgetter(i), rows)]
+        if not changed:
+            return rows
+        columns: list[Any] = list(zip(*rows, strict=True))
+        for i, values in changed.items():
+            columns[i] = values
+        return list(zip(*columns, strict=True))
 
     return convert
+
+
+_PRESENT = functools.partial(operator.is_not, None)
+
+
+def _unchanged(values: Iterable[Any], tests: Sequence[Test]) -> bool:
+    present = list(filter(_PRESENT, values))
+    try:
+        return all(test(present) for test in tests)
+    except (TypeError, AttributeError, ValueError, ArithmeticError):
+        return False  # a value of another kind than the test expects: convert value by value
+
+
+def _check_widths(rows: Sequence[Sequence[Any]], width: int) -> None:
+    widths = set(map(len, rows))
+    if widths and widths != {width}:
+        bad = next(len(row) for row in rows if len(row) != width)
+        raise ValueError(f"a row has {bad} value(s), expected {width} (one per column)")
 
 
 def is_json(type_: sa.types.TypeEngine[Any]) -> bool:
@@ -80,34 +113,41 @@ def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     return type_
 
 
-def _converter(column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool) -> Convert | None:
+def _plan(
+    column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool
+) -> tuple[Convert, tuple[Test, ...]] | None:
     """What turns a Python value into what ``dialect``'s driver takes for ``column`` (checking
-    first that the column can hold it), or None when values go as they are. Never called with
-    None."""
+    first that the column can hold it), and the tests that show, for a whole column of values at
+    once, that it would change none of them (empty when it has to run on every value); None when
+    values go as they are. The converter is never called with None."""
     base = _base_type(column.type)
     if raw_json and isinstance(base, sa.JSON):
         return None
-    steps: list[Convert] = []
+    steps: list[Step] = []
     check = _check(column, base, dialect)
     if check is not None:
         steps.append(check)
     if isinstance(base, sa.DateTime) and not (dialect.name == "postgresql" and base.timezone):
-        steps.append(_utc_naive)
+        steps.append((_utc_naive, _all_naive))
     impl = column.type.dialect_impl(dialect)
     processor = impl.bind_processor(dialect)
     if isinstance(impl, sa.Boolean) and dialect.supports_native_boolean:
         processor = None  # only checks that the value is a bool; the driver checks that as well
     if processor is not None:
-        steps.append(processor)
+        steps.append((processor, None))
     if not steps:
         return None
-    if len(steps) == 1:
-        return steps[0]
-    if len(steps) == 2:
-        first, second = steps
-        return lambda value: second(first(value))
-    first, second, third = steps
-    return lambda value: third(second(first(value)))
+    tests = tuple(test for _, test in steps if test is not None)
+    if len(tests) < len(steps):
+        tests = ()
+    functions = [function for function, _ in steps]
+    if len(functions) == 1:
+        return functions[0], tests
+    if len(functions) == 2:
+        first, second = functions
+        return (lambda value: second(first(value))), tests
+    first, second, third = functions
+    return (lambda value: third(second(first(value)))), tests
 
 
 def _utc_naive(value: Any) -> Any:
@@ -116,19 +156,32 @@ def _utc_naive(value: Any) -> Any:
     return value
 
 
+_NONE = frozenset((None,))
+_ZERO = frozenset((0,))
+_TZINFO = attrgetter("tzinfo")
+_MICROSECOND = attrgetter("microsecond")
+
+
+def _all_naive(values: list[Any]) -> bool:
+    """Whether every value is a datetime (or time) without a zone."""
+    return _NONE.issuperset(map(_TZINFO, values))
+
+
 # -- what a column can hold ------------------------------------------------------------------
 
 
-def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Convert | None:
+def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | None:
     """A function that returns a value the column holds exactly and raises ValueError for one
-    the database would change; None when the database refuses what it cannot hold by itself."""
+    the database would change, with its column test if it has one; None when the database
+    refuses what it cannot hold by itself."""
     if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time):
         return None
     name = dialect.name
     if name == "sqlite":
         if isinstance(base, sa.Float):
-            return _no_nan(column.name)
-        return _survives_sqlite(column, dialect) if isinstance(base, sa.Numeric) else None
+            return _no_nan(column.name), None
+        survives = _survives_sqlite(column, dialect) if isinstance(base, sa.Numeric) else None
+        return (survives, None) if survives is not None else None
     if name != "postgresql" and name not in _MYSQL:
         return None
     # What the column is, as the DDL it was created with says: NUMERIC(10, 2), DATETIME(6), ...
@@ -143,7 +196,7 @@ def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Convert | 
             single = ddl == "REAL" or (ddl.startswith("FLOAT(") and small)
         else:
             single = ddl.startswith("FLOAT") and small
-        return _single_precision(column.name, ddl) if single else None
+        return (_single_precision(column.name, ddl), None) if single else None
     if isinstance(base, sa.Numeric):
         if name == "postgresql" and precision is None:
             return None  # NUMERIC without a precision keeps any scale
@@ -160,8 +213,11 @@ def _refuse(column: str, ddl: str, value: Any, problem: str, fix: str) -> ValueE
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
-def _decimal_places(column: str, ddl: str, scale: int) -> Convert:
+def _decimal_places(column: str, ddl: str, scale: int) -> Step:
     quantum = decimal.Decimal(1).scaleb(-scale)
+
+    def same_scale(values: list[Any]) -> bool:
+        return all(map(quantum.same_quantum, values))
 
     def check(value: Any) -> Any:
         number = decimal.Decimal(repr(value)) if isinstance(value, float) else value
@@ -181,7 +237,7 @@ def _decimal_places(column: str, ddl: str, scale: int) -> Convert:
             )
         return value
 
-    return check
+    return check, same_scale
 
 
 def _survives_sqlite(column: sa.Column[Any], dialect: sa.Dialect) -> Convert | None:
@@ -244,8 +300,13 @@ def _single_precision(column: str, ddl: str) -> Convert:
     return check
 
 
-def _fractional_seconds(column: str, ddl: str, digits: int) -> Convert:
+def _fractional_seconds(column: str, ddl: str, digits: int) -> Step:
     unit = 10 ** (6 - digits)
+
+    def whole(values: list[Any]) -> bool:
+        if digits == 0:
+            return _ZERO.issuperset(map(_MICROSECOND, values))
+        return not any(microsecond % unit for microsecond in map(_MICROSECOND, values))
 
     def check(value: Any) -> Any:
         if isinstance(value, dt.datetime | dt.time) and value.microsecond % unit:
@@ -259,4 +320,4 @@ def _fractional_seconds(column: str, ddl: str, digits: int) -> Convert:
             )
         return value
 
-    return check
+    return check, whole

@@ -547,3 +547,106 @@ async def test_on_progress_must_be_callable(same_backend_db: AsyncBind) -> None:
     source, target = two_tables(db, "source", "target")
     with pytest.raises(ConfigError, match="on_progress=42 is not callable"):
         await db.copy(source, target, on_progress=42)  # type: ignore[arg-type]
+
+
+# -- parallel=N: key ranges at once ----------------------------------------------------------
+
+
+def busiest(engine: Any) -> Callable[[], int]:
+    """What the most connections checked out of ``engine``'s pool at once has been, so far."""
+    out = [0, 0]
+
+    def checkout(*args: Any) -> None:
+        out[0] += 1
+        out[1] = max(out)
+
+    def checkin(*args: Any) -> None:
+        out[0] -= 1
+
+    sa.event.listen(engine.sync_engine, "checkout", checkout)
+    sa.event.listen(engine.sync_engine, "checkin", checkin)
+    return lambda: out[1]
+
+
+async def test_parallel_copies_key_ranges_over_connections_at_once(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(3_001)
+    await load_rows(db.get_engine("source"), source, rows)
+    reading, writing = busiest(db.get_engine("source")), busiest(db.get_engine("target"))
+    reports: list[CopyProgress] = []
+
+    result = await db.copy(source, target, batch_size=250, parallel=3, on_progress=reports.append)
+
+    # Ids 1-1000, 1001-2000, 2001-3001: 4 + 4 + 5 batches of up to 250.
+    assert (result.rows, result.batches) == (3_001, 13)
+    assert await fetch(db, target, "target") == expected(rows, backend)
+    assert (reading(), writing()) == (3, 3)
+    assert [p.rows for p in reports] == sorted(p.rows for p in reports)
+    assert (reports[-1].rows, reports[-1].batches) == (3_001, 13)
+
+
+async def test_parallel_copy_of_fewer_keys_than_ranges(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, sample(2))
+
+    result = await db.copy(source, target, parallel=8)
+
+    assert result.rows == 2
+    assert [row[0] for row in await fetch(db, target, "target")] == [1, 2]
+    source2, target2 = two_tables(db, "source", "target")
+    await db.create_all()
+    assert (await db.copy(source2, target2, parallel=8)).rows == 0
+
+
+async def test_a_failure_in_one_range_stops_them_all_and_counts_what_landed(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    source, target = two_tables(db, "source", "target")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, sample(3_000))
+    # Id 2500 is already in the target: its range's batch of 2401-2600 breaks the primary key.
+    async with db.get_engine("target").begin() as conn:
+        await conn.execute(target.insert(), {"id": 2500, "name": "already there"})
+
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(source, target, batch_size=200, parallel=3)
+
+    landed = [row[0] for row in await fetch(db, target, "target")]
+    assert caught.value.rows_copied == len(landed) - 1
+    assert 2450 not in landed  # the failed batch was rolled back
+    assert "3 key ranges" in str(caught.value)
+    assert isinstance(caught.value.__cause__, BulkCopyError)
+
+
+async def test_parallel_needs_a_table_with_an_integer_key_and_engines(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    db = make_db("sqlite://", binds={"other": "sqlite://"})
+    target = db.Table("b", sa.Column("id", sa.Integer, primary_key=True), bind_key="other")
+    by_name = db.Table("c", sa.Column("id", sa.String(10), primary_key=True))
+    by_two = db.Table(
+        "d",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("n", sa.Integer, primary_key=True),
+    )
+    await db.create_all()
+    with pytest.raises(ConfigError, match="parallel=0 must be a positive integer"):
+        await db.copy(by_name, target, parallel=0)
+    for source in (by_name, by_two, sa.select(by_two.c.id)):
+        with pytest.raises(ConfigError, match="integer primary key") as caught:
+            await db.copy(source, target, parallel=2)
+        assert "parallel=1" in str(caught.value)
+    async with db.engine.connect() as conn:
+        with pytest.raises(ConfigError, match="needs engines for both binds"):
+            await copy(
+                by_two, target, source_engine=conn, target_engine=db.get_engine("other"), parallel=2
+            )

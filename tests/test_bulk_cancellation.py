@@ -12,6 +12,7 @@ exactly the connections the pools hold.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -44,10 +45,20 @@ MODES = "SELECT @@SESSION.sql_mode, @@GLOBAL.sql_mode"
     params=[
         pytest.param("postgresql", marks=pytest.mark.postgresql),
         pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("mysql+asyncmy", marks=pytest.mark.mysql),
     ]
 )
 def server(request: pytest.FixtureRequest) -> str:
+    """A server, with the driver to reach it by when it is not the default one."""
     return str(request.param)
+
+
+async def database_on(server: str, new_database: NewDatabase) -> str:
+    backend, _, driver = server.partition("+")
+    url = await new_database(backend)
+    if not driver:
+        return url
+    return sa.make_url(url).set(drivername=server).render_as_string(hide_password=False)
 
 
 def table(db: AsyncBind, key: str | None) -> sa.Table:
@@ -126,7 +137,9 @@ async def test_cancelled_bulk_calls_lose_no_acknowledged_row(
 ) -> None:
     caplog.set_level(logging.WARNING)
     context = f"seed {SEED} (rerun with ASYNCBIND_STORM_SEED={SEED})"
-    urls = {None: await new_database(server), "source": await new_database(server)}
+    urls = {None: await database_on(server, new_database)}
+    urls["source"] = await database_on(server, new_database)
+    server = server.partition("+")[0]
     db = make_db(
         urls[None],
         binds={"source": urls["source"]},
@@ -261,3 +274,70 @@ async def test_a_load_cancelled_between_batches_gives_the_connection_its_sql_mod
     assert modes[0] == modes[1]
     assert landed == 3
     assert invalidated == []  # given back as it was, not thrown away
+
+
+@pytest.mark.parametrize("cancel_at", [0.0, 0.25, 0.5, 0.75], ids=lambda f: f"at-{f:.2f}")
+async def test_a_parallel_copy_cancelled_leaves_no_transaction_or_connection_behind(
+    server: str,
+    cancel_at: float,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A copy in three key ranges at once, cancelled part-way through (a fraction of the time
+    the same copy takes uncancelled): every batch landed whole or not at all, no connection is
+    left in a transaction, the server holds the connections the pools hold, and the same copy
+    then runs to its end over connections that all work."""
+    caplog.set_level(logging.WARNING)
+    urls = {None: await database_on(server, new_database)}
+    urls["source"] = await database_on(server, new_database)
+    backend = server.partition("+")[0]
+    db = make_db(urls[None], binds={"source": urls["source"]})
+    target, source = table(db, None), table(db, "source")
+    rows = 3_000
+    async with asyncio.timeout(GUARD):
+        await db.create_all()
+        await load_rows(
+            db.get_engine("source"),
+            source,
+            [{"id": i, "call": 0, "note": f"row {i}"} for i in range(1, rows + 1)],
+        )
+        started = time.perf_counter()
+        assert (await db.copy(source, target, batch_size=100, parallel=3)).rows == rows
+        took = time.perf_counter() - started
+        async with db.engine.begin() as conn:
+            await conn.execute(target.delete())
+
+        task = asyncio.create_task(db.copy(source, target, batch_size=100, parallel=3))
+        await asyncio.sleep(took * cancel_at)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await settle(db)
+        found = await found_ids(urls[None], make_db)
+        # The ranges are ids 1-1000, 1001-2000 and 2001-3000; each landed whole batches of 100.
+        for start in (1, 1001, 2001):
+            assert len({i for i in found if start <= i < start + 1000}) % 100 == 0, found
+        for url in urls.values():
+            assert await open_transactions(backend, database_of(url)) == []
+
+        # The same copy runs to its end, over connections that work (a reader stopped early
+        # was discarded, and its pool opens a new connection in its place).
+        async with db.engine.begin() as conn:
+            await conn.execute(target.delete())
+        assert (await db.copy(source, target, batch_size=100, parallel=3)).rows == rows
+        assert len(await found_ids(urls[None], make_db)) == rows
+        for key, url in urls.items():
+            database = database_of(url)
+            assert await open_transactions(backend, database) == [], key
+            pooled = db.engines[key].sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+            connections = await server_connections(backend, database)
+            while connections != pooled:
+                await asyncio.sleep(0.1)
+                connections = await server_connections(backend, database)
+    problems = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.split(".")[0] in ("sqlalchemy", "asyncbind")
+    ]
+    assert problems == []

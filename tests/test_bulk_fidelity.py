@@ -136,16 +136,37 @@ ROWS: list[dict[str, Any]] = [
 ]
 
 
+#: Each backend, and MariaDB once more through asyncmy (the default MySQL driver is aiomysql).
+DRIVERS = (*BACKENDS, "mysql+asyncmy")
+
+
 def _direction(source: str, target: str) -> Any:
-    marks = [getattr(pytest.mark, b) for b in dict.fromkeys((source, target))]
+    backends = (source.partition("+")[0], target.partition("+")[0])
+    marks = [getattr(pytest.mark, b) for b in dict.fromkeys(backends)]
     return pytest.param((source, target), id=f"{source}->{target}", marks=marks)
 
 
-@pytest.fixture(params=[_direction(s, t) for s in BACKENDS for t in BACKENDS])
+@pytest.fixture(
+    params=[
+        _direction(s, t)
+        for s in DRIVERS
+        for t in DRIVERS
+        if {s, t} != {"mysql", "mysql+asyncmy"}  # MariaDB into itself: once per driver
+    ]
+)
 def direction(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """A source backend and a target backend: the six directions between different ones, and
-    each backend into itself."""
+    """A source backend and a target backend: the directions between different ones, and each
+    backend into itself, with MariaDB through aiomysql and through asyncmy."""
     return request.param  # type: ignore[no-any-return]
+
+
+async def database(new_database: NewDatabase, backend: str) -> str:
+    """A new database on ``backend`` ("mysql+asyncmy": on MariaDB, through asyncmy)."""
+    server, _, driver = backend.partition("+")
+    url = await new_database(server)
+    if not driver:
+        return url
+    return sa.make_url(url).set(drivername=backend).render_as_string(hide_password=False)
 
 
 async def source_and_target(
@@ -154,8 +175,8 @@ async def source_and_target(
     source_backend, target_backend = direction
     db = make_db(
         binds={
-            "source": await new_database(source_backend),
-            "target": await new_database(target_backend),
+            "source": await database(new_database, source_backend),
+            "target": await database(new_database, target_backend),
         }
     )
     source = db.Table("fidelity", *columns(), bind_key="source")
@@ -227,16 +248,23 @@ def expected() -> list[tuple[Any, ...]]:
     return [normalise(row, row.get("doc") is None) for row in rows]
 
 
+@pytest.mark.parametrize("parallel", [1, 3], ids=["one-stream", "parallel-3"])
 async def test_copy_reproduces_every_value(
-    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+    direction: tuple[str, str],
+    parallel: int,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
 ) -> None:
     db, source, target = await source_and_target(direction, new_database, make_db)
     await insert_plainly(db, "source", source, ROWS)
     assert differences(await read_back(db, "source", source), expected()) == []
 
-    result = await db.copy(source, target, batch_size=4)
+    result = await db.copy(source, target, batch_size=4, parallel=parallel)
 
-    assert (result.rows, result.batches) == (len(ROWS), 3)
+    assert result.rows == len(ROWS)
+    # One stream: 4 + 4 + 1 rows. Three key ranges of the ids -1 to 2**31 - 1: the ids up to 6
+    # in the first (4 + 4 rows), none in the middle one, 2**31 - 1 in the last.
+    assert result.batches == 3
     assert differences(await read_back(db, "target", target), expected()) == []
 
 
@@ -244,7 +272,17 @@ async def test_load_rows_writes_every_value(
     backend: str, url: str, make_db: Callable[..., AsyncBind]
 ) -> None:
     """The same values from Python (not from a source database) land as they are."""
-    db = make_db(url)
+    await load_and_compare(make_db(url))
+
+
+@pytest.mark.mysql
+async def test_load_rows_writes_every_value_through_asyncmy(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    await load_and_compare(make_db(await database(new_database, "mysql+asyncmy")))
+
+
+async def load_and_compare(db: AsyncBind) -> None:
     target = db.Table("fidelity", *columns())
     await db.create_all()
 

@@ -100,6 +100,34 @@ async def test_a_transaction_left_open_on_the_driver_is_not_pooled(
     assert all(r.levelno == logging.INFO and "The default bind" in r.message for r in discarded)
 
 
+@pytest.mark.mysql
+async def test_an_asyncmy_transaction_left_open_on_the_driver_is_not_pooled(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind], caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncmy (``mysql+asyncmy://``) is checked as aiomysql is."""
+    caplog.set_level(logging.INFO)
+    url = sa.make_url(await new_database("mysql")).set(drivername="mysql+asyncmy")
+    url_text = url.render_as_string(hide_password=False)
+    db = make_db(
+        url_text,
+        engine_options={"pool_size": 1, "max_overflow": 0, "pool_reset_on_return": None},
+    )
+    leak = leak_table(db)
+    await db.create_all()
+
+    async with db.engine.connect() as conn:
+        await begin_on_the_driver(conn, "mysql")
+    async with db.session() as session:
+        await session.execute(leak.insert().values(id=2))
+        await session.commit()
+
+    assert await committed_ids(url_text, make_db) == [2]
+    assert await open_transactions("mysql", database_of(url_text)) == []
+    discarded = [r for r in caplog.records if r.name == "asyncbind" and "discarded" in r.message]
+    assert len(discarded) == 1
+    assert problems(caplog) == []
+
+
 @pytest.mark.postgresql
 async def test_a_driver_transaction_inside_sqlalchemys_is_not_pooled(
     new_database: NewDatabase, make_db: Callable[..., AsyncBind], caplog: pytest.LogCaptureFixture

@@ -356,3 +356,17 @@ async def test_the_transports_it_closes_through_are_there(backend: str, url: str
         await db.dispose()
     assert not internals.has_transport("aiosqlite")
     assert internals.transport_of("aiosqlite", object()) is None
+
+
+@pytest.mark.mysql
+async def test_the_asyncmy_transport_is_there(new_database: NewDatabase) -> None:
+    url = sa.make_url(await new_database("mysql")).set(drivername="mysql+asyncmy")
+    db = AsyncBind(url)
+    try:
+        async with db.engine.connect() as conn:
+            driver_connection = (await conn.get_raw_connection()).driver_connection
+            transport = internals.transport_of("asyncmy", driver_connection)
+            assert isinstance(transport, asyncio.Transport), transport
+            assert callable(getattr(transport, "_call_connection_lost", None))
+    finally:
+        await db.dispose()
