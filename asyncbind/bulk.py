@@ -53,10 +53,10 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import util as sql_util
 
 from .cancellation import run_to_completion
@@ -68,6 +68,7 @@ from .exceptions import (
     first_line,
 )
 from .models import bind_key_of
+from .reading import Bind, connection, read_batches
 from .registry import bind_config
 from .values import is_json, rows_converter
 
@@ -93,7 +94,6 @@ _AUTO: Any = object()
 _DONE: Any = object()
 
 Source = sa.Table | sa.Select[Any] | type
-Bind = AsyncEngine | AsyncConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +154,10 @@ async def stream_rows(
     _check_batch_size(batch_size)
     # aclosing: when the caller stops early, the cursor and connection are released now, not
     # whenever the event loop finalizes an abandoned generator.
-    async with contextlib.aclosing(_read_batches(bind, _as_select(source), batch_size)) as batches:
+    async with contextlib.aclosing(read_batches(bind, _as_select(source), batch_size)) as batches:
         async for batch in batches:
             for row in batch:
-                yield row
+                yield cast("sa.Row[Any]", row)  # read through SQLAlchemy: its rows
 
 
 async def load_rows(
@@ -222,11 +222,20 @@ async def copy(
     _refuse_read_only(target_engine, target_table, "a bulk copy")
     select, names, raw_json = _plan(source, target_table, columns)
     key = _split_key(source) if parallel > 1 else None
+    plain = not isinstance(source, sa.Select)
     tally = _Tally(on_progress)
     ranges = await _key_ranges(source_engine, key, parallel) if key is not None else []
     if len(ranges) < 2:
         await _copy_stream(
-            source_engine, select, target_engine, target_table, names, raw_json, batch_size, tally
+            source_engine,
+            select,
+            target_engine,
+            target_table,
+            names,
+            raw_json,
+            batch_size,
+            tally,
+            plain,
         )
         return tally.result()
 
@@ -241,6 +250,7 @@ async def copy(
                 raw_json,
                 batch_size,
                 tally,
+                plain,
             )
         except Exception as exc:
             # The other ranges stop before their next batch, so that every batch is either
@@ -272,15 +282,17 @@ async def _copy_stream(
     raw_json: frozenset[str],
     batch_size: int,
     tally: _Tally,
+    plain: bool,
 ) -> None:
     """Stream ``select`` from ``source_engine`` into ``target_table``, reading the next batch
-    while the last one is written."""
+    while the last one is written. ``plain``: ``select`` reads a table, with no parameters but
+    integers (see :func:`asyncbind.reading.read_batches`)."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
 
     async def produce() -> None:
         try:
             async with contextlib.aclosing(
-                _read_batches(source_engine, select, batch_size)
+                read_batches(source_engine, select, batch_size, plain=plain)
             ) as batches:
                 async for batch in batches:
                     await queue.put(batch)
@@ -426,7 +438,7 @@ async def _key_ranges(
 ) -> list[sa.ColumnElement[bool]]:
     """``parallel`` conditions on ``key`` that together take in every row once: ranges of equal
     width between the smallest and the largest key (fewer when there are fewer keys)."""
-    async with _connection(bind) as conn:
+    async with connection(bind) as conn:
         low, high = (await conn.execute(sa.select(sa.func.min(key), sa.func.max(key)))).one()
     if low is None:
         return []
@@ -552,36 +564,6 @@ def _bind_key_of_source(source: Any) -> BindKey:
 
 
 # -- reading ---------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _connection(bind: Bind) -> AsyncIterator[AsyncConnection]:
-    if isinstance(bind, AsyncConnection):
-        yield bind
-    else:
-        async with bind.connect() as conn:
-            yield conn
-
-
-async def _read_batches(
-    bind: Bind, select: sa.Select[Any], batch_size: int
-) -> AsyncGenerator[Sequence[sa.Row[Any]], None]:
-    own = not isinstance(bind, AsyncConnection)
-    async with _connection(bind) as conn:
-        result = await conn.stream(select.execution_options(yield_per=batch_size))
-        finished = False
-        try:
-            async for partition in result.partitions():
-                yield partition
-            finished = True
-        finally:
-            if finished or not own:
-                await result.close()
-            else:
-                # Stopped early: by an error, a cancellation or a consumer that left. Closing the
-                # result would read the rest of a MySQL result, or wait on a read that a
-                # cancellation interrupted half-way; discard our connection instead.
-                await conn.invalidate()
 
 
 # -- batching --------------------------------------------------------------------------------
@@ -770,7 +752,7 @@ async def _write_batches(
     landed; what its callback raises stops the writing, as a :class:`BulkCopyError` that says
     so. The counts in messages are this call's; ``rows_copied`` is the tally's."""
     rows_done = count = 0
-    async with _connection(target) as conn:
+    async with connection(target) as conn:
         own = not isinstance(target, AsyncConnection)
         writer = _Writer(conn, table, names, raw_json)
         try:

@@ -76,9 +76,10 @@ def rows_converter(
             changed[i] = [None if v is None else conv(v) for v in map(itemgetter(i), rows)]
         if not changed:
             return rows
-        columns: list[Any] = list(zip(*rows, strict=True))
-        for i, values in changed.items():
-            columns[i] = values
+        # Column by column, then back into rows.
+        columns: list[Iterable[Any]] = [
+            changed[i] if i in changed else map(itemgetter(i), rows) for i in range(width)
+        ]
         return list(zip(*columns, strict=True))
 
     return convert

@@ -1,5 +1,16 @@
 """etl: copy rows from a MariaDB bind (and from a SQLite bind) into a PostgreSQL bind.
 
+First, whole processes, MariaDB -> PostgreSQL, 1,000,000 rows (20,000 with --quick), each case a
+process of its own timed from start to exit, into the same existing table:
+
+* pgloader (Debian's ``pgloader`` package), data only, into the existing table; "skipped" when
+  it is not installed;
+* raw drivers: asyncmy's unbuffered cursor -> asyncpg ``COPY``, one stream;
+* asyncbind ``db.copy`` with aiomysql and with asyncmy as the source driver, in one stream and
+  in 2 and 4 key ranges at once (``parallel=``).
+
+Target: asyncbind (its fastest way) >= 1.2x pgloader. Then, in one process:
+
 * raw-driver pipeline: aiomysql (or aiosqlite) streaming cursor -> asyncpg ``COPY``, batches of
   10,000 in their own transactions, reading the next batch while the last one is written;
 * asyncbind: ``await db.copy(source, target)`` (see ``asyncbind.bulk``);
@@ -15,9 +26,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import os
+import shutil
+import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,7 +42,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from asyncbind import AsyncBind
 from asyncbind.bulk import BATCH_SIZE
+from asyncbind.urls import hide_passwords
 
+from .etlprocess import COLUMNS, etl_columns
 from .harness import Table
 from .servers import (
     DRIVERS,
@@ -39,19 +57,7 @@ from .servers import (
     with_driver,
 )
 
-COLUMNS = ("id", "name", "amount", "day", "at", "flag", "note")
-
-
-def etl_columns() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("name", sa.String(100), nullable=False),
-        sa.Column("amount", sa.Numeric(12, 2)),
-        sa.Column("day", sa.Date),
-        sa.Column("at", sa.DateTime),
-        sa.Column("flag", sa.Boolean),
-        sa.Column("note", sa.Text),
-    ]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fill_sql(backend: str, rows: int) -> str:
@@ -218,6 +224,8 @@ async def main(options: Any) -> None:
 
         pipelines: list[Pipeline] = []
         try:
+            if MYSQL in sources:
+                await whole_processes(options, urls, fill, truncate, db, dst)
             for backend in sources:
                 await fill(backend, rows)
                 pipeline = Pipeline(backend, urls)
@@ -283,6 +291,104 @@ async def main(options: Any) -> None:
             await db.dispose()
             for engine in plain.values():
                 await engine.dispose()
+
+
+async def whole_processes(
+    options: Any,
+    urls: dict[str, sa.URL],
+    fill: Callable[[str, int], Awaitable[None]],
+    truncate: Callable[[], Awaitable[None]],
+    db: AsyncBind,
+    dst: sa.Table,
+) -> None:
+    """pgloader, the raw drivers and db.copy, MariaDB -> PostgreSQL, each a process of its own."""
+    rows = 20_000 if options.quick else 1_000_000
+    repeat = options.repeat or (1 if options.quick else 3)
+    await fill(MYSQL, rows)
+    mysql = urls[MYSQL].set(drivername="mysql")
+    postgresql = urls[POSTGRESQL].set(drivername="postgresql")
+    env = {
+        **os.environ,
+        "ETL_MYSQL_URL": mysql.render_as_string(hide_password=False),
+        "ETL_POSTGRESQL_URL": postgresql.render_as_string(hide_password=False),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+    def process(*command: str) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            await truncate()
+            started = time.perf_counter()
+            child = await asyncio.create_subprocess_exec(
+                *command,
+                env=env,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, errors = await child.communicate()
+            took = time.perf_counter() - started
+            if child.returncode:
+                text = hide_passwords(errors.decode(errors="replace"), [mysql, postgresql])
+                raise RuntimeError(f"etl: {command[-1]!r} failed: {text[-2000:]}")
+            await _check_copied(db, dst, rows)
+            return took
+
+        return run
+
+    python = [sys.executable, "-m", "benchmarks.etlprocess"]
+    table = Table(
+        f"etl: {rows:,} rows MariaDB -> PostgreSQL, whole processes, {repeat} runs",
+        repeat=repeat,
+        ops=rows,
+        unit="row",
+        warmup=False,
+    )
+    pgloader = shutil.which("pgloader")
+    with tempfile.TemporaryDirectory(prefix="asyncbind_bench_pgloader_") as folder:
+        commands = _write(Path(folder) / "copy.load", _pgloader_commands(mysql, postgresql))
+        table.case(
+            "pgloader",
+            process(pgloader or "pgloader", "--quiet", commands),
+            doc="pgloader, data only into the existing table",
+            skip=None if pgloader else "skipped (not installed: apt-get install pgloader)",
+        )
+        table.case(
+            "raw",
+            process(*python, "raw"),
+            doc="raw asyncmy unbuffered cursor -> asyncpg COPY, one stream",
+            vs=["pgloader"],
+        )
+        cases = [("aiomysql", 1), ("asyncmy", 1), ("asyncmy", 2), ("asyncmy", 4)]
+        if options.quick:
+            cases = [("asyncmy", 1), ("asyncmy", 2)]
+        for driver, parallel in cases:
+            table.case(
+                f"asyncbind {driver} {parallel}",
+                process(*python, f"asyncbind:{driver}:{parallel}"),
+                doc=f"asyncbind db.copy, mysql+{driver}, parallel={parallel}",
+                vs=["pgloader", "raw"],
+            )
+        await table.run()
+
+
+def _write(path: Path, text: str) -> str:
+    """Write ``text`` (it holds passwords) to a file only its owner reads; its path."""
+    path.touch(mode=0o600)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _pgloader_commands(mysql: sa.URL, postgresql: sa.URL) -> str:
+    """pgloader's commands: the data of MariaDB's ``src`` into PostgreSQL's existing ``dst``."""
+    return (
+        f"LOAD DATABASE\n"
+        f"  FROM {mysql.render_as_string(hide_password=False)}\n"
+        f"  INTO {postgresql.render_as_string(hide_password=False)}\n"
+        "WITH data only\n"
+        "INCLUDING ONLY TABLE NAMES MATCHING 'src'\n"
+        f"ALTER SCHEMA '{mysql.database}' RENAME TO 'public'\n"
+        "ALTER TABLE NAMES MATCHING 'src' RENAME TO 'dst';\n"
+    )
 
 
 async def orm_copy(plain: dict[str, Any], source: Any, target: Any) -> None:

@@ -330,7 +330,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
-    ("data", frozenset({"bulk", "values", "health", "otel"})),
+    ("data", frozenset({"bulk", "reading", "values", "health", "otel"})),
     ("facade", frozenset({"core"})),
     (
         "outside",
