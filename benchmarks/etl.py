@@ -28,6 +28,7 @@ import datetime as dt
 import decimal
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -344,6 +345,8 @@ async def whole_processes(
         warmup=False,
     )
     pgloader = shutil.which("pgloader")
+    if pgloader:
+        table.title += f" ({_pgloader_version(pgloader)})"
     with tempfile.TemporaryDirectory(prefix="asyncbind_bench_pgloader_") as folder:
         commands = _write(Path(folder) / "copy.load", _pgloader_commands(mysql, postgresql))
         table.case(
@@ -369,6 +372,11 @@ async def whole_processes(
                 vs=["pgloader", "raw"],
             )
         await table.run()
+
+
+def _pgloader_version(pgloader: str) -> str:
+    found = subprocess.run([pgloader, "--version"], capture_output=True, text=True, check=False)
+    return found.stdout.splitlines()[0] if found.stdout else "pgloader"
 
 
 def _write(path: Path, text: str) -> str:

@@ -165,6 +165,7 @@ _PACKAGES = (
     "SQLAlchemy",
     "asyncpg",
     "aiomysql",
+    "asyncmy",
     "PyMySQL",
     "aiosqlite",
     "psycopg",

@@ -650,3 +650,39 @@ async def test_parallel_needs_a_table_with_an_integer_key_and_engines(
             await copy(
                 by_two, target, source_engine=conn, target_engine=db.get_engine("other"), parallel=2
             )
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+async def test_a_mysql_table_is_read_through_the_drivers_cursor(
+    driver: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """SQLAlchemy sends no SELECT of a table source's rows (the driver's cursor does), and the
+    rows land as they do through SQLAlchemy's result, which a select() source still uses."""
+
+    async def database() -> str:
+        url = sa.make_url(await new_database("mysql")).set(drivername=f"mysql+{driver}")
+        return url.render_as_string(hide_password=False)
+
+    db = make_db(binds={"source": await database(), "target": await database()})
+    source, target = two_tables(db, "source", "target")
+    _, by_select = two_tables(db, "source", "target")
+    await db.create_all()
+    rows = sample(300)
+    await load_rows(db.get_engine("source"), source, rows)
+    selects: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and source.name in statement:
+            selects.append(statement)
+
+    sa.event.listen(db.get_engine("source").sync_engine, "before_cursor_execute", seen)
+
+    await db.copy(source, target, batch_size=100, parallel=2)
+    assert [s for s in selects if "min(" not in s] == []  # only the key range's min and max
+    selects.clear()
+    await db.copy(sa.select(source), by_select, batch_size=100)
+    assert len(selects) == 1
+
+    assert await fetch(db, target, "target") == expected(rows, "mysql")
+    assert await fetch(db, by_select, "target") == expected(rows, "mysql")
