@@ -1,8 +1,9 @@
 """Bulk copy for ETL jobs: stream rows out of one bind and load them into another at driver speed.
 
-Reading uses a server-side cursor (``AsyncConnection.stream`` with ``yield_per``), so memory stays
-bounded by a few batches whatever the row count. Writing picks the fastest path the target's driver
-has:
+Reading uses a server-side cursor, so memory stays bounded by a few batches whatever the row count
+(see :mod:`asyncbind.reading`: a table on MySQL or MariaDB is read through the driver's unbuffered
+cursor). ``parallel=N`` copies N ranges of a table's integer primary key at once. Writing picks the
+fastest path the target's driver has:
 
 * PostgreSQL (asyncpg): binary ``COPY`` through ``copy_records_to_table``;
 * MySQL / MariaDB (aiomysql, asyncmy): ``executemany``, which the driver sends as multi-row
@@ -561,9 +562,6 @@ def _bind_key_of_source(source: Any) -> BindKey:
     if len(tables) > 1:
         raise CrossBindError(tables)
     return next(iter(tables)) if tables else None  # type: ignore[return-value]
-
-
-# -- reading ---------------------------------------------------------------------------------
 
 
 # -- batching --------------------------------------------------------------------------------
