@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -355,11 +356,13 @@ async def whole_processes(
             doc="pgloader, data only into the existing table",
             skip=None if pgloader else "skipped (not installed: apt-get install pgloader)",
         )
+        no_asyncmy = None if importlib.util.find_spec("asyncmy") else "skipped (no asyncmy)"
         table.case(
             "raw",
             process(*python, "raw"),
             doc="raw asyncmy unbuffered cursor -> asyncpg COPY, one stream",
             vs=["pgloader"],
+            skip=no_asyncmy,
         )
         cases = [("aiomysql", 1), ("asyncmy", 1), ("asyncmy", 2), ("asyncmy", 4)]
         if options.quick:
@@ -370,6 +373,7 @@ async def whole_processes(
                 process(*python, f"asyncbind:{driver}:{parallel}"),
                 doc=f"asyncbind db.copy, mysql+{driver}, parallel={parallel}",
                 vs=["pgloader", "raw"],
+                skip=no_asyncmy if driver == "asyncmy" else None,
             )
         await table.run()
 
