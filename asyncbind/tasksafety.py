@@ -15,6 +15,8 @@ another task wait for the operation in flight to finish, then clean up: cleanup 
 connection. For the same reason they run to their end in a task of their own, as the end of
 ``async with session:`` does: a caller cancelled meanwhile gets its cancellation once the
 connection is back in the pool, instead of a connection thrown away halfway through its rollback.
+A session with no transaction (never used, or committed) holds no connection: its close does no
+I/O, so nothing can cut it short, and it runs in place, without that task.
 
 Only operations of the AsyncSession are guarded; calls made on ``session.sync_session`` directly
 from another task are not seen.
@@ -137,9 +139,19 @@ class TaskSafeSession(AsyncSession):
     async def _end(self, operation: str, end: Callable[[], None]) -> None:
         """``end`` (the sync session's close or reset) in SQLAlchemy's greenlet, in a task of its
         own that the caller's cancellation does not stop, once no other task has an operation in
-        flight."""
+        flight. A session with no transaction has no connection to hand back: nothing awaits, so
+        nothing can be cut short, and it ends in place."""
         task = asyncio.current_task()  # a coroutine: there is a running loop
-        if task is not None and self._owner is task:
+        owner = self._owner
+        if owner is None and not self.sync_session.in_transaction():
+            self._owner = task
+            self._operation = operation
+            try:
+                await greenlet_spawn(end)
+            finally:
+                self._leave()
+            return
+        if task is not None and owner is task:
             # Called inside an operation of this task's own (from a run_sync() function, say):
             # there is nothing to wait for, and the operation in flight is this one.
             await greenlet_spawn(end)

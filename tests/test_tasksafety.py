@@ -258,6 +258,39 @@ async def test_a_cleanup_cancelled_while_it_rolls_back_runs_to_its_end(
     assert await names(db) == ([], [])
 
 
+@pytest.mark.parametrize("cleanup", ["close", "reset"])
+@pytest.mark.parametrize("state", ["unused", "committed", "rolled back"])
+async def test_a_session_holding_no_connection_cleans_up_in_place(
+    two: TwoBinds, cleanup: str, state: str
+) -> None:
+    """With no transaction a session holds no connection: its cleanup does no I/O, so nothing
+    can cut it short, and it ends at its first step, in the caller's task, without a task of its
+    own to wait for (driving the coroutine one step shows it awaited nothing)."""
+    db = two.db
+    session = db.session()
+    loaded: list[Any] = []
+    if state != "unused":
+        loaded = [two.Item(name="item"), two.User(name="user")]
+        session.add_all(loaded)
+        await session.flush()
+        await (session.commit() if state == "committed" else session.rollback())
+        await session.execute(sa.select(two.Item))  # a transaction again, on the default bind
+        await session.commit()
+        assert all_zero(checked_out(db))
+        loaded.append((await session.scalars(sa.select(two.Item))).all())
+        await session.rollback()
+    assert not session.in_transaction()
+    ending = getattr(session, cleanup)()
+    with pytest.raises(StopIteration):
+        ending.send(None)
+    assert not session.identity_map
+    assert all_zero(checked_out(db))
+    expected = (["item"], ["user"]) if state == "committed" else ([], [])
+    assert await names(db) == expected
+    async with session:  # still usable after reset(); a closed session is, too
+        assert len((await session.execute(sa.select(two.User))).all()) == len(expected[1])
+
+
 async def test_begin_blocks_commit_or_roll_back_on_both_binds(two: TwoBinds) -> None:
     db = two.db
     async with db.session() as session:
