@@ -2,8 +2,9 @@
 
 Timings on a shared 2-vCPU machine vary by several percent from run to run, more than the 1% the
 routing target allows. Here the lookups of the ``routing`` suite (``get``, ORM ``select``, Core
-``select``, one session each, one after another) run under valgrind's callgrind, which counts the
-instructions the process executes, on a SQLite file: no server, no network timing. Only the
+``select``, one session each, one after another), and a ``get`` whose session commits before it
+closes (``get_commit``), run under valgrind's callgrind, which counts the instructions the
+process executes, on a SQLite file: no server, no network timing. Only the
 lookups themselves are counted (not start-up, set-up or warm-up). A count still moves by a percent
 or two with memory layout: the hash seed, and even the directory the suite runs from, change among
 other things which attribute lookups collide in Python's type cache (a miss walks the class's

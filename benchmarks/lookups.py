@@ -97,6 +97,19 @@ class AsyncbindSetup:
 
         return op
 
+    def get_commit(self, backend: str) -> Op:
+        """A lookup that commits before the session closes (a request that wrote, say): the
+        close finds no transaction."""
+        model, session = self.models[backend], self.db.session
+
+        async def op(key: int) -> Any:
+            async with session() as s:
+                found = await s.get(model, key)
+                await s.commit()
+                return found
+
+        return op
+
     def orm_select(self, backend: str) -> Op:
         model, session = self.models[backend], self.db.session
 
@@ -160,6 +173,19 @@ class PlainSetup:
         async def op(key: int) -> Any:
             async with session() as s:
                 return await s.get(model, key)
+
+        return op
+
+    def get_commit(self, backend: str) -> Op:
+        """A lookup that commits before the session closes (a request that wrote, say): the
+        close finds no transaction."""
+        model, session = self.models[backend], self.sessions[backend]
+
+        async def op(key: int) -> Any:
+            async with session() as s:
+                found = await s.get(model, key)
+                await s.commit()
+                return found
 
         return op
 
