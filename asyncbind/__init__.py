@@ -27,9 +27,11 @@ from .exceptions import (
     SessionSharedError,
     StartupCheckError,
     StatementTimeoutError,
+    TenantMismatchError,
     TwoPhaseInDoubtError,
     TwoPhaseUnsupportedError,
     UnknownBindError,
+    UnresolvedTenantError,
     WrongEventLoopError,
 )
 from .health import BindHealth, PoolStatus
@@ -39,6 +41,7 @@ from .recording import QueryInfo, get_recorded_queries
 from .replicas import USE_PRIMARY
 from .routing import RoutingSession
 from .scoping import SessionScope
+from .tenants import TenantGroup
 from .twophase import Resolution
 from .views import AsyncBindSession, ViewHelpers
 
@@ -77,9 +80,12 @@ __all__ = [
     "SessionSharedError",
     "StartupCheckError",
     "StatementTimeoutError",
+    "TenantGroup",
+    "TenantMismatchError",
     "TwoPhaseInDoubtError",
     "TwoPhaseUnsupportedError",
     "UnknownBindError",
+    "UnresolvedTenantError",
     "ViewHelpers",
     "WrongEventLoopError",
     "get_recorded_queries",

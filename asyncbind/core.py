@@ -27,7 +27,14 @@ from .config import (
     config_from_mapping,
 )
 from .engines import make_engine
-from .exceptions import ConfigError, NotConfiguredError, ReadOnlyBindError, bind_name
+from .exceptions import (
+    ConfigError,
+    NotConfiguredError,
+    ReadOnlyBindError,
+    UnknownBindError,
+    UnresolvedTenantError,
+    bind_name,
+)
 from .models import (
     UNSET,
     MetadataRegistry,
@@ -38,8 +45,17 @@ from .models import (
 )
 from .pagination import Pagination
 from .registry import Bind, BindFields
+from .retiring import Retirements
 from .routing import Router, check_session_class
 from .scoping import ScopeProvider, SessionFactory, SessionScope
+from .tenants import (
+    DEFAULT_MAX_ENGINES,
+    Route,
+    TenantGroup,
+    TenantGroups,
+    UrlResolver,
+    check_tenant,
+)
 from .urls import render_url
 
 __all__ = ["AppSetup", "AsyncBind", "SessionFactory", "add_app_setup"]
@@ -115,6 +131,10 @@ class AsyncBind:
         )
         self._binds: dict[BindKey, Bind] = {}
         self._replicas: dict[BindKey, replicas.ReplicaSet] = {}
+        self._groups = TenantGroups()
+        self._retirements = Retirements()
+        self.groups: Mapping[str, TenantGroup] = self._groups
+        """The tenant groups (:meth:`add_group`), by bind key (read-only)."""
         self.engines: Mapping[BindKey, AsyncEngine] = BindFields(self._binds, _engine)
         """The engine of every configured bind, by key (read-only)."""
         self.bind_configs: Mapping[BindKey, BindConfig] = BindFields(self._binds, _config)
@@ -274,14 +294,106 @@ class AsyncBind:
                     recording.install(engine)
         for key in binds:
             self.metadatas.for_key(key)
+        self._route_binds()
+        default = binds.get(None)
+        if default is not None and "bind" not in self._session_options:
+            self.sessionmaker.configure(bind=default.engine)
+
+    def _route_binds(self) -> None:
         self._router.set_engines(
             {k: b.engine.sync_engine for k, b in self._binds.items()},
             read_only=[k for k, b in self._binds.items() if b.config.read_only],
             replicas=self._replicas,
         )
-        default = binds.get(None)
-        if default is not None and "bind" not in self._session_options:
-            self.sessionmaker.configure(bind=default.engine)
+
+    # -- runtime binds and tenant groups (see asyncbind.tenants) ----------------------------
+
+    async def add_bind(self, key: BindKey, config: str | sa.URL | Mapping[str, Any]) -> None:
+        """Configure bind ``key`` while the application runs, as ``binds={key: config}`` would
+        have (the constructor's ``engine_options`` apply under the bind's own).
+
+        Sessions route to it from their next statement on; ``create_all(bind_key=key)`` creates
+        its tables. No connection is made here. Raises :class:`ConfigError` if ``key`` is
+        configured already (bind or group) or ``config`` is wrong.
+        """
+        if key in self._binds or key in self._groups:
+            what = "a tenant group" if key in self._groups else "configured"
+            raise ConfigError(
+                f"add_bind(): {bind_name(key)} is {what} already. Remove it first "
+                f"(await db.remove_bind({key!r})) or choose another key."
+            )
+        self._install(_build(None, {key: config}, self._engine_options))
+        logger.info("added %s", bind_name(key))
+
+    async def remove_bind(self, key: BindKey) -> None:
+        """Take bind ``key`` out of service while the application runs.
+
+        New statements for it raise :class:`UnknownBindError` at once; sessions that hold one of
+        its connections finish their transactions undisturbed. Returns when the last of them is
+        done and the engine is disposed (if this call is cancelled, the engine is still disposed
+        then). The default bind cannot be removed.
+        """
+        if key is None:
+            raise ConfigError(
+                "remove_bind(None): the default bind cannot be removed; sessions fall back to it "
+                "for statements with no tables. Make a new AsyncBind to change it."
+            )
+        bind = self._binds.get(key) if isinstance(key, str) else None
+        if bind is None:
+            raise UnknownBindError(key, self._binds, owner="remove_bind()")
+        del self._binds[key]
+        self._route_binds()
+        logger.info("removed %s; its engine is disposed once its sessions are done", bind_name(key))
+        task = self._retirements.retire(bind.engine, bind_name(key))
+        if task is not None:
+            await asyncio.shield(task)
+
+    def add_group(
+        self,
+        key: str,
+        url: UrlResolver,
+        *,
+        max_engines: int = DEFAULT_MAX_ENGINES,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> TenantGroup:
+        """Make ``key`` a tenant group: the models with ``__bind_key__ = key`` live in one
+        database per tenant, ``url(tenant)`` (a URL string, a :class:`sqlalchemy.URL` or a dict
+        with a ``"url"``; called once per engine made, it must not block).
+
+        Inside ``with db.route(key=tenant):`` their statements go to that tenant's database; with
+        no tenant routed they raise :class:`~asyncbind.exceptions.UnresolvedTenantError`. At most
+        ``max_engines`` idle engines are kept, least recently used ones disposed first; an engine
+        in use by a session is never disposed. ``engine_options`` go over the constructor's.
+        """
+        if not isinstance(key, str) or key == ALL or key in self._binds or key in self._groups:
+            raise ConfigError(
+                f"add_group({key!r}): the key of a tenant group is a string that names no bind or "
+                f"group yet and is not {ALL!r} (configured: "
+                f"{', '.join(repr(k) for k in [*self._binds, *self._groups]) or 'none'})."
+            )
+        group = self._groups.add(
+            key,
+            url,
+            max_engines=max_engines,
+            engine_options={**self._engine_options, **check_engine_options(engine_options)},
+            make_engine=self._tenant_engine,
+            retirements=self._retirements,
+        )
+        self.metadatas.for_key(key)
+        self._router.set_groups(self._groups)
+        return group
+
+    def _tenant_engine(self, config: BindConfig) -> AsyncEngine:
+        engine = make_engine(config)
+        if self._record_queries:
+            recording.install(engine)
+        return engine
+
+    def route(self, **tenants: str) -> Route:
+        """``with db.route(tenant="acme"):`` (or ``async with``): statements on the models of
+        group ``"tenant"`` go to tenant ``"acme"``'s database inside the block, in this task and
+        the tasks it starts. Routes nest; the inner one wins for the groups it names."""
+        return self._groups.route(tenants)
 
     def _make_sessionmaker(self) -> async_sessionmaker[views.AsyncBindSession]:
         options = dict(self._session_options)
@@ -299,8 +411,13 @@ class AsyncBind:
         """The default bind's engine (key ``None``)."""
         return self.get_engine(None)
 
-    def get_engine(self, bind_key: BindKey = None) -> AsyncEngine:
-        """The engine of ``bind_key``; :class:`UnknownBindError` if it is not configured."""
+    def get_engine(self, bind_key: BindKey = None, *, tenant: str | None = None) -> AsyncEngine:
+        """The engine of ``bind_key``; :class:`UnknownBindError` if it is not configured.
+
+        For a tenant group, the engine of ``tenant``, else of the routed tenant.
+        """
+        if isinstance(bind_key, str) and bind_key in self._groups:
+            return self._tenant_engines(bind_key, tenant, "get_engine()")
         if not self._binds:
             raise NotConfiguredError(_NOT_CONFIGURED)
         self._router.engine(bind_key, "get_engine()")  # raises UnknownBindError
@@ -328,19 +445,58 @@ class AsyncBind:
 
     # -- schema -----------------------------------------------------------------------------
 
-    def _table_groups(self, bind_key: object) -> schema.TableGroups:
-        if not self._binds:
-            raise NotConfiguredError(_NOT_CONFIGURED)
-        keys = schema.select_keys(bind_key, self._binds)
-        return schema.tables_by_bind(list(self.metadatas.values()), keys, self._binds)
+    def _tenant_engines(self, key: str, tenant: str | None, owner: str) -> AsyncEngine:
+        group = self._groups[key]
+        chosen = group.current_tenant() if tenant is None else check_tenant(key, tenant)
+        if chosen is None:
+            raise UnresolvedTenantError(key, owner=owner)
+        return group.engine(chosen)
 
-    async def create_all(self, bind_key: BindKey | list[BindKey] = ALL) -> None:
+    def _table_groups(
+        self, bind_key: object, tenant: str | None, operation: str
+    ) -> tuple[schema.TableGroups, dict[BindKey, AsyncEngine]]:
+        """The tables of each bind ``bind_key`` selects, and the engine each runs on.
+
+        A tenant group runs on the engine of ``tenant``, else of the routed tenant; with neither,
+        it is skipped under ``"__all__"`` and refused when named.
+        """
+        if not self._binds and not self._groups:
+            raise NotConfiguredError(_NOT_CONFIGURED)
+        configured = [*self._binds, *self._groups]
+        keys = schema.select_keys(bind_key, configured)
+        named = bind_key if isinstance(bind_key, list | tuple | set | frozenset) else [bind_key]
+        engines: dict[BindKey, AsyncEngine] = {}
+        for key in list(keys):
+            if key is None or key in self._binds:
+                engines[key] = self._binds[key].engine
+            elif key in named or tenant is not None or self._groups[key].current_tenant():
+                engines[key] = self._tenant_engines(key, tenant, f"{operation}")
+            else:
+                keys.remove(key)
+                logger.info("%s: skipped tenant group %r, no tenant routed", operation, key)
+        if tenant is not None and not any(k in self._groups for k in keys):
+            raise ConfigError(
+                f"{operation} was given tenant={tenant!r} but selects no tenant group. Name the "
+                "group: bind_key='<group>'."
+            )
+        groups = schema.tables_by_bind(list(self.metadatas.values()), keys, configured)
+        return groups, engines
+
+    def _read_only(self, key: BindKey) -> bool:
+        bind = self._binds.get(key)
+        return bind is not None and bind.config.read_only
+
+    async def create_all(
+        self, bind_key: BindKey | list[BindKey] = ALL, *, tenant: str | None = None
+    ) -> None:
         """Create the tables of ``bind_key``'s binds that do not exist yet, binds concurrently.
 
-        ``bind_key`` is ``"__all__"`` (every bind), None, a key, or a list of those.
+        ``bind_key`` is ``"__all__"`` (every bind), None, a key, or a list of those. A tenant
+        group creates its tables in the database of ``tenant``, else of the routed tenant
+        (:meth:`route`); ``"__all__"`` skips a group with neither.
         """
-        groups = self._table_groups(bind_key)
-        for key in [k for k in groups if self._binds[k].config.read_only]:
+        groups, engines = self._table_groups(bind_key, tenant, "create_all()")
+        for key in [k for k in groups if self._read_only(k)]:
             del groups[key]
             logger.info("create_all: skipped read-only %s", bind_name(key))
 
@@ -348,16 +504,19 @@ class AsyncBind:
             async with engine.begin() as conn:
                 await conn.run_sync(schema.create_tables, groups[key])
 
-        await schema.run_per_bind("create_all", self.engines, list(groups), create)
+        await schema.run_per_bind("create_all", engines, list(groups), create)
 
-    async def drop_all(self, bind_key: BindKey | list[BindKey] = ALL) -> None:
+    async def drop_all(
+        self, bind_key: BindKey | list[BindKey] = ALL, *, tenant: str | None = None
+    ) -> None:
         """Drop the tables of ``bind_key``'s binds that exist, binds concurrently.
 
         Read-only binds are refused (:class:`ReadOnlyBindError`, nothing dropped anywhere) when
-        named, and skipped when ``bind_key`` is ``"__all__"``.
+        named, and skipped when ``bind_key`` is ``"__all__"``. Tenant groups as in
+        :meth:`create_all`.
         """
-        groups = self._table_groups(bind_key)
-        for key in [k for k in groups if self._binds[k].config.read_only]:
+        groups, engines = self._table_groups(bind_key, tenant, "drop_all()")
+        for key in [k for k in groups if self._read_only(k)]:
             if bind_key == ALL:
                 del groups[key]
                 logger.info("drop_all: skipped read-only %s", bind_name(key))
@@ -368,7 +527,7 @@ class AsyncBind:
             async with engine.begin() as conn:
                 await conn.run_sync(schema.drop_tables, groups[key])
 
-        await schema.run_per_bind("drop_all", self.engines, list(groups), drop)
+        await schema.run_per_bind("drop_all", engines, list(groups), drop)
 
     async def reflect(self, bind_key: BindKey | list[BindKey] = ALL, **kwargs: Any) -> None:
         """Load the tables of ``bind_key``'s databases into :attr:`metadatas`, binds concurrently.
@@ -584,6 +743,9 @@ class AsyncBind:
             for found in self._replicas.values():
                 for engine in found.engines:
                     recording.install(engine)
+            for group in self._groups.values():
+                for engine in group.engines.values():
+                    recording.install(engine)
 
     @property
     def engine_options(self) -> Mapping[str, Any]:
@@ -599,9 +761,13 @@ class AsyncBind:
         Connections made in another event loop, a closed one included, are closed too, without
         that loop (see :mod:`asyncbind.loops`). Safe to call more than once; the engines stay
         usable and open new connections on demand (in the event loop that uses them next).
+        Tenant engines are disposed too, and removed or evicted engines still waiting for their
+        sessions are disposed without waiting longer.
         """
+        await self._retirements.dispose_now()
         engines = [bind.engine for bind in self._binds.values()]
         engines += [engine for found in self._replicas.values() for engine in found.engines]
+        engines += [e for group in self._groups.values() for e in group.engines.values()]
         if len(engines) == 1:
             await engines[0].dispose()
         elif engines:

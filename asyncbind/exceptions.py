@@ -33,9 +33,11 @@ __all__ = [
     "SessionSharedError",
     "StartupCheckError",
     "StatementTimeoutError",
+    "TenantMismatchError",
     "TwoPhaseInDoubtError",
     "TwoPhaseUnsupportedError",
     "UnknownBindError",
+    "UnresolvedTenantError",
     "WrongEventLoopError",
     "bind_name",
     "first_line",
@@ -147,6 +149,42 @@ class UnknownBindError(AsyncBindError, LookupError):
             f"{what}{where} is not configured "
             f"(configured: {format_keys(self.configured)}). "
             f"Add it to binds=... or fix the '__bind_key__' / 'bind_key=' that names it."
+        )
+
+
+class UnresolvedTenantError(AsyncBindError, LookupError):
+    """A statement reached a tenant group (``db.add_group()``) with no tenant chosen for it.
+
+    ``group`` is the group's bind key. asyncbind never falls back to the default bind here: the
+    rows would land in the wrong database.
+    """
+
+    def __init__(self, group: str, *, owner: str | None = None) -> None:
+        self.group = group
+        where = f" by {owner}" if owner else ""
+        super().__init__(
+            f"Tenant group {group!r} was used{where} with no tenant chosen for it. Run the work "
+            f"inside 'async with db.route({group}=...)' (or 'with', as middleware does), or pass "
+            f"tenant=... to create_all() / drop_all() / get_engine()."
+        )
+
+
+class TenantMismatchError(AsyncBindError):
+    """One session was used for two tenants of the same group.
+
+    A session's identity map would mix their rows (row 1 of one tenant would be returned for row
+    1 of the other), so it stays with the first tenant it used: open another session for another
+    tenant.
+    """
+
+    def __init__(self, group: str, first: str, then: str) -> None:
+        self.group = group
+        self.first = first
+        self.then = then
+        super().__init__(
+            f"This session was used for tenant {first!r} of group {group!r} and now for tenant "
+            f"{then!r}. A session serves one tenant per group, so that their rows never mix: "
+            f"open a new session (db.session() or db.scope()) inside the route for {then!r}."
         )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -31,7 +31,7 @@ from .models import bind_key_of
 if TYPE_CHECKING:
     from .replicas import ReplicaSet, SessionReplicas
 
-__all__ = ["Router", "RoutingSession", "check_session_class"]
+__all__ = ["Group", "Router", "RoutingSession", "check_session_class"]
 
 _MISSING: Any = object()
 _NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
@@ -41,11 +41,27 @@ _NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
 STATEMENT_CACHE_SIZE = 5000
 
 
+class Group(Protocol):
+    """A bind key whose engine depends on the running context (a tenant group, see
+    :mod:`asyncbind.tenants`)."""
+
+    def sync_engine(self, owner: str | None = None) -> sa.Engine:
+        """The engine for the running context; ``owner`` names what asked, for errors."""
+        ...
+
+
 class Router:
-    """Maps mappers and statements to the sync engine of their bind."""
+    """Maps mappers and statements to the sync engine of their bind.
+
+    A group's engine changes with the context, so it is never cached: the caches of mappers and
+    statement shapes hold engines of ordinary binds only, and a group's mappers and shapes are
+    remembered apart, on the cache-miss path, so that ordinary binds route exactly as fast.
+    """
 
     __slots__ = (
         "_engines",
+        "_grouped",
+        "_groups",
         "_mapper_keys",
         "_mappers",
         "_order",
@@ -71,6 +87,8 @@ class Router:
         self.twophase: twophase.Coordinator | None = None
         #: Whether any bind has replicas (sessions then leave get_bind()'s fast path).
         self.has_replicas = False
+        self._groups: dict[BindKey, Group] = {}
+        self._grouped: dict[Hashable, tuple[Group, str | None]] = {}
 
     def set_engines(
         self,
@@ -91,16 +109,28 @@ class Router:
         # The default bind first, then the others in the order they were configured.
         keys = sorted(self._engines, key=lambda k: k is not None)
         self._order = {self._engines[k]: (rank, k) for rank, k in enumerate(keys)}
+        self._forget()
+
+    def set_groups(self, groups: Mapping[str, Group]) -> None:
+        """Route the bind keys of ``groups`` to their groups from now on."""
+        self._groups = {key: group for key, group in groups.items()}
+        self._forget()
+
+    def _forget(self) -> None:
         self._mappers.clear()
         self._mapper_keys.clear()
         self._statements.clear()
+        self._grouped.clear()
 
     def engine(self, key: BindKey, owner: str | None = None) -> sa.Engine:
         """The engine of bind ``key``; :class:`UnknownBindError` when it has none."""
         try:
             return self._engines[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
-            raise UnknownBindError(key, self._engines, owner=owner) from None
+            group = self._groups.get(key) if isinstance(key, str) else None
+            if group is not None:
+                return group.sync_engine(owner)
+            raise UnknownBindError(key, [*self._engines, *self._groups], owner=owner) from None
 
     def is_default(self, bind: sa.Engine | sa.Connection) -> bool:
         """Whether ``bind`` is the default bind's engine."""
@@ -139,6 +169,9 @@ class Router:
         engine = self._mappers.get(mapper)
         if engine is None:
             key, owner, _ = self._mapper_key(mapper)
+            group = self._groups.get(key)
+            if group is not None:
+                return group.sync_engine(owner)
             engine = self._mappers[mapper] = self.engine(key, owner)
         return engine
 
@@ -149,7 +182,17 @@ class Router:
         shape = (mapper, cache_key.key)
         engine = self._statements.get(shape)
         if engine is None:
-            engine = self._resolve(mapper, clause)
+            grouped = self._grouped.get(shape)
+            if grouped is not None:
+                return grouped[0].sync_engine(grouped[1])
+            key, owner = self._resolve_key(mapper, clause)
+            group = self._groups.get(key)
+            if group is not None:
+                if len(self._grouped) >= STATEMENT_CACHE_SIZE:
+                    self._grouped.clear()
+                self._grouped[shape] = (group, owner)
+                return group.sync_engine(owner)
+            engine = self.engine(key, owner)
             if len(self._statements) >= STATEMENT_CACHE_SIZE:
                 self._statements.clear()
             self._statements[shape] = engine
@@ -169,6 +212,11 @@ class Router:
         return found
 
     def _resolve(self, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
+        return self.engine(*self._resolve_key(mapper, clause))
+
+    def _resolve_key(self, mapper: Any, clause: sa.ClauseElement) -> tuple[BindKey, str]:
+        """The bind key of a statement and what to name it by in errors; a write to a read-only
+        bind is refused."""
         keys = _keys_of(_tables_in(clause))
         owner = None
         if mapper is not None:
@@ -177,14 +225,13 @@ class Router:
         if len(keys) > 1:
             raise CrossBindError(keys)
         if not keys:
-            return self.engine(None, "a statement with no tables (text(), a function, ...)")
+            return None, "a statement with no tables (text(), a function, ...)"
         key = next(iter(keys))
         if owner is None:
             owner = f"table {next(iter(keys[key]))!r}"
-        engine = self.engine(key, owner)
         if key in self._read_only:
             self.refuse_write(key, clause, owner)
-        return engine
+        return key, owner
 
     def check_flush(self, session: sa_orm.Session) -> None:
         """Refuse a flush that would write to a read-only bind."""

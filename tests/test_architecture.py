@@ -309,6 +309,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "pgbouncer",
                 "registry",
                 "engines",
+                "retiring",
             }
         ),
     ),
@@ -327,6 +328,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "web",
                 "recording",
                 "scoping",
+                "tenants",
             }
         ),
     ),
