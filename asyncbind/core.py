@@ -338,6 +338,11 @@ class AsyncBind:
                 "remove_bind(None): the default bind cannot be removed; sessions fall back to it "
                 "for statements with no tables. Make a new AsyncBind to change it."
             )
+        if isinstance(key, str) and key in self._groups:
+            raise ConfigError(
+                f"remove_bind({key!r}): {key!r} is a tenant group, which stays for the life of "
+                "the AsyncBind; its idle tenant engines are disposed by themselves."
+            )
         bind = self._binds.get(key) if isinstance(key, str) else None
         if bind is None:
             raise UnknownBindError(key, self._binds, owner="remove_bind()")
@@ -479,7 +484,11 @@ class AsyncBind:
                 f"{operation} was given tenant={tenant!r} but selects no tenant group. Name the "
                 "group: bind_key='<group>'."
             )
-        groups = schema.tables_by_bind(list(self.metadatas.values()), keys, configured)
+        # Under "__all__" every table's bind must be configured (a typo'd __bind_key__ creates
+        # nothing anywhere); binds named one by one may leave out a bind added at run time.
+        groups = schema.tables_by_bind(
+            list(self.metadatas.values()), keys, configured, every_table=ALL in named
+        )
         return groups, engines
 
     def _read_only(self, key: BindKey) -> bool:

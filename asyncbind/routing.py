@@ -25,16 +25,24 @@ from sqlalchemy.util import EMPTY_DICT
 
 from . import commits, readonly, twophase
 from .config import BindKey
-from .exceptions import ConfigError, CrossBindError, ReadOnlyBindError, UnknownBindError
+from .exceptions import (
+    ConfigError,
+    CrossBindError,
+    ReadOnlyBindError,
+    UnknownBindError,
+    UnresolvedTenantError,
+)
 from .models import bind_key_of
 
 if TYPE_CHECKING:
     from .replicas import ReplicaSet, SessionReplicas
 
-__all__ = ["Group", "Router", "RoutingSession", "check_session_class"]
+__all__ = ["SESSION_TENANTS", "Group", "Router", "RoutingSession", "check_session_class"]
 
 _MISSING: Any = object()
 _NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
+#: The ``session.info`` key of the tenant a session works with, by group key.
+SESSION_TENANTS = "asyncbind.tenants"
 #: How many statement shapes the router remembers: enough for a thousand models' usual statements
 #: (a few shapes each), since a miss walks the whole statement. An entry keeps the statement's
 #: cache key alive, about 3 KB. (SQLAlchemy's compiled cache holds 500 per engine.)
@@ -47,6 +55,10 @@ class Group(Protocol):
 
     def sync_engine(self, owner: str | None = None) -> sa.Engine:
         """The engine for the running context; ``owner`` names what asked, for errors."""
+        ...
+
+    def tenant_engine(self, tenant: str) -> sa.Engine:
+        """The engine of ``tenant``."""
         ...
 
 
@@ -128,9 +140,16 @@ class Router:
             return self._engines[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
             group = self._groups.get(key) if isinstance(key, str) else None
-            if group is not None:
-                return group.sync_engine(owner)
-            raise UnknownBindError(key, [*self._engines, *self._groups], owner=owner) from None
+        if group is not None:
+            return group.sync_engine(owner)
+        raise UnknownBindError(key, [*self._engines, *self._groups], owner=owner) from None
+
+    def tenant_engine(self, key: str, tenant: str) -> sa.Engine:
+        """The engine of ``tenant`` in group ``key``."""
+        group = self._groups.get(key)
+        if group is None:
+            raise UnknownBindError(key, [*self._engines, *self._groups]) from None
+        return group.tenant_engine(tenant)
 
     def is_default(self, bind: sa.Engine | sa.Connection) -> bool:
         """Whether ``bind`` is the default bind's engine."""
@@ -420,13 +439,24 @@ class RoutingSession(sa_orm.Session):
                 router.check_bind(bind, clause)
             return bind  # type: ignore[no-any-return]
         # _route(), written out: this runs for every statement.
-        if bind_key is not _MISSING:
-            return router.for_key(bind_key, clause)
-        if clause is not None:
-            return router.for_statement(mapper, clause)
-        if mapper is not None:
-            return router.for_mapper(mapper)
-        return router.engine(None, "a session operation with no statement")
+        try:  # free unless it raises (Python 3.11+)
+            if bind_key is not _MISSING:
+                return router.for_key(bind_key, clause)
+            if clause is not None:
+                return router.for_statement(mapper, clause)
+            if mapper is not None:
+                return router.for_mapper(mapper)
+            return router.engine(None, "a session operation with no statement")
+        except UnresolvedTenantError as error:
+            return self._tenant_engine(error)
+
+    def _tenant_engine(self, error: UnresolvedTenantError) -> sa.Engine:
+        """With no tenant routed for a group, the tenant this session already works with, if any
+        (a session opened inside a route keeps working after it); else ``error``."""
+        tenant = self.info.get(SESSION_TENANTS, EMPTY_DICT).get(error.group)
+        if tenant is None:
+            raise error
+        return self.router.tenant_engine(error.group, tenant)
 
     def _given_bind(
         self, mapper: Any, clause: Any, bind: Any, bind_key: Any, kw: dict[str, Any]
@@ -449,7 +479,10 @@ class RoutingSession(sa_orm.Session):
             except sa_exc.UnboundExecutionError:  # no match, and no bind of its own
                 pass
         if bind is None:
-            engine = _route(router, mapper, clause, bind_key)
+            try:
+                engine = _route(router, mapper, clause, bind_key)
+            except UnresolvedTenantError as error:
+                engine = self._tenant_engine(error)
             bind = self._by_key.get(engine)
             if bind is None:
                 replicas = router.replicas.get(engine)

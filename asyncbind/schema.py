@@ -51,11 +51,17 @@ def select_keys(bind_key: object, configured: Iterable[BindKey]) -> list[BindKey
 
 
 def tables_by_bind(
-    metadatas: Iterable[sa.MetaData], keys: Sequence[BindKey], configured: Iterable[BindKey]
+    metadatas: Iterable[sa.MetaData],
+    keys: Sequence[BindKey],
+    configured: Iterable[BindKey],
+    *,
+    every_table: bool = True,
 ) -> TableGroups:
     """Group the tables of ``metadatas`` that belong to ``keys`` by bind.
 
-    Raises :class:`UnknownBindError` if any table names a bind that is not configured.
+    Raises :class:`UnknownBindError` if any table names a bind that is not configured; with
+    ``every_table=False``, only if a table of ``keys`` does (the others may belong to a bind
+    that is added at run time).
     """
     configured = list(configured)
     groups: TableGroups = {key: [] for key in keys}
@@ -63,7 +69,7 @@ def tables_by_bind(
         per_key: dict[BindKey, list[sa.Table]] = {}
         for table in metadata.sorted_tables:
             key = bind_key_of(table)
-            if key not in configured:
+            if key not in configured and (every_table or key in groups):
                 raise UnknownBindError(key, configured, owner=f"table {table.fullname!r}")
             per_key.setdefault(key, []).append(table)
         for key, tables in per_key.items():

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .config import BindConfig, BindValue, check_config, config_error
 from .exceptions import ConfigError, TenantMismatchError, UnresolvedTenantError
 from .retiring import Retirements, in_use
-from .routing import RoutingSession
+from .routing import SESSION_TENANTS, RoutingSession
 
 __all__ = [
     "DEFAULT_MAX_ENGINES",
@@ -62,7 +62,6 @@ EngineMaker = Callable[[BindConfig], AsyncEngine]
 _TENANT_OF: weakref.WeakKeyDictionary[sa.Engine, tuple[TenantGroup, str]] = (
     weakref.WeakKeyDictionary()
 )
-_SESSION_TENANTS = "asyncbind.tenants"
 
 
 class TenantGroup:
@@ -117,6 +116,10 @@ class TenantGroup:
         tenant = self._routes.get().get(self.key)
         if tenant is None:
             raise UnresolvedTenantError(self.key, owner=owner)
+        return self.engine(tenant).sync_engine
+
+    def tenant_engine(self, tenant: str) -> sa.Engine:
+        """The sync engine of ``tenant``: what a session asks for the tenant it works with."""
         return self.engine(tenant).sync_engine
 
     def engine(self, tenant: str) -> AsyncEngine:
@@ -287,8 +290,8 @@ def _pin_tenant(session: sa_orm.Session, _transaction: Any, connection: sa.Conne
     if found is None:
         return
     group, tenant = found
-    pinned = session.info.setdefault(_SESSION_TENANTS, {})
-    first = pinned.setdefault(group, tenant)
+    pinned = session.info.setdefault(SESSION_TENANTS, {})
+    first = pinned.setdefault(group.key, tenant)
     if first != tenant:
         raise TenantMismatchError(group.key, first, tenant)
 

@@ -1,0 +1,258 @@
+"""Binds added and removed while the application runs: ``db.add_bind()`` and ``db.remove_bind()``.
+
+Rows are checked in the databases themselves, read on connections of their own; connections are
+counted by the engines' pool events and, on PostgreSQL and MariaDB, by the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase
+from serverconns import OpenConnections, no_server_connections, read_rows, table_names
+from sqlalchemy import orm as sa_orm
+
+from asyncbind import AsyncBind, ConfigError, UnknownBindError
+
+
+@dataclass
+class App:
+    db: AsyncBind
+    Item: Any  # default bind
+    Note: Any  # bind "extra", added at run time
+
+
+def make_app(db: AsyncBind) -> App:
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "items"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        name: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "notes"
+        __bind_key__ = "extra"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        text: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+
+    return App(db, Item, Note)
+
+
+@pytest.fixture
+async def app(url: str, make_db: Callable[..., AsyncBind]) -> App:
+    made = make_app(make_db(url))
+    # Only the default bind's tables: create_all() refuses models of a bind not configured yet.
+    await made.db.create_all(bind_key=None)
+    return made
+
+
+async def notes_in(url: str) -> list[str]:
+    return [row[0] for row in await read_rows(url, "SELECT text FROM notes ORDER BY text")]
+
+
+async def test_add_bind_routes_and_creates_its_tables(
+    app: App, backend: str, new_database: NewDatabase, url: str
+) -> None:
+    extra = await new_database(backend)
+    await app.db.add_bind("extra", extra)
+    await app.db.create_all(bind_key="extra")
+    async with app.db.session() as session:
+        session.add(app.Note(text="first"))
+        session.add(app.Item(name="item"))
+        await session.commit()
+        assert (await session.scalars(sa.select(app.Note.text))).all() == ["first"]
+    assert await notes_in(extra) == ["first"]
+    assert await read_rows(url, "SELECT name FROM items") == [("item",)]
+    assert await table_names(extra) == {"notes"}  # none of the default bind's
+
+
+async def test_add_bind_takes_a_dict_with_engine_options(
+    make_db: Callable[..., AsyncBind], tmp_path: Any
+) -> None:
+    db = make_db(f"sqlite:///{tmp_path / 'main.db'}", engine_options={"pool_size": 3})
+    await db.add_bind("extra", {"url": f"sqlite:///{tmp_path / 'extra.db'}", "max_overflow": 1})
+    assert dict(db.bind_configs["extra"].engine_options) == {"pool_size": 3, "max_overflow": 1}
+    async with db.get_engine("extra").connect() as conn:
+        assert (await conn.execute(sa.text("SELECT 1"))).scalar_one() == 1
+
+
+async def test_add_and_remove_bind_refuse_what_is_wrong(
+    make_db: Callable[..., AsyncBind], tmp_path: Any
+) -> None:
+    db = make_db(f"sqlite:///{tmp_path / 'main.db'}", binds={"users": "sqlite://"})
+    db.add_group("tenant", url=lambda tenant: f"sqlite:///{tmp_path / tenant}.db")
+
+    with pytest.raises(ConfigError, match="bind 'users' is configured already") as info:
+        await db.add_bind("users", "postgresql://u:s3cret@127.0.0.1/users")
+    assert "remove_bind('users')" in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="the default bind is configured already"):
+        await db.add_bind(None, "sqlite://")
+    with pytest.raises(ConfigError, match="'tenant' is a tenant group already"):
+        await db.add_bind("tenant", "sqlite://")
+    with pytest.raises(ConfigError, match="has no 'url'") as info:
+        await db.add_bind("extra", {"pool_size": 2})
+    assert "'extra'" in str(info.value)
+    with pytest.raises(ConfigError, match="reserved"):
+        await db.add_bind("__all__", "sqlite://")
+    assert set(db.engines) == {None, "users"}  # nothing half-added
+
+    with pytest.raises(UnknownBindError, match=r"'nope' used by remove_bind\(\)") as error:
+        await db.remove_bind("nope")
+    assert error.value.configured == (None, "users")
+    with pytest.raises(ConfigError, match="the default bind cannot be removed"):
+        await db.remove_bind(None)
+    with pytest.raises(ConfigError, match="'tenant' is a tenant group"):
+        await db.remove_bind("tenant")
+    assert set(db.engines) == {None, "users"}
+
+
+async def test_remove_bind_refuses_new_statements_and_routes_a_new_bind_by_that_key(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    db, Note = app.db, app.Note
+    first, second = await new_database(backend), await new_database(backend)
+    await db.add_bind("extra", first)
+    await db.create_all(bind_key="extra")
+    statement = sa.select(Note.text)
+    core = sa.select(Note.__table__.c.text)
+    async with db.session() as session:  # the router caches these shapes and the mapper
+        await session.execute(statement)
+        await session.execute(core)
+        await session.get(Note, 1)
+
+    await db.remove_bind("extra")
+    assert "extra" not in db.engines
+    async with db.session() as session:
+        for attempt in (session.execute(statement), session.execute(core), session.get(Note, 1)):
+            with pytest.raises(UnknownBindError, match="'extra'"):
+                await attempt
+        session.add(Note(text="nowhere"))
+        with pytest.raises(UnknownBindError, match="model 'Note'"):
+            await session.flush()
+
+    await db.add_bind("extra", second)
+    await db.create_all(bind_key="extra")
+    async with db.session() as session:
+        session.add(Note(text="second"))
+        await session.commit()
+        assert (await session.execute(statement)).scalars().all() == ["second"]
+    assert await notes_in(first) == []
+    assert await notes_in(second) == ["second"]
+
+
+async def test_remove_bind_waits_for_the_sessions_using_it(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    db, Note = app.db, app.Note
+    extra = await new_database(backend)
+    await db.add_bind("extra", extra)
+    connections = OpenConnections(db.get_engine("extra"))
+    await db.create_all(bind_key="extra")
+
+    async with db.session() as busy:
+        busy.add(Note(text="in flight"))
+        await busy.flush()  # holds a connection of "extra", mid-transaction
+        removing = asyncio.create_task(db.remove_bind("extra"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not removing.done()  # its session still holds a connection
+        assert "extra" not in db.engines  # but no new work reaches it
+        async with db.session() as other:
+            with pytest.raises(UnknownBindError):
+                await other.execute(sa.select(Note))
+        await busy.commit()  # the session in flight finishes undisturbed
+    await asyncio.wait_for(removing, 30)
+    assert connections.opened >= 1 and connections.open == 0
+    assert await notes_in(extra) == ["in flight"]
+    assert await no_server_connections(extra) == 0
+
+
+async def test_remove_bind_cancelled_still_disposes_the_engine(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    db, Note = app.db, app.Note
+    extra = await new_database(backend)
+    await db.add_bind("extra", extra)
+    connections = OpenConnections(db.get_engine("extra"))
+    await db.create_all(bind_key="extra")
+    async with db.session() as busy:
+        await busy.execute(sa.select(Note))
+        removing = asyncio.create_task(db.remove_bind("extra"))
+        await asyncio.sleep(0)
+        removing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await removing
+        await busy.rollback()
+    for _ in range(300):  # the engine is disposed in a task of its own
+        if connections.open == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert connections.open == 0
+    assert await no_server_connections(extra) == 0
+
+
+async def test_add_and_remove_under_concurrent_requests(
+    app: App, backend: str, new_database: NewDatabase, url: str
+) -> None:
+    """Requests on the default bind run throughout while bind "extra" is added, used by
+    requests of its own, and removed, three times over three databases: no request on the default
+    bind fails, every note lands in the database "extra" named when it was written, and each
+    removed engine is left with no connection."""
+    db, Item, Note = app.db, app.Item, app.Note
+    extras = [await new_database(backend) for _ in range(3)]
+    stop = asyncio.Event()
+    written: list[str] = []
+
+    async def request_on_default(worker: int) -> None:
+        count = 0
+        while not stop.is_set() or count < 3:
+            async with db.session() as session:
+                session.add(Item(name=f"w{worker}-{count}"))
+                await session.commit()
+                written.append(f"w{worker}-{count}")
+            count += 1
+            await asyncio.sleep(0)
+
+    async def request_on_extra(round_: int, worker: int, landed: list[str]) -> list[str]:
+        for count in range(100_000):
+            text = f"r{round_}-w{worker}-{count}"
+            try:
+                async with db.session() as session:
+                    session.add(Note(text=text))
+                    await session.commit()
+            except UnknownBindError:
+                return landed  # removed: refused before anything was sent
+            landed.append(text)
+            await asyncio.sleep(0)
+        return landed
+
+    workers = [asyncio.create_task(request_on_default(w)) for w in range(6)]
+    landed_by_round: list[list[str]] = []
+    counters = []
+    for round_, extra in enumerate(extras):
+        await db.add_bind("extra", extra)
+        counters.append(OpenConnections(db.get_engine("extra")))
+        await db.create_all(bind_key="extra")
+        landed: list[str] = []
+        requests = [asyncio.create_task(request_on_extra(round_, w, landed)) for w in range(4)]
+        for _ in range(6_000):  # until a dozen notes landed (a guard of ~60 s)
+            if len(landed) >= 12:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(db.remove_bind("extra"), 60)
+        await asyncio.wait_for(asyncio.gather(*requests), 60)
+        landed_by_round.append(sorted(landed))
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*workers), 120)
+
+    items = sorted(row[0] for row in await read_rows(url, "SELECT name FROM items"))
+    assert items == sorted(written) and len(items) >= 18
+    for extra, landed, counter in zip(extras, landed_by_round, counters, strict=True):
+        assert landed  # requests did reach each bind while it was there
+        assert await notes_in(extra) == sorted(landed)
+        assert counter.open == 0
+        assert await no_server_connections(extra) == 0
