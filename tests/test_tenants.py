@@ -1,0 +1,326 @@
+"""Tenant groups: the same models in one database per tenant, chosen by ``db.route()``.
+
+Every row is written with the name of the tenant that wrote it, and each tenant's database is
+read directly (never through the AsyncBind under test), so a row that landed in another tenant's
+database, or in the default one, is seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import NewDatabase, require_server
+from serverconns import no_server_connections, read_rows, table_names
+from sqlalchemy import orm as sa_orm
+
+from asyncbind import (
+    AsyncBind,
+    ConfigError,
+    TenantMismatchError,
+    UnknownBindError,
+    UnresolvedTenantError,
+)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@dataclass
+class App:
+    db: AsyncBind
+    Note: Any  # group "tenant"
+    Item: Any  # default bind
+
+
+def make_app(db: AsyncBind) -> App:
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "notes"
+        __bind_key__ = "tenant"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        tenant: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(40))
+        text: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(40))
+
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "items"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+
+    return App(db, Note, Item)
+
+
+async def rows_in(url: str) -> list[tuple[str, str]]:
+    return [
+        (str(tenant), str(text))
+        for tenant, text in await read_rows(url, "SELECT tenant, text FROM notes ORDER BY id")
+    ]
+
+
+@pytest.fixture
+async def two_tenants(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> tuple[App, dict[str, str], str]:
+    """An app whose group "tenant" has tenants "acme" and "globex" on ``backend``, their tables
+    made; and the default bind's URL."""
+    default = await new_database(backend)
+    urls = {"acme": await new_database(backend), "globex": await new_database(backend)}
+    app = make_app(make_db(default))
+    app.db.add_group("tenant", url=urls.__getitem__, max_engines=4)
+    await app.db.create_all()  # the default bind; the group is skipped with no tenant routed
+    for tenant in urls:
+        await app.db.create_all(bind_key="tenant", tenant=tenant)
+    return app, urls, default
+
+
+async def test_statements_go_to_the_routed_tenant(
+    two_tenants: tuple[App, dict[str, str], str],
+) -> None:
+    app, urls, default = two_tenants
+    db, Note = app.db, app.Note
+    assert await table_names(default) == {"items"}
+    assert await table_names(urls["acme"]) == {"notes"}
+    for tenant in ("acme", "globex", "acme"):
+        async with db.route(tenant=tenant), db.session() as session:
+            session.add(Note(tenant=tenant, text="orm"))
+            session.add(app.Item())  # the default bind, in the same session
+            await session.commit()
+            await session.execute(sa.insert(Note.__table__).values(tenant=tenant, text="core"))
+            await session.commit()
+            seen = (await session.scalars(sa.select(Note.tenant).distinct())).all()
+            assert seen == [tenant]
+            assert db.get_engine("tenant") is db.get_engine("tenant", tenant=tenant)
+    assert await rows_in(urls["acme"]) == [("acme", "orm"), ("acme", "core")] * 2
+    assert await rows_in(urls["globex"]) == [("globex", "orm"), ("globex", "core")]
+    assert len(await read_rows(default, "SELECT id FROM items")) == 3
+
+
+async def test_no_tenant_is_an_error_never_the_default_database(
+    two_tenants: tuple[App, dict[str, str], str],
+) -> None:
+    app, urls, default = two_tenants
+    db, Note = app.db, app.Note
+    async with db.engine.begin() as conn:  # a table the statements would fit, were they sent
+        await conn.run_sync(lambda sync: Note.__table__.to_metadata(sa.MetaData()).create(sync))
+    async with db.session() as session:
+        attempts = [
+            session.execute(sa.select(Note)),
+            session.get(Note, 1),
+            session.execute(sa.insert(Note.__table__).values(tenant="x", text="core")),
+            session.execute(sa.select(Note.id), bind_arguments={"bind_key": "tenant"}),
+        ]
+        for attempt in attempts:
+            with pytest.raises(UnresolvedTenantError, match="'tenant'") as info:
+                await attempt
+            assert info.value.group == "tenant"
+        session.add(Note(tenant="x", text="orm"))
+        with pytest.raises(UnresolvedTenantError, match="model 'Note'"):
+            await session.commit()
+    for call in (
+        db.create_all(bind_key="tenant"),
+        db.drop_all(bind_key="tenant"),
+    ):
+        with pytest.raises(UnresolvedTenantError, match=r"db.route\(tenant=...\)"):
+            await call
+    with pytest.raises(UnresolvedTenantError):
+        db.get_engine("tenant")
+    assert await read_rows(default, "SELECT id FROM notes") == []
+    for url in urls.values():
+        assert await read_rows(url, "SELECT id FROM notes") == []
+
+
+async def test_a_session_serves_one_tenant(
+    two_tenants: tuple[App, dict[str, str], str],
+) -> None:
+    app, urls, _ = two_tenants
+    db, Note = app.db, app.Note
+    async with db.session() as session:
+        with db.route(tenant="acme"):
+            session.add(Note(tenant="acme", text="inside"))
+            await session.flush()
+        # Outside the route, the session keeps working with the tenant it used.
+        session.add(Note(tenant="acme", text="after"))
+        await session.commit()
+        assert len((await session.scalars(sa.select(Note))).all()) == 2
+        with db.route(tenant="globex"):
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'") as info:
+                await session.execute(sa.select(Note))
+        assert (info.value.first, info.value.then) == ("acme", "globex")
+    assert await rows_in(urls["acme"]) == [("acme", "inside"), ("acme", "after")]
+    assert await rows_in(urls["globex"]) == []
+
+
+async def test_tasks_inherit_the_route_and_routes_nest(
+    make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    app = make_app(make_db(f"sqlite:///{tmp_path / 'main.db'}"))
+    db = app.db
+    db.add_group("tenant", url=lambda tenant: f"sqlite:///{tmp_path / tenant}.db")
+    db.add_group("region", url=lambda region: f"sqlite:///{tmp_path / region}.db")
+
+    async def tenant_of() -> str:
+        return str(db.get_engine("tenant").url.database).rsplit("/", 1)[-1]
+
+    async with db.route(tenant="a", region="eu"):
+        assert await asyncio.create_task(tenant_of()) == "a.db"
+        with db.route(tenant="b"):
+            assert await tenant_of() == "b.db"
+            assert str(db.get_engine("region").url.database).endswith("eu.db")
+        assert await tenant_of() == "a.db"
+    assert db.groups["tenant"].current_tenant() is None
+
+
+async def test_groups_and_routes_refuse_what_is_wrong(
+    make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    db = make_db(f"sqlite:///{tmp_path / 'main.db'}", binds={"users": "sqlite://"})
+    make_app(db)
+
+    def failing(tenant: str) -> str:
+        raise KeyError(tenant)
+
+    for key, url, max_engines, words in [
+        ("users", str, 4, "names no bind or group yet"),
+        (None, str, 4, "is a string"),
+        ("__all__", str, 4, "'__all__'"),
+        ("tenant", "sqlite:///x.db", 4, "a function of the tenant"),
+        ("tenant", str, 0, "1 or more"),
+        ("tenant", str, True, "1 or more"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            db.add_group(key, url=url, max_engines=max_engines)  # type: ignore[arg-type]
+    assert dict(db.groups) == {}
+
+    group = db.add_group("tenant", url=failing)
+    with pytest.raises(ConfigError, match="'tenant'"):
+        db.add_group("tenant", url=str)
+    with pytest.raises(ConfigError, match=r"not a tenant group.*'tenant'"):
+        db.route(tenantt="acme")
+    with pytest.raises(ConfigError, match="non-empty string"):
+        db.route(tenant=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="url\\(\\) raised KeyError for tenant 'acme'"):
+        db.get_engine("tenant", tenant="acme")
+
+    db.add_group(
+        "secret", url=lambda tenant: {"url": "postgresql://u:s3cret@127.0.0.1/x", "pool_size": "2"}
+    )
+    with pytest.raises(ConfigError, match=r"Tenant 'acme'.*'pool_size'") as info:
+        db.get_engine("secret", tenant="acme")
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="selects no tenant group"):
+        await db.create_all(bind_key=None, tenant="acme")
+    assert dict(group.engines) == {}
+    with pytest.raises(UnknownBindError, match="configured: None, 'secret', 'tenant', 'users'"):
+        db.get_engine("tenantt")
+
+
+async def test_a_session_in_use_keeps_its_engine(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    urls = {name: await new_database(backend) for name in ("t1", "t2", "t3")}
+    app = make_app(make_db(await new_database(backend)))
+    db, Note = app.db, app.Note
+    group = db.add_group("tenant", url=urls.__getitem__, max_engines=1)
+    for tenant in urls:
+        await db.create_all(bind_key="tenant", tenant=tenant)
+
+    async with db.route(tenant="t1"), db.session() as busy:
+        busy.add(Note(tenant="t1", text="held"))
+        await busy.flush()  # holds a connection of t1's engine
+        held = db.get_engine("tenant")
+        for other in ("t2", "t3"):
+            async with db.route(tenant=other), db.session() as session:
+                session.add(Note(tenant=other, text="x"))
+                await session.commit()
+        assert group.engines["t1"] is held  # in use: kept past the bound
+        assert len(group.engines) <= 2
+        await busy.commit()
+    async with db.route(tenant="t2"), db.session() as session:  # t1 is idle now: evicted
+        await session.execute(sa.select(Note))
+    assert list(group.engines) == ["t2"]
+    assert await rows_in(urls["t1"]) == [("t1", "held")]
+    assert await no_server_connections(urls["t1"]) == 0
+    async with db.route(tenant="t1"), db.session() as session:  # made again on demand
+        assert (await session.scalars(sa.select(Note.text))).all() == ["held"]
+    assert group.engines["t1"] is not held
+
+
+@pytest.mark.parametrize(
+    "backends",
+    [
+        pytest.param(
+            ("postgresql", "mysql"),
+            id="postgresql+mysql",
+            marks=[pytest.mark.postgresql, pytest.mark.mysql],
+        ),
+        pytest.param(("sqlite",), id="sqlite", marks=pytest.mark.sqlite),
+    ],
+)
+async def test_many_tenants_under_concurrent_requests(
+    backends: tuple[str, ...], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """52 tenant databases, a bound of 8 engines, many concurrent requests each in its own
+    tenant: every row lands in its own tenant's database, the engines stay within the bound,
+    evicted engines are disposed (no server connection left) and made again on demand."""
+    for backend in backends:
+        await require_server(backend)
+    names = [f"t{i:02d}" for i in range(52)]
+    urls = {name: await new_database(backends[i % len(backends)]) for i, name in enumerate(names)}
+    app = make_app(make_db(await new_database(backends[0])))
+    db, Note = app.db, app.Note
+    bound = 8
+    group = db.add_group("tenant", url=urls.__getitem__, max_engines=bound)
+    engines_seen: dict[str, set[Any]] = {name: set() for name in names}
+    peak = 0
+    busy = asyncio.Semaphore(6)  # requests in flight at once, fewer than the bound
+
+    async def request(tenant: str, number: int) -> None:
+        nonlocal peak
+        async with busy, db.route(tenant=tenant):
+            async with db.session() as session:
+                session.add_all(Note(tenant=tenant, text=f"{number}-{i}") for i in range(3))
+                await session.commit()
+                mine = (await session.scalars(sa.select(Note.tenant).distinct())).all()
+                assert mine == [tenant]
+                engines_seen[tenant].add(db.get_engine("tenant"))
+                peak = max(peak, len(group.engines))
+
+    async with asyncio.timeout(600):
+        for name in names:
+            async with busy:
+                await db.create_all(bind_key="tenant", tenant=name)
+        await asyncio.gather(*(request(name, number) for number in range(3) for name in names))
+
+    assert peak <= bound and len(group.engines) <= bound
+    for name in names:
+        rows = await rows_in(urls[name])
+        assert {tenant for tenant, _ in rows} == {name}
+        assert sorted(text for _, text in rows) == sorted(
+            f"{n}-{i}" for n in range(3) for i in range(3)
+        )
+    assert any(len(seen) > 1 for seen in engines_seen.values())  # evicted, then made again
+    evicted = [name for name in names if name not in group.engines]
+    assert len(evicted) >= len(names) - bound
+    for name in evicted:
+        assert await no_server_connections(urls[name]) == 0
+
+
+def test_readme_tenants_example_runs(tmp_path: Path) -> None:
+    text = README.read_text()
+    section = text[text.index("## Tenants") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    result = subprocess.run(
+        [sys.executable, "-c", code.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["acme", "['acme']", "globex", "['globex']"]
