@@ -324,3 +324,78 @@ def test_readme_tenants_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["acme", "['acme']", "globex", "['globex']"]
+
+
+class TenantMiddleware:
+    """The README's middleware: each request is routed to the tenant in its X-Tenant header."""
+
+    def __init__(self, app: Any, db: AsyncBind) -> None:
+        self.app = app
+        self.db = db
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.datastructures import Headers
+
+        tenant = Headers(scope=scope).get("x-tenant") if scope["type"] == "http" else None
+        if tenant is None:
+            await self.app(scope, receive, send)
+            return
+        with self.db.route(tenant=tenant):
+            await self.app(scope, receive, send)
+
+
+async def test_starlette_requests_routed_by_middleware(
+    make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from asyncbind.integrations.starlette import AsyncBindMiddleware
+
+    app = make_app(make_db(f"sqlite:///{tmp_path / 'main.db'}"))
+    db, Note = app.db, app.Note
+    urls = {f"t{i}": f"sqlite:///{tmp_path / f't{i}.db'}" for i in range(8)}
+    db.add_group("tenant", url=urls.__getitem__, max_engines=4)
+    for tenant in urls:
+        await db.create_all(bind_key="tenant", tenant=tenant)
+
+    async def add(request: Request) -> JSONResponse:
+        db.session.add(Note(tenant=request.headers["x-tenant"], text=request.query_params["text"]))
+        return JSONResponse({}, status_code=201)  # committed by the middleware, in the route
+
+    async def notes(request: Request) -> JSONResponse:
+        found = (await db.session.scalars(sa.select(Note.tenant).distinct())).all()
+        return JSONResponse(list(found))
+
+    web = Starlette(
+        routes=[Route("/notes", add, methods=["POST"]), Route("/notes", notes)],
+        middleware=[
+            Middleware(TenantMiddleware, db=db),
+            Middleware(AsyncBindMiddleware, db=db, autocommit=True),
+        ],
+    )
+    transport = httpx.ASGITransport(app=web)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def post(tenant: str, number: int) -> int:
+            response = await client.post(
+                "/notes", params={"text": str(number)}, headers={"x-tenant": tenant}
+            )
+            return response.status_code
+
+        statuses = await asyncio.gather(
+            *(post(tenant, number) for number in range(5) for tenant in urls)
+        )
+        assert set(statuses) == {201}
+        for tenant in urls:
+            response = await client.get("/notes", headers={"x-tenant": tenant})
+            assert response.json() == [tenant]
+        with pytest.raises(UnresolvedTenantError):
+            await client.get("/notes")  # no tenant: an error, not the default database
+    for tenant, url in urls.items():
+        rows = await rows_in(url)
+        assert sorted(rows) == sorted((tenant, str(number)) for number in range(5))
