@@ -33,16 +33,13 @@ def in_use(engine: AsyncEngine) -> int:
     return int(checkedout()) if checkedout is not None else 0
 
 
-async def _idle(engine: AsyncEngine) -> None:
-    """Wait until no connection of ``engine`` is checked out."""
-    if not in_use(engine):
-        return
+async def _idle(engine: AsyncEngine, done: asyncio.Event) -> None:
+    """Wait until no connection of ``engine`` is checked out, or until ``done`` is set."""
     loop = asyncio.get_running_loop()
-    idle = asyncio.Event()
 
     def check() -> None:
         if not in_use(engine):
-            idle.set()
+            done.set()
 
     def returned(*_: Any) -> None:
         # The pool counts the connection as back only after its checkin event: look just after.
@@ -52,7 +49,7 @@ async def _idle(engine: AsyncEngine) -> None:
     sa.event.listen(target, "checkin", returned)
     try:
         check()
-        await idle.wait()
+        await done.wait()
     finally:
         sa.event.remove(target, "checkin", returned)
 
@@ -64,7 +61,9 @@ class Retirements:
     __slots__ = ("_tasks",)
 
     def __init__(self) -> None:
-        self._tasks: dict[asyncio.Task[None], AsyncEngine] = {}
+        # Each task, with the event that ends its wait (set when the engine is idle, or by
+        # dispose_now()).
+        self._tasks: dict[asyncio.Task[None], asyncio.Event] = {}
 
     def retire(self, engine: AsyncEngine, name: str) -> asyncio.Task[None] | None:
         """Dispose ``engine`` once none of its connections is in use, in a task of its own (so
@@ -75,13 +74,15 @@ class Retirements:
         except RuntimeError:
             engine.sync_engine.dispose(close=False)
             return None
-        task = loop.create_task(self._retire(engine, name), name=f"asyncbind retire {name}")
-        self._tasks[task] = engine
+        done = asyncio.Event()
+        task = loop.create_task(self._retire(engine, name, done), name=f"asyncbind retire {name}")
+        self._tasks[task] = done
         task.add_done_callback(self._done)
         return task
 
-    async def _retire(self, engine: AsyncEngine, name: str) -> None:
-        await _idle(engine)
+    @staticmethod
+    async def _retire(engine: AsyncEngine, name: str, done: asyncio.Event) -> None:
+        await _idle(engine, done)
         await engine.dispose()
         logger.info("disposed the engine of %s", name)
 
@@ -96,16 +97,10 @@ class Retirements:
         return len(self._tasks)
 
     async def dispose_now(self) -> None:
-        """Dispose every engine still waiting, without waiting any longer (at shut-down)."""
-        tasks = dict(self._tasks)
+        """Dispose every engine still waiting, without waiting for its connections any longer
+        (at shut-down, when no session should be running)."""
+        tasks = list(self._tasks)
         for task in tasks:
-            task.cancel()
-        for task, engine in tasks.items():
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not task.cancelled():  # this task itself was cancelled, not the retirement
-                    raise
-            except Exception:
-                pass  # logged by _done; the engine is disposed below
-            await engine.dispose()
+            self._tasks[task].set()
+        if tasks:
+            await asyncio.wait(tasks)  # if this is cancelled, the disposals go on

@@ -195,6 +195,32 @@ async def test_remove_bind_cancelled_still_disposes_the_engine(
     assert await no_server_connections(extra) == 0
 
 
+async def test_dispose_ends_a_removal_still_waiting(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    db, Note = app.db, app.Note
+    extra = await new_database(backend)
+    await db.add_bind("extra", extra)
+    removing_engine = db.get_engine("extra").sync_engine
+    connections = OpenConnections(db.get_engine("extra"))
+    await db.create_all(bind_key="extra")
+    async with db.session() as busy, db.session() as other:
+        await other.execute(sa.select(Note))  # a second connection, idle once this commits
+        await busy.execute(sa.select(Note))
+        await other.commit()
+        removing = asyncio.create_task(db.remove_bind("extra"))
+        await asyncio.sleep(0)
+        assert not removing.done()
+        await db.dispose()  # at shut-down: no more waiting for the session
+        await asyncio.wait_for(removing, 30)  # returns, neither cancelled nor failed
+        assert connections.open == 1  # the idle ones are closed; the one in use is the session's
+        # As with db.dispose() on any bind, a connection in use at the time is left to its user.
+        await (await busy.connection(bind_arguments={"bind": removing_engine})).invalidate()
+        await busy.rollback()
+    assert connections.open == 0
+    assert await no_server_connections(extra) == 0
+
+
 async def test_add_and_remove_under_concurrent_requests(
     app: App, backend: str, new_database: NewDatabase, url: str
 ) -> None:
