@@ -168,6 +168,9 @@ class UnresolvedTenantError(AsyncBindError, LookupError):
             f"tenant=... to create_all() / drop_all() / get_engine()."
         )
 
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
+
 
 class TenantMismatchError(AsyncBindError):
     """One session was used for two tenants of the same group.
@@ -186,6 +189,9 @@ class TenantMismatchError(AsyncBindError):
             f"{then!r}. A session serves one tenant per group, so that their rows never mix: "
             f"open a new session (db.session() or db.scope()) inside the route for {then!r}."
         )
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class CrossBindError(AsyncBindError):

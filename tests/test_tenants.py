@@ -8,6 +8,7 @@ database, or in the default one, is seen.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import re
 import subprocess
 import sys
@@ -308,6 +309,15 @@ async def test_many_tenants_under_concurrent_requests(
     assert len(evicted) >= len(names) - bound
     for name in evicted:
         assert await no_server_connections(urls[name]) == 0
+
+
+def test_tenant_errors_survive_pickling() -> None:
+    # Process pools and task queues pickle exceptions to hand them back.
+    unresolved = pickle.loads(pickle.dumps(UnresolvedTenantError("tenant", owner="model 'Note'")))
+    assert unresolved.group == "tenant" and "model 'Note'" in str(unresolved)
+    mismatch = pickle.loads(pickle.dumps(TenantMismatchError("tenant", "acme", "globex")))
+    assert (mismatch.group, mismatch.first, mismatch.then) == ("tenant", "acme", "globex")
+    assert str(mismatch) == str(TenantMismatchError("tenant", "acme", "globex"))
 
 
 def test_readme_tenants_example_runs(tmp_path: Path) -> None:
