@@ -322,7 +322,7 @@ class AsyncBind:
                 f"add_bind(): {bind_name(key)} is {what} already. Remove it first "
                 f"(await db.remove_bind({key!r})) or choose another key."
             )
-        self._install(_build(None, {key: config}, self._engine_options))
+        self._install(*_build(None, {key: config}, self._engine_options))
         logger.info("added %s", bind_name(key))
 
     async def remove_bind(self, key: BindKey) -> None:
@@ -347,11 +347,17 @@ class AsyncBind:
         if bind is None:
             raise UnknownBindError(key, self._binds, owner="remove_bind()")
         del self._binds[key]
+        replica_set = self._replicas.pop(key, None)
         self._route_binds()
         logger.info("removed %s; its engine is disposed once its sessions are done", bind_name(key))
-        task = self._retirements.retire(bind.engine, bind_name(key))
-        if task is not None:
-            await asyncio.shield(task)
+        engines = [bind.engine, *(replica_set.engines if replica_set is not None else ())]
+        retiring = [
+            task
+            for engine in engines
+            if (task := self._retirements.retire(engine, bind_name(key))) is not None
+        ]
+        if retiring:
+            await asyncio.shield(asyncio.gather(*retiring))
 
     def add_group(
         self,

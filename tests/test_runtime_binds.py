@@ -80,6 +80,36 @@ async def test_add_bind_takes_a_dict_with_engine_options(
         assert (await conn.execute(sa.text("SELECT 1"))).scalar_one() == 1
 
 
+@pytest.mark.sqlite
+async def test_a_bind_added_with_replicas_reads_from_them_and_is_removed_with_them(
+    make_db: Callable[..., AsyncBind], tmp_path: Any
+) -> None:
+    """add_bind() takes a bind's replicas with it; remove_bind() disposes their engines too."""
+    db = make_db(f"sqlite:///{tmp_path / 'main.db'}")
+    files = {name: tmp_path / f"{name}.db" for name in ("primary", "replica")}
+    for name, path in files.items():  # a replica that says which file it is
+        async with make_db(f"sqlite:///{path}").engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE source (name TEXT)"))
+            await conn.execute(sa.text(f"INSERT INTO source VALUES ('{name}')"))
+    await db.add_bind(
+        "extra",
+        {"url": f"sqlite:///{files['primary']}", "replicas": [f"sqlite:///{files['replica']}"]},
+    )
+    source = db.Table("source", sa.Column("name", sa.Text), bind_key="extra")
+    async with db.session() as session:
+        assert (await session.scalars(sa.select(source.c.name))).all() == ["replica"]
+    (replica,) = db.replica_engines["extra"]
+    opened = replica.pool.checkedin()  # type: ignore[attr-defined]
+    assert opened == 1
+    await db.remove_bind("extra")
+    assert "extra" not in db.replica_engines
+    # Disposed: the replica's pooled connection is closed, and its pool holds none.
+    assert replica.pool.checkedin() == 0  # type: ignore[attr-defined]
+    with pytest.raises(UnknownBindError):
+        async with db.session() as session:
+            await session.execute(sa.select(source.c.name))
+
+
 async def test_add_and_remove_bind_refuse_what_is_wrong(
     make_db: Callable[..., AsyncBind], tmp_path: Any
 ) -> None:
