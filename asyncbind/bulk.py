@@ -226,10 +226,11 @@ async def copy(
     plain = not isinstance(source, sa.Select)
     tally = _Tally(on_progress)
     ranges = await _key_ranges(source_engine, key, parallel) if key is not None else []
-    if len(ranges) < 2:
+
+    async def stream(rows: sa.Select[Any]) -> None:
         await _copy_stream(
             source_engine,
-            select,
+            rows,
             target_engine,
             target_table,
             names,
@@ -238,21 +239,14 @@ async def copy(
             tally,
             plain,
         )
+
+    if len(ranges) < 2:
+        await stream(select)
         return tally.result()
 
     async def copy_range(where: sa.ColumnElement[bool]) -> None:
         try:
-            await _copy_stream(
-                source_engine,
-                select.where(where),
-                target_engine,
-                target_table,
-                names,
-                raw_json,
-                batch_size,
-                tally,
-                plain,
-            )
+            await stream(select.where(where))
         except Exception as exc:
             # The other ranges stop before their next batch, so that every batch is either
             # counted or not written (cancelling them could interrupt a COMMIT that lands).
