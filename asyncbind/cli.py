@@ -247,6 +247,11 @@ def _endpoint(text: str, what: str) -> tuple[BindKey, str]:
 def _cmd_copy(args: argparse.Namespace) -> int:
     source_key, source_name = _endpoint(args.source, "SOURCE")
     target_key, target_name = _endpoint(args.target, "TARGET")
+    if args.where and args.parallel > 1:
+        raise UsageError(
+            "--parallel splits the whole table on its primary key, so it cannot be combined "
+            "with --where. Leave out one of them."
+        )
     db = find_db(args.app)
     _check_keys(db, [source_key, target_key], "SOURCE and TARGET")
 
@@ -264,20 +269,22 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         left_out = [c.name for c in source.columns if c.name not in target.c]
         if left_out:
             print(f"not copied (not in the target): {', '.join(left_out)}", file=sys.stderr)
-        select = sa.select(*(source.c[name] for name in names))
+        rows: sa.Table | sa.Select[Any] = source  # read from the driver's cursor where it can
         total = None
         if args.where:
-            select = select.where(sa.text(args.where))
+            rows = sa.select(*(source.c[name] for name in names)).where(sa.text(args.where))
         else:
             total = await estimate_rows(db.get_engine(source_key), source)
         report = ProgressReport(sys.stderr, total)
         try:
             result = await db.copy(
-                select,
+                rows,
                 target,
                 source_bind=source_key,
                 target_bind=target_key,
+                columns=None if args.where else names,
                 batch_size=args.batch_size,
+                parallel=args.parallel,
                 on_progress=report,
             )
         finally:
@@ -491,6 +498,14 @@ def _parser() -> argparse.ArgumentParser:
         default=BATCH_SIZE,
         metavar="N",
         help=f"rows per batch, each committed as it lands (default {BATCH_SIZE})",
+    )
+    copy.add_argument(
+        "--parallel",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="copy N ranges of the source's integer primary key at once, over N connections to "
+        "each bind (default 1)",
     )
     _db_parser(command("db", _cmd_db, _DB_HELP), common, bind_help)
     demo = command(

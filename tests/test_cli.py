@@ -420,6 +420,40 @@ async def test_copy_from_mariadb_to_postgresql_with_where(
 
 @pytest.mark.sqlite
 @pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_copy_a_whole_table_in_parallel_key_ranges(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    main, maria = await new_database("sqlite"), await new_database("mysql")
+    pg = with_password(await new_database("postgresql"))
+    write_module(tmp_path, "etl", PEOPLE.format(main=main, maria=maria, pg=pg))
+    assert (await cli(tmp_path, "--app", "etl", "create-all")).status == 0
+    await fill(maria, make_db, 500)
+
+    mixed = await cli(
+        tmp_path, "--app", "etl", "copy", "maria:people", "pg:people", "--where", "id < 9",
+        "--parallel", "2",
+    )  # fmt: skip
+    assert mixed.status == 2 and "cannot be combined with --where" in mixed.err
+    assert await target_rows(pg, make_db) == []
+
+    run = await cli(
+        tmp_path, "--app", "etl", "copy", "maria:people", "pg:people", "--parallel", "3",
+        "--batch-size", "50",
+    )  # fmt: skip
+    assert run.status == 0, run.err
+    assert await target_rows(pg, make_db) == [(i, f"p{i}", i % 90, None) for i in range(1, 501)]
+    # Three ranges of about 167 rows, in batches of at most 50: 4 batches each.
+    assert run.out.startswith(
+        "copied 500 rows from bind 'maria' table 'people' to bind 'pg' table 'people' in 12 "
+        "batches, "
+    )
+    assert run.err.splitlines()[0] == "not copied (not in the target): nickname"
+    assert_no_password(run)
+
+
+@pytest.mark.sqlite
+@pytest.mark.postgresql
 async def test_copy_from_the_default_bind_shows_the_estimate(
     tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
 ) -> None:
