@@ -196,10 +196,11 @@ class TaskSafeSession(AsyncSession):
 
     # -- operations that await ---------------------------------------------------------------
     #
-    # Where SQLAlchemy's own method is one call of the sync session's method of the same name in
-    # its greenlet (greenlet_spawn), the check makes that call itself: calling SQLAlchemy's
-    # method instead would add a coroutine to every resumption of every await of the operation.
-    # The others (execute, scalar, stream, whose results SQLAlchemy prepares) call it.
+    # SQLAlchemy's own method is one call of the sync session's method in its greenlet
+    # (greenlet_spawn); the check makes that call itself: calling SQLAlchemy's method instead
+    # would add a coroutine to every resumption of every await of the operation. What execute(),
+    # scalar() and stream() add around the call (execution options, the server-side cursor
+    # check) comes from asyncbind.internals, tested against SQLAlchemy's own AsyncSession.
     # scalars() and stream_scalars() are SQLAlchemy's own: they call execute() and stream(),
     # which check (a test pins this).
 
