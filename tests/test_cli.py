@@ -364,17 +364,23 @@ async def target_rows(url: str, make_db: MakeDb) -> list[tuple[int, str, int, No
         return [tuple(row) for row in found]  # type: ignore[misc]
 
 
+async def people_from_mariadb(tmp_path: Path, new_database: NewDatabase, make_db: MakeDb) -> str:
+    """The ``etl`` app of PEOPLE, its tables made, 500 people in MariaDB; the PostgreSQL URL."""
+    main, maria = await new_database("sqlite"), await new_database("mysql")
+    pg = with_password(await new_database("postgresql"))
+    write_module(tmp_path, "etl", PEOPLE.format(main=main, maria=maria, pg=pg))
+    assert (await cli(tmp_path, "--app", "etl", "create-all")).status == 0
+    await fill(maria, make_db, 500)
+    return pg
+
+
 @pytest.mark.sqlite
 @pytest.mark.postgresql
 @pytest.mark.mysql
 async def test_copy_from_mariadb_to_postgresql_with_where(
     tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
 ) -> None:
-    main, maria = await new_database("sqlite"), await new_database("mysql")
-    pg = with_password(await new_database("postgresql"))
-    write_module(tmp_path, "etl", PEOPLE.format(main=main, maria=maria, pg=pg))
-    assert (await cli(tmp_path, "--app", "etl", "create-all")).status == 0
-    await fill(maria, make_db, 500)
+    pg = await people_from_mariadb(tmp_path, new_database, make_db)
 
     run = await cli(
         tmp_path,
@@ -424,11 +430,7 @@ async def test_copy_from_mariadb_to_postgresql_with_where(
 async def test_copy_a_whole_table_in_parallel_key_ranges(
     tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
 ) -> None:
-    main, maria = await new_database("sqlite"), await new_database("mysql")
-    pg = with_password(await new_database("postgresql"))
-    write_module(tmp_path, "etl", PEOPLE.format(main=main, maria=maria, pg=pg))
-    assert (await cli(tmp_path, "--app", "etl", "create-all")).status == 0
-    await fill(maria, make_db, 500)
+    pg = await people_from_mariadb(tmp_path, new_database, make_db)
 
     mixed = await cli(
         tmp_path, "--app", "etl", "copy", "maria:people", "pg:people", "--where", "id < 9",

@@ -182,12 +182,11 @@ async def test_an_operation_calling_another_in_the_same_task_goes_through(two: T
     await session.close()
 
 
-async def test_the_refusal_names_the_task_that_called_close_not_the_one_close_runs_in(
-    two: TwoBinds, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # close() runs in a task of its own so that a cancellation cannot cut it short; the refusal
-    # names the task the user knows, the one that called it.
-    db = two.db
+def slow_rollbacks(
+    db: AsyncBind, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the default bind's rollbacks wait: the first event is set when one starts, and it
+    goes on once the second is set."""
     dialect = db.engines[None].sync_engine.dialect
     rolling_back, release = asyncio.Event(), asyncio.Event()
     rollback = dialect.do_rollback
@@ -198,6 +197,16 @@ async def test_the_refusal_names_the_task_that_called_close_not_the_one_close_ru
         rollback(dbapi_connection)
 
     monkeypatch.setattr(dialect, "do_rollback", slow_rollback)
+    return rolling_back, release
+
+
+async def test_the_refusal_names_the_task_that_called_close_not_the_one_close_runs_in(
+    two: TwoBinds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() runs in a task of its own so that a cancellation cannot cut it short; the refusal
+    # names the task the user knows, the one that called it.
+    db = two.db
+    rolling_back, release = slow_rollbacks(db, monkeypatch)
     session = db.session()
     await session.execute(sa.select(two.Item))
     closing = asyncio.create_task(session.close(), name="the-closer")
@@ -220,16 +229,7 @@ async def test_a_cleanup_cancelled_while_it_rolls_back_runs_to_its_end(
 ) -> None:
     """The caller gets its cancellation once the connection is back in the pool."""
     db = two.db
-    dialect = db.engines[None].sync_engine.dialect
-    rolling_back, release = asyncio.Event(), asyncio.Event()
-    rollback = dialect.do_rollback
-
-    def slow_rollback(dbapi_connection: Any) -> None:
-        rolling_back.set()
-        await_(release.wait())
-        rollback(dbapi_connection)
-
-    monkeypatch.setattr(dialect, "do_rollback", slow_rollback)
+    rolling_back, release = slow_rollbacks(db, monkeypatch)
     session = db.session()
 
     async def use_and_clean_up() -> None:
