@@ -8,8 +8,10 @@ process executes, on a SQLite file: no server, no network timing. Only the
 lookups themselves are counted (not start-up, set-up or warm-up). A count still moves by a percent
 or two with memory layout: the hash seed, and even the directory the suite runs from, change among
 other things which attribute lookups collide in Python's type cache (a miss walks the class's
-MRO). So each case runs under six hash seeds, the two sides of a ratio under the same seed, and
-the ratio shown is the median of the six.
+MRO), and so does the order in which classes were first used (see ``benchmarks/typetags.py``).
+So each case runs under six layouts, each a hash seed and a number of classes tagged before
+anything is imported, the two sides of a ratio under the same layout, and the ratio shown is the
+median of the six.
 
 The lookups are the routing suite's own (``benchmarks/lookups.py``). The ratio is plain /
 asyncbind, so 1.00x means asyncbind adds nothing. Needs ``valgrind`` on the PATH; without it the
@@ -42,6 +44,9 @@ from .servers import SQLITE
 
 KINDS = ("get", "orm_select", "core_select")
 VARIANTS = ("plain", "asyncbind")
+#: For each hash seed (0, 1, ...), the classes tagged before the run (benchmarks/typetags.py):
+#: apart from each other modulo the type cache's 4,096 entries.
+TAG_SHIFTS = (0, 700, 1500, 2300, 3100, 3900)
 _COLLECTED = re.compile(r"Collected : (\d+)")
 _IMPORTED = re.compile(r"asyncbind imported from: (.*)")
 #: The folder holding this checkout's ``asyncbind`` and ``benchmarks`` packages.
@@ -73,7 +78,8 @@ def _lookups(variant: str, kind: str, count: int, database: Path) -> None:
 
 async def _count(variant: str, kind: str, count: int, seed: int, package_root: Path) -> int:
     """Instructions of ``count`` lookups of ``variant``, in a child process under callgrind, with
-    ``asyncbind`` imported from ``package_root``."""
+    ``asyncbind`` imported from ``package_root``, in layout ``seed`` (a hash seed and a shift of
+    the class version tags)."""
     with tempfile.TemporaryDirectory(prefix="asyncbind-instructions-") as tmp:
         # Run from the temporary folder, so that the current directory puts no asyncbind first
         # on sys.path: PYTHONPATH decides which one is imported.
@@ -86,6 +92,8 @@ async def _count(variant: str, kind: str, count: int, seed: int, package_root: P
             "--callgrind-out-file=/dev/null",
             sys.executable,
             "-m",
+            "benchmarks.typetags",
+            str(TAG_SHIFTS[seed % len(TAG_SHIFTS)]),
             "benchmarks.instructions",
             variant,
             kind,
@@ -129,7 +137,7 @@ async def main(options: Any) -> None:
     count = 100 if options.quick else 250
     title = (
         f"instructions: {count} lookups one after another on SQLite, counted by callgrind, "
-        f"hash seeds {', '.join(map(str, seeds))}"
+        f"layouts {', '.join(map(str, seeds))}"
     )
     if shutil.which("valgrind") is None:
         print(f"\n{title}: skipped (valgrind is not installed)")
