@@ -285,39 +285,6 @@ def _keys_of(tables: Iterable[sa.Table]) -> dict[BindKey, set[str]]:
     return keys
 
 
-def _passing_compound_selects(name: str) -> Any:
-    """``Session.<name>`` (execute, scalar or scalars) that hands an ORM UNION / INTERSECT /
-    EXCEPT over to get_bind(): SQLAlchemy passes none, so it would go to the default bind whatever
-    its tables.
-
-    This runs for every statement, so the parameters are spelled out: packing them into ``**kw``
-    and out again costs more than the check itself.
-    """
-
-    def method(
-        self: RoutingSession,
-        statement: Any,
-        params: Any = None,
-        *,
-        execution_options: Any = EMPTY_DICT,
-        bind_arguments: Any = None,
-        **kw: Any,
-    ) -> Any:
-        if not bind_arguments and isinstance(statement, sa.CompoundSelect):
-            bind_arguments = {"clause": statement}
-        return getattr(super(RoutingSession, self), name)(
-            statement,
-            params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-
-    method.__name__ = name
-    method.__qualname__ = f"RoutingSession.{name}"
-    return method
-
-
 class RoutingSession(sa_orm.Session):
     """A sync Session whose :meth:`get_bind` routes by bind key, asking ``router``.
 
@@ -350,9 +317,67 @@ class RoutingSession(sa_orm.Session):
     #: What this session's transaction did with read replicas (see :mod:`asyncbind.replicas`).
     replica_reads: SessionReplicas | None = None
 
-    execute = _passing_compound_selects("execute")
-    scalar = _passing_compound_selects("scalar")
-    scalars = _passing_compound_selects("scalars")
+    # execute(), scalar() and scalars() hand an ORM UNION / INTERSECT / EXCEPT over to get_bind()
+    # as the clause to route by: SQLAlchemy passes none, so it would go to the default bind
+    # whatever its tables. They run for every statement, so the parameters are spelled out:
+    # packing them into **kw and out again costs more than the check itself.
+
+    def execute(
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        bind_arguments: Any = None,
+        **kw: Any,
+    ) -> Any:
+        if not bind_arguments and isinstance(statement, sa.CompoundSelect):
+            bind_arguments = {"clause": statement}
+        return super().execute(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    def scalar(
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        bind_arguments: Any = None,
+        **kw: Any,
+    ) -> Any:
+        if not bind_arguments and isinstance(statement, sa.CompoundSelect):
+            bind_arguments = {"clause": statement}
+        return super().scalar(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    def scalars(
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = EMPTY_DICT,
+        bind_arguments: Any = None,
+        **kw: Any,
+    ) -> Any:
+        if not bind_arguments and isinstance(statement, sa.CompoundSelect):
+            bind_arguments = {"clause": statement}
+        return super().scalars(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
     def __init__(
         self,
