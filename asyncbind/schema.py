@@ -67,7 +67,9 @@ def tables_by_bind(
     groups: TableGroups = {key: [] for key in keys}
     for metadata in metadatas:
         per_key: dict[BindKey, list[sa.Table]] = {}
-        for table in metadata.sorted_tables:
+        # In definition order: SQLAlchemy's create_all / drop_all sort the tables they are given
+        # by their foreign keys (and ``sorted_tables`` would sort every metadata once more).
+        for table in metadata.tables.values():
             key = bind_key_of(table)
             if key not in configured and (every_table or key in groups):
                 raise UnknownBindError(key, configured, owner=f"table {table.fullname!r}")

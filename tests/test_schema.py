@@ -368,3 +368,72 @@ async def test_postgresql_enums_and_sequences_are_created_and_dropped_once(
     assert (kinds["DROP TYPE"], kinds["DROP SEQUENCE"], kinds["DROP TABLE"]) == (1, 1, 2)
     assert await types_and_sequences() == set()
     assert await tables_in(db, None) == set()
+
+
+def sqlalchemys_ddl(metadata: sa.MetaData, dialect: sa.Dialect, verb: str) -> list[str]:
+    """The statements SQLAlchemy's own ``create_all`` / ``drop_all`` (``verb``) sends for
+    ``metadata`` into an empty or a full database, compiled for ``dialect``."""
+    sent: list[str] = []
+
+    def collect(construct: Any, *_args: Any, **_kwargs: Any) -> None:
+        sent.append(str(construct.compile(dialect=dialect)))
+
+    getattr(metadata, verb)(sa.create_mock_engine(f"{dialect.name}://", collect), checkfirst=False)
+    return sent
+
+
+async def test_ddl_is_sqlalchemys_statement_for_statement_with_a_foreign_key_cycle(
+    url: str, make_db: Callable[..., AsyncBind], statements: Statements
+) -> None:
+    """Tables defined in any order, one pair referring to each other (the cycle broken by
+    ``use_alter``): the same statements in the same order as SQLAlchemy's own, and the same
+    events."""
+    db = make_db(url)
+    db.Table(
+        "invoice",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("customer_id", sa.ForeignKey("customer.id")),
+        sa.Column("name", sa.String(20), index=True),
+    )
+    db.Table(
+        "customer",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("last_invoice_id", sa.ForeignKey("invoice.id", use_alter=True, name="fk_last")),
+    )
+    db.Table(
+        "line",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("invoice_id", sa.ForeignKey("invoice.id")),
+    )
+    dialect = db.engine.sync_engine.dialect
+    create = sqlalchemys_ddl(db.metadata, dialect, "create_all")
+    drop = sqlalchemys_ddl(db.metadata, dialect, "drop_all")
+    events: list[tuple[str, str]] = []
+    for target in (db.metadata, *db.metadata.tables.values()):
+        for event in ("before_create", "after_create", "before_drop", "after_drop"):
+            name = getattr(target, "name", "metadata")
+            sa.event.listen(target, event, lambda *_, e=event, n=name, **__: events.append((e, n)))
+    async with db.engine.connect():
+        pass  # the dialect's first-connect queries are not create_all's
+    log = statements(db)
+
+    await db.create_all()
+    assert [sql for _, sql in log][1:] == create
+    assert ddl_kind(log[0][1]) is None  # the one existence query
+    created = ["customer", "invoice", "line"]
+    assert events == [
+        ("before_create", "metadata"),
+        *[(e, name) for name in created for e in ("before_create", "after_create")],
+        ("after_create", "metadata"),
+    ]
+    assert await tables_in(db, None) == set(created)
+
+    log.clear(), events.clear()
+    await db.drop_all()
+    assert [sql for _, sql in log][1:] == drop
+    assert events == [
+        ("before_drop", "metadata"),
+        *[(e, name) for name in created[::-1] for e in ("before_drop", "after_drop")],
+        ("after_drop", "metadata"),
+    ]
+    assert await tables_in(db, None) == set()
