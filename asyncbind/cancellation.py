@@ -2,8 +2,9 @@
 asyncbind's connector or in a pool returning a connection, each absorbed there, so that a
 cancelled task leaves nothing behind and nothing is reported.
 
-- Cleanup (closing a session, disposing engines) runs in a task of its own,
-  :func:`run_to_completion`: a cancellation of the caller is raised once it has finished.
+- Cleanup (closing a session, disposing engines) runs in a task of its own that refuses to be
+  cancelled, :func:`run_to_completion`: a cancellation of the caller is raised once it has
+  finished.
 
 - A connection attempt whose caller is cancelled is not interrupted mid-handshake: drivers do not
   clean up after that (asyncpg leaves a future whose error nobody retrieves, reported as "Future
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 __all__ = [
+    "CleanupTask",
     "close_quietly",
     "finish_if_cancelled",
     "reset_listener",
@@ -47,26 +49,29 @@ ABANDONED_CONNECT_TIMEOUT = 10.0
 _ABANDONED: set[asyncio.Task[Any]] = set()
 
 
+class CleanupTask(asyncio.Task[_T]):
+    """A task that refuses to be cancelled: cleanup that must run to its end.
+
+    A task awaiting it that is cancelled meanwhile (its ``cancel()`` asks this task's first, and
+    is refused) gets its :class:`~asyncio.CancelledError` once this task has finished: asyncio
+    raises it when the awaiting task resumes. That is what ``asyncio.shield()`` of a task gives,
+    without the shield's own future and the turn of the event loop it takes to hand the result
+    over.
+    """
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+
 async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``coro`` in a task of its own that a cancellation of the caller does not stop.
+    """Await ``coro`` in a task of its own that a cancellation of the caller does not stop
+    (a :class:`CleanupTask`).
 
     For cleanup (closing a session, disposing engines): the caller does not return before it has
-    finished, and a cancellation received meanwhile is re-raised afterwards.
+    finished, and a cancellation received meanwhile is raised afterwards, in place of its result
+    or its error.
     """
-    task = asyncio.get_running_loop().create_task(coro)
-    cancelled: asyncio.CancelledError | None = None
-    while True:
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done():
-                raise
-            cancelled = exc
-        else:
-            break
-    if cancelled is not None:
-        raise cancelled
-    return result
+    return await CleanupTask(coro, loop=asyncio.get_running_loop())
 
 
 async def finish_if_cancelled(

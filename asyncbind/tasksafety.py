@@ -90,9 +90,6 @@ class TaskSafeSession(AsyncSession):
     #: The task whose operation is in flight, and the operation ("execute()").
     _owner: asyncio.Task[Any] | None = None
     _operation = ""
-    #: The task refusals name as the owner when it is not the owner itself: close() and reset()
-    #: run in a task of their own, and are named after the task that called them.
-    _caller: asyncio.Task[Any] | None = None
     #: Set when the operation in flight ends, for a close() or reset() waiting for it.
     _released: asyncio.Future[None] | None = None
 
@@ -132,7 +129,7 @@ class TaskSafeSession(AsyncSession):
         return SessionSharedError(
             operation,
             task=_name(task),
-            owner=_name(self._caller or self._owner),
+            owner=_name(self._owner),
             running=self._operation,
         )
 
@@ -156,7 +153,8 @@ class TaskSafeSession(AsyncSession):
             # there is nothing to wait for, and the operation in flight is this one.
             await greenlet_spawn(end)
             return
-        # The caller, taken here: the cleanup runs in a task of its own, named after it.
+        # In a task of its own that the caller's cancellation does not stop, in the caller's
+        # name.
         await run_to_completion(self._end_when_free(operation, end, task))
 
     async def _end_when_free(
@@ -168,13 +166,14 @@ class TaskSafeSession(AsyncSession):
                 released = self._released = asyncio.get_running_loop().create_future()
             # Shielded: other cleanups may be waiting for the same future.
             await asyncio.shield(released)
-        self._owner = asyncio.current_task()
+        # Noted as the caller's operation: refusals name the task that called close(), which
+        # waits for this one, rather than the task the cleanup runs in (the one left for a
+        # coroutine driven by hand, outside any task).
+        self._owner = caller if caller is not None else asyncio.current_task()
         self._operation = operation
-        self._caller = caller
         try:
             await greenlet_spawn(end)
         finally:
-            self._caller = None
             self._leave()
 
     # -- cleanup -----------------------------------------------------------------------------
