@@ -308,10 +308,11 @@ class RoutingSession(sa_orm.Session):
 
     #: The :class:`Router` this session routes with.
     router: Router
-    #: Connections given in ``binds=`` by bind key, by the engine of that bind.
-    _by_key: Mapping[sa.Engine, sa.Engine | sa.Connection]
+    #: Connections given in ``binds=`` by bind key, by the engine of that bind (class defaults:
+    #: the session db.session() makes, given none, sets neither).
+    _by_key: Mapping[sa.Engine, sa.Engine | sa.Connection] = _NO_BINDS
     #: Whether SQLAlchemy's own get_bind() is asked first (the session's bind= or binds=).
-    _asks_sqlalchemy: bool
+    _asks_sqlalchemy = False
     #: get_bind()'s fast path, for a session with no binds of its own: the router, else None.
     _router_alone: Router | None
     #: What this session's transaction did with read replicas (see :mod:`asyncbind.replicas`).
@@ -391,8 +392,6 @@ class RoutingSession(sa_orm.Session):
             # What db.session() makes, once per session: routing alone decides.
             super().__init__(bind, **kw)
             self.router = router
-            self._by_key = _NO_BINDS
-            self._asks_sqlalchemy = False
             # A two-phase session checks each bind it is given (_given_bind()); binds with
             # replicas take the longer path, which asks them.
             self._router_alone = None if self.twophase or router.has_replicas else router

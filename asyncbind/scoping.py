@@ -169,10 +169,15 @@ class SessionFactory(ViewHelpers, _Proxied):
     def __call__(self, **kwargs: Any) -> AsyncBindSession:
         if not self._binds:
             raise NotConfiguredError(_not_configured("db.session()"))
-        if kwargs and kwargs.get("sync_session_class") is not None:
+        maker = self._db.sessionmaker
+        if not kwargs:
+            # What calling the sessionmaker does with no arguments, without its merging of the
+            # arguments into its options, one option at a time.
+            return maker.class_(**maker.kw)
+        if kwargs.get("sync_session_class") is not None:
             # Routing lives in the sync session: one given per call must route too.
             check_session_class(kwargs["sync_session_class"], "db.session(sync_session_class=...)")
-        return self._db.sessionmaker(**kwargs)
+        return maker(**kwargs)
 
     def scope(self, **options: Any) -> SessionScope:
         """``async with db.session.scope():``, the same as ``db.scope()``."""

@@ -17,9 +17,11 @@ from twobinds import TwoBinds, all_zero, checked_out, names
 
 from asyncbind import (
     AsyncBind,
+    AsyncBindSession,
     ConfigError,
     NoCurrentSessionError,
     NotConfiguredError,
+    RoutingSession,
 )
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
@@ -43,6 +45,29 @@ async def test_calling_db_session_makes_new_independent_sessions(two: TwoBinds) 
     assert await second.scalar(sa.select(sa.func.count()).select_from(two.Item)) == 1
     await first.close()
     await second.close()
+    assert all_zero(checked_out(db))
+
+
+async def test_db_session_follows_the_sessionmaker_as_configured_later(two: TwoBinds) -> None:
+    # db.session() with no arguments builds the session from the sessionmaker's class and
+    # options itself: what configure() changes afterwards must still apply.
+    class Audited(AsyncBindSession):
+        pass
+
+    db = two.db
+    db.sessionmaker.configure(autoflush=False, info={"source": "sessionmaker"})
+    db.sessionmaker.class_ = Audited
+    async with db.session() as session:
+        assert type(session) is Audited
+        assert session.sync_session.autoflush is False
+        assert session.info == {"source": "sessionmaker"}
+        session.info["mine"] = True
+        assert type(session.sync_session) is RoutingSession
+        assert await session.scalar(sa.select(sa.func.count()).select_from(two.Item)) == 0
+    # The options' info dict is the session's own copy, as a sessionmaker call makes it.
+    assert db.sessionmaker.kw["info"] == {"source": "sessionmaker"}
+    async with db.session(info={"call": 1}) as session:
+        assert session.info == {"source": "sessionmaker", "call": 1}
     assert all_zero(checked_out(db))
 
 
