@@ -41,6 +41,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncbind import AsyncBind, RoutingSession
+from asyncbind.cancellation import CleanupTask, run_to_completion
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -526,3 +527,49 @@ async def test_a_reset_cut_short_drops_its_connection_quietly_and_the_timeout_st
         assert (await session.execute(sa.select(table.c.id))).scalars().all() == [1]  # committed
     database = sa.make_url(url).database or ""
     assert await settled_connections("mysql", database, 1) == 1  # the new one only
+
+
+async def test_cleanup_runs_to_its_end_and_the_caller_is_cancelled_after() -> None:
+    # What run_to_completion() promises each close and dispose, on its own: the cleanup task
+    # refuses cancel(); a caller cancelled meanwhile (here by asyncio.timeout) resumes only
+    # once the cleanup has finished, and then gets its cancellation, which the timeout
+    # recognises as its own.
+    started, release = asyncio.Event(), asyncio.Event()
+    steps: list[str] = []
+
+    async def cleanup() -> str:
+        steps.append("started")
+        started.set()
+        await release.wait()
+        steps.append("finished")
+        return "done"
+
+    async def caller() -> None:
+        async with asyncio.timeout(0):  # due at once: it fires while the cleanup runs
+            await run_to_completion(cleanup())
+            steps.append("caller went on")  # never: the timeout is raised here
+
+    async def refuse_then_release() -> None:
+        await started.wait()
+        cleanups = [t for t in asyncio.all_tasks() if isinstance(t, CleanupTask)]
+        assert len(cleanups) == 1
+        assert cleanups[0].cancel() is False  # refused
+        for _ in range(5):  # turns of the loop in which the timeout has fired, and been held
+            await asyncio.sleep(0)
+        assert steps == ["started"]
+        release.set()
+
+    with pytest.raises(TimeoutError):
+        await asyncio.gather(caller(), refuse_then_release())
+    assert steps == ["started", "finished"]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    # Not cancelled, the caller gets the cleanup's result, or its error.
+    release.set()
+    assert await run_to_completion(cleanup()) == "done"
+
+    async def failing() -> None:
+        raise ValueError("the cleanup's own error")
+
+    with pytest.raises(ValueError, match="the cleanup's own error"):
+        await run_to_completion(failing())
