@@ -31,6 +31,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         metavar="COMMIT",
         help="instructions: also count asyncbind as it was at COMMIT, in the same run",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="instructions: also count the get lookup with a session kept per task, as "
+        "sqlalchemy-bind-manager keeps one, and through sqlalchemy-bind-manager",
+    )
     soak.add_arguments(parser.add_argument_group("soak"))
     return parser.parse_args(argv)
 

@@ -17,6 +17,11 @@ The lookups are the routing suite's own (``benchmarks/lookups.py``). The ratio i
 asyncbind, so 1.00x means asyncbind adds nothing. Needs ``valgrind`` on the PATH; without it the
 suite prints "skipped".
 
+``--peers`` also counts the ``get`` lookup made the way sqlalchemy-bind-manager makes it (one
+AsyncSession kept per task, closed in place after each lookup: ``per_task``), and through
+sqlalchemy-bind-manager's own repository (``bind_manager``, skipped when it is not installed),
+and prints each against asyncbind, whose session is made per lookup and closed by ``async with``.
+
 ``--against COMMIT`` also counts asyncbind as it was at ``COMMIT`` (its ``asyncbind`` package,
 taken with ``git archive`` into a temporary folder, next to a copy of the current one), with the
 same lookups and seeds, and prints both ratios: ``python -m benchmarks instructions --against
@@ -26,6 +31,7 @@ edbdd52``.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -43,7 +49,9 @@ from .harness import RESULTS
 from .servers import SQLITE
 
 KINDS = ("get", "orm_select", "core_select")
-VARIANTS = ("plain", "asyncbind")
+VARIANTS = ("plain", "asyncbind", "per_task", "bind_manager")
+#: The variants --peers adds, each a way to do the ``get`` lookup without asyncbind.
+PEERS = ("per_task", "bind_manager")
 #: For each hash seed (0, 1, ...), the classes tagged before the run (benchmarks/typetags.py):
 #: apart from each other modulo the type cache's 4,096 entries.
 TAG_SHIFTS = (0, 700, 1500, 2300, 3100, 3900)
@@ -57,21 +65,28 @@ def _lookups(variant: str, kind: str, count: int, database: Path) -> None:
     """The child process: set up ``variant``, warm up, then run ``count`` counted lookups."""
     import asyncbind
 
-    from . import lookups
+    from . import lookups, peers
 
     print(f"asyncbind imported from: {Path(asyncbind.__file__).parent}", file=sys.stderr)
     urls = {SQLITE: sa.make_url(f"sqlite:///{database}")}
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(lookups.fill(urls))
-        setup: Any = (
-            lookups.AsyncbindSetup(urls) if variant == "asyncbind" else lookups.PlainSetup(urls)
-        )
+        plain = lookups.PlainSetup(urls)
+        setup: Any = {
+            "plain": plain,
+            "asyncbind": lookups.AsyncbindSetup(urls),
+            "per_task": peers.PerTaskSetup(plain),
+            "bind_manager": peers.BindManagerSetup(urls) if variant == "bind_manager" else None,
+        }[variant]
         op = getattr(setup, kind)(SQLITE)
         loop.run_until_complete(lookups.run_concurrently(op, 100, tasks=1))
         # callgrind counts only what runs inside sys.call_tracing (see _count).
         sys.call_tracing(loop.run_until_complete, (lookups.run_concurrently(op, count, tasks=1),))
-        loop.run_until_complete(setup.dispose())
+        # per_task closed its sessions after each lookup, and its engines are plain's.
+        if variant in ("asyncbind", "bind_manager"):
+            loop.run_until_complete(setup.dispose())
+        loop.run_until_complete(plain.dispose())
     finally:
         loop.close()
 
@@ -132,18 +147,25 @@ def _export(commit: str, folder: Path) -> str:
 
 
 async def main(options: Any) -> None:
-    kinds = ("get",) if options.quick else KINDS
+    kinds = ("get",) if options.quick or options.peers else KINDS
     seeds = (0,) if options.quick else tuple(range(6))
     count = 100 if options.quick else 250
     title = (
         f"instructions: {count} lookups one after another on SQLite, counted by callgrind, "
         f"layouts {', '.join(map(str, seeds))}"
     )
+    baselines = ["plain"]
+    if options.peers:
+        baselines.append("per_task")
+        if importlib.util.find_spec("sqlalchemy_bind_manager") is not None:
+            baselines.append("bind_manager")
+        else:
+            print("\ninstructions: bind_manager skipped (sqlalchemy-bind-manager is not installed)")
     if shutil.which("valgrind") is None:
         print(f"\n{title}: skipped (valgrind is not installed)")
         return
     with tempfile.TemporaryDirectory(prefix="asyncbind-against-") as folder:
-        roots = {"plain": ROOT, "asyncbind": ROOT}
+        roots = {name: ROOT for name in (*baselines, "asyncbind")}
         if options.against:
             # Both asyncbinds imported from folders whose paths have the same length, with the
             # same PYTHONPATH shape for every variant: the size of the environment moves the
@@ -153,10 +175,11 @@ async def main(options: Any) -> None:
             shutil.copytree(ROOT / "asyncbind", here / "asyncbind", ignore=ignore)
             then.mkdir()
             against = _export(options.against, then)
-            roots = {"plain": here, "asyncbind": here, f"asyncbind@{against}": then}
+            roots = {name: here for name in (*baselines, "asyncbind")}
+            roots[f"asyncbind@{against}"] = then
         per_lookup = await _count_all(roots, kinds, seeds, count)
     print(f"\n{title}")
-    _print(per_lookup, list(roots), kinds, seeds, title)
+    _print(per_lookup, list(roots), baselines, kinds, seeds, title)
 
 
 async def _count_all(
@@ -166,7 +189,7 @@ async def _count_all(
     slots = asyncio.Semaphore(os.cpu_count() or 1)
 
     async def one(name: str, kind: str, seed: int) -> float:
-        variant = "plain" if name == "plain" else "asyncbind"
+        variant = name if name in VARIANTS else "asyncbind"  # asyncbind@<commit>
         async with slots:
             return await _count(variant, kind, count, seed, roots[name]) / count
 
@@ -177,13 +200,15 @@ async def _count_all(
 def _print(
     per_lookup: dict[tuple[str, str, int], float],
     names: list[str],
+    baselines: list[str],
     kinds: tuple[str, ...],
     seeds: tuple[int, ...],
     title: str,
 ) -> None:
-    ours = names[1:]  # asyncbind, then asyncbind@<commit> if asked for
+    ours = [name for name in names if name not in baselines]  # asyncbind, asyncbind@<commit>
+    pairs = [(base, name) for name in ours for base in baselines]
     header = "".join(f" {name:>18}" for name in names)
-    ratios_header = "".join(f"  {'plain / ' + name:>30}" for name in ours)
+    ratios_header = "".join(f"  {base + ' / ' + name:>30}" for base, name in pairs)
     print(f"  {'lookup':<12}{header}{ratios_header}")
     table: dict[str, Any] = {"title": title, "cases": []}
     for kind in kinds:
@@ -192,13 +217,16 @@ def _print(
             f" {statistics.median(counts[name]):>18,.0f}" for name in names
         )
         case: dict[str, Any] = {"name": kind, "unit": "instr", **counts}
-        for name in ours:
-            ratios = [p / o for p, o in zip(counts["plain"], counts[name], strict=True)]
+        for base, name in pairs:
+            ratios = [b / o for b, o in zip(counts[base], counts[name], strict=True)]
             ratio = f"{statistics.median(ratios):.3f}x"
             if len(ratios) > 1:
                 ratio += f" ({min(ratios):.3f}-{max(ratios):.3f})"
             line += f"  {ratio:>30}"
-            case["ratios" if name == "asyncbind" else f"ratios {name}"] = ratios
+            if base == "plain":
+                case["ratios" if name == "asyncbind" else f"ratios {name}"] = ratios
+            else:
+                case[f"ratios {base} / {name}"] = ratios
         print(line)
         table["cases"].append(case)
     RESULTS.append(table)

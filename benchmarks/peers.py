@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import async_scoped_session
 
 from . import lookups
 from .harness import SKIPPED_PEER, SLICES, Table
-from .servers import MYSQL, POSTGRESQL, databases, unreachable, with_driver
+from .servers import DRIVERS, MYSQL, POSTGRESQL, databases, unreachable, with_driver
 
 THREADS = 16
 
@@ -94,27 +94,26 @@ class FlaskSetup:
 
 
 class BindManagerSetup:
-    """sqlalchemy-bind-manager with async binds 'pg' and 'my', one repository each."""
+    """sqlalchemy-bind-manager with an async bind per database ('pg', 'my', 'lite', as
+    asyncbind's keys), one repository each."""
 
     def __init__(self, urls: dict[str, sa.URL]) -> None:
         from sqlalchemy_bind_manager import SQLAlchemyBindManager, SQLAlchemyConfig
         from sqlalchemy_bind_manager.repository import SQLAlchemyAsyncRepository
 
+        keys = {backend: lookups.BIND_KEYS[backend] for backend in urls}
         self.manager = SQLAlchemyBindManager(
             {
                 key: SQLAlchemyConfig(
-                    engine_url=_plain_url(urls[backend], driver),
+                    engine_url=_plain_url(urls[backend], DRIVERS[backend]),
                     engine_options=dict(lookups.ENGINE_OPTIONS),
                     async_engine=True,
                 )
-                for key, backend, driver in (
-                    ("pg", POSTGRESQL, "asyncpg"),
-                    ("my", MYSQL, "aiomysql"),
-                )
+                for backend, key in keys.items()
             }
         )
         self.repositories = {}
-        for key in ("pg", "my"):
+        for backend, key in keys.items():
             bind = self.manager.get_bind(key)
             base = bind.declarative_base
             model = type(
@@ -122,10 +121,10 @@ class BindManagerSetup:
                 (base,),
                 {"__table__": sa.Table("item", base.metadata, *lookups.item_columns())},
             )
-            self.repositories[key] = SQLAlchemyAsyncRepository(bind=bind, model_class=model)
+            self.repositories[backend] = SQLAlchemyAsyncRepository(bind=bind, model_class=model)
 
-    def get(self) -> lookups.Op:
-        repository = self.repositories["pg"]
+    def get(self, backend: str = POSTGRESQL) -> lookups.Op:
+        repository = self.repositories[backend]
 
         async def op(key: int) -> Any:
             return await repository.get(key)
@@ -133,7 +132,7 @@ class BindManagerSetup:
         return op
 
     def mixed(self) -> lookups.Op:
-        pg, my = self.repositories["pg"], self.repositories["my"]
+        pg, my = self.repositories[POSTGRESQL], self.repositories[MYSQL]
 
         async def op(key: int) -> Any:
             return await pg.get(key), await my.get(key)
@@ -168,8 +167,8 @@ class PerTaskSetup:
 
         return op
 
-    def get(self) -> lookups.Op:
-        return self._lookup(POSTGRESQL)
+    def get(self, backend: str = POSTGRESQL) -> lookups.Op:
+        return self._lookup(backend)
 
     def mixed(self) -> lookups.Op:
         pg, my = self._lookup(POSTGRESQL), self._lookup(MYSQL)
