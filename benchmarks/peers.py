@@ -7,7 +7,9 @@
   and close it in that task, unshielded, after each call;
 * plain SQLAlchemy used the same way ("per task"), to tell that pattern's cost from the layer's;
 * asyncbind and a plain AsyncSession: a session per lookup, closed as ``async with`` closes it
-  (in a task of its own, so a cancellation cannot interrupt it), 32 tasks over a pool of 16.
+  (in a task of its own, so a cancellation cannot interrupt it), 32 tasks over a pool of 16;
+* asyncbind used as sqlalchemy-bind-manager uses SQLAlchemy ("asyncbind, per task"): a session
+  kept per task and closed after each request, in a task of its own as any asyncbind close.
 
 Workloads: primary-key lookups on PostgreSQL, and requests doing one lookup on PostgreSQL and one on
 MariaDB. Targets: asyncbind >= 1.6x Flask-SQLAlchemy on PostgreSQL lookups, >= 1.25x on the mixed
@@ -184,6 +186,52 @@ class PerTaskSetup:
             sessions.registry.clear()
 
 
+class AsyncbindPerTaskSetup:
+    """asyncbind used the way sqlalchemy-bind-manager uses SQLAlchemy: one ``db.session()`` per
+    task, kept, and closed after each request (a closed session can be used again); one session
+    for both lookups of a mixed request."""
+
+    def __init__(self, ours: lookups.AsyncbindSetup) -> None:
+        self.ours = ours
+        self.sessions: dict[asyncio.Task[Any], Any] = {}
+
+    def _session(self) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        session = self.sessions.get(task)
+        if session is None:
+            session = self.sessions[task] = self.ours.db.session()
+        return session
+
+    def get(self, backend: str = POSTGRESQL) -> lookups.Op:
+        model = self.ours.models[backend]
+
+        async def op(key: int) -> Any:
+            session = self._session()
+            try:
+                return await session.get(model, key)
+            finally:
+                await session.close()
+
+        return op
+
+    def mixed(self) -> lookups.Op:
+        pg, my = self.ours.models[POSTGRESQL], self.ours.models[MYSQL]
+
+        async def op(key: int) -> Any:
+            session = self._session()
+            try:
+                return await session.get(pg, key), await session.get(my, key)
+            finally:
+                await session.close()
+
+        return op
+
+    def dispose(self) -> None:
+        # Every kept session was closed after its last request.
+        self.sessions.clear()
+
+
 def _flask_or_reason(urls: dict[str, sa.URL]) -> tuple[FlaskSetup | None, str | None]:
     try:
         import flask_sqlalchemy  # noqa: F401
@@ -227,6 +275,7 @@ async def main(options: Any) -> None:
         await lookups.fill(urls)
         ours, plain = lookups.AsyncbindSetup(urls), lookups.PlainSetup(urls)
         per_task = PerTaskSetup(plain)
+        ours_per_task = AsyncbindPerTaskSetup(ours)
         flask, flask_skip = _flask_or_reason(urls)
         manager, manager_skip = _bind_manager_or_reason(urls)
         try:
@@ -293,8 +342,18 @@ async def main(options: Any) -> None:
                         "plain AsyncSession",
                     ],
                 )
+                table.case(
+                    "asyncbind, per task",
+                    _async_case(
+                        ours_per_task.get() if workload == "get" else ours_per_task.mixed(),
+                        share,
+                        "asyncbind session kept per task, closed after each request, 32 tasks",
+                    ),
+                    vs=["sqlalchemy-bind-manager", "plain, per task"],
+                )
                 await table.run()
         finally:
+            ours_per_task.dispose()
             await ours.dispose()
             per_task.dispose()
             await plain.dispose()
