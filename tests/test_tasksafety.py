@@ -291,6 +291,52 @@ async def test_a_session_holding_no_connection_cleans_up_in_place(
         assert len((await session.execute(sa.select(two.User))).all()) == len(expected[1])
 
 
+async def test_a_session_kept_by_a_task_and_closed_after_each_request_is_used_again(
+    two: TwoBinds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pattern the README offers a task handling many requests: one session, closed after
+    each. Every close hands the connections back, a cancelled one included (to its end, the
+    caller cancelled after), and the session serves the next request, in this task or another."""
+    db = two.db
+    session = db.session()
+    for n in range(3):
+        session.add_all([two.Item(name=f"item {n}"), two.User(name=f"user {n}")])
+        await session.commit()
+        assert len((await session.scalars(sa.select(two.Item))).all()) == n + 1
+        await session.close()
+        assert all_zero(checked_out(db)) and not session.identity_map
+
+    rolling_back, release = slow_rollbacks(db, monkeypatch)
+
+    async def request() -> None:
+        await session.execute(sa.select(two.Item))
+        await session.close()
+
+    task = asyncio.create_task(request())
+    async with asyncio.timeout(GUARD):
+        await rolling_back.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    assert not task.done() and checked_out(db)[None] == 1
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(GUARD):
+            await task
+    assert all_zero(checked_out(db))
+
+    async def next_request() -> list[str]:
+        found = list(await session.scalars(sa.select(two.User.name).order_by(two.User.name)))
+        await session.close()
+        return found
+
+    assert await asyncio.create_task(next_request()) == ["user 0", "user 1", "user 2"]
+    assert all_zero(checked_out(db))
+    assert await names(db) == (
+        ["item 0", "item 1", "item 2"],
+        ["user 0", "user 1", "user 2"],
+    )
+
+
 async def test_begin_blocks_commit_or_roll_back_on_both_binds(two: TwoBinds) -> None:
     db = two.db
     async with db.session() as session:
