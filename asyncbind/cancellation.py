@@ -63,15 +63,15 @@ class CleanupTask(asyncio.Task[_T]):
         return False
 
 
-async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``coro`` in a task of its own that a cancellation of the caller does not stop
-    (a :class:`CleanupTask`).
+async def run_to_completion(coro: Coroutine[Any, Any, _T], name: str | None = None) -> _T:
+    """Await ``coro`` in a task of its own (a :class:`CleanupTask` called ``name``) that a
+    cancellation of the caller does not stop.
 
     For cleanup (closing a session, disposing engines): the caller does not return before it has
     finished, and a cancellation received meanwhile is raised afterwards, in place of its result
     or its error.
     """
-    return await CleanupTask(coro, loop=asyncio.get_running_loop())
+    return await CleanupTask(coro, loop=asyncio.get_running_loop(), name=name)
 
 
 async def finish_if_cancelled(

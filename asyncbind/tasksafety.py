@@ -153,23 +153,20 @@ class TaskSafeSession(AsyncSession):
             # there is nothing to wait for, and the operation in flight is this one.
             await greenlet_spawn(end)
             return
-        # In a task of its own that the caller's cancellation does not stop, in the caller's
-        # name.
-        await run_to_completion(self._end_when_free(operation, end, task))
+        # In a task of its own that the caller's cancellation does not stop, called after the
+        # caller: refusals name the task the user knows.
+        await run_to_completion(self._end_when_free(operation, end), name=_name(task))
 
-    async def _end_when_free(
-        self, operation: str, end: Callable[[], None], caller: asyncio.Task[Any] | None
-    ) -> None:
+    async def _end_when_free(self, operation: str, end: Callable[[], None]) -> None:
         while self._owner is not None:
             released = self._released
             if released is None:
                 released = self._released = asyncio.get_running_loop().create_future()
             # Shielded: other cleanups may be waiting for the same future.
             await asyncio.shield(released)
-        # Noted as the caller's operation: refusals name the task that called close(), which
-        # waits for this one, rather than the task the cleanup runs in (the one left for a
-        # coroutine driven by hand, outside any task).
-        self._owner = caller if caller is not None else asyncio.current_task()
+        # This task's own: an operation that ends the session again from within this one
+        # (from an event of the close, say) runs in place instead of waiting for itself.
+        self._owner = asyncio.current_task()
         self._operation = operation
         try:
             await greenlet_spawn(end)

@@ -223,6 +223,28 @@ async def test_the_refusal_names_the_task_that_called_close_not_the_one_close_ru
     assert all_zero(checked_out(db))
 
 
+async def test_the_session_used_from_an_event_of_its_own_close_is_not_refused(
+    two: TwoBinds,
+) -> None:
+    # The close runs in a task of its own; what its events do with the session runs in that
+    # task, as part of the close, and is not taken for another task's use.
+    db = two.db
+    session = db.session()
+    seen: list[int] = []
+
+    def transaction_ended(sync_session: Any, transaction: Any) -> None:
+        session.expunge_all()
+        seen.append(len(session.identity_map))
+
+    sa.event.listen(session.sync_session, "after_transaction_end", transaction_ended)
+    session.add(two.Item(name="rolled back"))
+    await session.flush()
+    await session.close()
+    assert seen and seen[-1] == 0
+    assert all_zero(checked_out(db))
+    assert await names(db) == ([], [])
+
+
 @pytest.mark.parametrize("cleanup", ["close", "reset", "async with"])
 async def test_a_cleanup_cancelled_while_it_rolls_back_runs_to_its_end(
     two: TwoBinds, monkeypatch: pytest.MonkeyPatch, cleanup: str
