@@ -8,14 +8,14 @@ mapper's table, the tables in the statement, then the default bind. A session gi
 
 This runs on every statement. A mapper's bind is worked out once; a statement's bind is cached by
 the statement's SQL cache key, which SQLAlchemy memoizes on the statement and reuses to find the
-compiled SQL, so a cache hit costs a dict lookup.
+compiled SQL, so a cache hit costs a dict lookup (most of it hashing that key).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -37,7 +37,14 @@ from .models import bind_key_of
 if TYPE_CHECKING:
     from .replicas import ReplicaSet, SessionReplicas
 
-__all__ = ["SESSION_TENANTS", "Group", "Router", "RoutingSession", "check_session_class"]
+__all__ = [
+    "SESSION_TENANTS",
+    "Group",
+    "Router",
+    "RoutingSession",
+    "ShapeCacheInfo",
+    "check_session_class",
+]
 
 _MISSING: Any = object()
 _NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
@@ -47,6 +54,63 @@ SESSION_TENANTS = "asyncbind.tenants"
 #: (a few shapes each), since a miss walks the whole statement. An entry keeps the statement's
 #: cache key alive, about 3 KB. (SQLAlchemy's compiled cache holds 500 per engine.)
 STATEMENT_CACHE_SIZE = 5000
+
+_V = TypeVar("_V")
+
+
+class ShapeCacheInfo(NamedTuple):
+    """What :meth:`Router.cache_info` reports about the router's statement shapes."""
+
+    #: Statements whose shape was not cached, so that their tables were looked up.
+    misses: int
+    #: Shapes cached now.
+    shapes: int
+    #: The most shapes the router keeps.
+    max_shapes: int
+
+
+class _Shapes(Generic[_V]):
+    """Routing decisions by statement shape, at most ``size`` of them, in two generations.
+
+    A lookup reads ``recent`` first; a shape found only in ``older`` moves back to ``recent``.
+    When ``recent`` holds half of ``size`` it becomes ``older``, and the shapes left in the
+    previous ``older`` (unused for a whole generation) are dropped. A shape used at least once a
+    generation stays, and a hit in ``recent`` is one dict lookup: no bookkeeping per hit, which an
+    LRU's move-to-front would add to every statement.
+    """
+
+    __slots__ = ("older", "recent", "size")
+
+    def __init__(self, size: int) -> None:
+        if size < 2:
+            raise ConfigError(
+                f"The statement cache size is {size!r}; it must be at least 2 (two generations "
+                f"of at least one shape). The default is {STATEMENT_CACHE_SIZE}."
+            )
+        self.size = size
+        self.recent: dict[Hashable, _V] = {}
+        self.older: dict[Hashable, _V] = {}
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.older)
+
+    def recall(self, shape: Hashable) -> _V | None:
+        """The value of ``shape`` from the older generation, moved back to the recent one; None
+        when the older one has none."""
+        found = self.older.pop(shape, None)
+        if found is not None:
+            self.add(shape, found)
+        return found
+
+    def add(self, shape: Hashable, value: _V) -> None:
+        if len(self.recent) >= self.size // 2:
+            self.older = self.recent
+            self.recent = {}
+        self.recent[shape] = value
+
+    def clear(self) -> None:
+        self.recent = {}
+        self.older = {}
 
 
 class Group(Protocol):
@@ -68,6 +132,10 @@ class Router:
     A group's engine changes with the context, so it is never cached: the caches of mappers and
     statement shapes hold engines of ordinary binds only, and a group's mappers and shapes are
     remembered apart, on the cache-miss path, so that ordinary binds route exactly as fast.
+
+    ``statement_cache_size`` bounds the statement shapes remembered for ordinary binds, and
+    apart from them those of groups; past it, shapes unused for a while are forgotten first, and
+    shapes in use stay.
     """
 
     __slots__ = (
@@ -76,6 +144,7 @@ class Router:
         "_groups",
         "_mapper_keys",
         "_mappers",
+        "_misses",
         "_order",
         "_read_only",
         "_read_only_engines",
@@ -85,14 +154,15 @@ class Router:
         "twophase",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, statement_cache_size: int = STATEMENT_CACHE_SIZE) -> None:
         self._engines: dict[BindKey, sa.Engine] = {}
         self._read_only: frozenset[BindKey] = frozenset()
         self._read_only_engines: dict[sa.Engine, BindKey] = {}
         self._order: dict[sa.Engine, tuple[int, BindKey]] = {}
         self._mappers: dict[Any, sa.Engine] = {}
         self._mapper_keys: dict[Any, tuple[BindKey, str, str]] = {}
-        self._statements: dict[Hashable, sa.Engine] = {}
+        self._statements: _Shapes[sa.Engine] = _Shapes(statement_cache_size)
+        self._misses = 0
         #: The replicas of the binds that have some, by the primary's engine.
         self.replicas: Mapping[sa.Engine, ReplicaSet] = _NO_BINDS
         #: The two-phase commits of sessions made with ``twophase=True``.
@@ -100,7 +170,7 @@ class Router:
         #: Whether any bind has replicas (sessions then leave get_bind()'s fast path).
         self.has_replicas = False
         self._groups: dict[BindKey, Group] = {}
-        self._grouped: dict[Hashable, tuple[Group, str | None]] = {}
+        self._grouped: _Shapes[tuple[Group, str | None]] = _Shapes(statement_cache_size)
 
     def set_engines(
         self,
@@ -199,23 +269,38 @@ class Router:
         if cache_key is None:
             return self._resolve(mapper, clause)
         shape = (mapper, cache_key.key)
-        engine = self._statements.get(shape)
+        engine = self._statements.recent.get(shape)
         if engine is None:
-            grouped = self._grouped.get(shape)
+            return self._for_shape(shape, mapper, clause)
+        return engine
+
+    def _for_shape(self, shape: Hashable, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
+        """for_statement() of a shape not among the recent ordinary ones: a group's (looked up
+        first, so that a group's statement costs two lookups), an older one, else worked out."""
+        if self._groups:
+            grouped = self._grouped.recent.get(shape) or self._grouped.recall(shape)
             if grouped is not None:
                 return grouped[0].sync_engine(grouped[1])
-            key, owner = self._resolve_key(mapper, clause)
-            group = self._groups.get(key)
-            if group is not None:
-                if len(self._grouped) >= STATEMENT_CACHE_SIZE:
-                    self._grouped.clear()
-                self._grouped[shape] = (group, owner)
-                return group.sync_engine(owner)
-            engine = self.engine(key, owner)
-            if len(self._statements) >= STATEMENT_CACHE_SIZE:
-                self._statements.clear()
-            self._statements[shape] = engine
+        engine = self._statements.recall(shape)
+        if engine is not None:
+            return engine
+        self._misses += 1
+        key, owner = self._resolve_key(mapper, clause)
+        group = self._groups.get(key)
+        if group is not None:
+            self._grouped.add(shape, (group, owner))
+            return group.sync_engine(owner)
+        engine = self.engine(key, owner)
+        self._statements.add(shape, engine)
         return engine
+
+    def cache_info(self) -> ShapeCacheInfo:
+        """How many statements missed the statement cache, and how many shapes it holds."""
+        return ShapeCacheInfo(
+            misses=self._misses,
+            shapes=len(self._statements) + len(self._grouped),
+            max_shapes=self._statements.size + self._grouped.size,
+        )
 
     def _mapper_key(self, mapper: Any) -> tuple[BindKey, str, str]:
         """A mapper's bind key, the model's name and its table's, worked out once."""

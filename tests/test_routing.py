@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from sqlalchemy import orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 from asyncbind import (
@@ -20,6 +21,7 @@ from asyncbind import (
     RoutingSession,
     UnknownBindError,
 )
+from asyncbind.routing import Router, ShapeCacheInfo
 
 Statements = Callable[[AsyncBind], list[tuple[Any, str]]]
 
@@ -641,3 +643,39 @@ async def test_a_thousand_models_statements_are_worked_out_once(
             assert session.get_bind(mapper, clause=statement) is engine
         passes.append(len(walked))
     assert passes[0] >= len(questions) and passes[1] == passes[0]
+
+
+@pytest.mark.sqlite
+def test_past_its_bound_the_statement_cache_keeps_the_shapes_in_use(tmp_path: Any) -> None:
+    """A router that remembers 10 shapes, sent 300 other shapes between uses of 3 hot ones:
+    each hot shape is worked out once, the cache never holds more than 10 shapes, and a shape
+    unused since long ago is worked out again."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'cache.db'}")
+    users = sa.create_engine(f"sqlite:///{tmp_path / 'users.db'}")
+    metadata = sa.MetaData(info={"bind_key": "users"})
+    table = sa.Table("t", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    router = Router(statement_cache_size=10)
+    router.set_engines({None: engine, "users": users})
+    hot = [sa.select(table.c.id.label(f"hot{i}")) for i in range(3)]
+    cold = [sa.select(table.c.id.label(f"cold{i}")) for i in range(300)]
+    for statement in cold:
+        for hot_statement in hot:
+            assert router.for_statement(None, hot_statement) is users
+        assert router.for_statement(None, statement) is users
+        assert router.cache_info().shapes <= 10
+    info = router.cache_info()
+    assert info == ShapeCacheInfo(misses=3 + 300, shapes=info.shapes, max_shapes=20)
+    assert 3 < info.shapes <= 10
+    assert router.for_statement(None, cold[0]) is users
+    assert router.cache_info().misses == 3 + 300 + 1
+    metadata.create_all(users)
+    with sa_orm.Session(users) as session:
+        session.execute(table.insert(), [{"id": 1}])
+        assert session.execute(hot[0]).all() == [(1,)]
+    users.dispose()
+    engine.dispose()
+
+
+def test_a_statement_cache_of_fewer_than_two_shapes_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"statement cache size is 1.*at least 2"):
+        Router(statement_cache_size=1)
