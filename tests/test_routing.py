@@ -679,3 +679,20 @@ def test_past_its_bound_the_statement_cache_keeps_the_shapes_in_use(tmp_path: An
 def test_a_statement_cache_of_fewer_than_two_shapes_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"statement cache size is 1.*at least 2"):
         Router(statement_cache_size=1)
+
+
+def test_the_sqlalchemy_cache_key_routing_remembers_statements_by() -> None:
+    """Routing remembers a statement's bind by SQLAlchemy's private
+    ``ClauseElement._generate_cache_key().key``: equal for statements of one shape built apart,
+    different when a where clause brings in another table, memoized on the statement."""
+    metadata = sa.MetaData()
+    a = sa.Table("a", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    b = sa.Table("b", metadata, sa.Column("id", sa.Integer, primary_key=True))
+
+    def shape(statement: Any) -> Any:
+        return statement._generate_cache_key().key
+
+    first = sa.select(a).where(a.c.id == 1)
+    assert shape(first) == shape(sa.select(a).where(a.c.id == 2))
+    assert shape(first) != shape(sa.select(a).where(a.c.id.in_(sa.select(b.c.id))))
+    assert first._generate_cache_key() is first._generate_cache_key()
