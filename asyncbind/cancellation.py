@@ -2,9 +2,8 @@
 asyncbind's connector or in a pool returning a connection, each absorbed there, so that a
 cancelled task leaves nothing behind and nothing is reported.
 
-- Cleanup (closing a session, disposing engines) runs in a task of its own that refuses to be
-  cancelled, :func:`run_to_completion`: a cancellation of the caller is raised once it has
-  finished.
+- Cleanup (closing a session, disposing engines) runs in a task of its own,
+  :func:`run_to_completion`: a cancellation of the caller is raised once it has finished.
 
 - A connection attempt whose caller is cancelled is not interrupted mid-handshake: drivers do not
   clean up after that (asyncpg leaves a future whose error nobody retrieves, reported as "Future
@@ -32,7 +31,6 @@ import sqlalchemy as sa
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 __all__ = [
-    "CleanupTask",
     "close_quietly",
     "finish_if_cancelled",
     "reset_listener",
@@ -49,29 +47,29 @@ ABANDONED_CONNECT_TIMEOUT = 10.0
 _ABANDONED: set[asyncio.Task[Any]] = set()
 
 
-class CleanupTask(asyncio.Task[_T]):
-    """A task that refuses to be cancelled: cleanup that must run to its end.
-
-    A task awaiting it that is cancelled meanwhile (its ``cancel()`` asks this task's first, and
-    is refused) gets its :class:`~asyncio.CancelledError` once this task has finished: asyncio
-    raises it when the awaiting task resumes. That is what ``asyncio.shield()`` of a task gives,
-    without the shield's own future and the turn of the event loop it takes to hand the result
-    over.
-    """
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        return False
-
-
 async def run_to_completion(coro: Coroutine[Any, Any, _T], name: str | None = None) -> _T:
-    """Await ``coro`` in a task of its own (a :class:`CleanupTask` called ``name``) that a
-    cancellation of the caller does not stop.
+    """Await ``coro`` in a task of its own (called ``name``) that a cancellation of the caller
+    does not stop.
 
     For cleanup (closing a session, disposing engines): the caller does not return before it has
     finished, and a cancellation received meanwhile is raised afterwards, in place of its result
-    or its error.
+    or its error. The task itself stays cancellable, so that the timeouts of the cleanup's own
+    I/O (a rollback or a close bounded by the bind's ``statement_timeout``) still cut it short.
     """
-    return await CleanupTask(coro, loop=asyncio.get_running_loop(), name=name)
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                raise
+            cancelled = exc
+        else:
+            break
+    if cancelled is not None:
+        raise cancelled
+    return result
 
 
 async def finish_if_cancelled(

@@ -41,7 +41,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncbind import AsyncBind, RoutingSession
-from asyncbind.cancellation import CleanupTask, run_to_completion
+from asyncbind.cancellation import run_to_completion
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -530,10 +530,9 @@ async def test_a_reset_cut_short_drops_its_connection_quietly_and_the_timeout_st
 
 
 async def test_cleanup_runs_to_its_end_and_the_caller_is_cancelled_after() -> None:
-    # What run_to_completion() promises each close and dispose, on its own: the cleanup task
-    # refuses cancel(); a caller cancelled meanwhile (here by asyncio.timeout) resumes only
-    # once the cleanup has finished, and then gets its cancellation, which the timeout
-    # recognises as its own.
+    # What run_to_completion() promises each close and dispose, on its own: a caller cancelled
+    # meanwhile (here by asyncio.timeout) resumes only once the cleanup has finished, and then
+    # gets its cancellation, which the timeout recognises as its own.
     started, release = asyncio.Event(), asyncio.Event()
     steps: list[str] = []
 
@@ -546,21 +545,19 @@ async def test_cleanup_runs_to_its_end_and_the_caller_is_cancelled_after() -> No
 
     async def caller() -> None:
         async with asyncio.timeout(0):  # due at once: it fires while the cleanup runs
-            await run_to_completion(cleanup())
+            await run_to_completion(cleanup(), name="the caller")
             steps.append("caller went on")  # never: the timeout is raised here
 
-    async def refuse_then_release() -> None:
+    async def release_later() -> None:
         await started.wait()
-        cleanups = [t for t in asyncio.all_tasks() if isinstance(t, CleanupTask)]
-        assert len(cleanups) == 1
-        assert cleanups[0].cancel() is False  # refused
         for _ in range(5):  # turns of the loop in which the timeout has fired, and been held
             await asyncio.sleep(0)
         assert steps == ["started"]
+        assert [t.get_name() for t in asyncio.all_tasks()].count("the caller") == 1
         release.set()
 
     with pytest.raises(TimeoutError):
-        await asyncio.gather(caller(), refuse_then_release())
+        await asyncio.gather(caller(), release_later())
     assert steps == ["started", "finished"]
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
@@ -573,3 +570,32 @@ async def test_cleanup_runs_to_its_end_and_the_caller_is_cancelled_after() -> No
 
     with pytest.raises(ValueError, match="the cleanup's own error"):
         await run_to_completion(failing())
+
+
+async def test_a_cleanups_own_timeouts_still_cut_it_short() -> None:
+    """The cleanup's task stays cancellable from within: a timeout on its own I/O (a rollback
+    bounded by ``statement_timeout`` against a server that stopped answering, say) ends it,
+    whether or not its caller was cancelled meanwhile."""
+
+    async def hanging_io() -> str:
+        try:
+            async with asyncio.timeout(0.05):  # the cleanup's own bound
+                await asyncio.Event().wait()  # a server that never answers
+        except TimeoutError:
+            return "gave up"
+        return "answered"
+
+    async def cancelled_caller() -> str:
+        inner = asyncio.create_task(run_to_completion(hanging_io()))
+        await asyncio.sleep(0)
+        inner.cancel()  # the caller is cancelled while the cleanup hangs
+        with pytest.raises(asyncio.CancelledError):
+            await inner
+        return "cancelled after the cleanup"
+
+    # asyncio.wait() cancels nothing: a cleanup that cannot end fails here instead of hanging.
+    for make in (lambda: run_to_completion(hanging_io()), cancelled_caller):
+        task = asyncio.create_task(make())
+        done, _ = await asyncio.wait({task}, timeout=GUARD)
+        assert task in done, "a cleanup whose own I/O timed out did not end"
+        assert task.result() in ("gave up", "cancelled after the cleanup")
