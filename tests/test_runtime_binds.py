@@ -54,6 +54,18 @@ async def notes_in(url: str) -> list[str]:
     return [row[0] for row in await read_rows(url, "SELECT text FROM notes ORDER BY text")]
 
 
+async def add_extra_bind(
+    db: AsyncBind, backend: str, new_database: NewDatabase
+) -> tuple[str, OpenConnections]:
+    """A new database on ``backend`` added as bind "extra" with its tables; its URL, and what
+    counts the connections its engine opens and closes."""
+    extra = await new_database(backend)
+    await db.add_bind("extra", extra)
+    connections = OpenConnections(db.get_engine("extra"))
+    await db.create_all(bind_key="extra")
+    return extra, connections
+
+
 async def test_add_bind_routes_and_creates_its_tables(
     app: App, backend: str, new_database: NewDatabase, url: str
 ) -> None:
@@ -178,10 +190,7 @@ async def test_remove_bind_waits_for_the_sessions_using_it(
     app: App, backend: str, new_database: NewDatabase
 ) -> None:
     db, Note = app.db, app.Note
-    extra = await new_database(backend)
-    await db.add_bind("extra", extra)
-    connections = OpenConnections(db.get_engine("extra"))
-    await db.create_all(bind_key="extra")
+    extra, connections = await add_extra_bind(db, backend, new_database)
 
     async with db.session() as busy:
         busy.add(Note(text="in flight"))
@@ -205,10 +214,7 @@ async def test_remove_bind_cancelled_still_disposes_the_engine(
     app: App, backend: str, new_database: NewDatabase
 ) -> None:
     db, Note = app.db, app.Note
-    extra = await new_database(backend)
-    await db.add_bind("extra", extra)
-    connections = OpenConnections(db.get_engine("extra"))
-    await db.create_all(bind_key="extra")
+    extra, connections = await add_extra_bind(db, backend, new_database)
     async with db.session() as busy:
         await busy.execute(sa.select(Note))
         removing = asyncio.create_task(db.remove_bind("extra"))
@@ -229,11 +235,8 @@ async def test_dispose_ends_a_removal_still_waiting(
     app: App, backend: str, new_database: NewDatabase
 ) -> None:
     db, Note = app.db, app.Note
-    extra = await new_database(backend)
-    await db.add_bind("extra", extra)
+    extra, connections = await add_extra_bind(db, backend, new_database)
     removing_engine = db.get_engine("extra").sync_engine
-    connections = OpenConnections(db.get_engine("extra"))
-    await db.create_all(bind_key="extra")
     async with db.session() as busy, db.session() as other:
         await other.execute(sa.select(Note))  # a second connection, idle once this commits
         await busy.execute(sa.select(Note))
