@@ -24,6 +24,7 @@ chooses its own ``pool_reset_on_return`` or ``pool``.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -53,23 +54,65 @@ async def run_to_completion(coro: Coroutine[Any, Any, _T], name: str | None = No
 
     For cleanup (closing a session, disposing engines): the caller does not return before it has
     finished, and a cancellation received meanwhile is raised afterwards, in place of its result
-    or its error. The task itself stays cancellable, so that the timeouts of the cleanup's own
-    I/O (a rollback or a close bounded by the bind's ``statement_timeout``) still cut it short.
+    (an error of the cleanup is raised as it is). The task itself stays cancellable, so that the
+    timeouts of the cleanup's own I/O (a rollback or a close bounded by the bind's
+    ``statement_timeout``) still cut it short.
+
+    The caller awaits a future that the task settles in its last step, not the task itself: a
+    cancellation of the caller then cancels that future only, and the caller resumes in the
+    loop's next turn once the cleanup has ended (behind :func:`asyncio.shield` it would resume a
+    turn later, one turn more per session closed).
     """
-    task = asyncio.get_running_loop().create_task(coro, name=name)
-    cancelled: asyncio.CancelledError | None = None
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[_T] = loop.create_future()
+    task = loop.create_task(_settling(coro, outcome), name=name)
+    task.add_done_callback(functools.partial(_ended, coro, outcome))
+    try:
+        return await outcome
+    except asyncio.CancelledError as exc:
+        cancelled = exc
+    if not outcome.cancelled():
+        # The cleanup ended as the caller was cancelled, before the caller resumed.
+        outcome.exception()  # retrieved: the cancellation is raised in place of the outcome
+        raise cancelled
+    # The caller was cancelled (or the cleanup itself was): wait for the cleanup to end, then
+    # raise the cancellation, or the cleanup's error.
     while True:
         try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
             if task.done():
                 raise
-            cancelled = exc
         else:
-            break
-    if cancelled is not None:
-        raise cancelled
-    return result
+            raise cancelled
+
+
+async def _settling(coro: Coroutine[Any, Any, _T], outcome: asyncio.Future[_T]) -> None:
+    """Await ``coro`` and settle ``outcome`` with its result or error, unless the caller
+    waiting for it was cancelled meanwhile: the error is then the task's own, for the caller
+    to retrieve once it has waited for the task."""
+    try:
+        result = await coro
+    except asyncio.CancelledError:
+        outcome.cancel()
+        raise
+    except Exception as exc:
+        if outcome.done():
+            raise  # the caller was cancelled: it waits for this task and gets the error here
+        outcome.set_exception(exc)
+    else:
+        if not outcome.done():
+            outcome.set_result(result)
+
+
+def _ended(
+    coro: Coroutine[Any, Any, Any], outcome: asyncio.Future[Any], task: asyncio.Task[Any]
+) -> None:
+    """Done callback of the cleanup's task: one cancelled before its first step never ran
+    ``coro`` nor settled ``outcome``. Closed, ``coro`` is not reported as never awaited."""
+    if not outcome.done():
+        coro.close()
+        outcome.cancel()
 
 
 async def finish_if_cancelled(

@@ -572,6 +572,68 @@ async def test_cleanup_runs_to_its_end_and_the_caller_is_cancelled_after() -> No
         await run_to_completion(failing())
 
 
+async def test_a_cleanup_failing_as_its_caller_is_cancelled_reports_nothing() -> None:
+    # The cleanup fails and its caller is cancelled in the same turn of the loop, before the
+    # caller resumes: the caller gets its cancellation, and the cleanup's error is retrieved
+    # (asyncio reports a future's error nobody retrieved when the future is collected).
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["message"]))
+    caller: asyncio.Task[Any] | None = None
+
+    async def failing() -> None:
+        assert caller is not None
+        loop.call_soon(caller.cancel)  # runs before the caller resumes
+        raise ValueError("the cleanup's own error")
+
+    try:
+        caller = asyncio.create_task(run_to_completion(failing()))
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        caller = None
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+    # Cancelled before it has failed, the caller waits for it and gets the cleanup's error.
+    started = asyncio.Event()
+
+    async def failing_later() -> None:
+        started.set()
+        await asyncio.sleep(0)
+        raise ValueError("failed after the caller was cancelled")
+
+    waiting = asyncio.create_task(run_to_completion(failing_later()))
+    await started.wait()
+    waiting.cancel()
+    with pytest.raises(ValueError, match="failed after the caller was cancelled"):
+        await waiting
+
+
+async def test_a_cleanup_cancelled_before_it_starts_does_not_leave_its_caller_waiting() -> None:
+    # Cancelled before its first step, the cleanup's coroutine never runs: the caller gets the
+    # cancellation instead of waiting for an outcome nobody will give.
+    ran: list[str] = []
+
+    async def cleanup() -> None:
+        ran.append("cleanup")
+
+    def cancel_the_cleanup() -> None:
+        (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "the cleanup"]
+        task.cancel()
+
+    async def caller() -> None:
+        asyncio.get_running_loop().call_soon(cancel_the_cleanup)  # before the cleanup's 1st step
+        await run_to_completion(cleanup(), name="the cleanup")
+
+    waiting = asyncio.create_task(caller())
+    done, _ = await asyncio.wait({waiting}, timeout=GUARD)
+    assert waiting in done, "the caller of a cleanup cancelled before it started still waits"
+    assert waiting.cancelled()
+    assert ran == []
+
+
 async def test_a_cleanups_own_timeouts_still_cut_it_short() -> None:
     """The cleanup's task stays cancellable from within: a timeout on its own I/O (a rollback
     bounded by ``statement_timeout`` against a server that stopped answering, say) ends it,
