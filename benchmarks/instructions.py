@@ -20,7 +20,9 @@ suite prints "skipped".
 ``--peers`` also counts the ``get`` lookup made the way sqlalchemy-bind-manager makes it (one
 AsyncSession kept per task, closed in place after each lookup: ``per_task``), and through
 sqlalchemy-bind-manager's own repository (``bind_manager``, skipped when it is not installed),
-and prints each against asyncbind, whose session is made per lookup and closed by ``async with``.
+and prints each against asyncbind, whose session is made per lookup and closed by ``async with``,
+and against asyncbind used the same way (one ``db.session()`` kept per task, closed after each
+lookup: ``asyncbind_per_task``).
 
 ``--against COMMIT`` also counts asyncbind as it was at ``COMMIT`` (its ``asyncbind`` package,
 taken with ``git archive`` into a temporary folder, next to a copy of the current one), with the
@@ -49,7 +51,7 @@ from .harness import RESULTS
 from .servers import SQLITE
 
 KINDS = ("get", "orm_select", "core_select")
-VARIANTS = ("plain", "asyncbind", "per_task", "bind_manager")
+VARIANTS = ("plain", "asyncbind", "asyncbind_per_task", "per_task", "bind_manager")
 #: The variants --peers adds, each a way to do the ``get`` lookup without asyncbind.
 PEERS = ("per_task", "bind_manager")
 #: For each hash seed (0, 1, ...), the classes tagged before the run (benchmarks/typetags.py):
@@ -73,9 +75,11 @@ def _lookups(variant: str, kind: str, count: int, database: Path) -> None:
     try:
         loop.run_until_complete(lookups.fill(urls))
         plain = lookups.PlainSetup(urls)
+        ours = lookups.AsyncbindSetup(urls)
         setup: Any = {
             "plain": plain,
-            "asyncbind": lookups.AsyncbindSetup(urls),
+            "asyncbind": ours,
+            "asyncbind_per_task": peers.AsyncbindPerTaskSetup(ours),
             "per_task": peers.PerTaskSetup(plain),
             "bind_manager": peers.BindManagerSetup(urls) if variant == "bind_manager" else None,
         }[variant]
@@ -83,9 +87,11 @@ def _lookups(variant: str, kind: str, count: int, database: Path) -> None:
         loop.run_until_complete(lookups.run_concurrently(op, 100, tasks=1))
         # callgrind counts only what runs inside sys.call_tracing (see _count).
         sys.call_tracing(loop.run_until_complete, (lookups.run_concurrently(op, count, tasks=1),))
-        # per_task closed its sessions after each lookup, and its engines are plain's.
-        if variant in ("asyncbind", "bind_manager"):
+        # The per-task variants closed their sessions after each lookup; their engines are
+        # plain's and asyncbind's.
+        if variant == "bind_manager":
             loop.run_until_complete(setup.dispose())
+        loop.run_until_complete(ours.dispose())
         loop.run_until_complete(plain.dispose())
     finally:
         loop.close()
@@ -155,6 +161,7 @@ async def main(options: Any) -> None:
         f"layouts {', '.join(map(str, seeds))}"
     )
     baselines = ["plain"]
+    ours = ["asyncbind", "asyncbind_per_task"] if options.peers else ["asyncbind"]
     if options.peers:
         baselines.append("per_task")
         if importlib.util.find_spec("sqlalchemy_bind_manager") is not None:
@@ -165,7 +172,7 @@ async def main(options: Any) -> None:
         print(f"\n{title}: skipped (valgrind is not installed)")
         return
     with tempfile.TemporaryDirectory(prefix="asyncbind-against-") as folder:
-        roots = {name: ROOT for name in (*baselines, "asyncbind")}
+        roots = {name: ROOT for name in (*baselines, *ours)}
         if options.against:
             # Both asyncbinds imported from folders whose paths have the same length, with the
             # same PYTHONPATH shape for every variant: the size of the environment moves the
@@ -175,7 +182,7 @@ async def main(options: Any) -> None:
             shutil.copytree(ROOT / "asyncbind", here / "asyncbind", ignore=ignore)
             then.mkdir()
             against = _export(options.against, then)
-            roots = {name: here for name in (*baselines, "asyncbind")}
+            roots = {name: here for name in (*baselines, *ours)}
             roots[f"asyncbind@{against}"] = then
         per_lookup = await _count_all(roots, kinds, seeds, count)
     print(f"\n{title}")
