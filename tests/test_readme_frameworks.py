@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +11,15 @@ import sqlalchemy as sa
 from arq.connections import RedisSettings
 from arq.worker import create_worker
 from arqredis import REDIS_URL, redis_for_test
+from readmeblocks import python_block, run_python
 from twobinds import lifespan_of
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 pytestmark = pytest.mark.sqlite
 
 
 def example(title: str) -> str:
     """The Python code block of the README's Frameworks subsection ``title``."""
-    text = README.read_text()
-    section = text[text.index("\n## Frameworks\n") :]
-    section = section[: section.index("\n## ", 1)]
-    part = section[section.index(f"\n### {title}\n") :]
-    code = re.search(r"```python\n(.*?)```", part, re.S)
-    assert code is not None, title
-    return code.group(1)
+    return python_block("## Frameworks", f"### {title}")
 
 
 def run(title: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -108,13 +98,7 @@ async def test_fastapi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_workers(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", example("Workers and scripts")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(example("Workers and scripts"), tmp_path, "-W", "error")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "10"
 

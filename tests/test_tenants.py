@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase, require_server
+from readmeblocks import python_block, run_python
 from serverconns import no_server_connections, read_rows, table_names
 from sqlalchemy import orm as sa_orm
 
@@ -30,8 +29,6 @@ from asyncbind import (
     UnknownBindError,
     UnresolvedTenantError,
 )
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @dataclass
@@ -321,17 +318,7 @@ def test_tenant_errors_survive_pickling() -> None:
 
 
 def test_readme_tenants_example_runs(tmp_path: Path) -> None:
-    text = README.read_text()
-    section = text[text.index("## Tenants") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert code is not None
-    result = subprocess.run(
-        [sys.executable, "-c", code.group(1)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(python_block("## Tenants"), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["acme", "['acme']", "globex", "['globex']"]
 
