@@ -52,8 +52,6 @@ from .servers import SQLITE
 
 KINDS = ("get", "orm_select", "core_select")
 VARIANTS = ("plain", "asyncbind", "asyncbind_per_task", "per_task", "bind_manager")
-#: The variants --peers adds, each a way to do the ``get`` lookup without asyncbind.
-PEERS = ("per_task", "bind_manager")
 #: For each hash seed (0, 1, ...), the classes tagged before the run (benchmarks/typetags.py):
 #: apart from each other modulo the type cache's 4,096 entries.
 TAG_SHIFTS = (0, 700, 1500, 2300, 3100, 3900)
