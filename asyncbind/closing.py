@@ -1,8 +1,9 @@
 """Ending a connection: dropped at once, or closed politely with a drop when the goodbye fails.
 
 A connection is *dropped* when waiting for the server would only make things late: its statement
-timed out (the server has stopped answering), its state is unknown (a cancelled reset), or its
-goodbye failed. Dropping closes the socket with no message to the server. SQLAlchemy's own
+timed out (the server has stopped answering), its state is unknown (a cancelled reset), its
+goodbye failed, or the rest of a result nobody reads stands before anything else it could be told
+(MySQL and MariaDB). Dropping closes the socket with no message to the server. SQLAlchemy's own
 ``terminate()`` first tries a polite close, which asyncpg lets wait up to 2s for an answer.
 """
 
@@ -13,8 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.pool import PoolProxiedConnection
 
-__all__ = ["close_or_drop", "driver_drop", "dropper"]
+__all__ = ["close_or_drop", "driver_drop", "dropper", "rollback_or_drop"]
 
 #: How a driver's own connection is dropped at once, with no message to the server.
 _DRIVER_DROPS: dict[str, Callable[[Any], None]] = {
@@ -76,3 +78,31 @@ def close_or_drop(
             raise
 
     return close_connection
+
+
+def rollback_or_drop(
+    rollback: Callable[[Any], None], drop: Callable[[Any], None], unread: Callable[[Any], bool]
+) -> Callable[[Any], None]:
+    """``rollback`` (a dialect's ``do_rollback``) that drops the connection instead when a
+    result on it was left ``unread`` (its driver connection says so).
+
+    On MySQL and MariaDB a server-side cursor's result (``session.stream()``, ``yield_per``)
+    arrives in full whatever the client does: a ROLLBACK sent after a stream was cancelled or left
+    early is answered only once the driver has read every remaining row (with a "Previous
+    unbuffered result was left incomplete" warning), however many millions. Dropped, the
+    connection is invalidated (the pool opens a new one when it needs one) and the server rolls
+    its transaction back as the connection ends; the session or connection goes on as after a
+    rollback. This applies to rollbacks of a pool's connection (every session's and
+    ``AsyncConnection``'s); a bare DBAPI connection is rolled back as before.
+    """
+
+    def rollback_connection(connection: Any) -> None:
+        if isinstance(connection, PoolProxiedConnection) and connection.is_valid:
+            driver_connection = connection.driver_connection
+            if driver_connection is not None and unread(driver_connection):
+                drop(connection)
+                connection.invalidate()
+                return
+        rollback(connection)
+
+    return rollback_connection

@@ -3,9 +3,9 @@
 :func:`engine_arguments` works out what the engine is created with: the URL and the dialect's
 defaults, read-only connections, the connector, the pool class, the reset on return.
 :func:`make_engine` creates it and wires in, top to bottom, everything asyncbind adds to an
-engine: errors that name the bind, event loops, timeouts, DDL in one round trip on asyncpg, how
-connections close, the reset and check of returned connections, the refusal of writes on
-read-only binds. The other modules provide those pieces as functions and listeners; only this one
+engine: errors that name the bind, event loops, rollbacks after a stream left unread on MySQL,
+timeouts, DDL in one round trip on asyncpg, how connections close, the reset and check of
+returned connections, the refusal of writes on read-only binds. The other modules provide those pieces as functions and listeners; only this one
 attaches them to an engine.
 What has no public hook goes through :mod:`asyncbind.internals`.
 """
@@ -45,6 +45,9 @@ DRIVER_EXTRAS = {
     "asyncmy": "mysql",
     "pymysql": "mysql",
 }
+
+#: The drivers whose server-side cursors' results arrive in full whether read or not.
+_UNBUFFERED_DRIVERS = frozenset({"aiomysql", "asyncmy"})
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200
@@ -122,9 +125,19 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     if loops.closes_across_loops(dialect.driver):
         sa.event.listen(sync, "connect", loops.remember_loop)
 
-    # Timeouts. What drops a connection is made before the dialect's methods are replaced
-    # (see closing.dropper).
+    # What drops a connection is made before the dialect's methods are replaced (see
+    # closing.dropper).
     drop = closing.dropper(dialect)
+
+    # MySQL and MariaDB: a rollback after a stream left unread drops the connection instead of
+    # reading the rest of the result first.
+    if dialect.driver in _UNBUFFERED_DRIVERS:
+        rollback = closing.rollback_or_drop(
+            dialect.do_rollback, drop, internals.mysql_result_unread
+        )
+        internals.replace_dialect_method(dialect, "do_rollback", rollback)
+
+    # Timeouts.
     statement = config.statement_timeout
     # DDL in one round trip on asyncpg (see directddl), within the statement timeout if any.
     direct = directddl.applies(dialect)

@@ -36,6 +36,7 @@ Drivers and asyncio:
 
 - :func:`aiomysql_connect`: ``aiomysql.Connection._connect()``, to close a half-made connection.
 - :func:`asyncpg_transaction_open`: asyncpg's ``Connection._top_xact``.
+- :func:`mysql_result_unread`: aiomysql's and asyncmy's ``Connection._result``.
 - :func:`transport_of`: asyncpg's ``Connection._transport``, aiomysql's ``Connection._writer``,
   asyncmy's ``Connection._transport``.
 - :func:`release_transport`: asyncio's ``_call_connection_lost()`` of socket transports.
@@ -230,6 +231,16 @@ def asyncpg_transaction_open(driver: Any) -> bool:
     would then send a SAVEPOINT. No public method tells.
     """
     return bool(driver.is_in_transaction()) or driver._top_xact is not None
+
+
+def mysql_result_unread(driver: Any) -> bool:
+    """Whether an aiomysql or asyncmy connection has a result of a server-side cursor (an
+    unbuffered result) not read to its end: the next command sent on it first reads the rest.
+
+    ``Connection._result.unbuffered_active``; no public method tells.
+    """
+    result = driver._result
+    return result is not None and bool(result.unbuffered_active)
 
 
 #: Each driver connection's transport.

@@ -1,10 +1,12 @@
 """Closing connections: a goodbye that fails drops the connection instead of leaving it open, and
-is no error to report when the server had ended the connection already."""
+is no error to report when the server had ended the connection already; on MySQL and MariaDB a
+rollback after a stream left unread drops the connection instead of reading the rest first."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,76 @@ async def test_dispose_after_the_server_ended_idle_connections_closes_each_quiet
     assert closed == [True] * len(opened)
     async with db.session() as session:
         assert (await session.execute(sa.text("SELECT 1"))).scalar() == 1
+
+
+# -- a rollback after a stream left unread (MySQL, MariaDB) ------------------------------------
+
+#: Rows streamed: far more than one read of the socket holds, so that most are left unread.
+STREAMED = 20_000
+
+
+async def connection_id(session: Any) -> int:
+    return int((await session.execute(sa.text("SELECT CONNECTION_ID()"))).scalar_one())
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+async def test_a_stream_left_unread_is_not_read_to_its_end_before_the_rollback(
+    driver: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A session whose stream was cancelled ends without reading the rest of the result (the
+    driver would warn "Previous unbuffered result was left incomplete" as it did): its connection
+    is dropped, the server ends it, and the next session gets a new one. A session that rolls
+    back after leaving a stream early goes on. A result read to its end keeps its connection."""
+    url = (await new_database("mysql")).replace("mysql://", f"mysql+{driver}://", 1)
+    db = make_db(url, engine_options={"pool_size": 1, "max_overflow": 0})
+    sql = sa.text(f"SELECT seq, REPEAT('x', 100) FROM seq_1_to_{STREAMED}")  # MariaDB's sequences
+    read: list[int] = []
+    reading = asyncio.Event()
+    ids: list[int] = []
+
+    async def stream() -> None:
+        async with db.session() as session:
+            ids.append(await connection_id(session))
+            async for row in await session.stream(sql):
+                read.append(row[0])
+                reading.set()
+                await asyncio.sleep(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with asyncio.timeout(GUARD):
+            task = asyncio.create_task(stream())
+            await reading.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert 0 < len(read) < STREAMED
+            async with db.session() as session:
+                ids.append(await connection_id(session))
+                left = await session.stream(sql)
+                assert (await left.fetchmany(10))[-1][0] == 10
+                await session.rollback()
+                ids.append(await connection_id(session))  # the session goes on
+                assert (await session.execute(sql)).all()[-1][0] == STREAMED  # read to its end
+            async with db.session() as session:
+                ids.append(await connection_id(session))
+    assert [str(w.message) for w in caught] == []
+    first, after_cancel, after_rollback, kept = ids
+    assert len({first, after_cancel, after_rollback}) == 3, ids  # dropped twice
+    assert kept == after_rollback  # a result read to its end: the connection stays
+    processes = await server_fetch(
+        "mysql",
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN (%s, %s)",
+        first,
+        after_cancel,
+    )
+    async with asyncio.timeout(GUARD):
+        while processes:  # the server notices the closed sockets
+            await asyncio.sleep(0.05)
+            processes = await server_fetch(
+                "mysql",
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN (%s, %s)",
+                first,
+                after_cancel,
+            )

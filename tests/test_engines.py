@@ -103,10 +103,11 @@ def test_timeouts_are_wired_only_where_a_bind_sets_them(make_db: Callable[..., A
     )
     # No statement_timeout: the statement path has no listener to run.
     assert statement_listeners(db, None) == dict.fromkeys(statement_listeners(db, None), 0)
-    # Every engine names its two-phase transactions (create_xid), timeouts or not.
-    assert replaced(db, None) == {"do_close", "create_xid"}
+    # Every engine names its two-phase transactions (create_xid), timeouts or not, and a MySQL
+    # engine's rollback drops a connection whose stream was left unread (asyncbind.closing).
+    assert replaced(db, None) == {"do_close", "create_xid", "do_rollback"}
     assert statement_listeners(db, "connect") == statement_listeners(db, None)
-    assert replaced(db, "connect") == {"do_ping", "do_close", "create_xid"}
+    assert replaced(db, "connect") == {"do_ping", "do_close", "create_xid", "do_rollback"}
     assert statement_listeners(db, "statement") == dict.fromkeys(statement_listeners(db, None), 1)
     assert replaced(db, "statement") == internals.DIALECT_METHODS
 

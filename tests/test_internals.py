@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio.exc import AsyncMethodRequired
 
 from asyncbind import AsyncBind, PoolTimeoutError, internals
-from asyncbind.internals import asyncpg_transaction_open
+from asyncbind.internals import asyncpg_transaction_open, mysql_result_unread
 from asyncbind.tasksafety import TaskSafeSession
 
 GUARD = 30
@@ -312,6 +312,43 @@ async def test_asyncpg_transaction_open_reads_the_driver(
         assert asyncpg_transaction_open(driver) is True
         await driver.execute("ROLLBACK")
         assert asyncpg_transaction_open(driver) is False
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+async def test_mysql_result_unread_reads_the_driver(
+    driver: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """aiomysql's and asyncmy's ``_result``, read before a rollback (:mod:`asyncbind.closing`):
+    True while a server-side cursor's result has rows left unread, False once it is read or
+    closed, and for a buffered result."""
+    import aiomysql.cursors
+    import asyncmy.cursors
+
+    server_side = {"aiomysql": aiomysql.cursors.SSCursor, "asyncmy": asyncmy.cursors.SSCursor}
+    url = (await new_database("mysql")).replace("mysql://", f"mysql+{driver}://", 1)
+    db = make_db(url)
+    async with db.engine.connect() as conn:
+        connection: Any = (await conn.get_raw_connection()).driver_connection
+        assert mysql_result_unread(connection) is False  # nothing sent yet
+        sql = "SELECT seq FROM seq_1_to_100"  # MariaDB's sequence engine
+        async with connection.cursor() as cursor:  # buffered
+            await cursor.execute(sql)
+            assert await cursor.fetchone() == (1,)
+            assert mysql_result_unread(connection) is False
+        cursor = connection.cursor(server_side[driver])
+        if inspect.isawaitable(cursor):  # aiomysql's cursor() is awaited, asyncmy's is not
+            cursor = await cursor
+        await cursor.execute(sql)
+        assert await cursor.fetchone() == (1,)
+        assert mysql_result_unread(connection) is True
+        assert len(await cursor.fetchall()) == 99
+        assert mysql_result_unread(connection) is False
+        await cursor.execute(sql)
+        await cursor.fetchone()
+        assert mysql_result_unread(connection) is True
+        await cursor.close()  # reads the rest
+        assert mysql_result_unread(connection) is False
 
 
 @pytest.mark.postgresql
