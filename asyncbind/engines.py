@@ -5,8 +5,8 @@ defaults, read-only connections, the connector, the pool class, the reset on ret
 :func:`make_engine` creates it and wires in, top to bottom, everything asyncbind adds to an
 engine: errors that name the bind, event loops, rollbacks after a stream left unread on MySQL,
 timeouts, DDL in one round trip on asyncpg, how connections close, the reset and check of
-returned connections, the refusal of writes on read-only binds. The other modules provide those pieces as functions and listeners; only this one
-attaches them to an engine.
+returned connections, the refusal of writes on read-only binds. The other modules provide those
+pieces as functions and listeners; only this one attaches them to an engine.
 What has no public hook goes through :mod:`asyncbind.internals`.
 """
 
