@@ -179,18 +179,11 @@ async def test_a_stream_left_unread_is_not_read_to_its_end_before_the_rollback(
     first, after_cancel, after_rollback, kept = ids
     assert len({first, after_cancel, after_rollback}) == 3, ids  # dropped twice
     assert kept == after_rollback  # a result read to its end: the connection stays
-    processes = await server_fetch(
-        "mysql",
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN (%s, %s)",
-        first,
-        after_cancel,
-    )
+
+    async def still_connected() -> list[tuple[Any, ...]]:
+        sql = "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN (%s, %s)"
+        return await server_fetch("mysql", sql, first, after_cancel)
+
     async with asyncio.timeout(GUARD):
-        while processes:  # the server notices the closed sockets
+        while await still_connected():  # noqa: ASYNC110 (the server notices the closed sockets)
             await asyncio.sleep(0.05)
-            processes = await server_fetch(
-                "mysql",
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN (%s, %s)",
-                first,
-                after_cancel,
-            )
