@@ -547,22 +547,8 @@ class RoutingSession(sa_orm.Session):
             if clause is not None:
                 router.check_bind(bind, clause)
             return bind  # type: ignore[no-any-return]
-        # _route() and for_statement()'s cache hit, written out: this runs for every statement.
         try:  # free unless it raises (Python 3.11+)
-            if bind_key is not _MISSING:
-                return router.for_key(bind_key, clause)
-            if clause is not None:
-                cache_key = clause._generate_cache_key()
-                if cache_key is None:
-                    return router._resolve(mapper, clause)
-                shape = (mapper, cache_key.key)
-                engine = router._statements.recent.get(shape)
-                if engine is None:
-                    return router._for_shape(shape, mapper, clause)
-                return engine
-            if mapper is not None:
-                return router.for_mapper(mapper)
-            return router.engine(None, "a session operation with no statement")
+            return _route(router, mapper, clause, bind_key)
         except UnresolvedTenantError as error:
             return self._tenant_engine(error)
 
