@@ -121,8 +121,12 @@ def _children(pid: int) -> list[int]:
     todo = [pid]
     while todo:
         parent = todo.pop()
-        for tasks in Path(f"/proc/{parent}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
+        try:
+            threads = list(Path(f"/proc/{parent}/task").glob("*/children"))
+        except OSError:  # it exited meanwhile (ProcessLookupError): no children to find
+            threads = []
+        for tasks in threads:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 todo += [int(child) for child in tasks.read_text().split()]
         if parent != pid:
             found.append(parent)
