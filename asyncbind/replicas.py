@@ -9,6 +9,9 @@ A bind configured with ``"replicas": [url, ...]`` gets one engine per replica
   ``text()``, ``SELECT ... FOR UPDATE / FOR SHARE``;
 - the primary for every statement on that bind once the session's transaction has written to it,
   until that transaction ends (commit, rollback or close): read-your-writes;
+- the primary for the reads a write makes: the ORM's SELECT of the rows an UPDATE or DELETE with
+  ``synchronize_session="fetch"`` is about to change, on a database without RETURNING (MySQL,
+  MariaDB's UPDATE), and its check of whether the bind has RETURNING;
 - the primary inside ``async with db.primary():`` and for a statement with
   ``.execution_options(use_primary=True)``;
 - else a replica, the same one for the rest of the transaction: round robin or random over the
@@ -138,6 +141,7 @@ class ReplicaSet:
             return primary
         if (
             primary in reads.written
+            or session.writing  # a read made by an UPDATE / DELETE, before it writes
             or session.twophase  # a standby cannot PREPARE TRANSACTION
             or session.router in _PRIMARY_ONLY.get()
             or clause.get_execution_options().get(USE_PRIMARY)

@@ -402,11 +402,16 @@ class RoutingSession(sa_orm.Session):
     _router_alone: Router | None
     #: What this session's transaction did with read replicas (see :mod:`asyncbind.replicas`).
     replica_reads: SessionReplicas | None = None
+    #: Whether an UPDATE or DELETE is running, so that the reads it makes (the ORM's SELECT of
+    #: the rows it will change, with ``synchronize_session="fetch"``) go to the primary, not to
+    #: a replica (see :mod:`asyncbind.replicas`).
+    writing = False
 
     # execute(), scalar() and scalars() hand an ORM UNION / INTERSECT / EXCEPT over to get_bind()
     # as the clause to route by: SQLAlchemy passes none, so it would go to the default bind
-    # whatever its tables. They run for every statement, so the parameters are spelled out:
-    # packing them into **kw and out again costs more than the check itself.
+    # whatever its tables. With replicas, they run DML with ``writing`` set. They run for every
+    # statement, so the parameters are spelled out: packing them into **kw and out again costs
+    # more than the checks themselves.
 
     def execute(
         self,
@@ -419,6 +424,10 @@ class RoutingSession(sa_orm.Session):
     ) -> Any:
         if not bind_arguments and isinstance(statement, sa.CompoundSelect):
             bind_arguments = {"clause": statement}
+        elif self._router_alone is None and self.router.has_replicas and _writes(statement):
+            return self._writing(
+                super().execute, statement, params, execution_options, bind_arguments, kw
+            )
         return super().execute(
             statement,
             params,
@@ -438,6 +447,10 @@ class RoutingSession(sa_orm.Session):
     ) -> Any:
         if not bind_arguments and isinstance(statement, sa.CompoundSelect):
             bind_arguments = {"clause": statement}
+        elif self._router_alone is None and self.router.has_replicas and _writes(statement):
+            return self._writing(
+                super().scalar, statement, params, execution_options, bind_arguments, kw
+            )
         return super().scalar(
             statement,
             params,
@@ -457,6 +470,10 @@ class RoutingSession(sa_orm.Session):
     ) -> Any:
         if not bind_arguments and isinstance(statement, sa.CompoundSelect):
             bind_arguments = {"clause": statement}
+        elif self._router_alone is None and self.router.has_replicas and _writes(statement):
+            return self._writing(
+                super().scalars, statement, params, execution_options, bind_arguments, kw
+            )
         return super().scalars(
             statement,
             params,
@@ -464,6 +481,29 @@ class RoutingSession(sa_orm.Session):
             bind_arguments=bind_arguments,
             **kw,
         )
+
+    def _writing(
+        self,
+        run: Any,
+        statement: Any,
+        params: Any,
+        execution_options: Any,
+        bind_arguments: Any,
+        kw: dict[str, Any],
+    ) -> Any:
+        """``run`` (Session's execute, scalar or scalars) of a DML ``statement``, with
+        :attr:`writing` set while it runs."""
+        outer, self.writing = self.writing, True
+        try:
+            return run(
+                statement,
+                params,
+                execution_options=execution_options,
+                bind_arguments=bind_arguments,
+                **kw,
+            )
+        finally:
+            self.writing = outer
 
     def __init__(
         self,
@@ -594,6 +634,10 @@ class RoutingSession(sa_orm.Session):
         if clause is not None:
             router.check_bind(bind, clause)
         return bind  # type: ignore[no-any-return]
+
+
+def _writes(statement: Any) -> bool:
+    return isinstance(statement, sa.Update | sa.Delete)
 
 
 def _route(router: Router, mapper: Any, clause: Any, bind_key: Any) -> sa.Engine:

@@ -270,6 +270,38 @@ async def test_a_transaction_reads_its_own_writes_from_the_primary_until_it_ends
     await rep.resume()
 
 
+async def test_the_rows_an_update_will_change_are_read_on_the_primary(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    """synchronize_session="fetch": the ORM finds the rows an UPDATE changes with RETURNING
+    (PostgreSQL), or with a SELECT before it (MariaDB has no UPDATE RETURNING). That SELECT is part
+    of the write: on a replica that has not replayed row 2, the object would keep its old name."""
+    db, Item = await items_db(rep, make_db)
+    await rep.pause()
+    async with db.engine.begin() as conn:  # the primary's engine: the replica never sees it
+        await conn.execute(sa.insert(Item).values(id=2, name="two"))
+    async with db.session() as session:
+        async with db.primary():
+            two = await session.get(Item, 2)
+        assert two is not None and two.name == "two"
+        await session.execute(
+            sa.update(Item)
+            .where(Item.name.in_(["one", "two"]))
+            .values(name="changed")
+            .execution_options(synchronize_session="fetch")
+        )
+        assert two.name == "changed"
+        # Nothing of the UPDATE went to the replica, not even asking whether it has RETURNING.
+        assert db.pool_status()[None].replicas[0].checked_out == 0
+        await session.commit()
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(sa.select(Item.name).order_by(Item.id))).scalars().all() == [
+            "changed",
+            "changed",
+        ]
+    await rep.resume()
+
+
 async def test_locking_reads_go_to_the_primary(rep: Replicated, make_db: MakeDb) -> None:
     db, Item = await items_db(rep, make_db)
     assert await where(db, sa.select(Item.name, rep.where), rep) == "replica"
@@ -535,6 +567,41 @@ async def test_a_read_that_autoflushes_reads_from_the_primary(
         # The autoflush before this read writes to the primary, so the read goes there too.
         assert await session.scalar(sa.select(Item.name).where(Item.id == 2)) == "new"
         assert await session.scalar(sa.select(Item.name).where(Item.id == 1)) == "primary"
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("synchronize", ["fetch", "evaluate", "auto"])
+@pytest.mark.parametrize("run", ["execute", "scalars"])
+async def test_updates_and_deletes_read_nothing_from_a_replica(
+    tmp_path: Path, make_db: MakeDb, synchronize: str, run: str
+) -> None:
+    files = await sqlite_db(tmp_path, make_db)
+    Item = files.Item
+    async with files.db.session() as session:
+        async with files.db.primary():
+            item = await session.get(Item, 1)
+        assert item is not None and item.name == "primary"
+        method = getattr(session, run)
+        await method(
+            sa.update(Item)
+            .where(Item.name == "primary")
+            .values(name="changed")
+            .returning(Item.id)
+            .execution_options(synchronize_session=synchronize)
+        )
+        assert item.name == "changed"
+        await method(
+            sa.delete(Item)
+            .where(Item.id == 1)
+            .returning(Item.id)
+            .execution_options(synchronize_session=synchronize)
+        )
+        assert files.db.pool_status()[None].replicas[0].checked_out == 0
+        assert not session.sync_session.writing
+        await session.rollback()
+        # The session reads from the replica again.
+        assert await session.scalar(sa.select(Item.name)) == "replica 1"
+        assert files.db.pool_status()[None].replicas[0].checked_out == 1
 
 
 @pytest.mark.sqlite
