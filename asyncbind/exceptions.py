@@ -35,6 +35,7 @@ __all__ = [
     "StatementTimeoutError",
     "TenantMismatchError",
     "TwoPhaseInDoubtError",
+    "TwoPhasePrepareError",
     "TwoPhaseUnsupportedError",
     "UnknownBindError",
     "UnresolvedTenantError",
@@ -352,6 +353,23 @@ class TwoPhaseUnsupportedError(AsyncBindError):
 
     def __reduce__(self) -> Any:
         return type(self), (self.bind_key, self.dialect)
+
+
+class TwoPhasePrepareError(AsyncBindError, sa_exc.InvalidRequestError):
+    """``prepare()`` was called on a two-phase session: its ``commit()`` prepares every bind
+    itself, then records the decision that :func:`~asyncbind.AsyncBind.recover` needs before it
+    commits any. Nothing was sent; the transaction is still open."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "prepare() on a two-phase session would prepare its binds without the decision "
+            "record that db.recover() goes by, so a commit that stopped half-way could not be "
+            "finished on every bind. Call commit(): it prepares every bind, records the "
+            "decision, then commits. Nothing was sent; the transaction is still open."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), ()
 
 
 class TwoPhaseInDoubtError(AsyncBindError, sa_exc.SQLAlchemyError):

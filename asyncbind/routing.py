@@ -29,6 +29,7 @@ from .exceptions import (
     ConfigError,
     CrossBindError,
     ReadOnlyBindError,
+    TwoPhasePrepareError,
     UnknownBindError,
     UnresolvedTenantError,
 )
@@ -564,6 +565,13 @@ class RoutingSession(sa_orm.Session):
             self.bind = None
         self._asks_sqlalchemy = True
         self._router_alone = None
+
+    def prepare(self) -> None:
+        """Refused on a two-phase session (:class:`TwoPhasePrepareError`): its commit prepares,
+        records the decision, then commits (see :mod:`asyncbind.twophase`)."""
+        if self.twophase:
+            raise TwoPhasePrepareError()
+        super().prepare()
 
     def commit(self) -> None:
         """Flush and commit; the binds of a transaction that spans several commit one after the

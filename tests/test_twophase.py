@@ -32,6 +32,7 @@ from asyncbind import (
     ConfigError,
     Resolution,
     TwoPhaseInDoubtError,
+    TwoPhasePrepareError,
     TwoPhaseUnsupportedError,
 )
 from asyncbind.twophase import TABLE_NAME
@@ -182,6 +183,26 @@ async def test_a_commit_lands_on_both_binds_and_fires_the_two_phase_events(
     # The decision was recorded, then deleted once both binds committed.
     assert await decisions(tp) == []
     assert await prepared(tp.name) == NOTHING
+
+
+async def test_prepare_of_its_own_is_refused_and_commit_still_works(tp: TwoPhaseBinds) -> None:
+    """A prepare() of the caller's would skip the decision record recovery goes by."""
+    async with tp.db.session(twophase=True) as session:
+        await session.execute(sa.insert(tp.users).values(name="ada"))
+        await session.execute(sa.insert(tp.items).values(name="ada"))
+        with pytest.raises(TwoPhasePrepareError, match="Call commit"):
+            await session.run_sync(lambda sync: sync.prepare())
+        assert await prepared(tp.name) == NOTHING
+        assert session.in_transaction()
+        await session.commit()
+    assert await names(tp) == (["ada"], ["ada"])
+    assert await prepared(tp.name) == NOTHING
+    # A session without twophase=True gets SQLAlchemy's own answer.
+    async with tp.db.session() as session:
+        await session.execute(sa.insert(tp.items).values(name="bob"))
+        with pytest.raises(sa_exc.InvalidRequestError, match="'twophase' mode not enabled") as e:
+            await session.run_sync(lambda sync: sync.prepare())
+        assert not isinstance(e.value, TwoPhasePrepareError)
 
 
 async def test_scopes_and_begin_blocks_commit_in_two_phases(tp: TwoPhaseBinds) -> None:
@@ -753,6 +774,7 @@ def test_the_errors_keep_their_facts_through_pickling() -> None:
     cause = ConnectionResetError(104, "Connection reset by peer")
     for error in (
         TwoPhaseUnsupportedError("cache", "sqlite"),
+        TwoPhasePrepareError(),
         TwoPhaseInDoubtError(True, [None], ["users"], cause),
         TwoPhaseInDoubtError(None, [], [None, "users"], cause),
     ):
