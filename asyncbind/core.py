@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
-from . import bulk, health, recording, replicas, schema, twophase, views
+from . import bulk, health, recording, replicas, schema, stopping, twophase, views
 from .cancellation import run_to_completion
 from .config import (
     ALL,
@@ -783,6 +783,7 @@ class AsyncBind:
         engines = [bind.engine for bind in self._binds.values()]
         engines += [engine for found in self._replicas.values() for engine in found.engines]
         engines += [e for group in self._groups.values() for e in group.engines.values()]
+        await stopping.settle(engines)
         if len(engines) == 1:
             await engines[0].dispose()
         elif engines:

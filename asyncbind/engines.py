@@ -30,6 +30,7 @@ from . import (
     pgbouncer,
     readonly,
     registry,
+    stopping,
     timeouts,
 )
 from .config import BindConfig
@@ -153,6 +154,10 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         sa.event.listen(sync, "handle_error", timeouts.error_listener(key))
     elif direct:
         sa.event.listen(sync, "do_execute", directddl.listener)
+    # A statement given up on (timed out, or its task cancelled) is stopped on the server too.
+    if stopping.applies(dialect, pgbouncer=config.pgbouncer):
+        sa.event.listen(sync, "connect", stopping.id_listener(dialect.driver))
+        sa.event.listen(sync, "handle_error", stopping.listener(key, timeouts.timed_out))
     ping = statement or config.connect_timeout
     if ping is not None:
         internals.replace_dialect_method(

@@ -300,6 +300,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "causes",
                 "connector",
                 "timeouts",
+                "stopping",
                 "directddl",
                 "closing",
                 "loops",

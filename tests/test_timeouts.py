@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 
-from asyncbind import AsyncBind, StatementTimeoutError
+from asyncbind import AsyncBind, StatementTimeoutError, stopping
 
 GUARD = 30
 #: Far above what a short statement takes even on a loaded machine, far below the sleeps.
@@ -63,6 +63,7 @@ async def assert_recovers(db: AsyncBind) -> None:
     async with db.session() as session:
         result = await session.execute(sa.text("SELECT 42"), **on_slow())
         assert result.scalar() == 42
+    await stopping.settle(db.engines.values())  # the statement given up on, ended on its server
     assert db.engines["slow"].sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
@@ -79,6 +80,7 @@ async def test_statement_timeout_names_the_bind_and_the_bind_recovers(
         result = await session.execute(sa.text("SELECT 42"), **on_slow())
         assert result.scalar() == 42
     assert len(invalidated) == 1
+    await stopping.settle(db.engines.values())
     assert db.engines["slow"].sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,185 @@
+"""Stopping on the server the statements asyncbind gives up on.
+
+A statement cut short on the client side, past the bind's ``statement_timeout`` or by a
+cancelled task, has its connection dropped. The server does not notice a closed socket until it
+next writes to it, so the statement runs on to its end, holding its transaction's locks: a
+timed-out ``UPDATE`` blocks the retry that follows it. PostgreSQL stops a statement whose task is
+cancelled (asyncpg sends a cancel request first), but not one abandoned by a timeout, whose
+connection is dropped before that request goes out; MySQL and MariaDB stop neither.
+
+Each new connection's server id (PostgreSQL's backend pid, MySQL's connection id, from the
+driver's public API) is kept in its pool record's ``info`` (:func:`id_listener`): a timed-out
+connection is dropped before SQLAlchemy reports the error, and the driver's connection with it.
+:func:`listener`, a ``handle_error`` listener, hands the id of a connection whose statement was
+cut short to the engine's :class:`_Stopper`, which ends those server connections one after the
+other over one connection of the engine (so that a storm of cancellations takes one connection
+from the pool, not one each): ``pg_terminate_backend()`` on PostgreSQL, ``KILL CONNECTION`` on
+MySQL and MariaDB. Ending one's own connections needs no privilege on either. The server rolls
+the transaction back and releases its locks. Connecting and each statement are bounded by
+:data:`STOP_TIMEOUT`; what cannot be ended is named in a warning. ``AsyncBind.dispose()`` waits
+for the stoppers of its engines (:func:`settle`).
+
+Behind PgBouncer the backend pid a client sees is not the server's, so binds with
+``pgbouncer=True`` stop nothing this way (PgBouncer forwards asyncpg's cancel requests itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from .config import BindKey
+from .exceptions import bind_name, first_line
+from .urls import hide_passwords
+
+__all__ = ["STOP_TIMEOUT", "applies", "id_listener", "listener", "settle"]
+
+logger = logging.getLogger("asyncbind")
+
+#: Seconds the statement that ends an abandoned server connection may take, connecting included.
+STOP_TIMEOUT = 10.0
+
+#: The server's id of a driver's connection, by driver (public driver API).
+_SERVER_IDS: dict[str, Callable[[Any], int]] = {
+    "asyncpg": lambda driver_connection: driver_connection.get_server_pid(),
+    "aiomysql": lambda driver_connection: driver_connection.thread_id(),
+    "asyncmy": lambda driver_connection: driver_connection.thread_id(),
+}
+
+#: The statement that ends server connection ``id``, by dialect.
+_STOP_SQL: dict[str, Callable[[int], str]] = {
+    "postgresql": lambda server_id: f"SELECT pg_terminate_backend({server_id})",
+    "mysql": lambda server_id: f"KILL CONNECTION {server_id}",
+}
+
+#: The key of a connection's server id in its pool record's ``info``.
+_SERVER_ID = "asyncbind_server_id"
+#: The execution option that marks a stopper's own connection, whose statements are never
+#: stopped in turn.
+_STOPPER = "asyncbind_stopper"
+
+
+def applies(dialect: sa.Dialect, *, pgbouncer: bool) -> bool:
+    """Whether abandoned statements of ``dialect``'s binds are stopped on the server."""
+    return dialect.driver in _SERVER_IDS and dialect.name in _STOP_SQL and not pgbouncer
+
+
+def id_listener(driver: str) -> Callable[[Any, ConnectionPoolEntry], None]:
+    """A ``connect`` listener that keeps each new connection's server id in its pool record's
+    ``info``."""
+    server_id = _SERVER_IDS[driver]
+
+    def remember(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_SERVER_ID] = int(server_id(record.driver_connection))
+
+    return remember
+
+
+class _Stopper:
+    """The server connections of one engine still to end, and the task ending them (which alone
+    holds the engine, while it runs)."""
+
+    def __init__(self, key: BindKey) -> None:
+        self.key = key
+        self.ids: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, engine: sa.Engine, server_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.ids.append(server_id)
+        task = self.task
+        # A task of another event loop (closed, or not running now) will not get to it.
+        if task is None or task.done() or task.get_loop() is not loop:
+            self.task = loop.create_task(
+                self._run(engine), name=f"asyncbind stops {bind_name(self.key)}"
+            )
+
+    async def _run(self, engine: sa.Engine) -> None:
+        # Ids added while the connection closes are ended by the next round.
+        while self.ids:
+            try:
+                await self._end_all(engine)
+            except Exception as exc:  # reported, never raised: nobody awaits this task
+                ids, self.ids = self.ids, []
+                logger.warning(
+                    "%s: could not end server connection %s, whose statement was abandoned; it "
+                    "runs on until it ends by itself (%s)",
+                    bind_name(self.key, start=True),
+                    ", ".join(map(str, ids)),
+                    hide_passwords(first_line(exc), [engine.url]),
+                )
+
+    async def _end_all(self, engine: sa.Engine) -> None:
+        stop_sql = _STOP_SQL[engine.dialect.name]
+        async with asyncio.timeout(STOP_TIMEOUT):
+            conn = await AsyncEngine(engine).connect()
+        try:
+            await conn.execution_options(**{_STOPPER: True})
+            while self.ids:
+                try:
+                    async with asyncio.timeout(STOP_TIMEOUT):
+                        await conn.exec_driver_sql(stop_sql(self.ids[0]))
+                except Exception as exc:
+                    if not _already_gone(exc):
+                        raise
+                del self.ids[0]
+        finally:
+            await conn.close()
+
+
+#: The stoppers of the engines with statements stopped so far.
+_STOPPERS: weakref.WeakKeyDictionary[sa.Engine, _Stopper] = weakref.WeakKeyDictionary()
+
+
+def listener(
+    key: BindKey, cut_short: Callable[[BaseException], bool]
+) -> Callable[[ExceptionContext], None]:
+    """A ``handle_error`` listener for bind ``key`` that stops on the server a statement cut short
+    by a cancellation: any on MySQL and MariaDB, on PostgreSQL those for which ``cut_short``
+    (:func:`asyncbind.timeouts.timed_out`) is true."""
+
+    def stop(ctx: ExceptionContext) -> None:
+        error = ctx.original_exception
+        connection = ctx.connection
+        engine = ctx.engine
+        if not isinstance(error, asyncio.CancelledError) or connection is None or engine is None:
+            return
+        if engine.dialect.name == "postgresql" and not cut_short(error):
+            return
+        try:  # whatever goes wrong here must not replace the error being handled
+            server_id = connection.info.get(_SERVER_ID)
+            stopper_own = connection.get_execution_options().get(_STOPPER)
+            loop = asyncio.get_running_loop()
+        except Exception:  # a connection closed meanwhile, no loop: nothing to stop with
+            return
+        if server_id is None or stopper_own:
+            return
+        stopper = _STOPPERS.get(engine)
+        if stopper is None:
+            stopper = _STOPPERS[engine] = _Stopper(key)
+        stopper.add(engine, server_id, loop)
+
+    return stop
+
+
+def _already_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection had ended already (MySQL's "Unknown thread id")."""
+    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
+    return bool(args) and args[0] == 1094  # ER_NO_SUCH_THREAD
+
+
+async def settle(engines: Iterable[AsyncEngine]) -> None:
+    """Wait until the statements abandoned on ``engines`` are stopped (or said not to be)."""
+    loop = asyncio.get_running_loop()
+    for engine in engines:
+        stopper = _STOPPERS.get(engine.sync_engine)
+        task = stopper.task if stopper is not None else None
+        if task is not None and not task.done() and task.get_loop() is loop:
+            await asyncio.wait([task])
