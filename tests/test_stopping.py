@@ -131,13 +131,9 @@ async def test_a_timed_out_statement_stops_on_the_server_and_releases_its_locks(
     )
     async with other.engine.begin() as conn:
         await conn.execute(sa.text(lock_wait))
-        await conn.execute(item.update().values(n=n_plus_one(item)))
+        await conn.execute(item.update().values(n=item.c.n + 1))
     async with other.engine.connect() as conn:
         assert await conn.scalar(sa.select(item.c.n)) == 1  # 0, then this update's + 1
-
-
-def n_plus_one(item: sa.Table) -> Any:
-    return item.c.n + 1
 
 
 async def test_a_cancelled_statement_stops_on_the_server(server: Server, make_db: MakeDb) -> None:
