@@ -21,6 +21,12 @@ for the stoppers of its engines (:func:`settle`).
 
 Behind PgBouncer the backend pid a client sees is not the server's, so binds with
 ``pgbouncer=True`` stop nothing this way (PgBouncer forwards asyncpg's cancel requests itself).
+
+SQLite has no server, but the same wait: aiosqlite runs a statement in a thread of its own, which
+a cancelled task does not stop, so the rollback that follows (and the cancelled task, and the
+database's write lock) waits for the statement to finish. :func:`interrupt_listener` interrupts
+the connection's statement instead (aiosqlite's ``interrupt()``, SQLite's
+``sqlite3_interrupt()``, made to be called from another thread).
 """
 
 from __future__ import annotations
@@ -40,7 +46,15 @@ from .config import BindKey
 from .exceptions import bind_name, first_line
 from .urls import hide_passwords
 
-__all__ = ["STOP_TIMEOUT", "applies", "id_listener", "listener", "settle"]
+__all__ = [
+    "STOP_TIMEOUT",
+    "applies",
+    "id_listener",
+    "interrupt_listener",
+    "interrupts",
+    "listener",
+    "settle",
+]
 
 logger = logging.getLogger("asyncbind")
 
@@ -70,6 +84,25 @@ _STOPPER = "asyncbind_stopper"
 def applies(dialect: sa.Dialect, *, pgbouncer: bool) -> bool:
     """Whether abandoned statements of ``dialect``'s binds are stopped on the server."""
     return dialect.driver in _SERVER_IDS and dialect.name in _STOP_SQL and not pgbouncer
+
+
+def interrupts(dialect: sa.Dialect) -> bool:
+    """Whether a statement of ``dialect``'s binds cut short by a cancellation is interrupted
+    (aiosqlite)."""
+    return dialect.driver == "aiosqlite"
+
+
+def interrupt_listener(ctx: ExceptionContext) -> None:
+    """A ``handle_error`` listener that interrupts a SQLite statement cut short by a
+    cancellation, so that its thread goes on to the rollback."""
+    connection = ctx.connection
+    if not isinstance(ctx.original_exception, asyncio.CancelledError) or connection is None:
+        return
+    try:  # whatever goes wrong here must not replace the error being handled
+        adapted: Any = connection.connection.dbapi_connection  # SQLAlchemy's AdaptedConnection
+        adapted.run_async(lambda driver: driver.interrupt())
+    except Exception:  # closed meanwhile: nothing runs on it
+        return
 
 
 def id_listener(driver: str) -> Callable[[Any, ConnectionPoolEntry], None]:

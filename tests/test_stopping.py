@@ -1,15 +1,18 @@
 """A statement asyncbind gives up on (past ``statement_timeout``, or its task cancelled) is
 stopped on the server too, so that it neither runs on nor holds its locks: on the shared
-PostgreSQL and MariaDB servers, each test in a database of its own. SQLite has no server to stop
-anything on, and PgBouncer hides the server's connection ids: neither is given the listener."""
+PostgreSQL and MariaDB servers, each test in a database of its own. SQLite has no server: its
+statement, run in aiosqlite's thread, is interrupted instead. PgBouncer hides the server's
+connection ids: its binds stop nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,6 +205,50 @@ async def test_dispose_waits_for_the_server_to_stop_a_statement(
     assert await running(server.backend, tag) == 0  # no waiting: dispose() saw the stop done
 
 
+@pytest.mark.sqlite
+async def test_a_cancelled_sqlite_statement_is_interrupted(tmp_path: Path, make_db: MakeDb) -> None:
+    """aiosqlite runs it in a thread a cancellation does not stop: uninterrupted, this INSERT of
+    half a billion rows would keep the cancelled task, and the database's write lock, for minutes."""
+    path = tmp_path / "long.sqlite"
+    db = make_db(f"sqlite:///{path}")
+    db.Table("t", sa.Column("x", sa.Integer))
+    await db.create_all()
+
+    def write_locked() -> bool:
+        probe = sqlite3.connect(path, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return False
+        except sqlite3.OperationalError:  # database is locked
+            return True
+        finally:
+            probe.close()
+
+    async def insert() -> None:
+        async with db.session() as session:
+            await session.execute(
+                sa.text(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                    "WHERE x < 500000000) INSERT INTO t SELECT x FROM c"
+                )
+            )
+
+    task = asyncio.create_task(insert())
+
+    async def writing() -> bool:
+        return await asyncio.to_thread(write_locked)
+
+    await wait_until(writing, "the INSERT started", guard=GUARD)
+    task.cancel()
+    async with asyncio.timeout(GUARD):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not await asyncio.to_thread(write_locked)
+    async with db.engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0  # rolled back
+
+
 @pytest.mark.postgresql
 async def test_a_stop_that_cannot_connect_is_a_warning_without_the_password(
     new_database: NewDatabase, caplog: pytest.LogCaptureFixture
@@ -250,3 +297,5 @@ def test_which_binds_stop_statements_on_the_server(
     assert applies(sync.dialect, pgbouncer=bool(options.get("pgbouncer"))) is stops
     listeners = [f.__qualname__ for f in sync.dialect.dispatch.handle_error]
     assert ("listener.<locals>.stop" in listeners) is stops
+    # SQLite's statements are interrupted instead (no server to end them on).
+    assert ("interrupt_listener" in listeners) is url.startswith("sqlite")
