@@ -158,7 +158,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     if stopping.applies(dialect, pgbouncer=config.pgbouncer):
         sa.event.listen(sync, "connect", stopping.id_listener(dialect.driver))
         sa.event.listen(sync, "handle_error", stopping.listener(key, timeouts.timed_out))
-    elif stopping.interrupts(dialect):
+    elif stopping.interrupts(sync):
         sa.event.listen(sync, "handle_error", stopping.interrupt_listener)
     ping = statement or config.connect_timeout
     if ping is not None:

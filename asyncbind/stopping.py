@@ -26,7 +26,8 @@ SQLite has no server, but the same wait: aiosqlite runs a statement in a thread 
 a cancelled task does not stop, so the rollback that follows (and the cancelled task, and the
 database's write lock) waits for the statement to finish. :func:`interrupt_listener` interrupts
 the connection's statement instead (aiosqlite's ``interrupt()``, SQLite's
-``sqlite3_interrupt()``, made to be called from another thread).
+``sqlite3_interrupt()``, made to be called from another thread); not on an in-memory database,
+whose sessions share one connection, so that the statement running may be another task's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import pool as sa_pool
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -86,10 +88,12 @@ def applies(dialect: sa.Dialect, *, pgbouncer: bool) -> bool:
     return dialect.driver in _SERVER_IDS and dialect.name in _STOP_SQL and not pgbouncer
 
 
-def interrupts(dialect: sa.Dialect) -> bool:
-    """Whether a statement of ``dialect``'s binds cut short by a cancellation is interrupted
-    (aiosqlite)."""
-    return dialect.driver == "aiosqlite"
+def interrupts(engine: sa.Engine) -> bool:
+    """Whether a statement of ``engine`` cut short by a cancellation is interrupted: aiosqlite,
+    unless the pool shares one connection among sessions (an in-memory database's
+    ``StaticPool``), where the statement running could be another task's."""
+    shared = isinstance(engine.pool, sa_pool.StaticPool | sa_pool.SingletonThreadPool)
+    return engine.dialect.driver == "aiosqlite" and not shared
 
 
 def interrupt_listener(ctx: ExceptionContext) -> None:
