@@ -42,7 +42,6 @@ import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from .config import BindKey
 from .exceptions import bind_name, first_line
@@ -109,12 +108,12 @@ def interrupt_listener(ctx: ExceptionContext) -> None:
         return
 
 
-def id_listener(driver: str) -> Callable[[Any, ConnectionPoolEntry], None]:
+def id_listener(driver: str) -> Callable[[Any, sa_pool.ConnectionPoolEntry], None]:
     """A ``connect`` listener that keeps each new connection's server id in its pool record's
     ``info``."""
     server_id = _SERVER_IDS[driver]
 
-    def remember(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    def remember(_dbapi_connection: Any, record: sa_pool.ConnectionPoolEntry) -> None:
         record.info[_SERVER_ID] = int(server_id(record.driver_connection))
 
     return remember
