@@ -69,10 +69,12 @@ _SERVER_IDS: dict[str, Callable[[Any], int]] = {
     "asyncmy": lambda driver_connection: driver_connection.thread_id(),
 }
 
-#: The statement that ends server connection ``id``, by dialect.
+#: The statement that ends server connection ``id``, by dialect name (``mariadb://`` URLs give
+#: SQLAlchemy's ``mariadb`` dialect).
 _STOP_SQL: dict[str, Callable[[int], str]] = {
     "postgresql": lambda server_id: f"SELECT pg_terminate_backend({server_id})",
     "mysql": lambda server_id: f"KILL CONNECTION {server_id}",
+    "mariadb": lambda server_id: f"KILL CONNECTION {server_id}",
 }
 
 #: The key of a connection's server id in its pool record's ``info``.

@@ -42,15 +42,18 @@ class Server:
     params=[
         pytest.param(("postgresql", None), id="asyncpg", marks=pytest.mark.postgresql),
         pytest.param(("mysql", None), id="aiomysql", marks=pytest.mark.mysql),
-        pytest.param(("mysql", "asyncmy"), id="asyncmy", marks=pytest.mark.mysql),
+        pytest.param(("mysql", "mysql+asyncmy"), id="asyncmy", marks=pytest.mark.mysql),
+        # SQLAlchemy's mariadb dialect, which mariadb:// URLs give.
+        pytest.param(("mysql", "mariadb+aiomysql"), id="mariadb-url", marks=pytest.mark.mysql),
     ]
 )
 async def server(request: pytest.FixtureRequest, new_database: NewDatabase) -> Server:
-    """A new database on a server, with each driver asyncbind stops statements through."""
-    backend, driver = request.param
+    """A new database on a server, with each driver and dialect asyncbind stops statements
+    through."""
+    backend, drivername = request.param
     url = sa.make_url(await new_database(backend))
-    if driver is not None:
-        url = url.set(drivername=f"{backend}+{driver}")
+    if drivername is not None:
+        url = url.set(drivername=drivername)
     return Server(backend, url.render_as_string(hide_password=False))
 
 
@@ -288,6 +291,7 @@ async def test_a_stop_that_cannot_connect_is_a_warning_without_the_password(
         ("postgresql+asyncpg://u@h/d", {"pgbouncer": True}, False),
         ("mysql+aiomysql://u@h/d", {}, True),
         ("mysql+asyncmy://u@h/d", {}, True),
+        ("mariadb://u@h/d", {}, True),
     ],
 )
 def test_which_binds_stop_statements_on_the_server(
