@@ -2,8 +2,10 @@
 asyncbind's connector or in a pool returning a connection, each absorbed there, so that a
 cancelled task leaves nothing behind and nothing is reported.
 
-- Cleanup (closing a session, disposing engines) runs in a task of its own,
-  :func:`run_to_completion`: a cancellation of the caller is raised once it has finished.
+- Cleanup that a cancellation must not cut short (disposing engines; closing a session on
+  several connections, or from a task being cancelled already: see :mod:`asyncbind.tasksafety`)
+  runs in a task of its own, :func:`run_to_completion`: a cancellation of the caller is raised
+  once it has finished.
 
 - A connection attempt whose caller is cancelled is not interrupted mid-handshake: drivers do not
   clean up after that (asyncpg leaves a future whose error nobody retrieves, reported as "Future

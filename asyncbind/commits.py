@@ -78,6 +78,13 @@ def take_prepared(root: sa_orm.SessionTransaction) -> list[Held] | None:
     return [Held(conn, transaction, autoclose) for conn, transaction, _, autoclose in held]
 
 
+def connections_held(root: sa_orm.SessionTransaction) -> list[tuple[sa.Connection, bool]]:
+    """The connections the session transaction ``root`` holds, each with whether the session
+    opened it (from an engine) rather than being given it (see :func:`take_prepared` for the
+    private state read here)."""
+    return [(entry[0], entry[3]) for entry in dict.fromkeys(root._connections.values())]
+
+
 def _commit_root(root: sa_orm.SessionTransaction, rank: Rank) -> None:
     """``root.commit()``, with the connections of several binds committed in their order."""
     held = take_prepared(root)

@@ -103,6 +103,8 @@ def interrupt_listener(ctx: ExceptionContext) -> None:
     connection = ctx.connection
     if not isinstance(ctx.original_exception, asyncio.CancelledError) or connection is None:
         return
+    if ctx.statement is None:
+        return  # a COMMIT or ROLLBACK: it ends soon by itself
     try:  # whatever goes wrong here must not replace the error being handled
         adapted: Any = connection.connection.dbapi_connection  # SQLAlchemy's AdaptedConnection
         adapted.run_async(lambda driver: driver.interrupt())
@@ -189,6 +191,8 @@ def listener(
         engine = ctx.engine
         if not isinstance(error, asyncio.CancelledError) or connection is None or engine is None:
             return
+        if ctx.statement is None:
+            return  # a COMMIT or ROLLBACK: the server ends it, then finds the connection closed
         if engine.dialect.name == "postgresql" and not cut_short(error):
             return
         try:  # whatever goes wrong here must not replace the error being handled

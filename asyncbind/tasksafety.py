@@ -12,11 +12,20 @@ before anything is sent. An operation calling another in the same task (``scalar
 Handing a session from one task to the next (one after the other) stays allowed: frameworks do it,
 for example Starlette runs a streaming body in a task of its own. ``close()`` and ``reset()`` from
 another task wait for the operation in flight to finish, then clean up: cleanup must not leak the
-connection. For the same reason they run to their end in a task of their own, as the end of
-``async with session:`` does: a caller cancelled meanwhile gets its cancellation once the
-connection is back in the pool, instead of a connection thrown away halfway through its rollback.
-A session with no transaction (never used, or committed) holds no connection: its close does no
-I/O, so nothing can cut it short, and it runs in place, without that task.
+connection. Nor may a cancellation leave a connection in the pool halfway through its rollback:
+
+- A session holding one connection, opened from its bind's pool, and closed by a task that is not
+  being cancelled (the usual end of a request) closes in place, as SQLAlchemy's own close does. A
+  cancellation landing during its rollback drops the connection instead (SQLAlchemy invalidates
+  it; the server rolls its transaction back as it ends); the rest of the close runs, and then the
+  cancellation is raised.
+- A session holding several connections, a connection it was given (``rolled_back()``'s) or one
+  every session shares (an in-memory SQLite database's), or closed by a task being cancelled
+  already (the end of ``async with session:`` in a cancelled task, a framework's cleanup after
+  the client went away), closes in a task of its own: a caller cancelled meanwhile gets its
+  cancellation once the connections are back in the pool, rolled back, none thrown away.
+- A session with no transaction (never used, or committed) holds no connection: its close does
+  no I/O, so nothing can cut it short, and it runs in place.
 
 Only operations of the AsyncSession are guarded; calls made on ``session.sync_session`` directly
 from another task are not seen.
@@ -39,6 +48,7 @@ from typing import (
 from sqlalchemy.ext.asyncio import AsyncResult, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.ext.asyncio.exc import AsyncContextNotStarted
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.util import EMPTY_DICT, greenlet_spawn, immutabledict
 
 from . import commits
@@ -65,6 +75,10 @@ _O = TypeVar("_O", bound=object)
 _T = TypeVar("_T", bound=Any)
 _P = ParamSpec("_P")
 _Ts = TypeVarTuple("_Ts")
+
+#: Pools that hand one connection to every session (an in-memory SQLite database's): dropping it
+#: would lose the database.
+_SHARED_POOLS = (StaticPool, SingletonThreadPool)
 
 #: What the end of ``async with session.begin():`` is called in a refusal.
 END_OF_BEGIN_BLOCK = "the end of 'async with session.begin()'"
@@ -134,17 +148,21 @@ class TaskSafeSession(AsyncSession):
         )
 
     async def _end(self, operation: str, end: Callable[[], None]) -> None:
-        """``end`` (the sync session's close or reset) in SQLAlchemy's greenlet, in a task of its
-        own that the caller's cancellation does not stop, once no other task has an operation in
-        flight. A session with no transaction has no connection to hand back: nothing awaits, so
-        nothing can be cut short, and it ends in place."""
+        """``end`` (the sync session's close or reset) in SQLAlchemy's greenlet, once no other
+        task has an operation in flight: in place, or in a task of its own that the caller's
+        cancellation does not stop (see the module's docstring for which)."""
         task = asyncio.current_task()  # a coroutine: there is a running loop
         owner = self._owner
-        if owner is None and not self.sync_session.in_transaction():
+        if owner is None and task is not None and self._ends_in_place(task):
             self._owner = task
             self._operation = operation
             try:
                 await greenlet_spawn(end)
+            except asyncio.CancelledError:
+                # Cut short during the rollback: SQLAlchemy has dropped the connection. What is
+                # left of the close (forgetting the session's objects) sends nothing.
+                await greenlet_spawn(end)
+                raise
             finally:
                 self._leave()
             return
@@ -156,6 +174,23 @@ class TaskSafeSession(AsyncSession):
         # In a task of its own that the caller's cancellation does not stop, called after the
         # caller: refusals name the task the user knows.
         await run_to_completion(self._end_when_free(operation, end), name=_name(task))
+
+    def _ends_in_place(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the session's close runs in the caller's task (see the module's docstring):
+        it holds no connection, or one it opened from a pool of its own bind's and no
+        cancellation of ``task`` is under way."""
+        root = self.sync_session.get_transaction()
+        if root is None:
+            return True
+        if task.cancelling():
+            return False
+        held = commits.connections_held(root)
+        if not held:
+            return True
+        if len(held) > 1:
+            return False
+        connection, opened = held[0]
+        return opened and not isinstance(connection.engine.pool, _SHARED_POOLS)
 
     async def _end_when_free(self, operation: str, end: Callable[[], None]) -> None:
         while self._owner is not None:

@@ -23,6 +23,7 @@ connection handshakes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -34,14 +35,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
-from faultproxy import FaultProxy
 from quiet import Reports
-from serverstate import open_transactions, server_connections, settled_connections
+from serverstate import (
+    database_of,
+    open_transactions,
+    server_connections,
+    settled_connections,
+)
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from asyncbind import AsyncBind, RoutingSession
+from asyncbind import AsyncBind, RoutingSession, stopping
 from asyncbind.cancellation import run_to_completion
+from asyncbind.testing import rolled_back
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -53,7 +59,6 @@ CONCURRENCY = 48
 GUARD = 120
 KEYS: tuple[str | None, ...] = (None, "maria")
 BACKEND_OF = {None: "postgresql", "maria": "mysql"}
-PORTS = {"postgresql": 5432, "mysql": 3306}
 CONTEXT = f"seed {SEED} (rerun with ASYNCBIND_STORM_SEED={SEED})"
 
 
@@ -354,41 +359,169 @@ async def _one_query(db: AsyncBind, row: type[Any]) -> Any:
         return (await session.execute(sa.select(row.id).limit(1))).scalar()
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
-@pytest.mark.parametrize("cleanup", ["close", "reset"])
-async def test_cleanup_cancelled_halfway_still_returns_its_connection_intact(
+# -- a cleanup cut short ----------------------------------------------------------------------
+
+ALL_BACKENDS = [
+    pytest.param(name, marks=getattr(pytest.mark, name))
+    for name in ("sqlite", "postgresql", "mysql")
+]
+
+
+def cancel_at_first_rollback(engines: list[sa.Engine], caller: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``caller[0]`` when the first rollback of a connection of ``engines`` starts: the
+    cancellation lands at the rollback's await (the caller's own when its close runs in place;
+    otherwise the caller is waiting for the close's task)."""
+
+    def rolling_back(_conn: Any, *_savepoint: Any) -> None:
+        if caller:
+            caller.pop().cancel()
+
+    for engine in engines:
+        sa.event.listen(engine, "rollback", rolling_back)
+        sa.event.listen(engine, "rollback_savepoint", rolling_back)
+
+
+def invalidations(engines: list[sa.Engine]) -> list[object]:
+    """The connections of ``engines`` invalidated from now on (dropped, never reused)."""
+    seen: list[object] = []
+    for engine in engines:
+        sa.event.listen(
+            engine, "invalidate", lambda dbapi_connection, *_: seen.append(dbapi_connection)
+        )
+    return seen
+
+
+async def ids_in(db: AsyncBind, key: str | None = None) -> list[int]:
+    async with db.engines[key].connect() as conn:
+        return list((await conn.execute(sa.text("SELECT id FROM t ORDER BY id"))).scalars())
+
+
+async def make_table(db: AsyncBind, key: str | None = None) -> None:
+    async with db.engines[key].begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        await conn.execute(sa.text("INSERT INTO t (id) VALUES (1)"))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("cleanup", ["close", "reset", "async with"])
+async def test_a_close_cut_short_during_its_rollback_drops_its_one_connection(
     backend: str, cleanup: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
 ) -> None:
-    """``await session.close()`` (a FastAPI dependency's cleanup, say) or ``reset()`` cancelled
-    while its rollback is on the wire finishes first: the connection goes back to the pool, not
-    away."""
-    server = sa.make_url(await new_database(backend))
-    async with FaultProxy(server.host or "127.0.0.1", server.port or PORTS[backend]) as proxy:
-        db = make_db(proxy.url_for(server), engine_options={"pool_size": 1, "max_overflow": 0})
-        invalidated: list[object] = []
-        sa.event.listen(db.engine.sync_engine, "invalidate", lambda *args: invalidated.append(args))
-        session = db.session()
-        await session.execute(sa.text("SELECT 1"))  # a transaction is open on the connection
-        connection = await session.connection()
-        dbapi_connection = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
-        rolling_back = asyncio.Event()
-        sa.event.listen(db.engine.sync_engine, "rollback", lambda _: rolling_back.set())
-        await proxy.set_mode("pass", latency=0.3)  # each chunk, the ROLLBACK too, takes 0.3s
-        cleaning = asyncio.create_task(getattr(session, cleanup)())
-        async with asyncio.timeout(GUARD):
-            await rolling_back.wait()  # the ROLLBACK is on its way
-        cleaning.cancel()
+    """A session on one connection closes in place, as SQLAlchemy's does: no task of its own. A
+    cancellation landing during its rollback drops the connection (never back in the pool half
+    rolled back); the server rolls the transaction back as the connection ends, nothing is
+    reported, and the session and the bind go on."""
+    url = await new_database(backend)
+    db = make_db(url)
+    await make_table(db)
+    engine = db.engines[None].sync_engine
+    dropped = invalidations([engine])
+    caller: list[asyncio.Task[Any]] = []
+    cancel_at_first_rollback([engine], caller)
+    session = db.session()
+    reports = Reports().start()
+    try:
+        reports.watch(asyncio.get_running_loop())
+
+        async def request() -> None:
+            if cleanup == "async with":
+                async with session:
+                    await session.execute(sa.text("INSERT INTO t (id) VALUES (2)"))
+            else:
+                await session.execute(sa.text("INSERT INTO t (id) VALUES (2)"))
+                await getattr(session, cleanup)()
+
+        task = asyncio.create_task(request())
+        caller.append(task)
         with pytest.raises(asyncio.CancelledError):
-            await cleaning
-        # The cancellation came once the cleanup had finished.
-        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-        assert invalidated == []
-        await proxy.restore()
-        async with db.session() as again:
-            connection = await again.connection()
-            assert connection.sync_connection.connection.dbapi_connection is dbapi_connection  # type: ignore[union-attr]
-            assert (await again.execute(sa.text("SELECT 2"))).scalar() == 2
-        await db.dispose()  # while the proxy still forwards the goodbye
+            async with asyncio.timeout(GUARD):
+                await task
+        assert not caller  # cancelled during the rollback
+        assert len(dropped) == 1
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert not session.in_transaction() and not session.identity_map
+        await stopping.settle(db.engines.values())
+        assert engine not in stopping._STOPPERS  # a ROLLBACK is not stopped from outside
+        assert await ids_in(db) == [1]
+        if backend != "sqlite":
+            assert await open_transactions(backend, database_of(url)) == []
+        async with session:  # the session goes on, on a new connection
+            assert list((await session.execute(sa.text("SELECT id FROM t"))).scalars()) == [1]
+    finally:
+        reports.stop()
+    assert reports.all() == nothing_reported(reports)
+
+
+def _intact_cases() -> list[Any]:
+    cases = [
+        pytest.param(backend, way, marks=getattr(pytest.mark, backend), id=f"{way}-{backend}")
+        for way in ("two binds", "cancelled already", "given a connection")
+        for backend in ("sqlite", "postgresql", "mysql")
+    ]
+    return [*cases, pytest.param("sqlite", "in memory", marks=pytest.mark.sqlite, id="in memory")]
+
+
+@pytest.mark.parametrize(("backend", "way"), _intact_cases())
+async def test_a_cleanup_cancelled_halfway_returns_its_connections_intact(
+    backend: str, way: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A close that a cancellation must not cut short runs in a task of its own and finishes
+    first; the connections go back to the pool rolled back, not away. So it is for a session on
+    two binds, for a close made by a task being cancelled already (``finally:`` after a
+    cancellation, the end of ``async with`` in a cancelled task, anyio's cancel scopes that cancel
+    every await), for a session given its connection (``rolled_back()``'s, which other sessions
+    share), and for an in-memory SQLite database, whose one connection is the database."""
+    keys: list[str | None] = [None, "other"] if way == "two binds" else [None]
+    if way == "in memory":
+        db = make_db("sqlite:///:memory:")
+    elif way == "two binds":
+        db = make_db(await new_database(backend), binds={"other": await new_database(backend)})
+    else:
+        db = make_db(await new_database(backend))
+    for key in keys:
+        await make_table(db, key)
+    engines = [db.engines[key].sync_engine for key in keys]
+    dropped = invalidations(engines)
+    caller: list[asyncio.Task[Any]] = []
+    stack = contextlib.AsyncExitStack()
+    if way == "given a connection":
+        await stack.enter_async_context(rolled_back(db))
+    session = db.session()
+    inserted = asyncio.Event()
+
+    async def request() -> None:
+        try:
+            for key in keys:
+                await session.execute(
+                    sa.text("INSERT INTO t (id) VALUES (2)"), bind_arguments={"bind_key": key}
+                )
+            inserted.set()
+            if way == "cancelled already":
+                await asyncio.Event().wait()  # cancelled here, once
+        finally:
+            if way == "cancelled already":
+                caller.append(task)  # and once more during the rollback
+            await session.close()
+
+    cancel_at_first_rollback(engines, caller)
+    async with stack:
+        task = asyncio.create_task(request())
+        if way == "cancelled already":
+            async with asyncio.timeout(GUARD):
+                await inserted.wait()
+            task.cancel()
+        else:
+            caller.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(GUARD):
+                await task
+        assert not caller  # cancelled during the rollback
+        assert dropped == []
+    if way != "in memory":  # a static pool counts nothing
+        assert set(checked_out(db).values()) == {0}
+    assert not session.in_transaction() and not session.identity_map
+    for key in keys:
+        assert await ids_in(db, key) == [1]
 
 
 # -- a storm that must report nothing ---------------------------------------------------------

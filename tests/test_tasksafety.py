@@ -203,12 +203,13 @@ def slow_rollbacks(
 async def test_the_refusal_names_the_task_that_called_close_not_the_one_close_runs_in(
     two: TwoBinds, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # close() runs in a task of its own so that a cancellation cannot cut it short; the refusal
-    # names the task the user knows, the one that called it.
+    # The close of a session on two binds runs in a task of its own so that a cancellation
+    # cannot cut it short; the refusal names the task the user knows, the one that called it.
     db = two.db
     rolling_back, release = slow_rollbacks(db, monkeypatch)
     session = db.session()
     await session.execute(sa.select(two.Item))
+    await session.execute(sa.select(two.User))
     closing = asyncio.create_task(session.close(), name="the-closer")
     try:
         async with asyncio.timeout(GUARD):
@@ -249,7 +250,8 @@ async def test_the_session_used_from_an_event_of_its_own_close_is_not_refused(
 async def test_a_cleanup_cancelled_while_it_rolls_back_runs_to_its_end(
     two: TwoBinds, monkeypatch: pytest.MonkeyPatch, cleanup: str
 ) -> None:
-    """The caller gets its cancellation once the connection is back in the pool."""
+    """The caller gets its cancellation once the connections of a session on two binds are
+    back in the pool (a session on one connection drops it instead: test_cancellation)."""
     db = two.db
     rolling_back, release = slow_rollbacks(db, monkeypatch)
     session = db.session()
@@ -257,10 +259,10 @@ async def test_a_cleanup_cancelled_while_it_rolls_back_runs_to_its_end(
     async def use_and_clean_up() -> None:
         if cleanup == "async with":
             async with session:
-                session.add(two.Item(name="never"))
+                session.add_all([two.Item(name="never"), two.User(name="never")])
                 await session.flush()
         else:
-            session.add(two.Item(name="never"))
+            session.add_all([two.Item(name="never"), two.User(name="never")])
             await session.flush()
             await getattr(session, cleanup)()
 
@@ -317,8 +319,9 @@ async def test_a_session_kept_by_a_task_and_closed_after_each_request_is_used_ag
     two: TwoBinds, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pattern the README offers a task handling many requests: one session, closed after
-    each. Every close hands the connections back, a cancelled one included (to its end, the
-    caller cancelled after), and the session serves the next request, in this task or another."""
+    each. Every close hands the connections back, a cancelled one included (here of a request on
+    both binds: to its end, the caller cancelled after), and the session serves the next
+    request, in this task or another."""
     db = two.db
     session = db.session()
     for n in range(3):
@@ -332,6 +335,7 @@ async def test_a_session_kept_by_a_task_and_closed_after_each_request_is_used_ag
 
     async def request() -> None:
         await session.execute(sa.select(two.Item))
+        await session.execute(sa.select(two.User))
         await session.close()
 
     task = asyncio.create_task(request())
