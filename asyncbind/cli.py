@@ -31,7 +31,7 @@ from .exceptions import bind_name, format_keys
 from .findapp import APP_ENV, DEFAULT_ATTRIBUTES, WHAT_APP_NAMES, UsageError, find_db, one_line
 from .health import pool_status
 from .models import bind_key_of
-from .urls import hide_passwords, render_url
+from .urls import hide_passwords, hide_url_passwords, render_url
 
 __all__ = ["main"]
 
@@ -50,11 +50,21 @@ class CommandError(Exception):
 
 
 def _hide(text: str, db: AsyncBind) -> str:
-    """``text`` with every bind's password masked, wherever a driver may have put it."""
+    """``text`` with every bind's password masked, wherever a driver may have put it, and the
+    password of any other URL written in it."""
     urls = [engine.url for engine in db.engines.values()]
     urls += [config.url for config in db.bind_configs.values()]
     urls += [url for config in db.bind_configs.values() for url in config.replicas]
-    return hide_passwords(text, urls)
+    return hide_url_passwords(hide_passwords(text, urls))
+
+
+def _print_error(message: str, exc: BaseException | None = None) -> None:
+    """``message`` on stderr as an error, after the traceback of ``exc`` if one is given, with
+    the password of any URL in them masked (no AsyncBind is known here: the app's module may
+    have failed to load)."""
+    if exc is not None:
+        print(hide_url_passwords("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+    print(f"asyncbind: error: {hide_url_passwords(message)}", file=sys.stderr)
 
 
 def _say(text: str = "") -> None:
@@ -597,9 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
         return status
     except UsageError as exc:
-        if args.traceback:
-            traceback.print_exception(exc)
-        print(f"asyncbind: error: {exc}", file=sys.stderr)
+        _print_error(str(exc), exc if args.traceback else None)
         return _USAGE
     except CommandError as exc:
         if exc.details:
@@ -610,7 +618,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("asyncbind: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # outside any bind's work (the demo): still one line
-        if args.traceback:
-            traceback.print_exception(exc)
-        print(f"asyncbind: error: {one_line(exc)}", file=sys.stderr)
+        _print_error(one_line(exc), exc if args.traceback else None)
         return _FAILED

@@ -6,6 +6,7 @@ This is the one place where a URL becomes text, and it always hides the password
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Hashable, Iterable
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from .exceptions import ConfigError, bind_name
 __all__ = [
     "ASYNC_DRIVERS",
     "hide_passwords",
+    "hide_url_passwords",
     "is_memory_sqlite",
     "normalize_url",
     "render_url",
@@ -44,6 +46,17 @@ def hide_passwords(text: str, urls: Iterable[sa.URL]) -> str:
         if url.password:
             text = text.replace(str(url.password), "***")
     return text
+
+
+#: A URL's password written out in text: ``scheme://user:PASSWORD@``.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s@'\"]+(@)")
+
+
+def hide_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL written in it (``scheme://user:password@host``)
+    masked: for text that may hold URLs asyncbind was never given, such as the source lines of a
+    traceback through the app's own module."""
+    return _URL_PASSWORD.sub(r"\1***\2", text)
 
 
 def _parse(value: object, key: Hashable | None) -> sa.URL:

@@ -200,6 +200,30 @@ async def test_traceback_shows_where_the_module_failed(tmp_path: Path) -> None:
 
 
 @pytest.mark.sqlite
+async def test_a_traceback_through_the_apps_source_hides_its_passwords(tmp_path: Path) -> None:
+    # The traceback quotes the line that failed, a URL written in the source included; so does a
+    # message that repeats the URL. Neither is a bind asyncbind knows.
+    write_module(
+        tmp_path,
+        "failing",
+        f"""
+        from asyncbind import AsyncBind
+        AsyncBind("postgresql://app:{PASSWORD}@127.0.0.1/app", binds={{"bad": 42}})
+        """,
+    )
+    write_module(
+        tmp_path,
+        "saying",
+        f'raise RuntimeError("cannot reach mysql://app:{PASSWORD}@127.0.0.1/app")\n',
+    )
+    for app in ("failing", "saying"):
+        run = await cli(tmp_path, "--app", app, "--traceback", "check")
+        assert run.status == 2
+        assert f'{app}.py", line' in run.err and "app:***@127.0.0.1" in run.err
+        assert_no_password(run)
+
+
+@pytest.mark.sqlite
 async def test_usage_errors_of_argparse(tmp_path: Path) -> None:
     assert (await cli(tmp_path, "nocommand")).status == 2
     assert (await cli(tmp_path, "check", "--timeout", "-1")).status == 2

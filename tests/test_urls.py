@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from asyncbind import ConfigError
-from asyncbind.urls import is_memory_sqlite, normalize_url, render_url
+from asyncbind.urls import hide_url_passwords, is_memory_sqlite, normalize_url, render_url
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,23 @@ def test_render_hides_the_password() -> None:
 )
 def test_in_memory_sqlite_is_recognised(url: str, memory: bool) -> None:
     assert is_memory_sqlite(sa.make_url(url)) is memory
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('AsyncBind("postgresql://app:pw@db/app")', 'AsyncBind("postgresql://app:***@db/app")'),
+        (
+            "mysql+aiomysql://root:p%40ss@127.0.0.1:3306/x",
+            "mysql+aiomysql://root:***@127.0.0.1:3306/x",
+        ),
+        (
+            "'redis://:pw@localhost/0' and 'x://u:v@h'",
+            "'redis://:***@localhost/0' and 'x://u:***@h'",
+        ),
+        ("postgresql://app@db/app sqlite:///a.db", "postgresql://app@db/app sqlite:///a.db"),
+        ("https://example.com/a:b@c", "https://example.com/a:b@c"),  # no user:password part
+    ],
+)
+def test_passwords_of_urls_written_in_text_are_hidden(text: str, expected: str) -> None:
+    assert hide_url_passwords(text) == expected
