@@ -284,8 +284,8 @@ class AsyncBind:
         self._replicas.update(replica_sets)
         coordinator = self._router.twophase
         if coordinator is not None:
-            for bind in binds.values():
-                twophase.name_transactions(bind.engine.sync_engine, coordinator.name)
+            for key, bind in binds.items():
+                twophase.name_transactions(bind.engine.sync_engine, coordinator.name, key)
         if self._record_queries:
             for bind in binds.values():
                 recording.install(bind.engine)

@@ -17,12 +17,16 @@ same way on every bind: committed where a ``commit`` row exists, else rolled bac
 claims each undecided transaction by inserting a ``rollback`` row: the primary key makes the
 claim and a coordinator's ``commit`` exclusive, so recovery may run while other processes commit.
 Transaction ids are ``<name>.<32 hex digits>`` (``twophase_name=``, default ``asyncbind``), which
-is how recovery tells this application's transactions from others' on a shared server.
+is how recovery tells this application's transactions from others' on a shared server. The first
+8 digits stand for the bind (:func:`bind_tag`), the other 24 are random: MySQL and MariaDB list
+every prepared transaction of the server to each bind on it, and the tag tells recovery which
+bind prepared it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import re
 import secrets
@@ -54,6 +58,7 @@ __all__ = [
     "TABLE_NAME",
     "Coordinator",
     "Resolution",
+    "bind_tag",
     "check_name",
     "check_participant",
     "name_transactions",
@@ -101,11 +106,18 @@ def check_name(name: object) -> str:
     )
 
 
-def name_transactions(engine: sa.Engine, name: str) -> None:
-    """Make the ids of ``engine``'s two-phase transactions ``<name>.<32 hex digits>``."""
+def bind_tag(key: BindKey) -> str:
+    """The 8 hex digits that begin the digits of bind ``key``'s transaction ids."""
+    return hashlib.blake2s(repr(key).encode(), digest_size=4).hexdigest()
+
+
+def name_transactions(engine: sa.Engine, name: str, key: BindKey) -> None:
+    """Make the ids of the two-phase transactions of ``engine``, bind ``key``'s,
+    ``<name>.<bind tag><24 random hex digits>``."""
+    tag = bind_tag(key)
 
     def create_xid() -> str:
-        return f"{name}.{secrets.token_hex(16)}"
+        return f"{name}.{tag}{secrets.token_hex(12)}"
 
     replace_dialect_method(engine.dialect, "create_xid", create_xid)
 
@@ -423,8 +435,11 @@ async def recover(
             outcomes.update(await conn.run_sync(coordinator.claim_rollback, undecided))
     done: list[Resolution] = []
     unresolved: set[str] = set()
+    owners = _owners(found)
     for key, xids in found.items():
         for xid in xids:
+            if owners[xid] != key:
+                continue  # listed to this bind too by a server it shares with the owner
             commit = outcomes.get(xid) == "commit"
             state = await _finish(coordinator, engines[key], xid, commit)
             if state == "done":
@@ -443,6 +458,19 @@ async def recover(
     async with log.connect() as conn:
         await conn.run_sync(coordinator.forget, sorted(set(finished)))
     return done
+
+
+def _owners(found: Mapping[BindKey, list[str]]) -> dict[str, BindKey]:
+    """The bind to resolve each transaction in doubt through, and name in its
+    :class:`Resolution`: the one whose :func:`bind_tag` its id carries, else (an id made before
+    ids carried it, or by a bind since renamed) the first that lists it."""
+    owners: dict[str, BindKey] = {}
+    for key, xids in found.items():
+        tag = bind_tag(key)
+        for xid in xids:
+            if xid not in owners or xid[-32:-24] == tag:
+                owners[xid] = key
+    return owners
 
 
 async def _finish(coordinator: Coordinator, engine: AsyncEngine, xid: str, commit: bool) -> str:

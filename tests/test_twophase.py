@@ -335,9 +335,12 @@ class Child:
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        #: The transaction id each bind prepared, by bind key, as the child says.
+        self.xids: dict[str | None, str] = {}
 
     @classmethod
-    async def start(cls, tp: TwoPhaseBinds, step: str, row: str) -> Child:
+    async def start(cls, tp: TwoPhaseBinds, step: str, row: str, *more: str) -> Child:
+        """The child for ``tp``'s binds, and bind ``more`` on the database ``more`` names."""
         env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -347,6 +350,7 @@ class Child:
             tp.name,
             step,
             row,
+            *more,
             env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -355,6 +359,10 @@ class Child:
         child = cls(process)
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), 120)
+        while line.startswith(b"XID "):
+            _, key, xid = line.decode().split()
+            child.xids[None if key == "None" else key] = xid
+            line = await asyncio.wait_for(process.stdout.readline(), 120)
         if line.strip() != b"PAUSED":
             assert process.stderr is not None
             err = await asyncio.wait_for(process.stderr.read(), 120)
@@ -420,6 +428,63 @@ async def test_a_process_killed_between_prepare_and_commit_is_recovered(
     else:
         claims = in_doubt["postgresql"] + in_doubt["mysql"]
         assert left == sorted((xid, "rollback") for xid in claims)
+
+
+async def test_binds_sharing_a_mariadb_server_each_resolve_their_own(
+    tp: TwoPhaseBinds, new_database: NewDatabase
+) -> None:
+    """MariaDB lists every prepared transaction of the server to each bind on it: each is still
+    resolved once, and its Resolution names the bind that prepared it."""
+    more = await new_database("mysql")
+    engine = create_async_engine(sa.make_url(more).set(drivername="mysql+aiomysql"))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE members (name VARCHAR(50) PRIMARY KEY)"))
+        child = await Child.start(tp, "decided", "crash", more)
+        await child.kill()
+        assert set(child.xids) == {None, "users", "more"}
+        assert (await prepared(tp.name))["mysql"] == sorted(
+            [child.xids["users"], child.xids["more"]]
+        )
+        db = AsyncBind(
+            tp.postgresql, binds={"users": tp.mysql, "more": more}, twophase_name=tp.name
+        )
+        try:
+            done = await db.recover()
+            assert await db.recover() == []
+        finally:
+            await db.dispose()
+        assert done == [Resolution(key, child.xids[key], True) for key in (None, "users", "more")]
+        async with engine.connect() as conn:
+            assert list((await conn.execute(sa.text("SELECT name FROM members"))).scalars()) == [
+                "crash"
+            ]
+        assert await names(tp) == (["crash"], ["crash"])
+        assert await prepared(tp.name) == NOTHING
+
+        # An id whose digits carry no bind's tag (as before ids carried one) goes to the first
+        # bind that lists it.
+        legacy = f"{tp.name}.{'0' * 32}"
+        my = await mysql_admin()
+        try:
+            async with my.cursor() as cursor:
+                await cursor.execute(f"USE `{sa.make_url(more).database}`")
+                await cursor.execute(f"XA START '{legacy}'")
+                await cursor.execute("INSERT INTO members VALUES ('legacy')")
+                await cursor.execute(f"XA END '{legacy}'")
+                await cursor.execute(f"XA PREPARE '{legacy}'")
+        finally:
+            my.close()
+        db = AsyncBind(
+            tp.postgresql, binds={"users": tp.mysql, "more": more}, twophase_name=tp.name
+        )
+        try:
+            assert await db.recover() == [Resolution("users", legacy, False)]
+        finally:
+            await db.dispose()
+        assert await prepared(tp.name) == NOTHING
+    finally:
+        await engine.dispose()
 
 
 async def test_recovery_while_a_commit_is_prepared_makes_it_roll_back_everywhere(
