@@ -149,10 +149,11 @@ class _Stopper:
             except Exception as exc:  # reported, never raised: nobody awaits this task
                 ids, self.ids = self.ids, []
                 logger.warning(
-                    "%s: could not end server connection %s, whose statement was abandoned; it "
-                    "runs on until it ends by itself (%s)",
+                    "%s: could not end server connection %s on %s, whose statement was "
+                    "abandoned; it runs on until it ends by itself (%s)",
                     bind_name(self.key, start=True),
                     ", ".join(map(str, ids)),
+                    _server(engine.url),  # a replica's, or the primary's
                     hide_passwords(first_line(exc), [engine.url]),
                 )
 
@@ -209,6 +210,11 @@ def listener(
         stopper.add(engine, server_id, loop)
 
     return stop
+
+
+def _server(url: sa.URL) -> str:
+    """``host:port`` of ``url``'s server."""
+    return f"{url.host}:{url.port}" if url.port else str(url.host)
 
 
 def _already_gone(exc: BaseException) -> bool:

@@ -277,6 +277,8 @@ async def test_a_stop_that_cannot_connect_is_a_warning_without_the_password(
     warnings = [r.getMessage() for r in caplog.records if "could not end" in r.getMessage()]
     assert len(warnings) == 1, caplog.text
     assert warnings[0].startswith("The default bind: could not end server connection ")
+    proxied = sa.make_url(proxy.url_for(url))
+    assert f" on {proxied.host}:{proxied.port}, whose statement" in warnings[0]
     assert password not in caplog.text
     # Unstopped, the statement runs on (until the fixture drops its database WITH (FORCE)).
     assert await running("postgresql", tag) == 1
