@@ -95,6 +95,23 @@ def _name(task: asyncio.Task[Any] | None) -> str:
     return "<no task>" if task is None else task.get_name()
 
 
+def _ends_in_place(task: asyncio.Task[Any], root: SessionTransaction | None) -> bool:
+    """Whether a session whose transaction is ``root`` closes in ``task``, the caller's (see the
+    module's docstring): it holds no connection, or one it opened from a pool of its own bind's
+    and no cancellation of ``task`` is under way."""
+    if root is None:
+        return True
+    if task.cancelling():
+        return False
+    held = commits.connections_held(root)
+    if not held:
+        return True
+    if len(held) > 1:
+        return False
+    connection, opened = held[0]
+    return opened and not isinstance(connection.engine.pool, _SHARED_POOLS)
+
+
 class TaskSafeSession(AsyncSession):
     """An AsyncSession that refuses a second task while one has an operation in flight
     (:class:`~asyncbind.SessionSharedError`), and whose ``close()``, ``reset()`` and end of
@@ -153,14 +170,18 @@ class TaskSafeSession(AsyncSession):
         cancellation does not stop (see the module's docstring for which)."""
         task = asyncio.current_task()  # a coroutine: there is a running loop
         owner = self._owner
-        if owner is None and task is not None and self._ends_in_place(task):
+        root = self.sync_session.get_transaction()
+        if owner is None and task is not None and _ends_in_place(task, root):
             self._owner = task
             self._operation = operation
             try:
                 await greenlet_spawn(end)
             except asyncio.CancelledError:
                 # Cut short during the rollback: SQLAlchemy has dropped the connection. What is
-                # left of the close (forgetting the session's objects) sends nothing.
+                # left of the close sends nothing: the transaction ends (after_transaction_end
+                # fires) and the session forgets its objects.
+                if root is not None and root.is_active:
+                    await greenlet_spawn(root.close)
                 await greenlet_spawn(end)
                 raise
             finally:
@@ -174,23 +195,6 @@ class TaskSafeSession(AsyncSession):
         # In a task of its own that the caller's cancellation does not stop, called after the
         # caller: refusals name the task the user knows.
         await run_to_completion(self._end_when_free(operation, end), name=_name(task))
-
-    def _ends_in_place(self, task: asyncio.Task[Any]) -> bool:
-        """Whether the session's close runs in the caller's task (see the module's docstring):
-        it holds no connection, or one it opened from a pool of its own bind's and no
-        cancellation of ``task`` is under way."""
-        root = self.sync_session.get_transaction()
-        if root is None:
-            return True
-        if task.cancelling():
-            return False
-        held = commits.connections_held(root)
-        if not held:
-            return True
-        if len(held) > 1:
-            return False
-        connection, opened = held[0]
-        return opened and not isinstance(connection.engine.pool, _SHARED_POOLS)
 
     async def _end_when_free(self, operation: str, end: Callable[[], None]) -> None:
         while self._owner is not None:

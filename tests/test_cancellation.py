@@ -419,6 +419,8 @@ async def test_a_close_cut_short_during_its_rollback_drops_its_one_connection(
     caller: list[asyncio.Task[Any]] = []
     cancel_at_first_rollback([engine], caller)
     session = db.session()
+    ended: list[Any] = []
+    sa.event.listen(session.sync_session, "after_transaction_end", lambda *args: ended.append(args))
     reports = Reports().start()
     try:
         reports.watch(asyncio.get_running_loop())
@@ -440,6 +442,7 @@ async def test_a_close_cut_short_during_its_rollback_drops_its_one_connection(
         assert len(dropped) == 1
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         assert not session.in_transaction() and not session.identity_map
+        assert len(ended) == 1  # the transaction ended, as the events of a close say
         await stopping.settle(db.engines.values())
         assert engine not in stopping._STOPPERS  # a ROLLBACK is not stopped from outside
         assert await ids_in(db) == [1]
