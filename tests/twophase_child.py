@@ -7,9 +7,9 @@ With ``MORE_URL`` (another MariaDB database), bind ``more`` (table ``members``) 
 Steps: ``prepared`` (every bind prepared, the decision not recorded yet), ``decided`` (the
 decision recorded, nothing committed), ``committed-one`` (the default bind committed, the other
 not). At the step it prints ``XID <bind key> <transaction id>`` for each bind prepared, then
-``PAUSED``, and waits for a line on stdin, so that the test kills it
-there, or lets it go on after doing something meanwhile. At the end it prints ``DONE``, or
-``FAILED <error type>`` when the commit failed.
+``PAUSED``, and waits for a line on stdin, so that the test kills it there, or lets it go on
+after doing something meanwhile. At the end it prints ``DONE``, or ``FAILED <error type>`` when
+the commit failed.
 """
 
 from __future__ import annotations
