@@ -60,10 +60,10 @@ def take_prepared(root: sa_orm.SessionTransaction) -> list[Held] | None:
     commit. With one connection or none, nothing is taken (None): ``root.commit()`` does the rest
     as usual.
 
-    The one place that uses SQLAlchemy's private state: ``_prepare_impl()`` is what
-    ``SessionTransaction.commit()`` runs first, and ``_connections`` maps each connection and its
-    engine to ``(connection, transaction, should_commit, autoclose)``, in the order they were
-    acquired. ``test_commits.py`` checks both.
+    With :func:`connections_held`, the one place that uses SQLAlchemy's private state:
+    ``_prepare_impl()`` is what ``SessionTransaction.commit()`` runs first, and ``_connections``
+    maps each connection and its engine to ``(connection, transaction, should_commit,
+    autoclose)``, in the order they were acquired. ``test_commits.py`` checks both.
     """
     root._prepare_impl()
     entries = root._connections

@@ -460,8 +460,9 @@ async def test_one_bind_commits_through_sqlalchemy_alone(
 
 @pytest.mark.sqlite
 async def test_what_the_ordered_commit_reads_from_sqlalchemy(tmp_path: Any) -> None:
-    """The private state the ordered commit relies on (see ``commits.take_prepared``): if
-    SQLAlchemy changes it, this fails."""
+    """The private state the ordered commit and the close relies on (see
+    ``commits.take_prepared`` and ``commits.connections_held``): if SQLAlchemy changes it, this
+    fails (a connection given to the session, ``autoclose`` False: test_cancellation)."""
     db = AsyncBind(binds={"a": f"sqlite:///{tmp_path}/a.db", "b": f"sqlite:///{tmp_path}/b.db"})
     try:
         async with db.session() as session:
@@ -482,6 +483,7 @@ async def test_what_the_ordered_commit_reads_from_sqlalchemy(tmp_path: Any) -> N
                     assert entry[1] is conn.get_transaction()
                     assert entry[2] is True and entry[3] is True  # should_commit, autoclose
                 assert next(iter(entries.values())) is entries[a]  # in the order acquired
+                assert commits_module.connections_held(root) == [(a, True), (b, True)]
                 commits_seen: list[Any] = []
                 for conn in (a, b):
                     sa.event.listen(conn, "commit", lambda c: commits_seen.append(c))
