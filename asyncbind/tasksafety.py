@@ -216,8 +216,9 @@ class TaskSafeSession(AsyncSession):
 
     async def close(self) -> None:
         """Close the session, as :meth:`AsyncSession.close`; runs to its end even if the caller
-        is cancelled meanwhile (the cancellation is raised once it has finished), and from
-        another task waits for the operation in flight instead of breaking it."""
+        is cancelled meanwhile (the cancellation is raised once it has finished; a connection
+        whose rollback it cuts short is dropped, see the module's docstring), and from another
+        task waits for the operation in flight instead of breaking it."""
         await self._end("close()", self.sync_session.close)
 
     async def reset(self) -> None:
@@ -226,7 +227,8 @@ class TaskSafeSession(AsyncSession):
         await self._end("reset()", self.sync_session.reset)
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        # close() runs in a task of its own already; SQLAlchemy's __aexit__ would add another.
+        # SQLAlchemy's __aexit__ would close in a task of its own every time (asyncio.shield);
+        # close() starts one only when a cancellation must not cut it short.
         await self.close()
 
     # -- operations that await ---------------------------------------------------------------
