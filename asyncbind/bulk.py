@@ -66,6 +66,7 @@ from .exceptions import (
     ConfigError,
     CrossBindError,
     ReadOnlyBindError,
+    bind_name,
     first_line,
 )
 from .models import bind_key_of
@@ -309,7 +310,13 @@ async def _copy_stream(
     try:
         async with contextlib.aclosing(batches()) as received:
             await _write_batches(
-                target_engine, target_table, names, received, raw_json, tally=tally
+                target_engine,
+                target_table,
+                names,
+                received,
+                raw_json,
+                tally=tally,
+                source=_naming(source_engine, "from"),
             )
     finally:
         producer.cancel()
@@ -457,6 +464,13 @@ def _refuse_read_only(target: Bind, table: sa.Table, what: str) -> None:
     config = bind_config(target)
     if config is not None and config.read_only:
         raise ReadOnlyBindError(config.key, f"{what} into table {table.fullname!r}")
+
+
+def _naming(bind: Bind, preposition: str) -> str:
+    """`` on bind 'users'`` (with ``preposition`` "on"), for a message that names the bind
+    ``bind`` belongs to; nothing for an engine asyncbind did not make."""
+    config = bind_config(bind)
+    return "" if config is None else f" {preposition} {bind_name(config.key)}"
 
 
 def _as_table(obj: Any, what: str) -> sa.Table:
@@ -739,11 +753,14 @@ async def _write_batches(
     raw_json: Collection[str] = (),
     *,
     tally: _Tally,
+    source: str = "",
 ) -> None:
     """Write every batch, each in its own transaction. ``tally`` hears of each batch once it has
     landed; what its callback raises stops the writing, as a :class:`BulkCopyError` that says
-    so. The counts in messages are this call's; ``rows_copied`` is the tally's."""
+    so. The counts in messages are this call's; ``rows_copied`` is the tally's. Messages name
+    the target's bind, and ``source`` says where the rows come from (" from bind 'users'")."""
     rows_done = count = 0
+    target_bind = _naming(target, "on")
     async with connection(target) as conn:
         own = not isinstance(target, AsyncConnection)
         writer = _Writer(conn, table, names, raw_json)
@@ -762,9 +779,9 @@ async def _write_batches(
                             await writer.write(batch)
                 except Exception as exc:
                     raise BulkCopyError(
-                        f"Writing to table {table.fullname!r} failed in batch {count + 1} "
-                        f"(rows {rows_done + 1} to {rows_done + len(batch)}), which was rolled "
-                        f"back; the {rows_done} row(s) before it landed. "
+                        f"Writing to table {table.fullname!r}{target_bind} failed in batch "
+                        f"{count + 1} (rows {rows_done + 1} to {rows_done + len(batch)}), which "
+                        f"was rolled back; the {rows_done} row(s) before it landed. "
                         f"Cause: {first_line(exc)}",
                         rows_copied=tally.rows,
                         table=table.fullname,
@@ -785,8 +802,8 @@ async def _write_batches(
             raise
         except Exception as exc:
             raise BulkCopyError(
-                f"Reading the rows for table {table.fullname!r} failed after {rows_done} row(s) "
-                f"had landed in {count} batch(es). Cause: {first_line(exc)}",
+                f"Reading the rows for table {table.fullname!r}{source} failed after "
+                f"{rows_done} row(s) had landed in {count} batch(es). Cause: {first_line(exc)}",
                 rows_copied=tally.rows,
                 table=table.fullname,
             ) from exc

@@ -185,8 +185,27 @@ async def test_failure_mid_copy_rolls_back_that_batch(
     assert caught.value.table == target.name
     assert isinstance(caught.value.__cause__, Exception)
     assert "batch 3" in str(caught.value) and "200 row(s)" in str(caught.value)
+    assert f"table {target.name!r} on bind 'target' failed" in str(caught.value)
     landed = [row[0] for row in await fetch(db, target, "target")]
     assert landed == [*range(1, 201), 250]
+
+
+async def test_a_source_that_cannot_be_read_is_named(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    db = same_backend_db
+    _, target = two_tables(db, "source", "target")
+    await db.create_all()
+    missing = sa.select(sa.table("missing", sa.column("id"), sa.column("name")))
+
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(missing, target, source_bind="source")
+
+    assert caught.value.rows_copied == 0
+    assert str(caught.value).startswith(
+        f"Reading the rows for table {target.name!r} from bind 'source' failed after 0 row(s)"
+    )
+    assert await count(db, target, "target") == 0
 
 
 async def test_failure_in_the_first_batch_lands_nothing(
