@@ -368,9 +368,10 @@ ALL_BACKENDS = [
 
 
 def cancel_at_first_rollback(engines: list[sa.Engine], caller: list[asyncio.Task[Any]]) -> None:
-    """Cancel ``caller[0]`` when the first rollback of a connection of ``engines`` starts: the
-    cancellation lands at the rollback's await (the caller's own when its close runs in place;
-    otherwise the caller is waiting for the close's task)."""
+    """Cancel the task put in ``caller`` when a rollback (or a rollback to a savepoint) of a
+    connection of ``engines`` next starts, once: the cancellation lands at the rollback's await
+    (the caller's own when its close runs in place; otherwise the caller is waiting for the
+    close's task)."""
 
     def rolling_back(_conn: Any, *_savepoint: Any) -> None:
         if caller:

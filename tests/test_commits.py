@@ -460,7 +460,7 @@ async def test_one_bind_commits_through_sqlalchemy_alone(
 
 @pytest.mark.sqlite
 async def test_what_the_ordered_commit_reads_from_sqlalchemy(tmp_path: Any) -> None:
-    """The private state the ordered commit and the close relies on (see
+    """The private state the ordered commit and the close rely on (see
     ``commits.take_prepared`` and ``commits.connections_held``): if SQLAlchemy changes it, this
     fails (a connection given to the session, ``autoclose`` False: test_cancellation)."""
     db = AsyncBind(binds={"a": f"sqlite:///{tmp_path}/a.db", "b": f"sqlite:///{tmp_path}/b.db"})
