@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import BindKey
 from .exceptions import bind_name, first_line
-from .urls import hide_passwords
+from .urls import hide_passwords, render_url
 
 __all__ = [
     "STOP_TIMEOUT",
@@ -153,7 +153,7 @@ class _Stopper:
                     "abandoned; it runs on until it ends by itself (%s)",
                     bind_name(self.key, start=True),
                     ", ".join(map(str, ids)),
-                    _server(engine.url),  # a replica's, or the primary's
+                    render_url(engine.url),  # a replica's, or the primary's
                     hide_passwords(first_line(exc), [engine.url]),
                 )
 
@@ -210,11 +210,6 @@ def listener(
         stopper.add(engine, server_id, loop)
 
     return stop
-
-
-def _server(url: sa.URL) -> str:
-    """``host:port`` of ``url``'s server."""
-    return f"{url.host}:{url.port}" if url.port else str(url.host)
 
 
 def _already_gone(exc: BaseException) -> bool:
