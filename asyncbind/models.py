@@ -186,7 +186,9 @@ def _check_table_bind(cls: type) -> None:
 
 def table_name_for(class_name: str) -> str:
     """Flask-SQLAlchemy's table name for a model class: ``UserAccount`` -> ``user_account``."""
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", class_name)
+    # Before a capital that ends a lowercase run or starts a word: HTTPLog -> http_log, and (as
+    # Flask-SQLAlchemy) My_Model -> my__model.
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<!^)(?=[A-Z][a-z])", "_", class_name)
     return snake.lower().lstrip("_")
 
 
@@ -239,12 +241,14 @@ class AutoTableName:
 
 
 class _Repr:
-    """A repr that names the class and primary key, without loading anything."""
+    """Flask-SQLAlchemy's repr, which names the class and primary key without loading anything:
+    ``<User 1>``, ``<User (transient 1403...)>``, ``<User (pending 1403...)>``."""
 
     def __repr__(self) -> str:
         state = sa.inspect(self)
         if state.identity is None:
-            return f"<{type(self).__name__} (transient {id(self):#x})>"
+            where = "pending" if state.pending else "transient"
+            return f"<{type(self).__name__} ({where} {id(self)})>"
         ident = ", ".join(map(str, state.identity))
         return f"<{type(self).__name__} {ident}>"
 
@@ -301,10 +305,11 @@ def make_model_base(
             # The user's own base already routes by __bind_key__: it is db.Model itself.
             model_class.__asyncbind_metadatas__ = metadatas
             return model_class
+        # _Repr after the user's base: a __repr__ of its own comes first.
         metaclass: Any = type(model_class)
         base: type[Any] = metaclass(
             "Model",
-            (BindKeyMixin, *naming, model_class),
+            (BindKeyMixin, *naming, model_class, _Repr),
             {"__abstract__": True, "__asyncbind_metadatas__": metadatas, "__module__": __name__},
         )
         return base
