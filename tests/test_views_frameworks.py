@@ -363,6 +363,9 @@ async def test_paginate_reads_the_query_string(served: tuple[Get, Models]) -> No
     assert (body["per_page"], body["pages"], len(body["ids"])) == (30, 2, 30)
     status, body = await get("/todos?page=3")
     assert (status, body["ids"]) == (200, list(range(41, 46)))
+    # A name given twice: the first value, as Werkzeug's args.get() reads it for Flask.
+    status, body = await get("/todos?page=1&page=3&per_page=10&per_page=5")
+    assert (status, body["page"], body["per_page"]) == (200, 1, 10)
 
 
 async def test_paginate_error_out(served: tuple[Get, Models]) -> None:

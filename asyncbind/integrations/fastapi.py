@@ -61,7 +61,8 @@ class _FastAPIRequest:
         self._connection = connection
 
     def query_arg(self, name: str) -> str | None:
-        return self._connection.query_params.get(name)
+        values = self._connection.query_params.getlist(name)  # get() gives the last one
+        return values[0] if values else None
 
     def not_found(self, description: str | None) -> NoReturn:
         raise HTTPException(status_code=404, detail=description)

@@ -125,7 +125,8 @@ class _StarletteRequest:
     def query_arg(self, name: str) -> str | None:
         if self._query is None:
             self._query = QueryParams(self._scope.get("query_string", b""))
-        return self._query.get(name)
+        values = self._query.getlist(name)  # get() would give the last one
+        return values[0] if values else None
 
     def not_found(self, description: str | None) -> NoReturn:
         raise HTTPException(404, detail=description)
