@@ -76,10 +76,14 @@ class ViewHelpers:
         """The first column of the first row of ``statement`` (``Result.scalar()``), with a 404
         instead of None; see :meth:`get_or_404`."""
         result = await self._helper_session("first_or_404").execute(statement)
-        value = result.scalar()
-        if value is None:
-            web.not_found("first_or_404()", f"no row for {describe(statement)}", description)
-        return value
+        row = result.first()
+        if row is None:
+            missing = f"no row for {describe(statement)}"
+        elif row[0] is None:
+            missing = f"NULL in the first column of the first row of {describe(statement)}"
+        else:
+            return row[0]
+        web.not_found("first_or_404()", missing, description)
 
     @overload
     async def one_or_404(

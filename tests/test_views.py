@@ -117,10 +117,13 @@ async def test_first_or_404(models: Models) -> None:
         with pytest.raises(NotFoundError) as error:
             await db.first_or_404(sa.select(Todo).filter_by(title="c"), description="none")
         assert error.value.call == "first_or_404()" and error.value.description == "none"
+        assert "found no row for" in str(error.value)
         assert "FROM todo WHERE todo.title = :title_1" in str(error.value)
-        # A row whose first column is NULL is "not found" too, as in Flask-SQLAlchemy.
-        with pytest.raises(NotFoundError):
+        # A row whose first column is NULL is "not found" too, as in Flask-SQLAlchemy; the error
+        # says that a row was found.
+        with pytest.raises(NotFoundError) as error:
             await db.first_or_404(sa.select(sa.null()).select_from(Todo))
+        assert error.value.missing.startswith("NULL in the first column of the first row of ")
 
 
 async def test_one_or_404(models: Models) -> None:
