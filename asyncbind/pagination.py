@@ -214,6 +214,19 @@ async def paginate(
     count: bool,
 ) -> Pagination[Any]:
     """``session.paginate()``: see :meth:`asyncbind.views.ViewHelpers.paginate`."""
+    if not isinstance(select, sa.sql.expression.GenerativeSelect):
+        given = f"the class {select.__name__!r}" if isinstance(select, type) else repr(select)
+        raise TypeError(
+            f"paginate() takes a select() statement, such as sa.select(User).order_by(User.id); "
+            f"it was given {given}."
+        )
+    for name, value in (("page", page), ("per_page", per_page), ("max_per_page", max_per_page)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(
+                f"paginate({name}={value!r}): expected a whole number (int) or None, got "
+                f"{type(value).__name__}. With {name}=None, paginate() reads it from the "
+                "request's query string itself."
+            )
     return await _fetch(
         _Source(session, select),
         session,

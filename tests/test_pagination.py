@@ -249,6 +249,48 @@ async def test_error_out(models: Models, page: Any, per_page: Any, missing: str)
     assert (p.page, p.per_page, len(p.items)) == (1, 20, 20)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"page": "2"}, "paginate(page='2'): expected a whole number (int) or None, got str."),
+        ({"per_page": 2.5}, "paginate(per_page=2.5): expected a whole number (int) or None"),
+        ({"max_per_page": True}, "paginate(max_per_page=True): expected a whole number"),
+    ],
+)
+async def test_page_arguments_that_are_not_whole_numbers(
+    arguments: dict[str, Any], message: str
+) -> None:
+    """A page, size or bound given as an argument is the caller's own: one that is not an int is
+    a TypeError saying so, before any query (the query string's are a 404:
+    test_views_frameworks.py)."""
+    db = AsyncBind("sqlite://")
+    try:
+        models = Models(db)
+        async with db.session() as session:
+            with pytest.raises(TypeError) as error:
+                await session.paginate(models.todos(), **arguments)
+            assert str(error.value).startswith(message)
+            assert not session.in_transaction()
+    finally:
+        await db.dispose()
+
+
+async def test_paginate_takes_a_select() -> None:
+    db = AsyncBind("sqlite://")
+    try:
+        models = Models(db)
+        async with db.session() as session:
+            with pytest.raises(TypeError, match=r"takes a select\(\) statement.*the class 'Todo'"):
+                await session.paginate(models.Todo)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"given <sqlalchemy\.sql\.elements\.TextClause"):
+                await session.paginate(sa.text("SELECT 1"))  # type: ignore[arg-type]
+            # A UNION pages like a select.
+            union = sa.union(sa.select(sa.literal(1)), sa.select(sa.literal(2)))
+            assert (await session.paginate(union, per_page=1)).total == 2
+    finally:
+        await db.dispose()
+
+
 async def test_no_items_404(
     backend: str, new_database: Any, make_db: Callable[..., AsyncBind]
 ) -> None:
