@@ -86,6 +86,10 @@ def not_found(call: str, missing: str, description: str | None = None) -> NoRetu
     raise NotFoundError(call, missing, description=description)
 
 
+#: The most rows LIMIT and OFFSET take on every backend: a signed 64-bit integer.
+_MOST_ROWS = 2**63 - 1
+
+
 def _number(value: str | None, name: str, default: int, error_out: bool) -> int:
     if value is None:
         return default
@@ -103,8 +107,10 @@ def page_args(
     """The page and page size ``paginate()`` uses, worked out as Flask-SQLAlchemy 3.1 does.
 
     Those not given come from the query string (``?page=2&per_page=10``) in a request, else
-    1 and 20. ``per_page`` is at most ``max_per_page``. A value that is not a whole number or is
-    below 1 is a 404 with ``error_out``; without it, page 1 or 20 per page.
+    1 and 20. ``per_page`` is at most ``max_per_page``. A value that is not a whole number, is
+    below 1, or puts the page's rows past what SQL's LIMIT and OFFSET can count (a 64-bit
+    integer: ``?page=99999999999999999999``) is a 404 with ``error_out``; without it, page 1 or
+    20 per page.
     """
     request = current_request()
     if request is not None:
@@ -122,8 +128,12 @@ def page_args(
         if error_out:
             not_found("paginate()", f"page {page}, below the first page (1)")
         page = DEFAULT_PAGE
-    if per_page < 1:
+    if per_page < 1 or per_page > _MOST_ROWS:
         if error_out:
-            not_found("paginate()", f"{per_page} items per page, below 1")
+            not_found("paginate()", f"{per_page} items per page, not between 1 and {_MOST_ROWS}")
         per_page = DEFAULT_PER_PAGE
+    if (page - 1) * per_page > _MOST_ROWS:
+        if error_out:
+            not_found("paginate()", f"page {page} ({per_page} per page), past any table's rows")
+        page = DEFAULT_PAGE
     return page, per_page

@@ -235,7 +235,12 @@ async def test_no_count(models: Models, statements: Any) -> None:
 
 @pytest.mark.parametrize(
     ("page", "per_page", "missing"),
-    [(0, None, "page 0, below the first page"), (None, -1, "-1 items per page, below 1")],
+    [
+        (0, None, "page 0, below the first page"),
+        (None, -1, "-1 items per page, not between 1 and 9223372036854775807"),
+        (None, 2**63, "9223372036854775808 items per page, not between 1 and"),
+        (2**62, None, "page 4611686018427387904 \\(20 per page\\), past any table's rows"),
+    ],
 )
 async def test_error_out(models: Models, page: Any, per_page: Any, missing: str) -> None:
     """Flask-SQLAlchemy ``test_error_out`` (the numbers; the query string's are in
@@ -247,6 +252,17 @@ async def test_error_out(models: Models, page: Any, per_page: Any, missing: str)
         assert error.value.call == "paginate()"
         p = await session.paginate(models.todos(), page=page, per_page=per_page, error_out=False)
     assert (p.page, p.per_page, len(p.items)) == (1, 20, 20)
+
+
+async def test_the_last_page_sql_can_count(models: Models) -> None:
+    """The farthest page whose OFFSET fits in 64 bits is asked of the database (none has that
+    many rows: a 404); one further is a 404 before any query, not the driver's overflow error."""
+    most = 2**63 - 1
+    async with models.db.session() as session:
+        with pytest.raises(NotFoundError, match="no items on page"):
+            await session.paginate(models.todos(), page=most // 20 + 1, count=False)
+        with pytest.raises(NotFoundError, match="past any table's rows"):
+            await session.paginate(models.todos(), page=most // 20 + 2, count=False)
 
 
 @pytest.mark.parametrize(
