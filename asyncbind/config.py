@@ -340,7 +340,8 @@ def check_engine_options(engine_options: object) -> dict[str, Any]:
     if "url" in shared:
         raise ConfigError(
             "engine_options= has a 'url', but engine options are shared by every bind. "
-            "Pass the default URL as the first argument and the others in binds=."
+            "Pass the default bind's URL as url= (the first argument) and the other binds' "
+            "in binds=."
         )
     for name in _OWN_OPTIONS & shared.keys():
         raise ConfigError(
@@ -379,8 +380,8 @@ def check_config(
         if None in raw:
             problems.append(
                 ConfigError(
-                    "The default bind is configured twice: by the URL argument and by "
-                    "binds[None]. Keep one of them."
+                    "The default bind is configured twice: by the url argument and by "
+                    "binds[None]. Give it once, as url=... or as binds={None: ...}."
                 )
             )
         else:
@@ -449,7 +450,10 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> ParsedConfig:
 
     ``SQLALCHEMY_DATABASE_URI`` is the default bind, ``SQLALCHEMY_BINDS`` the others,
     ``SQLALCHEMY_ENGINE_OPTIONS`` apply to every bind and ``SQLALCHEMY_ECHO`` sets ``echo`` and
-    ``echo_pool`` where they do not (see :meth:`ParsedConfig.engine_options_over`).
+    ``echo_pool`` where they do not (see :meth:`ParsedConfig.engine_options_over`). As in
+    Flask-SQLAlchemy, the default bind's URL may also be a ``"url"`` in
+    ``SQLALCHEMY_ENGINE_OPTIONS`` (``SQLALCHEMY_DATABASE_URI`` wins), and either one takes the
+    place of the URL of ``SQLALCHEMY_BINDS[None]``, whose other options stay.
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(
@@ -470,7 +474,18 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> ParsedConfig:
         raise ConfigError(
             f"SQLALCHEMY_BINDS must be a dict of bind key to URL, not {type(binds).__name__}."
         )
-    return ParsedConfig(mapping.get("SQLALCHEMY_DATABASE_URI"), binds, dict(options), echo)
+    options, binds = dict(options), dict(binds)
+    # The default bind's URL, as Flask-SQLAlchemy takes it: SQLALCHEMY_DATABASE_URI, else a
+    # "url" in SQLALCHEMY_ENGINE_OPTIONS (which cannot stay there: they reach every bind), each
+    # over the URL of SQLALCHEMY_BINDS[None], whose other options stay.
+    url = options.pop("url", None)
+    if mapping.get("SQLALCHEMY_DATABASE_URI") is not None:
+        url = mapping["SQLALCHEMY_DATABASE_URI"]
+    if url is not None and None in binds:
+        default = binds.pop(None)
+        if isinstance(default, Mapping):
+            url = {**default, "url": url}
+    return ParsedConfig(url, binds, options, echo)
 
 
 def _json_object(name: str, text: str) -> dict[str, Any]:

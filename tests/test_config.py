@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import NewDatabase
 
 from asyncbind import AsyncBind, ConfigError, NotConfiguredError, UnknownBindError
 from asyncbind.config import config_from_env, parse_config
@@ -102,8 +104,10 @@ def test_bad_config_leaves_no_engine_behind(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_default_bind_twice_is_refused() -> None:
-    with pytest.raises(ConfigError, match="configured twice"):
+    with pytest.raises(ConfigError) as info:
         AsyncBind("sqlite://", binds={None: "sqlite://"})
+    assert "configured twice" in str(info.value)
+    assert "url=" in str(info.value) and "binds={None: ...}" in str(info.value)
 
 
 def test_default_bind_may_come_from_binds() -> None:
@@ -145,6 +149,76 @@ def test_from_config_reads_flask_sqlalchemy_keys() -> None:
     assert all(engine.echo for engine in db.engines.values())
     assert db.engines["appmeta"].sync_engine.pool._recycle == 3600
     assert db.engines["users"].sync_engine.pool._pre_ping is True
+
+
+async def current_database(db: AsyncBind) -> str:
+    async with db.engine.connect() as conn:
+        return str((await conn.execute(sa.text("SELECT current_database()"))).scalar())
+
+
+@pytest.mark.postgresql
+async def test_from_config_merges_the_uri_into_binds_none(
+    new_database: NewDatabase, tmp_path: Path
+) -> None:
+    """As in Flask-SQLAlchemy: SQLALCHEMY_DATABASE_URI is the default bind's URL, and the other
+    options of SQLALCHEMY_BINDS[None] stay."""
+    uri = await new_database("postgresql")
+    db = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_DATABASE_URI": uri,
+            "SQLALCHEMY_BINDS": {
+                None: {"url": f"sqlite:///{tmp_path / 'unused.db'}", "pool_size": 3},
+                "cache": "sqlite://",
+            },
+        }
+    )
+    async with db:
+        assert set(db.engines) == {None, "cache"}
+        assert await current_database(db) == sa.make_url(uri).database
+        assert db.engine.sync_engine.pool.size() == 3  # type: ignore[attr-defined]
+    db = AsyncBind.from_config(
+        {"SQLALCHEMY_DATABASE_URI": uri, "SQLALCHEMY_BINDS": {None: "sqlite://"}}
+    )
+    async with db:
+        assert await current_database(db) == sa.make_url(uri).database
+    assert not (tmp_path / "unused.db").exists()
+
+
+@pytest.mark.postgresql
+async def test_from_config_takes_a_url_in_the_engine_options_as_the_default_bind(
+    new_database: NewDatabase, tmp_path: Path
+) -> None:
+    """As in Flask-SQLAlchemy: a "url" in SQLALCHEMY_ENGINE_OPTIONS is the default bind's URL
+    (SQLALCHEMY_DATABASE_URI wins over it); the other binds share the other options only."""
+    uri = await new_database("postgresql")
+    db = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_ENGINE_OPTIONS": {"url": uri, "pool_size": 3},
+            "SQLALCHEMY_BINDS": {"users": f"sqlite:///{tmp_path / 'users.db'}"},
+        }
+    )
+    async with db:
+        assert await current_database(db) == sa.make_url(uri).database
+        assert "url" not in db.bind_configs["users"].engine_options
+        assert all(e.sync_engine.pool.size() == 3 for e in db.engines.values())  # type: ignore[attr-defined]
+    db = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_DATABASE_URI": uri,
+            "SQLALCHEMY_ENGINE_OPTIONS": {"url": "sqlite://"},
+            "SQLALCHEMY_BINDS": {None: {"url": "sqlite://", "echo": True}},
+        }
+    )
+    async with db:
+        assert await current_database(db) == sa.make_url(uri).database
+        assert db.engine.echo is True
+
+
+def test_engine_options_url_in_the_constructor_says_to_pass_url() -> None:
+    with pytest.raises(ConfigError) as info:
+        AsyncBind(engine_options={"url": "postgresql://u:hunter2@h/db"})
+    assert "engine_options= has a 'url'" in str(info.value)
+    assert "url=" in str(info.value) and "binds=" in str(info.value)
+    assert "hunter2" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -242,6 +242,28 @@ async def test_flask_sqlalchemy_config_keys_reach_every_bind(urls: tuple[str, st
     await db.dispose()
 
 
+async def test_the_default_bind_may_come_from_engine_options_or_binds_none(
+    urls: tuple[str, str],
+) -> None:
+    """As in Flask-SQLAlchemy: a "url" in SQLALCHEMY_ENGINE_OPTIONS is the default bind's URL,
+    and it (or SQLALCHEMY_DATABASE_URI) takes the place of SQLALCHEMY_BINDS[None]'s URL."""
+    postgresql, mysql = urls
+    for config in (
+        {"SQLALCHEMY_ENGINE_OPTIONS": {"url": postgresql}, "SQLALCHEMY_BINDS": {"users": mysql}},
+        {
+            "SQLALCHEMY_DATABASE_URI": postgresql,
+            "SQLALCHEMY_BINDS": {None: {"url": mysql, "pool_size": 3}, "users": mysql},
+        },
+    ):
+        app = Quart(__name__)
+        app.config.update(config)
+        db = AsyncBind(app=app)
+        assert db.engine.url.get_backend_name() == "postgresql"
+        async with app.app_context():
+            assert (await db.session.execute(sa.text("SELECT 1"))).scalar() == 1
+        await db.dispose()
+
+
 async def test_asyncbind_app_argument_and_a_url_given_to_the_constructor(
     urls: tuple[str, str],
 ) -> None:

@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from quart import Quart, abort, has_app_context, has_request_context, request
 from quart.globals import app_ctx
@@ -131,8 +131,8 @@ def init_app(db: AsyncBind, app: Quart) -> None:
 
 
 def _configure(db: AsyncBind, app: Quart) -> None:
-    config: Any = app.config
-    if config.get("SQLALCHEMY_DATABASE_URI") is None and not config.get("SQLALCHEMY_BINDS"):
+    parsed = config_from_mapping(app.config)
+    if not parsed.has_database:
         if db.engines:
             return  # configured by its constructor
         raise ConfigError(
@@ -140,7 +140,6 @@ def _configure(db: AsyncBind, app: Quart) -> None:
             f"app {app.name!r}. Set one before calling 'db.init_app(app)', or pass the URL to "
             "AsyncBind(...)."
         )
-    parsed = config_from_mapping(config)
     placed = place_sqlite_files(parsed, app.instance_path)
     engine_options = placed.engine_options_over(db.engine_options)
     if db.engines:
