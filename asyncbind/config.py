@@ -144,6 +144,9 @@ class BindConfig:
     replica_check_interval: float = 5.0
     #: Running behind PgBouncer in transaction pooling mode: no named prepared statements kept.
     pgbouncer: bool = False
+    #: The names of the ``engine_options`` that came from the options shared by every bind, not
+    #: from the bind's own dict.
+    shared_options: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.engine_options.items())
@@ -285,6 +288,7 @@ def _bind(key: BindKey, value: object, engine_options: Mapping[str, Any]) -> Bin
         if not (value is None and name in _NONE_IS_DEFAULT)
     }
     extras = {name: options.pop(name) for name in BIND_OPTIONS if name in options}
+    shared = frozenset(name for name in options if name not in own)
     if "replicas" in extras:
         extras["replicas"] = _replica_urls(key, extras["replicas"], url)
     choice = extras.get("replica_choice")
@@ -293,7 +297,7 @@ def _bind(key: BindKey, value: object, engine_options: Mapping[str, Any]) -> Bin
             f"{subject}: option 'replica_choice' is {choice!r}; expected "
             f"{' or '.join(repr(c) for c in REPLICA_CHOICES)}."
         )
-    return BindConfig(key, url, MappingProxyType(options), **extras)
+    return BindConfig(key, url, MappingProxyType(options), **extras, shared_options=shared)
 
 
 def _replica_urls(key: BindKey, given: Sequence[Any], primary: sa.URL) -> tuple[sa.URL, ...]:

@@ -12,6 +12,7 @@ What has no public hook goes through :mod:`asyncbind.internals`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +40,8 @@ from .urls import is_memory_sqlite
 
 __all__ = ["DRIVER_EXTRAS", "MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
 
+logger = logging.getLogger("asyncbind")
+
 #: The extra that installs each driver asyncbind picks for a URL that names none.
 DRIVER_EXTRAS = {
     "asyncpg": "postgresql",
@@ -52,6 +55,14 @@ _UNBUFFERED_DRIVERS = frozenset({"aiomysql", "asyncmy"})
 
 #: MySQL closes idle connections after ``wait_timeout`` (8 hours by default); recycle well before.
 MYSQL_POOL_RECYCLE = 7200
+
+#: The pool options that only some pool classes take, and those classes (and their subclasses).
+_POOL_SIZING: dict[str, tuple[type[sa_pool.Pool], ...]] = {
+    "pool_size": (sa_pool.QueuePool, sa_pool.SingletonThreadPool),
+    "max_overflow": (sa_pool.QueuePool,),
+    "pool_timeout": (sa_pool.QueuePool,),
+    "pool_use_lifo": (sa_pool.QueuePool,),
+}
 
 
 def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
@@ -73,7 +84,8 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
             "which aiomysql cannot send. Change the password, or use 'mysql+asyncmy://'."
         )
     if backend in ("mysql", "mariadb"):
-        options["pool_recycle"] = MYSQL_POOL_RECYCLE
+        if "pool" not in config.engine_options:  # a pool made already takes no pool options
+            options["pool_recycle"] = MYSQL_POOL_RECYCLE
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
     elif is_memory_sqlite(url):
@@ -90,13 +102,38 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
         internals.add_connector(connect_args, connect)
     if connect_args:
         options["connect_args"] = connect_args
-    if "pool" not in options:
+    if "pool" in options:
+        _fit_pool_sizing(config, options, None)
+    else:
         poolclass = options.get("poolclass") or internals.default_poolclass(url)
+        if poolclass is not None:
+            _fit_pool_sizing(config, options, poolclass)
         if poolclass is not None and not issubclass(poolclass, sa_pool.NullPool):
             options["poolclass"] = internals.bind_pool_class(poolclass)
     if cancellation.resets_returned_connections(config.engine_options):
         options["pool_reset_on_return"] = None  # asyncbind resets them (see make_engine)
     return url, options
+
+
+def _fit_pool_sizing(
+    config: BindConfig, options: dict[str, Any], poolclass: type[sa_pool.Pool] | None
+) -> None:
+    """Leave out of ``options`` the shared pool sizing options that the bind's pool (of class
+    ``poolclass``; None for a ``pool`` made already) does not take: in-memory SQLite's
+    StaticPool, a NullPool. The bind's own are a :class:`ConfigError`."""
+    for name, takers in _POOL_SIZING.items():
+        if name not in options or (poolclass is not None and issubclass(poolclass, takers)):
+            continue
+        pool = f"its pool class {poolclass.__name__}" if poolclass else "the pool it was given"
+        subject = bind_name(config.key, start=True)
+        if name in config.shared_options:
+            del options[name]
+            logger.debug("%s: shared engine option %r left out, for %s", subject, name, pool)
+        else:
+            raise ConfigError(
+                f"{subject}: option {name!r} in its options does not apply to {pool}, which "
+                f"does not take it. Remove it from the bind's options."
+            )
 
 
 def make_engine(config: BindConfig) -> AsyncEngine:
@@ -204,12 +241,25 @@ def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEn
     except Exception as exc:  # no I/O has happened: whatever was refused is the configuration
         message = (
             f"{bind_name(config.key, start=True)}: its engine options were rejected "
-            f"({', '.join(sorted(options)) or 'none'})"
+            f"({_given(config)})"
         )
-        fix = "Options are create_async_engine() keyword arguments."
+        fix = "Options are create_async_engine() keyword arguments; check their names and values."
         if url.password and connector.mentions(exc, str(url.password)):
             raise ConfigError(f"{message}. {fix}") from None
-        raise ConfigError(f"{message}: {exc}. {fix}") from exc
+        raise ConfigError(f"{message}: {str(exc).rstrip('. ')}. {fix}") from exc
+
+
+def _given(config: BindConfig) -> str:
+    """The engine options the application gave ``config``'s bind, and where: its own dict, or
+    the options shared by every bind."""
+    own = sorted(set(config.engine_options) - config.shared_options)
+    shared = sorted(config.shared_options)
+    parts = []
+    if own:
+        parts.append(f"its own: {', '.join(own)}")
+    if shared:
+        parts.append(f"shared by every bind: {', '.join(shared)}")
+    return "; ".join(parts) or "none given"
 
 
 def _latin1(password: object) -> bool:

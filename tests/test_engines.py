@@ -3,6 +3,7 @@ it, so that what a bind does not use costs it nothing."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -11,9 +12,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import NewDatabase
 from sqlalchemy import pool as sa_pool
 
-from asyncbind import AsyncBind, directddl, internals
+from asyncbind import AsyncBind, ConfigError, directddl, internals
 from asyncbind.config import parse_config
 from asyncbind.engines import engine_arguments
 from asyncbind.registry import bind_config
@@ -193,3 +195,82 @@ def test_sqlite_needs_no_server_driver() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'asyncbind[postgresql]'" in done.stdout
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_shared_pool_sizing_reaches_only_the_pools_that_take_it(
+    new_database: NewDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shared pool sizing sizes the queue pools; in-memory SQLite's StaticPool and a NullPool
+    are made without it, and say so at DEBUG only."""
+    caplog.set_level(logging.DEBUG, logger="asyncbind")
+    postgresql, mysql = await new_database("postgresql"), await new_database("mysql")
+    db = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_DATABASE_URI": postgresql,
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 2, "max_overflow": 1, "pool_timeout": 5},
+            "SQLALCHEMY_BINDS": {
+                "cache": "sqlite://",
+                "legacy": {"url": mysql, "poolclass": sa.NullPool},
+            },
+        }
+    )
+    async with db:
+        pool = db.engine.sync_engine.pool
+        assert isinstance(pool, sa_pool.QueuePool)
+        assert (pool.size(), pool._max_overflow, pool._timeout) == (2, 1, 5)
+        assert isinstance(db.engines["cache"].sync_engine.pool, sa_pool.StaticPool)
+        assert isinstance(db.engines["legacy"].sync_engine.pool, sa_pool.NullPool)
+        for key in db.engines:
+            async with db.engines[key].connect() as conn:
+                assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if "left out" in r.getMessage())
+    assert any("Bind 'cache'" in m and "'pool_size'" in m and "StaticPool" in m for m in left_out)
+    assert any("Bind 'legacy'" in m and "'max_overflow'" in m and "NullPool" in m for m in left_out)
+
+
+@pytest.mark.parametrize(
+    ("bind", "pool"),
+    [
+        pytest.param({"url": "sqlite://", "pool_size": 3}, "StaticPool", id="memory-sqlite"),
+        pytest.param(
+            {"url": "postgresql://u:hunter2@h/db", "poolclass": sa.NullPool, "max_overflow": 3},
+            "NullPool",
+            id="null-pool",
+        ),
+    ],
+)
+def test_a_binds_own_pool_sizing_its_pool_does_not_take_is_refused(
+    bind: dict[str, Any], pool: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        AsyncBind("sqlite:///app.db", binds={"cache": bind}, engine_options={"pool_size": 5})
+    message = str(info.value)
+    assert "Bind 'cache'" in message and pool in message
+    assert repr(next(k for k in bind if k in ("pool_size", "max_overflow"))) in message
+    assert "Remove it from the bind's options" in message
+    assert "hunter2" not in message
+
+
+def test_rejected_options_are_named_as_the_application_gave_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        AsyncBind(
+            binds={"cache": {"url": "postgresql://u:hunter2@h/db", "no_such_option": 1}},
+            engine_options={"pool_recycle": 60, "echo": False},
+        )
+    message = str(info.value)
+    assert "Bind 'cache': its engine options were rejected" in message
+    assert "its own: no_such_option; shared by every bind: echo, pool_recycle" in message
+    for added in ("poolclass", "pool_reset_on_return", "connect_args"):
+        assert added not in message  # asyncbind's own, not the application's
+    assert ".." not in message and "hunter2" not in message
+
+
+def test_a_pool_made_already_gets_no_pool_options() -> None:
+    given = sa_pool.NullPool(lambda: None)
+    options = arguments("mysql://h/db", pool=given)
+    assert options["pool"] is given and "pool_recycle" not in options
+    config = parse_config({"url": "mysql://h/db", "pool": given}, None, {"pool_size": 5})[None]
+    assert "pool_size" not in engine_arguments(config)[1]
