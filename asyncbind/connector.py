@@ -4,19 +4,23 @@ with a failure that names the bind and the cause, never the password.
 :func:`connector` makes the function each engine opens its driver connections with (see
 :func:`asyncbind.internals.add_connector`). It receives what the driver's ``connect()`` would
 (host, user, password, database from the URL, and ``connect_args``).
+:func:`check_connect_args` checks the names in ``connect_args`` against what the driver takes,
+before any connection is made.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+import sys
+from collections.abc import Callable, Collection
 from typing import Any
 
 from . import cancellation, causes, closing, internals
 from .config import BindKey
-from .exceptions import BindUnavailableError
+from .exceptions import BindUnavailableError, ConfigError, bind_name
 
-__all__ = ["connector", "mentions"]
+__all__ = ["check_connect_args", "connect_parameters", "connector", "mentions"]
 
 #: Each driver's connect function, imported when a bind first needs it.
 _OPENERS: dict[str, Callable[[], Callable[..., Any]]] = {
@@ -25,6 +29,90 @@ _OPENERS: dict[str, Callable[[], Callable[..., Any]]] = {
     "asyncmy": lambda: __import__("asyncmy").connect,
     "psycopg": lambda: __import__("psycopg").AsyncConnection.connect,
 }
+
+#: The functions whose keyword parameters are the connect arguments each driver takes (aiomysql's
+#: connections are made with aiomysql.Connection, see internals.aiomysql_connect). psycopg's
+#: connect() takes any libpq parameter, so its connect arguments are not checked.
+_CONNECT_FUNCTIONS: dict[str, Callable[[], Callable[..., Any]]] = {
+    "asyncpg": lambda: __import__("asyncpg").connect,
+    "aiomysql": lambda: __import__("aiomysql").Connection,
+    "asyncmy": lambda: __import__("asyncmy").connect,
+}
+#: sqlite3.connect()'s parameters, to which aiosqlite passes the connect arguments (a builtin's
+#: signature cannot be read on every Python), and aiosqlite.connect()'s own.
+_AIOSQLITE_PARAMETERS = frozenset(
+    {
+        "database",
+        "timeout",
+        "detect_types",
+        "isolation_level",
+        "check_same_thread",
+        "factory",
+        "cached_statements",
+        "uri",
+        "iter_chunk_size",
+        "loop",
+    }
+)
+if sys.version_info >= (3, 12):
+    _AIOSQLITE_PARAMETERS |= {"autocommit"}
+#: What SQLAlchemy's adapter of each driver takes itself, before it calls the driver.
+_ADAPTER_PARAMETERS = {
+    "asyncpg": {"prepared_statement_cache_size", "prepared_statement_name_func"},
+}
+
+
+def connect_parameters(driver: str) -> frozenset[str] | None:
+    """The names ``connect_args`` may hold for ``driver``; None where they are not known (an
+    unknown driver, one not installed, one that takes any name)."""
+    if driver == "aiosqlite":
+        names: Collection[str] = _AIOSQLITE_PARAMETERS
+    elif driver in _CONNECT_FUNCTIONS:
+        try:
+            parameters = inspect.signature(_CONNECT_FUNCTIONS[driver]()).parameters.values()
+        except (ImportError, TypeError, ValueError):
+            return None  # not installed (create_async_engine() says so), or no signature
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return None
+        names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    else:
+        return None
+    # Every SQLAlchemy async adapter takes a connect function of the application's own.
+    return frozenset({*names, *_ADAPTER_PARAMETERS.get(driver, ()), "async_creator_fn"})
+
+
+def check_connect_args(
+    key: BindKey, driver: str, connect_args: Collection[str], *, shared: bool
+) -> None:
+    """Raise a :class:`ConfigError` naming bind ``key`` if ``connect_args`` (its names; from the
+    engine options shared by every bind if ``shared``) has one that ``driver`` does not take.
+
+    Not checked: a driver whose names are not known, and a bind that connects with a function of
+    its own (``async_creator_fn``), which may take anything.
+    """
+    known = connect_parameters(driver)
+    if known is None or "async_creator_fn" in connect_args:
+        return
+    unknown = [name for name in connect_args if name not in known]
+    if not unknown:
+        return
+    names = ", ".join(repr(name) for name in unknown)
+    what = f"connect_args key {names}"
+    verb = "is not an argument"
+    if len(unknown) > 1:
+        what, verb = f"connect_args keys {names}", "are not arguments"
+    if shared:
+        what += " (in the engine options shared by every bind)"
+        fix = (
+            "Put driver-specific connect_args in the own options of the binds whose driver takes "
+            "them: {'url': ..., 'connect_args': {...}} (with from_config(), "
+            "SQLALCHEMY_BINDS[None] for the default bind)."
+        )
+    else:
+        fix = "Fix or remove them in the bind's options."
+    raise ConfigError(
+        f"{bind_name(key, start=True)}: {what} {verb} of its driver, {driver!r}. {fix}"
+    )
 
 
 def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[..., Any] | None:
@@ -60,6 +148,12 @@ def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[...,
             # asyncpg and psycopg name the database "database", aiomysql and asyncmy "db".
             who = {"user": kwargs.get("user"), "database": kwargs.get("database", kwargs.get("db"))}
             if not (password and mentions(exc, str(password))):
+                if isinstance(exc, TypeError):  # an argument the driver does not take
+                    raise ConfigError(
+                        f"{bind_name(key, start=True)}: {driver} refused its connect arguments: "
+                        f"{exc}. They come from the bind's connect_args and its URL's query "
+                        "parameters; fix them there."
+                    ) from exc
                 if isinstance(exc, TimeoutError) and timeout is not None:
                     reason = TimeoutError(f"no connection within connect_timeout={timeout:g}s")
                     raise BindUnavailableError(key, reason) from exc

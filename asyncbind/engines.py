@@ -93,6 +93,12 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
     options.update(config.engine_options)
 
     connect_args = dict(options.get("connect_args") or {})
+    connector.check_connect_args(
+        config.key,
+        url.get_driver_name(),
+        connect_args,
+        shared="connect_args" in config.shared_options,
+    )
     if config.pgbouncer:
         pgbouncer.pgbouncer_connect_args(config.key, url, connect_args)
     if config.read_only:

@@ -72,7 +72,8 @@ class AsyncBindError(Exception):
 
 
 class ConfigError(AsyncBindError, ValueError):
-    """A bind's configuration is invalid; raised before any connection is made."""
+    """A bind's configuration is invalid; raised before any connection is made, except for a
+    connect argument that only the driver checks, refused when the bind first connects."""
 
 
 class NotConfiguredError(AsyncBindError):

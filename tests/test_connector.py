@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
+from conftest import NewDatabase
 from sqlalchemy import exc as sa_exc
 
-from asyncbind import AsyncBind, BindUnavailableError
+from asyncbind import AsyncBind, BindUnavailableError, ConfigError
 
 
 @pytest.fixture
@@ -49,3 +50,83 @@ async def test_unreachable_bind_fails_within_connect_timeout_naming_it(
             assert isinstance(info.value, sa_exc.OperationalError)
             assert "pw-secret" not in str(info.value) and "pw-secret" not in repr(info.value)
         assert (await session.execute(sa.text("SELECT 1"))).scalar() == 1  # the others still work
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_connect_args_a_driver_does_not_take_are_refused_in_the_constructor(
+    new_database: NewDatabase,
+) -> None:
+    """Shared connect_args reach every bind: a key that one bind's driver does not take is a
+    ConfigError naming that bind, before any connection; in the binds' own options they work."""
+    postgresql, mysql = await new_database("postgresql"), await new_database("mysql")
+    settings = {"server_settings": {"application_name": "shop"}}
+    binds = {"legacy": mysql, "cache": "sqlite://"}
+    with pytest.raises(ConfigError) as info:
+        AsyncBind.from_config(
+            {
+                "SQLALCHEMY_DATABASE_URI": postgresql,
+                "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": settings},
+                "SQLALCHEMY_BINDS": binds,
+            }
+        )
+    message = str(info.value)
+    assert "2 problems" in message and "The default bind" not in message
+    for bind, driver in (("Bind 'legacy'", "'aiomysql'"), ("Bind 'cache'", "'aiosqlite'")):
+        line = next(line for line in message.splitlines() if bind in line)
+        assert "connect_args key 'server_settings'" in line and driver in line
+        assert "is not an argument of its driver" in line
+        assert "shared by every bind" in line and "SQLALCHEMY_BINDS[None]" in line
+
+    db = AsyncBind.from_config(
+        {
+            "SQLALCHEMY_DATABASE_URI": postgresql,
+            "SQLALCHEMY_BINDS": {None: {"connect_args": settings}, **binds},
+        }
+    )
+    async with db:
+        async with db.engine.connect() as conn:
+            assert await conn.scalar(sa.text("SHOW application_name")) == "shop"
+        for key in ("legacy", "cache"):
+            async with db.engines[key].connect() as conn:
+                assert await conn.scalar(sa.text("SELECT 1")) == 1
+
+
+def test_a_binds_own_connect_args_are_checked_unless_it_connects_itself() -> None:
+    with pytest.raises(ConfigError) as info:
+        AsyncBind(
+            {"url": "mysql://u:hunter2@h/db", "connect_args": {"server_settings": {}, "ssl": None}}
+        )
+    message = str(info.value)
+    assert "The default bind: connect_args key 'server_settings' is not an argument" in message
+    assert "'aiomysql'" in message and "'ssl'" not in message and "hunter2" not in message
+    with pytest.raises(ConfigError, match="connect_args keys 'nope', 'typo' are not arguments"):
+        AsyncBind({"url": "postgresql://h/db", "connect_args": {"nope": 1, "typo": 2}})
+    AsyncBind(  # what SQLAlchemy's asyncpg adapter takes itself, and sqlite3's own
+        "postgresql://h/db",
+        binds={"s": {"url": "sqlite://", "connect_args": {"check_same_thread": False}}},
+        engine_options={"connect_args": {"prepared_statement_cache_size": 0, "timeout": 5}},
+    )
+
+    async def connect(**kwargs: object) -> None:
+        raise AssertionError("not called")
+
+    AsyncBind({"url": "postgresql://h/db", "connect_args": {"async_creator_fn": connect, "x": 1}})
+
+
+@pytest.mark.postgresql
+async def test_an_argument_the_driver_refuses_when_connecting_names_the_bind(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """What only the driver checks (here a URL query parameter, which SQLAlchemy passes on to
+    asyncpg.connect()) is refused at the first connection, as a ConfigError naming the bind."""
+    url = sa.make_url(await new_database("postgresql"))
+    url = url.set(password="pw-secret").update_query_dict({"no_such_argument": "1"})
+    db = make_db("sqlite://", binds={"reports": url})
+    with pytest.raises(ConfigError) as info:
+        async with db.engines["reports"].connect():
+            pass
+    message = str(info.value)
+    assert message.startswith("Bind 'reports': asyncpg refused its connect arguments")
+    assert "no_such_argument" in message and "pw-secret" not in message
+    assert isinstance(info.value.__cause__, TypeError)

@@ -398,6 +398,18 @@ def _config_errors(users: dict[str, User]) -> list[tuple[str, Callable[[], Any]]
         ("url-in-engine-options", lambda: AsyncBind(pg_text, engine_options={"url": pg_text})),
         ("bind-without-url", lambda: AsyncBind(binds={"x": {"uri": pg_text}})),
         ("default-twice", lambda: AsyncBind(pg_text, binds={None: pg_text})),
+        (
+            "pool-option-its-pool-does-not-take",
+            lambda: AsyncBind({"url": pg_text, "poolclass": sa.NullPool, "pool_size": 3}),
+        ),
+        (
+            "shared-connect-args-of-another-driver",
+            lambda: AsyncBind(
+                pg_text,
+                binds={"m": _as_string(users["maria"].url())},
+                engine_options={"connect_args": {"server_settings": {}}},
+            ),
+        ),
         ("reserved-key", lambda: AsyncBind(binds={"__all__": pg_text})),
         (
             "flask-binds-not-a-dict",
@@ -447,6 +459,8 @@ CONFIG_ERRORS = [
     "url-in-engine-options",
     "bind-without-url",
     "default-twice",
+    "pool-option-its-pool-does-not-take",
+    "shared-connect-args-of-another-driver",
     "reserved-key",
     "flask-binds-not-a-dict",
     "flask-sync-driver",
