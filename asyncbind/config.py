@@ -113,9 +113,16 @@ _NONE_IS_DEFAULT = frozenset(
 _POSITIVE = frozenset(
     {"connect_timeout", "statement_timeout", "replica_max_lag", "replica_check_interval"}
 )
-# Options that must be whole numbers, where a bool (an int subclass) is a mistake.
+# Options that must be numbers, where a bool (an int subclass: True is 1) is a mistake.
 _NOT_BOOL = frozenset(
-    {"max_overflow", "pool_recycle", "pool_size", "pool_timeout", "query_cache_size"}
+    {
+        "max_overflow",
+        "pool_recycle",
+        "pool_size",
+        "pool_timeout",
+        "query_cache_size",
+        *_POSITIVE,
+    }
 )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
@@ -886,11 +888,42 @@ def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             "'class MySession(asyncbind.AsyncBindSession): ...'."
         )
     # The sync session class routes: one given here, else the class_'s own.
-    if options.get("sync_session_class") is not None:
-        check_session_class(options["sync_session_class"], "session_options['sync_session_class']")
+    sync_session_class = options.get("sync_session_class")
+    if sync_session_class is not None:
+        check_session_class(sync_session_class, "session_options['sync_session_class']")
     else:
+        sync_session_class = session_class.sync_session_class
         check_session_class(
-            session_class.sync_session_class,
+            sync_session_class,
             f"'{session_class.__qualname__}.sync_session_class' (session_options['class_'])",
         )
+    known = _init_parameters(async_sessionmaker, session_class, sync_session_class)
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        guesses = [difflib.get_close_matches(name, known, n=1) for name in unknown]
+        hints = "".join(
+            f" ({name!r}: did you mean {found[0]!r}?)"
+            for name, found in zip(unknown, guesses, strict=True)
+            if found
+        )
+        raise ConfigError(
+            f"session_options has {', '.join(repr(n) for n in unknown)}, which the sessions do "
+            f"not take{hints}. They are async_sessionmaker() and Session() keyword arguments, "
+            "such as 'autoflush', 'expire_on_commit', 'twophase' or 'info'."
+        )
     return options
+
+
+def _init_parameters(*classes: type) -> frozenset[str]:
+    """The keyword parameters of the ``__init__`` of ``classes`` and their bases."""
+    names: set[str] = set()
+    for cls in classes:
+        for base in cls.__mro__:
+            init = base.__dict__.get("__init__")
+            if init is None or base is object:
+                continue
+            for name, parameter in inspect.signature(init).parameters.items():
+                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                    names.add(name)
+    names.discard("self")
+    return frozenset(names)

@@ -91,6 +91,11 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
     unknown backend raises :class:`ConfigError` naming the bind and the URL to use instead.
     """
     url = _parse(value, key)
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigError(
+            f"{bind_name(key, start=True)}: port {url.port} in {render_url(url)!r} is not a TCP "
+            "port; expected 1 to 65535 (PostgreSQL listens on 5432, MySQL and MariaDB on 3306)."
+        )
     backend, _, driver = url.drivername.partition("+")
     if not driver:
         if backend not in ASYNC_DRIVERS:

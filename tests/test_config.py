@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 
-from asyncbind import AsyncBind, ConfigError, NotConfiguredError, UnknownBindError
+from asyncbind import AsyncBind, ConfigError, NotConfiguredError, RoutingSession, UnknownBindError
 from asyncbind.config import config_from_env, parse_config
 
 
@@ -61,6 +61,14 @@ def test_every_engine_gets_its_options(tmp_path: Any) -> None:
         ({"users": {"url": "sqlite://", "echo": 3}}, "'echo'"),
         ({"users": {"url": "sqlite://", "connect_timeout": -1}}, "positive number of seconds"),
         ({"users": {"url": "sqlite://", "statement_timeout": 0}}, "positive number of seconds"),
+        # True is 1 to Python: one second, surely not what was meant.
+        ({"users": {"url": "sqlite://", "statement_timeout": True}}, "is bool True; expected"),
+        ({"users": {"url": "sqlite://", "connect_timeout": True}}, "is bool True; expected"),
+        (
+            {"users": "postgresql://u:hunter2@127.0.0.1:99999/x"},
+            "Bind 'users': port 99999 in 'postgresql://u:***@127.0.0.1:99999/x' is not "
+            "a TCP port; expected 1 to 65535",
+        ),
         (
             {"users": {"url": "sqlite://", "no_such_option": 1}},
             "Bind 'users': its engine options were rejected",
@@ -124,11 +132,34 @@ def test_default_bind_may_come_from_binds() -> None:
         ({"session_options": 3}, "session_options= must be a mapping"),
         ({"session_options": {"sync_session_class": int}}, "RoutingSession"),
         ({"session_options": {"class_": dict}}, "AsyncBindSession or a subclass"),
+        (
+            {"session_options": {"autoflsh": False, "nope": 1}},
+            r"session_options has 'autoflsh', 'nope', which the sessions do not take "
+            r"\('autoflsh': did you mean 'autoflush'\?\)",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         AsyncBind("sqlite://", **kwargs)
+
+
+def test_session_options_of_a_session_class_of_your_own_are_known() -> None:
+    """The keyword arguments a sync session class of the application's own takes are session
+    options too."""
+
+    class Audited(RoutingSession):
+        def __init__(self, *args: Any, audit_user: str = "-", **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self.audit_user = audit_user
+
+    db = AsyncBind(
+        "sqlite://",
+        session_options={"sync_session_class": Audited, "audit_user": "ann", "autoflush": False},
+    )
+    session = db.session()
+    assert session.sync_session.audit_user == "ann"  # type: ignore[attr-defined]
+    assert session.sync_session.autoflush is False
 
 
 def test_from_config_reads_flask_sqlalchemy_keys() -> None:
