@@ -26,8 +26,9 @@ SQLite has no server, but the same wait: aiosqlite runs a statement in a thread 
 a cancelled task does not stop, so the rollback that follows (and the cancelled task, and the
 database's write lock) waits for the statement to finish. :func:`interrupt_listener` interrupts
 the connection's statement instead (aiosqlite's ``interrupt()``, SQLite's
-``sqlite3_interrupt()``, made to be called from another thread); not on an in-memory database,
-whose sessions share one connection, so that the statement running may be another task's.
+``sqlite3_interrupt()``, made to be called from another thread), and rolls its transaction back
+before the connection is discarded; not on an in-memory database, whose sessions share one
+connection, so that the statement running may be another task's.
 """
 
 from __future__ import annotations
@@ -99,7 +100,15 @@ def interrupts(engine: sa.Engine) -> bool:
 
 def interrupt_listener(ctx: ExceptionContext) -> None:
     """A ``handle_error`` listener that interrupts a SQLite statement cut short by a
-    cancellation, so that its thread goes on to the rollback."""
+    cancellation and rolls its transaction back, before SQLAlchemy discards the connection.
+
+    The rollback releases the database's write lock. Closing the connection would not:
+    SQLAlchemy discards it (a cancellation counts as a disconnect) without closing the
+    statement's cursor, which the error's traceback keeps alive, and Python's sqlite3 closes a
+    connection with a live cursor only in part, its transaction still open, until the garbage
+    collector frees the cursor. The interrupt rarely stops an ``executemany()`` (SQLite clears
+    it between rows), so the rollback waits for the rows being written.
+    """
     connection = ctx.connection
     if not isinstance(ctx.original_exception, asyncio.CancelledError) or connection is None:
         return
@@ -107,9 +116,14 @@ def interrupt_listener(ctx: ExceptionContext) -> None:
         return  # a COMMIT or ROLLBACK: it ends soon by itself
     try:  # whatever goes wrong here must not replace the error being handled
         adapted: Any = connection.connection.dbapi_connection  # SQLAlchemy's AdaptedConnection
-        adapted.run_async(lambda driver: driver.interrupt())
+        adapted.run_async(_interrupt_and_roll_back)
     except Exception:  # closed meanwhile: nothing runs on it
         return
+
+
+async def _interrupt_and_roll_back(driver: Any) -> None:
+    await driver.interrupt()  # the statement running in aiosqlite's thread
+    await driver.rollback()  # queued in that thread behind the statement, before any close
 
 
 def id_listener(driver: str) -> Callable[[Any, sa_pool.ConnectionPoolEntry], None]:

@@ -16,10 +16,12 @@ import contextlib
 import logging
 import os
 import random
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -341,3 +343,72 @@ async def test_a_parallel_copy_cancelled_leaves_no_transaction_or_connection_beh
         if r.levelno >= logging.WARNING and r.name.split(".")[0] in ("sqlalchemy", "asyncbind")
     ]
     assert problems == []
+
+
+def sqlite_write_locked(path: Path) -> bool:
+    """Whether another connection is refused a write transaction on the SQLite file at ``path``,
+    after a short busy timeout; run in the loop's thread, so nothing else runs meanwhile."""
+    probe = sqlite3.connect(path, timeout=0.2)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.rollback()
+        return False
+    except sqlite3.OperationalError:  # database is locked
+        return True
+    finally:
+        probe.close()
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(
+    "source_backend",
+    [
+        pytest.param(name, marks=getattr(pytest.mark, name))
+        for name in ("sqlite", "postgresql", "mysql")
+    ],
+)
+async def test_a_copy_into_sqlite_cancelled_mid_batch_leaves_the_file_unlocked(
+    source_backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A copy into a SQLite file cancelled while its second batch is being written (the
+    ``executemany`` of that batch, which an interrupt rarely stops): the batch is rolled back,
+    another connection can write to the file at once, no connection is left checked out, and
+    the next copy runs to its end."""
+    urls = {None: await new_database("sqlite"), "source": await new_database(source_backend)}
+    db = make_db(urls[None], binds={"source": urls["source"]})
+    target, source = table(db, None), table(db, "source")
+    rows = 3_000
+    inserts = 0
+    copying: list[asyncio.Task[Any]] = []
+
+    def cancel_in_the_second_batch(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool
+    ) -> None:
+        nonlocal inserts
+        if many and statement.startswith("INSERT"):
+            inserts += 1
+            if inserts == 2:
+                copying[0].cancel()  # lands at the executemany's await, in the copy's task
+
+    async with asyncio.timeout(GUARD):
+        await db.create_all()
+        await load_rows(
+            db.get_engine("source"),
+            source,
+            [{"id": i, "call": 0, "note": f"row {i}"} for i in range(1, rows + 1)],
+        )
+        sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
+        copying.append(asyncio.create_task(db.copy(source, target, batch_size=1_000)))
+        with pytest.raises(asyncio.CancelledError):
+            await copying[0]
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
+        assert inserts == 2
+        assert not sqlite_write_locked(Path(sa.make_url(urls[None]).database or ""))
+        for engine in db.engines.values():
+            assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert len(await found_ids(urls[None], make_db)) == 1_000  # the first batch, whole
+
+        async with db.engine.begin() as conn:
+            await conn.execute(target.delete())
+        assert (await db.copy(source, target, batch_size=1_000)).rows == rows
+        assert len(await found_ids(urls[None], make_db)) == rows

@@ -253,6 +253,59 @@ async def test_a_cancelled_sqlite_statement_is_interrupted(tmp_path: Path, make_
         assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0  # rolled back
 
 
+def sqlite_write_locked(path: Path) -> bool:
+    """Whether another connection is refused a write transaction on the SQLite file at ``path``,
+    after a short busy timeout; run in the loop's thread, so nothing else runs meanwhile."""
+    probe = sqlite3.connect(path, timeout=0.2)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.rollback()
+        return False
+    except sqlite3.OperationalError:  # database is locked
+        return True
+    finally:
+        probe.close()
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("many", [True, False], ids=["executemany", "execute"])
+async def test_a_session_insert_cancelled_on_sqlite_leaves_the_file_unlocked(
+    tmp_path: Path, make_db: MakeDb, many: bool
+) -> None:
+    """An INSERT through a session (one row, or many as an ``executemany``), its task cancelled
+    as the statement is sent: the connection is discarded, and its transaction rolled back
+    first, so that another connection can write to the file at once, not only once the garbage
+    collector has freed the statement's cursor."""
+    path = tmp_path / "insert.sqlite"
+    db = make_db(f"sqlite:///{path}")
+    t = db.Table("t", sa.Column("x", sa.Integer))
+    await db.create_all()
+    sent: list[bool] = []
+
+    def cancel_as_sent(*args: Any) -> None:
+        sent.append(True)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # lands at the statement's await
+
+    async def insert() -> None:
+        async with db.session() as session:
+            await session.execute(t.insert(), [{"x": 1}])  # the transaction writes first
+            sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_as_sent)
+            rows = [{"x": i} for i in range(1_000)] if many else [{"x": 2}]
+            await session.execute(t.insert(), rows)
+
+    async with asyncio.timeout(GUARD):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(insert())
+    sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_as_sent)
+    assert sent == [True]
+    assert not sqlite_write_locked(path)
+    assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    async with db.engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0  # rolled back
+
+
 @pytest.mark.postgresql
 async def test_a_stop_that_cannot_connect_is_a_warning_without_the_password(
     new_database: NewDatabase, caplog: pytest.LogCaptureFixture
