@@ -50,12 +50,11 @@ class CommandError(Exception):
 
 
 def _hide(text: str, db: AsyncBind) -> str:
-    """``text`` with every bind's password masked, wherever a driver may have put it, and the
-    password of any other URL written in it."""
+    """``text`` with every bind's passwords masked (in its URL or its connect_args), wherever a
+    driver may have put them, and the password of any other URL written in it."""
     urls = [engine.url for engine in db.engines.values()]
-    urls += [config.url for config in db.bind_configs.values()]
-    urls += [url for config in db.bind_configs.values() for url in config.replicas]
-    return hide_url_passwords(hide_passwords(text, urls))
+    passwords = [found for config in db.bind_configs.values() for found in config.passwords]
+    return hide_url_passwords(hide_passwords(text, urls, passwords))
 
 
 def _print_error(message: str, exc: BaseException | None = None) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.engine import Transaction
 
 from .exceptions import PartialCommitError, bind_name, format_key
+from .urls import render_url
 
 __all__ = [
     "Held",
@@ -177,7 +178,7 @@ def _name(engine: sa.Engine, rank: tuple[int, Any] | None) -> Any:
     belongs to no bind."""
     if rank is not None:
         return rank[1]
-    return engine.url.render_as_string(hide_password=True)
+    return render_url(engine.url)
 
 
 def _committer(session: sa_orm.Session) -> Callable[[sa_orm.SessionTransaction], None] | None:

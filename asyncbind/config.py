@@ -20,7 +20,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from .exceptions import ConfigError, bind_name
-from .urls import normalize_url, render_url, sqlite_file_under
+from .urls import (
+    hide_option_passwords,
+    normalize_url,
+    option_passwords,
+    render_url,
+    sqlite_file_under,
+    url_passwords,
+)
 
 __all__ = [
     "ALL",
@@ -155,8 +162,16 @@ class BindConfig:
     #: from the bind's own dict.
     shared_options: frozenset[str] = frozenset()
 
+    @property
+    def passwords(self) -> list[str]:
+        """Every password this bind is given: in its URL (``user:password@``, ``?password=``),
+        its replicas' URLs and its ``connect_args``; for masking text that may repeat them."""
+        found = [p for url in (self.url, *self.replicas) for p in url_passwords(url)]
+        return found + option_passwords(self.engine_options)
+
     def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.engine_options.items())
+        shown = hide_option_passwords(self.engine_options)
+        options = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         extras = "".join(
             f", {name}={_shown(getattr(self, name))!r}"
             for name in sorted(BIND_OPTIONS)
@@ -253,7 +268,9 @@ def _check_options(subject: str | None, options: Mapping[Any, Any], what: str) -
             wanted = " or ".join(t.__name__ for t in expected)
             if name in _NONE_IS_DEFAULT:
                 wanted += " or None"
-            problem = f"is {type(value).__name__} {value!r}; expected {wanted}."
+            # connect_args may hold a password: its value is never shown.
+            shown = "" if name == "connect_args" else f" {value!r}"
+            problem = f"is {type(value).__name__}{shown}; expected {wanted}."
         elif name in ("echo", "echo_pool") and isinstance(value, str) and value != "debug":
             problem = f"is {value!r}; expected True, False, 'debug' or None."
         elif name == "poolclass" and not (isinstance(value, type) and issubclass(value, sa.Pool)):

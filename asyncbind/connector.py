@@ -19,6 +19,7 @@ from typing import Any
 from . import cancellation, causes, closing, internals
 from .config import BindKey
 from .exceptions import BindUnavailableError, ConfigError, bind_name
+from .urls import is_password_name
 
 __all__ = ["check_connect_args", "connect_parameters", "connector", "mentions"]
 
@@ -143,11 +144,11 @@ def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[...,
             # Not cut short mid-handshake by the caller's cancellation (asyncbind.cancellation).
             return await cancellation.finish_if_cancelled(attempt(*args, **kwargs), drop)
         except Exception as exc:
-            password = kwargs.get("password")
+            passwords = [v for k, v in kwargs.items() if is_password_name(k) and isinstance(v, str)]
             diagnosis = causes.diagnose(exc)
             # asyncpg and psycopg name the database "database", aiomysql and asyncmy "db".
             who = {"user": kwargs.get("user"), "database": kwargs.get("database", kwargs.get("db"))}
-            if not (password and mentions(exc, str(password))):
+            if not any(password and mentions(exc, password) for password in passwords):
                 if isinstance(exc, TypeError):  # an argument the driver does not take
                     raise ConfigError(
                         f"{bind_name(key, start=True)}: {driver} refused its connect arguments: "

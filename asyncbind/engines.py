@@ -250,7 +250,7 @@ def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEn
             f"({_given(config)})"
         )
         fix = "Options are create_async_engine() keyword arguments; check their names and values."
-        if url.password and connector.mentions(exc, str(url.password)):
+        if any(connector.mentions(exc, password) for password in config.passwords):
             raise ConfigError(f"{message}. {fix}") from None
         raise ConfigError(f"{message}: {str(exc).rstrip('. ')}. {fix}") from exc
 

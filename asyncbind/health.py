@@ -20,6 +20,7 @@ from sqlalchemy.util import EMPTY_DICT
 
 from .config import BindKey
 from .exceptions import bind_name, first_line
+from .registry import bind_config
 from .urls import hide_passwords
 
 __all__ = ["BindHealth", "PoolStatus", "ping", "pool_status"]
@@ -127,8 +128,9 @@ async def _ping_one(
 
 
 def _describe(exc: BaseException, engine: AsyncEngine) -> str:
-    """``exc`` as one line of text, with the bind's password masked wherever it appears."""
-    return hide_passwords(first_line(exc), [engine.url])
+    """``exc`` as one line of text, with the bind's passwords masked wherever they appear."""
+    config = bind_config(engine)
+    return hide_passwords(first_line(exc), [engine.url], config.passwords if config else ())
 
 
 def pool_status(

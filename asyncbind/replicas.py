@@ -49,6 +49,7 @@ from sqlalchemy.util import concurrency
 from .config import BindConfig, BindKey
 from .engines import make_engine
 from .exceptions import NoReplicaError, bind_name, first_line
+from .registry import bind_config
 from .routing import Router, RoutingSession
 from .urls import hide_passwords, render_url
 
@@ -286,7 +287,9 @@ def _measure_lag(connection: sa.Connection) -> float | None:
 
 
 def _say(exc: BaseException, replica: Replica) -> str:
-    return hide_passwords(first_line(exc), [replica.url, replica.engine.url])
+    config = bind_config(replica.engine)
+    passwords = config.passwords if config else ()
+    return hide_passwords(first_line(exc), [replica.url, replica.engine.url], passwords)
 
 
 def end_transaction(session: Any, transaction: Any) -> None:

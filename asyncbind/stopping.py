@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import BindKey
 from .exceptions import bind_name, first_line
+from .registry import bind_config
 from .urls import hide_passwords, render_url
 
 __all__ = [
@@ -162,13 +163,16 @@ class _Stopper:
                 await self._end_all(engine)
             except Exception as exc:  # reported, never raised: nobody awaits this task
                 ids, self.ids = self.ids, []
+                config = bind_config(engine)
                 logger.warning(
                     "%s: could not end server connection %s on %s, whose statement was "
                     "abandoned; it runs on until it ends by itself (%s)",
                     bind_name(self.key, start=True),
                     ", ".join(map(str, ids)),
                     render_url(engine.url),  # a replica's, or the primary's
-                    hide_passwords(first_line(exc), [engine.url]),
+                    hide_passwords(
+                        first_line(exc), [engine.url], config.passwords if config else ()
+                    ),
                 )
 
     async def _end_all(self, engine: sa.Engine) -> None:

@@ -52,6 +52,7 @@ from .exceptions import (
 )
 from .internals import replace_dialect_method
 from .models import Unset
+from .urls import render_url
 
 __all__ = [
     "DEFAULT_NAME",
@@ -129,7 +130,7 @@ def check_participant(bind: sa.Engine | sa.Connection, rank: commits.Rank) -> No
     dialect = engine.dialect.name
     if dialect not in SUPPORTED_DIALECTS:
         found = rank(engine)
-        key = found[1] if found is not None else engine.url.render_as_string(hide_password=True)
+        key = found[1] if found is not None else render_url(engine.url)
         raise TwoPhaseUnsupportedError(key, dialect)
 
 

@@ -1,13 +1,17 @@
 """Database URLs: parsing, normalisation to an async driver, and safe rendering.
 
-This is the one place where a URL becomes text, and it always hides the password.
+This is the one place where a URL becomes text, and it always hides the password, and where
+passwords are masked in other text. A password may also be given as a query parameter
+(``?password=...``, which asyncpg, psycopg, aiomysql and asyncmy read) or in the
+``connect_args`` engine option: they are hidden the same way.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -16,12 +20,16 @@ from .exceptions import ConfigError, bind_name
 
 __all__ = [
     "ASYNC_DRIVERS",
+    "hide_option_passwords",
     "hide_passwords",
     "hide_url_passwords",
     "is_memory_sqlite",
+    "is_password_name",
     "normalize_url",
+    "option_passwords",
     "render_url",
     "sqlite_file_under",
+    "url_passwords",
 ]
 
 #: The async driver a URL gets when it names a backend but no driver.
@@ -34,29 +42,86 @@ ASYNC_DRIVERS: dict[str, str] = {
 }
 
 
-def render_url(url: sa.URL) -> str:
-    """Render ``url`` as text with its password hidden."""
-    return url.render_as_string(hide_password=True)
-
-
-def hide_passwords(text: str, urls: Iterable[sa.URL]) -> str:
-    """``text`` (an error message, a traceback) with the password of each of ``urls`` masked
-    wherever a driver may have repeated it."""
-    for url in urls:
-        if url.password:
-            text = text.replace(str(url.password), "***")
-    return text
-
+#: What names a password, in any case: ``password`` (asyncpg, psycopg, aiomysql, asyncmy),
+#: ``passwd`` (MySQLdb's and PyMySQL's old name), ``pwd`` (ODBC), ``sslpassword`` (the client
+#: key's, asyncpg and libpq), and names holding one of these.
+_PASSWORD_NAME = r"[\w.-]*(?:passw(?:or)?d|pwd)[\w.-]*"
 
 #: A URL's password written out in text: ``scheme://user:PASSWORD@``.
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s@'\"]+(@)")
+#: A setting named like a password, ``name=value``: in a URL's query (``%3D`` where the setting
+#: is itself inside a parameter, as ODBC's ``odbc_connect``), a connection string, keyword
+#: arguments. The value is a quoted string, or runs to the next space, ``&`` or quote.
+_PASSWORD_SETTING = re.compile(
+    rf"""(\b{_PASSWORD_NAME}(?:=|%3D))('[^']*'|"[^"]*"|[^\s&'"]+)""", re.IGNORECASE
+)
+#: A dict entry or JSON member named like a password, with a string value: ``'password': 'pw'``.
+_PASSWORD_ENTRY = re.compile(
+    rf"""((['"]){_PASSWORD_NAME}\2\s*:\s*)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""",
+    re.IGNORECASE,
+)
+
+
+def is_password_name(name: object) -> bool:
+    """Whether ``name`` (a URL's query parameter, a ``connect_args`` key) names a password."""
+    return isinstance(name, str) and re.fullmatch(_PASSWORD_NAME, name, re.IGNORECASE) is not None
+
+
+def render_url(url: sa.URL) -> str:
+    """Render ``url`` as text with its passwords hidden: the one in ``user:password@``, and the
+    value of every query parameter named like a password (``?password=...``)."""
+    return _PASSWORD_SETTING.sub(r"\1***", url.render_as_string(hide_password=True))
+
+
+def url_passwords(url: sa.URL) -> list[str]:
+    """The passwords ``url`` holds: its own, and those of query parameters named like one."""
+    found = [str(url.password)] if url.password else []
+    for name, value in url.query.items():
+        if is_password_name(name):
+            found += [value] if isinstance(value, str) else list(value)
+    return [password for password in found if password]
+
+
+def option_passwords(options: Mapping[str, Any]) -> list[str]:
+    """The passwords in a bind's engine ``options``: the string values named like a password,
+    of the options themselves and of their ``connect_args``."""
+    connect_args = options.get("connect_args")
+    entries = list(options.items())
+    if isinstance(connect_args, Mapping):
+        entries += connect_args.items()
+    return [value for name, value in entries if is_password_name(name) and isinstance(value, str)]
+
+
+def hide_option_passwords(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` (a bind's engine options) to be shown: every value named like a password,
+    of the options and of their ``connect_args``, replaced by ``'***'``."""
+    shown = {name: "***" if is_password_name(name) else value for name, value in options.items()}
+    connect_args = options.get("connect_args")
+    if isinstance(connect_args, Mapping):
+        shown["connect_args"] = hide_option_passwords(connect_args)
+    return shown
 
 
 def hide_url_passwords(text: str) -> str:
-    """``text`` with the password of every URL written in it (``scheme://user:password@host``)
-    masked: for text that may hold URLs asyncbind was never given, such as the source lines of a
-    traceback through the app's own module."""
-    return _URL_PASSWORD.sub(r"\1***\2", text)
+    """``text`` with every password written in it by structure masked, whoever's it is: the
+    password of every URL (``scheme://user:password@host``), and every setting named like a
+    password (``password=...``, ``?sslpassword=...``, ``'password': '...'``). For text that may
+    hold passwords asyncbind was never given, such as the source lines of a traceback through the
+    app's own module."""
+    text = _URL_PASSWORD.sub(r"\1***\2", text)
+    text = _PASSWORD_SETTING.sub(r"\1***", text)
+    return _PASSWORD_ENTRY.sub(r"\1'***'", text)
+
+
+def hide_passwords(text: str, urls: Iterable[sa.URL], passwords: Iterable[str] = ()) -> str:
+    """``text`` (an error message, a traceback) with the passwords of ``urls`` (``user:password@``
+    and ``?password=``) and the other ``passwords`` given (those of a bind's ``connect_args``)
+    masked wherever a driver may have repeated them."""
+    known = {found for url in urls for found in url_passwords(url)}
+    known.update(password for password in passwords if password)
+    for password in sorted(known, key=len, reverse=True):  # a password may hold a shorter one
+        text = text.replace(password, "***")
+    return text
 
 
 def _parse(value: object, key: Hashable | None) -> sa.URL:
@@ -88,7 +153,8 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
 
     A URL with no driver gets the default async one (see :data:`ASYNC_DRIVERS`). A URL that names
     a driver keeps it when SQLAlchemy knows an async dialect for it; a sync-only driver or an
-    unknown backend raises :class:`ConfigError` naming the bind and the URL to use instead.
+    unknown backend raises :class:`ConfigError` naming the bind and the URL to use instead. A
+    password given as ``?password=`` becomes the URL's password.
     """
     url = _parse(value, key)
     if url.port is not None and not 0 < url.port < 65536:
@@ -105,7 +171,7 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
                 "picks the async driver), or name one as 'dialect+driver://' "
                 "(for example 'mssql+aioodbc://...')."
             )
-        return url.set(drivername=ASYNC_DRIVERS[backend])
+        return _password_from_query(url.set(drivername=ASYNC_DRIVERS[backend]))
     if backend == "postgres":
         url = url.set(drivername=f"postgresql+{driver}")
     try:
@@ -128,7 +194,22 @@ def normalize_url(value: object, key: Hashable | None) -> sa.URL:
             "asyncbind needs an async driver (asyncpg, psycopg, aiomysql, asyncmy, aiosqlite). "
             + fix
         )
-    return url
+    return _password_from_query(url)
+
+
+#: The drivers whose connect function takes a ``password`` query parameter as SQLAlchemy passes
+#: the URL's own password: as its ``password`` keyword argument.
+_QUERY_PASSWORD_DRIVERS = frozenset({"asyncpg", "psycopg", "aiomysql", "asyncmy"})
+
+
+def _password_from_query(url: sa.URL) -> sa.URL:
+    """``url`` with a ``?password=`` query parameter made its password, which SQLAlchemy's own
+    reprs (``repr(engine)``) hide too. The driver receives it as before; like the parameter, it
+    wins over a password in ``user:password@``."""
+    password = url.query.get("password")
+    if not isinstance(password, str) or url.get_driver_name() not in _QUERY_PASSWORD_DRIVERS:
+        return url
+    return url.set(password=password).difference_update_query(["password"])
 
 
 def is_memory_sqlite(url: sa.URL) -> bool:

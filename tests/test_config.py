@@ -335,6 +335,33 @@ def test_repr_hides_passwords() -> None:
     assert "postgresql+asyncpg://u:***@h/db" in text
 
 
+def test_repr_hides_passwords_in_the_query_and_in_connect_args() -> None:
+    db = AsyncBind(
+        "postgresql://u@h/db?password=topsecret1",
+        binds={
+            "m": {
+                "url": "mysql://r@h/db?ssl_password=topsecret2",
+                "connect_args": {"password": "topsecret3", "connect_timeout": 3},
+                "replicas": ["mysql://r:topsecret4@h2/db"],
+            }
+        },
+    )
+    text = repr(db) + repr(db.session) + repr(list(db.bind_configs.values()))
+    text += repr(list(db.engines.values())) + "".join(map(str, db.bind_configs.values()))
+    assert "topsecret" not in text
+    assert "connect_args={'password': '***', 'connect_timeout': 3}" in text
+    assert "ssl_password=***" in text
+    assert db.bind_configs[None].passwords == ["topsecret1"]
+    assert sorted(db.bind_configs["m"].passwords) == [f"topsecret{n}" for n in (2, 3, 4)]
+
+
+def test_connect_args_that_are_not_a_mapping_are_refused_without_showing_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        AsyncBind({"url": "sqlite://", "connect_args": [("password", "topsecret")]})
+    assert "'connect_args'" in str(info.value) and "is list; expected Mapping" in str(info.value)
+    assert "topsecret" not in str(info.value)
+
+
 def test_a_missing_driver_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

@@ -222,6 +222,11 @@ def _as_string(url: sa.URL) -> str:
 ECHO = {"echo": True, "echo_pool": "debug"}
 
 
+def _in_query(url: sa.URL) -> sa.URL:
+    """``url`` with its password moved to a ``?password=`` query parameter."""
+    return url.set(password=None).update_query_dict({"password": url.password or ""})
+
+
 def _configure(form: str, urls: dict[str, sa.URL]) -> AsyncBind:
     """An AsyncBind over ``urls`` configured the way ``form`` names."""
     pg, maria = urls["pg"], urls["maria"]
@@ -241,6 +246,23 @@ def _configure(form: str, urls: dict[str, sa.URL]) -> AsyncBind:
                 "SQLALCHEMY_BINDS": {"maria": _as_string(maria)},
                 "SQLALCHEMY_ENGINE_OPTIONS": ECHO,
             }
+        )
+    if form == "query-string":  # ?password=..., which the drivers read as the password
+        return AsyncBind(
+            _as_string(_in_query(pg)),
+            binds={"maria": _as_string(_in_query(maria))},
+            engine_options=ECHO,
+        )
+    if form == "connect-args":
+        return AsyncBind(
+            {"url": pg.set(password=None), "connect_args": {"password": pg.password}, **ECHO},
+            binds={
+                "maria": {
+                    "url": _as_string(maria.set(password=None)),
+                    "connect_args": {"password": maria.password},
+                    **ECHO,
+                }
+            },
         )
     if form == "environment":
         return AsyncBind.from_env(
@@ -275,7 +297,16 @@ def assert_objects_clean(db: AsyncBind) -> None:
 
 
 @pytest.mark.parametrize(
-    "form", ["strings", "url-objects", "bind-dicts", "flask-config", "environment"]
+    "form",
+    [
+        "strings",
+        "url-objects",
+        "bind-dicts",
+        "query-string",
+        "connect-args",
+        "flask-config",
+        "environment",
+    ],
 )
 async def test_working_binds_never_show_the_password(
     form: str, users: dict[str, User], capture: Callable[[], int]
@@ -388,6 +419,10 @@ def _config_errors(users: dict[str, User]) -> list[tuple[str, Callable[[], Any]]
             lambda: AsyncBind(_as_string(users["maria"].url().set(drivername="mysql+pymysql"))),
         ),
         ("sync-driver-url", lambda: AsyncBind(pg.set(drivername="postgresql+psycopg2"))),
+        (
+            "sync-driver-query-password",
+            lambda: AsyncBind(_as_string(_in_query(pg).set(drivername="postgresql+psycopg2"))),
+        ),
         ("unknown-dialect", lambda: AsyncBind(text_with(drivername="nosuchdb"))),
         ("unknown-driver", lambda: AsyncBind(text_with(drivername="postgresql+nosuchdriver"))),
         ("bad-port", lambda: AsyncBind(pg_text.replace(f":{pg.port}/", ":port/"))),
@@ -395,6 +430,10 @@ def _config_errors(users: dict[str, User]) -> list[tuple[str, Callable[[], Any]]
         ("bad-option-type", lambda: AsyncBind({"url": pg_text, "pool_size": "big"})),
         ("unknown-option", lambda: AsyncBind({"url": pg_text, "no_such_option": 1})),
         ("bad-timeout", lambda: AsyncBind({"url": pg_text, "connect_timeout": -1})),
+        (
+            "connect-args-not-a-mapping",
+            lambda: AsyncBind({"url": pg_text, "connect_args": [("password", PASSWORD)]}),
+        ),
         ("url-in-engine-options", lambda: AsyncBind(pg_text, engine_options={"url": pg_text})),
         ("bind-without-url", lambda: AsyncBind(binds={"x": {"uri": pg_text}})),
         ("default-twice", lambda: AsyncBind(pg_text, binds={None: pg_text})),
@@ -449,6 +488,7 @@ CONFIG_ERRORS = [
     "sync-driver",
     "sync-driver-mysql",
     "sync-driver-url",
+    "sync-driver-query-password",
     "unknown-dialect",
     "unknown-driver",
     "bad-port",
@@ -456,6 +496,7 @@ CONFIG_ERRORS = [
     "bad-option-type",
     "unknown-option",
     "bad-timeout",
+    "connect-args-not-a-mapping",
     "url-in-engine-options",
     "bind-without-url",
     "default-twice",

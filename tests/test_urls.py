@@ -6,7 +6,16 @@ import pytest
 import sqlalchemy as sa
 
 from asyncbind import ConfigError
-from asyncbind.urls import hide_url_passwords, is_memory_sqlite, normalize_url, render_url
+from asyncbind.urls import (
+    hide_option_passwords,
+    hide_passwords,
+    hide_url_passwords,
+    is_memory_sqlite,
+    normalize_url,
+    option_passwords,
+    render_url,
+    url_passwords,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +55,8 @@ def test_sqlalchemy_url_objects_are_accepted() -> None:
         ("mysql+mysqldb://u:pw@h/db", "mysqldb", "mysql+aiomysql://u:***@h/db"),
         ("mariadb+pymysql://u:pw@h/db", "pymysql", "mariadb+aiomysql://u:***@h/db"),
         ("sqlite+pysqlite:///x.db", "pysqlite", "sqlite+aiosqlite:///x.db"),
+        ("postgresql+psycopg2://u@h/db?password=pw", "psycopg2", "u@h/db?password=***"),
+        ("mysql+pymysql://u@h/db?passwd=pw", "pymysql", "mysql+aiomysql://u@h/db?passwd=***"),
     ],
 )
 def test_sync_driver_is_refused_with_the_async_url(given: str, driver: str, instead: str) -> None:
@@ -89,6 +100,45 @@ def test_render_hides_the_password() -> None:
     assert render_url(url) == "postgresql+asyncpg://u:***@h/d"
 
 
+@pytest.mark.parametrize("name", ["password", "PASSWORD", "Passwd", "pwd", "sslpassword"])
+def test_render_hides_query_parameters_named_like_a_password(name: str) -> None:
+    url = sa.make_url(f"mssql+aioodbc://u@h/d?a=1&{name}=s%40cret&z=2")
+    shown = render_url(url)
+    assert shown.startswith("mssql+aioodbc://u@h/d?")
+    assert sorted(shown.partition("?")[2].split("&")) == sorted(["a=1", f"{name}=***", "z=2"])
+    assert url_passwords(url) == ["s@cret"]
+
+
+def test_render_hides_a_password_inside_an_odbc_connection_string() -> None:
+    url = sa.make_url("mssql+aioodbc:///?odbc_connect=DSN%3Dx%3BPWD%3Ds3cret%3BUID%3Du")
+    assert "s3cret" not in render_url(url)
+    assert render_url(url).startswith("mssql+aioodbc:///?odbc_connect=DSN%3Dx%3BPWD%3D***")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "postgresql://u@h/db?password=s3cret&sslmode=disable",
+        "postgresql+psycopg://u:other@h/db?password=s3cret&sslmode=disable",
+        "mysql+asyncmy://u@h/db?sslmode=disable&password=s3cret",
+    ],
+)
+def test_a_password_in_the_query_becomes_the_urls_password(given: str) -> None:
+    """The drivers read ``?password=`` as the URL's password (the parameter wins over the
+    other, as in SQLAlchemy's connect arguments); as the URL's password, SQLAlchemy's own reprs
+    hide it too."""
+    url = normalize_url(given, "k")
+    assert url.password == "s3cret"
+    assert dict(url.query) == {"sslmode": "disable"}
+    assert "s3cret" not in repr(url) and "s3cret" not in repr(sa.create_mock_engine(url, None))
+
+
+def test_a_password_in_the_query_of_another_driver_stays_there_hidden() -> None:
+    url = normalize_url("mssql+aioodbc://u@h/db?password=s3cret", "k")
+    assert url.password is None and url.query["password"] == "s3cret"
+    assert render_url(url) == "mssql+aioodbc://u@h/db?password=***"
+
+
 @pytest.mark.parametrize(
     ("url", "memory"),
     [
@@ -121,3 +171,40 @@ def test_in_memory_sqlite_is_recognised(url: str, memory: bool) -> None:
 )
 def test_passwords_of_urls_written_in_text_are_hidden(text: str, expected: str) -> None:
     assert hide_url_passwords(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dsn 'host=h password=s3cret dbname=d'", "dsn 'host=h password=*** dbname=d'"),
+        ("connect(user='u', password='s 3')", "connect(user='u', password=***)"),
+        ("{'user': 'u', 'password': 'it\\'s'}", "{'user': 'u', 'password': '***'}"),
+        ('{"sslpassword": "k3y", "port": 1}', '{"sslpassword": \'***\', "port": 1}'),
+        ("DRIVER=x;PWD=s3cret", "DRIVER=x;PWD=***"),
+        # Not a password: the words, MySQL's message, an empty setting.
+        ("Access denied for user 'u'@'h' (using password: YES)", None),
+        ("check the user name and password; 'password' in connect_args", None),
+        ("password= and password=''", "password= and password=***"),
+    ],
+)
+def test_passwords_set_in_text_are_hidden(text: str, expected: str | None) -> None:
+    assert hide_url_passwords(text) == (text if expected is None else expected)
+
+
+def test_passwords_given_apart_from_urls_are_hidden_too() -> None:
+    assert hide_passwords("login 'k3y' as Connect-Secret-1", [], ["k3y", "Connect-Secret-1"]) == (
+        "login '***' as ***"
+    )
+
+
+def test_option_passwords_are_found_and_hidden() -> None:
+    options = {
+        "pool_size": 3,
+        "connect_args": {"password": "s3cret", "SSLPassword": "k3y", "user": "u", "pw": 1},
+    }
+    assert option_passwords(options) == ["s3cret", "k3y"]
+    assert hide_option_passwords(options) == {
+        "pool_size": 3,
+        "connect_args": {"password": "***", "SSLPassword": "***", "user": "u", "pw": 1},
+    }
+    assert options["connect_args"]["password"] == "s3cret"  # the options themselves unchanged
