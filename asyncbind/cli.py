@@ -51,10 +51,11 @@ class CommandError(Exception):
 
 def _hide(text: str, db: AsyncBind) -> str:
     """``text`` with every bind's passwords masked (in its URL or its connect_args), wherever a
-    driver may have put them, and the password of any other URL written in it."""
+    driver may have put them, and the password of any other URL written in it; by the rules of
+    :func:`asyncbind.urls.hide_passwords`."""
     urls = [engine.url for engine in db.engines.values()]
     passwords = [found for config in db.bind_configs.values() for found in config.passwords]
-    return hide_url_passwords(hide_passwords(text, urls, passwords))
+    return hide_passwords(text, urls, passwords)
 
 
 def _print_error(message: str, exc: BaseException | None = None) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from . import cancellation, causes, closing, internals
 from .config import BindKey
 from .exceptions import BindUnavailableError, ConfigError, bind_name
-from .urls import is_password_name
+from .urls import is_password_name, shows_password
 
 __all__ = ["check_connect_args", "connect_parameters", "connector", "mentions"]
 
@@ -172,12 +172,15 @@ def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[...,
 
 
 def mentions(exc: BaseException, secret: str) -> bool:
-    """Whether ``exc`` or anything in its chain repeats ``secret``."""
+    """Whether ``exc`` or anything in its chain shows ``secret``, the password, where
+    :func:`asyncbind.urls.hide_passwords` would mask it: a one-character password is not
+    "mentioned" by every error that has a digit in it."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if secret in str(current) or secret in repr(current) or secret in repr(current.args):
+        texts = (str(current), repr(current), repr(current.args))
+        if any(shows_password(text, secret) for text in texts):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -1,9 +1,9 @@
 """Database URLs: parsing, normalisation to an async driver, and safe rendering.
 
-This is the one place where a URL becomes text, and it always hides the password, and where
-passwords are masked in other text. A password may also be given as a query parameter
-(``?password=...``, which asyncpg, psycopg, aiomysql and asyncmy read) or in the
-``connect_args`` engine option: they are hidden the same way.
+This is the one place where a URL becomes text, always with its password hidden, and where
+passwords are masked in other text (see :func:`hide_passwords`). A password may also be given as
+a query parameter (``?password=...``, which asyncpg, psycopg, aiomysql and asyncmy read) or in
+the ``connect_args`` engine option: it is hidden the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .exceptions import ConfigError, bind_name
 
 __all__ = [
     "ASYNC_DRIVERS",
+    "MIN_BARE_PASSWORD",
     "hide_option_passwords",
     "hide_passwords",
     "hide_url_passwords",
@@ -28,6 +29,7 @@ __all__ = [
     "normalize_url",
     "option_passwords",
     "render_url",
+    "shows_password",
     "sqlite_file_under",
     "url_passwords",
 ]
@@ -46,6 +48,10 @@ ASYNC_DRIVERS: dict[str, str] = {
 #: ``passwd`` (MySQLdb's and PyMySQL's old name), ``pwd`` (ODBC), ``sslpassword`` (the client
 #: key's, asyncpg and libpq), and names holding one of these.
 _PASSWORD_NAME = r"[\w.-]*(?:passw(?:or)?d|pwd)[\w.-]*"
+
+#: A known password shorter than this is masked only where the text shows it as a password (see
+#: :func:`hide_passwords`).
+MIN_BARE_PASSWORD = 8
 
 #: A URL's password written out in text: ``scheme://user:PASSWORD@``.
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s@'\"]+(@)")
@@ -103,25 +109,58 @@ def hide_option_passwords(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hide_url_passwords(text: str) -> str:
-    """``text`` with every password written in it by structure masked, whoever's it is: the
-    password of every URL (``scheme://user:password@host``), and every setting named like a
-    password (``password=...``, ``?sslpassword=...``, ``'password': '...'``). For text that may
-    hold passwords asyncbind was never given, such as the source lines of a traceback through the
-    app's own module."""
+    """``text`` with every password that its structure shows masked, whoever it belongs to: the
+    password of every URL (``scheme://user:password@host``), and the value of every setting named
+    like a password (``password=...``, ``?sslpassword=...``, ``'password': '...'``). For text that
+    may hold passwords asyncbind was never given, such as the source lines of a traceback through
+    the app's own module."""
     text = _URL_PASSWORD.sub(r"\1***\2", text)
     text = _PASSWORD_SETTING.sub(r"\1***", text)
     return _PASSWORD_ENTRY.sub(r"\1'***'", text)
 
 
 def hide_passwords(text: str, urls: Iterable[sa.URL], passwords: Iterable[str] = ()) -> str:
-    """``text`` (an error message, a traceback) with the passwords of ``urls`` (``user:password@``
-    and ``?password=``) and the other ``passwords`` given (those of a bind's ``connect_args``)
-    masked wherever a driver may have repeated them."""
+    """``text`` (an error message, a traceback) with the passwords of ``urls``, and the other
+    ``passwords`` given (those of a bind's ``connect_args``), masked wherever a driver may have
+    repeated them.
+
+    Masking follows two rules, so that no password shows and ordinary text stays as it was:
+
+    - Where the text shows a password as one, of any length: in every URL, every setting named
+      like a password (:func:`hide_url_passwords`), and each known password that stands as a
+      quoted string (``'pw'``, ``"pw"``).
+    - Anywhere else, a known password of :data:`MIN_BARE_PASSWORD` characters or more, where it
+      is not part of a longer word. A shorter one (``1``, ``root``, ``1234``) is also ordinary
+      text (a digit of a timing, a port, a user name), and masking it wherever it occurs would
+      garble the output (``ok in ***5.2 ms``); it is masked where the text marks it as a
+      password.
+
+    A connection error that shows a password by these rules is not shown at all (see
+    :mod:`asyncbind.connector`).
+    """
+    text = hide_url_passwords(text)
     known = {found for url in urls for found in url_passwords(url)}
     known.update(password for password in passwords if password)
     for password in sorted(known, key=len, reverse=True):  # a password may hold a shorter one
-        text = text.replace(password, "***")
+        for quote in ("'", '"'):
+            text = text.replace(f"{quote}{password}{quote}", f"{quote}***{quote}")
+        text = text.replace(repr(password), "'***'")
+        if len(password) >= MIN_BARE_PASSWORD:
+            text = _as_word(password).sub("***", text)
     return text
+
+
+def shows_password(text: str, password: str) -> bool:
+    """Whether ``text`` shows ``password``: whether :func:`hide_passwords` would change it."""
+    return hide_passwords(text, (), [password]) != text
+
+
+def _as_word(password: str) -> re.Pattern[str]:
+    """``password`` where it is not part of a longer word: ``'secret12'`` is found in
+    ``secret12@`` but not in ``secret123``."""
+    start = r"(?<!\w)" if re.match(r"\w", password) else ""
+    end = r"(?!\w)" if re.search(r"\w\Z", password) else ""
+    return re.compile(start + re.escape(password) + end)
 
 
 def _parse(value: object, key: Hashable | None) -> sa.URL:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -291,6 +292,40 @@ async def test_show_hides_passwords_and_lists_tables(
     assert "models     orders" in blocks["the default bind"]
     assert "database   none" in blocks["the default bind"]  # nothing created there yet
     assert "database   unreachable: BindUnavailableError" in blocks["bind 'down'"]
+
+
+@pytest.mark.sqlite
+@pytest.mark.postgresql
+async def test_a_one_character_password_never_shows_and_the_output_stays_intact(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    """The password '1', in a URL, as ``?password=1`` and in connect_args: check and show print
+    no URL with it, and the digits of their output (timings, addresses, ports) are intact."""
+    main, pg = await new_database("sqlite"), await new_database("postgresql")
+    port = closed_port()
+    binds = {
+        "users": sa.make_url(pg).set(password="1").render_as_string(hide_password=False),
+        "query": f"{pg}?password=1",
+        "args": {"url": pg, "connect_args": {"password": "1"}},
+        "down": f"postgresql://app:1@127.0.0.1:{port}/nowhere",
+    }
+    write_module(tmp_path, "config", MODELS.format(main=main, binds=binds))
+    check = await cli(tmp_path, "--app", "config", "check", "--timeout", "30")
+    show = await cli(tmp_path, "--app", "config", "show", "--timeout", "30")
+    assert check.status == 1 and show.status == 0, check.err + show.err
+    for run in (check, show):
+        text = run.out + run.err
+        assert not re.search(r":1@|password=1(?![\w%])", text), text
+        assert f"'127.0.0.1', {port})" in text  # the refused address, as the driver gave it
+    up = [line for line in check.lines if not line.startswith("bind 'down': FAILED: ")]
+    assert len(up) == 4 and len(check.lines) == 5, check.out
+    for line in up:
+        assert re.fullmatch(r"(the default bind|bind '\w+'): ok in \d+\.\d ms", line), line
+    urls = [line.split()[1] for line in show.lines if line.startswith("  url ")]
+    assert urls[1:4] == [f"postgresql+asyncpg://postgres:***@{pg.split('@')[1]}"] * 2 + [
+        f"postgresql+asyncpg://{pg.split('://')[1]}"
+    ]
+    assert urls[4] == f"postgresql+asyncpg://app:***@127.0.0.1:{port}/nowhere"
 
 
 # -- create-all and drop-all ------------------------------------------------------------------

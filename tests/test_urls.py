@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from asyncbind import ConfigError
 from asyncbind.urls import (
+    MIN_BARE_PASSWORD,
     hide_option_passwords,
     hide_passwords,
     hide_url_passwords,
@@ -189,6 +190,31 @@ def test_passwords_of_urls_written_in_text_are_hidden(text: str, expected: str) 
 )
 def test_passwords_set_in_text_are_hidden(text: str, expected: str | None) -> None:
     assert hide_url_passwords(text) == (text if expected is None else expected)
+
+
+def test_a_short_password_is_hidden_where_the_text_shows_it_as_one() -> None:
+    """A one-character password is masked in URLs, settings and as a quoted string, and nowhere
+    else: the digits of timings, ports and addresses stay as they are."""
+    urls = [sa.make_url("postgresql://u:1@127.0.0.1:5431/d"), sa.make_url("mysql://u@h/d?pwd=2")]
+    text = (
+        "bind 'a': ok in 1.2 ms; bind 'b': ok in 21.5 ms; "
+        "postgresql://u:1@127.0.0.1:5431/d mysql://u@h/d?pwd=2 password='1' got '2'"
+    )
+    assert hide_passwords(text, urls) == (
+        "bind 'a': ok in 1.2 ms; bind 'b': ok in 21.5 ms; "
+        "postgresql://u:***@127.0.0.1:5431/d mysql://u@h/d?pwd=*** password=*** got '***'"
+    )
+
+
+def test_a_long_password_is_hidden_anywhere_as_a_word_of_its_own() -> None:
+    secret = "Secret99"
+    assert len(secret) == MIN_BARE_PASSWORD
+    url = sa.make_url(f"postgresql://u:{secret}@h/d")
+    text = f"auth {secret} failed; {secret}, ({secret}) but {secret}x and x{secret} are words"
+    assert hide_passwords(text, [url]) == (
+        "auth *** failed; ***, (***) but Secret99x and xSecret99 are words"
+    )
+    assert hide_passwords(f"got #{secret}#!", [], ["#" + secret + "#"]) == "got ***!"
 
 
 def test_passwords_given_apart_from_urls_are_hidden_too() -> None:
