@@ -171,10 +171,11 @@ async def load_rows(
     batch_size: int = BATCH_SIZE,
     on_progress: ProgressCallback | None = None,
 ) -> CopyResult:
-    """Write ``rows`` (sequences in the order of ``columns``, or mappings by column name) into
-    ``table`` on ``target``, ``batch_size`` rows per statement and transaction.
+    """Write ``rows`` (sequences in the order of ``columns``, or mappings by the names in
+    ``columns``) into ``table`` on ``target``, ``batch_size`` rows per statement and transaction.
 
-    ``columns`` defaults to all of the table's columns. With an engine every batch is committed as
+    ``columns`` names the table's columns by their names in the database (or by their keys in
+    ``table.c``), and defaults to all of them. With an engine every batch is committed as
     it lands; with a connection every batch is a SAVEPOINT in the connection's transaction, which
     the caller commits. On failure the failed batch is rolled back and
     :class:`~asyncbind.exceptions.BulkCopyError` reports ``rows_copied``. A ``target`` of a
@@ -185,10 +186,10 @@ async def load_rows(
     _check_progress(on_progress)
     table = _as_table(table, "table")
     _refuse_read_only(target, table, "a bulk load")
-    names = list(columns) if columns is not None else [c.name for c in table.columns]
-    _check_columns(table, names)
+    given = [c.name for c in table.columns] if columns is None else columns
+    names = _column_names(table, given)
     tally = _Tally(on_progress)
-    async with contextlib.aclosing(_batched(rows, names, batch_size)) as batches:
+    async with contextlib.aclosing(_batched(rows, given, batch_size)) as batches:
         await _write_batches(target, table, names, batches, tally=tally)
     return tally.result()
 
@@ -502,32 +503,33 @@ def _plan(
     """The SELECT to stream, the target column names its rows fill (in order), and those of them
     that are read as JSON text."""
     if isinstance(source, sa.Select):
-        names = [str(key) for key in source.selected_columns.keys()]
-        _check_columns(target, names, "the select()'s column names")
-        if columns is not None and list(columns) != names:
+        keys = [str(key) for key in source.selected_columns.keys()]
+        names = _column_names(target, keys, "the select()'s column names")
+        if columns is not None and _column_names(target, columns) != names:
             raise ConfigError(
                 "columns= cannot reorder a select(); label the select()'s columns with the "
-                f"target's names instead (the select() gives {names})."
+                f"target's names instead (the select() gives {keys})."
             )
         return _json_as_text(source, names)
     table = _as_table(source, "source")
+    # Matched by the names in the databases; table.c is keyed by each column's key.
+    source_columns = {c.name: c for c in table.columns}
     if columns is not None:
-        names = list(columns)
-        _check_columns(target, names)
-        missing = [n for n in names if n not in table.c]
+        names = _column_names(target, columns)
+        missing = [n for n in names if n not in source_columns]
         if missing:
             raise ConfigError(
                 f"Source table {table.fullname!r} has no column(s) {missing}; "
-                f"it has {[c.name for c in table.columns]}."
+                f"it has {list(source_columns)}."
             )
     else:
-        names = [c.name for c in target.columns if c.name in table.c]
+        names = [c.name for c in target.columns if c.name in source_columns]
         if not names:
             raise ConfigError(
                 f"Tables {table.fullname!r} and {target.fullname!r} have no column name in "
                 "common. Pass a select() whose columns are labelled with the target's names."
             )
-    return _json_as_text(sa.select(*(table.c[n] for n in names)), names)
+    return _json_as_text(sa.select(*(source_columns[n] for n in names)), names)
 
 
 def _json_as_text(
@@ -550,14 +552,32 @@ def _json_as_text(
     return select.with_only_columns(*columns, maintain_column_froms=True), names, raw
 
 
-def _check_columns(table: sa.Table, names: Sequence[str], what: str = "columns=") -> None:
-    unknown = [n for n in names if n not in table.c]
+def _column_names(table: sa.Table, given: Sequence[str], what: str = "columns=") -> list[str]:
+    """The names in the database of the columns of ``table`` that ``given`` names, each by its
+    name or else by its key in ``table.c``."""
+    if isinstance(given, str):
+        raise ConfigError(
+            f"{what} is the string {given!r}; pass a list of column names, "
+            f"for example columns=[{given!r}]."
+        )
+    by_name = {c.name: c.name for c in table.columns}
+    by_key = {key: c.name for key, c in table.c.items()}
+    names: list[str] = []
+    unknown: list[str] = []
+    for n in given:
+        name = by_name.get(n, by_key.get(n))
+        if name is None:
+            unknown.append(n)
+        else:
+            names.append(name)
     if unknown or not names or len(set(names)) != len(names):
         problem = f"unknown column(s) {unknown}" if unknown else "no column or a repeated one"
+        keys = f" (keys {list(by_key)})" if list(by_key) != list(by_name) else ""
         raise ConfigError(
-            f"Target table {table.fullname!r}: {what} has {problem} ({list(names)}); "
-            f"the table has {[c.name for c in table.columns]}."
+            f"Target table {table.fullname!r}: {what} has {problem} ({list(given)}); "
+            f"the table has {list(by_name)}{keys}."
         )
+    return names
 
 
 def _bind_key_of_source(source: Any) -> BindKey:

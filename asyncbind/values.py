@@ -51,7 +51,8 @@ _SIZES = re.compile(r"\((\d+)(?:,\s*(\d+))?\)")
 def rows_converter(
     table: sa.Table, names: Sequence[str], dialect: sa.Dialect, raw_json: Collection[str] = ()
 ) -> Callable[[Sequence[Sequence[Any]]], Sequence[Sequence[Any]]]:
-    """Make a batch of rows driver-ready: each row's values converted, in ``names`` order.
+    """Make a batch of rows driver-ready: each row's values converted, in ``names`` order
+    (the columns' names in the database).
 
     A batch whose values need no change comes back as it is (the same rows, not tuples). Each
     column is first tested as a whole, at C speed, for whether any value would change or be
@@ -61,10 +62,11 @@ def rows_converter(
     stays NULL and JSON ``null`` stays ``null``.
     """
     width = len(names)
+    columns = {c.name: c for c in table.columns}  # table.c is keyed by key, not name
     todo = [
         (i, *plan)
         for i, name in enumerate(names)
-        if (plan := _plan(table.c[name], dialect, name in raw_json)) is not None
+        if (plan := _plan(columns[name], dialect, name in raw_json)) is not None
     ]
 
     def convert(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:

@@ -335,6 +335,80 @@ async def test_copy_between_engines_with_explicit_columns(
     assert all(r[2:] == (None,) * 8 for r in fetched)
 
 
+async def test_columns_are_matched_by_their_names_in_the_database(
+    backend: str, same_backend_db: AsyncBind
+) -> None:
+    """A column whose key in ``table.c`` is not its name is copied by its name; columns= takes
+    names and keys."""
+    db = same_backend_db
+
+    def people(bind_key: str, column_key: str | None = None) -> sa.Table:
+        return db.Table(
+            "people",
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("full name", sa.String(50), key=column_key),
+            bind_key=bind_key,
+        )
+
+    source = people("source", "full_name")
+    target = people("target", "full_name")
+    await db.create_all()
+    await load_rows(db.get_engine("source"), source, [(1, "Ada Lovelace"), (2, "Alan Turing")])
+    want = [(1, "Ada Lovelace"), (2, "Alan Turing")]
+
+    async def copied(source: Any, target: sa.Table, **options: Any) -> list[tuple[Any, ...]]:
+        await db.copy(source, target, **options)
+        rows = await fetch(db, target, "target")
+        async with db.get_engine("target").begin() as conn:
+            await conn.execute(target.delete())
+        return rows
+
+    assert await copied(source, target) == want
+    assert await copied(source, target, columns=["id", "full name"]) == want
+    assert await copied(source, target, columns=["id", "full_name"]) == want
+    assert await copied(sa.select(source), target) == want
+    # The same table with the name as its key, as reflection makes it.
+    db.metadatas["target"].clear()
+    assert await copied(source, people("target")) == want
+    await load_rows(db.get_engine("target"), target, [{"id": 3, "full name": "Grace Hopper"}])
+    await load_rows(
+        db.get_engine("target"),
+        target,
+        [{"id": 4, "full_name": "Edsger Dijkstra"}],
+        columns=["id", "full_name"],
+    )
+    assert await fetch(db, target, "target") == [(3, "Grace Hopper"), (4, "Edsger Dijkstra")]
+
+
+async def test_column_errors_name_what_the_table_has(make_db: Callable[..., AsyncBind]) -> None:
+    db = make_db("sqlite://", binds={"other": "sqlite://"})
+    source = db.Table(
+        "a",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("full name", sa.String(50), key="full_name"),
+    )
+    target = db.Table(
+        "b",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("full name", sa.String(50), key="full_name"),
+        bind_key="other",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        await db.copy(source, target, columns=["id", "fullname"])
+    message = str(caught.value)
+    assert "unknown column(s) ['fullname']" in message
+    assert "the table has ['id', 'full name'] (keys ['id', 'full_name'])" in message
+    # A string is a sequence of one-letter names: refused, not read as ['i', 'd'].
+    for bad in (
+        lambda: db.copy(source, target, columns="id"),
+        lambda: load_rows(db.get_engine("other"), target, [(1,)], columns="id"),
+    ):
+        with pytest.raises(ConfigError, match="columns= is the string 'id'; pass a list") as caught:
+            await bad()
+        assert "columns=['id']" in str(caught.value)
+
+
 async def test_stream_rows_in_batches_and_stop_early(
     backend: str, same_backend_db: AsyncBind
 ) -> None:
