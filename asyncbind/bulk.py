@@ -744,10 +744,9 @@ def _insert_sql(conn: AsyncConnection, table: sa.Table, names: Sequence[str]) ->
     target = preparer.format_table(table, use_schema=False)
     if schema:
         target = f"{preparer.quote_schema(schema)}.{target}"
+    # With the format styles the preparer writes a % in a name as %%, which the driver reads back.
     column_list = ", ".join(preparer.quote(name) for name in names)
     style = dialect.paramstyle
-    if style in ("format", "pyformat"):
-        target, column_list = target.replace("%", "%%"), column_list.replace("%", "%%")
     if style == "qmark":
         marks = ["?"] * len(names)
     elif style in ("format", "pyformat"):

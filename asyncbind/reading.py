@@ -104,7 +104,8 @@ async def _through_the_driver(
         cursor = await cursor
     finished = False
     try:
-        await cursor.execute(sql)
+        # With parameters, as SQLAlchemy runs it: the driver turns the compiler's %% back into %.
+        await cursor.execute(sql, ())
         process = _processing(select, dialect, cursor.description)
         while rows := await cursor.fetchmany(batch_size):
             yield process(rows)

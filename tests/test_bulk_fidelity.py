@@ -538,3 +538,36 @@ async def test_json_text_is_copied_as_the_source_holds_it(
                 .all()
             )
         assert stored == texts, key
+
+
+async def test_names_with_percent_signs(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A % in a table or column name reaches the database as it is, also through MySQL's
+    drivers, which read %% in their SQL as %."""
+    source_backend, target_backend = direction
+    db = make_db(
+        binds={
+            "source": await database(new_database, source_backend),
+            "target": await database(new_database, target_backend),
+        }
+    )
+    tables = [
+        db.Table(
+            "rates %",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("tax_%", sa.Integer),
+            sa.Column("%s", sa.String(10)),
+            bind_key=key,
+        )
+        for key in ("source", "target")
+    ]
+    await db.create_all()
+    rows = [{"id": 1, "tax_%": 20, "%s": "%d %%"}, {"id": 2, "tax_%": None, "%s": None}]
+    await insert_plainly(db, "source", tables[0], rows)
+
+    assert (await db.copy(tables[0], tables[1], parallel=2)).rows == 2
+
+    async with db.get_engine("target").connect() as conn:
+        got = (await conn.execute(sa.select(tables[1]).order_by(tables[1].c.id))).all()
+    assert got == [(1, 20, "%d %%"), (2, None, None)]
