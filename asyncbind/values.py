@@ -134,10 +134,11 @@ def _plan(
         steps.append((_utc_naive, _all_naive))
     impl = column.type.dialect_impl(dialect)
     processor = impl.bind_processor(dialect)
-    if isinstance(impl, sa.Boolean) and dialect.supports_native_boolean:
-        processor = None  # only checks that the value is a bool; the driver checks that as well
     if processor is not None:
-        steps.append((processor, None))
+        # A native BOOLEAN's processor leaves bools as they are: it turns 0 and 1 into bools and
+        # refuses other values.
+        native_bool = isinstance(impl, sa.Boolean) and dialect.supports_native_boolean
+        steps.append((processor, _all_bools if native_bool else None))
     if not steps:
         return None
     tests = tuple(test for _, test in steps if test is not None)
@@ -161,8 +162,13 @@ def _utc_naive(value: Any) -> Any:
 
 _NONE = frozenset((None,))
 _ZERO = frozenset((0,))
+_BOOL = frozenset((bool,))
 _TZINFO = attrgetter("tzinfo")
 _MICROSECOND = attrgetter("microsecond")
+
+
+def _all_bools(values: list[Any]) -> bool:
+    return _BOOL.issuperset(map(type, values))
 
 
 def _all_naive(values: list[Any]) -> bool:

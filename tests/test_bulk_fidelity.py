@@ -571,3 +571,40 @@ async def test_names_with_percent_signs(
     async with db.get_engine("target").connect() as conn:
         got = (await conn.execute(sa.select(tables[1]).order_by(tables[1].c.id))).all()
     assert got == [(1, 20, "%d %%"), (2, None, None)]
+
+
+async def test_integers_into_a_boolean_column(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """0 and 1 (MariaDB's BOOL is a TINYINT, reflected as one) become False and True, as an
+    INSERT through SQLAlchemy makes them; another integer fails, as it does there."""
+    source_backend, target_backend = direction
+    db = make_db(
+        binds={
+            "source": await database(new_database, source_backend),
+            "target": await database(new_database, target_backend),
+        }
+    )
+    tables = [
+        db.Table(
+            "flags",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("active", type_),
+            bind_key=key,
+        )
+        for key, type_ in (("source", sa.SmallInteger), ("target", sa.Boolean))
+    ]
+    await db.create_all()
+    await insert_plainly(
+        db, "source", tables[0], [{"id": 1, "active": 1}, {"id": 2, "active": 0}, {"id": 3}]
+    )
+
+    await db.copy(tables[0], tables[1])
+
+    async with db.get_engine("target").connect() as conn:
+        got = (await conn.execute(sa.select(tables[1]).order_by(tables[1].c.id))).all()
+    assert got == [(1, True), (2, False), (3, None)]
+    assert [type(v) for _, v in got[:2]] == [bool, bool]
+    await insert_plainly(db, "source", tables[0], [{"id": 4, "active": 2}])
+    with pytest.raises(BulkCopyError, match="Value 2 is not None, True, or False"):
+        await db.copy(sa.select(tables[0]).where(tables[0].c.id == 4), tables[1])

@@ -79,3 +79,14 @@ def test_microseconds_a_mysql_datetime_would_drop_are_refused() -> None:
 def test_a_row_of_another_width_is_refused() -> None:
     with pytest.raises(ValueError, match="a row has 3 value"):
         convert(postgresql.asyncpg.dialect(), [(1, None, None, None), (2, None, None)])
+
+
+def test_a_native_boolean_takes_0_and_1_as_an_insert_does() -> None:
+    flags = sa.Table("f", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("on", sa.Boolean))
+    bools = [(1, True), (2, False), (3, None)]
+    to_postgresql = rows_converter(flags, ["id", "on"], postgresql.asyncpg.dialect())
+
+    assert to_postgresql(bools) is bools
+    assert to_postgresql([(1, 1), (2, 0), (3, None)]) == bools
+    with pytest.raises(ValueError, match="Value 2 is not None, True, or False"):
+        to_postgresql([(1, 2)])
