@@ -12,8 +12,9 @@ and the value, where the database would otherwise change it without an error:
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``);
 * NaN into SQLite, which stores it as NULL;
-* microseconds into a datetime or time column that keeps fewer fractional digits (MySQL's
-  ``DATETIME`` and ``TIME`` keep none unless declared with ``fsp``; PostgreSQL's ``TIMESTAMP(p)``).
+* microseconds into a datetime, time or interval column that keeps fewer fractional digits
+  (MySQL's ``DATETIME`` and ``TIME`` keep none unless declared with ``fsp``, and ``sa.Interval``
+  is a ``DATETIME`` there; PostgreSQL's ``TIMESTAMP(p)`` and ``INTERVAL(p)``).
 
 Out-of-range integers, strings longer than the column, unknown enum values, infinities and NaN
 into MySQL are refused by the driver or the server already (MySQL's strict mode is set for the
@@ -33,6 +34,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 __all__ = ["is_json", "rows_converter"]
 
@@ -111,7 +113,9 @@ def is_json(type_: sa.types.TypeEngine[Any]) -> bool:
 
 
 def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
-    while isinstance(type_, sa.types.TypeDecorator):
+    # sa.Interval is a TypeDecorator of DateTime (what it is stored as without a native
+    # INTERVAL); its values are timedeltas all the same.
+    while isinstance(type_, sa.types.TypeDecorator) and not isinstance(type_, sa.Interval):
         type_ = type_.impl_instance
     return type_
 
@@ -165,6 +169,8 @@ _ZERO = frozenset((0,))
 _BOOL = frozenset((bool,))
 _TZINFO = attrgetter("tzinfo")
 _MICROSECOND = attrgetter("microsecond")
+_MICROSECONDS = attrgetter("microseconds")  # a timedelta's
+_INTERVAL = sa.Interval | postgresql.INTERVAL
 
 
 def _all_bools(values: list[Any]) -> bool:
@@ -183,7 +189,7 @@ def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | Non
     """A function that returns a value the column holds exactly and raises ValueError for one
     the database would change, with its column test if it has one; None when the database
     refuses what it cannot hold by itself."""
-    if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time):
+    if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time | _INTERVAL):
         return None
     name = dialect.name
     if name == "sqlite":
@@ -211,7 +217,9 @@ def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | Non
             return None  # NUMERIC without a precision keeps any scale
         return _decimal_places(column.name, ddl, scale or 0)  # MySQL's DECIMAL is (10, 0)
     digits = precision if precision is not None else (6 if name == "postgresql" else 0)
-    return _fractional_seconds(column.name, ddl, digits) if digits < 6 else None
+    if digits >= 6:
+        return None
+    return _fractional_seconds(column.name, ddl, digits, isinstance(base, _INTERVAL))
 
 
 def _refuse(column: str, ddl: str, value: Any, problem: str, fix: str) -> ValueError:
@@ -309,23 +317,38 @@ def _single_precision(column: str, ddl: str) -> Convert:
     return check
 
 
-def _fractional_seconds(column: str, ddl: str, digits: int) -> Step:
+def _fractional_seconds(column: str, ddl: str, digits: int, interval: bool) -> Step:
+    """Refuses a datetime or time (a timedelta for an ``interval`` column) whose microseconds
+    the column would cut to ``digits`` fractional second digits."""
     unit = 10 ** (6 - digits)
+    microseconds = _MICROSECONDS if interval else _MICROSECOND
+    kind = dt.timedelta if interval else dt.datetime | dt.time
 
     def whole(values: list[Any]) -> bool:
         if digits == 0:
-            return _ZERO.issuperset(map(_MICROSECOND, values))
-        return not any(microsecond % unit for microsecond in map(_MICROSECOND, values))
+            return _ZERO.issuperset(map(microseconds, values))
+        return not any(microsecond % unit for microsecond in map(microseconds, values))
+
+    if interval and ddl.startswith("DATETIME"):  # sa.Interval on MySQL
+        fix = (
+            "MySQL and MariaDB keep a sqlalchemy.Interval as a DATETIME without them; store the "
+            "durations another way (microseconds in a BigInteger), or truncate them first."
+        )
+    else:
+        fix = (
+            "Declare it with 6 (mysql.DATETIME(fsp=6), mysql.TIME(fsp=6), "
+            "postgresql.TIMESTAMP(precision=6), an INTERVAL without a precision), or truncate "
+            "the values first."
+        )
 
     def check(value: Any) -> Any:
-        if isinstance(value, dt.datetime | dt.time) and value.microsecond % unit:
+        if isinstance(value, kind) and microseconds(value) % unit:
             raise _refuse(
                 column,
                 ddl,
                 value,
                 f"it keeps {digits} fractional second digit(s) and would drop the rest",
-                "Declare it with 6 (mysql.DATETIME(fsp=6), mysql.TIME(fsp=6), "
-                "postgresql.TIMESTAMP(precision=6)), or truncate the values first.",
+                fix,
             )
         return value
 

@@ -359,6 +359,22 @@ UNREPRESENTABLE = [
         "fractional second",
         "time-micro",
     ),
+    _case(
+        "mysql",
+        sa.Interval,  # a DATETIME there, from 1970-01-01
+        dt.timedelta(days=-1, seconds=5),
+        dt.timedelta(days=-1, microseconds=999_999),
+        "fractional second",
+        "interval-micro",
+    ),
+    _case(
+        "postgresql",
+        sa.Interval(second_precision=0),
+        dt.timedelta(seconds=1),
+        dt.timedelta(seconds=1, microseconds=600_000),
+        "fractional second",
+        "interval0-micro",
+    ),
     _case("postgresql", sa.String(5), "abcde", "abcdef", "too long", "string"),
     _case("mysql", sa.String(5), "abcde", "abcdef", "too long", "string"),
     _case("postgresql", sa.Enum("a", "b", name="ab"), "b", "c", "invalid input value", "enum"),
