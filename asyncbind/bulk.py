@@ -14,9 +14,9 @@ Values are converted the way an ``INSERT`` through SQLAlchemy would convert them
 target column cannot hold exactly fails the batch instead of landing changed (see
 :mod:`asyncbind.values`). NULL stays SQL NULL, also in JSON columns; a copy reads JSON columns as
 their text, so JSON ``null`` stays JSON ``null`` and the text is what the source holds. A
-timezone-aware datetime going into a column that cannot keep the zone (``DateTime()`` anywhere,
-every datetime on MySQL and SQLite) is stored as UTC; a naive datetime going into PostgreSQL
-``timestamptz`` is taken as UTC.
+timezone-aware datetime or time going into a column that cannot keep the zone (``DateTime()`` and
+``Time()`` anywhere, every one on MySQL and SQLite) is stored as UTC; a naive datetime going into
+PostgreSQL ``timestamptz`` is taken as UTC.
 
 Every batch is its own transaction (a SAVEPOINT when loading through a connection that is already in
 a transaction). When a batch fails it is rolled back, the batches before it stay, and

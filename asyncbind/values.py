@@ -2,8 +2,8 @@
 
 Each value is converted the way an ``INSERT`` through SQLAlchemy would convert it: the target
 column type's bind processor for the target dialect (JSON is serialised, SQLite dates become
-text, ...). A timezone-aware datetime going into a column that keeps no zone (``DateTime()``
-anywhere, every datetime on MySQL and SQLite) is stored as UTC.
+text, ...). A timezone-aware datetime or time going into a column that keeps no zone
+(``DateTime()`` and ``Time()`` anywhere, every one on MySQL and SQLite) is stored as UTC.
 
 A value the target column cannot hold exactly is refused with a ValueError that names the column
 and the value, where the database would otherwise change it without an error:
@@ -45,6 +45,7 @@ Test = Callable[[list[Any]], bool]
 Step = tuple[Convert, Test | None]
 
 _UTC = dt.UTC
+_A_DAY = dt.date(2000, 1, 2)  # any day, to move a time of day by its offset
 _MYSQL = ("mysql", "mariadb")
 # NUMERIC(10, 2) -> precision 10, scale 2; FLOAT(24) -> precision 24; DATETIME(6) -> 6.
 _SIZES = re.compile(r"\((\d+)(?:,\s*(\d+))?\)")
@@ -134,7 +135,9 @@ def _plan(
     check = _check(column, base, dialect)
     if check is not None:
         steps.append(check)
-    if isinstance(base, sa.DateTime) and not (dialect.name == "postgresql" and base.timezone):
+    if isinstance(base, sa.DateTime | sa.Time) and not (
+        dialect.name == "postgresql" and base.timezone
+    ):
         steps.append((_utc_naive, _all_naive))
     impl = column.type.dialect_impl(dialect)
     processor = impl.bind_processor(dialect)
@@ -159,8 +162,13 @@ def _plan(
 
 
 def _utc_naive(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(_UTC).replace(tzinfo=None)
+    """A zone-aware datetime or time as the naive one in UTC; anything else as it is."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(_UTC).replace(tzinfo=None)
+    elif isinstance(value, dt.time) and (offset := value.utcoffset()) is not None:
+        # A time of day moves by its offset, round the clock: 01:00+05:30 is 19:30 in UTC.
+        return (dt.datetime.combine(_A_DAY, value.replace(tzinfo=None)) - offset).time()
     return value
 
 

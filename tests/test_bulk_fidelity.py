@@ -467,6 +467,60 @@ async def test_infinities_nan_and_negative_zero(
     )
 
 
+@pytest.mark.postgresql
+@pytest.mark.parametrize("target_backend", TARGETS)
+async def test_zone_aware_times_arrive_in_utc(
+    target_backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A PostgreSQL ``timetz`` into a time column that keeps no zone arrives in UTC, as aware
+    datetimes do, round the clock; into a ``timetz`` it keeps its offset."""
+    db = make_db(
+        binds={
+            "source": await new_database("postgresql"),
+            "target": await new_database(target_backend),
+        }
+    )
+    plain = sa.Time().with_variant(mysql.TIME(fsp=6), "mysql", "mariadb")
+    tables = [
+        db.Table(
+            "clocks",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("t", type_),
+            bind_key=key,
+        )
+        for key, type_ in (("source", sa.Time(timezone=True)), ("target", plain))
+    ]
+    await db.create_all()
+    india = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    given = [
+        dt.time(10, 0, tzinfo=india),
+        dt.time(1, 15, 0, 500_000, tzinfo=india),
+        dt.time(23, 30, tzinfo=dt.timezone(-dt.timedelta(hours=2))),
+        dt.time(12, 0, tzinfo=UTC),
+        None,
+    ]
+    in_utc = [dt.time(4, 30), dt.time(19, 45, 0, 500_000), dt.time(1, 30), dt.time(12, 0), None]
+    await insert_plainly(db, "source", tables[0], [{"id": i, "t": t} for i, t in enumerate(given)])
+
+    await db.copy(tables[0], tables[1])
+
+    async with db.get_engine("target").connect() as conn:
+        got = (await conn.execute(sa.select(tables[1].c.t).order_by(tables[1].c.id))).scalars()
+        assert got.all() == in_utc
+    if target_backend == "postgresql":
+        kept = db.Table(
+            "kept",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("t", sa.Time(timezone=True)),
+        )
+        async with db.get_engine("target").begin() as conn:
+            await conn.run_sync(kept.create)
+        await db.copy(tables[0], kept, target_bind="target")
+        async with db.get_engine("target").connect() as conn:
+            got = (await conn.execute(sa.select(kept.c.t).order_by(kept.c.id))).scalars()
+            assert got.all() == given
+
+
 @pytest.mark.mysql
 async def test_a_lax_mysql_session_still_fails_a_value_instead_of_changing_it(
     new_database: NewDatabase, make_db: Callable[..., AsyncBind]
