@@ -13,7 +13,8 @@ fastest path the target's driver has:
 Values are converted the way an ``INSERT`` through SQLAlchemy would convert them, and a value the
 target column cannot hold exactly fails the batch instead of landing changed (see
 :mod:`asyncbind.values`). NULL stays SQL NULL, also in JSON columns; a copy reads JSON columns as
-their text, so JSON ``null`` stays JSON ``null`` and the text is what the source holds. A
+their text, so JSON ``null`` stays JSON ``null`` and the text is what the source holds; text from
+a text column going into a JSON column is the document itself (MariaDB's JSON is a LONGTEXT). A
 timezone-aware datetime or time going into a column that cannot keep the zone (``DateTime()`` and
 ``Time()`` anywhere, every one on MySQL and SQLite) is stored as UTC; a naive datetime going into
 PostgreSQL ``timestamptz`` is taken as UTC.
@@ -72,7 +73,7 @@ from .exceptions import (
 from .models import bind_key_of
 from .reading import Bind, connection, read_batches
 from .registry import bind_config
-from .values import is_json, rows_converter
+from .values import is_json, is_text, rows_converter
 
 if TYPE_CHECKING:
     from .config import BindKey
@@ -223,7 +224,7 @@ async def copy(
     _check_parallel(parallel, source_engine, target_engine)
     target_table = _as_table(target, "target")
     _refuse_read_only(target_engine, target_table, "a bulk copy")
-    select, names, raw_json = _plan(source, target_table, columns)
+    select, names, raw_json, text_json = _plan(source, target_table, columns)
     key = _split_key(source) if parallel > 1 else None
     plain = not isinstance(source, sa.Select)
     tally = _Tally(on_progress)
@@ -237,6 +238,7 @@ async def copy(
             target_table,
             names,
             raw_json,
+            text_json,
             batch_size,
             tally,
             plain,
@@ -277,6 +279,7 @@ async def _copy_stream(
     target_table: sa.Table,
     names: list[str],
     raw_json: frozenset[str],
+    text_json: frozenset[str],
     batch_size: int,
     tally: _Tally,
     plain: bool,
@@ -316,6 +319,7 @@ async def _copy_stream(
                 names,
                 received,
                 raw_json,
+                text_json,
                 tally=tally,
                 source=_naming(source_engine, "from"),
             )
@@ -499,9 +503,10 @@ def _as_select(source: Any) -> sa.Select[Any]:
 
 def _plan(
     source: Any, target: sa.Table, columns: Sequence[str] | None
-) -> tuple[sa.Select[Any], list[str], frozenset[str]]:
+) -> tuple[sa.Select[Any], list[str], frozenset[str], frozenset[str]]:
     """The SELECT to stream, the target column names its rows fill (in order), and those of them
-    that are read as JSON text."""
+    whose values are JSON text: read as text from JSON columns, and text going into JSON columns
+    (see :func:`_json_as_text`)."""
     if isinstance(source, sa.Select):
         keys = [str(key) for key in source.selected_columns.keys()]
         names = _column_names(target, keys, "the select()'s column names")
@@ -510,7 +515,7 @@ def _plan(
                 "columns= cannot reorder a select(); label the select()'s columns with the "
                 f"target's names instead (the select() gives {keys})."
             )
-        return _json_as_text(source, names)
+        return _json_as_text(source, names, target)
     table = _as_table(source, "source")
     # Matched by the names in the databases; table.c is keyed by each column's key.
     source_columns = {c.name: c for c in table.columns}
@@ -529,27 +534,35 @@ def _plan(
                 f"Tables {table.fullname!r} and {target.fullname!r} have no column name in "
                 "common. Pass a select() whose columns are labelled with the target's names."
             )
-    return _json_as_text(sa.select(*(source_columns[n] for n in names)), names)
+    return _json_as_text(sa.select(*(source_columns[n] for n in names)), names, target)
 
 
 def _json_as_text(
-    select: sa.Select[Any], names: list[str]
-) -> tuple[sa.Select[Any], list[str], frozenset[str]]:
-    """``select`` with its JSON columns read as their text.
+    select: sa.Select[Any], names: list[str], target: sa.Table
+) -> tuple[sa.Select[Any], list[str], frozenset[str], frozenset[str]]:
+    """``select`` with its JSON columns read as their text; the names of those columns, and of
+    the text columns that go into a JSON column of ``target``.
 
     Read as Python objects, JSON ``null`` and SQL NULL are both None, and a round trip through
     Python may change the text (key order, number spelling); as text they go into the target as
-    they are.
+    they are. Text going into a JSON column is the JSON document itself (MariaDB's JSON is a
+    LONGTEXT, and is reflected as one), so it goes as it is too, not serialised as a JSON string.
     """
     selected = list(select.selected_columns)
+    target_columns = {c.name: c for c in target.columns}
     raw = frozenset(name for name, col in zip(names, selected, strict=True) if is_json(col.type))
+    text = frozenset(
+        name
+        for name, col in zip(names, selected, strict=True)
+        if is_text(col.type) and is_json(target_columns[name].type)
+    )
     if not raw:
-        return select, names, raw
+        return select, names, raw, text
     columns = [
         sa.cast(col, sa.Text).label(name) if name in raw else col
         for name, col in zip(names, selected, strict=True)
     ]
-    return select.with_only_columns(*columns, maintain_column_froms=True), names, raw
+    return select.with_only_columns(*columns, maintain_column_froms=True), names, raw, text
 
 
 def _column_names(table: sa.Table, given: Sequence[str], what: str = "columns=") -> list[str]:
@@ -652,12 +665,13 @@ class _Writer:
         table: sa.Table,
         names: Sequence[str],
         raw_json: Collection[str] = (),
+        text_json: Collection[str] = (),
     ) -> None:
         dialect = conn.dialect
         self._conn = conn
         self._table = table
         self._names = list(names)
-        self._convert = rows_converter(table, names, dialect, raw_json)
+        self._convert = rows_converter(table, names, dialect, raw_json, text_json)
         self._copy = dialect.name == "postgresql" and dialect.driver == "asyncpg"
         self._mysql = dialect.name in ("mysql", "mariadb")
         self._saved_mode: Any = _NOT_SET
@@ -770,6 +784,7 @@ async def _write_batches(
     names: Sequence[str],
     batches: AsyncIterator[Sequence[Any]],
     raw_json: Collection[str] = (),
+    text_json: Collection[str] = (),
     *,
     tally: _Tally,
     source: str = "",
@@ -782,7 +797,7 @@ async def _write_batches(
     target_bind = _naming(target, "on")
     async with connection(target) as conn:
         own = not isinstance(target, AsyncConnection)
-        writer = _Writer(conn, table, names, raw_json)
+        writer = _Writer(conn, table, names, raw_json, text_json)
         try:
             async for batch in batches:
                 if tally.failure is not None:

@@ -12,6 +12,8 @@ and the value, where the database would otherwise change it without an error:
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``);
 * NaN into SQLite, which stores it as NULL;
+* text that is not JSON into a SQLite JSON column, which stores any text (text from a text
+  column is the JSON document itself, see ``rows_converter``);
 * microseconds into a datetime, time or interval column that keeps fewer fractional digits
   (MySQL's ``DATETIME`` and ``TIME`` keep none unless declared with ``fsp``, and ``sa.Interval``
   is a ``DATETIME`` there; PostgreSQL's ``TIMESTAMP(p)`` and ``INTERVAL(p)``).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import functools
+import json
 import operator
 import re
 import struct
@@ -36,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-__all__ = ["is_json", "rows_converter"]
+__all__ = ["is_json", "is_text", "rows_converter"]
 
 Convert = Callable[[Any], Any]
 #: Tests a column of non-None values: True when the step leaves every one of them unchanged.
@@ -52,7 +55,11 @@ _SIZES = re.compile(r"\((\d+)(?:,\s*(\d+))?\)")
 
 
 def rows_converter(
-    table: sa.Table, names: Sequence[str], dialect: sa.Dialect, raw_json: Collection[str] = ()
+    table: sa.Table,
+    names: Sequence[str],
+    dialect: sa.Dialect,
+    raw_json: Collection[str] = (),
+    text_json: Collection[str] = (),
 ) -> Callable[[Sequence[Sequence[Any]]], Sequence[Sequence[Any]]]:
     """Make a batch of rows driver-ready: each row's values converted, in ``names`` order
     (the columns' names in the database).
@@ -62,14 +69,16 @@ def rows_converter(
     refused (a decimal of another scale, an aware datetime, ...); only a column that fails the
     test is converted value by value. ``raw_json`` names the columns whose values are already
     JSON text (read as text from a JSON column of the source), which go as they are: SQL NULL
-    stays NULL and JSON ``null`` stays ``null``.
+    stays NULL and JSON ``null`` stays ``null``. ``text_json`` names the columns whose values are
+    text from a text column of the source, each the JSON document itself: they go as they are
+    too, after a check that they are JSON where the database makes none (SQLite).
     """
     width = len(names)
     columns = {c.name: c for c in table.columns}  # table.c is keyed by key, not name
     todo = [
         (i, *plan)
         for i, name in enumerate(names)
-        if (plan := _plan(columns[name], dialect, name in raw_json)) is not None
+        if (plan := _plan(columns[name], dialect, name in raw_json, name in text_json)) is not None
     ]
 
     def convert(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
@@ -113,6 +122,12 @@ def is_json(type_: sa.types.TypeEngine[Any]) -> bool:
     return isinstance(_base_type(type_), sa.JSON)
 
 
+def is_text(type_: sa.types.TypeEngine[Any]) -> bool:
+    """Whether ``type_`` is a string type whose values are text (not an Enum's)."""
+    base = _base_type(type_)
+    return isinstance(base, sa.String) and not isinstance(base, sa.Enum)
+
+
 def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     # sa.Interval is a TypeDecorator of DateTime (what it is stored as without a native
     # INTERVAL); its values are timedeltas all the same.
@@ -122,14 +137,16 @@ def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
 
 
 def _plan(
-    column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool
+    column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool, text_json: bool
 ) -> tuple[Convert, tuple[Test, ...]] | None:
     """What turns a Python value into what ``dialect``'s driver takes for ``column`` (checking
     first that the column can hold it), and the tests that show, for a whole column of values at
     once, that it would change none of them (empty when it has to run on every value); None when
     values go as they are. The converter is never called with None."""
     base = _base_type(column.type)
-    if raw_json and isinstance(base, sa.JSON):
+    if isinstance(base, sa.JSON) and (raw_json or text_json):
+        if text_json and dialect.name == "sqlite":
+            return _json_document(column.name), ()
         return None
     steps: list[Step] = []
     check = _check(column, base, dialect)
@@ -297,6 +314,23 @@ def _no_nan(column: str) -> Convert:
                 "SQLite stores NaN as NULL",
                 "Replace NaN by NULL first if that is what you mean.",
             )
+        return value
+
+    return check
+
+
+def _json_document(column: str) -> Convert:
+    def check(value: Any) -> Any:
+        try:
+            json.loads(value)
+        except (TypeError, ValueError):
+            raise _refuse(
+                column,
+                "SQLite JSON",
+                value,
+                "it is not a JSON document, and SQLite would store it as it is",
+                "Correct the text in the source, or copy it into a text column.",
+            ) from None
         return value
 
     return check

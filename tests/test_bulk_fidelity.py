@@ -678,3 +678,52 @@ async def test_integers_into_a_boolean_column(
     await insert_plainly(db, "source", tables[0], [{"id": 4, "active": 2}])
     with pytest.raises(BulkCopyError, match="Value 2 is not None, True, or False"):
         await db.copy(sa.select(tables[0]).where(tables[0].c.id == 4), tables[1])
+
+
+async def test_text_into_a_json_column_is_the_document(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """Text copied into a JSON column is the JSON document itself (MariaDB's JSON is a LONGTEXT,
+    and is reflected as one), not a JSON string of it; text that is not JSON fails, also on
+    SQLite, which would store it."""
+    source_backend, target_backend = direction
+    db = make_db(
+        binds={
+            "source": await database(new_database, source_backend),
+            "target": await database(new_database, target_backend),
+        }
+    )
+    tables = [
+        db.Table(
+            "docs",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("doc", type_),
+            bind_key=key,
+        )
+        for key, type_ in (("source", sa.Text), ("target", sa.JSON))
+    ]
+    await db.create_all()
+    texts = ['{"a": [1, null, "é"]}', "null", '"a string"', "[1, 2.5, {}]", None]
+    await insert_plainly(
+        db, "source", tables[0], [{"id": i, "doc": t} for i, t in enumerate(texts)]
+    )
+
+    await db.copy(tables[0], tables[1], batch_size=2)
+
+    target = tables[1]
+    query = sa.select(target.c.doc, target.c.doc.is_(None)).order_by(target.c.id)
+    async with db.get_engine("target").connect() as conn:
+        got = (await conn.execute(query)).all()
+    assert got == [
+        ({"a": [1, None, "é"]}, False),
+        (None, False),  # JSON null
+        ("a string", False),
+        ([1, 2.5, {}], False),
+        (None, True),  # SQL NULL
+    ]
+    await insert_plainly(db, "source", tables[0], [{"id": 9, "doc": "not JSON"}])
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(sa.select(tables[0]).where(tables[0].c.id == 9), target)
+    assert caught.value.rows_copied == 0
+    if target_backend == "sqlite":
+        assert "'doc' (SQLite JSON) cannot hold 'not JSON'" in str(caught.value)

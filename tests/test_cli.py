@@ -513,6 +513,44 @@ async def test_copy_a_whole_table_in_parallel_key_ranges(
     assert_no_password(run)
 
 
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_copy_of_a_mariadb_json_column_into_jsonb(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """MariaDB's JSON is a LONGTEXT, and is reflected as one: its text is the document, which
+    lands in jsonb as an object (not a JSON string), JSON null as null, SQL NULL as NULL."""
+    maria, pg = await new_database("mysql"), await new_database("postgresql")
+    write_module(
+        tmp_path,
+        "etl",
+        f"""
+        from asyncbind import AsyncBind
+        db = AsyncBind(binds={{"maria": {maria!r}, "pg": {pg!r}}})
+        """,
+    )
+    async with make_db(maria).engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE docs (id INT PRIMARY KEY, doc JSON)")
+        await conn.exec_driver_sql(
+            """INSERT INTO docs VALUES (1, '{"a": [1, null]}'), (2, 'null'), (3, NULL)"""
+        )
+    async with make_db(pg).engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE docs (id int PRIMARY KEY, doc jsonb)")
+
+    run = await cli(tmp_path, "--app", "etl", "copy", "maria:docs", "pg:docs")
+
+    assert run.status == 0, run.err
+    async with make_db(pg).engine.connect() as conn:
+        found = await conn.exec_driver_sql(
+            "SELECT id, doc::text, jsonb_typeof(doc) FROM docs ORDER BY id"
+        )
+        assert found.all() == [
+            (1, '{"a": [1, null]}', "object"),
+            (2, "null", "null"),
+            (3, None, None),
+        ]
+
+
 @pytest.mark.sqlite
 @pytest.mark.postgresql
 async def test_copy_from_the_default_bind_shows_the_estimate(
