@@ -521,6 +521,55 @@ async def test_zone_aware_times_arrive_in_utc(
             assert got.all() == given
 
 
+SOURCES = TARGETS  # each backend, as the source
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("source_backend", SOURCES)
+async def test_the_largest_and_smallest_dates_are_infinities_in_postgresql(
+    source_backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """asyncpg writes date.max and datetime.max as 'infinity', date.min and datetime.min as
+    '-infinity' (as it does for any insert), and reads them back as the same Python values."""
+    db = make_db(
+        binds={
+            "source": await new_database(source_backend),
+            "target": await new_database("postgresql"),
+        }
+    )
+    tables = [
+        db.Table(
+            "edges",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("day", sa.Date),
+            sa.Column("at", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")),
+            bind_key=key,
+        )
+        for key in ("source", "target")
+    ]
+    await db.create_all()
+    rows = [
+        {"id": 1, "day": dt.date.max, "at": dt.datetime.max},
+        {"id": 2, "day": dt.date.min, "at": dt.datetime.min},
+        {"id": 3, "day": dt.date(9999, 12, 30), "at": dt.datetime(9999, 12, 31, 23, 59, 59)},
+    ]
+    await insert_plainly(db, "source", tables[0], rows)
+
+    await db.copy(tables[0], tables[1])
+
+    target = tables[1]
+    as_text = sa.select(sa.cast(target.c.day, sa.Text), sa.cast(target.c.at, sa.Text))
+    async with db.get_engine("target").connect() as conn:
+        texts = (await conn.execute(as_text.order_by(target.c.id))).all()
+        values = (await conn.execute(sa.select(target).order_by(target.c.id))).mappings().all()
+    assert texts == [
+        ("infinity", "infinity"),
+        ("-infinity", "-infinity"),
+        ("9999-12-30", "9999-12-31 23:59:59"),
+    ]
+    assert [dict(row) for row in values] == rows
+
+
 @pytest.mark.mysql
 async def test_a_lax_mysql_session_still_fails_a_value_instead_of_changing_it(
     new_database: NewDatabase, make_db: Callable[..., AsyncBind]
