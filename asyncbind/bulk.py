@@ -675,6 +675,8 @@ class _Writer:
         self._copy = dialect.name == "postgresql" and dialect.driver == "asyncpg"
         self._mysql = dialect.name in ("mysql", "mariadb")
         self._saved_mode: Any = _NOT_SET
+        #: The records of a COPY that asyncpg could not encode, for explain().
+        self._unencoded: Sequence[Sequence[Any]] | None = None
         if not self._copy:
             self._sql = _insert_sql(conn, table, names)
 
@@ -710,12 +712,14 @@ class _Writer:
             await driver.copy_records_to_table(
                 self._table.name, records=records, columns=self._names, schema_name=schema
             )
-        except Exception:
+        except Exception as exc:
             # asyncpg raises once the exchange is over (the server refused, or a value could not
             # be encoded): the transaction has failed and SQLAlchemy's rollback ends it. Unless
             # the connection itself is gone.
             if driver.is_closed():
                 await _discard(conn)
+            elif not _from_the_server(exc):
+                self._unencoded = records  # asyncpg's codec raised: explain() finds the value
             raise
         except BaseException:
             # Interrupted half-way (a cancellation): the connection is in an unknown state. Drop
@@ -723,6 +727,30 @@ class _Writer:
             driver.terminate()
             await _discard(conn)
             raise
+
+    async def explain(self) -> str | None:
+        """Once a failed batch has been rolled back: which column and value asyncpg's COPY could
+        not encode, when that is why it failed; None otherwise, or when it cannot be told.
+
+        The COPY's error names neither (a TypeError from the column's codec), so the batch is
+        checked again, outside the COPY: each column's values are sent as the parameter of a
+        ``SELECT $1::<the column's type>``, which asyncpg encodes with the same codec. A
+        connection in the caller's transaction does this in a savepoint, rolled back after.
+        """
+        records, self._unencoded = self._unencoded, None
+        conn = self._conn
+        if records is None or conn.invalidated:
+            return None
+        try:
+            if not conn.in_transaction():
+                return await _unencodable(conn, self._table, self._names, records)
+            savepoint = await conn.begin_nested()
+            try:
+                return await _unencodable(conn, self._table, self._names, records)
+            finally:
+                await savepoint.rollback()
+        except Exception:
+            return None  # the batch's own error is reported instead
 
     async def finish(self) -> None:
         """Give the connection back its own sql_mode, or discard it if that cannot be done, so
@@ -744,6 +772,74 @@ async def _discard(conn: AsyncConnection) -> None:
         await run_to_completion(conn.invalidate())
 
 
+def _from_the_server(error: Exception) -> bool:
+    import asyncpg
+
+    return isinstance(error, asyncpg.PostgresError)
+
+
+async def _unencodable(
+    conn: AsyncConnection, table: sa.Table, names: Sequence[str], records: Sequence[Sequence[Any]]
+) -> str | None:
+    """The first column (of ``names``) with a value in ``records`` that asyncpg cannot encode for
+    its column of ``table``, that value and why; None when every value can be encoded."""
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    listed = ", ".join(map(quote, names))
+    described = await driver.prepare(f"SELECT {listed} FROM {_table_sql(conn, table)} LIMIT 0")
+    for i, (name, column) in enumerate(zip(names, described.get_attributes(), strict=True)):
+        probe = f"SELECT $1::{quote(column.type.schema)}.{quote(column.type.name)}"
+        values = [row[i] for row in records]
+        found = await _first_unencodable(driver, probe, values)
+        if found is not None:
+            index, error = found
+            return (
+                f"column {name!r} ({column.type.name}) cannot take {values[index]!r} (row "
+                f"{index + 1} of the batch): {first_line(error.__cause__ or error)}"
+            )
+    return None
+
+
+async def _first_unencodable(
+    driver: Any, probe: str, values: list[Any]
+) -> tuple[int, Exception] | None:
+    """The index of a value that ``probe`` cannot take as its parameter, and asyncpg's error;
+    None when it takes them all. Found by halving, in a few round trips whatever the batch."""
+    import asyncpg
+
+    # asyncpg's error for a parameter it cannot encode (its cause is the codec's error), and the
+    # server's for one it cannot read.
+    cannot_take: type[Exception] = asyncpg.DataError
+
+    async def refused(part: list[Any]) -> Exception | None:
+        try:
+            await driver.executemany(probe, [(value,) for value in part])
+        except cannot_take as exc:
+            return exc
+        return None
+
+    error = await refused(values)
+    if error is None:
+        return None
+    start, end = 0, len(values)  # values[start:end] holds one that cannot be taken
+    while end - start > 1:
+        middle = (start + end) // 2
+        found = await refused(values[start:middle])
+        if found is None:
+            start = middle
+        else:
+            end, error = middle, found
+    return start, error
+
+
+def _table_sql(conn: AsyncConnection, table: sa.Table) -> str:
+    """``table``'s name in SQL, with the schema ``conn`` sees for it."""
+    preparer = conn.dialect.identifier_preparer
+    schema = _schema_of(conn, table)
+    name = preparer.format_table(table, use_schema=False)
+    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
+
+
 def _schema_of(conn: AsyncConnection, table: sa.Table) -> str | None:
     """``table``'s schema as ``conn`` sees it (after any ``schema_translate_map``)."""
     sync = conn.sync_connection
@@ -754,10 +850,7 @@ def _insert_sql(conn: AsyncConnection, table: sa.Table, names: Sequence[str]) ->
     """``INSERT INTO t (a, b) VALUES (?, ?)`` in the driver's own parameter style."""
     dialect = conn.dialect
     preparer = dialect.identifier_preparer
-    schema = _schema_of(conn, table)
-    target = preparer.format_table(table, use_schema=False)
-    if schema:
-        target = f"{preparer.quote_schema(schema)}.{target}"
+    target = _table_sql(conn, table)
     # With the format styles the preparer writes a % in a name as %%, which the driver reads back.
     column_list = ", ".join(preparer.quote(name) for name in names)
     style = dialect.paramstyle
@@ -812,11 +905,12 @@ async def _write_batches(
                         async with conn.begin_nested():
                             await writer.write(batch)
                 except Exception as exc:
+                    cause = await writer.explain() or first_line(exc)
                     raise BulkCopyError(
                         f"Writing to table {table.fullname!r}{target_bind} failed in batch "
                         f"{count + 1} (rows {rows_done + 1} to {rows_done + len(batch)}), which "
                         f"was rolled back; the {rows_done} row(s) before it landed. "
-                        f"Cause: {first_line(exc)}",
+                        f"Cause: {cause}",
                         rows_copied=tally.rows,
                         table=table.fullname,
                     ) from exc

@@ -208,6 +208,45 @@ async def test_a_source_that_cannot_be_read_is_named(
     assert await count(db, target, "target") == 0
 
 
+@pytest.mark.postgresql
+async def test_a_value_the_copy_cannot_encode_is_named(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """asyncpg's COPY says only what a column's codec raised; the error names the column, the
+    value and its row, and a connection's transaction stays usable."""
+    db = make_db(await new_database("postgresql"))
+    target = db.Table(
+        "coded",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("note", sa.Text),
+        sa.Column("code", sa.Integer),
+        sa.Column("opens", sa.Time(timezone=True)),
+    )
+    await db.create_all()
+    rows: list[tuple[Any, ...]] = [(i, "fine", i, None) for i in range(1, 1001)]
+    rows[732] = (733, "bad", "A17", None)
+
+    with pytest.raises(BulkCopyError) as caught:
+        await load_rows(db.engine, target, rows, batch_size=500)
+
+    assert caught.value.rows_copied == 500
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert (
+        "Cause: column 'code' (int4) cannot take 'A17' (row 233 of the batch): "
+        "TypeError: 'str' object cannot be interpreted as an integer"
+    ) in str(caught.value)
+    async with db.engine.connect() as conn:
+        naive = (2001, None, None, dt.time(9, 30))
+        with pytest.raises(BulkCopyError) as caught:
+            await load_rows(conn, target, [(2000, None, None, dt.time(9, 30, tzinfo=UTC)), naive])
+        assert "column 'opens' (timetz) cannot take datetime.time(9, 30) (row 2 " in str(
+            caught.value
+        )
+        await conn.execute(target.insert(), {"id": 3000})
+        await conn.commit()
+    assert await count(db, target) == 501
+
+
 async def test_failure_in_the_first_batch_lands_nothing(
     backend: str, same_backend_db: AsyncBind
 ) -> None:
