@@ -21,7 +21,11 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 from alembic import context
+from alembic.autogenerate import renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.autogenerate.render import render_op
 from alembic.config import Config
+from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from mako.template import Template  # type: ignore[import-untyped]
@@ -179,9 +183,51 @@ def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:
         downgrade_token=f"{name}_downgrades",
         include_name=_only_this_bind(db, key),
         render_as_batch=conn.dialect.name == "sqlite",
+        process_revision_directives=_render_in_this_bind,
     )
     with context.begin_transaction():
         context.run_migrations(bind=name)
+
+
+class _Rendered(ops.OpContainer):
+    """Operations already rendered to lines of Python, in their own bind's dialect and settings.
+
+    Holds the operations too, so that ``db check`` still lists them (``as_diffs()``).
+    """
+
+    def __init__(self, operations: Sequence[ops.MigrateOperation], lines: list[str]) -> None:
+        super().__init__(operations)
+        self.lines = lines
+
+
+@renderers.dispatch_for(_Rendered)
+def _render_rendered(_autogen_context: AutogenContext, rendered: _Rendered) -> list[str]:
+    return rendered.lines
+
+
+def _render_in_this_bind(
+    migration_context: MigrationContext, _revision: Any, scripts: list[ops.MigrationScript]
+) -> None:
+    """``process_revision_directives``, called after each bind's comparison: render that bind's
+    operations now, with its own dialect and settings (batch mode on SQLite).
+
+    Alembic renders the whole revision file at the end with the last bind's settings, which
+    would write a SQLite bind's changes without batch mode, or a PostgreSQL bind's types for
+    another dialect; the lines rendered here are what it writes instead.
+    """
+    autogen_context = AutogenContext(migration_context, autogenerate=False)
+    upgrades = migration_context.opts["upgrade_token"]
+    downgrades = migration_context.opts["downgrade_token"]
+    for script in scripts:
+        containers: list[ops.OpContainer] = [
+            *(c for c in script.upgrade_ops_list if c.upgrade_token == upgrades),
+            *(c for c in script.downgrade_ops_list if c.downgrade_token == downgrades),
+        ]
+        for container in containers:
+            if container.ops:
+                lines = [line for op in container.ops for line in render_op(autogen_context, op)]
+                container.ops = [_Rendered(container.ops, lines)]
+        script.imports = script.imports | autogen_context.imports
 
 
 def _only_this_bind(db: AsyncBind, key: BindKey) -> Callable[..., bool]:

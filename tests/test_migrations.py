@@ -295,6 +295,93 @@ async def test_autogenerate_never_drops_a_table_of_another_bind(
     assert "pass" in function(second, "upgrade_audit")
 
 
+DIALECTS = """
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql, postgresql
+    from sqlalchemy.orm import Mapped, mapped_column
+    from asyncbind import AsyncBind
+
+    db = AsyncBind({main!r}, binds={binds!r})
+    CHANGED = {changed}
+
+    class Note(db.Model):  # SQLite: changing a column takes batch mode
+        __bind_key__ = {lite!r}
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str | None] = mapped_column(sa.String(20), nullable=CHANGED)
+
+    class Doc(db.Model):  # PostgreSQL: a type of its own dialect
+        __bind_key__ = {pg!r}
+        __tablename__ = "docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        if CHANGED:
+            data: Mapped[dict | None] = mapped_column(postgresql.JSONB)
+
+    class Hit(db.Model):
+        __bind_key__ = "maria"
+        __tablename__ = "hits"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        if CHANGED:
+            count: Mapped[int | None] = mapped_column(mysql.MEDIUMINT)
+"""
+
+
+@pytest.mark.parametrize("first", ["sqlite", "postgresql"], ids=["sqlite-first", "pg-first"])
+async def test_each_bind_is_rendered_in_its_own_dialect(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb, first: str
+) -> None:
+    """Alembic renders a whole revision with the settings of the last bind it compared; each
+    bind's functions here are rendered with its own: batch mode for SQLite, PostgreSQL's types."""
+    lite, pg, maria = [await new_database(b) for b in ("sqlite", "postgresql", "mysql")]
+    if first == "sqlite":
+        main, binds, keys = lite, {"pg": pg, "maria": maria}, {"lite": None, "pg": "pg"}
+    else:
+        main, binds, keys = pg, {"lite": lite, "maria": maria}, {"lite": "lite", "pg": None}
+    names = {what: key or "default" for what, key in keys.items()}
+
+    def models(changed: bool) -> str:
+        return DIALECTS.format(main=main, binds=binds, changed=changed, **keys)
+
+    write_module(tmp_path, "models", models(changed=False))
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+
+    write_module(tmp_path, "models", models(changed=True))
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "second")
+    assert run.status == 0, run.err
+    second = revisions(tmp_path)["second"]
+    assert "batch_alter_table('notes'" in function(second, f"upgrade_{names['lite']}")
+    assert "postgresql.JSONB(astext_type=sa.Text())" in function(second, f"upgrade_{names['pg']}")
+    assert "op.add_column('docs'" in function(second, f"upgrade_{names['pg']}")
+    assert "op.add_column('hits'" in function(second, "upgrade_maria")
+    assert "batch_op" not in function(second, "upgrade_maria")
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+    assert all(line.endswith("(head)") for line in run.lines)
+    assert await nullable(lite, "notes", make_db) == {"id": False, "body": True}
+    assert "data" in (await columns(pg, make_db))["docs"]
+    assert "count" in (await columns(maria, make_db))["hits"]
+    assert (await db_cmd(tmp_path, "check")).status == 0
+
+    run = await db_cmd(tmp_path, "downgrade", "-1")
+    assert run.status == 0, run.err
+    assert await nullable(lite, "notes", make_db) == {"id": False, "body": False}
+    assert (await columns(pg, make_db))["docs"] == {"id"}
+    assert (await columns(maria, make_db))["hits"] == {"id"}
+
+
+async def nullable(url: str, table: str, make_db: MakeDb) -> dict[str, bool]:
+    """Whether each column of ``table`` is nullable."""
+
+    def read(sync: sa.Connection) -> dict[str, bool]:
+        return {c["name"]: c["nullable"] for c in sa.inspect(sync).get_columns(table)}
+
+    async with make_db(url).engine.connect() as conn:
+        return await conn.run_sync(read)
+
+
 async def test_usage_errors(tmp_path: Path, new_database: NewDatabase) -> None:
     main = await new_database("sqlite")
     write_module(tmp_path, "models", f"from asyncbind import AsyncBind\ndb = AsyncBind({main!r})\n")
