@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import __version__
+from . import __version__, schema
 from .bulk import BATCH_SIZE
 from .config import BindKey
 from .copyprogress import ProgressReport, estimate_rows
 from .core import AsyncBind
-from .exceptions import bind_name, format_keys
+from .exceptions import UnknownBindError, bind_name, format_keys
 from .findapp import APP_ENV, DEFAULT_ATTRIBUTES, WHAT_APP_NAMES, UsageError, find_db, one_line
 from .health import pool_status
 from .models import bind_key_of
@@ -99,6 +99,15 @@ def _check_keys(db: AsyncBind, keys: Sequence[BindKey], option: str) -> None:
             f"{option} names bind(s) {format_keys(unknown)}, which are not configured "
             f"(configured: {format_keys(db.engines)}). Write the default bind as ''."
         )
+
+
+def _check_models(db: AsyncBind) -> None:
+    """Refuse models whose ``__bind_key__`` names no configured bind, as ``db.create_all()``
+    does: a command over every bind would otherwise leave their tables out without a word."""
+    try:
+        schema.check_bind_keys(db.metadatas.values(), [*db.engines, *db.groups])
+    except UnknownBindError as exc:
+        raise CommandError(_hide(one_line(exc), db)) from None
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -199,6 +208,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     keys = [_bind_key(k) for k in args.bind] if named else list(db.engines)
     keys = list(dict.fromkeys(keys))
     _check_keys(db, keys, "--bind")
+    if not named:
+        _check_models(db)
     modelled = _model_tables(db)
     if drop and not args.yes:
         count = sum(len(modelled.get(k, [])) for k in keys)
@@ -355,6 +366,9 @@ def _cmd_db(args: argparse.Namespace) -> int:
         keys = list(dict.fromkeys(_bind_key(k) for k in args.bind))
         _check_keys(db, keys, "--bind")
     config = migrations.config_for(args.dir, db, keys)
+    compares = args.db_command == "check" or getattr(args, "autogenerate", False)
+    if compares and keys is None:
+        _check_models(db)
     try:
         if args.db_command == "revision":
             command.revision(config, message=args.message, autogenerate=args.autogenerate)

@@ -19,7 +19,7 @@ from .config import ALL, BindKey
 from .exceptions import AsyncBindError, BindErrors, UnknownBindError, format_key
 from .models import bind_key_of
 
-__all__ = ["TableGroups", "run_per_bind", "select_keys", "tables_by_bind"]
+__all__ = ["TableGroups", "check_bind_keys", "run_per_bind", "select_keys", "tables_by_bind"]
 
 #: For each bind key, the metadata objects with tables in that bind and those tables.
 TableGroups = dict[BindKey, list[tuple[sa.MetaData, list[sa.Table]]]]
@@ -78,6 +78,12 @@ def tables_by_bind(
             if key in groups:
                 groups[key].append((metadata, tables))
     return groups
+
+
+def check_bind_keys(metadatas: Iterable[sa.MetaData], configured: Iterable[BindKey]) -> None:
+    """Raise :class:`UnknownBindError` if a table of ``metadatas`` names a bind that is not
+    configured: what ``create_all()`` checks first when it runs over every bind."""
+    tables_by_bind(metadatas, [], configured)
 
 
 #: The tables' existence is already known from :func:`_find`, so on SQLAlchemy 2.1+ DDL skips

@@ -375,6 +375,35 @@ async def test_create_all_and_drop_all(
     assert unknown.status == 2 and "'nope'" in unknown.err and "None, 'users'" in unknown.err
 
 
+TYPO = """
+    class Visit(db.Model):
+        __bind_key__ = "uesrs"  # a typo: no such bind
+        __tablename__ = "visits"
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+
+
+@pytest.mark.sqlite
+@pytest.mark.postgresql
+async def test_create_all_and_drop_all_refuse_a_model_of_no_configured_bind(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """As db.create_all() does: over every bind, nothing is created anywhere."""
+    main, users = await new_database("sqlite"), await new_database("postgresql")
+    write_module(tmp_path, "config", MODELS.format(main=main, binds={"users": users}) + TYPO)
+    for command in (["create-all"], ["drop-all", "--yes"]):
+        run = await cli(tmp_path, "--app", "config", *command)
+        assert (run.status, run.out) == (1, ""), run.err
+        error = run.err.strip()
+        assert error.startswith("asyncbind: error: UnknownBindError: Bind key 'uesrs' used by ")
+        assert "table 'visits' is not configured" in error and "__bind_key__" in error
+    assert await table_names(main, make_db) == await table_names(users, make_db) == set()
+    # Named one by one, binds may leave out a bind added at run time, as db.create_all() does.
+    run = await cli(tmp_path, "--app", "config", "create-all", "--bind", "users")
+    assert run.status == 0, run.err
+    assert await table_names(users, make_db) == {"users"}
+
+
 # -- copy -------------------------------------------------------------------------------------
 
 PEOPLE = """

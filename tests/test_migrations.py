@@ -295,6 +295,33 @@ async def test_autogenerate_never_drops_a_table_of_another_bind(
     assert "pass" in function(second, "upgrade_audit")
 
 
+async def test_check_and_autogenerate_refuse_a_model_of_no_configured_bind(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    """Its table would be compared with no database: check would pass, and no revision would
+    ever create it."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+    typo = """
+    class Visit(db.Model):
+        __bind_key__ = "adit"  # a typo: no such bind
+        __tablename__ = "visits"
+        id: Mapped[int] = mapped_column(primary_key=True)
+    """
+    write_module(tmp_path, "models", MODELS.format(extra="", **urls) + typo)
+    for command in (["check"], ["revision", "--autogenerate", "-m", "second"]):
+        run = await db_cmd(tmp_path, *command)
+        assert (run.status, run.out) == (1, ""), run.err
+        error = run.err.strip().splitlines()[-1]
+        assert error.startswith("asyncbind: error: UnknownBindError: Bind key 'adit' used by ")
+        assert "table 'visits' is not configured" in error
+    assert list(revisions(tmp_path)) == ["first"]
+    run = await db_cmd(tmp_path, "check", "--bind", "users")  # the binds named are compared
+    assert run.status == 0, run.err
+
+
 DIALECTS = """
     import sqlalchemy as sa
     from sqlalchemy.dialects import mysql, postgresql
