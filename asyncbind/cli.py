@@ -352,8 +352,6 @@ def _cmd_db(args: argparse.Namespace) -> int:
             "pip install 'asyncbind[alembic]'."
         ) from exc
     db = find_db(args.app)
-    for key in db.engines:
-        migrations.script_name(key)
     if args.db_command == "init":
         app = args.app or os.environ.get(APP_ENV) or ""
         for path in migrations.init(args.directory, app):
@@ -361,13 +359,14 @@ def _cmd_db(args: argparse.Namespace) -> int:
         if not app:
             _say("asyncbind_app in alembic.ini is empty: plain 'alembic' will need $ASYNCBIND_APP")
         return 0
-    keys = None
+    named = None
     if args.bind is not None:
-        keys = list(dict.fromkeys(_bind_key(k) for k in args.bind))
-        _check_keys(db, keys, "--bind")
-    config = migrations.config_for(args.dir, db, keys)
+        named = list(dict.fromkeys(_bind_key(k) for k in args.bind))
+        _check_keys(db, named, "--bind")
+    keys = migrations.select_binds(db, named)
+    config = migrations.config_for(args.dir, db, named)
     compares = args.db_command == "check" or getattr(args, "autogenerate", False)
-    if compares and keys is None:
+    if compares and named is None:
         _check_models(db)
     try:
         if args.db_command == "revision":
@@ -376,9 +375,9 @@ def _cmd_db(args: argparse.Namespace) -> int:
             run = command.upgrade if args.db_command == "upgrade" else command.downgrade
             run(config, args.revision, sql=args.sql)
             if not args.sql:
-                _show_current(config, db, keys)
+                _show_current(config, db, keys, skipped=named is None)
         elif args.db_command == "current":
-            _show_current(config, db, keys)
+            _show_current(config, db, keys, skipped=named is None)
         elif args.db_command == "history":
             command.history(config)
         else:
@@ -400,11 +399,16 @@ async def _recover(db: AsyncBind) -> int:
     return 0
 
 
-def _show_current(config: Any, db: AsyncBind, keys: Sequence[BindKey] | None) -> None:
+def _show_current(config: Any, db: AsyncBind, keys: Sequence[BindKey], *, skipped: bool) -> None:
+    """A line per bind with its revision; with ``skipped``, one per read-only bind too."""
     from . import migrations
 
-    for line in asyncio.run(migrations.current(config, db, keys or list(db.engines))):
+    for line in asyncio.run(migrations.current(config, db, keys)):
         _say(line)
+    if skipped:
+        for key in db.engines:
+            if db.bind_configs[key].read_only:
+                _say(f"{bind_name(key)}: skipped (read-only)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

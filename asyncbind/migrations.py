@@ -45,6 +45,7 @@ __all__ = [
     "run_migrations",
     "script_name",
     "script_names",
+    "select_binds",
 ]
 
 #: How revision scripts and ``-x bind=`` name the default bind.
@@ -71,20 +72,53 @@ class MigrationError(AsyncBindError):
 
 def script_name(key: BindKey) -> str:
     """The name of bind ``key`` in revision scripts: ``default`` for the default bind."""
-    if key is None:
-        return DEFAULT_NAME
-    if not key.isidentifier() or key == DEFAULT_NAME:
+    if not _nameable(key):
         raise UsageError(
             f"Bind key {key!r} cannot name functions of a revision script (upgrade_<bind>); "
             f"migrations need bind keys that are Python identifiers other than "
-            f"{DEFAULT_NAME!r}. Rename the bind."
+            f"{DEFAULT_NAME!r}. Rename the bind, or name the binds to migrate with --bind "
+            "(-x bind= for plain alembic)."
         )
-    return key
+    return DEFAULT_NAME if key is None else key
+
+
+def _nameable(key: BindKey) -> bool:
+    return key is None or (key.isidentifier() and key != DEFAULT_NAME)
 
 
 def script_names(config: Config) -> list[str]:
-    """The script names of every bind of the AsyncBind that ``config`` names, in order."""
-    return [script_name(key) for key in _db(config).engines]
+    """The script names of the binds that revisions hold functions for: every bind of the
+    AsyncBind that ``config`` names, but the read-only ones and those whose key cannot name a
+    function (which cannot be migrated)."""
+    db = _db(config)
+    return [script_name(key) for key in db.engines if _migrated(db, key) and _nameable(key)]
+
+
+def select_binds(db: AsyncBind, named: Sequence[BindKey] | None) -> list[BindKey]:
+    """The binds a migration command runs on: those ``named`` (``--bind``, ``-x bind=``), else
+    every bind but the read-only ones. Each needs a key that can name functions of a revision;
+    a read-only bind that is named is refused."""
+    if named is None:
+        keys = [key for key in db.engines if _migrated(db, key)]
+    else:
+        keys = list(dict.fromkeys(named))
+        read_only = [key for key in keys if not _migrated(db, key)]
+        if read_only:
+            one = len(read_only) == 1
+            raise UsageError(
+                f"{_names(read_only, start=True)} {'is' if one else 'are'} read-only "
+                "(read_only=True), and migrations do not change read-only binds. Leave "
+                f"{'it' if one else 'them'} out of --bind (-x bind=), or configure "
+                f"{'it' if one else 'them'} with read_only=False if this app owns the schema."
+            )
+    for key in keys:
+        script_name(key)
+    return keys
+
+
+def _migrated(db: AsyncBind, key: BindKey) -> bool:
+    """Whether migrations run on bind ``key`` unless it is named: not on a read-only bind."""
+    return not db.bind_configs[key].read_only
 
 
 def _db(config: Config) -> AsyncBind:
@@ -96,20 +130,26 @@ def _db(config: Config) -> AsyncBind:
 
 
 def _selected(config: Config, db: AsyncBind) -> list[BindKey]:
-    """The binds to migrate: the asyncbind command's ``--bind``, else ``-x bind=KEY``, else all."""
-    keys: list[BindKey] | None = config.attributes.get(_KEYS)
-    if keys is None:
-        by_name = {script_name(key): key for key in db.engines}
-        by_name[""] = None
-        named = [x.partition("=")[2] for x in context.get_x_argument() if x.startswith("bind=")]
-        unknown = [name for name in named if name not in by_name]
+    """The binds to migrate: the asyncbind command's ``--bind``, else ``-x bind=KEY``, else every
+    bind but the read-only ones (logged as skipped)."""
+    named: list[BindKey] | None = config.attributes.get(_KEYS)
+    if named is None:
+        names = [x.partition("=")[2] for x in context.get_x_argument() if x.startswith("bind=")]
+        by_name: dict[str, BindKey] = {key: key for key in db.engines if key is not None}
+        by_name.update({DEFAULT_NAME: None, "": None})
+        unknown = [name for name in names if name not in by_name]
         if unknown:
             raise UsageError(
                 f"-x bind= names {format_keys(unknown)}, which are not binds (binds: "
-                f"{format_keys(list(by_name)[:-1])})."
+                f"{format_keys([name for name in by_name if name])})."
             )
-        keys = [by_name[name] for name in named] or list(db.engines)
-    return list(dict.fromkeys(keys))
+        named = [by_name[name] for name in names] or None
+    keys = select_binds(db, named)
+    if named is None:
+        for key in db.engines:
+            if not _migrated(db, key):
+                logger.info("Skipping %s: it is read-only", bind_name(key))
+    return keys
 
 
 # -- env.py -----------------------------------------------------------------------------------
@@ -169,8 +209,8 @@ async def _online(db: AsyncBind, keys: Sequence[BindKey]) -> None:
         ) from first
 
 
-def _names(keys: Sequence[BindKey] | dict[BindKey, Any]) -> str:
-    return ", ".join(bind_name(key) for key in keys)
+def _names(keys: Sequence[BindKey] | dict[BindKey, Any], *, start: bool = False) -> str:
+    return ", ".join(bind_name(key, start=start and not n) for n, key in enumerate(keys))
 
 
 def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:
@@ -275,7 +315,8 @@ def init(folder: Path, app: str | None) -> list[Path]:
 
 
 def config_for(folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None) -> Config:
-    """Alembic's Config for ``folder``/alembic.ini, with ``db`` and the binds for env.py."""
+    """Alembic's Config for ``folder``/alembic.ini, with ``db`` and the binds named for env.py
+    (None: every bind but the read-only ones)."""
     ini = folder / "alembic.ini"
     if not ini.is_file():
         raise UsageError(
@@ -286,8 +327,6 @@ def config_for(folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None) -> C
     config.attributes[_DB] = db
     if keys is not None:
         config.attributes[_KEYS] = list(keys)
-    for key in db.engines:
-        script_name(key)
     return config
 
 

@@ -322,6 +322,42 @@ async def test_check_and_autogenerate_refuse_a_model_of_no_configured_bind(
     assert run.status == 0, run.err
 
 
+async def test_read_only_binds_are_skipped_unless_named(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    main, reports = await new_database("sqlite"), await new_database("postgresql")
+    write_module(
+        tmp_path,
+        "models",
+        f"""
+        from sqlalchemy.orm import Mapped, mapped_column
+        from asyncbind import AsyncBind
+
+        db = AsyncBind({main!r}, binds={{"reports": {{"url": {reports!r}, "read_only": True}}}})
+
+        class Order(db.Model):
+            __tablename__ = "orders"
+            id: Mapped[int] = mapped_column(primary_key=True)
+        """,
+    )
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    for command in (["revision", "--autogenerate", "-m", "first"], ["upgrade"], ["check"]):
+        run = await db_cmd(tmp_path, *command)
+        assert run.status == 0, run.err
+        assert "Skipping bind 'reports': it is read-only" in run.err
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    assert "def upgrade_reports" not in revisions(tmp_path)["first"]
+    run = await db_cmd(tmp_path, "current")
+    assert run.lines == [f"the default bind: {rev1} (head)", "bind 'reports': skipped (read-only)"]
+    assert set(await columns(reports, make_db)) == set()  # no version table made there
+
+    for command in ("current", "upgrade", "check"):
+        run = await db_cmd(tmp_path, command, "--bind", "reports")
+        assert run.status == 2
+        assert "Bind 'reports' is read-only (read_only=True)" in run.err
+        assert "Leave it out of --bind" in run.err
+
+
 DIALECTS = """
     import sqlalchemy as sa
     from sqlalchemy.dialects import mysql, postgresql
@@ -430,3 +466,11 @@ async def test_usage_errors(tmp_path: Path, new_database: NewDatabase) -> None:
     run = await db_cmd(tmp_path, "current")
     assert run.status == 2
     assert "Bind key 'my-bind' cannot name functions of a revision script" in run.err
+    assert "name the binds to migrate with --bind" in run.err
+    # Only the binds a command runs on need such keys.
+    for command in (["current"], ["upgrade"], ["revision", "-m", "first"]):
+        run = await db_cmd(tmp_path, *command, "--bind", "")
+        assert run.status == 0, run.err
+    assert "upgrade_my" not in revisions(tmp_path)["first"]
+    run = await alembic(tmp_path, "-c", "migrations/alembic.ini", "-x", "bind=default", "current")
+    assert run.status == 0, run.err
