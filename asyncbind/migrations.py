@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -28,11 +29,13 @@ from alembic.config import Config
 from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import MultipleHeads, RevisionError
+from alembic.util import CommandError as AlembicCommandError
 from mako.template import Template  # type: ignore[import-untyped]
 
 from .config import BindKey
 from .core import AsyncBind
-from .exceptions import AsyncBindError, bind_name, format_keys
+from .exceptions import AsyncBindError, BindUnavailableError, bind_name, format_keys
 from .findapp import UsageError, find_db, one_line
 from .twophase import TABLE_NAME as TWOPHASE_TABLE
 
@@ -163,7 +166,7 @@ def run_migrations(config: Config) -> None:
         for key in keys:
             _offline(config, db, key)
     else:
-        asyncio.run(_online(db, keys))
+        asyncio.run(_online(db, keys, config.config_file_name or "alembic.ini"))
 
 
 def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
@@ -186,34 +189,102 @@ def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
     output.write("\n")
 
 
-async def _online(db: AsyncBind, keys: Sequence[BindKey]) -> None:
+async def _online(db: AsyncBind, keys: Sequence[BindKey], ini: str) -> None:
     errors: dict[BindKey, BaseException] = {}
+    comparing: list[bool] = []  # what each bind's migration context says the command does
     async with db:  # disposes of the engines in this event loop
         for key in keys:
             logger.info("Running on %s", bind_name(key))
             try:
                 async with db.engines[key].connect() as conn:
-                    await conn.run_sync(_migrate, db, key)
+                    await conn.run_sync(_migrate, db, key, comparing)
             except Exception as exc:  # this bind's failure; the other binds carry on
                 logger.error("%s failed: %s", bind_name(key, start=True), one_line(exc))
                 errors[key] = exc
     if errors:
         ran = [key for key in keys if key not in errors]
-        first = next(iter(errors.values()))
-        raise MigrationError(
-            f"Migrating {_names(errors)} failed ({one_line(first)}); its transaction was rolled "
+        message = _failure(errors, ran, any(comparing), ini)
+        raise MigrationError(message, errors) from next(iter(errors.values()))
+
+
+def _failure(
+    errors: dict[BindKey, BaseException], ran: list[BindKey], comparing: bool, ini: str
+) -> str:
+    """What went wrong, what it left behind and what to do, for the cause of the first error;
+    ``comparing`` for revision and check, which compare the binds instead of migrating them."""
+    first = next(iter(errors.values()))
+    migrated = f" The other binds were migrated: {_names(ran)}." if ran and not comparing else ""
+    refused = _revision_error(first)
+    if _behind(first):
+        keys = [key for key, exc in errors.items() if _behind(exc)]
+        binds = " ".join(f"--bind {shlex.quote(key or '')}" for key in keys)
+        text = (
+            f"Autogenerate compares a bind with its models only at the head revision, and "
+            f"{_names(keys)} {'is' if len(keys) == 1 else 'are'} behind ({one_line(first)}). "
+            f"Nothing was written. Upgrade first (asyncbind db upgrade {binds}), then run the "
+            "command again."
+        )
+    elif refused is not None:  # Alembic could not work out which revisions to run
+        keys = [key for key, exc in errors.items() if _revision_error(exc) is not None]
+        where = f"on {_names(keys)}" if ran else "on any bind"
+        if isinstance(refused, MultipleHeads):
+            text = (
+                f"The revisions have more than one head ({', '.join(sorted(refused.heads))}), so "
+                f"nothing was migrated {where}.{migrated} Merge them (alembic -c {ini} merge "
+                "heads -m MESSAGE), or name one of them instead of 'head', then run the command "
+                "again."
+            )
+        else:
+            text = (
+                f"{one_line(first)}: nothing was migrated {where}.{migrated} Name a revision "
+                "that exists and applies (asyncbind db history lists them, db current shows "
+                "each bind's), then run the command again."
+            )
+    elif isinstance(first, BindUnavailableError):
+        keys = [key for key, exc in errors.items() if isinstance(exc, BindUnavailableError)]
+        text = f"{one_line(first)} Nothing was done on {_names(keys)}.{migrated}"
+    elif comparing:
+        keys = list(errors)
+        text = (
+            f"Autogenerate failed on {_names(keys)} ({one_line(first)}); nothing was written. "
+            "Fix the cause and run the command again."
+        )
+    else:
+        keys = list(errors)
+        text = (
+            f"Migrating {_names(keys)} failed ({one_line(first)}); its transaction was rolled "
             "back where the database rolls back DDL (PostgreSQL; not MariaDB/MySQL or SQLite). "
             f"The other binds were migrated: {_names(ran) if ran else 'none'}. Fix the revision "
-            "and run the command again.",
-            errors,
-        ) from first
+            "and run the command again."
+        )
+    others = [key for key in errors if key not in keys]
+    if others:
+        text += f" {_names(others, start=True)} failed too ({one_line(errors[others[0]])})."
+    return text
+
+
+def _behind(exc: BaseException) -> bool:
+    """Whether ``exc`` is autogenerate's refusal of a bind that is not at the head revision."""
+    return isinstance(exc, AlembicCommandError) and str(exc) == "Target database is not up to date."
+
+
+def _revision_error(exc: BaseException | None) -> RevisionError | None:
+    """The error of Alembic's revision map that ``exc`` was raised from, if any: the revisions
+    to run could not be worked out (several heads, an unknown revision), so none ran."""
+    while exc is not None:
+        if isinstance(exc, RevisionError):
+            return exc
+        exc = exc.__cause__
+    return None
 
 
 def _names(keys: Sequence[BindKey] | dict[BindKey, Any], *, start: bool = False) -> str:
     return ", ".join(bind_name(key, start=start and not n) for n, key in enumerate(keys))
 
 
-def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:
+def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey, comparing: list[bool]) -> None:
+    """Migrate (or compare) bind ``key`` on ``conn``; add to ``comparing`` whether the command
+    compares."""
     name = script_name(key)
     context.configure(
         connection=conn,
@@ -225,8 +296,17 @@ def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey) -> None:
         render_as_batch=conn.dialect.name == "sqlite",
         process_revision_directives=_render_in_this_bind,
     )
+    comparing.append(_comparing())
     with context.begin_transaction():
         context.run_migrations(bind=name)
+
+
+def _comparing() -> bool:
+    """Whether the running command compares the models with the databases (revision, check)
+    instead of migrating them. Nothing public tells; Alembic's revision and check commands are
+    those that hand their RevisionContext to the environment, whose options the migration
+    context holds."""
+    return context.get_context().opts.get("revision_context") is not None
 
 
 class _Rendered(ops.OpContainer):

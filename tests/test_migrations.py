@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
-from test_cli import PACKAGE_ROOT, MakeDb, Run, cli, write_module
+from test_cli import PACKAGE_ROOT, MakeDb, Run, cli, closed_port, write_module
 
 pytestmark = [pytest.mark.sqlite, pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -356,6 +356,104 @@ async def test_read_only_binds_are_skipped_unless_named(
         assert run.status == 2
         assert "Bind 'reports' is read-only (read_only=True)" in run.err
         assert "Leave it out of --bind" in run.err
+
+
+TWO_SQLITE = """
+    from sqlalchemy.orm import Mapped, mapped_column
+    from asyncbind import AsyncBind
+
+    db = AsyncBind({main!r}, binds={binds!r})
+
+    class Order(db.Model):
+        __tablename__ = "orders"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class User(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+
+
+def last_error(run: Run) -> str:
+    return run.err.strip().splitlines()[-1]
+
+
+async def test_autogenerate_on_a_bind_behind_says_to_upgrade_it(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    main, users = await new_database("sqlite"), await new_database("sqlite")
+    write_module(tmp_path, "models", TWO_SQLITE.format(main=main, binds={"users": users}))
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade", "--bind", "users")).status == 0
+    for command in (["revision", "--autogenerate", "-m", "second"], ["check"]):
+        run = await db_cmd(tmp_path, *command)
+        assert run.status == 1
+        error = last_error(run)
+        assert "the default bind is behind (CommandError: Target database is not up to" in error
+        assert "Upgrade first (asyncbind db upgrade --bind ''), then run" in error
+        assert "migrated" not in error and "Fix the revision" not in error
+    assert list(revisions(tmp_path)) == ["first"]
+
+
+async def test_several_heads_say_to_merge_them(tmp_path: Path, new_database: NewDatabase) -> None:
+    main, users = await new_database("sqlite"), await new_database("sqlite")
+    write_module(tmp_path, "models", TWO_SQLITE.format(main=main, binds={"users": users}))
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "-m", "first")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    ini = "migrations/alembic.ini"
+    for message in ("left", "right"):
+        run = await alembic(
+            tmp_path, "-c", ini, "revision", "-m", message, "--head", rev1, "--splice"
+        )
+        assert run.status == 0, run.err
+    heads = sorted(revision_id(revisions(tmp_path)[message]) for message in ("left", "right"))
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 1
+    error = last_error(run)
+    assert f"The revisions have more than one head ({', '.join(heads)})" in error
+    assert "nothing was migrated on any bind" in error
+    assert "Merge them (alembic -c migrations/alembic.ini merge heads -m MESSAGE)" in error
+    assert "Fix the revision" not in error
+
+    # What it says to do works.
+    assert (await alembic(tmp_path, "-c", ini, "merge", "heads", "-m", "merge")).status == 0
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+
+    run = await db_cmd(tmp_path, "upgrade", "nosuch")
+    assert run.status == 1
+    error = last_error(run)
+    assert "Can't locate revision identified by 'nosuch': nothing was migrated on any" in error
+    assert "Name a revision that exists" in error
+
+
+async def test_an_unreachable_bind_is_named_and_left_alone(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    main, users = await new_database("sqlite"), await new_database("sqlite")
+    down = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"
+    write_module(
+        tmp_path, "models", TWO_SQLITE.format(main=main, binds={"users": users, "down": down})
+    )
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "-m", "first")).status == 0
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 1
+    error = last_error(run)
+    assert "BindUnavailableError: Bind 'down' is unavailable (" in error
+    assert error.endswith(
+        "Nothing was done on bind 'down'. The other binds were migrated: the default bind, "
+        "bind 'users'."
+    )
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "second")
+    assert run.status == 1
+    error = last_error(run)
+    assert "BindUnavailableError: Bind 'down' is unavailable (" in error
+    assert error.endswith("Nothing was done on bind 'down'.")
 
 
 DIALECTS = """
