@@ -95,9 +95,10 @@ def _bind_key(text: str) -> BindKey:
 def _check_keys(db: AsyncBind, keys: Sequence[BindKey], option: str) -> None:
     unknown = [k for k in keys if k not in db.engines]
     if unknown:
+        configured = ", ".join(repr(key or "") for key in db.engines)
         raise UsageError(
             f"{option} names bind(s) {format_keys(unknown)}, which are not configured "
-            f"(configured: {format_keys(db.engines)}). Write the default bind as ''."
+            f"(configured: {configured}). Write the default bind as ''."
         )
 
 

@@ -516,13 +516,12 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> ParsedConfig:
     return ParsedConfig(url, binds, options, echo)
 
 
-def _json_object(name: str, text: str) -> dict[str, Any]:
+def _json_object(name: str, text: str, example: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
         raise ConfigError(
-            f"{name} is not valid JSON; expected a JSON object such as "
-            '{"users": "mysql://root@localhost/users"}.'
+            f"{name} is not valid JSON; expected a JSON object such as {example}."
         ) from None
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must hold a JSON object, not a JSON {type(value).__name__}.")
@@ -546,7 +545,8 @@ def config_from_env(
     env = os.environ if environ is None else environ
     binds: dict[str, Any] = {}
     if f"{prefix}BINDS" in env:
-        binds.update(_json_object(f"{prefix}BINDS", env[f"{prefix}BINDS"]))
+        example = '{"users": "mysql://root@localhost/users"}'
+        binds.update(_json_object(f"{prefix}BINDS", env[f"{prefix}BINDS"], example))
     marker = f"{prefix}BIND_"
     for name, value in env.items():
         if name.startswith(marker) and len(name) > len(marker):
@@ -567,7 +567,10 @@ def config_from_env(
         url = _with_replicas(f"{prefix}DATABASE_REPLICAS", url, env[f"{prefix}DATABASE_REPLICAS"])
     options: dict[str, Any] = {}
     if f"{prefix}ENGINE_OPTIONS" in env:
-        options.update(_json_object(f"{prefix}ENGINE_OPTIONS", env[f"{prefix}ENGINE_OPTIONS"]))
+        example = '{"pool_size": 10, "pool_pre_ping": true}'
+        options.update(
+            _json_object(f"{prefix}ENGINE_OPTIONS", env[f"{prefix}ENGINE_OPTIONS"], example)
+        )
     echo = _echo(f"{prefix}ECHO", env[f"{prefix}ECHO"]) if f"{prefix}ECHO" in env else None
     return ParsedConfig(url, binds, options, echo)
 

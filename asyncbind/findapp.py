@@ -106,12 +106,12 @@ def _import(name: str) -> ModuleType:
                 f"path. Run asyncbind from the folder that holds it, or fix --app / {APP_ENV}."
             ) from exc
         raise UsageError(
-            f"Importing module {name!r} failed: {one_line(exc)}. "
+            f"Importing module {name!r} failed: {_sentence(one_line(exc))} "
             "Install what it needs, or fix the module (--traceback shows where)."
         ) from exc
     except Exception as exc:  # the module's own code failed: still a problem with --app
         raise UsageError(
-            f"Importing module {name!r} failed: {one_line(exc)}. "
+            f"Importing module {name!r} failed: {_sentence(one_line(exc))} "
             "Fix the module (--traceback shows where)."
         ) from exc
 
@@ -137,12 +137,14 @@ def _attribute(module: ModuleType, attribute: str, spec: str) -> object:
     if not call:
         return found
     if not callable(found):
-        raise UsageError(f"--app {spec!r}: {path!r} is a {type(found).__name__}, not a factory.")
+        kind = type(found).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise UsageError(f"--app {spec!r}: {path!r} is {article} {kind}, not a factory.")
     try:
         return found()
     except Exception as exc:
         raise UsageError(
-            f"--app {spec!r}: calling {path}() failed: {one_line(exc)}. "
+            f"--app {spec!r}: calling {path}() failed: {_sentence(one_line(exc))} "
             "Fix the factory (--traceback shows where)."
         ) from exc
 
@@ -165,6 +167,11 @@ def _db_of(found: object) -> AsyncBind | None:
         if isinstance(db, AsyncBind):
             return db
     return None
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending with one full stop, to be followed by another sentence."""
+    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 def one_line(exc: BaseException) -> str:

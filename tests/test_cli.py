@@ -172,6 +172,10 @@ NOT_APPS = """
             "notapps:broken()", ["calling broken() failed", "the factory broke"], id="factory-fails"
         ),
         pytest.param("notapps:db(1)", ["is not an attribute name"], id="factory-arguments"),
+        pytest.param("notapps:db()", ["'db' is an AsyncBind, not a factory"], id="not-a-factory"),
+        pytest.param(
+            "ending", ["failed: RuntimeError: Set DATABASE_URL first. Fix the module"], id="period"
+        ),
         pytest.param(
             None, ["No database to work on", "--app", "ASYNCBIND_DATABASE_URL"], id="no-config"
         ),
@@ -183,6 +187,7 @@ async def test_a_bad_app_is_a_usage_error(
     write_module(tmp_path, "notapps", NOT_APPS.format(main=await new_database("sqlite")))
     write_module(tmp_path, "failing", "1 / 0\n")
     write_module(tmp_path, "empty", "value = 1\n")
+    write_module(tmp_path, "ending", "raise RuntimeError('Set DATABASE_URL first.')\n")
     run = await cli(tmp_path, *(["--app", app] if app else []), "check")
     assert run.status == 2
     assert run.out == ""
@@ -372,7 +377,8 @@ async def test_create_all_and_drop_all(
     assert await table_names(users, make_db) == set()
 
     unknown = await cli(tmp_path, "--app", "config", "create-all", "--bind", "nope")
-    assert unknown.status == 2 and "'nope'" in unknown.err and "None, 'users'" in unknown.err
+    assert unknown.status == 2 and "'nope'" in unknown.err
+    assert "(configured: '', 'users'). Write the default bind as ''." in unknown.err
 
 
 TYPO = """

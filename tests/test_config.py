@@ -283,8 +283,10 @@ def test_from_env() -> None:
 def test_from_env_prefix_and_errors() -> None:
     parsed = config_from_env({"APP_DATABASE_URL": "sqlite://"}, prefix="APP_")
     assert parsed.url == "sqlite://"
-    with pytest.raises(ConfigError, match="ASYNCBIND_BINDS is not valid JSON"):
+    with pytest.raises(ConfigError, match=r'ASYNCBIND_BINDS is not valid JSON.*"users"'):
         config_from_env({"ASYNCBIND_BINDS": "{nope"})
+    with pytest.raises(ConfigError, match=r'ENGINE_OPTIONS is not valid JSON.*"pool_size"'):
+        config_from_env({"ASYNCBIND_ENGINE_OPTIONS": "pool_size=5"})
     with pytest.raises(ConfigError, match="must hold a JSON object"):
         config_from_env({"ASYNCBIND_ENGINE_OPTIONS": "[1]"})
     with pytest.raises(ConfigError, match="configured twice"):
