@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SESSION_TENANTS",
     "Group",
+    "OuterTransactions",
     "Router",
     "RoutingSession",
     "ShapeCacheInfo",
@@ -124,6 +125,16 @@ class Group(Protocol):
 
     def tenant_engine(self, tenant: str) -> sa.Engine:
         """The engine of ``tenant``."""
+        ...
+
+
+class OuterTransactions(Protocol):
+    """The transactions a test rolls back (:func:`asyncbind.testing.rolled_back`): a session given
+    them joins them, through SAVEPOINTs, on every engine it uses."""
+
+    def connection(self, engine: sa.Engine) -> sa.Connection:
+        """The connection to use for ``engine``, in its outer transaction (opened on first use:
+        called in the session's sync code, which may connect)."""
         ...
 
 
@@ -389,7 +400,9 @@ class RoutingSession(sa_orm.Session):
     commits; a bind that cannot prepare (SQLite) is refused before anything is sent to it.
 
     The AsyncSession passes its keyword arguments on, so ``router`` comes from the
-    ``async_sessionmaker``'s ``router=``.
+    ``async_sessionmaker``'s ``router=``. ``outer_transactions`` is set inside
+    :func:`asyncbind.testing.rolled_back`: every engine the session routes to (a tenant's too) is
+    then a connection of the test's.
     """
 
     #: The :class:`Router` this session routes with.
@@ -399,6 +412,8 @@ class RoutingSession(sa_orm.Session):
     _by_key: Mapping[sa.Engine, sa.Engine | sa.Connection] = _NO_BINDS
     #: Whether SQLAlchemy's own get_bind() is asked first (the session's bind= or binds=).
     _asks_sqlalchemy = False
+    #: The transactions of a test that rolls back, which this session joins, if any.
+    _outer: OuterTransactions | None = None
     #: get_bind()'s fast path, for a session with no binds of its own: the router, else None.
     _router_alone: Router | None
     #: What this session's transaction did with read replicas (see :mod:`asyncbind.replicas`).
@@ -512,9 +527,10 @@ class RoutingSession(sa_orm.Session):
         *,
         router: Router,
         binds: Mapping[Any, sa.Engine | sa.Connection] | None = None,
+        outer_transactions: OuterTransactions | None = None,
         **kw: Any,
     ) -> None:
-        if not binds and (bind is None or router.is_default(bind)):
+        if not binds and outer_transactions is None and (bind is None or router.is_default(bind)):
             # What db.session() makes, once per session: routing alone decides.
             super().__init__(bind, **kw)
             self.router = router
@@ -545,10 +561,10 @@ class RoutingSession(sa_orm.Session):
         super().__init__(bind, binds=by_target or None, **kw)
         self.router = router
         self._by_key = by_key
+        self._outer = outer_transactions
         self._asks_sqlalchemy = own or bool(by_target)
-        self._router_alone = (
-            None if own or by_target or by_key or self.twophase or router.has_replicas else router
-        )
+        told = own or bool(by_target or by_key) or outer_transactions is not None
+        self._router_alone = None if told or self.twophase or router.has_replicas else router
 
     def bind_mapper(self, mapper: Any, bind: sa.Engine | sa.Connection) -> None:
         """As SQLAlchemy's: statements of ``mapper`` go to ``bind``, before routing."""
@@ -634,6 +650,8 @@ class RoutingSession(sa_orm.Session):
             except UnresolvedTenantError as error:
                 engine = self._tenant_engine(error)
             bind = self._by_key.get(engine)
+            if bind is None and self._outer is not None:
+                bind = self._outer.connection(engine)
             if bind is None:
                 replicas = router.replicas.get(engine)
                 if replicas is not None:

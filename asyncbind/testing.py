@@ -9,12 +9,13 @@ then ask for ``asyncbind_rollback`` in a test:
 - every session the app makes meanwhile (``db.session()``, the ``db.session`` proxy,
   ``db.scope()``, the Quart, Starlette and FastAPI request sessions) joins that bind's connection
   through a SAVEPOINT, so its ``commit()`` and ``rollback()`` work as usual, inside the outer
-  transaction;
+  transaction; an engine the binds do not hold (a tenant's, see :mod:`asyncbind.tenants`, or a
+  bind added meanwhile) gets such a connection the first time a session uses it;
 - when the test ends, every outer transaction is rolled back: nothing the test wrote is left.
 
 Statements sent on ``db.engine`` or ``db.get_engine(key)`` directly (not through a session) take
 connections of their own and are not rolled back. The sessions of one test share one connection
-per bind, so they must not run statements at the same time (a test that gathers requests that
+per engine, so they must not run statements at the same time (a test that gathers requests that
 use the database concurrently needs real transactions instead).
 
 :func:`rolled_back` is the same isolation as an async context manager, for other test runners.
@@ -28,24 +29,26 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import loops
 from .config import BindKey
 from .core import AsyncBind
-from .exceptions import ConfigError
+from .exceptions import AsyncBindError, ConfigError
 
 __all__ = ["asyncbind_db", "asyncbind_rollback", "rolled_back"]
 
 #: The session options set while a test's isolation is on.
-_JOINING = ("binds", "join_transaction_mode")
+_JOINING = ("outer_transactions", "join_transaction_mode")
 _UNSET: Any = object()
 
 
 @contextlib.asynccontextmanager
 async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnection]]:
-    """Inside the block, every session ``db`` makes joins one connection per bind, in an outer
-    transaction that is rolled back when the block ends; yields those connections by bind key.
+    """Inside the block, every session ``db`` makes joins one connection per engine, in an outer
+    transaction that is rolled back when the block ends; yields the binds' connections by bind
+    key (those of tenants are opened when first used).
 
     Not reentrant, and one at a time per AsyncBind: the sessions' options are ``db``'s own.
     """
@@ -55,23 +58,16 @@ async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnect
             "'asyncbind_db' must return the app's AsyncBind."
         )
     maker = db.sessionmaker
-    if maker.kw.get("join_transaction_mode") == "create_savepoint" and maker.kw.get("binds"):
+    if maker.kw.get("outer_transactions") is not None:
         raise ConfigError(
             f"{db!r} is already inside rolled_back() (asyncbind_rollback); one at a time."
         )
-    await loops.dispose_other_loops_pools(db.engines.values())
-    async with contextlib.AsyncExitStack() as stack:
-        connections: dict[BindKey, AsyncConnection] = {}
-        for key, engine in db.engines.items():
-            connection = await stack.enter_async_context(engine.connect())
-            await connection.begin()  # rolled back when the connection closes
-            if connection.dialect.name == "sqlite":
-                # SQLite's Python driver sends BEGIN only before the first write, so the
-                # sessions' SAVEPOINT would open the transaction and its RELEASE commit it.
-                await connection.exec_driver_sql("BEGIN")
-            connections[key] = connection
+    await loops.dispose_other_loops_pools(_engines(db))
+    async with contextlib.AsyncExitStack() as stack:  # closing a connection rolls it back
+        outer = _OuterTransactions(db, stack)
+        connections = {key: await outer.open(engine) for key, engine in db.engines.items()}
         saved = {name: maker.kw.get(name, _UNSET) for name in _JOINING}
-        maker.configure(binds=dict(connections), join_transaction_mode="create_savepoint")
+        maker.configure(outer_transactions=outer, join_transaction_mode="create_savepoint")
         try:
             yield connections
         finally:
@@ -80,6 +76,63 @@ async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnect
                     maker.kw.pop(name, None)
                 else:
                     maker.kw[name] = value
+
+
+class _OuterTransactions:
+    """The connections of one :func:`rolled_back` block, one per engine, each in a transaction
+    that ``stack`` rolls back (by closing it) when the block ends: what the sessions made in the
+    block join (:class:`asyncbind.routing.OuterTransactions`)."""
+
+    def __init__(self, db: AsyncBind, stack: contextlib.AsyncExitStack) -> None:
+        self._db = db
+        self._stack = stack
+        self._connections: dict[sa.Engine, AsyncConnection] = {}
+
+    async def open(self, engine: AsyncEngine) -> AsyncConnection:
+        """Open ``engine``'s connection and its transaction now."""
+        connection = await self._stack.enter_async_context(engine.connect())
+        await connection.run_sync(_begin)
+        self._connections[engine.sync_engine] = connection
+        return connection
+
+    def connection(self, engine: sa.Engine) -> sa.Connection:
+        """``engine``'s connection, opened now if it has none yet (a tenant's engine). A session
+        asks from its sync code, where SQLAlchemy lets a sync connection use the async driver."""
+        found = self._connections.get(engine)
+        if found is None:
+            connection = engine.connect()
+            try:
+                _begin(connection)
+            except BaseException:
+                connection.close()
+                raise
+            found = AsyncConnection(self._async_engine(engine), connection)
+            self._stack.push_async_callback(found.close)
+            self._connections[engine] = found
+        return found.sync_connection  # type: ignore[return-value]  # set: made with one
+
+    def _async_engine(self, engine: sa.Engine) -> AsyncEngine:
+        for candidate in _engines(self._db):
+            if candidate.sync_engine is engine:
+                return candidate
+        raise AsyncBindError(
+            f"rolled_back(): a session used an engine that is not {self._db!r}'s ({engine!r})."
+        )
+
+
+def _engines(db: AsyncBind) -> list[AsyncEngine]:
+    """The engines of ``db``'s binds and of the tenants its groups have met."""
+    tenants = [engine for group in db.groups.values() for engine in group.engines.values()]
+    return [*db.engines.values(), *tenants]
+
+
+def _begin(connection: sa.Connection) -> None:
+    """Begin ``connection``'s outer transaction."""
+    connection.begin()  # rolled back when the connection closes
+    if connection.dialect.name == "sqlite":
+        # SQLite's Python driver sends BEGIN only before the first write, so the sessions'
+        # SAVEPOINT would open the transaction and its RELEASE commit it.
+        connection.exec_driver_sql("BEGIN")
 
 
 @pytest.fixture

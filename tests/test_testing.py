@@ -14,6 +14,8 @@ from importlib.metadata import entry_points
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from sqlalchemy import orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncbind import AsyncBind, ConfigError
 
@@ -247,5 +249,57 @@ async def test_starlette_and_fastapi_request_sessions_join_and_vanish(
                     pass
         assert await names(db) == ([], [])  # read on connections of their own
         assert "binds" not in db.sessionmaker.kw
+    finally:
+        await db.dispose()
+
+
+async def test_writes_to_tenant_databases_are_rolled_back_too(
+    backend_pair: tuple[str, str], new_database: NewDatabase
+) -> None:
+    """A tenant's engine is made on demand, so rolled_back() cannot open its connection ahead:
+    the first session that uses it inside the block opens one in an outer transaction."""
+    from asyncbind.testing import rolled_back
+
+    main_backend, tenant_backend = backend_pair
+    main = await new_database(main_backend)
+    tenants = {tenant: await new_database(tenant_backend) for tenant in ("acme", "globex")}
+    db = AsyncBind(main)
+    db.add_group("tenant", url=tenants.__getitem__)
+
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "items"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        name: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        __bind_key__ = "tenant"
+        __tablename__ = "notes"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        text: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+
+    async def count(engine: AsyncEngine, table: str) -> int:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+    try:
+        await db.create_all(bind_key=None)
+        for tenant in tenants:
+            await db.create_all(bind_key="tenant", tenant=tenant)
+        async with rolled_back(db) as connections:
+            assert set(connections) == {None}
+            for tenant in tenants:
+                async with db.route(tenant=tenant), db.session() as session:
+                    session.add_all([Note(text=tenant), Item(name=tenant)])
+                    await session.commit()
+            async with db.scope(), db.route(tenant="globex"):
+                db.session.add(Note(text="again"))
+                await db.session.commit()
+            async with db.route(tenant="globex"), db.session() as session:
+                texts = await session.scalars(sa.select(Note.text).order_by(Note.text))
+                assert texts.all() == ["again", "globex"]
+        # What the databases themselves hold, on connections of their own.
+        assert await count(db.engine, "items") == 0
+        for tenant in tenants:
+            assert await count(db.get_engine("tenant", tenant=tenant), "notes") == 0
     finally:
         await db.dispose()
