@@ -402,7 +402,8 @@ class RoutingSession(sa_orm.Session):
     The AsyncSession passes its keyword arguments on, so ``router`` comes from the
     ``async_sessionmaker``'s ``router=``. ``outer_transactions`` is set inside
     :func:`asyncbind.testing.rolled_back`: every engine the session routes to (a tenant's too) is
-    then a connection of the test's.
+    then a connection of the test's, and the session runs in one phase, even if asked for two
+    (everything is rolled back, so nothing needs the second).
     """
 
     #: The :class:`Router` this session routes with.
@@ -530,7 +531,9 @@ class RoutingSession(sa_orm.Session):
         outer_transactions: OuterTransactions | None = None,
         **kw: Any,
     ) -> None:
-        if not binds and outer_transactions is None and (bind is None or router.is_default(bind)):
+        if outer_transactions is not None:
+            kw["twophase"] = False  # a test's transactions, rolled back: one phase is enough
+        elif not binds and (bind is None or router.is_default(bind)):
             # What db.session() makes, once per session: routing alone decides.
             super().__init__(bind, **kw)
             self.router = router

@@ -11,6 +11,7 @@ then ask for ``asyncbind_rollback`` in a test:
   through a SAVEPOINT, so its ``commit()`` and ``rollback()`` work as usual, inside the outer
   transaction; an engine the binds do not hold (a tenant's, see :mod:`asyncbind.tenants`, or a
   bind added meanwhile) gets such a connection the first time a session uses it;
+- a session asked for two-phase commits (``twophase=True``) runs in one phase, as the others do;
 - when the test ends, every outer transaction is rolled back: nothing the test wrote is left.
 
 Statements sent on ``db.engine`` or ``db.get_engine(key)`` directly (not through a session) take

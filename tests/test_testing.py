@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import textwrap
+import uuid
 from importlib.metadata import entry_points
 
 import pytest
@@ -301,5 +302,47 @@ async def test_writes_to_tenant_databases_are_rolled_back_too(
         assert await count(db.engine, "items") == 0
         for tenant in tenants:
             assert await count(db.get_engine("tenant", tenant=tenant), "notes") == 0
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_two_phase_sessions_commit_in_one_phase_and_vanish(
+    new_database: NewDatabase,
+) -> None:
+    """A two-phase session cannot begin its own transactions inside the test's: under
+    rolled_back() it joins them and commits in one phase, and nothing is prepared."""
+    from test_twophase import prepared
+    from twobinds import add_models, make_urls, names
+
+    from asyncbind.testing import rolled_back
+
+    postgresql, mysql = await make_urls(new_database)
+    name = f"rb{uuid.uuid4().hex[:10]}"
+    options = {"twophase": True}
+    two = add_models(
+        AsyncBind(postgresql, binds={"users": mysql}, twophase_name=name, session_options=options)
+    )
+    db, Item, User = two.db, two.Item, two.User
+    try:
+        await db.create_all()
+        async with rolled_back(db):
+            async with db.session() as session:  # two-phase by session_options
+                session.add_all([Item(name="options"), User(name="options")])
+                await session.commit()
+            async with db.session(twophase=True) as session:
+                session.add_all([Item(name="call"), User(name="call")])
+                await session.commit()
+            async with db.scope(twophase=True):
+                db.session.add_all([Item(name="scope"), User(name="scope")])
+                await db.session.commit()
+            async with db.session() as session:
+                items = await session.scalars(sa.select(Item.name).order_by(Item.name))
+                assert items.all() == ["call", "options", "scope"]
+        assert await names(db) == ([], [])
+        assert await prepared(name) == {"postgresql": [], "mysql": []}
+        async with db.session() as session:  # outside the block, two-phase as configured
+            assert session.sync_session.twophase
     finally:
         await db.dispose()
