@@ -15,9 +15,10 @@ cut short to the engine's :class:`_Stopper`, which ends those server connections
 other over one connection of the engine (so that a storm of cancellations takes one connection
 from the pool, not one each): ``pg_terminate_backend()`` on PostgreSQL, ``KILL CONNECTION`` on
 MySQL and MariaDB. Ending one's own connections needs no privilege on either. The server rolls
-the transaction back and releases its locks. Connecting and each statement are bounded by
-:data:`STOP_TIMEOUT`; what cannot be ended is named in a warning. ``AsyncBind.dispose()`` waits
-for the stoppers of its engines (:func:`settle`).
+the transaction back and releases its locks, and the stopper waits until it has (the server no
+longer lists the connection), so that what comes after finds the locks free. Connecting and each
+end are bounded by :data:`STOP_TIMEOUT`; what cannot be ended is named in a warning.
+``AsyncBind.dispose()`` waits for the stoppers of its engines (:func:`settle`).
 
 Behind PgBouncer the backend pid a client sees is not the server's, so binds with
 ``pgbouncer=True`` stop nothing this way (PgBouncer forwards asyncpg's cancel requests itself).
@@ -42,7 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import BindKey
 from .exceptions import bind_name, first_line
@@ -71,13 +72,25 @@ _SERVER_IDS: dict[str, Callable[[Any], int]] = {
     "asyncmy": lambda driver_connection: driver_connection.thread_id(),
 }
 
-#: The statement that ends server connection ``id``, by dialect name (``mariadb://`` URLs give
-#: SQLAlchemy's ``mariadb`` dialect).
-_STOP_SQL: dict[str, Callable[[int], str]] = {
-    "postgresql": lambda server_id: f"SELECT pg_terminate_backend({server_id})",
-    "mysql": lambda server_id: f"KILL CONNECTION {server_id}",
-    "mariadb": lambda server_id: f"KILL CONNECTION {server_id}",
-}
+#: The dialects whose server connections asyncbind ends (``mariadb://`` URLs give SQLAlchemy's
+#: ``mariadb`` dialect).
+_STOPPABLE = frozenset({"postgresql", "mysql", "mariadb"})
+#: How long (in seconds) after each round of ends a stopper checks again whether MySQL or
+#: MariaDB has finished them.
+_GONE_CHECK_INTERVAL = 0.02
+
+
+def _stop_sql(dialect: sa.Dialect, server_id: int) -> str:
+    """The statement that ends server connection ``server_id`` and, where the server can, waits
+    until it has: PostgreSQL 14 and later wait for the backend to exit (its transaction rolled
+    back, its locks released), up to :data:`STOP_TIMEOUT`. MySQL's and MariaDB's ``KILL`` returns
+    at once; the stopper waits for them (:func:`_gone`)."""
+    if dialect.name != "postgresql":
+        return f"KILL CONNECTION {server_id}"
+    version = dialect.server_version_info or ()
+    wait = f", {int(STOP_TIMEOUT * 1000)}" if version >= (14,) else ""
+    return f"SELECT pg_terminate_backend({server_id}{wait})"
+
 
 #: The key of a connection's server id in its pool record's ``info``.
 _SERVER_ID = "asyncbind_server_id"
@@ -88,7 +101,7 @@ _STOPPER = "asyncbind_stopper"
 
 def applies(dialect: sa.Dialect, *, pgbouncer: bool) -> bool:
     """Whether abandoned statements of ``dialect``'s binds are stopped on the server."""
-    return dialect.driver in _SERVER_IDS and dialect.name in _STOP_SQL and not pgbouncer
+    return dialect.driver in _SERVER_IDS and dialect.name in _STOPPABLE and not pgbouncer
 
 
 def interrupts(engine: sa.Engine) -> bool:
@@ -176,15 +189,18 @@ class _Stopper:
                 )
 
     async def _end_all(self, engine: sa.Engine) -> None:
-        stop_sql = _STOP_SQL[engine.dialect.name]
+        dialect = engine.dialect
         async with asyncio.timeout(STOP_TIMEOUT):
             conn = await AsyncEngine(engine).connect()
         try:
             await conn.execution_options(**{_STOPPER: True})
             while self.ids:
+                server_id = self.ids[0]
                 try:
                     async with asyncio.timeout(STOP_TIMEOUT):
-                        await conn.exec_driver_sql(stop_sql(self.ids[0]))
+                        await conn.exec_driver_sql(_stop_sql(dialect, server_id))
+                        if dialect.name != "postgresql":
+                            await _gone(conn, server_id)
                 except Exception as exc:
                     if not _already_gone(exc):
                         raise
@@ -228,6 +244,16 @@ def listener(
         stopper.add(engine, server_id, loop)
 
     return stop
+
+
+async def _gone(conn: AsyncConnection, server_id: int) -> None:
+    """Wait until MySQL or MariaDB no longer lists connection ``server_id``, which ``KILL`` only
+    marks to be ended: it rolls its transaction back and releases its locks first."""
+    listed = sa.text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = :id")
+    while True:  # the server has no event to wait for: ask it again after a moment
+        if not await conn.scalar(listed, {"id": server_id}):
+            return
+        await asyncio.sleep(_GONE_CHECK_INTERVAL)
 
 
 def _already_gone(exc: BaseException) -> bool:
