@@ -1,4 +1,5 @@
-"""What the servers say about a test's database: open transactions and connections.
+"""What the servers say about a test's database: open transactions and connections, and whether a
+SQLite file is write-locked.
 
 Asked on the server's admin database over a fresh raw-driver connection, so that the question does
 not count itself.
@@ -7,6 +8,8 @@ not count itself.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -101,3 +104,17 @@ async def settled_connections(backend: str, database: str, expected: int) -> int
 def database_of(url: str) -> str:
     """The database name in ``url``."""
     return sa.make_url(url).database or ""
+
+
+def sqlite_write_locked(path: Path) -> bool:
+    """Whether another connection is refused a write transaction on the SQLite file at ``path``,
+    after a short busy timeout; blocking (run it in a thread where the loop must go on)."""
+    probe = sqlite3.connect(path, timeout=0.2)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.rollback()
+        return False
+    except sqlite3.OperationalError:  # database is locked
+        return True
+    finally:
+        probe.close()

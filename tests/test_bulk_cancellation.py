@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import random
-import sqlite3
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
-from serverstate import database_of, open_transactions, server_connections
+from serverstate import database_of, open_transactions, server_connections, sqlite_write_locked
 
 from asyncbind import AsyncBind
 from asyncbind.bulk import load_rows
@@ -343,20 +342,6 @@ async def test_a_parallel_copy_cancelled_leaves_no_transaction_or_connection_beh
         if r.levelno >= logging.WARNING and r.name.split(".")[0] in ("sqlalchemy", "asyncbind")
     ]
     assert problems == []
-
-
-def sqlite_write_locked(path: Path) -> bool:
-    """Whether another connection is refused a write transaction on the SQLite file at ``path``,
-    after a short busy timeout; run in the loop's thread, so nothing else runs meanwhile."""
-    probe = sqlite3.connect(path, timeout=0.2)
-    try:
-        probe.execute("BEGIN IMMEDIATE")
-        probe.rollback()
-        return False
-    except sqlite3.OperationalError:  # database is locked
-        return True
-    finally:
-        probe.close()
 
 
 @pytest.mark.sqlite

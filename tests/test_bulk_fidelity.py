@@ -169,16 +169,24 @@ async def database(new_database: NewDatabase, backend: str) -> str:
     return sa.make_url(url).set(drivername=backend).render_as_string(hide_password=False)
 
 
-async def source_and_target(
+async def copying_binds(
     direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
-) -> tuple[AsyncBind, sa.Table, sa.Table]:
+) -> AsyncBind:
+    """An AsyncBind with a ``"source"`` and a ``"target"`` bind, each a new database on its end
+    of ``direction``."""
     source_backend, target_backend = direction
-    db = make_db(
+    return make_db(
         binds={
             "source": await database(new_database, source_backend),
             "target": await database(new_database, target_backend),
         }
     )
+
+
+async def source_and_target(
+    direction: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> tuple[AsyncBind, sa.Table, sa.Table]:
+    db = await copying_binds(direction, new_database, make_db)
     source = db.Table("fidelity", *columns(), bind_key="source")
     target = db.Table("fidelity", *columns(), bind_key="target")
     await db.create_all()
@@ -664,13 +672,7 @@ async def test_names_with_percent_signs(
 ) -> None:
     """A % in a table or column name reaches the database as it is, also through MySQL's
     drivers, which read %% in their SQL as %."""
-    source_backend, target_backend = direction
-    db = make_db(
-        binds={
-            "source": await database(new_database, source_backend),
-            "target": await database(new_database, target_backend),
-        }
-    )
+    db = await copying_binds(direction, new_database, make_db)
     tables = [
         db.Table(
             "rates %",
@@ -697,13 +699,7 @@ async def test_integers_into_a_boolean_column(
 ) -> None:
     """0 and 1 (MariaDB's BOOL is a TINYINT, reflected as one) become False and True, as an
     INSERT through SQLAlchemy makes them; another integer fails, as it does there."""
-    source_backend, target_backend = direction
-    db = make_db(
-        binds={
-            "source": await database(new_database, source_backend),
-            "target": await database(new_database, target_backend),
-        }
-    )
+    db = await copying_binds(direction, new_database, make_db)
     tables = [
         db.Table(
             "flags",
@@ -735,13 +731,7 @@ async def test_text_into_a_json_column_is_the_document(
     """Text copied into a JSON column is the JSON document itself (MariaDB's JSON is a LONGTEXT,
     and is reflected as one), not a JSON string of it; text that is not JSON fails, also on
     SQLite, which would store it."""
-    source_backend, target_backend = direction
-    db = make_db(
-        binds={
-            "source": await database(new_database, source_backend),
-            "target": await database(new_database, target_backend),
-        }
-    )
+    db = await copying_binds(direction, new_database, make_db)
     tables = [
         db.Table(
             "docs",
@@ -774,5 +764,5 @@ async def test_text_into_a_json_column_is_the_document(
     with pytest.raises(BulkCopyError) as caught:
         await db.copy(sa.select(tables[0]).where(tables[0].c.id == 9), target)
     assert caught.value.rows_copied == 0
-    if target_backend == "sqlite":
+    if direction[1] == "sqlite":
         assert "'doc' (SQLite JSON) cannot hold 'not JSON'" in str(caught.value)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import sqlalchemy as sa
 from conftest import NewDatabase, mysql_admin, postgresql_admin
 from faultproxy import FaultProxy
 from replication import wait_until
+from serverstate import sqlite_write_locked
 
 from asyncbind import AsyncBind, StatementTimeoutError
 from asyncbind.stopping import applies
@@ -218,17 +218,6 @@ async def test_a_cancelled_sqlite_statement_is_interrupted(tmp_path: Path, make_
     db.Table("t", sa.Column("x", sa.Integer))
     await db.create_all()
 
-    def write_locked() -> bool:
-        probe = sqlite3.connect(path, timeout=0)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.rollback()
-            return False
-        except sqlite3.OperationalError:  # database is locked
-            return True
-        finally:
-            probe.close()
-
     async def insert() -> None:
         async with db.session() as session:
             await session.execute(
@@ -241,30 +230,16 @@ async def test_a_cancelled_sqlite_statement_is_interrupted(tmp_path: Path, make_
     task = asyncio.create_task(insert())
 
     async def writing() -> bool:
-        return await asyncio.to_thread(write_locked)
+        return await asyncio.to_thread(sqlite_write_locked, path)
 
     await wait_until(writing, "the INSERT started", guard=GUARD)
     task.cancel()
     async with asyncio.timeout(GUARD):
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert not await asyncio.to_thread(write_locked)
+    assert not await asyncio.to_thread(sqlite_write_locked, path)
     async with db.engine.connect() as conn:
         assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0  # rolled back
-
-
-def sqlite_write_locked(path: Path) -> bool:
-    """Whether another connection is refused a write transaction on the SQLite file at ``path``,
-    after a short busy timeout; run in the loop's thread, so nothing else runs meanwhile."""
-    probe = sqlite3.connect(path, timeout=0.2)
-    try:
-        probe.execute("BEGIN IMMEDIATE")
-        probe.rollback()
-        return False
-    except sqlite3.OperationalError:  # database is locked
-        return True
-    finally:
-        probe.close()
 
 
 @pytest.mark.sqlite
