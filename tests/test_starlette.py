@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -108,7 +109,7 @@ def create_app(two: TwoBinds, *, autocommit: bool = False) -> tuple[Starlette, l
     return app, seen
 
 
-def client_of(app: Starlette) -> httpx.AsyncClient:
+def client_of(app: Any) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
@@ -244,6 +245,44 @@ async def test_a_request_no_route_answers_leaves_nothing_open(two: TwoBinds) -> 
     app, _ = create_app(two)
     async with lifespan_of(app), client_of(app) as client:
         assert (await client.get("/missing")).status_code == 404
+    assert all_zero(checked_out(db))
+
+
+async def test_request_state_is_shared_with_the_middleware_outside(two: TwoBinds) -> None:
+    """A value the handler puts in ``request.state`` is seen by a middleware outside
+    AsyncBindMiddleware (an access log), and the session is in the request's own state only,
+    never in the lifespan's, which the server copies for each request."""
+    db = two.db
+    lifespan_state: dict[str, Any] = {"answer": 42}
+    states: list[Any] = []
+
+    class AccessLog(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: Any) -> Any:
+            request.state.request_id = "r-1"
+            response = await call_next(request)
+            response.headers["x-user"] = request.state.user
+            states.append(request.state)
+            return response
+
+    async def handler(request: Request) -> JSONResponse:
+        request.state.user = "ada"
+        await request.state.session.execute(sa.select(two.Item))
+        return JSONResponse([request.state.request_id, request.state.answer])
+
+    app = Starlette(
+        routes=[Route("/", handler)],
+        middleware=[Middleware(AccessLog), Middleware(AsyncBindMiddleware, db=db)],
+    )
+
+    async def server(scope: Any, receive: Any, send: Any) -> None:
+        # As a server does: each request's state is a copy of the lifespan's.
+        await app({**scope, "state": dict(lifespan_state)}, receive, send)
+
+    async with client_of(server) as client:
+        response = await client.get("/")
+    assert response.json() == ["r-1", 42] and response.headers["x-user"] == "ada"
+    assert not hasattr(states[0], "session")  # taken out when the session was closed
+    assert lifespan_state == {"answer": 42}
     assert all_zero(checked_out(db))
 
 

@@ -171,19 +171,25 @@ class AsyncBindMiddleware:
             await self._handle(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request's state is its own copy of the lifespan's (the ASGI spec): the session goes
+        # into it, beside what middleware and handlers put there, which those outside this
+        # middleware see too; it is taken out again when the session is closed.
+        state = scope.setdefault("state", {})
         async with self.db.scope() as session:
-            # A new state dict: the server's may be shared with the lifespan's.
-            scope["state"] = {**scope.get("state", {}), self.state_key: session}
-            if not (self.autocommit and scope["type"] == "http"):
-                await self.app(scope, receive, send)
-                return
+            state[self.state_key] = session
+            try:
+                if not (self.autocommit and scope["type"] == "http"):
+                    await self.app(scope, receive, send)
+                    return
 
-            async def send_after_commit(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    if message["status"] < 400:
-                        await session.commit()
-                    else:
-                        await session.rollback()
-                await send(message)
+                async def send_after_commit(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        if message["status"] < 400:
+                            await session.commit()
+                        else:
+                            await session.rollback()
+                    await send(message)
 
-            await self.app(scope, receive, send_after_commit)
+                await self.app(scope, receive, send_after_commit)
+            finally:
+                state.pop(self.state_key, None)
