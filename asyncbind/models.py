@@ -151,7 +151,16 @@ class BindKeyMixin:
                     f"Model {cls.__name__!r}: __bind_key__ is {key!r}; "
                     "expected a bind key string, or None for the default bind."
                 )
-            metadata = cls.__asyncbind_metadatas__.for_key(key)
+            metadatas = getattr(cls, "__asyncbind_metadatas__", None)
+            if metadatas is None:  # a base of the application's own, not given to an AsyncBind yet
+                raise ConfigError(
+                    f"Model {cls.__name__!r} has __bind_key__ = {key!r}, but its base "
+                    f"{cls.__mro__[1].__name__!r} is no AsyncBind's db.Model yet, so there is "
+                    "no metadata of that bind to put its table in. Make the AsyncBind first "
+                    "(db = AsyncBind(..., model_class=Base), in the module that defines Base), "
+                    "then define the models."
+                )
+            metadata = metadatas.for_key(key)
             if getattr(cls, "metadata", None) is not metadata:
                 cls.metadata = metadata  # type: ignore[attr-defined]
         super().__init_subclass__(**kwargs)

@@ -312,6 +312,24 @@ def test_autonaming_can_be_disabled() -> None:
             id: Mapped[int] = mapped_column(primary_key=True)
 
 
+def test_a_bind_keyed_model_before_its_asyncbind_is_a_config_error() -> None:
+    from asyncbind import BindKeyMixin
+
+    class Base(BindKeyMixin, sa_orm.DeclarativeBase):
+        pass
+
+    with pytest.raises(
+        ConfigError,
+        match=r"Model 'User' has __bind_key__ = 'users', but its base "
+        r"'Base' is no AsyncBind's db.Model yet.*Make the AsyncBind first",
+    ):
+
+        class User(Base):
+            __bind_key__ = "users"
+            __tablename__ = "users"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+
 def test_a_typed_base_of_your_own_with_the_bind_key_mixin() -> None:
     from asyncbind import BindKeyMixin
 
