@@ -11,7 +11,9 @@ Each tenant's engine is made on first use and kept in least-recently-used order;
 ``max_engines``, the least recently used engines whose connections are all back in their pools are
 retired (disposed, see :mod:`asyncbind.retiring`). An engine a session is using is never
 disposed, so the count may exceed the bound while more tenants than that are busy at once; it
-comes back under it as they finish.
+comes back under it as they finish. An engine whose pool shares one connection (an in-memory
+SQLite database) is never retired: its pool cannot tell whether a session uses it, and disposing
+it would destroy the database. It stays until ``db.dispose()``.
 
 A session serves one tenant per group: the first tenant it opens a transaction with stays its
 tenant (its identity map holds that tenant's rows), and another raises
@@ -159,7 +161,7 @@ class TenantGroup:
         for tenant, engine in list(self._engines.items())[:-1]:
             if excess <= 0:
                 break
-            if not in_use(engine):
+            if not in_use(engine) and not _one_connection(engine):
                 del self._engines[tenant]
                 self._retirements.retire(engine, f"tenant {tenant!r} of group {self.key!r}")
                 excess -= 1
@@ -169,6 +171,12 @@ class TenantGroup:
             f"<TenantGroup {self.key!r}: {len(self._engines)} engines, "
             f"max_engines={self.max_engines}>"
         )
+
+
+def _one_connection(engine: AsyncEngine) -> bool:
+    """Whether ``engine``'s pool shares one connection (an in-memory SQLite database): it keeps
+    no count of what is checked out, and closing the connection loses the database."""
+    return isinstance(engine.sync_engine.pool, sa.pool.StaticPool | sa.pool.SingletonThreadPool)
 
 
 class Route:

@@ -248,6 +248,29 @@ async def test_a_session_in_use_keeps_its_engine(
     assert group.engines["t1"] is not held
 
 
+async def test_in_memory_tenants_are_kept_past_the_bound(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    """An in-memory tenant's engine shares one connection (its pool cannot tell whether a session
+    uses it) and is its whole database: it is never evicted, in use or idle."""
+    app = make_app(make_db("sqlite://"))
+    db, Note = app.db, app.Note
+    group = db.add_group("tenant", url=lambda tenant: "sqlite://", max_engines=1)
+    async with db.route(tenant="t0"), db.session() as busy:
+        await db.create_all(bind_key="tenant")
+        busy.add(Note(tenant="t0", text="held"))
+        await busy.flush()  # t0's transaction is open
+        async with db.route(tenant="t1"):
+            await db.create_all(bind_key="tenant")
+        await busy.commit()
+        assert (await busy.scalars(sa.select(Note.text))).all() == ["held"]
+    async with db.route(tenant="t2"):  # t0 and t1 are idle now, and still kept
+        await db.create_all(bind_key="tenant")
+    assert sorted(group.engines) == ["t0", "t1", "t2"]
+    async with db.route(tenant="t0"), db.session() as session:
+        assert (await session.scalars(sa.select(Note.text))).all() == ["held"]
+
+
 @pytest.mark.parametrize(
     "backends",
     [
