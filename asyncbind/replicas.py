@@ -7,8 +7,9 @@ A bind configured with ``"replicas": [url, ...]`` gets one engine per replica
 
 - the primary for whatever writes or locks: a flush, Core INSERT / UPDATE / DELETE, DDL,
   ``text()``, ``SELECT ... FOR UPDATE / FOR SHARE``;
-- the primary for every statement on that bind once the session's transaction has written to it,
-  until that transaction ends (commit, rollback or close): read-your-writes;
+- the primary for every statement on that bind once the session's transaction has written to it
+  (or asked for its connection, ``session.connection()``), until that transaction ends (commit,
+  rollback or close): read-your-writes;
 - the primary for the reads a write makes: the ORM's SELECT of the rows an UPDATE or DELETE with
   ``synchronize_session="fetch"`` is about to change, on a database without RETURNING (MySQL,
   MariaDB's UPDATE), and its check of whether the bind has RETURNING;
@@ -137,7 +138,9 @@ class ReplicaSet:
         if reads is None:
             reads = session.replica_reads = SessionReplicas()
         if clause is None or not _is_read(clause):
-            if clause is not None or mapper is not None:  # a write, a lock or a flush
+            # A write, a lock, a flush, or session.connection() in a statement (what is sent
+            # through it is not seen here); not a get_bind() outside one (to read the dialect).
+            if clause is not None or mapper is not None or concurrency.in_greenlet():
                 reads.written.add(primary)
             return primary
         if (

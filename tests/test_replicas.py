@@ -270,6 +270,20 @@ async def test_a_transaction_reads_its_own_writes_from_the_primary_until_it_ends
     await rep.resume()
 
 
+async def test_a_write_through_the_session_connection_is_read_back_from_the_primary(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    db, Item = await items_db(rep, make_db)
+    await rep.pause()
+    async with db.session() as session:
+        conn = await session.connection()  # the primary's
+        await conn.execute(sa.update(Item.__table__).values(name="written"))
+        row = (await session.execute(sa.select(Item.name, rep.where))).one()
+        assert row.name == "written" and not rep.on_replica(row.where)
+        await session.rollback()
+    await rep.resume()
+
+
 async def test_the_rows_an_update_will_change_are_read_on_the_primary(
     rep: Replicated, make_db: MakeDb
 ) -> None:
