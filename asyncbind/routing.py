@@ -29,6 +29,7 @@ from .exceptions import (
     ConfigError,
     CrossBindError,
     ReadOnlyBindError,
+    TenantMismatchError,
     TwoPhasePrepareError,
     UnknownBindError,
     UnresolvedTenantError,
@@ -125,6 +126,10 @@ class Group(Protocol):
 
     def tenant_engine(self, tenant: str) -> sa.Engine:
         """The engine of ``tenant``."""
+        ...
+
+    def current_tenant(self) -> str | None:
+        """The tenant routed in the running context, or None."""
         ...
 
 
@@ -232,6 +237,15 @@ class Router:
         if group is None:
             raise UnknownBindError(key, [*self._engines, *self._groups]) from None
         return group.tenant_engine(tenant)
+
+    def routed_tenant(self, mapper: Any) -> tuple[str, str | None] | None:
+        """The group of ``mapper``'s bind key and the tenant routed for it now (None: none);
+        None for a mapper of an ordinary bind."""
+        key = self._mapper_key(mapper)[0]
+        group = self._groups.get(key)
+        if group is None or key is None:
+            return None
+        return key, group.current_tenant()
 
     def is_default(self, bind: sa.Engine | sa.Connection) -> bool:
         """Whether ``bind`` is the default bind's engine."""
@@ -521,6 +535,21 @@ class RoutingSession(sa_orm.Session):
             )
         finally:
             self.writing = outer
+
+    def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
+        """As SQLAlchemy's; in a route for another tenant than the one this session works with,
+        :class:`TenantMismatchError`. An object found in the identity map is returned without a
+        statement, so the check the session makes when a transaction begins never sees it.
+        (``get_one()`` calls this.)"""
+        pinned = self.info.get(SESSION_TENANTS)
+        if pinned:  # only a session that has used a tenant group pays for the check
+            found = self.router.routed_tenant(entity)
+            if found is not None:
+                key, tenant = found
+                first = pinned.get(key)
+                if first is not None and tenant is not None and tenant != first:
+                    raise TenantMismatchError(key, first, tenant)
+        return super().get(entity, ident, **kw)
 
     def __init__(
         self,

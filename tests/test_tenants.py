@@ -149,6 +149,14 @@ async def test_a_session_serves_one_tenant(
             with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'") as info:
                 await session.execute(sa.select(Note))
         assert (info.value.first, info.value.then) == ("acme", "globex")
+        one = (await session.scalars(sa.select(Note))).first()  # in the identity map
+        assert one is not None
+        with db.route(tenant="globex"):  # get() would answer from it without a statement
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'"):
+                await session.get(Note, one.id)
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'"):
+                await session.get_one(Note, one.id)
+        assert await session.get(Note, one.id) is one
     assert await rows_in(urls["acme"]) == [("acme", "inside"), ("acme", "after")]
     assert await rows_in(urls["globex"]) == []
 
