@@ -14,7 +14,8 @@ A bind configured with ``"replicas": [url, ...]`` gets one engine per replica
   ``synchronize_session="fetch"`` is about to change, on a database without RETURNING (MySQL,
   MariaDB's UPDATE), and its check of whether the bind has RETURNING;
 - the primary inside ``async with db.primary():`` and for a statement with
-  ``.execution_options(use_primary=True)``;
+  ``.execution_options(use_primary=True)``, or given ``execution_options={"use_primary": True}``
+  by the call (``session.execute()``, ``session.get()``...);
 - else a replica, the same one for the rest of the transaction: round robin or random over the
   replicas in rotation.
 
@@ -51,7 +52,7 @@ from .config import BindConfig, BindKey
 from .engines import make_engine
 from .exceptions import NoReplicaError, bind_name, first_line
 from .registry import bind_config
-from .routing import Router, RoutingSession
+from .routing import USE_PRIMARY, Router, RoutingSession
 from .urls import hide_passwords, render_url
 
 __all__ = [
@@ -65,9 +66,6 @@ __all__ = [
 
 logger = logging.getLogger("asyncbind")
 
-#: The execution option that sends one statement to the primary:
-#: ``select(User).execution_options(use_primary=True)``.
-USE_PRIMARY = "use_primary"
 #: Seconds to wait for a connection to a replica when the bind sets no ``connect_timeout``.
 REPLICA_CONNECT_TIMEOUT = 5.0
 
@@ -145,7 +143,7 @@ class ReplicaSet:
             return primary
         if (
             primary in reads.written
-            or session.writing  # a read made by an UPDATE / DELETE, before it writes
+            or session.on_primary  # an UPDATE / DELETE's own reads, or use_primary at the call
             or session.twophase  # a standby cannot PREPARE TRANSACTION
             or session.router in _PRIMARY_ONLY.get()
             or clause.get_execution_options().get(USE_PRIMARY)

@@ -51,6 +51,9 @@ __all__ = [
 
 _MISSING: Any = object()
 _NO_BINDS: Mapping[Any, Any] = MappingProxyType({})
+#: The execution option that sends one statement to the primary:
+#: ``select(User).execution_options(use_primary=True)`` (see :mod:`asyncbind.replicas`).
+USE_PRIMARY = "use_primary"
 #: The ``session.info`` key of the tenant a session works with, by group key.
 SESSION_TENANTS = "asyncbind.tenants"
 #: How many statement shapes the router remembers: enough for a thousand models' usual statements
@@ -433,14 +436,16 @@ class RoutingSession(sa_orm.Session):
     _router_alone: Router | None
     #: What this session's transaction did with read replicas (see :mod:`asyncbind.replicas`).
     replica_reads: SessionReplicas | None = None
-    #: Whether an UPDATE or DELETE is running, so that the reads it makes (the ORM's SELECT of
-    #: the rows it will change, with ``synchronize_session="fetch"``) go to the primary, not to
-    #: a replica (see :mod:`asyncbind.replicas`).
-    writing = False
+    #: Whether the running statement goes to the primary whatever it is, and the reads it makes
+    #: with it: an UPDATE or DELETE (the ORM's SELECT of the rows it will change, with
+    #: ``synchronize_session="fetch"``), or a call given ``execution_options={"use_primary":
+    #: True}``, which get_bind() does not see (see :mod:`asyncbind.replicas`).
+    on_primary = False
 
     # execute(), scalar() and scalars() hand an ORM UNION / INTERSECT / EXCEPT over to get_bind()
     # as the clause to route by: SQLAlchemy passes none, so it would go to the default bind
-    # whatever its tables. With replicas, they run DML with ``writing`` set. They run for every
+    # whatever its tables. With replicas, they run DML and calls given ``use_primary`` with
+    # ``on_primary`` set. They run for every
     # statement, so the parameters are spelled out: packing them into **kw and out again costs
     # more than the checks themselves.
 
@@ -455,8 +460,12 @@ class RoutingSession(sa_orm.Session):
     ) -> Any:
         if not bind_arguments and isinstance(statement, sa.CompoundSelect):
             bind_arguments = {"clause": statement}
-        elif self._router_alone is None and self.router.has_replicas and _writes(statement):
-            return self._writing(
+        elif (
+            self._router_alone is None
+            and self.router.has_replicas
+            and _to_primary(statement, execution_options)
+        ):
+            return self._on_primary(
                 super().execute, statement, params, execution_options, bind_arguments, kw
             )
         return super().execute(
@@ -478,8 +487,12 @@ class RoutingSession(sa_orm.Session):
     ) -> Any:
         if not bind_arguments and isinstance(statement, sa.CompoundSelect):
             bind_arguments = {"clause": statement}
-        elif self._router_alone is None and self.router.has_replicas and _writes(statement):
-            return self._writing(
+        elif (
+            self._router_alone is None
+            and self.router.has_replicas
+            and _to_primary(statement, execution_options)
+        ):
+            return self._on_primary(
                 super().scalar, statement, params, execution_options, bind_arguments, kw
             )
         return super().scalar(
@@ -501,8 +514,12 @@ class RoutingSession(sa_orm.Session):
     ) -> Any:
         if not bind_arguments and isinstance(statement, sa.CompoundSelect):
             bind_arguments = {"clause": statement}
-        elif self._router_alone is None and self.router.has_replicas and _writes(statement):
-            return self._writing(
+        elif (
+            self._router_alone is None
+            and self.router.has_replicas
+            and _to_primary(statement, execution_options)
+        ):
+            return self._on_primary(
                 super().scalars, statement, params, execution_options, bind_arguments, kw
             )
         return super().scalars(
@@ -513,7 +530,7 @@ class RoutingSession(sa_orm.Session):
             **kw,
         )
 
-    def _writing(
+    def _on_primary(
         self,
         run: Any,
         statement: Any,
@@ -522,9 +539,9 @@ class RoutingSession(sa_orm.Session):
         bind_arguments: Any,
         kw: dict[str, Any],
     ) -> Any:
-        """``run`` (Session's execute, scalar or scalars) of a DML ``statement``, with
-        :attr:`writing` set while it runs."""
-        outer, self.writing = self.writing, True
+        """``run`` (Session's execute, scalar or scalars) of ``statement``, with
+        :attr:`on_primary` set while it runs."""
+        outer, self.on_primary = self.on_primary, True
         try:
             return run(
                 statement,
@@ -534,7 +551,7 @@ class RoutingSession(sa_orm.Session):
                 **kw,
             )
         finally:
-            self.writing = outer
+            self.on_primary = outer
 
     def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
         """As SQLAlchemy's; in a route for another tenant than the one this session works with,
@@ -694,8 +711,12 @@ class RoutingSession(sa_orm.Session):
         return bind  # type: ignore[no-any-return]
 
 
-def _writes(statement: Any) -> bool:
-    return isinstance(statement, sa.Update | sa.Delete)
+def _to_primary(statement: Any, execution_options: Any) -> bool:
+    """Whether ``statement`` goes to the primary whatever it is: an UPDATE or DELETE, or a call
+    given ``use_primary=True`` (``session.get(..., execution_options=...)`` comes here too)."""
+    return isinstance(statement, sa.Update | sa.Delete) or bool(
+        execution_options and execution_options.get(USE_PRIMARY)
+    )
 
 
 def _route(router: Router, mapper: Any, clause: Any, bind_key: Any) -> sa.Engine:

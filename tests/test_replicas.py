@@ -336,6 +336,21 @@ async def test_the_primary_can_be_asked_for(rep: Replicated, make_db: MakeDb) ->
         assert await where(db, read, rep) == "primary"
     assert await where(db, read, rep) == "replica"
     assert await where(db, read.execution_options(use_primary=True), rep) == "primary"
+    use_primary = {"use_primary": True}
+    async with db.session() as session:  # given at the call, not on the statement
+        assert not rep.on_replica(
+            (await session.execute(read, execution_options=use_primary)).one().where
+        )
+        assert not rep.on_replica(
+            await session.scalar(sa.select(rep.where), execution_options=use_primary)
+        )
+    await rep.pause()
+    async with db.engine.begin() as conn:  # the primary's engine: the replica never sees it
+        await conn.execute(sa.update(Item).values(name="changed"))
+    async with db.session() as session:
+        item = await session.get(Item, 1, execution_options=use_primary)
+        assert item is not None and item.name == "changed"
+    await rep.resume()
 
 
 async def test_two_phase_sessions_use_the_primary(rep: Replicated, make_db: MakeDb) -> None:
@@ -613,7 +628,7 @@ async def test_updates_and_deletes_read_nothing_from_a_replica(
             .execution_options(synchronize_session=synchronize)
         )
         assert files.db.pool_status()[None].replicas[0].checked_out == 0
-        assert not session.sync_session.writing
+        assert not session.sync_session.on_primary
         await session.rollback()
         # The session reads from the replica again.
         assert await session.scalar(sa.select(Item.name)) == "replica 1"
