@@ -6,7 +6,8 @@ A bind configured with ``"replicas": [url, ...]`` gets one engine per replica
 :meth:`ReplicaSet.bind_for` where it goes:
 
 - the primary for whatever writes or locks: a flush, Core INSERT / UPDATE / DELETE, DDL,
-  ``text()``, ``SELECT ... FOR UPDATE / FOR SHARE``;
+  ``text()``, ``SELECT ... FOR UPDATE / FOR SHARE``, a SELECT with an INSERT / UPDATE / DELETE in
+  a CTE;
 - the primary for every statement on that bind once the session's transaction has written to it
   (or asked for its connection, ``session.connection()``), until that transaction ends (commit,
   rollback or close): read-your-writes;
@@ -46,6 +47,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import visitors
 from sqlalchemy.util import concurrency
 
 from .config import BindConfig, BindKey
@@ -259,15 +261,23 @@ class SessionReplicas:
 
 
 def _is_read(clause: Any) -> bool:
-    """Whether ``clause`` only reads: a SELECT (or UNION...) that locks no rows.
+    """Whether ``clause`` only reads: a SELECT (or UNION...) that locks no rows and has no
+    INSERT / UPDATE / DELETE in a CTE (``select(update(...).returning(...).cte())`` writes).
 
     ``_for_update_arg`` is where SQLAlchemy keeps ``with_for_update()`` (FOR UPDATE / FOR SHARE,
     ``session.get(..., with_for_update=True)`` included); no public attribute says it.
     ``test_replicas.py`` checks it.
     """
     if isinstance(clause, sa.Select):
-        return clause._for_update_arg is None
-    return isinstance(clause, sa.CompoundSelect)
+        if clause._for_update_arg is not None:
+            return False
+    elif not isinstance(clause, sa.CompoundSelect):
+        return False
+    return not any(
+        isinstance(element, sa.CTE)
+        and isinstance(element.element, sa.Insert | sa.Update | sa.Delete)
+        for element in visitors.iterate(clause)
+    )
 
 
 def _measure_lag(connection: sa.Connection) -> float | None:

@@ -353,6 +353,20 @@ async def test_the_primary_can_be_asked_for(rep: Replicated, make_db: MakeDb) ->
     await rep.resume()
 
 
+async def test_a_select_over_a_writing_cte_goes_to_the_primary(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    if rep.backend != "postgresql":
+        pytest.skip("MariaDB has no INSERT / UPDATE / DELETE in WITH")
+    db, Item = await items_db(rep, make_db)
+    changed = sa.update(Item).values(name="changed").returning(Item.id).cte("changed")
+    async with db.session() as session:
+        assert (await session.scalars(sa.select(changed.c.id))).all() == [1]
+        await session.commit()
+    async with db.engine.connect() as conn:  # the primary's engine
+        assert (await conn.execute(sa.select(Item.name))).scalars().all() == ["changed"]
+
+
 async def test_two_phase_sessions_use_the_primary(rep: Replicated, make_db: MakeDb) -> None:
     """A standby cannot take part in a two-phase commit (PREPARE TRANSACTION, XA)."""
     db, Item = await items_db(rep, make_db)
@@ -701,6 +715,12 @@ def test_locking_is_seen_on_selects() -> None:
     assert _is_read(sa.union(sa.select(table), sa.select(table)))
     assert not _is_read(sa.insert(table))
     assert not _is_read(sa.text("SELECT 1"))
+    changed = sa.update(table).values(id=2).returning(table.c.id).cte("changed")
+    added = sa.insert(table).values(id=3).returning(table.c.id).cte("added")
+    assert not _is_read(sa.select(changed.c.id))
+    assert not _is_read(sa.select(table).where(table.c.id.in_(sa.select(added.c.id))))
+    assert not _is_read(sa.select(table).add_cte(changed))
+    assert _is_read(sa.select(sa.select(table).cte("plain").c.id))
 
 
 @pytest.mark.sqlite
