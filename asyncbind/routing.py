@@ -441,6 +441,9 @@ class RoutingSession(sa_orm.Session):
     #: ``synchronize_session="fetch"``), or a call given ``execution_options={"use_primary":
     #: True}``, which get_bind() does not see (see :mod:`asyncbind.replicas`).
     on_primary = False
+    #: Whether this session has opened a transaction with a tenant of a group (see
+    #: :mod:`asyncbind.tenants`), whose tenant it keeps.
+    works_with_tenants = False
 
     # execute(), scalar() and scalars() hand an ORM UNION / INTERSECT / EXCEPT over to get_bind()
     # as the clause to route by: SQLAlchemy passes none, so it would go to the default bind
@@ -553,20 +556,45 @@ class RoutingSession(sa_orm.Session):
         finally:
             self.on_primary = outer
 
-    def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
+    def get(
+        self,
+        entity: Any,
+        ident: Any,
+        *,
+        options: Any = None,
+        populate_existing: Any = None,
+        with_for_update: Any = None,
+        identity_token: Any = None,
+        execution_options: Any = EMPTY_DICT,
+        bind_arguments: Any = None,
+    ) -> Any:
         """As SQLAlchemy's; in a route for another tenant than the one this session works with,
         :class:`TenantMismatchError`. An object found in the identity map is returned without a
         statement, so the check the session makes when a transaction begins never sees it.
-        (``get_one()`` calls this.)"""
-        pinned = self.info.get(SESSION_TENANTS)
-        if pinned:  # only a session that has used a tenant group pays for the check
-            found = self.router.routed_tenant(entity)
-            if found is not None:
-                key, tenant = found
-                first = pinned.get(key)
-                if first is not None and tenant is not None and tenant != first:
-                    raise TenantMismatchError(key, first, tenant)
-        return super().get(entity, ident, **kw)
+        (``get_one()`` calls this.) The parameters are spelled out, as in :meth:`execute`."""
+        if self.works_with_tenants:  # only a session that has used a tenant group pays for it
+            self._check_tenant(entity)
+        return super().get(
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+        )
+
+    def _check_tenant(self, entity: Any) -> None:
+        """Raise :class:`TenantMismatchError` if ``entity``'s group routes another tenant now
+        than the one this session works with."""
+        found = self.router.routed_tenant(entity)
+        if found is None:
+            return
+        key, tenant = found
+        first = self.info.get(SESSION_TENANTS, EMPTY_DICT).get(key)
+        if first is not None and tenant is not None and tenant != first:
+            raise TenantMismatchError(key, first, tenant)
 
     def __init__(
         self,

@@ -299,6 +299,8 @@ def _pin_tenant(session: sa_orm.Session, _transaction: Any, connection: sa.Conne
         return
     group, tenant = found
     pinned = session.info.setdefault(SESSION_TENANTS, {})
+    if isinstance(session, RoutingSession):
+        session.works_with_tenants = True
     first = pinned.setdefault(group.key, tenant)
     if first != tenant:
         raise TenantMismatchError(group.key, first, tenant)
