@@ -187,7 +187,10 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     direct = directddl.applies(dialect)
     if statement is not None:
         methods = {"do_execute": directddl.with_direct_ddl(dialect.do_execute)} if direct else {}
-        listeners = timeouts.statement_listeners(dialect, statement, drop, methods)
+        # SQLite: a statement past its time is interrupted and rolled back like a cancelled one
+        # (stopping.interrupt_listener), which needs its connection still open.
+        statement_drop = _keep_open if stopping.interrupts(sync) else drop
+        listeners = timeouts.statement_listeners(dialect, statement, statement_drop, methods)
         for name, listener in listeners.items():
             sa.event.listen(sync, name, listener)
         commit = timeouts.bounded(dialect.do_commit, statement, "a commit", drop)
@@ -229,6 +232,10 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     if check is not None:
         sa.event.listen(sync, "checkin", check)
     return engine
+
+
+def _keep_open(_connection: Any) -> None:
+    """What "drops" a connection that is to stay open until its handle_error listeners ran."""
 
 
 def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEngine:

@@ -13,10 +13,11 @@ A connection abandoned in any of these ways is dropped on the spot (:mod:`asyncb
 the server has stopped answering, so waiting for it to acknowledge a goodbye would only make the
 error late. The server is then told to end that connection from another one
 (:mod:`asyncbind.stopping`), so that the statement does not run on; a COMMIT or ROLLBACK is left
-to end by itself, which ending its connection would not make sooner. The cancellation that cut a
-statement, commit or rollback short is marked; :func:`error_listener` turns it into
-:class:`~asyncbind.exceptions.StatementTimeoutError` and has SQLAlchemy discard the connection,
-and :func:`timed_out` recognises it.
+to end by itself, which ending its connection would not make sooner. On SQLite the connection
+stays open for :func:`asyncbind.stopping.interrupt_listener`, which interrupts the statement.
+The cancellation that cut a statement, commit or rollback short is marked;
+:func:`error_listener` turns it into :class:`~asyncbind.exceptions.StatementTimeoutError` and has
+SQLAlchemy discard the connection, and :func:`timed_out` recognises it.
 """
 
 from __future__ import annotations

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from serverstate import sqlite_write_locked
 
 from asyncbind import AsyncBind, StatementTimeoutError, stopping
 
@@ -182,3 +184,31 @@ async def test_a_commit_the_server_takes_too_long_over_is_abandoned(
         assert_timed_out(info.value, "a commit")
         await session.rollback()
     await assert_recovers(db)
+
+
+@pytest.mark.sqlite
+async def test_a_sqlite_statement_past_its_timeout_is_interrupted(
+    tmp_path: Path, make_db: Callable[..., AsyncBind]
+) -> None:
+    """aiosqlite runs a statement in a thread of its own: past the timeout it is interrupted and
+    rolled back, not left to write its fifty million rows (a minute) before the error comes."""
+    path = tmp_path / "long.sqlite"
+    db = make_db({"url": f"sqlite:///{path}", "statement_timeout": TIMEOUT})
+    t = db.Table("t", sa.Column("x", sa.Integer))
+    await db.create_all()
+    async with db.session() as session:
+        async with asyncio.timeout(GUARD):
+            with pytest.raises(StatementTimeoutError) as info:
+                await session.execute(
+                    sa.text(
+                        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                        "WHERE x < 50000000) INSERT INTO t SELECT x FROM c"
+                    )
+                )
+        assert info.value.bind_key is None and info.value.timeout == TIMEOUT
+        await session.rollback()
+    assert not sqlite_write_locked(path)
+    async with db.engine.begin() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0  # never completed
+        await conn.execute(t.insert(), {"x": 1})  # the file is writable
+    assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
