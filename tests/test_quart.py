@@ -208,6 +208,36 @@ async def test_background_tasks_and_websockets_have_sessions_of_their_own(
     await db.dispose()  # names() connected again after shutdown
 
 
+async def test_a_task_that_outlives_its_request_gets_no_session(urls: tuple[str, str]) -> None:
+    """A task started in a request that uses db.session after the request's teardown is refused,
+    as with db.scope(): a new session there would never be closed."""
+    app, two, _ = create_app(*urls)
+    db = two.db
+    await db.create_all()
+    request_over = asyncio.Event()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def later() -> None:
+        await request_over.wait()
+        await db.session.execute(sa.select(two.Item))
+
+    @app.get("/later")
+    async def start_later() -> str:
+        await db.session.execute(sa.select(two.Item))
+        tasks.append(asyncio.create_task(later()))
+        return "started"
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/later")).status_code == 200
+        request_over.set()
+        async with asyncio.timeout(30):
+            with pytest.raises(NoCurrentSessionError, match="scope that has ended"):
+                await tasks[0]
+        assert all_zero(checked_out(db))
+    await db.dispose()
+
+
 async def test_app_context_outside_a_request_has_a_session(urls: tuple[str, str]) -> None:
     app, two, _ = create_app(*urls)
     db = two.db

@@ -117,7 +117,9 @@ def init_app(db: AsyncBind, app: Quart) -> None:
 
     async def close_scope(exc: BaseException | None) -> None:
         ctx = app_ctx._get_current_object()
-        scope = getattr(ctx, _SCOPES, {}).pop(factory, None)
+        # Kept, ended: a task of the context that outlives it gets NoCurrentSessionError, not a
+        # new session that nobody would close.
+        scope = getattr(ctx, _SCOPES, {}).get(factory)
         if scope is not None:
             await scope.end()
 
