@@ -113,6 +113,8 @@ async def ping(
 async def _ping_one(
     key: BindKey, engine: AsyncEngine, limit: float, replica: int | None = None
 ) -> BindHealth:
+    pool = engine.sync_engine.pool
+    busy = _all_checked_out(pool)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(limit):
@@ -120,11 +122,28 @@ async def _ping_one(
                 await connection.execute(_PING)
     except TimeoutError:
         waited = time.perf_counter() - started
-        return BindHealth(key, False, waited, f"no answer within {limit:g} s", replica=replica)
+        # Busy before and after, no connection opened for the ping meanwhile: it waited for the
+        # pool, not for the server.
+        if busy is not None and busy == _all_checked_out(pool):
+            error = (
+                f"no pooled connection became free within {limit:g} s ({busy} checked out, "
+                "none idle, the pool's limit reached): the server was not asked"
+            )
+        else:
+            error = f"no answer within {limit:g} s"
+        return BindHealth(key, False, waited, error, replica=replica)
     except Exception as exc:  # every failure is reported, never raised: that is the point
         waited = time.perf_counter() - started
         return BindHealth(key, False, waited, _describe(exc, engine), replica=replica)
     return BindHealth(key, True, time.perf_counter() - started, replica=replica)
+
+
+def _all_checked_out(pool: sa.Pool) -> int | None:
+    """How many connections a queue pool has checked out, if all it has open are (a connection
+    being opened counts as checked out) and at least ``pool_size``; None otherwise."""
+    if not isinstance(pool, sa.QueuePool) or pool.checkedin() or pool.overflow() < 0:
+        return None
+    return pool.checkedout()
 
 
 def _describe(exc: BaseException, engine: AsyncEngine) -> str:

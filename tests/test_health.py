@@ -122,3 +122,21 @@ async def test_an_unconfigured_asyncbind_says_so() -> None:
         await db.ping()
     with pytest.raises(NotConfiguredError):
         db.pool_status()
+
+
+@pytest.mark.postgresql
+async def test_a_pool_with_no_free_connection_is_not_blamed_on_the_server(
+    new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    db = make_db(
+        await new_database("postgresql"), engine_options={"pool_size": 1, "max_overflow": 0}
+    )
+    async with db.session() as busy:
+        await busy.execute(sa.text("SELECT 1"))  # holds the only connection
+        health = await asyncio.wait_for(db.ping(timeout=0.5), 120)
+    assert not health[None].ok
+    assert health[None].error == (
+        "no pooled connection became free within 0.5 s (1 checked out, none idle, the pool's "
+        "limit reached): the server was not asked"
+    )
+    assert (await asyncio.wait_for(db.ping(timeout=30), 120))[None].ok
