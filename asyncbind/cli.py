@@ -214,7 +214,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     modelled = _model_tables(db)
     if drop and not args.yes:
         count = sum(len(modelled.get(k, [])) for k in keys)
-        question = f"Drop every table of bind(s) {format_keys(keys)} ({count} in the models)?"
+        binds = ", ".join(bind_name(key) for key in keys)
+        question = f"Drop every table of {binds} ({count} in the models)?"
         print(f"{question} [y/N] ", end="", flush=True)
         answer = sys.stdin.readline()
         if not sys.stdin.isatty():

@@ -362,7 +362,7 @@ async def test_create_all_and_drop_all(
 
     refused = await cli(tmp_path, "--app", "config", "drop-all", "--bind", "", stdin="n\n")
     assert refused.status == 1
-    assert "Drop every table of bind(s) None (1 in the models)? [y/N]" in refused.out
+    assert "Drop every table of the default bind (1 in the models)? [y/N]" in refused.out
     assert "nothing was dropped" in refused.err
     assert await table_names(main, make_db) == {"orders"}
 
