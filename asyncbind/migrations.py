@@ -35,8 +35,15 @@ from mako.template import Template  # type: ignore[import-untyped]
 
 from .config import BindKey
 from .core import AsyncBind
-from .exceptions import AsyncBindError, BindUnavailableError, bind_name, format_keys
+from .exceptions import (
+    AsyncBindError,
+    BindUnavailableError,
+    UnknownBindError,
+    bind_name,
+    format_keys,
+)
 from .findapp import UsageError, find_db, one_line
+from .schema import check_bind_keys
 from .twophase import TABLE_NAME as TWOPHASE_TABLE
 
 __all__ = [
@@ -132,9 +139,9 @@ def _db(config: Config) -> AsyncBind:
     return db
 
 
-def _selected(config: Config, db: AsyncBind) -> list[BindKey]:
+def _selected(config: Config, db: AsyncBind) -> tuple[list[BindKey], bool]:
     """The binds to migrate: the asyncbind command's ``--bind``, else ``-x bind=KEY``, else every
-    bind but the read-only ones (logged as skipped)."""
+    bind but the read-only ones (logged as skipped); and whether none was named."""
     named: list[BindKey] | None = config.attributes.get(_KEYS)
     if named is None:
         names = [x.partition("=")[2] for x in context.get_x_argument() if x.startswith("bind=")]
@@ -152,7 +159,7 @@ def _selected(config: Config, db: AsyncBind) -> list[BindKey]:
         for key in db.engines:
             if not _migrated(db, key):
                 logger.info("Skipping %s: it is read-only", bind_name(key))
-    return keys
+    return keys, named is None
 
 
 # -- env.py -----------------------------------------------------------------------------------
@@ -161,12 +168,12 @@ def _selected(config: Config, db: AsyncBind) -> list[BindKey]:
 def run_migrations(config: Config) -> None:
     """What env.py does: migrate each selected bind in its own migration context."""
     db = _db(config)
-    keys = _selected(config, db)
+    keys, every = _selected(config, db)
     if context.is_offline_mode():
         for key in keys:
             _offline(config, db, key)
     else:
-        asyncio.run(_online(db, keys, config.config_file_name or "alembic.ini"))
+        asyncio.run(_online(db, keys, every, config.config_file_name or "alembic.ini"))
 
 
 def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
@@ -189,7 +196,9 @@ def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
     output.write("\n")
 
 
-async def _online(db: AsyncBind, keys: Sequence[BindKey], ini: str) -> None:
+async def _online(db: AsyncBind, keys: Sequence[BindKey], every: bool, ini: str) -> None:
+    """Migrate (or compare) ``keys`` one after another; ``every`` when no bind was named, for
+    revision and check to refuse a model of no configured bind first."""
     errors: dict[BindKey, BaseException] = {}
     comparing: list[bool] = []  # what each bind's migration context says the command does
     async with db:  # disposes of the engines in this event loop
@@ -197,7 +206,9 @@ async def _online(db: AsyncBind, keys: Sequence[BindKey], ini: str) -> None:
             logger.info("Running on %s", bind_name(key))
             try:
                 async with db.engines[key].connect() as conn:
-                    await conn.run_sync(_migrate, db, key, comparing)
+                    await conn.run_sync(_migrate, db, key, comparing, every)
+            except UnknownBindError:  # a model's, not this bind's: nothing was compared
+                raise
             except Exception as exc:  # this bind's failure; the other binds carry on
                 logger.error("%s failed: %s", bind_name(key, start=True), one_line(exc))
                 errors[key] = exc
@@ -282,9 +293,13 @@ def _names(keys: Sequence[BindKey] | dict[BindKey, Any], *, start: bool = False)
     return ", ".join(bind_name(key, start=start and not n) for n, key in enumerate(keys))
 
 
-def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey, comparing: list[bool]) -> None:
+def _migrate(
+    conn: sa.Connection, db: AsyncBind, key: BindKey, comparing: list[bool], every: bool
+) -> None:
     """Migrate (or compare) bind ``key`` on ``conn``; add to ``comparing`` whether the command
-    compares."""
+    compares. Comparing every bind, a model whose ``__bind_key__`` names no configured bind is
+    refused first (:class:`UnknownBindError`), as ``create_all()`` refuses it: its table would
+    be compared with no database, and no revision would ever create it."""
     name = script_name(key)
     context.configure(
         connection=conn,
@@ -297,6 +312,8 @@ def _migrate(conn: sa.Connection, db: AsyncBind, key: BindKey, comparing: list[b
         process_revision_directives=_render_in_this_bind,
     )
     comparing.append(_comparing())
+    if comparing[-1] and every and len(comparing) == 1:
+        check_bind_keys(db.metadatas.values(), [*db.engines, *db.groups])
     with context.begin_transaction():
         context.run_migrations(bind=name)
 

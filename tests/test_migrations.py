@@ -317,8 +317,18 @@ async def test_check_and_autogenerate_refuse_a_model_of_no_configured_bind(
         error = run.err.strip().splitlines()[-1]
         assert error.startswith("asyncbind: error: UnknownBindError: Bind key 'adit' used by ")
         assert "table 'visits' is not configured" in error
+    ini = "migrations/alembic.ini"
+    for command in (["check"], ["revision", "--autogenerate", "-m", "second"]):
+        run = await alembic(tmp_path, "-c", ini, *command)  # plain Alembic, through env.py
+        assert run.status == 1, run.err
+        error = run.err.strip().splitlines()[-1]
+        assert error.startswith("asyncbind.exceptions.UnknownBindError: Bind key 'adit' used by ")
     assert list(revisions(tmp_path)) == ["first"]
     run = await db_cmd(tmp_path, "check", "--bind", "users")  # the binds named are compared
+    assert run.status == 0, run.err
+    run = await alembic(tmp_path, "-c", ini, "-x", "bind=users", "check")
+    assert run.status == 0, run.err
+    run = await alembic(tmp_path, "-c", ini, "upgrade", "head")  # upgrades compare nothing
     assert run.status == 0, run.err
 
 
