@@ -69,6 +69,7 @@ from .exceptions import (
     ReadOnlyBindError,
     bind_name,
     first_line,
+    shown,
 )
 from .models import bind_key_of
 from .reading import Bind, connection, read_batches
@@ -620,7 +621,7 @@ async def _batched(
                 return tuple(row[name] for name in names)
             except KeyError as exc:
                 raise ConfigError(
-                    f"A row has no value for column {exc.args[0]!r}: {dict(row)!r}. "
+                    f"A row has no value for column {exc.args[0]!r}: {shown(dict(row))}. "
                     "Give every column in columns=, or leave it out of columns=."
                 ) from None
         return row
@@ -794,7 +795,7 @@ async def _unencodable(
         if found is not None:
             index, error = found
             return (
-                f"column {name!r} ({column.type.name}) cannot take {values[index]!r} (row "
+                f"column {name!r} ({column.type.name}) cannot take {shown(values[index])} (row "
                 f"{index + 1} of the batch): {first_line(error.__cause__ or error)}"
             )
     return None

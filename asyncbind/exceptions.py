@@ -44,6 +44,7 @@ __all__ = [
     "first_line",
     "format_key",
     "format_keys",
+    "shown",
 ]
 
 
@@ -678,6 +679,20 @@ def _rebuild(cls: type[Exception], state: dict[str, Any], args: tuple[Any, ...])
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+#: The longest repr of a value that an error message shows whole.
+SHOWN_LENGTH = 200
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut after :data:`SHOWN_LENGTH` characters and
+    saying how long it was: a refused 200,000-character text would otherwise fill the message
+    and every log line that carries it."""
+    text = repr(value)
+    if len(text) <= SHOWN_LENGTH:
+        return text
+    return f"{text[:SHOWN_LENGTH]}... ({len(text):,} characters in all)"
 
 
 def first_line(error: BaseException) -> str:

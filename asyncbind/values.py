@@ -39,6 +39,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from .exceptions import shown
+
 __all__ = ["is_json", "is_text", "rows_converter"]
 
 Convert = Callable[[Any], Any]
@@ -248,7 +250,7 @@ def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | Non
 
 
 def _refuse(column: str, ddl: str, value: Any, problem: str, fix: str) -> ValueError:
-    return ValueError(f"column {column!r} ({ddl}) cannot hold {value!r}: {problem}. {fix}")
+    return ValueError(f"column {column!r} ({ddl}) cannot hold {shown(value)}: {problem}. {fix}")
 
 
 #: Enough precision for any decimal a driver hands over, so that quantize() never rounds.

@@ -242,6 +242,12 @@ async def test_a_value_the_copy_cannot_encode_is_named(
         assert "column 'opens' (timetz) cannot take datetime.time(9, 30) (row 2 " in str(
             caught.value
         )
+        long = "B" * 50_000  # shown cut short, with its length
+        with pytest.raises(BulkCopyError) as caught:
+            await load_rows(conn, target, [(2002, None, long, None)])
+        message = str(caught.value)
+        assert f"cannot take '{'B' * 199}... (50,002 characters in all) (row 1 " in message
+        assert len(message) < 1_000
         await conn.execute(target.insert(), {"id": 3000})
         await conn.commit()
     assert await count(db, target) == 501

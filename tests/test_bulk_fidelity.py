@@ -766,3 +766,9 @@ async def test_text_into_a_json_column_is_the_document(
     assert caught.value.rows_copied == 0
     if direction[1] == "sqlite":
         assert "'doc' (SQLite JSON) cannot hold 'not JSON'" in str(caught.value)
+        await insert_plainly(db, "source", tables[0], [{"id": 10, "doc": "x" * 50_000}])
+        with pytest.raises(BulkCopyError) as caught:
+            await db.copy(sa.select(tables[0]).where(tables[0].c.id == 10), target)
+        assert "cannot hold 'xxxx" in str(caught.value)
+        assert "... (50,002 characters in all):" in str(caught.value)
+        assert len(str(caught.value)) < 1_000
