@@ -86,12 +86,10 @@ def check_bind_keys(metadatas: Iterable[sa.MetaData], configured: Iterable[BindK
     tables_by_bind(metadatas, [], configured)
 
 
-#: The tables' existence is already known from :func:`_find`, so on SQLAlchemy 2.1+ DDL skips
-#: asking again table by table (about 10% of a create_all); types, sequences and indexes are still
-#: checked (a PostgreSQL enum may already exist). SQLAlchemy 2.0 checks everything.
-_CHECK_ALL_BUT_TABLES: Any = (
-    sa.CheckFirst.ALL & ~sa.CheckFirst.TABLES if hasattr(sa, "CheckFirst") else True
-)
+#: The tables' existence is already known from :func:`_find`, so DDL skips asking again table by
+#: table (about 10% of a create_all); types, sequences and indexes are still checked (a
+#: PostgreSQL enum may already exist).
+_CHECK_ALL_BUT_TABLES = sa.CheckFirst.ALL & ~sa.CheckFirst.TABLES
 
 
 def _find(
