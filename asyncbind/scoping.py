@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -103,8 +103,10 @@ class SessionScope:
             raise AsyncBindError(
                 "This db.scope() is already open; call db.scope() again for another scope."
             )
+        if not self._factory._binds:
+            raise NotConfiguredError(_not_configured("db.scope()"))
         scope = Scope(self._factory, self._options)
-        session = scope.get()  # NotConfiguredError before anything is set
+        session = scope.get()
         self._scope = scope
         self._token = self._factory._var.set(scope)
         if self._factory._db.record_queries:
@@ -221,6 +223,12 @@ class SessionFactory(ViewHelpers, _Proxied):
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._current(name), name, value)
 
+    async def __aenter__(self) -> NoReturn:
+        raise TypeError(_NOT_A_CONTEXT_MANAGER)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None  # never entered: __aenter__ raises
+
     def __contains__(self, instance: object) -> bool:
         return instance in self._current("__contains__")
 
@@ -246,6 +254,13 @@ _NO_SESSION = (
     "request's session. Elsewhere open a scope, 'async with db.scope(): ...', inside which "
     "db.session is this task's own session; or use a session of your own, "
     "'async with db.session() as session: ...'."
+)
+
+_NOT_A_CONTEXT_MANAGER = (
+    "'async with db.session' opens nothing: db.session is the current request's or scope's "
+    "session, used as one (db.session.add(...), await db.session.commit()). For a session of "
+    "your own, call it: 'async with db.session() as session: ...'; for this task's scope, "
+    "'async with db.scope() as session: ...'."
 )
 
 _SCOPE_ENDED = (

@@ -4,6 +4,7 @@ and MariaDB."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -94,11 +95,28 @@ async def test_db_session_before_configure_says_to_call_init_app() -> None:
         db.session.add(object())
     assert "db.session.add" in str(error.value)
     assert "init_app(app)" in str(error.value)
-    with pytest.raises(NotConfiguredError, match="init_app"):
+    with pytest.raises(NotConfiguredError, match=r"init_app") as scoped:
         async with db.scope():
             pass
+    assert "'db.scope()' needs one" in str(scoped.value)
     with pytest.raises(NotConfiguredError, match="init_app"):
         db.session()
+
+
+async def test_async_with_db_session_says_to_call_it(two: TwoBinds) -> None:
+    """``async with db.session as session`` (no call) is the habit of AsyncSession(engine); the
+    proxy is not a session of its own, so it says what to write instead, in a scope too."""
+    db = two.db
+    for scoped in (False, True):
+        async with contextlib.AsyncExitStack() as stack:
+            if scoped:
+                await stack.enter_async_context(db.scope())
+            with pytest.raises(TypeError) as error:
+                async with db.session as session:
+                    await session.execute(sa.select(1))
+            assert "async with db.session() as session" in str(error.value)
+            assert "async with db.scope() as session" in str(error.value)
+    assert all_zero(checked_out(db))
 
 
 def test_private_names_are_not_forwarded() -> None:
