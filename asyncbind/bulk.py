@@ -97,7 +97,11 @@ BATCH_SIZE = 10_000
 _AUTO: Any = object()
 _DONE: Any = object()
 
-Source = sa.Table | sa.Select[Any] | type
+#: A table to read or write: a Table (``Model.__table__``, which SQLAlchemy types as a
+#: FromClause, too) or a mapped class; any other FromClause is refused when the call runs.
+TableArg = sa.FromClause | type
+#: What rows are read from: a table or a ``select()``.
+Source = TableArg | sa.Select[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,7 @@ async def stream_rows(
 
 async def load_rows(
     target: Bind,
-    table: sa.Table | type,
+    table: TableArg,
     rows: Iterable[Any] | AsyncIterable[Any],
     *,
     columns: Sequence[str] | None = None,
@@ -198,7 +202,7 @@ async def load_rows(
 
 async def copy(
     source: Source,
-    target: sa.Table | type,
+    target: TableArg,
     *,
     source_engine: Bind,
     target_engine: Bind,
@@ -333,7 +337,7 @@ async def _copy_stream(
 async def copy_between_binds(
     db: AsyncBind,
     source: Source,
-    target: sa.Table | type,
+    target: TableArg,
     *,
     source_bind: BindKey = _AUTO,
     target_bind: BindKey = _AUTO,

@@ -514,6 +514,8 @@ async def test_argument_errors_name_the_problem(make_db: Callable[..., AsyncBind
         await db.copy(source, unrelated, batch_size=0)
     with pytest.raises(ConfigError, match="not a table"):
         await db.copy(source, "b")
+    with pytest.raises(ConfigError, match="not a table"):  # a FromClause that is not a Table
+        await load_rows(db.engine, source.alias("x"), [{"id": 1}])
     with pytest.raises(CrossBindError):
         await db.copy(sa.select(source.c.id).join(unrelated, source.c.id == unrelated.c.id), target)
     with pytest.raises(BulkCopyError, match="no value for column 'key'") as caught:
