@@ -186,10 +186,7 @@ def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
         output_buffer=output,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
-        target_metadata=db.metadatas.get(key),
-        version_table=VERSION_TABLE,
-        upgrade_token=f"{name}_upgrades",
-        downgrade_token=f"{name}_downgrades",
+        **_bind_options(db, key),
     )
     with context.begin_transaction():
         context.run_migrations(bind=name)
@@ -300,14 +297,9 @@ def _migrate(
     compares. Comparing every bind, a model whose ``__bind_key__`` names no configured bind is
     refused first (:class:`UnknownBindError`), as ``create_all()`` refuses it: its table would
     be compared with no database, and no revision would ever create it."""
-    name = script_name(key)
     context.configure(
         connection=conn,
-        target_metadata=db.metadatas.get(key),
-        version_table=VERSION_TABLE,
-        upgrade_token=f"{name}_upgrades",
-        downgrade_token=f"{name}_downgrades",
-        include_name=_only_this_bind(db, key),
+        **_bind_options(db, key),
         render_as_batch=conn.dialect.name == "sqlite",
         process_revision_directives=_render_in_this_bind,
     )
@@ -315,7 +307,22 @@ def _migrate(
     if comparing[-1] and every and len(comparing) == 1:
         check_bind_keys(db.metadatas.values(), [*db.engines, *db.groups])
     with context.begin_transaction():
-        context.run_migrations(bind=name)
+        context.run_migrations(bind=script_name(key))
+
+
+def _bind_options(db: AsyncBind, key: BindKey) -> dict[str, Any]:
+    """The options of bind ``key``'s migration context, online and offline alike: its MetaData,
+    its version table, the names of its functions in revisions, and what autogenerate compares
+    (the schemas its models use, not the tables of other binds)."""
+    name = script_name(key)
+    return {
+        "target_metadata": db.metadatas.get(key),
+        "version_table": VERSION_TABLE,
+        "upgrade_token": f"{name}_upgrades",
+        "downgrade_token": f"{name}_downgrades",
+        "include_schemas": True,
+        "include_name": _only_this_bind(db, key),
+    }
 
 
 def _comparing() -> bool:
@@ -368,16 +375,21 @@ def _render_in_this_bind(
 
 
 def _only_this_bind(db: AsyncBind, key: BindKey) -> Callable[..., bool]:
-    """Autogenerate's ``include_name``: leave out the tables that another bind's models hold, so
-    that autogenerate never proposes to drop them from this bind's database, and the decision
+    """Autogenerate's ``include_name``: compare only the default schema and the schemas this
+    bind's models use (``schema=``), and leave out the tables that another bind's models hold,
+    so that autogenerate never proposes to drop the tables of a schema the app does not model
+    (on MySQL and MariaDB, another database of the server) or of another bind; and the decision
     table of two-phase commits, which asyncbind makes itself."""
     mine = db.metadatas.get(key)
     own = set(mine.tables) if mine is not None else set()
+    schemas = {table.schema for table in mine.tables.values()} if mine is not None else set()
     others = {
         name for other, metadata in db.metadatas.items() if other != key for name in metadata.tables
     }
 
     def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+        if type_ == "schema":  # None is the default schema
+            return name is None or name in schemas
         if type_ != "table" or name is None:
             return True
         schema = parent_names.get("schema_name")

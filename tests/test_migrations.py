@@ -295,6 +295,73 @@ async def test_autogenerate_never_drops_a_table_of_another_bind(
     assert "pass" in function(second, "upgrade_audit")
 
 
+SCHEMAS = """
+    from sqlalchemy.orm import Mapped, mapped_column
+    from asyncbind import AsyncBind
+
+    db = AsyncBind({main!r}, binds={{"shop": {shop!r}, "audit": {audit!r}}})
+
+    class Note(db.Model):
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Order(db.Model):
+        __bind_key__ = "shop"
+        __tablename__ = "orders"
+        __table_args__ = {{"schema": "sales"}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Customer(db.Model):
+        __bind_key__ = "shop"
+        __tablename__ = "customers"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Event(db.Model):
+        __bind_key__ = "audit"
+        __tablename__ = "events"
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+
+
+async def test_autogenerate_compares_the_schemas_the_models_use_and_no_other(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """A model in PostgreSQL schema 'sales' is created once, then found; the tables of a schema
+    no model uses (on MariaDB: of another database of the server) are never proposed for
+    dropping."""
+    main, shop, audit = [await new_database(b) for b in ("sqlite", "postgresql", "mysql")]
+    async with make_db(shop).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE SCHEMA sales"))
+        await conn.execute(sa.text("CREATE SCHEMA legacy"))
+        await conn.execute(sa.text("CREATE TABLE legacy.old_orders (id INTEGER PRIMARY KEY)"))
+    elsewhere = await new_database("mysql")  # another database of the MariaDB server
+    async with make_db(elsewhere).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE stray (id INTEGER PRIMARY KEY)"))
+    write_module(tmp_path, "models", SCHEMAS.format(main=main, shop=shop, audit=audit))
+    assert (await db_cmd(tmp_path, "init")).status == 0
+
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")
+    assert run.status == 0, run.err
+    first = revisions(tmp_path)["first"]
+    upgrade_shop = function(first, "upgrade_shop")
+    assert "create_table('orders'" in upgrade_shop and "schema='sales'" in upgrade_shop
+    assert "create_table('customers'" in upgrade_shop
+    assert "old_orders" not in first and "stray" not in first
+    for name in ("default", "shop", "audit"):
+        assert "drop_table" not in function(first, f"upgrade_{name}")
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+    async with make_db(shop).engine.connect() as conn:
+        sales = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names("sales"))
+    assert sales == ["orders"]
+    run = await db_cmd(tmp_path, "check")
+    assert (run.status, run.out.strip()) == (0, "No new upgrade operations detected."), run.err
+    run = await alembic(tmp_path, "-c", "migrations/alembic.ini", "check")
+    assert run.status == 0, run.err
+    assert "legacy" not in run.err and "stray" not in run.err
+
+
 async def test_check_and_autogenerate_refuse_a_model_of_no_configured_bind(
     tmp_path: Path, new_database: NewDatabase
 ) -> None:
