@@ -88,6 +88,17 @@ def _model_tables(db: AsyncBind) -> dict[BindKey, list[str]]:
     return tables
 
 
+def _model_schemas(db: AsyncBind) -> dict[BindKey, list[str]]:
+    """The schemas (``schema=``) that the models and ``db.Table``s use, by the bind key they
+    name; the default schema is not among them."""
+    schemas: dict[BindKey, set[str]] = {}
+    for metadata in db.metadatas.values():
+        for table in metadata.tables.values():
+            if table.schema is not None:
+                schemas.setdefault(bind_key_of(table), set()).add(table.schema)
+    return {key: sorted(names) for key, names in schemas.items()}
+
+
 def _bind_key(text: str) -> BindKey:
     return text or None
 
@@ -148,10 +159,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     async def show(db: AsyncBind) -> int:
         modelled = _model_tables(db)
+        schemas = _model_schemas(db)
         pools = pool_status(db.engines)
         async with asyncio.TaskGroup() as group:
             found = {
-                key: group.create_task(_database_tables(engine, args.timeout, db))
+                key: group.create_task(
+                    _database_tables(engine, schemas.get(key, []), args.timeout, db)
+                )
                 for key, engine in db.engines.items()
             }
         for number, (key, engine) in enumerate(db.engines.items()):
@@ -188,12 +202,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return _run(args, show, find_db(args.app))
 
 
-async def _database_tables(engine: AsyncEngine, limit: float, db: AsyncBind) -> str:
-    """The tables in ``engine``'s database, or ``unreachable: <why>``; never raises."""
+async def _database_tables(
+    engine: AsyncEngine, schemas: Sequence[str], limit: float, db: AsyncBind
+) -> str:
+    """The tables in ``engine``'s database, those of its default schema and of ``schemas``
+    (written ``schema.table``, as the models' are), or ``unreachable: <why>``; never raises."""
+
+    def read(sync: sa.Connection) -> list[str]:
+        inspector = sa.inspect(sync)
+        names = inspector.get_table_names()
+        existing = set(inspector.get_schema_names()) if schemas else set()
+        for name in schemas:
+            if name in existing:  # MySQL and MariaDB refuse to list an unknown one
+                names += [f"{name}.{table}" for table in inspector.get_table_names(name)]
+        return names
+
     try:
         async with asyncio.timeout(limit):
             async with engine.connect() as conn:
-                names = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+                names = await conn.run_sync(read)
     except TimeoutError:
         return f"unreachable: no answer within {limit:g} s"
     except Exception as exc:  # one bind's failure is that bind's line, not the command's

@@ -299,6 +299,60 @@ async def test_show_hides_passwords_and_lists_tables(
     assert "database   unreachable: BindUnavailableError" in blocks["bind 'down'"]
 
 
+SCHEMAS = """
+    from sqlalchemy.orm import Mapped, mapped_column
+    from asyncbind import AsyncBind
+
+    db = AsyncBind({main!r}, binds={{"maria": {maria!r}}})
+
+    class Order(db.Model):
+        __tablename__ = "orders"
+        __table_args__ = {{"schema": "sales"}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class User(db.Model):
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Hit(db.Model):  # MariaDB: a schema is another database of the server
+        __bind_key__ = "maria"
+        __tablename__ = "hits"
+        __table_args__ = {{"schema": {other!r}}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Visit(db.Model):  # in a database that does not exist (yet)
+        __bind_key__ = "maria"
+        __tablename__ = "visits"
+        __table_args__ = {{"schema": "asyncbind_nowhere"}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_show_lists_the_tables_of_the_schemas_the_models_use(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    main, maria, other = [await new_database(b) for b in ("postgresql", "mysql", "mysql")]
+    async with make_db(main).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE SCHEMA sales"))
+        await conn.execute(sa.text("CREATE SCHEMA legacy"))  # no model uses it
+        await conn.execute(sa.text("CREATE TABLE legacy.old_orders (id INTEGER PRIMARY KEY)"))
+    async with make_db(other).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE hits (id INTEGER PRIMARY KEY)"))
+    other_name = sa.make_url(other).database
+    write_module(tmp_path, "config", SCHEMAS.format(main=main, maria=maria, other=other_name))
+    assert (await cli(tmp_path, "--app", "config", "create-all", "--bind", "")).status == 0
+    run = await cli(tmp_path, "--app", "config", "show")
+    assert run.status == 0, run.err
+    blocks = {block.splitlines()[0]: block.splitlines() for block in run.out.split("\n\n")}
+    assert "  models     sales.orders, users" in blocks["the default bind"]
+    assert "  database   sales.orders, users" in blocks["the default bind"]
+    modelled = ", ".join(sorted([f"{other_name}.hits", "asyncbind_nowhere.visits"]))
+    assert f"  models     {modelled}" in blocks["bind 'maria'"]
+    assert f"  database   {other_name}.hits" in blocks["bind 'maria'"]
+
+
 @pytest.mark.sqlite
 @pytest.mark.postgresql
 async def test_a_one_character_password_never_shows_and_the_output_stays_intact(
