@@ -403,10 +403,11 @@ def _cmd_db(args: argparse.Namespace) -> int:
         elif args.db_command in ("upgrade", "downgrade"):
             run = command.upgrade if args.db_command == "upgrade" else command.downgrade
             run(config, args.revision, sql=args.sql)
-            if not args.sql:
-                _show_current(config, db, keys, skipped=named is None)
+            if not args.sql and not _show_current(config, db, keys, skipped=named is None):
+                return _FAILED
         elif args.db_command == "current":
-            _show_current(config, db, keys, skipped=named is None)
+            if not _show_current(config, db, keys, skipped=named is None):
+                return _FAILED
         elif args.db_command == "history":
             command.history(config)
         else:
@@ -428,16 +429,20 @@ async def _recover(db: AsyncBind) -> int:
     return 0
 
 
-def _show_current(config: Any, db: AsyncBind, keys: Sequence[BindKey], *, skipped: bool) -> None:
-    """A line per bind with its revision; with ``skipped``, one per read-only bind too."""
+def _show_current(config: Any, db: AsyncBind, keys: Sequence[BindKey], *, skipped: bool) -> bool:
+    """A line per bind with its revision, or why it could not be read (as ``check`` says why a
+    bind did not answer); with ``skipped``, one per read-only bind too. Whether every bind's
+    revision was read."""
     from . import migrations
 
-    for line in asyncio.run(migrations.current(config, db, keys)):
-        _say(line)
+    lines, every = asyncio.run(migrations.current(config, db, keys))
+    for line in lines:
+        _say(_hide(line, db))
     if skipped:
         for key in db.engines:
             if db.bind_configs[key].read_only:
                 _say(f"{bind_name(key)}: skipped (read-only)")
+    return every
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -439,8 +439,10 @@ def config_for(folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None) -> C
     return config
 
 
-async def current(config: Config, db: AsyncBind, keys: Sequence[BindKey]) -> list[str]:
-    """A line per bind: its revision(s) in its version table, ``(head)`` when at a head."""
+async def current(config: Config, db: AsyncBind, keys: Sequence[BindKey]) -> tuple[list[str], bool]:
+    """A line per bind: its revision(s) in its version table, ``(head)`` when at a head, or, for
+    a bind whose version table could not be read, ``FAILED:`` and why (passwords are not hidden
+    here); and whether every bind's was read. One bind failing does not stop the others."""
     heads = set(ScriptDirectory.from_config(config).get_heads())
 
     def read(conn: sa.Connection) -> tuple[str, ...]:
@@ -449,10 +451,18 @@ async def current(config: Config, db: AsyncBind, keys: Sequence[BindKey]) -> lis
         ).get_current_heads()
 
     lines = []
+    every = True
     async with db:
         for key in keys:
-            async with db.engines[key].connect() as conn:
-                found = await conn.run_sync(read)
+            try:
+                async with db.engines[key].connect() as conn:
+                    found = await conn.run_sync(read)
+            except Exception as exc:  # this bind's line; the others are still read
+                every = False
+                lines.append(
+                    f"{bind_name(key)}: FAILED: could not read its revision: {one_line(exc)}"
+                )
+                continue
             shown = ", ".join(f"{rev}{' (head)' if rev in heads else ''}" for rev in found)
             lines.append(f"{bind_name(key)}: {shown or 'no revision'}")
-    return lines
+    return lines, every

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
-from test_cli import PACKAGE_ROOT, MakeDb, Run, cli, closed_port, write_module
+from test_cli import (
+    PACKAGE_ROOT,
+    PASSWORD,
+    MakeDb,
+    Run,
+    assert_no_password,
+    cli,
+    closed_port,
+    write_module,
+)
 
 pytestmark = [pytest.mark.sqlite, pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -531,6 +540,37 @@ async def test_an_unreachable_bind_is_named_and_left_alone(
     error = last_error(run)
     assert "BindUnavailableError: Bind 'down' is unavailable (" in error
     assert error.endswith("Nothing was done on bind 'down'.")
+
+
+async def test_current_shows_each_bind_it_can_read_and_why_not_the_others(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    """As check does: a line per bind, the unreachable one's saying why, then exit status 1."""
+    main, users, audit = [await new_database(b) for b in ("sqlite", "postgresql", "mysql")]
+    down = f"postgresql://app:{PASSWORD}@127.0.0.1:{closed_port()}/nowhere"
+    binds = {"down": down, "users": users, "audit": audit}
+    write_module(tmp_path, "models", TWO_SQLITE.format(main=main, binds=binds))
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "-m", "first")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    assert (await db_cmd(tmp_path, "upgrade")).status == 1  # all but 'down'
+
+    run = await db_cmd(tmp_path, "current")
+    assert run.status == 1
+    default, failed, *others = run.lines
+    assert [default, *others] == [
+        f"the default bind: {rev1} (head)",
+        f"bind 'users': {rev1} (head)",
+        f"bind 'audit': {rev1} (head)",
+    ]
+    assert failed.startswith(
+        "bind 'down': FAILED: could not read its revision: BindUnavailableError: Bind 'down' is "
+        "unavailable ("
+    )
+    assert "Traceback" not in run.err
+    assert_no_password(run)
+    run = await db_cmd(tmp_path, "current", "--bind", "users")
+    assert (run.status, run.lines) == (0, [f"bind 'users': {rev1} (head)"])
 
 
 DIALECTS = """
