@@ -2,8 +2,9 @@
 
 ``--app`` (or ``ASYNCBIND_APP``) names the AsyncBind to work on the way ``flask --app`` names an
 app; without it the binds come from the environment (:meth:`AsyncBind.from_env`). Exit status:
-0 ok, 1 failure, 2 usage error. An error is one line on stderr (``--traceback`` adds the
-traceback), and no password is ever printed.
+0 ok, 1 failure, 2 usage error. An error is one line on stderr (but for an app whose
+configuration has several problems, listed one a line; ``--traceback`` adds the traceback), and
+no password is ever printed.
 """
 
 from __future__ import annotations

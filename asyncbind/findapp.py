@@ -106,13 +106,15 @@ def _import(name: str) -> ModuleType:
                 f"path. Run asyncbind from the folder that holds it, or fix --app / {APP_ENV}."
             ) from exc
         raise UsageError(
-            f"Importing module {name!r} failed: {_sentence(one_line(exc))} "
-            "Install what it needs, or fix the module (--traceback shows where)."
+            _failed(
+                f"Importing module {name!r}",
+                exc,
+                "Install what it needs, or fix the module (--traceback shows where).",
+            )
         ) from exc
     except Exception as exc:  # the module's own code failed: still a problem with --app
         raise UsageError(
-            f"Importing module {name!r} failed: {_sentence(one_line(exc))} "
-            "Fix the module (--traceback shows where)."
+            _failed(f"Importing module {name!r}", exc, "Fix the module (--traceback shows where).")
         ) from exc
 
 
@@ -144,8 +146,11 @@ def _attribute(module: ModuleType, attribute: str, spec: str) -> object:
         return found()
     except Exception as exc:
         raise UsageError(
-            f"--app {spec!r}: calling {path}() failed: {_sentence(one_line(exc))} "
-            "Fix the factory (--traceback shows where)."
+            _failed(
+                f"--app {spec!r}: calling {path}()",
+                exc,
+                "Fix the factory (--traceback shows where).",
+            )
         ) from exc
 
 
@@ -167,6 +172,15 @@ def _db_of(found: object) -> AsyncBind | None:
         if isinstance(db, AsyncBind):
             return db
     return None
+
+
+def _failed(what: str, exc: BaseException, fix: str) -> str:
+    """``what`` failed, why (``exc``) and ``fix``, in one line; but a configuration with several
+    problems is shown whole, each problem on its own line and ``fix`` on the last. (asyncbind
+    writes a ConfigError's message itself, URLs masked; a driver's error stays one line.)"""
+    if isinstance(exc, ConfigError) and "\n" in str(exc).strip():
+        return f"{what} failed: {type(exc).__name__}: {str(exc).strip()}\n{fix}"
+    return f"{what} failed: {_sentence(one_line(exc))} {fix}"
 
 
 def _sentence(text: str) -> str:

@@ -197,6 +197,50 @@ async def test_a_bad_app_is_a_usage_error(
         assert text in error
 
 
+SEVERAL_PROBLEMS = f"""
+    from asyncbind import AsyncBind
+
+    def create_app():
+        return AsyncBind(
+            "postgresql+psycopg2://app:{PASSWORD}@127.0.0.1/app",
+            binds={{"audit": "mysql+pymysql://root:{PASSWORD}@127.0.0.1/audit"}},
+        )
+"""
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(
+    ("app", "failed", "fix"),
+    [
+        pytest.param("several", "Importing module 'several' failed", "Fix the module", id="module"),
+        pytest.param(
+            "factory:create_app()",
+            "--app 'factory:create_app()': calling create_app() failed",
+            "Fix the factory",
+            id="factory",
+        ),
+    ],
+)
+async def test_a_configuration_with_several_problems_lists_them_all(
+    tmp_path: Path, app: str, failed: str, fix: str
+) -> None:
+    write_module(tmp_path, "factory", SEVERAL_PROBLEMS)
+    write_module(tmp_path, "several", "from factory import create_app\ndb = create_app()\n")
+    run = await cli(tmp_path, "--app", app, "check")
+    assert (run.status, run.out) == (2, "")
+    first, *problems, last = run.err.strip().splitlines()
+    assert first == (
+        f"asyncbind: error: {failed}: ConfigError: The configuration has 2 problems; no bind "
+        "was set up. Fix each of them:"
+    )
+    assert len(problems) == 2
+    assert problems[0].startswith("- The default bind: driver 'psycopg2' in ")
+    assert "Use 'postgresql+asyncpg://app:***@127.0.0.1/app' instead." in problems[0]
+    assert problems[1].startswith("- Bind 'audit': driver 'pymysql' in ")
+    assert last == f"{fix} (--traceback shows where)."
+    assert_no_password(run)
+
+
 @pytest.mark.sqlite
 async def test_traceback_shows_where_the_module_failed(tmp_path: Path) -> None:
     write_module(tmp_path, "failing", "1 / 0\n")
