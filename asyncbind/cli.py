@@ -394,8 +394,9 @@ def _cmd_db(args: argparse.Namespace) -> int:
         named = list(dict.fromkeys(_bind_key(k) for k in args.bind))
         _check_keys(db, named, "--bind")
     keys = migrations.select_binds(db, named)
-    config = migrations.config_for(args.dir, db, named)
-    compares = args.db_command == "check" or getattr(args, "autogenerate", False)
+    autogenerate = getattr(args, "autogenerate", False)  # revision's option
+    config = migrations.config_for(args.dir, db, named, autogenerate=autogenerate)
+    compares = args.db_command == "check" or autogenerate
     if compares and named is None:
         _check_models(db)
     try:

@@ -64,7 +64,7 @@ DEFAULT_NAME = "default"
 VERSION_TABLE = "alembic_version"
 _TEMPLATE = Path(__file__).resolve().parent / "templates" / "asyncbind"
 # What the asyncbind command hands to env.py through Config.attributes.
-_DB, _KEYS = "asyncbind_db", "asyncbind_binds"
+_DB, _KEYS, _AUTOGENERATE = "asyncbind_db", "asyncbind_binds", "asyncbind_autogenerate"
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,17 @@ def run_migrations(config: Config) -> None:
         for key in keys:
             _offline(config, db, key)
     else:
-        asyncio.run(_online(db, keys, every, config.config_file_name or "alembic.ini"))
+        ini = config.config_file_name or "alembic.ini"
+        asyncio.run(_online(db, keys, every, _autogenerating(config), ini))
+
+
+def _autogenerating(config: Config) -> bool:
+    """Whether the command is ``revision --autogenerate``: the asyncbind command says so in
+    ``Config.attributes``, plain alembic in its options (which Flask-Migrate's env.py reads too).
+    Not ``check``, which compares the binds too but needs the revision it makes."""
+    return bool(
+        config.attributes.get(_AUTOGENERATE) or getattr(config.cmd_opts, "autogenerate", False)
+    )
 
 
 def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
@@ -193,9 +203,12 @@ def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
     output.write("\n")
 
 
-async def _online(db: AsyncBind, keys: Sequence[BindKey], every: bool, ini: str) -> None:
+async def _online(
+    db: AsyncBind, keys: Sequence[BindKey], every: bool, autogenerating: bool, ini: str
+) -> None:
     """Migrate (or compare) ``keys`` one after another; ``every`` when no bind was named, for
-    revision and check to refuse a model of no configured bind first."""
+    revision and check to refuse a model of no configured bind first; ``autogenerating`` for
+    ``revision --autogenerate``, which writes no revision when no bind has a change."""
     errors: dict[BindKey, BaseException] = {}
     comparing: list[bool] = []  # what each bind's migration context says the command does
     async with db:  # disposes of the engines in this event loop
@@ -203,7 +216,8 @@ async def _online(db: AsyncBind, keys: Sequence[BindKey], every: bool, ini: str)
             logger.info("Running on %s", bind_name(key))
             try:
                 async with db.engines[key].connect() as conn:
-                    await conn.run_sync(_migrate, db, key, comparing, every)
+                    last = autogenerating and key == keys[-1]
+                    await conn.run_sync(_migrate, db, key, comparing, every, last)
             except UnknownBindError:  # a model's, not this bind's: nothing was compared
                 raise
             except Exception as exc:  # this bind's failure; the other binds carry on
@@ -291,17 +305,23 @@ def _names(keys: Sequence[BindKey] | dict[BindKey, Any], *, start: bool = False)
 
 
 def _migrate(
-    conn: sa.Connection, db: AsyncBind, key: BindKey, comparing: list[bool], every: bool
+    conn: sa.Connection,
+    db: AsyncBind,
+    key: BindKey,
+    comparing: list[bool],
+    every: bool,
+    last: bool,
 ) -> None:
     """Migrate (or compare) bind ``key`` on ``conn``; add to ``comparing`` whether the command
     compares. Comparing every bind, a model whose ``__bind_key__`` names no configured bind is
     refused first (:class:`UnknownBindError`), as ``create_all()`` refuses it: its table would
-    be compared with no database, and no revision would ever create it."""
+    be compared with no database, and no revision would ever create it. ``last``: the last bind
+    that ``revision --autogenerate`` compares."""
     context.configure(
         connection=conn,
         **_bind_options(db, key),
         render_as_batch=conn.dialect.name == "sqlite",
-        process_revision_directives=_render_in_this_bind,
+        process_revision_directives=_render_in_last_bind if last else _render_in_this_bind,
     )
     comparing.append(_comparing())
     if comparing[-1] and every and len(comparing) == 1:
@@ -374,6 +394,18 @@ def _render_in_this_bind(
         script.imports = script.imports | autogen_context.imports
 
 
+def _render_in_last_bind(
+    migration_context: MigrationContext, revision: Any, scripts: list[ops.MigrationScript]
+) -> None:
+    """``process_revision_directives`` of the last bind that ``revision --autogenerate``
+    compares, where every bind's operations are known: :func:`_render_in_this_bind`, then no
+    revision at all if no bind has a change, as Flask-Migrate's env.py does."""
+    _render_in_this_bind(migration_context, revision, scripts)
+    if all(upgrade.is_empty() for script in scripts for upgrade in script.upgrade_ops_list):
+        scripts.clear()
+        logger.info("No changes in schema detected.")
+
+
 def _only_this_bind(db: AsyncBind, key: BindKey) -> Callable[..., bool]:
     """Autogenerate's ``include_name``: compare only the default schema and the schemas this
     bind's models use (``schema=``), and leave out the tables that another bind's models hold,
@@ -423,9 +455,12 @@ def init(folder: Path, app: str | None) -> list[Path]:
     return written
 
 
-def config_for(folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None) -> Config:
+def config_for(
+    folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None, *, autogenerate: bool = False
+) -> Config:
     """Alembic's Config for ``folder``/alembic.ini, with ``db`` and the binds named for env.py
-    (None: every bind but the read-only ones)."""
+    (None: every bind but the read-only ones); ``autogenerate`` for ``revision
+    --autogenerate``, which writes no revision when no bind has a change."""
     ini = folder / "alembic.ini"
     if not ini.is_file():
         raise UsageError(
@@ -436,6 +471,7 @@ def config_for(folder: Path, db: AsyncBind, keys: Sequence[BindKey] | None) -> C
     config.attributes[_DB] = db
     if keys is not None:
         config.attributes[_KEYS] = list(keys)
+    config.attributes[_AUTOGENERATE] = autogenerate
     return config
 
 

@@ -213,6 +213,42 @@ async def test_init_autogenerate_upgrade_change_downgrade(
     assert f"<base> -> {rev1}, first" in run.out
 
 
+async def test_autogenerate_with_no_change_on_any_bind_writes_no_revision(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    """As Flask-Migrate's env.py does; a change on one bind (not the last compared) is written,
+    and a revision without --autogenerate is written empty."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+
+    ini = "migrations/alembic.ini"
+    for run in (
+        await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "nothing"),
+        await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "nothing", "--bind", "audit"),
+        await alembic(tmp_path, "-c", ini, "revision", "--autogenerate", "-m", "nothing"),
+    ):
+        assert run.status == 0, run.err
+        assert "No changes in schema detected." in run.err
+        assert "Generating" not in run.out
+    assert list(revisions(tmp_path)) == ["first"]
+    for run in (await db_cmd(tmp_path, "check"), await alembic(tmp_path, "-c", ini, "check")):
+        assert (run.status, run.out.strip()) == (0, "No new upgrade operations detected.")
+
+    run = await db_cmd(tmp_path, "revision", "-m", "empty")
+    assert run.status == 0, run.err
+    assert "pass" in function(revisions(tmp_path)["empty"], "upgrade_users")
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+
+    write_module(tmp_path, "models", MODELS.format(extra=EMAIL, **urls))
+    run = await alembic(tmp_path, "-c", ini, "revision", "--autogenerate", "-m", "email")
+    assert run.status == 0, run.err
+    assert "No changes in schema detected." not in run.err
+    assert "add_column" in function(revisions(tmp_path)["email"], "upgrade_users")
+    assert sorted(revisions(tmp_path)) == ["email", "empty", "first"]
+
+
 async def test_offline_sql_per_bind(tmp_path: Path, new_database: NewDatabase) -> None:
     await three_binds(tmp_path, new_database)
     assert (await db_cmd(tmp_path, "init", "schema")).status == 0
