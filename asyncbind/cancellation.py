@@ -36,6 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 __all__ = [
     "close_quietly",
     "finish_if_cancelled",
+    "raise_handed_back",
     "reset_listener",
     "resets_returned_connections",
     "run_to_completion",
@@ -157,9 +158,27 @@ def _being_cancelled() -> asyncio.Task[Any] | None:
 
 def _hand_back(task: asyncio.Task[Any], cancelled: asyncio.CancelledError) -> None:
     """Raise ``cancelled`` in ``task`` at its next await instead of here. The task's count of
-    cancellation requests stays as it was, so that asyncio.timeout() still recognises its own."""
+    cancellation requests stays as it was, so that asyncio.timeout() still recognises its own.
+    The operation that returned the connection raises it before it returns
+    (:func:`raise_handed_back`)."""
     task.uncancel()
     task.cancel(cancelled.args[0] if cancelled.args else None)
+
+
+async def raise_handed_back() -> None:
+    """Raise here a cancellation that a pool handed back to the current task (a reset or close
+    it cut short, see :func:`reset_listener`) during the operation that has just returned.
+
+    asyncio raises a cancellation requested of a running task at the task's next suspension
+    only. An operation that returned into the end of an ``asyncio.timeout()`` block without
+    one would let the block end as if nothing happened, and its ``uncancel()`` does not withdraw
+    the pending cancellation (Python 3.11 and 3.12): the task's next await after the block
+    would be cancelled with nobody cancelling it. Raised here, it is the block's own: its
+    ``TimeoutError``. When no cancellation is under way this is one call, no suspension.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        await asyncio.sleep(0)  # a pending cancellation is raised at this suspension
 
 
 def close_quietly(close: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -52,7 +52,7 @@ from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.util import EMPTY_DICT, greenlet_spawn, immutabledict
 
 from . import commits
-from .cancellation import run_to_completion
+from .cancellation import raise_handed_back, run_to_completion
 from .exceptions import SessionSharedError
 from .internals import EXECUTE_OPTIONS, STREAM_OPTIONS, ensure_sync_result
 
@@ -186,6 +186,7 @@ class TaskSafeSession(AsyncSession):
                 raise
             finally:
                 self._leave()
+            await raise_handed_back()
             return
         if task is not None and owner is task:
             # Called inside an operation of this task's own (from a run_sync() function, say):
@@ -524,6 +525,7 @@ class TaskSafeSession(AsyncSession):
         finally:
             if took:
                 self._leave()
+        await raise_handed_back()  # the close of an overflow connection returned to its pool
 
     async def rollback(self) -> None:
         took = self._take("rollback()")
@@ -532,6 +534,7 @@ class TaskSafeSession(AsyncSession):
         finally:
             if took:
                 self._leave()
+        await raise_handed_back()
 
     async def connection(
         self,
@@ -639,3 +642,4 @@ class TaskSafeTransaction(AsyncSessionTransaction):
         finally:
             if took:
                 session._leave()
+        await raise_handed_back()

@@ -646,13 +646,15 @@ async def test_a_reset_cut_short_drops_its_connection_quietly_and_the_timeout_st
                         deadline.reschedule(loop.time())  # fires at the rollback's first await
 
                     sa.event.listen(engine, "reset", expire_now, insert=True)
-                    async with db.session() as session:
-                        sql = sa.text("SELECT CONNECTION_ID()")
-                        old = (await session.execute(sql)).scalar()
-                        await session.execute(sa.insert(table).values(id=1))
-                        await session.commit()
+                    try:
+                        async with db.session() as session:
+                            sql = sa.text("SELECT CONNECTION_ID()")
+                            old = (await session.execute(sql)).scalar()
+                            await session.execute(sa.insert(table).values(id=1))
+                            await session.commit()  # the handed-back cancellation is raised
+                            await asyncio.sleep(GUARD)  # never reached
+                    finally:
                         sa.event.remove(engine, "reset", expire_now)
-                        await asyncio.sleep(GUARD)  # the handed-back cancellation lands here
             assert deadline.expired()
     finally:
         reports.stop()
@@ -664,6 +666,66 @@ async def test_a_reset_cut_short_drops_its_connection_quietly_and_the_timeout_st
         assert (await session.execute(sa.select(table.c.id))).scalars().all() == [1]  # committed
     database = sa.make_url(url).database or ""
     assert await settled_connections("mysql", database, 1) == 1  # the new one only
+
+
+@pytest.mark.parametrize("ending", ["close", "commit", "rollback", "transaction's commit"])
+async def test_a_cancellation_handed_back_by_the_pool_is_raised_inside_the_block(
+    backend: str, url: str, make_db: Callable[..., AsyncBind], ending: str
+) -> None:
+    """A timeout that fires while the pool rolls back a connection a session's close returns,
+    or closes an overflow connection a commit or rollback returns to a full pool, is raised by
+    that operation, inside the timeout's block, as its TimeoutError. Left pending instead
+    (asyncio raises a cancellation of a running task at its next suspension), it would let the
+    block end as if nothing happened and cancel the task's first await after it, which nobody
+    cancelled."""
+    db = make_db(url, engine_options={"pool_size": 1, "max_overflow": 1})
+    engine = db.engine.sync_engine
+    # The pool's rollback of a connection in a transaction, or its close of one it has no room
+    # for: the await that the timeout's cancellation lands on.
+    event = "reset" if ending == "close" else "checkin"
+    # aiomysql closes a connection without a suspension: nothing can land in it.
+    lands = ending == "close" or backend != "mysql"
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    reports = Reports().start()
+    try:
+        reports.watch(loop)
+        async with asyncio.timeout(GUARD):  # a hang fails, as this other timeout
+            held = await db.engine.connect()  # the pool's one connection
+            session = db.session()
+            transaction = await session.begin()
+            await session.execute(sa.select(1))  # on the overflow connection
+            await held.close()  # back in the pool, which is full now
+            with pytest.raises(TimeoutError) if lands else contextlib.nullcontext():
+                async with asyncio.timeout(None) as deadline:
+
+                    def expire_now(*_args: Any) -> None:
+                        deadline.reschedule(loop.time())  # fires at the pool's next await
+
+                    sa.event.listen(engine, event, expire_now, insert=True)
+                    try:
+                        if ending == "transaction's commit":
+                            await transaction.commit()
+                        elif ending == "commit":
+                            await session.commit()
+                        elif ending == "rollback":
+                            await session.rollback()
+                        else:
+                            await session.close()
+                    finally:
+                        sa.event.remove(engine, event, expire_now)
+                    # No await from here to the end of the block: the operation raised already.
+            assert deadline.expired() is lands
+            await asyncio.sleep(0)  # not cancelled: nothing is left pending
+            assert task.cancelling() == 0
+            await session.close()
+    finally:
+        reports.stop()
+    assert reports.all() == nothing_reported(reports)
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    async with db.session() as session:
+        assert (await session.execute(sa.select(1))).scalar() == 1
 
 
 async def test_cleanup_runs_to_its_end_and_the_caller_is_cancelled_after() -> None:
