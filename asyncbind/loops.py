@@ -39,6 +39,7 @@ __all__ = [
     "close_in_any_loop",
     "closes_across_loops",
     "dispose_other_loops_pools",
+    "dispose_running_loops_pools",
     "remember_loop",
 ]
 
@@ -105,12 +106,27 @@ def _shut_down(transport: asyncio.Transport) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-async def dispose_other_loops_pools(engines: Iterable[AsyncEngine]) -> None:
+async def dispose_other_loops_pools(engines: Iterable[AsyncEngine]) -> bool:
     """Dispose each engine whose pool belongs to another event loop than the running one, so
     that it serves this loop; for code that moves between loops on purpose (a test suite whose
-    tables are made in one loop and whose tests run in others)."""
+    tables are made in one loop and whose tests run in others). Returns whether it disposed any.
+    """
     running = asyncio.get_running_loop()
+    disposed = False
     for engine in engines:
         pool = engine.sync_engine.pool
         if isinstance(pool, internals.BindPool) and pool.event_loop not in (None, running):
+            await engine.dispose()
+            disposed = True
+    return disposed
+
+
+async def dispose_running_loops_pools(engines: Iterable[AsyncEngine]) -> None:
+    """Dispose each engine whose pool belongs to the running event loop, so that it belongs to
+    no loop and the next loop to use it, whichever, can take it: the other half of
+    :func:`dispose_other_loops_pools`, for a loop that hands pools back before it ends."""
+    running = asyncio.get_running_loop()
+    for engine in engines:
+        pool = engine.sync_engine.pool
+        if isinstance(pool, internals.BindPool) and pool.event_loop is running:
             await engine.dispose()

@@ -14,6 +14,11 @@ then ask for ``asyncbind_rollback`` in a test:
 - a session asked for two-phase commits (``twophase=True``) runs in one phase, as the others do;
 - when the test ends, every outer transaction is rolled back: nothing the test wrote is left.
 
+Pools that belong to another event loop (the tables were created in the session's, the previous
+test had a loop of its own) are disposed as the test starts, so that they serve its loop, and
+again as it ends, so that they belong to no loop and the next user, in whatever loop, can take
+them. When everything runs in one loop, nothing is disposed.
+
 Statements sent on ``db.engine`` or ``db.get_engine(key)`` directly (not through a session) take
 connections of their own and are not rolled back. The sessions of one test share one connection
 per engine, so they must not run statements at the same time (a test that gathers requests that
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import loops
+from .cancellation import run_to_completion
 from .config import BindKey
 from .core import AsyncBind
 from .exceptions import AsyncBindError, ConfigError
@@ -43,6 +50,9 @@ __all__ = ["asyncbind_db", "asyncbind_rollback", "rolled_back"]
 #: The session options set while a test's isolation is on.
 _JOINING = ("outer_transactions", "join_transaction_mode")
 _UNSET: Any = object()
+#: The AsyncBinds whose pools a block has taken over from another event loop: their blocks run
+#: in other loops than the one that made their tables, so each hands the pools back as it ends.
+_MOVING: weakref.WeakSet[AsyncBind] = weakref.WeakSet()
 
 
 @contextlib.asynccontextmanager
@@ -63,20 +73,28 @@ async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnect
         raise ConfigError(
             f"{db!r} is already inside rolled_back() (asyncbind_rollback); one at a time."
         )
-    await loops.dispose_other_loops_pools(_engines(db))
-    async with contextlib.AsyncExitStack() as stack:  # closing a connection rolls it back
-        outer = _OuterTransactions(db, stack)
-        connections = {key: await outer.open(engine) for key, engine in db.engines.items()}
-        saved = {name: maker.kw.get(name, _UNSET) for name in _JOINING}
-        maker.configure(outer_transactions=outer, join_transaction_mode="create_savepoint")
-        try:
-            yield connections
-        finally:
-            for name, value in saved.items():
-                if value is _UNSET:
-                    maker.kw.pop(name, None)
-                else:
-                    maker.kw[name] = value
+    if await loops.dispose_other_loops_pools(_engines(db)):
+        _MOVING.add(db)
+    try:
+        async with contextlib.AsyncExitStack() as stack:  # closing a connection rolls it back
+            outer = _OuterTransactions(db, stack)
+            connections = {key: await outer.open(engine) for key, engine in db.engines.items()}
+            saved = {name: maker.kw.get(name, _UNSET) for name in _JOINING}
+            maker.configure(outer_transactions=outer, join_transaction_mode="create_savepoint")
+            try:
+                yield connections
+            finally:
+                for name, value in saved.items():
+                    if value is _UNSET:
+                        maker.kw.pop(name, None)
+                    else:
+                        maker.kw[name] = value
+    finally:
+        if db in _MOVING:
+            # Hand the pools back, so that they belong to no loop when this one ends and the
+            # next user (the next block, the session fixture's drop_all()), whatever its loop,
+            # can take them.
+            await run_to_completion(loops.dispose_running_loops_pools(_engines(db)))
 
 
 class _OuterTransactions:

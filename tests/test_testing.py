@@ -2,25 +2,33 @@
 
 Each case runs a small test suite of a user's with pytester, in a subprocess, against real
 databases on two backends: a Quart app writes to both binds and commits, the next test sees
-nothing, the app's own rollback works, and afterwards the databases themselves hold no row.
+nothing, the app's own rollback works, and afterwards the databases themselves hold no row. The
+README's own conftest.py runs the same way, in each way pytest-asyncio may set its loops up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import textwrap
 import uuid
+from collections.abc import Awaitable, Coroutine
 from importlib.metadata import entry_points
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from readmeblocks import python_block
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncbind import AsyncBind, ConfigError
+from asyncbind.config import BindKey
 
 pytest_plugins = ["pytester"]
+
+_T = TypeVar("_T")
 
 # pytester puts sys.modules back as it found them after each test: a driver or dialect first
 # imported during one (by the check of what the databases hold) would be imported a second time in
@@ -135,8 +143,8 @@ async def test_4_and_again_nothing(asyncbind_rollback):
 INI = """
 [pytest]
 asyncio_mode = auto
-asyncio_default_fixture_loop_scope = {scope}
-asyncio_default_test_loop_scope = {scope}
+asyncio_default_fixture_loop_scope = {fixtures}
+asyncio_default_test_loop_scope = {tests}
 """
 
 
@@ -160,7 +168,7 @@ async def test_each_tests_writes_on_every_bind_are_rolled_back(
     monkeypatch.setenv("OTHER_URL", other)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_app=TESTS)
-    pytester.makeini(INI.format(scope=scope))
+    pytester.makeini(INI.format(fixtures=scope, tests=scope))
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
 
@@ -173,8 +181,158 @@ async def test_each_tests_writes_on_every_bind_are_rolled_back(
             assert count == 0, f"{table} kept {count} row(s)"
 
 
+README_APP = """
+import os
+
+import sqlalchemy as sa
+from quart import Quart, request
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from asyncbind import AsyncBind, BindKeyMixin
+
+
+class Base(BindKeyMixin, DeclarativeBase):
+    pass
+
+
+db = AsyncBind(os.environ["MAIN_URL"], binds={"audit": os.environ["OTHER_URL"]}, model_class=Base)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50))
+
+
+class Audit(Base):
+    __bind_key__ = "audit"
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    what: Mapped[str] = mapped_column(sa.String(50))
+
+
+app = Quart(__name__)
+db.init_app(app)
+
+
+@app.post("/signup")
+async def signup():
+    form = await request.form
+    db.session.add_all([User(name=form["name"]), Audit(what="signup")])
+    await db.session.commit()
+    return "created", 201
+
+
+async def counts():
+    async with db.session() as session:
+        users = await session.scalar(sa.select(sa.func.count()).select_from(User))
+        audits = await session.scalar(sa.select(sa.func.count()).select_from(Audit))
+    return users, audits
+"""
+
+README_TESTS = """
+from myapp import counts
+
+
+async def test_signup_writes_a_user_and_an_audit_row(client):
+    response = await client.post("/signup", form={"name": "ada"})
+    assert response.status_code == 201
+    assert await counts() == (1, 1)  # committed, as the app sees it
+
+
+async def test_the_next_test_sees_neither(asyncbind_rollback):
+    assert await counts() == (0, 0)
+"""
+
+#: How the loops may be set up: the tests' loop scope, the async fixtures' default one, and
+#: whether the README's asyncbind_db keeps its loop_scope="session". Not here: one loop for
+#: everything (the test above), and asyncbind_db without loop_scope in function loops, which
+#: pytest-asyncio refuses (a session fixture cannot use a function's loop).
+LOOP_SETUPS = [
+    pytest.param("function", "function", True, id="tests=function,fixtures=function"),
+]
+
+
+@pytest.mark.parametrize(("tests", "fixtures", "loop_scope"), LOOP_SETUPS)
+async def test_the_readmes_conftest_works_in_every_loop_setup(
+    pytester: pytest.Pytester,
+    backend_pair: tuple[str, str],
+    new_database: NewDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    tests: str,
+    fixtures: str,
+    loop_scope: bool,
+) -> None:
+    """The README's conftest.py as written: its session fixture creates the tables in the
+    session's loop and drops them there at the end, after tests in two modules that ran in
+    loops of their own or in that one."""
+    main, other = [await new_database(backend) for backend in backend_pair]
+    monkeypatch.setenv("MAIN_URL", main)
+    monkeypatch.setenv("OTHER_URL", other)
+    conftest = python_block("## Testing your app")
+    if not loop_scope:
+        assert ', loop_scope="session")' in conftest
+        conftest = conftest.replace(', loop_scope="session")', ")")
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(myapp=README_APP, test_one=README_TESTS, test_two=README_TESTS)
+    pytester.makeini(INI.format(fixtures=fixtures, tests=tests))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+
+    result.assert_outcomes(passed=4)
+    # drop_all() ran: the databases hold no table, so nothing the tests wrote either.
+    async with AsyncBind(main, binds={"audit": other}) as db:
+        for key in (None, "audit"):
+            async with db.get_engine(key).connect() as conn:
+                tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+            assert tables == [], f"bind {key!r} kept {tables}"
+
+
+async def test_pools_taken_over_from_another_loop_are_handed_back(
+    backend_pair: tuple[str, str], new_database: NewDatabase
+) -> None:
+    """rolled_back() in the loop that made the pools leaves them be (nothing is disposed); when
+    they belong to another loop, it takes them over and, as each later block ends too, hands
+    them back: they belong to no loop, and the next user, in whatever loop, can take them."""
+    from twobinds import add_models, names
+
+    from asyncbind.testing import rolled_back
+
+    main, other = [await new_database(backend) for backend in backend_pair]
+    two = add_models(AsyncBind(main, binds={"users": other}))
+    db, Item, User = two.db, two.Item, two.User
+
+    def pools() -> dict[BindKey, sa.Pool]:
+        return {key: engine.sync_engine.pool for key, engine in db.engines.items()}
+
+    def loops() -> dict[BindKey, object]:
+        return {key: pool.event_loop for key, pool in pools().items()}  # type: ignore[attr-defined]
+
+    def in_another_loop(coro: Coroutine[Any, Any, _T]) -> Awaitable[_T]:
+        return asyncio.to_thread(asyncio.run, coro)
+
+    try:
+        await db.create_all()
+        made = pools()
+        for _ in range(2):
+            async with rolled_back(db):
+                pass
+        assert pools() == made  # the same pools: nothing disposed
+
+        await db.dispose()
+        await in_another_loop(names(db))  # the pools are now that loop's, closed since
+        for _ in range(2):
+            async with rolled_back(db), db.session() as session:
+                session.add_all([Item(name="a"), User(name="a")])
+                await session.commit()
+            assert loops() == {None: None, "users": None}
+        assert await in_another_loop(names(db)) == ([], [])
+    finally:
+        await db.dispose()
+
+
 def test_without_asyncbind_db_the_error_says_what_to_define(pytester: pytest.Pytester) -> None:
-    pytester.makeini(INI.format(scope="function"))
+    pytester.makeini(INI.format(fixtures="function", tests="function"))
     pytester.makepyfile(
         textwrap.dedent(
             """
