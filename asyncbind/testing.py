@@ -14,10 +14,11 @@ then ask for ``asyncbind_rollback`` in a test:
 - a session asked for two-phase commits (``twophase=True``) runs in one phase, as the others do;
 - when the test ends, every outer transaction is rolled back: nothing the test wrote is left.
 
-Pools that belong to another event loop (the tables were created in the session's, the previous
-test had a loop of its own) are disposed as the test starts, so that they serve its loop, and
-again as it ends, so that they belong to no loop and the next user, in whatever loop, can take
-them. When everything runs in one loop, nothing is disposed.
+All of it happens in the test's own event loop, whichever loop the other async fixtures run in.
+Pools that belong to another loop (the tables were created in the session's, the previous test
+had a loop of its own) are disposed as the test starts, so that they serve its loop, and again as
+it ends, so that they belong to no loop and the next user, in whatever loop, can take them. When
+everything runs in one loop, nothing is disposed.
 
 Statements sent on ``db.engine`` or ``db.get_engine(key)`` directly (not through a session) take
 connections of their own and are not rolled back. The sessions of one test share one connection
@@ -33,7 +34,7 @@ import contextlib
 import importlib.util
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import sqlalchemy as sa
@@ -50,6 +51,8 @@ __all__ = ["asyncbind_db", "asyncbind_rollback", "rolled_back"]
 #: The session options set while a test's isolation is on.
 _JOINING = ("outer_transactions", "join_transaction_mode")
 _UNSET: Any = object()
+#: The scopes pytest-asyncio gives event loops.
+_LoopScope = Literal["function", "class", "module", "package", "session"]
 #: The AsyncBinds whose pools a block has taken over from another event loop: their blocks run
 #: in other loops than the one that made their tables, so each hands the pools back as it ends.
 _MOVING: weakref.WeakSet[AsyncBind] = weakref.WeakSet()
@@ -167,14 +170,49 @@ def asyncbind_db() -> AsyncBind:
 if importlib.util.find_spec("pytest_asyncio") is not None:
     import pytest_asyncio
 
-    @pytest_asyncio.fixture
-    async def asyncbind_rollback(
-        asyncbind_db: AsyncBind,
-    ) -> AsyncIterator[dict[BindKey, AsyncConnection]]:
+    @pytest.fixture
+    def asyncbind_rollback(request: pytest.FixtureRequest) -> dict[BindKey, AsyncConnection]:
         """Everything this test writes through sessions, on every bind, is rolled back when it
-        ends; the value is the connection of each bind, by bind key."""
-        async with rolled_back(asyncbind_db) as connections:
-            yield connections
+        ends; the value is the connection of each bind, by bind key.
+
+        The work is done in the test's own event loop, whichever loop the other async fixtures
+        run in (``asyncio_default_fixture_loop_scope``): the sessions of the test join
+        connections of its loop. One fixture below per loop scope does it."""
+        name = f"_asyncbind_rollback_in_{_test_loop_scope(request)}_loop"
+        connections: dict[BindKey, AsyncConnection] = request.getfixturevalue(name)
+        return connections
+
+    def _test_loop_scope(request: pytest.FixtureRequest) -> str:
+        """The scope of the event loop the test runs in, as pytest-asyncio chooses it: its
+        ``asyncio`` mark's ``loop_scope``, else ``asyncio_default_test_loop_scope``."""
+        mark = request.node.get_closest_marker("asyncio")
+        scope = mark and (mark.kwargs.get("loop_scope") or mark.kwargs.get("scope"))
+        if not scope:
+            try:
+                scope = request.config.getini("asyncio_default_test_loop_scope")
+            except ValueError:  # pytest-asyncio before 0.26: each test has a loop of its own
+                scope = None
+        return str(scope or "function")
+
+    def _rollback_fixture(loop_scope: _LoopScope) -> Any:
+        """The fixture that runs :func:`rolled_back` in the event loop of ``loop_scope``."""
+
+        @pytest_asyncio.fixture(
+            name=f"_asyncbind_rollback_in_{loop_scope}_loop", loop_scope=loop_scope
+        )
+        async def rollback(
+            asyncbind_db: AsyncBind,
+        ) -> AsyncIterator[dict[BindKey, AsyncConnection]]:
+            async with rolled_back(asyncbind_db) as connections:
+                yield connections
+
+        return rollback
+
+    _rollback_in_function_loop = _rollback_fixture("function")
+    _rollback_in_class_loop = _rollback_fixture("class")
+    _rollback_in_module_loop = _rollback_fixture("module")
+    _rollback_in_package_loop = _rollback_fixture("package")
+    _rollback_in_session_loop = _rollback_fixture("session")
 
 else:  # the plugin loads in every pytest run; only its fixture needs pytest-asyncio
 

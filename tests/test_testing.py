@@ -250,6 +250,12 @@ async def test_the_next_test_sees_neither(asyncbind_rollback):
 #: pytest-asyncio refuses (a session fixture cannot use a function's loop).
 LOOP_SETUPS = [
     pytest.param("function", "function", True, id="tests=function,fixtures=function"),
+    pytest.param("module", "function", True, id="tests=module,fixtures=function"),
+    pytest.param("session", "function", True, id="tests=session,fixtures=function"),
+    pytest.param("function", "session", True, id="tests=function,fixtures=session"),
+    pytest.param("module", "session", True, id="tests=module,fixtures=session"),
+    pytest.param("function", "session", False, id="tests=function,fixtures=session,no-loop_scope"),
+    pytest.param("module", "session", False, id="tests=module,fixtures=session,no-loop_scope"),
 ]
 
 
