@@ -203,7 +203,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # A statement given up on (timed out, or its task cancelled) is stopped on the server too.
     if stopping.applies(dialect, pgbouncer=config.pgbouncer):
         sa.event.listen(sync, "connect", stopping.id_listener(dialect.driver))
-        sa.event.listen(sync, "handle_error", stopping.listener(key, timeouts.timed_out))
+        sa.event.listen(sync, "handle_error", stopping.listener(key))
     elif stopping.interrupts(sync):
         sa.event.listen(sync, "handle_error", stopping.interrupt_listener)
     ping = statement or config.connect_timeout
@@ -222,6 +222,12 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     close = cancellation.close_quietly(close)
     close = loops.close_in_any_loop(close, drop, dialect.driver)
     internals.replace_dialect_method(dialect, "do_close", close)
+
+    # Connections SQLAlchemy invalidates (a disconnect, a cancelled or timed-out statement):
+    # dropped at once. SQLAlchemy's terminate tries a polite close first, which asyncpg lets wait
+    # 2 s for a server that may have stopped answering (the caller's timeout would be 2 s late).
+    if closing.driver_drop(dialect.driver) is not None:
+        internals.replace_dialect_method(dialect, "do_terminate", drop)
 
     # Connections returned to the pool: rolled back (by asyncbind, quietly, unless the bind chose
     # its own reset), then discarded if the server is still in a transaction.

@@ -84,7 +84,9 @@ __all__ = [
 #: The dialect methods asyncbind replaces: SQLAlchemy calls each through the engine's dialect
 #: (a commit; a rollback, a pool's reset on return included; pre-ping; closing a pooled
 #: connection; the id of a two-phase transaction) and has no event around any of them.
-DIALECT_METHODS = frozenset({"do_commit", "do_rollback", "do_ping", "do_close", "create_xid"})
+DIALECT_METHODS = frozenset(
+    {"do_commit", "do_rollback", "do_ping", "do_close", "do_terminate", "create_xid"}
+)
 
 
 def replace_dialect_method(dialect: sa.Dialect, name: str, method: Callable[..., Any]) -> None:

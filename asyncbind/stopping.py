@@ -1,11 +1,12 @@
 """Stopping on the server the statements asyncbind gives up on.
 
 A statement cut short on the client side, past the bind's ``statement_timeout`` or by a
-cancelled task, has its connection dropped. The server does not notice a closed socket until it
-next writes to it, so the statement runs on to its end, holding its transaction's locks: a
-timed-out ``UPDATE`` blocks the retry that follows it. PostgreSQL stops a statement whose task is
-cancelled (asyncpg sends a cancel request first), but not one abandoned by a timeout, whose
-connection is dropped before that request goes out; MySQL and MariaDB stop neither.
+cancelled task, has its connection dropped at once (see :mod:`asyncbind.closing`: a polite close
+would wait for a server that may have stopped answering). The server does not notice a closed
+socket until it next writes to it, so the statement runs on to its end, holding its
+transaction's locks: a timed-out ``UPDATE`` blocks the retry that follows it. asyncpg's own
+cancel request for a cancelled statement does not go out either: dropping its connection
+cancels the request too.
 
 Each new connection's server id (PostgreSQL's backend pid, MySQL's connection id, from the
 driver's public API) is kept in its pool record's ``info`` (:func:`id_listener`): a timed-out
@@ -213,12 +214,9 @@ class _Stopper:
 _STOPPERS: weakref.WeakKeyDictionary[sa.Engine, _Stopper] = weakref.WeakKeyDictionary()
 
 
-def listener(
-    key: BindKey, cut_short: Callable[[BaseException], bool]
-) -> Callable[[ExceptionContext], None]:
+def listener(key: BindKey) -> Callable[[ExceptionContext], None]:
     """A ``handle_error`` listener for bind ``key`` that stops on the server a statement cut short
-    by a cancellation: any on MySQL and MariaDB, on PostgreSQL those for which ``cut_short``
-    (:func:`asyncbind.timeouts.timed_out`) is true."""
+    by a cancellation (a cancelled task's, or one past the bind's ``statement_timeout``)."""
 
     def stop(ctx: ExceptionContext) -> None:
         error = ctx.original_exception
@@ -228,8 +226,6 @@ def listener(
             return
         if ctx.statement is None:
             return  # a COMMIT or ROLLBACK: the server ends it, then finds the connection closed
-        if engine.dialect.name == "postgresql" and not cut_short(error):
-            return
         try:  # whatever goes wrong here must not replace the error being handled
             server_id = connection.info.get(_SERVER_ID)
             stopper_own = connection.get_execution_options().get(_STOPPER)

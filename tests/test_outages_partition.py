@@ -34,7 +34,13 @@ from test_outages import (  # noqa: F401  (fixtures)
     run_outage,
 )
 
-from asyncbind import AsyncBind, BindUnavailableError, PoolTimeoutError, StatementTimeoutError
+from asyncbind import (
+    AsyncBind,
+    BindUnavailableError,
+    PoolTimeoutError,
+    StatementTimeoutError,
+    stopping,
+)
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -155,6 +161,56 @@ async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye
         await proxy.restore()
         await session.close()
     await assert_pool_healthy(db, cut_key)
+
+
+async def test_a_cancelled_statement_on_a_silent_server_drops_its_connection_without_a_goodbye(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A statement that asyncio.timeout() (or db.ping()'s timeout) cuts short on a server that
+    has stopped answering: SQLAlchemy invalidates its connection and asyncbind drops it at once.
+    SQLAlchemy's own terminate would first say goodbye, and asyncpg waits 2 s for the answer,
+    so the caller's timeout would end 2 s late."""
+    url = proxy.url_for(sa.make_url(await new_database(BACKENDS[cut_key])))
+    db = make_db(url)  # no statement_timeout: the caller's timeout is the only one
+    goodbyes_to_open_connections: list[str] = []
+    pg_close, my_close = asyncpg.Connection.close, aiomysql.Connection.ensure_closed
+
+    async def asyncpg_close(self: asyncpg.Connection, **kwargs: Any) -> None:
+        if not self.is_closed():
+            goodbyes_to_open_connections.append("asyncpg")
+        await pg_close(self, **kwargs)
+
+    async def aiomysql_close(self: aiomysql.Connection) -> None:
+        if not self.closed:
+            goodbyes_to_open_connections.append("aiomysql")
+        await my_close(self)
+
+    monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
+    monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    invalidated: list[object] = []
+    sa.event.listen(db.engine.sync_engine, "invalidate", lambda *args: invalidated.append(args))
+    for attempt in ("session", "ping"):
+        assert (await db.ping())[None].ok  # an idle connection in the pool, to be cut short
+        await proxy.set_mode("blackhole")
+        try:
+            async with asyncio.timeout(GUARD):
+                if attempt == "session":
+                    with pytest.raises(TimeoutError):
+                        async with asyncio.timeout(0.5), db.session() as session:
+                            await session.execute(sa.text("SELECT 2"))
+                else:
+                    assert not (await db.ping(timeout=0.5))[None].ok
+        finally:
+            await proxy.restore()
+        assert len(invalidated) == 1, attempt
+        assert goodbyes_to_open_connections == [], attempt
+        invalidated.clear()
+    await stopping.settle([db.engine])  # the statements given up on, ended on their server
+    assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 async def test_exhausted_pool_of_a_slow_bind_names_the_bind(

@@ -144,7 +144,8 @@ async def test_a_timed_out_statement_stops_on_the_server_and_releases_its_locks(
 
 
 async def test_a_cancelled_statement_stops_on_the_server(server: Server, make_db: MakeDb) -> None:
-    """PostgreSQL stops it on asyncpg's cancel request, MariaDB on asyncbind's KILL."""
+    """Its connection is dropped at once, and asyncbind ends it on the server
+    (pg_terminate_backend(), KILL CONNECTION)."""
     db = make_db(server.url)
     tag = new_tag()
 
