@@ -207,6 +207,8 @@ def reset_listener(
     dialect: sa.Dialect,
     drop: Callable[[Any], None],
     timed_out: Callable[[BaseException], bool],
+    *,
+    discard: bool = True,
 ) -> Callable[[Any, ConnectionPoolEntry, PoolResetState], None]:
     """A pool ``reset`` listener that rolls back each connection returned to the pool, as
     SQLAlchemy's reset on return does, with ``dialect.do_rollback`` (asyncbind's, bounded in time
@@ -215,12 +217,15 @@ def reset_listener(
     A rollback cut short by a cancellation, a timeout (``timed_out``) or the loss of the
     connection drops the connection quietly (nobody waits for the reset's outcome; the pool opens
     a new connection when it needs one), and a cancellation is handed back to the task. Any other
-    failure is raised, and the pool logs it.
+    failure is raised, and the pool logs it. With ``discard=False`` (an in-memory database, whose
+    one connection is the database) a rollback cut short leaves the connection as it is: the
+    rollback goes on in the driver's thread, and what comes next waits for it.
     """
 
-    def discard(dbapi_connection: Any, record: ConnectionPoolEntry, why: BaseException) -> None:
-        drop(dbapi_connection)
-        record.invalidate(why)  # never handed out again
+    def drop_it(dbapi_connection: Any, record: ConnectionPoolEntry, why: BaseException) -> None:
+        if discard:
+            drop(dbapi_connection)
+            record.invalidate(why)  # never handed out again
 
     def reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
         if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
@@ -231,12 +236,12 @@ def reset_listener(
             task = _being_cancelled()
             if task is None and not timed_out(cancelled):
                 raise
-            discard(dbapi_connection, record, cancelled)
+            drop_it(dbapi_connection, record, cancelled)
             if task is not None:
                 _hand_back(task, cancelled)
         except Exception as exc:
             if not dialect.is_disconnect(exc, dbapi_connection, None):  # type: ignore[arg-type]
                 raise
-            discard(dbapi_connection, record, exc)
+            drop_it(dbapi_connection, record, exc)
 
     return reset

@@ -12,11 +12,13 @@ What has no public hook goes through :mod:`asyncbind.internals`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import (
@@ -170,8 +172,10 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         sa.event.listen(sync, "connect", loops.remember_loop)
 
     # What drops a connection is made before the dialect's methods are replaced (see
-    # closing.dropper).
-    drop = closing.dropper(dialect)
+    # closing.dropper). An in-memory database's one connection is the database: it is never
+    # dropped, and a statement cut short on it does not count as a disconnect (keep_database).
+    the_database = _holds_the_database(url, sync.pool)
+    drop = _keep_open if the_database else closing.dropper(dialect)
 
     # MySQL and MariaDB: a rollback after a stream left unread drops the connection instead of
     # reading the rest of the result first.
@@ -232,12 +236,35 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # Connections returned to the pool: rolled back (by asyncbind, quietly, unless the bind chose
     # its own reset), then discarded if the server is still in a transaction.
     if cancellation.resets_returned_connections(config.engine_options):
-        reset = cancellation.reset_listener(dialect, drop, timeouts.timed_out)
+        reset = cancellation.reset_listener(
+            dialect, drop, timeouts.timed_out, discard=not the_database
+        )
         sa.event.listen(sync, "reset", reset)
     check = checkin.transaction_check(dialect.driver, key)
     if check is not None:
         sa.event.listen(sync, "checkin", check)
+    if the_database:
+        sa.event.listen(sync, "handle_error", _keep_database)  # the last: it has the last word
     return engine
+
+
+def _holds_the_database(url: sa.URL, pool: sa_pool.Pool) -> bool:
+    """Whether ``pool``'s one connection is the whole database: in-memory SQLite's, shared by
+    every session (StaticPool; SingletonThreadPool, one per thread)."""
+    shared = isinstance(pool, sa_pool.StaticPool | sa_pool.SingletonThreadPool)
+    return shared and is_memory_sqlite(url)
+
+
+def _keep_database(ctx: ExceptionContext) -> None:
+    """A ``handle_error`` listener for an in-memory database: a statement cut short by a
+    cancellation or a timeout leaves its connection in place. SQLAlchemy counts a cancellation
+    as a disconnect and would close the connection, and the database with it: every table and
+    every committed row gone for all sessions. The statement runs on in aiosqlite's thread and
+    what comes next waits for it; the session rolls back as after any error."""
+    if ctx.is_disconnect and not isinstance(ctx.original_exception, sa.exc.DBAPIError):
+        original = ctx.original_exception
+        if isinstance(original, asyncio.CancelledError | TimeoutError):
+            ctx.is_disconnect = False
 
 
 def _keep_open(_connection: Any) -> None:

@@ -456,6 +456,44 @@ async def test_a_close_cut_short_during_its_rollback_drops_its_one_connection(
     assert reports.all() == nothing_reported(reports)
 
 
+@pytest.mark.sqlite
+async def test_a_cancelled_statement_keeps_an_in_memory_database(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    """An in-memory database's one connection is the database: a session cancelled at any point
+    of its statements or its commit leaves it in place (SQLAlchemy counts a cancellation as a
+    disconnect, and closing that connection would lose every table and row)."""
+    db = make_db("sqlite://")
+    await make_table(db)
+    dropped = invalidations([db.engine.sync_engine])
+    reports = Reports().start()
+    try:
+        reports.watch(asyncio.get_running_loop())
+        for turns in range(12):  # loop turns before the cancellation: lands at each await
+
+            async def request(row: int) -> None:
+                async with db.session() as session:
+                    await session.execute(sa.text("INSERT INTO t (id) VALUES (:id)"), {"id": row})
+                    await session.execute(sa.text("SELECT count(*) FROM t"))
+                    await session.commit()
+
+            task = asyncio.create_task(request(100 + turns))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            async with asyncio.timeout(GUARD):
+                await asyncio.gather(task, return_exceptions=True)
+            assert 1 in await ids_in(db), turns  # the table and its committed row are there
+    finally:
+        reports.stop()
+    assert dropped == []
+    assert reports.all() == nothing_reported(reports)
+    async with db.session() as session:  # sessions work on
+        await session.execute(sa.text("INSERT INTO t (id) VALUES (2)"))
+        await session.commit()
+    assert {1, 2} <= set(await ids_in(db))
+
+
 def _intact_cases() -> list[Any]:
     cases = [
         pytest.param(backend, way, marks=getattr(pytest.mark, backend), id=f"{way}-{backend}")

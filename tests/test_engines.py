@@ -105,11 +105,13 @@ def test_timeouts_are_wired_only_where_a_bind_sets_them(make_db: Callable[..., A
     )
     # No statement_timeout: the statement path has no listener to run.
     assert statement_listeners(db, None) == dict.fromkeys(statement_listeners(db, None), 0)
-    # Every engine names its two-phase transactions (create_xid), timeouts or not, and a MySQL
-    # engine's rollback drops a connection whose stream was left unread (asyncbind.closing).
-    assert replaced(db, None) == {"do_close", "create_xid", "do_rollback"}
+    # Every engine names its two-phase transactions (create_xid), timeouts or not, drops the
+    # connections SQLAlchemy invalidates at once (do_terminate), and a MySQL engine's rollback
+    # drops a connection whose stream was left unread (asyncbind.closing).
+    always = {"do_close", "do_terminate", "create_xid", "do_rollback"}
+    assert replaced(db, None) == always
     assert statement_listeners(db, "connect") == statement_listeners(db, None)
-    assert replaced(db, "connect") == {"do_ping", "do_close", "create_xid", "do_rollback"}
+    assert replaced(db, "connect") == {"do_ping", *always}
     assert statement_listeners(db, "statement") == dict.fromkeys(statement_listeners(db, None), 1)
     assert replaced(db, "statement") == internals.DIALECT_METHODS
 

@@ -212,3 +212,30 @@ async def test_a_sqlite_statement_past_its_timeout_is_interrupted(
         assert await conn.scalar(sa.text("SELECT count(*) FROM t")) == 0  # never completed
         await conn.execute(t.insert(), {"x": 1})  # the file is writable
     assert db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.sqlite
+async def test_a_statement_past_its_timeout_keeps_an_in_memory_database(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    """An in-memory database's one connection is the database: a statement past the bind's
+    ``statement_timeout`` is given up on, and the connection, the tables and their rows stay.
+    The statement runs on in aiosqlite's thread; what comes next waits for it."""
+    db = make_db({"url": "sqlite://", "statement_timeout": 0.05})
+    async with db.engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        await conn.execute(sa.text("INSERT INTO t (id) VALUES (1)"))
+    dropped: list[object] = []
+    sa.event.listen(db.engine.sync_engine, "invalidate", lambda *args: dropped.append(args))
+    long = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+        "SELECT count(*) FROM n"
+    )
+    async with asyncio.timeout(GUARD):
+        async with db.session() as session:
+            with pytest.raises(StatementTimeoutError):
+                await session.execute(sa.text(long))
+            await session.rollback()
+        async with db.session() as session:
+            assert (await session.execute(sa.text("SELECT id FROM t"))).scalars().all() == [1]
+    assert dropped == []
