@@ -103,7 +103,7 @@ class SessionScope:
             raise AsyncBindError(
                 "This db.scope() is already open; call db.scope() again for another scope."
             )
-        if not self._factory._binds:
+        if not self._factory._db.bind_configs:
             raise NotConfiguredError(_not_configured("db.scope()"))
         scope = Scope(self._factory, self._options)
         session = scope.get()
