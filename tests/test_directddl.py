@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from conftest import NewDatabase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from asyncbind import AsyncBind, StatementTimeoutError
+from asyncbind import AsyncBind, StatementTimeoutError, stopping
 
 pytestmark = pytest.mark.postgresql
 GUARD = 30
@@ -141,6 +141,7 @@ async def test_a_create_all_cancelled_mid_ddl_leaves_nothing_behind(
         await asyncio.wait_for(task, GUARD)
     sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_at_the_third)
     assert creates == 3
+    await stopping.settle([db.engine])  # the DDL cut short, ended on the server
     assert db.engine.sync_engine.pool.checkedout() == 0
     async with db.engine.connect() as conn:  # the transaction was rolled back: no table
         assert await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()) == []
