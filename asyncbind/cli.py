@@ -368,8 +368,9 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    """The migration commands: init, revision, upgrade, downgrade, current, history, check; and
-    recover, which needs no Alembic."""
+    """The migration commands: init, revision (and migrate, Flask-Migrate's name for revision
+    --autogenerate), upgrade, downgrade, current, history, check; and recover, which needs no
+    Alembic."""
     if args.db_command == "recover":
         return _run(args, _recover, find_db(args.app))
     try:
@@ -394,14 +395,14 @@ def _cmd_db(args: argparse.Namespace) -> int:
         named = list(dict.fromkeys(_bind_key(k) for k in args.bind))
         _check_keys(db, named, "--bind")
     keys = migrations.select_binds(db, named)
-    autogenerate = getattr(args, "autogenerate", False)  # revision's option
+    autogenerate = getattr(args, "autogenerate", False)  # revision's option; migrate's default
     config = migrations.config_for(args.dir, db, named, autogenerate=autogenerate)
     compares = args.db_command == "check" or autogenerate
     if compares and named is None:
         _check_models(db)
     try:
-        if args.db_command == "revision":
-            command.revision(config, message=args.message, autogenerate=args.autogenerate)
+        if args.db_command in ("revision", "migrate"):
+            command.revision(config, message=args.message, autogenerate=autogenerate)
         elif args.db_command in ("upgrade", "downgrade"):
             run = command.upgrade if args.db_command == "upgrade" else command.downgrade
             run(config, args.revision, sql=args.sql)
@@ -623,6 +624,13 @@ def _db_parser(
         action="store_true",
         help="fill it in by comparing each bind's models with that bind's database",
     )
+    migrate = sub(
+        "migrate",
+        "Flask-Migrate's name for 'revision --autogenerate': write a new revision filled in by "
+        "comparing each bind's models with that bind's database; none if nothing changed.",
+    )
+    migrate.add_argument("-m", "--message", required=True, metavar="MSG")
+    migrate.set_defaults(autogenerate=True)
     for name, text, default in (
         ("upgrade", "Upgrade each bind to REV (default: head), one bind after another.", "head"),
         ("downgrade", "Downgrade each bind to REV (e.g. -1, base).", None),

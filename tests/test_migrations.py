@@ -249,6 +249,55 @@ async def test_autogenerate_with_no_change_on_any_bind_writes_no_revision(
     assert sorted(revisions(tmp_path)) == ["email", "empty", "first"]
 
 
+async def test_migrate_is_revision_autogenerate(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """Flask-Migrate's 'db migrate': the same revision, the same checks, nothing when nothing
+    changed."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    run = await db_cmd(tmp_path, "migrate", "-m", "first")
+    assert run.status == 0, run.err
+    assert re.fullmatch(r"Generating .*_first\.py \.\.\.  done", run.out.strip())
+    first = revisions(tmp_path)["first"]
+    assert "create_table('orders'" in function(first, "upgrade_default")
+    assert "create_table('users'" in function(first, "upgrade_users")
+    assert "create_table('events'" in function(first, "upgrade_audit")
+    rev1 = revision_id(first)
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+
+    run = await db_cmd(tmp_path, "migrate", "-m", "nothing")
+    assert (run.status, run.out) == (0, ""), run.err
+    assert "No changes in schema detected." in run.err
+    assert list(revisions(tmp_path)) == ["first"]
+
+    write_module(tmp_path, "models", MODELS.format(extra=EMAIL, **urls))
+    run = await db_cmd(tmp_path, "migrate", "-m", "email", "--bind", "users")
+    assert run.status == 0, run.err
+    email = revisions(tmp_path)["email"]
+    assert "add_column" in function(email, "upgrade_users")
+    assert "pass" in function(email, "upgrade_default")
+    assert f"down_revision: str | Sequence[str] | None = {rev1!r}" in email
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+    assert (await columns(urls["users"], make_db))["users"] == {"id", "name", "email"}
+
+    typo = """
+    class Visit(db.Model):
+        __bind_key__ = "adit"  # a typo: no such bind
+        __tablename__ = "visits"
+        id: Mapped[int] = mapped_column(primary_key=True)
+    """
+    write_module(tmp_path, "models", MODELS.format(extra=EMAIL, **urls) + typo)
+    run = await db_cmd(tmp_path, "migrate", "-m", "visits")
+    assert (run.status, run.out) == (1, ""), run.err
+    assert last_error(run).startswith("asyncbind: error: UnknownBindError: Bind key 'adit'")
+    assert sorted(revisions(tmp_path)) == ["email", "first"]
+    run = await db_cmd(tmp_path, "migrate")
+    assert run.status == 2
+    assert "the following arguments are required: -m/--message" in run.err
+
+
 async def test_offline_sql_per_bind(tmp_path: Path, new_database: NewDatabase) -> None:
     await three_binds(tmp_path, new_database)
     assert (await db_cmd(tmp_path, "init", "schema")).status == 0
