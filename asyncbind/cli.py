@@ -369,10 +369,15 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     """The migration commands: init, revision (and migrate, Flask-Migrate's name for revision
-    --autogenerate), upgrade, downgrade, current, history, check; and recover, which needs no
-    Alembic."""
+    --autogenerate), upgrade, downgrade, stamp, current, history, check; and recover, which needs
+    no Alembic."""
     if args.db_command == "recover":
         return _run(args, _recover, find_db(args.app))
+    if getattr(args, "purge", False) and args.sql:  # Alembic refuses it after the first bind
+        raise UsageError(
+            "stamp --purge empties each bind's version table, which --sql cannot do (it writes "
+            "the SQL of the change from a given revision). Leave out one of them."
+        )
     try:
         from alembic import command
 
@@ -403,9 +408,12 @@ def _cmd_db(args: argparse.Namespace) -> int:
     try:
         if args.db_command in ("revision", "migrate"):
             command.revision(config, message=args.message, autogenerate=autogenerate)
-        elif args.db_command in ("upgrade", "downgrade"):
-            run = command.upgrade if args.db_command == "upgrade" else command.downgrade
-            run(config, args.revision, sql=args.sql)
+        elif args.db_command in ("upgrade", "downgrade", "stamp"):
+            if args.db_command == "stamp":
+                command.stamp(config, args.revision, sql=args.sql, purge=args.purge)
+            else:
+                run = command.upgrade if args.db_command == "upgrade" else command.downgrade
+                run(config, args.revision, sql=args.sql)
             if not args.sql and not _show_current(config, db, keys, skipped=named is None):
                 return _FAILED
         elif args.db_command == "current":
@@ -643,6 +651,18 @@ def _db_parser(
         change.add_argument(
             "--sql", action="store_true", help="print each bind's SQL instead of running it"
         )
+    stamp = sub(
+        "stamp",
+        "Set each bind's version table to REV (e.g. head, base, a revision; several for several "
+        "heads) without running any migration.",
+    )
+    stamp.add_argument("revision", nargs="+", metavar="REV")
+    stamp.add_argument(
+        "--sql", action="store_true", help="print each bind's SQL instead of running it"
+    )
+    stamp.add_argument(
+        "--purge", action="store_true", help="empty each bind's version table before stamping"
+    )
     sub("current", "Show each bind's revision.")
     sub("history", "List the revisions.")
     sub("check", "Exit 1 if any bind's models and database differ (autogenerate would add to it).")

@@ -88,6 +88,13 @@ async def columns(url: str, make_db: MakeDb) -> dict[str, set[str]]:
         return await conn.run_sync(read)
 
 
+async def versions(url: str, make_db: MakeDb) -> list[str]:
+    """The revisions in the version table of ``url``'s database."""
+    async with make_db(url).engine.connect() as conn:
+        found = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+        return sorted(found.scalars())
+
+
 def revisions(folder: Path) -> dict[str, str]:
     """The revision scripts by message (the file name's end)."""
     return {
@@ -296,6 +303,64 @@ async def test_migrate_is_revision_autogenerate(
     run = await db_cmd(tmp_path, "migrate")
     assert run.status == 2
     assert "the following arguments are required: -m/--message" in run.err
+
+
+async def test_stamp_sets_each_version_table_without_migrating(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """Tables made by create-all, then 'db stamp head', as Flask-Migrate users do: each bind's
+    version table holds the revision, nothing else is run."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "-m", "second")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    rev2 = revision_id(revisions(tmp_path)["second"])
+    assert (await cli(tmp_path, "--app", "models:db", "create-all")).status == 0
+
+    run = await db_cmd(tmp_path, "stamp", "head")
+    assert run.status == 0, run.err
+    assert run.lines == [
+        f"the default bind: {rev2} (head)",
+        f"bind 'users': {rev2} (head)",
+        f"bind 'audit': {rev2} (head)",
+    ]
+    assert "Running stamp_revision  -> " in run.err and "Running upgrade" not in run.err
+    for url in urls.values():
+        assert await versions(url, make_db) == [rev2]
+    run = await db_cmd(tmp_path, "check")
+    assert (run.status, run.out.strip()) == (0, "No new upgrade operations detected."), run.err
+
+    run = await db_cmd(tmp_path, "stamp", rev1, "--bind", "users")
+    assert (run.status, run.lines) == (0, [f"bind 'users': {rev1}"]), run.err
+    assert [await versions(url, make_db) for url in urls.values()] == [[rev2], [rev1], [rev2]]
+    run = await db_cmd(tmp_path, "stamp", "base", "--bind", "audit")
+    assert (run.status, run.lines) == (0, ["bind 'audit': no revision"]), run.err
+    assert await versions(urls["audit"], make_db) == []
+
+    # --sql prints each bind's statements and changes no version table.
+    run = await db_cmd(tmp_path, "stamp", "--sql", f"{rev1}:{rev2}")
+    assert run.status == 0, run.err
+    labels = re.findall(r"^-- .*bind.*$", run.out, flags=re.MULTILINE)
+    assert labels[:2] == ["-- the default bind (sqlite)", "-- bind 'users' (postgresql)"]
+    assert labels[2] in ("-- bind 'audit' (mysql)", "-- bind 'audit' (mariadb)")
+    assert run.out.count(f"UPDATE alembic_version SET version_num='{rev2}'") == 3
+    assert "CREATE TABLE" not in run.out
+    assert [await versions(url, make_db) for url in urls.values()] == [[rev2], [rev1], []]
+
+    # A version table naming a revision that is gone: stamp refuses, --purge empties it first.
+    async with make_db(urls["users"]).engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'gone'"))
+    run = await db_cmd(tmp_path, "stamp", "head", "--bind", "users")
+    assert (run.status, run.out) == (1, ""), run.err
+    assert "Can't locate revision identified by 'gone'" in last_error(run)
+    run = await db_cmd(tmp_path, "stamp", "head", "--bind", "users", "--purge")
+    assert (run.status, run.lines) == (0, [f"bind 'users': {rev2} (head)"]), run.err
+    assert await versions(urls["users"], make_db) == [rev2]
+    run = await db_cmd(tmp_path, "stamp", "head", "--sql", "--purge")
+    assert (run.status, run.out) == (2, "")
+    assert "stamp --purge empties each bind's version table, which --sql cannot do" in run.err
+    assert [await versions(url, make_db) for url in urls.values()] == [[rev2], [rev2], []]
 
 
 async def test_offline_sql_per_bind(tmp_path: Path, new_database: NewDatabase) -> None:
