@@ -369,8 +369,8 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     """The migration commands: init, revision (and migrate, Flask-Migrate's name for revision
-    --autogenerate), upgrade, downgrade, stamp, current, history, check; and recover, which needs
-    no Alembic."""
+    --autogenerate), upgrade, downgrade, stamp, current, history, heads, merge, check; and
+    recover, which needs no Alembic."""
     if args.db_command == "recover":
         return _run(args, _recover, find_db(args.app))
     if getattr(args, "purge", False) and args.sql:  # Alembic refuses it after the first bind
@@ -421,6 +421,10 @@ def _cmd_db(args: argparse.Namespace) -> int:
                 return _FAILED
         elif args.db_command == "history":
             command.history(config)
+        elif args.db_command == "heads":
+            command.heads(config)
+        elif args.db_command == "merge":
+            command.merge(config, args.revisions, message=args.message)
         else:
             command.check(config)
     except UsageError:
@@ -665,6 +669,10 @@ def _db_parser(
     )
     sub("current", "Show each bind's revision.")
     sub("history", "List the revisions.")
+    sub("heads", "List the heads of the revisions (the database is not read).")
+    merge = sub("merge", "Write a revision that merges REVS (e.g. heads) into one head.")
+    merge.add_argument("revisions", nargs="+", metavar="REVS")
+    merge.add_argument("-m", "--message", required=True, metavar="MSG")
     sub("check", "Exit 1 if any bind's models and database differ (autogenerate would add to it).")
     recover = "Resolve the app's in-doubt two-phase transactions on every bind (db.recover())."
     commands.add_parser(

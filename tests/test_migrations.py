@@ -667,6 +667,58 @@ async def test_several_heads_say_to_merge_them(tmp_path: Path, new_database: New
     assert "Name a revision that exists" in error
 
 
+async def test_heads_and_merge(tmp_path: Path, new_database: NewDatabase, make_db: MakeDb) -> None:
+    """Flask-Migrate's 'db heads' and 'db merge heads': the merge revision has each bind's
+    functions, and every bind upgrades through it."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    run = await db_cmd(tmp_path, "heads")
+    assert (run.status, run.out) == (0, ""), run.err
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    run = await db_cmd(tmp_path, "heads")
+    assert (run.status, run.lines) == (0, [f"{rev1} (head)"]), run.err
+    ini = "migrations/alembic.ini"
+    for message in ("left", "right"):
+        run = await alembic(
+            tmp_path, "-c", ini, "revision", "-m", message, "--head", rev1, "--splice"
+        )
+        assert run.status == 0, run.err
+    left, right = (revision_id(revisions(tmp_path)[message]) for message in ("left", "right"))
+    run = await db_cmd(tmp_path, "heads")
+    assert run.status == 0, run.err
+    assert sorted(run.lines) == sorted([f"{left} (head)", f"{right} (head)"])
+    assert "Running on" not in run.err  # no bind was touched
+
+    run = await db_cmd(tmp_path, "merge", "heads", "nosuch", "-m", "merge")
+    assert (run.status, run.out) == (1, "")
+    assert "Can't locate revision identified by 'nosuch'" in last_error(run)
+    assert sorted(revisions(tmp_path)) == ["first", "left", "right"]
+
+    run = await db_cmd(tmp_path, "merge", "heads", "-m", "merge")
+    assert run.status == 0, run.err
+    assert re.fullmatch(r"Generating .*_merge\.py \.\.\.  done", run.out.strip())
+    merge = revisions(tmp_path)["merge"]
+    merged = re.search(r"^down_revision: .* = \((.*)\)$", merge, re.MULTILINE)
+    assert merged is not None
+    assert sorted(merged.group(1).replace("'", "").split(", ")) == sorted([left, right])
+    for name in ("default", "users", "audit"):
+        assert "pass" in function(merge, f"upgrade_{name}")
+    rev = revision_id(merge)
+    run = await db_cmd(tmp_path, "heads")
+    assert (run.status, run.lines) == (0, [f"{rev} (head)"]), run.err
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 0, run.err
+    assert run.lines == [
+        f"the default bind: {rev} (head)",
+        f"bind 'users': {rev} (head)",
+        f"bind 'audit': {rev} (head)",
+    ]
+    for url in urls.values():
+        assert await versions(url, make_db) == [rev]
+
+
 async def test_an_unreachable_bind_is_named_and_left_alone(
     tmp_path: Path, new_database: NewDatabase
 ) -> None:
