@@ -369,7 +369,7 @@ async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
 
 def _cmd_db(args: argparse.Namespace) -> int:
     """The migration commands: init, revision (and migrate, Flask-Migrate's name for revision
-    --autogenerate), upgrade, downgrade, stamp, current, history, heads, merge, check; and
+    --autogenerate), upgrade, downgrade, stamp, current, history, heads, show, merge, check; and
     recover, which needs no Alembic."""
     if args.db_command == "recover":
         return _run(args, _recover, find_db(args.app))
@@ -423,6 +423,8 @@ def _cmd_db(args: argparse.Namespace) -> int:
             command.history(config)
         elif args.db_command == "heads":
             command.heads(config)
+        elif args.db_command == "show":
+            command.show(config, args.revision)
         elif args.db_command == "merge":
             command.merge(config, args.revisions, message=args.message)
         else:
@@ -670,6 +672,12 @@ def _db_parser(
     sub("current", "Show each bind's revision.")
     sub("history", "List the revisions.")
     sub("heads", "List the heads of the revisions (the database is not read).")
+    show = sub(
+        "show",
+        "Show revision REV: its id, parents, path and message ('current': each bind's, one "
+        "after another).",
+    )
+    show.add_argument("revision", metavar="REV")
     merge = sub("merge", "Write a revision that merges REVS (e.g. heads) into one head.")
     merge.add_argument("revisions", nargs="+", metavar="REVS")
     merge.add_argument("-m", "--message", required=True, metavar="MSG")

@@ -719,6 +719,44 @@ async def test_heads_and_merge(tmp_path: Path, new_database: NewDatabase, make_d
         assert await versions(url, make_db) == [rev]
 
 
+async def test_show_a_revision_and_each_binds(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """'db show REV' reads the script; 'db show current' reads each bind's version table."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "-m", "second")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    rev2 = revision_id(revisions(tmp_path)["second"])
+
+    run = await db_cmd(tmp_path, "show", "head")
+    assert run.status == 0, run.err
+    assert run.lines[:3] == [f"Rev: {rev2} (head)", f"Parent: {rev1}", run.lines[2]]
+    assert re.fullmatch(rf"Path: .*/migrations/versions/{rev2}_second\.py", run.lines[2])
+    assert "    second" in run.lines and f"    Revision ID: {rev2}" in run.lines
+    assert "Running on" not in run.err
+    run = await db_cmd(tmp_path, "show", rev1)
+    assert (run.status, run.lines[:2]) == (0, [f"Rev: {rev1}", "Parent: <base>"]), run.err
+
+    run = await db_cmd(tmp_path, "show", "nosuch")
+    assert (run.status, run.out) == (1, "")
+    assert last_error(run) == (
+        "asyncbind: error: CommandError: Can't locate revision identified by 'nosuch'"
+    )
+
+    assert (await db_cmd(tmp_path, "upgrade", rev1)).status == 0
+    assert (await db_cmd(tmp_path, "upgrade", "--bind", "users")).status == 0
+    assert [await versions(url, make_db) for url in urls.values()] == [[rev1], [rev2], [rev1]]
+    run = await db_cmd(tmp_path, "show", "current")
+    assert run.status == 0, run.err
+    shown = [line for line in run.lines if line.startswith("Rev: ")]
+    assert shown == [f"Rev: {rev1}", f"Rev: {rev2} (head)", f"Rev: {rev1}"]
+    run = await db_cmd(tmp_path, "show", "current", "--bind", "users")
+    assert run.status == 0, run.err
+    assert [line for line in run.lines if line.startswith("Rev: ")] == [f"Rev: {rev2} (head)"]
+
+
 async def test_an_unreachable_bind_is_named_and_left_alone(
     tmp_path: Path, new_database: NewDatabase
 ) -> None:
