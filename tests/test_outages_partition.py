@@ -117,6 +117,27 @@ async def test_dispose_of_a_black_holed_bind_does_not_hang(
         assert (await session.execute(sql, bind_arguments={"bind_key": cut_key})).scalar() == 1
 
 
+def count_goodbyes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The polite closes the drivers are asked for from now on while their connection is still
+    open (the driver's name, one entry each)."""
+    goodbyes: list[str] = []
+    pg_close, my_close = asyncpg.Connection.close, aiomysql.Connection.ensure_closed
+
+    async def asyncpg_close(self: asyncpg.Connection, **kwargs: Any) -> None:
+        if not self.is_closed():
+            goodbyes.append("asyncpg")
+        await pg_close(self, **kwargs)
+
+    async def aiomysql_close(self: aiomysql.Connection) -> None:
+        if not self.closed:
+            goodbyes.append("aiomysql")
+        await my_close(self)
+
+    monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
+    monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    return goodbyes
+
+
 async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye(
     cut_key: str,
     proxy: FaultProxy,
@@ -125,22 +146,7 @@ async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = await make_outage_db(cut_key, proxy, new_database, make_db)
-    # The polite closes the drivers are asked for while their connection is still open.
-    goodbyes_to_open_connections: list[str] = []
-    pg_close, my_close = asyncpg.Connection.close, aiomysql.Connection.ensure_closed
-
-    async def asyncpg_close(self: asyncpg.Connection, **kwargs: Any) -> None:
-        if not self.is_closed():
-            goodbyes_to_open_connections.append("asyncpg")
-        await pg_close(self, **kwargs)
-
-    async def aiomysql_close(self: aiomysql.Connection) -> None:
-        if not self.closed:
-            goodbyes_to_open_connections.append("aiomysql")
-        await my_close(self)
-
-    monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
-    monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    goodbyes_to_open_connections = count_goodbyes(monkeypatch)
     invalidated: list[object] = []
     engine = db.get_engine(cut_key).sync_engine
     sa.event.listen(engine, "invalidate", lambda *args: invalidated.append(args))
@@ -176,21 +182,7 @@ async def test_a_cancelled_statement_on_a_silent_server_drops_its_connection_wit
     so the caller's timeout would end 2 s late."""
     url = proxy.url_for(sa.make_url(await new_database(BACKENDS[cut_key])))
     db = make_db(url)  # no statement_timeout: the caller's timeout is the only one
-    goodbyes_to_open_connections: list[str] = []
-    pg_close, my_close = asyncpg.Connection.close, aiomysql.Connection.ensure_closed
-
-    async def asyncpg_close(self: asyncpg.Connection, **kwargs: Any) -> None:
-        if not self.is_closed():
-            goodbyes_to_open_connections.append("asyncpg")
-        await pg_close(self, **kwargs)
-
-    async def aiomysql_close(self: aiomysql.Connection) -> None:
-        if not self.closed:
-            goodbyes_to_open_connections.append("aiomysql")
-        await my_close(self)
-
-    monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
-    monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    goodbyes_to_open_connections = count_goodbyes(monkeypatch)
     invalidated: list[object] = []
     sa.event.listen(db.engine.sync_engine, "invalidate", lambda *args: invalidated.append(args))
     for attempt in ("session", "ping"):
