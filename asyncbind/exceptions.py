@@ -131,11 +131,15 @@ class NotFoundError(AsyncBindError, LookupError):
         )
 
 
-class UnknownBindError(AsyncBindError, LookupError):
+class UnknownBindError(AsyncBindError, KeyError):
     """A bind key has no engine configured.
 
-    ``key`` is the missing key and ``configured`` the keys that do have an engine.
+    ``key`` is the missing key and ``configured`` the keys that do have an engine. A
+    ``KeyError``, so that ``db.engines[key]`` and ``db.bind_configs[key]`` raise it as a mapping
+    should, with the message in words rather than KeyError's quoted key.
     """
+
+    __str__ = BaseException.__str__  # not KeyError's, which shows the message quoted
 
     def __init__(
         self,

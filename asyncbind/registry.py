@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import BindConfig, BindKey
+from .exceptions import UnknownBindError
 
 __all__ = ["Bind", "BindFields", "bind_config", "register"]
 
@@ -49,7 +50,11 @@ class BindFields(Mapping[BindKey, _V], Generic[_V]):
         self._field = field
 
     def __getitem__(self, key: BindKey) -> _V:
-        return self._field(self._binds[key])
+        try:
+            bind = self._binds[key]
+        except KeyError:
+            raise UnknownBindError(key, self._binds) from None
+        return self._field(bind)
 
     def __iter__(self) -> Iterator[BindKey]:
         return iter(self._binds)

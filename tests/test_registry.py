@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from asyncbind import AsyncBind
+from asyncbind import AsyncBind, UnknownBindError
 from asyncbind.registry import bind_config
 
 
@@ -67,5 +67,10 @@ async def test_engines_and_bind_configs_are_live_read_only_views_of_the_binds(
     assert "users" in repr(configs) and engines == dict(engines)
     with pytest.raises(TypeError):
         engines["other"] = engines[None]  # type: ignore[index]
-    with pytest.raises(KeyError):
-        configs["other"]
+    for view in (engines, configs):
+        with pytest.raises(UnknownBindError) as caught:
+            view["uesrs"]  # a typo: the error names the key and the configured ones
+        assert isinstance(caught.value, KeyError) and caught.value.key == "uesrs"
+        assert str(caught.value).startswith("Bind key 'uesrs' is not configured (configured: ")
+        assert "'users'" in str(caught.value)
+        assert "uesrs" not in view and view.get("uesrs") is None
