@@ -229,8 +229,10 @@ def make_engine(config: BindConfig) -> AsyncEngine:
 
     # Connections SQLAlchemy invalidates (a disconnect, a cancelled or timed-out statement):
     # dropped at once. SQLAlchemy's terminate tries a polite close first, which asyncpg lets wait
-    # 2 s for a server that may have stopped answering (the caller's timeout would be 2 s late).
-    if closing.driver_drop(dialect.driver) is not None:
+    # 2 s for a server that may have stopped answering (the caller's timeout would be 2 s late);
+    # the stopper ends the statement on the server instead. Behind PgBouncer, where nothing is
+    # stopped that way, the polite close stays: it lets asyncpg's cancel request go out.
+    if closing.driver_drop(dialect.driver) is not None and not config.pgbouncer:
         internals.replace_dialect_method(dialect, "do_terminate", drop)
 
     # Connections returned to the pool: rolled back (by asyncbind, quietly, unless the bind chose

@@ -120,6 +120,19 @@ def test_the_option_sets_asyncpg_up() -> None:
     assert "pgbouncer=True" in repr(db.bind_configs[None])
 
 
+def test_behind_pgbouncer_an_invalidated_connection_is_closed_politely() -> None:
+    """Nothing ends an abandoned statement's server connection behind PgBouncer (its connection
+    ids are not the server's): SQLAlchemy's polite terminate stays, which lets asyncpg's cancel
+    request, forwarded by PgBouncer, go out. Elsewhere the connection is dropped at once."""
+    db = AsyncBind(
+        {"url": "postgresql://app@pgbouncer/app", "pgbouncer": True},
+        binds={"direct": "postgresql://app@server/app"},
+    )
+    replaced = {key: vars(engine.sync_engine.dialect) for key, engine in db.engines.items()}
+    assert "do_terminate" not in replaced[None]
+    assert "do_terminate" in replaced["direct"]
+
+
 def test_the_option_keeps_what_the_bind_sets() -> None:
     db = AsyncBind(
         {
