@@ -263,10 +263,10 @@ def _keep_database(ctx: ExceptionContext) -> None:
     as a disconnect and would close the connection, and the database with it: every table and
     every committed row gone for all sessions. The statement runs on in aiosqlite's thread and
     what comes next waits for it; the session rolls back as after any error."""
-    if ctx.is_disconnect and not isinstance(ctx.original_exception, sa.exc.DBAPIError):
-        original = ctx.original_exception
-        if isinstance(original, asyncio.CancelledError | TimeoutError):
-            ctx.is_disconnect = False
+    if ctx.is_disconnect and isinstance(
+        ctx.original_exception, asyncio.CancelledError | TimeoutError
+    ):
+        ctx.is_disconnect = False
 
 
 def _keep_open(_connection: Any) -> None:
