@@ -158,6 +158,9 @@ class UnknownBindError(AsyncBindError, KeyError):
             f"Add it to binds=... or fix the '__bind_key__' / 'bind_key=' that names it."
         )
 
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
+
 
 class UnresolvedTenantError(AsyncBindError, LookupError):
     """A statement reached a tenant group (``db.add_group()``) with no tenant chosen for it.

@@ -3,6 +3,7 @@ engine, its copies and its connections."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,3 +75,6 @@ async def test_engines_and_bind_configs_are_live_read_only_views_of_the_binds(
         assert str(caught.value).startswith("Bind key 'uesrs' is not configured (configured: ")
         assert "'users'" in str(caught.value)
         assert "uesrs" not in view and view.get("uesrs") is None
+    again = pickle.loads(pickle.dumps(caught.value))  # an arq job's error is pickled, say
+    assert type(again) is UnknownBindError and str(again) == str(caught.value)
+    assert (again.key, again.configured) == ("uesrs", (None, "users"))
