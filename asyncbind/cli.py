@@ -399,7 +399,11 @@ def _cmd_db(args: argparse.Namespace) -> int:
     if args.bind is not None:
         named = list(dict.fromkeys(_bind_key(k) for k in args.bind))
         _check_keys(db, named, "--bind")
-    keys = migrations.select_binds(db, named)
+    # Commands that read the revisions only run on no bind, so any bind keys will do for them.
+    reads_revisions_only = args.db_command in ("history", "heads", "merge") or (
+        args.db_command == "show" and args.revision != "current"
+    )
+    keys = [] if reads_revisions_only else migrations.select_binds(db, named)
     autogenerate = getattr(args, "autogenerate", False)  # revision's option; migrate's default
     config = migrations.config_for(args.dir, db, named, autogenerate=autogenerate)
     compares = args.db_command == "check" or autogenerate

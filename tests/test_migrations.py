@@ -929,3 +929,9 @@ async def test_usage_errors(tmp_path: Path, new_database: NewDatabase) -> None:
     assert "upgrade_my" not in revisions(tmp_path)["first"]
     run = await alembic(tmp_path, "-c", "migrations/alembic.ini", "-x", "bind=default", "current")
     assert run.status == 0, run.err
+    # Commands that read the revisions only, not the binds, take any keys.
+    first = revision_id(revisions(tmp_path)["first"])
+    for command in (["heads"], ["history"], ["show", first]):
+        run = await db_cmd(tmp_path, *command)
+        assert run.status == 0, run.err
+        assert first in run.out, command
