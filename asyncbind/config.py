@@ -161,6 +161,9 @@ class BindConfig:
     #: The names of the ``engine_options`` that came from the options shared by every bind, not
     #: from the bind's own dict.
     shared_options: frozenset[str] = frozenset()
+    #: For a read replica's engine, its number among the bind's replicas (1, 2, ...); 0 for the
+    #: bind's own engine.
+    replica: int = 0
 
     @property
     def passwords(self) -> list[str]:

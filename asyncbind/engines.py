@@ -158,8 +158,9 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # Read-only binds: writes refused before any SQL is sent, the database's own refusal named,
     # and read-only sessions where the connection could not be made read-only from the start.
     if config.read_only:
-        sa.event.listen(sync, "before_execute", readonly.write_listener(key))
-        sa.event.listen(sync, "handle_error", readonly.refusal_listener(key, dialect.name))
+        replica = config.replica
+        sa.event.listen(sync, "before_execute", readonly.write_listener(key, replica))
+        sa.event.listen(sync, "handle_error", readonly.refusal_listener(key, dialect.name, replica))
         sql = readonly.session_sql(url)
         if sql is not None:
             sa.event.listen(sync, "connect", readonly.session_sql_listener(sql))

@@ -253,7 +253,8 @@ class BindErrors(AsyncBindError, ExceptionGroup[Exception]):  # noqa: N818
 
 
 class ReadOnlyBindError(AsyncBindError):
-    """A write reached a bind configured with ``read_only=True``.
+    """A write reached a bind configured with ``read_only=True``, or one of a bind's read
+    replicas (``replica`` is then its number, 1 for the first; 0 for the bind itself).
 
     Usually it is refused before any SQL is sent (``sent`` is False). A write asyncbind cannot
     recognise (raw SQL) is refused by the read-only connection itself: then ``sent`` is True, the
@@ -261,22 +262,28 @@ class ReadOnlyBindError(AsyncBindError):
     again (PostgreSQL aborts it).
     """
 
-    def __init__(self, key: Hashable | None, what: str, *, sent: bool = False) -> None:
+    def __init__(
+        self, key: Hashable | None, what: str, *, sent: bool = False, replica: int = 0
+    ) -> None:
         self.key = key
         self.sent = sent
+        self.replica = replica
+        where = f"Replica {replica} of {bind_name(key)}" if replica else bind_name(key, start=True)
         if sent:
             message = (
-                f"{bind_name(key, start=True)} is read-only, and its database refused {what}. "
+                f"{where} is read-only, and its database refused {what}. "
                 "Roll the transaction back before using it again. "
             )
         else:
-            message = (
-                f"{bind_name(key, start=True)} is read-only, so {what} was refused before any SQL "
-                "was sent. "
+            message = f"{where} is read-only, so {what} was refused before any SQL was sent. "
+        if replica:
+            fix = (
+                "A read replica takes reads only: send writes to the primary, through a session "
+                "(which sends them there) or db.get_engine(), not through db.replica_engines."
             )
-        super().__init__(
-            f"{message}Write to a writable bind, or drop 'read_only' from the bind's options."
-        )
+        else:
+            fix = "Write to a writable bind, or drop 'read_only' from the bind's options."
+        super().__init__(message + fix)
 
     def __reduce__(self) -> Any:
         return _rebuild, (type(self), self.__dict__, self.args)

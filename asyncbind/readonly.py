@@ -109,18 +109,21 @@ def session_sql_listener(sql: str) -> Callable[[Any, Any], None]:
 # -- writes ------------------------------------------------------------------------------------
 
 
-def refusal(key: BindKey, clause: Any, owner: str | None = None) -> ReadOnlyBindError | None:
-    """The error that refuses ``clause`` on read-only bind ``key``, or None when it does not write.
+def refusal(
+    key: BindKey, clause: Any, owner: str | None = None, replica: int = 0
+) -> ReadOnlyBindError | None:
+    """The error that refuses ``clause`` on read-only bind ``key`` (or on its read replica number
+    ``replica``), or None when it does not write.
 
     Writes are DML (INSERT, UPDATE, DELETE, ORM-enabled or not) and DDL. ``owner`` names what the
     statement touches (``"model 'User'"``); by default its table.
     """
     if isinstance(clause, sa.schema.ExecutableDDLElement):
-        return ReadOnlyBindError(key, f"DDL on {owner or _ddl_target(clause)}")
+        return ReadOnlyBindError(key, f"DDL on {owner or _ddl_target(clause)}", replica=replica)
     if getattr(clause, "is_dml", False):
         verb = type(clause).__name__.upper()
         what = f"{_ARTICLES.get(verb, 'a')} {verb} statement on {owner or _dml_target(clause)}"
-        return ReadOnlyBindError(key, what)
+        return ReadOnlyBindError(key, what, replica=replica)
     return None
 
 
@@ -162,14 +165,14 @@ def _message(error: BaseException) -> str:
     return (text.splitlines() or [type(error).__name__])[0]
 
 
-def write_listener(key: BindKey) -> Callable[..., None]:
-    """A ``before_execute`` listener for read-only bind ``key``'s engine that refuses writes
-    before they are sent."""
+def write_listener(key: BindKey, replica: int = 0) -> Callable[..., None]:
+    """A ``before_execute`` listener for read-only bind ``key``'s engine (or its read replica
+    number ``replica``'s) that refuses writes before they are sent."""
 
     def before_execute(
         _conn: sa.Connection, clause: Any, _multiparams: Any, _params: Any, _options: Any
     ) -> None:
-        error = refusal(key, clause)
+        error = refusal(key, clause, replica=replica)
         if error is not None:
             raise error
 
@@ -177,16 +180,17 @@ def write_listener(key: BindKey) -> Callable[..., None]:
 
 
 def refusal_listener(
-    key: BindKey, backend: str
+    key: BindKey, backend: str, replica: int = 0
 ) -> Callable[[ExceptionContext], BaseException | None]:
-    """A ``handle_error`` listener for read-only bind ``key``'s engine (of ``backend``) that
-    turns the database's refusal of a write that could not be recognised into
-    :class:`ReadOnlyBindError`."""
+    """A ``handle_error`` listener for read-only bind ``key``'s engine (of ``backend``; or its
+    read replica number ``replica``'s) that turns the database's refusal of a write that could
+    not be recognised into :class:`ReadOnlyBindError`."""
 
     def handle_error(ctx: ExceptionContext) -> BaseException | None:
         original = ctx.original_exception
         if ctx.is_disconnect or not is_refusal(backend, original):
             return None
-        return ReadOnlyBindError(key, f"a write ({_message(original)})", sent=True)
+        what = f"a write ({_message(original)})"
+        return ReadOnlyBindError(key, what, sent=True, replica=replica)
 
     return handle_error

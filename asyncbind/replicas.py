@@ -326,7 +326,7 @@ def make_replica_set(config: BindConfig) -> ReplicaSet | None:
     options = dict(config.engine_options)
     options.setdefault("pool_pre_ping", True)
     engines = []
-    for url in config.replicas:
+    for number, url in enumerate(config.replicas, start=1):
         replica = dataclasses.replace(
             config,
             url=url,
@@ -334,6 +334,7 @@ def make_replica_set(config: BindConfig) -> ReplicaSet | None:
             replicas=(),
             read_only=True,
             connect_timeout=config.connect_timeout or REPLICA_CONNECT_TIMEOUT,
+            replica=number,
         )
         engines.append(make_engine(replica))
     return ReplicaSet(config, engines)

@@ -702,8 +702,22 @@ async def test_writes_through_a_replica_engine_are_refused(tmp_path: Path, make_
     files = await sqlite_db(tmp_path, make_db)
     (engine,) = files.db.replica_engines[None]
     async with engine.connect() as conn:
-        with pytest.raises(ReadOnlyBindError):
+        with pytest.raises(ReadOnlyBindError) as refused:
             await conn.execute(sa.update(files.Item.__table__).values(name="x"))
+        assert (refused.value.key, refused.value.replica, refused.value.sent) == (None, 1, False)
+        message = str(refused.value)
+        assert message.startswith("Replica 1 of the default bind is read-only, so an UPDATE ")
+        assert "send writes to the primary" in message and "drop 'read_only'" not in message
+        with pytest.raises(ReadOnlyBindError) as refused:  # raw SQL: the database refuses it
+            await conn.execute(sa.text("UPDATE item SET name = 'x'"))
+        assert (refused.value.replica, refused.value.sent) == (1, True)
+        assert str(refused.value).startswith(
+            "Replica 1 of the default bind is read-only, and its database refused a write"
+        )
+        await conn.rollback()
+    async with files.db.session() as session:  # the bind itself is not read-only
+        await session.execute(sa.update(files.Item.__table__).values(name="y"))
+        await session.commit()
 
 
 def test_locking_is_seen_on_selects() -> None:
