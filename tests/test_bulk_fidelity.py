@@ -193,6 +193,24 @@ async def source_and_target(
     return db, source, target
 
 
+async def one_column_tables(
+    db: AsyncBind, name: str, column: str, source_type: Any, target_type: Any
+) -> tuple[sa.Table, sa.Table]:
+    """Tables ``name`` on the source and target binds, each an ``id`` and ``column`` of the type
+    given for its side, created."""
+    source, target = (
+        db.Table(
+            name,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column(column, type_),
+            bind_key=key,
+        )
+        for key, type_ in (("source", source_type), ("target", target_type))
+    )
+    await db.create_all()
+    return source, target
+
+
 async def insert_plainly(db: AsyncBind, key: str, table: sa.Table, rows: Sequence[Any]) -> None:
     """Insert ``rows`` with a plain SQLAlchemy INSERT, every column given (NULL where a row has
     none). Aware datetimes are given in UTC: where the column keeps no zone, a plain INSERT drops
@@ -440,16 +458,7 @@ async def test_infinities_nan_and_negative_zero(
             "target": await new_database(target_backend),
         }
     )
-    tables = [
-        db.Table(
-            "floats",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("v", sa.Double),
-            bind_key=key,
-        )
-        for key in ("source", "target")
-    ]
-    await db.create_all()
+    tables = await one_column_tables(db, "floats", "v", sa.Double, sa.Double)
     await insert_plainly(db, "source", tables[0], [{"id": i, "v": v} for i, v in SPECIAL])
 
     if target_backend == "postgresql":
@@ -489,16 +498,7 @@ async def test_zone_aware_times_arrive_in_utc(
         }
     )
     plain = sa.Time().with_variant(mysql.TIME(fsp=6), "mysql", "mariadb")
-    tables = [
-        db.Table(
-            "clocks",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("t", type_),
-            bind_key=key,
-        )
-        for key, type_ in (("source", sa.Time(timezone=True)), ("target", plain))
-    ]
-    await db.create_all()
+    tables = await one_column_tables(db, "clocks", "t", sa.Time(timezone=True), plain)
     india = dt.timezone(dt.timedelta(hours=5, minutes=30))
     given = [
         dt.time(10, 0, tzinfo=india),
@@ -700,16 +700,7 @@ async def test_integers_into_a_boolean_column(
     """0 and 1 (MariaDB's BOOL is a TINYINT, reflected as one) become False and True, as an
     INSERT through SQLAlchemy makes them; another integer fails, as it does there."""
     db = await copying_binds(direction, new_database, make_db)
-    tables = [
-        db.Table(
-            "flags",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("active", type_),
-            bind_key=key,
-        )
-        for key, type_ in (("source", sa.SmallInteger), ("target", sa.Boolean))
-    ]
-    await db.create_all()
+    tables = await one_column_tables(db, "flags", "active", sa.SmallInteger, sa.Boolean)
     await insert_plainly(
         db, "source", tables[0], [{"id": 1, "active": 1}, {"id": 2, "active": 0}, {"id": 3}]
     )
@@ -732,16 +723,7 @@ async def test_text_into_a_json_column_is_the_document(
     and is reflected as one), not a JSON string of it; text that is not JSON fails, also on
     SQLite, which would store it."""
     db = await copying_binds(direction, new_database, make_db)
-    tables = [
-        db.Table(
-            "docs",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("doc", type_),
-            bind_key=key,
-        )
-        for key, type_ in (("source", sa.Text), ("target", sa.JSON))
-    ]
-    await db.create_all()
+    tables = await one_column_tables(db, "docs", "doc", sa.Text, sa.JSON)
     texts = ['{"a": [1, null, "é"]}', "null", '"a string"', "[1, 2.5, {}]", None]
     await insert_plainly(
         db, "source", tables[0], [{"id": i, "doc": t} for i, t in enumerate(texts)]
