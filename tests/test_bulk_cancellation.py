@@ -72,6 +72,19 @@ def table(db: AsyncBind, key: str | None) -> sa.Table:
     )
 
 
+async def copy_set_up(db: AsyncBind, rows: int) -> tuple[sa.Table, sa.Table]:
+    """Table ``loaded`` on the default bind (the target) and on ``source``, created, the source
+    holding ``rows`` rows."""
+    target, source = table(db, None), table(db, "source")
+    await db.create_all()
+    await load_rows(
+        db.get_engine("source"),
+        source,
+        [{"id": i, "call": 0, "note": f"row {i}"} for i in range(1, rows + 1)],
+    )
+    return target, source
+
+
 @dataclass
 class Call:
     """One storm call: the ids it writes, batch by batch, and how it ended."""
@@ -294,15 +307,9 @@ async def test_a_parallel_copy_cancelled_leaves_no_transaction_or_connection_beh
     urls["source"] = await database_on(server, new_database)
     backend = server.partition("+")[0]
     db = make_db(urls[None], binds={"source": urls["source"]})
-    target, source = table(db, None), table(db, "source")
     rows = 3_000
     async with asyncio.timeout(GUARD):
-        await db.create_all()
-        await load_rows(
-            db.get_engine("source"),
-            source,
-            [{"id": i, "call": 0, "note": f"row {i}"} for i in range(1, rows + 1)],
-        )
+        target, source = await copy_set_up(db, rows)
         started = time.perf_counter()
         assert (await db.copy(source, target, batch_size=100, parallel=3)).rows == rows
         took = time.perf_counter() - started
@@ -361,7 +368,6 @@ async def test_a_copy_into_sqlite_cancelled_mid_batch_leaves_the_file_unlocked(
     the next copy runs to its end."""
     urls = {None: await new_database("sqlite"), "source": await new_database(source_backend)}
     db = make_db(urls[None], binds={"source": urls["source"]})
-    target, source = table(db, None), table(db, "source")
     rows = 3_000
     inserts = 0
     copying: list[asyncio.Task[Any]] = []
@@ -376,12 +382,7 @@ async def test_a_copy_into_sqlite_cancelled_mid_batch_leaves_the_file_unlocked(
                 copying[0].cancel()  # lands at the executemany's await, in the copy's task
 
     async with asyncio.timeout(GUARD):
-        await db.create_all()
-        await load_rows(
-            db.get_engine("source"),
-            source,
-            [{"id": i, "call": 0, "note": f"row {i}"} for i in range(1, rows + 1)],
-        )
+        target, source = await copy_set_up(db, rows)
         sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
         copying.append(asyncio.create_task(db.copy(source, target, batch_size=1_000)))
         with pytest.raises(asyncio.CancelledError):
