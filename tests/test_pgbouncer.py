@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import POSTGRESQL_URL, NewDatabase
 from privateservers import PgBouncerServer, ServerNotInstalledError
+from replication import wait_until
 from sqlalchemy.orm import Mapped, mapped_column
+from test_stopping import GUARD, new_tag, running, sleeping, until_stopped
 
 from asyncbind import AsyncBind, ConfigError
 from asyncbind.engines import engine_arguments
@@ -118,6 +120,33 @@ def test_the_option_sets_asyncpg_up() -> None:
     assert args["prepared_statement_name_func"] is unique_statement_name
     assert unique_statement_name() != unique_statement_name()
     assert "pgbouncer=True" in repr(db.bind_configs[None])
+
+
+async def test_a_cancelled_statement_behind_pgbouncer_stops_on_the_server(
+    bouncer: PgBouncerServer, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """Behind PgBouncer asyncbind ends no server connection itself; the connection of a
+    cancelled statement is closed politely, which lets asyncpg's cancel request (PgBouncer
+    forwards it) reach the server, which stops the statement."""
+    db = make_db({"url": await through(bouncer, new_database), "pgbouncer": True})
+    tag = new_tag()
+
+    async def sleep() -> None:
+        async with db.session() as session:
+            await session.execute(sleeping("postgresql", tag))
+
+    task = asyncio.create_task(sleep())
+
+    async def started() -> bool:
+        return await running("postgresql", tag) == 1
+
+    await wait_until(started, "the statement started", guard=GUARD)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until_stopped("postgresql", tag)  # long before its 120 s
+    await db.dispose()
+    assert db.pool_status()[None].checked_out == 0
 
 
 def test_behind_pgbouncer_an_invalidated_connection_is_closed_politely() -> None:
