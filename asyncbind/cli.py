@@ -165,7 +165,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         async with asyncio.TaskGroup() as group:
             found = {
                 key: group.create_task(
-                    _database_tables(engine, schemas.get(key, []), args.timeout, db)
+                    _database_tables(
+                        engine, modelled.get(key, []), schemas.get(key, []), args.timeout, db
+                    )
                 )
                 for key, engine in db.engines.items()
             }
@@ -204,16 +206,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 async def _database_tables(
-    engine: AsyncEngine, schemas: Sequence[str], limit: float, db: AsyncBind
+    engine: AsyncEngine,
+    modelled: Sequence[str],
+    schemas: Sequence[str],
+    limit: float,
+    db: AsyncBind,
 ) -> str:
     """The tables in ``engine``'s database, those of its default schema and of ``schemas``
-    (written ``schema.table``, as the models' are), or ``unreachable: <why>``; never raises."""
+    (written ``schema.table``, as the ``modelled`` tables are), or ``unreachable: <why>``; never
+    raises. A schema of the models that is the default one (``public`` on PostgreSQL, the URL's
+    database on MySQL and MariaDB, ``main`` on SQLite) is read once, with the default schema."""
 
     def read(sync: sa.Connection) -> list[str]:
         inspector = sa.inspect(sync)
-        names = inspector.get_table_names()
-        existing = set(inspector.get_schema_names()) if schemas else set()
-        for name in schemas:
+        default = inspector.default_schema_name
+        named = set(modelled)
+        names = [
+            f"{default}.{table}" if f"{default}.{table}" in named else table
+            for table in inspector.get_table_names()
+        ]
+        others = [name for name in schemas if name != default]
+        existing = set(inspector.get_schema_names()) if others else set()
+        for name in others:
             if name in existing:  # MySQL and MariaDB refuse to list an unknown one
                 names += [f"{name}.{table}" for table in inspector.get_table_names(name)]
         return names

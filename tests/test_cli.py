@@ -397,6 +397,67 @@ async def test_show_lists_the_tables_of_the_schemas_the_models_use(
     assert f"  database   {other_name}.hits" in blocks["bind 'maria'"]
 
 
+DEFAULT_SCHEMAS = """
+    from sqlalchemy.orm import Mapped, mapped_column
+    from asyncbind import AsyncBind
+
+    db = AsyncBind({main!r}, binds={{"maria": {maria!r}, "lite": {lite!r}}})
+
+    class User(db.Model):  # PostgreSQL's default schema, named
+        __tablename__ = "users"
+        __table_args__ = {{"schema": "public"}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Order(db.Model):
+        __tablename__ = "orders"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Hit(db.Model):  # MariaDB: the database of the bind's URL, named
+        __bind_key__ = "maria"
+        __tablename__ = "hits"
+        __table_args__ = {{"schema": {maria_name!r}}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Note(db.Model):  # SQLite's default schema, named
+        __bind_key__ = "lite"
+        __tablename__ = "notes"
+        __table_args__ = {{"schema": "main"}}
+        id: Mapped[int] = mapped_column(primary_key=True)
+"""
+
+
+@pytest.mark.sqlite
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_show_lists_a_table_of_the_default_schema_once_when_a_model_names_it(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """schema='public' on PostgreSQL, the URL's database on MariaDB, 'main' on SQLite: each
+    table once, written as the models write it; a table no model has, without its schema."""
+    main, maria, lite = [await new_database(b) for b in ("postgresql", "mysql", "sqlite")]
+    maria_name = sa.make_url(maria).database
+    source = DEFAULT_SCHEMAS.format(main=main, maria=maria, lite=lite, maria_name=maria_name)
+    write_module(tmp_path, "config", source)
+    assert (await cli(tmp_path, "--app", "config", "create-all")).status == 0
+    async with make_db(main).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE legacy (id INTEGER PRIMARY KEY)"))
+    run = await cli(tmp_path, "--app", "config", "show")
+    assert run.status == 0, run.err
+    blocks = {block.splitlines()[0]: block.splitlines() for block in run.out.split("\n\n")}
+    tables = {
+        name: [line for line in lines if line.startswith(("  models ", "  database "))]
+        for name, lines in blocks.items()
+    }
+    assert tables == {
+        "the default bind": [
+            "  models     orders, public.users",
+            "  database   legacy, orders, public.users",
+        ],
+        "bind 'maria'": [f"  models     {maria_name}.hits", f"  database   {maria_name}.hits"],
+        "bind 'lite'": ["  models     main.notes", "  database   main.notes"],
+    }
+
+
 @pytest.mark.sqlite
 @pytest.mark.postgresql
 async def test_a_one_character_password_never_shows_and_the_output_stays_intact(
