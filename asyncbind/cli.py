@@ -435,7 +435,8 @@ def _cmd_db(args: argparse.Namespace) -> int:
             if not args.sql and not _show_current(config, db, keys, skipped=named is None):
                 return _FAILED
         elif args.db_command == "current":
-            if not _show_current(config, db, keys, skipped=named is None):
+            shown = _show_current(config, db, keys, skipped=named is None, timeout=args.timeout)
+            if not shown:
                 return _FAILED
         elif args.db_command == "history":
             command.history(config)
@@ -464,13 +465,20 @@ async def _recover(db: AsyncBind) -> int:
     return 0
 
 
-def _show_current(config: Any, db: AsyncBind, keys: Sequence[BindKey], *, skipped: bool) -> bool:
+def _show_current(
+    config: Any,
+    db: AsyncBind,
+    keys: Sequence[BindKey],
+    *,
+    skipped: bool,
+    timeout: float | None = None,
+) -> bool:
     """A line per bind with its revision, or why it could not be read (as ``check`` says why a
-    bind did not answer); with ``skipped``, one per read-only bind too. Whether every bind's
-    revision was read."""
+    bind did not answer), each bind waited for ``timeout`` seconds at most if given; with
+    ``skipped``, one per read-only bind too. Whether every bind's revision was read."""
     from . import migrations
 
-    lines, every = asyncio.run(migrations.current(config, db, keys))
+    lines, every = asyncio.run(migrations.current(config, db, keys, timeout=timeout))
     for line in lines:
         _say(_hide(line, db))
     if skipped:
@@ -687,7 +695,14 @@ def _db_parser(
     stamp.add_argument(
         "--purge", action="store_true", help="empty each bind's version table before stamping"
     )
-    sub("current", "Show each bind's revision.")
+    current = sub("current", "Show each bind's revision; exit 1 unless every bind's was read.")
+    current.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for each bind's revision (default 5)",
+    )
     sub("history", "List the revisions.")
     sub("heads", "List the heads of the revisions (the database is not read).")
     show = sub(

@@ -475,10 +475,18 @@ def config_for(
     return config
 
 
-async def current(config: Config, db: AsyncBind, keys: Sequence[BindKey]) -> tuple[list[str], bool]:
+async def current(
+    config: Config,
+    db: AsyncBind,
+    keys: Sequence[BindKey],
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> tuple[list[str], bool]:
     """A line per bind: its revision(s) in its version table, ``(head)`` when at a head, or, for
     a bind whose version table could not be read, ``FAILED:`` and why (passwords are not hidden
-    here); and whether every bind's was read. One bind failing does not stop the others."""
+    here); and whether every bind's was read. The binds are read concurrently, each within
+    ``timeout`` seconds if given (``no answer within ... s`` past it, as ``db.ping()`` says), so
+    one failing or hanging does not stop the others."""
     heads = set(ScriptDirectory.from_config(config).get_heads())
 
     def read(conn: sa.Connection) -> tuple[str, ...]:
@@ -486,19 +494,20 @@ async def current(config: Config, db: AsyncBind, keys: Sequence[BindKey]) -> tup
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_heads()
 
-    lines = []
-    every = True
-    async with db:
-        for key in keys:
-            try:
+    async def line(key: BindKey) -> tuple[str, bool]:
+        limit = asyncio.timeout(timeout)
+        try:
+            async with limit:
                 async with db.engines[key].connect() as conn:
                     found = await conn.run_sync(read)
-            except Exception as exc:  # this bind's line; the others are still read
-                every = False
-                lines.append(
-                    f"{bind_name(key)}: FAILED: could not read its revision: {one_line(exc)}"
-                )
-                continue
-            shown = ", ".join(f"{rev}{' (head)' if rev in heads else ''}" for rev in found)
-            lines.append(f"{bind_name(key)}: {shown or 'no revision'}")
-    return lines, every
+        except Exception as exc:  # this bind's line; the others are still read
+            why = f"no answer within {timeout:g} s" if limit.expired() else one_line(exc)
+            return f"{bind_name(key)}: FAILED: could not read its revision: {why}", False
+        shown = ", ".join(f"{rev}{' (head)' if rev in heads else ''}" for rev in found)
+        return f"{bind_name(key)}: {shown or 'no revision'}", True
+
+    async with db:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(line(key)) for key in keys]
+    results = [task.result() for task in tasks]
+    return [text for text, _ in results], all(ok for _, ok in results)

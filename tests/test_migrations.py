@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import NewDatabase
+from conftest import POSTGRESQL_URL, NewDatabase
+from faultproxy import FaultProxy
 from test_cli import (
     PACKAGE_ROOT,
     PASSWORD,
@@ -811,6 +812,55 @@ async def test_current_shows_each_bind_it_can_read_and_why_not_the_others(
     assert_no_password(run)
     run = await db_cmd(tmp_path, "current", "--bind", "users")
     assert (run.status, run.lines) == (0, [f"bind 'users': {rev1} (head)"])
+
+
+async def test_current_waits_for_each_bind_at_most_its_timeout(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    """As check and show do: --timeout S (default 5) per bind, read concurrently; a bind that
+    does not answer in time gets a line saying so, the others are still read, exit status 1."""
+    main, users, audit = [await new_database(b) for b in ("sqlite", "postgresql", "mysql")]
+    hung_database = sa.make_url(await new_database("postgresql")).database
+    base = POSTGRESQL_URL
+    async with FaultProxy(base.host or "127.0.0.1", base.port or 0) as proxy:
+        hung = proxy.url_for(base).set(drivername="postgresql", database=hung_database)
+        binds = {
+            "users": users,
+            "audit": audit,
+            "hung": {"url": hung.render_as_string(hide_password=False), "connect_timeout": 300},
+        }
+        write_module(tmp_path, "models", TWO_SQLITE.format(main=main, binds=binds))
+        assert (await db_cmd(tmp_path, "init")).status == 0
+        assert (await db_cmd(tmp_path, "revision", "-m", "first")).status == 0
+        rev1 = revision_id(revisions(tmp_path)["first"])
+        assert (await db_cmd(tmp_path, "upgrade")).status == 0
+
+        await proxy.set_mode("blackhole")
+        expected = [
+            f"the default bind: {rev1} (head)",
+            f"bind 'users': {rev1} (head)",
+            f"bind 'audit': {rev1} (head)",
+        ]
+        for options, limit in ((["--timeout", "0.5"], "0.5"), ([], "5")):
+            run = await db_cmd(tmp_path, "current", *options)
+            assert (run.status, run.lines) == (
+                1,
+                [
+                    *expected,
+                    f"bind 'hung': FAILED: could not read its revision: no answer within {limit} s",
+                ],
+            ), run.err
+            assert "Traceback" not in run.err
+        run = await db_cmd(tmp_path, "current", "--bind", "users", "--timeout", "0.5")
+        assert (run.status, run.lines) == (0, [f"bind 'users': {rev1} (head)"]), run.err
+
+        await proxy.set_mode("pass")
+        run = await db_cmd(tmp_path, "current", "--timeout", "30")
+        assert (run.status, run.lines) == (0, [*expected, f"bind 'hung': {rev1} (head)"]), run.err
+    for bad in ("0", "-1", "soon"):
+        run = await db_cmd(tmp_path, "current", "--timeout", bad)
+        assert (run.status, run.out) == (2, "")
+        assert "argument --timeout: " in run.err
 
 
 DIALECTS = """
