@@ -18,7 +18,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import sqlalchemy as sa
 from alembic import context
@@ -65,6 +65,8 @@ VERSION_TABLE = "alembic_version"
 _TEMPLATE = Path(__file__).resolve().parent / "templates" / "asyncbind"
 # What the asyncbind command hands to env.py through Config.attributes.
 _DB, _KEYS, _AUTOGENERATE = "asyncbind_db", "asyncbind_binds", "asyncbind_autogenerate"
+# What a command does to each bind, as its migration context tells (see _command()).
+_Doing = Literal["compare", "stamp", "migrate"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +212,14 @@ async def _online(
     revision and check to refuse a model of no configured bind first; ``autogenerating`` for
     ``revision --autogenerate``, which writes no revision when no bind has a change."""
     errors: dict[BindKey, BaseException] = {}
-    comparing: list[bool] = []  # what each bind's migration context says the command does
+    doing: list[_Doing] = []  # what each bind's migration context says the command does
     async with db:  # disposes of the engines in this event loop
         for key in keys:
             logger.info("Running on %s", bind_name(key))
             try:
                 async with db.engines[key].connect() as conn:
                     last = autogenerating and key == keys[-1]
-                    await conn.run_sync(_migrate, db, key, comparing, every, last)
+                    await conn.run_sync(_migrate, db, key, doing, every, last)
             except UnknownBindError:  # a model's, not this bind's: nothing was compared
                 raise
             except Exception as exc:  # this bind's failure; the other binds carry on
@@ -225,17 +227,20 @@ async def _online(
                 errors[key] = exc
     if errors:
         ran = [key for key in keys if key not in errors]
-        message = _failure(errors, ran, any(comparing), ini)
+        message = _failure(errors, ran, doing[0] if doing else "migrate", ini)
         raise MigrationError(message, errors) from next(iter(errors.values()))
 
 
 def _failure(
-    errors: dict[BindKey, BaseException], ran: list[BindKey], comparing: bool, ini: str
+    errors: dict[BindKey, BaseException], ran: list[BindKey], command: _Doing, ini: str
 ) -> str:
     """What went wrong, what it left behind and what to do, for the cause of the first error;
-    ``comparing`` for revision and check, which compare the binds instead of migrating them."""
+    ``command`` is what the command does to each bind (see :func:`_command`)."""
     first = next(iter(errors.values()))
-    migrated = f" The other binds were migrated: {_names(ran)}." if ran and not comparing else ""
+    done = "stamped" if command == "stamp" else "migrated"
+    migrated = ""
+    if ran and command != "compare":
+        migrated = f" The other binds were {done}: {_names(ran)}."
     refused = _revision_error(first)
     if _behind(first):
         keys = [key for key, exc in errors.items() if _behind(exc)]
@@ -249,12 +254,26 @@ def _failure(
     elif refused is not None:  # Alembic could not work out which revisions to run
         keys = [key for key, exc in errors.items() if _revision_error(exc) is not None]
         where = f"on {_names(keys)}" if ran else "on any bind"
-        if isinstance(refused, MultipleHeads):
+        if isinstance(refused, MultipleHeads) and command == "stamp":
+            text = (
+                f"The revisions have more than one head ({', '.join(sorted(refused.heads))}), so "
+                f"nothing was stamped {where}.{migrated} Name them all ('heads') or one of them "
+                f"instead of 'head', or merge them (alembic -c {ini} merge heads -m MESSAGE), "
+                "then run the command again."
+            )
+        elif isinstance(refused, MultipleHeads):
             text = (
                 f"The revisions have more than one head ({', '.join(sorted(refused.heads))}), so "
                 f"nothing was migrated {where}.{migrated} Merge them (alembic -c {ini} merge "
                 "heads -m MESSAGE), or name one of them instead of 'head', then run the command "
                 "again."
+            )
+        elif command == "stamp":
+            text = (
+                f"{one_line(first)}: nothing was stamped {where}.{migrated} Name a revision that "
+                "exists (asyncbind db history lists them, db current shows each bind's); if it "
+                "is a bind's version table that names a revision no script has, add --purge to "
+                "empty that table first. Then run the command again."
             )
         else:
             text = (
@@ -265,11 +284,18 @@ def _failure(
     elif isinstance(first, BindUnavailableError):
         keys = [key for key, exc in errors.items() if isinstance(exc, BindUnavailableError)]
         text = f"{one_line(first)} Nothing was done on {_names(keys)}.{migrated}"
-    elif comparing:
+    elif command == "compare":
         keys = list(errors)
         text = (
             f"Autogenerate failed on {_names(keys)} ({one_line(first)}); nothing was written. "
             "Fix the cause and run the command again."
+        )
+    elif command == "stamp":
+        keys = list(errors)
+        text = (
+            f"Stamping {_names(keys)} failed ({one_line(first)}); its transaction was rolled "
+            f"back. The other binds were stamped: {_names(ran) if ran else 'none'}. Fix the "
+            "cause and run the command again."
         )
     else:
         keys = list(errors)
@@ -308,23 +334,23 @@ def _migrate(
     conn: sa.Connection,
     db: AsyncBind,
     key: BindKey,
-    comparing: list[bool],
+    doing: list[_Doing],
     every: bool,
     last: bool,
 ) -> None:
-    """Migrate (or compare) bind ``key`` on ``conn``; add to ``comparing`` whether the command
-    compares. Comparing every bind, a model whose ``__bind_key__`` names no configured bind is
-    refused first (:class:`UnknownBindError`), as ``create_all()`` refuses it: its table would
-    be compared with no database, and no revision would ever create it. ``last``: the last bind
-    that ``revision --autogenerate`` compares."""
+    """Migrate (or compare, or stamp) bind ``key`` on ``conn``; add to ``doing`` what the
+    command does (:func:`_command`). Comparing every bind, a model whose ``__bind_key__`` names
+    no configured bind is refused first (:class:`UnknownBindError`), as ``create_all()`` refuses
+    it: its table would be compared with no database, and no revision would ever create it.
+    ``last``: the last bind that ``revision --autogenerate`` compares."""
     context.configure(
         connection=conn,
         **_bind_options(db, key),
         render_as_batch=conn.dialect.name == "sqlite",
         process_revision_directives=_render_in_last_bind if last else _render_in_this_bind,
     )
-    comparing.append(_comparing())
-    if comparing[-1] and every and len(comparing) == 1:
+    doing.append(_command())
+    if doing[-1] == "compare" and every and len(doing) == 1:
         check_bind_keys(db.metadatas.values(), [*db.engines, *db.groups])
     with context.begin_transaction():
         context.run_migrations(bind=script_name(key))
@@ -345,12 +371,16 @@ def _bind_options(db: AsyncBind, key: BindKey) -> dict[str, Any]:
     }
 
 
-def _comparing() -> bool:
-    """Whether the running command compares the models with the databases (revision, check)
-    instead of migrating them. Nothing public tells; Alembic's revision and check commands are
-    those that hand their RevisionContext to the environment, whose options the migration
-    context holds."""
-    return context.get_context().opts.get("revision_context") is not None
+def _command() -> _Doing:
+    """What the running command does to each bind: ``compare`` its models with its database
+    (revision, check), ``stamp`` its version table without running any migration (stamp), else
+    ``migrate`` it. Nothing public tells; Alembic's revision and check commands are those that
+    hand their RevisionContext to the environment, stamp the one that hands its purge option,
+    and the migration context holds the environment's options."""
+    opts = context.get_context().opts
+    if opts.get("revision_context") is not None:
+        return "compare"
+    return "stamp" if "purge" in opts else "migrate"
 
 
 class _Rendered(ops.OpContainer):

@@ -364,6 +364,92 @@ async def test_stamp_sets_each_version_table_without_migrating(
     assert [await versions(url, make_db) for url in urls.values()] == [[rev2], [rev2], []]
 
 
+async def test_a_failed_stamp_says_what_was_stamped(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """Each failure of stamp, from asyncbind and from plain alembic, in stamp's own words: what
+    was stamped, not migrated, and the fix for stamp; and what each says to do works."""
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    assert (await cli(tmp_path, "--app", "models:db", "create-all")).status == 0
+    assert (await db_cmd(tmp_path, "stamp", "head")).status == 0
+    ini = "migrations/alembic.ini"
+
+    # The users bind's version table names a revision that no script has.
+    async with make_db(urls["users"]).engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'gone'"))
+    gone = (
+        "CommandError: Can't locate revision identified by 'gone': nothing was "
+        "stamped on bind 'users'. The other binds were stamped: the default bind, bind 'audit'. "
+        "Name a revision that exists (asyncbind db history lists them, db current shows each "
+        "bind's); if it is a bind's version table that names a revision no script has, add "
+        "--purge to empty that table first. Then run the command again."
+    )
+    run = await db_cmd(tmp_path, "stamp", "head")
+    assert (run.status, run.out) == (1, "")
+    assert last_error(run) == f"asyncbind: error: MigrationError: {gone}"
+    run = await alembic(tmp_path, "-c", ini, "stamp", "head")
+    assert (run.status, last_error(run)) == (1, f"asyncbind.migrations.MigrationError: {gone}")
+    run = await db_cmd(tmp_path, "stamp", "head", "--bind", "users")
+    assert run.status == 1
+    assert "'gone': nothing was stamped on any bind. Name a revision" in last_error(run)
+    run = await db_cmd(tmp_path, "stamp", "head", "--bind", "users", "--purge")
+    assert (run.status, run.lines) == (0, [f"bind 'users': {rev1} (head)"]), run.err
+
+    # A table named alembic_version that is not Alembic's.
+    async with make_db(urls["users"]).engine.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE alembic_version"))
+        await conn.execute(sa.text("CREATE TABLE alembic_version (id INTEGER)"))
+    run = await db_cmd(tmp_path, "stamp", "head")
+    assert run.status == 1
+    error = last_error(run)
+    assert error.startswith("asyncbind: error: MigrationError: Stamping bind 'users' failed (")
+    assert "column alembic_version.version_num does not exist" in error
+    assert error.endswith(
+        "); its transaction was rolled back. The other binds were stamped: the default bind, "
+        "bind 'audit'. Fix the cause and run the command again."
+    )
+    async with make_db(urls["users"]).engine.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE alembic_version"))
+
+    # Two heads: 'head' names neither.
+    for message in ("left", "right"):
+        run = await alembic(
+            tmp_path, "-c", ini, "revision", "-m", message, "--head", rev1, "--splice"
+        )
+        assert run.status == 0, run.err
+    heads = sorted(revision_id(revisions(tmp_path)[message]) for message in ("left", "right"))
+    run = await db_cmd(tmp_path, "stamp", "head")
+    assert (run.status, last_error(run)) == (
+        1,
+        f"asyncbind: error: MigrationError: The revisions have more than one head "
+        f"({', '.join(heads)}), so nothing was stamped on any bind. Name them all ('heads') or "
+        "one of them instead of 'head', or merge them (alembic -c migrations/alembic.ini merge "
+        "heads -m MESSAGE), then run the command again.",
+    )
+    run = await db_cmd(tmp_path, "stamp", "heads")
+    assert run.status == 0, run.err
+    for url in urls.values():
+        assert await versions(url, make_db) == heads
+
+    # A bind that cannot be reached.
+    down = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"
+    binds = {"users": urls["users"], "audit": urls["audit"], "down": down}
+    write_module(tmp_path, "models", TWO_SQLITE.format(main=urls["main"], binds=binds))
+    run = await db_cmd(tmp_path, "stamp", "base")
+    assert run.status == 1
+    error = last_error(run)
+    assert error.startswith("asyncbind: error: MigrationError: BindUnavailableError: Bind 'down'")
+    assert error.endswith(
+        "Nothing was done on bind 'down'. The other binds were stamped: the default bind, "
+        "bind 'users', bind 'audit'."
+    )
+    assert [await versions(url, make_db) for url in urls.values()] == [[], [], []]
+    assert "migrated" not in run.err
+
+
 async def test_offline_sql_per_bind(tmp_path: Path, new_database: NewDatabase) -> None:
     await three_binds(tmp_path, new_database)
     assert (await db_cmd(tmp_path, "init", "schema")).status == 0
