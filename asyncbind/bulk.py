@@ -470,17 +470,22 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 def _refuse_read_only(target: Bind, table: sa.Table, what: str) -> None:
-    """Raise :class:`ReadOnlyBindError` when ``target`` belongs to a bind configured read-only."""
+    """Raise :class:`ReadOnlyBindError` when ``target`` belongs to a bind configured read-only,
+    or is one of a bind's read replicas."""
     config = bind_config(target)
     if config is not None and config.read_only:
-        raise ReadOnlyBindError(config.key, f"{what} into table {table.fullname!r}")
+        what = f"{what} into table {table.fullname!r}"
+        raise ReadOnlyBindError(config.key, what, replica=config.replica)
 
 
 def _naming(bind: Bind, preposition: str) -> str:
     """`` on bind 'users'`` (with ``preposition`` "on"), for a message that names the bind
-    ``bind`` belongs to; nothing for an engine asyncbind did not make."""
+    ``bind`` belongs to (`` from replica 2 of bind 'users'`` for one of its read replicas);
+    nothing for an engine asyncbind did not make."""
     config = bind_config(bind)
-    return "" if config is None else f" {preposition} {bind_name(config.key)}"
+    if config is None:
+        return ""
+    return f" {preposition} {bind_name(config.key, replica=config.replica)}"
 
 
 def _as_table(obj: Any, what: str) -> sa.Table:

@@ -127,15 +127,17 @@ def connect_error(
     *,
     user: str | None,
     database: str | None,
+    replica: int = 0,
 ) -> BindUnavailableError:
-    """The error for a failure to connect to bind ``key``; ``shown`` is the driver's error (or
-    a stand-in that hides it) and ``diagnosis`` what the driver's error says."""
+    """The error for a failure to connect to bind ``key`` (to its read replica number
+    ``replica``, if not 0); ``shown`` is the driver's error (or a stand-in that hides it) and
+    ``diagnosis`` what the driver's error says."""
     cause = diagnosis.cause if diagnosis is not None else None
     if cause is Cause.AUTHENTICATION:
-        return BindAuthenticationError(key, shown, user=user)
+        return BindAuthenticationError(key, shown, user=user, replica=replica)
     if cause is Cause.NO_DATABASE:
-        return DatabaseNotFoundError(key, shown, database=database)
-    return BindUnavailableError(key, shown)
+        return DatabaseNotFoundError(key, shown, database=database, replica=replica)
+    return BindUnavailableError(key, shown, replica=replica)
 
 
 def statement_error(
@@ -145,10 +147,11 @@ def statement_error(
     params: Any,
     *,
     disconnect: bool,
+    replica: int = 0,
 ) -> Exception | None:
-    """The error for ``orig``, raised by a connection of bind ``key`` that was established, or
-    None when asyncbind has nothing to add. ``disconnect`` says whether the dialect found the
-    connection lost."""
+    """The error for ``orig``, raised by a connection of bind ``key`` (of its read replica number
+    ``replica``, if not 0) that was established, or None when asyncbind has nothing to add.
+    ``disconnect`` says whether the dialect found the connection lost."""
     diagnosis = diagnose(orig)
     cause = diagnosis.cause if diagnosis is not None else None
     if diagnosis is not None and cause in (Cause.DEADLOCK, Cause.SERIALIZATION):
@@ -159,19 +162,25 @@ def statement_error(
             params,
             server_message=diagnosis.message,
             serialization=cause is Cause.SERIALIZATION,
+            replica=replica,
         )
     if diagnosis is not None and cause is Cause.ENDED:
-        return ConnectionEndedError(key, orig, statement, server_message=diagnosis.message)
+        return ConnectionEndedError(
+            key, orig, statement, server_message=diagnosis.message, replica=replica
+        )
     if isinstance(orig, TimeoutError):  # the network went quiet: nothing was ended
-        return BindUnavailableError(key, orig, statement)
+        return BindUnavailableError(key, orig, statement, replica=replica)
     if disconnect or isinstance(orig, OSError):
-        return ConnectionEndedError(key, orig, statement)
+        return ConnectionEndedError(key, orig, statement, replica=replica)
     return None
 
 
-def error_listener(key: BindKey, url: sa.URL) -> Callable[[ExceptionContext], BaseException | None]:
-    """A ``handle_error`` listener for the engine of bind ``key`` (at ``url``): the driver's error
-    becomes the error that names the bind and the cause, where there is one to name.
+def error_listener(
+    key: BindKey, url: sa.URL, replica: int = 0
+) -> Callable[[ExceptionContext], BaseException | None]:
+    """A ``handle_error`` listener for the engine of bind ``key`` (of its read replica number
+    ``replica``, if not 0; at ``url``): the driver's error becomes the error that names the bind
+    (or the replica) and the cause, where there is one to name.
 
     A failed pre-ping is left alone (the pool opens a new connection by itself), and so is a
     cancellation. A failure to connect reaches it from SQLite and from a connect function of the
@@ -184,9 +193,16 @@ def error_listener(key: BindKey, url: sa.URL) -> Callable[[ExceptionContext], Ba
             return None
         if ctx.connection is None:  # connecting
             diagnosis = diagnose(orig)
-            return connect_error(key, orig, diagnosis, user=url.username, database=url.database)
+            return connect_error(
+                key, orig, diagnosis, user=url.username, database=url.database, replica=replica
+            )
         error = statement_error(
-            key, orig, ctx.statement, ctx.parameters, disconnect=ctx.is_disconnect
+            key,
+            orig,
+            ctx.statement,
+            ctx.parameters,
+            disconnect=ctx.is_disconnect,
+            replica=replica,
         )
         if isinstance(error, BindUnavailableError):
             ctx.is_disconnect = True  # the connection is discarded, not returned to the pool

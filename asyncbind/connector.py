@@ -83,10 +83,11 @@ def connect_parameters(driver: str) -> frozenset[str] | None:
 
 
 def check_connect_args(
-    key: BindKey, driver: str, connect_args: Collection[str], *, shared: bool
+    key: BindKey, driver: str, connect_args: Collection[str], *, shared: bool, replica: int = 0
 ) -> None:
-    """Raise a :class:`ConfigError` naming bind ``key`` if ``connect_args`` (its names; from the
-    engine options shared by every bind if ``shared``) has one that ``driver`` does not take.
+    """Raise a :class:`ConfigError` naming bind ``key`` (or its read replica number ``replica``,
+    if not 0) if ``connect_args`` (its names; from the engine options shared by every bind if
+    ``shared``) has one that ``driver`` does not take.
 
     Not checked: a driver whose names are not known, and a bind that connects with a function of
     its own (``async_creator_fn``), which may take anything.
@@ -109,18 +110,25 @@ def check_connect_args(
             "them: {'url': ..., 'connect_args': {...}} (with from_config(), "
             "SQLALCHEMY_BINDS[None] for the default bind)."
         )
+    elif replica:
+        fix = (
+            "A replica connects with its bind's connect_args: give its URL the primary's "
+            "driver, or fix or remove them in the bind's options."
+        )
     else:
         fix = "Fix or remove them in the bind's options."
-    raise ConfigError(
-        f"{bind_name(key, start=True)}: {what} {verb} of its driver, {driver!r}. {fix}"
-    )
+    subject = bind_name(key, start=True, replica=replica)
+    raise ConfigError(f"{subject}: {what} {verb} of its driver, {driver!r}. {fix}")
 
 
-def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[..., Any] | None:
+def connector(
+    driver: str, key: BindKey, timeout: float | None, replica: int = 0
+) -> Callable[..., Any] | None:
     """A connect function for ``driver``: it connects within ``timeout`` (handshake included), is
     not cut short mid-handshake when its caller is cancelled (:mod:`asyncbind.cancellation`),
-    and turns a failure to connect into the error that names ``key`` and the cause
-    (:mod:`asyncbind.causes`): :class:`BindUnavailableError` or one of its subclasses.
+    and turns a failure to connect into the error that names ``key`` (and the number of its read
+    replica, if not 0) and the cause (:mod:`asyncbind.causes`): :class:`BindUnavailableError`
+    or one of its subclasses.
 
     None for drivers it does not know (and SQLite's, which open local files).
     """
@@ -151,22 +159,24 @@ def connector(driver: str, key: BindKey, timeout: float | None) -> Callable[...,
             if not any(password and mentions(exc, password) for password in passwords):
                 if isinstance(exc, TypeError):  # an argument the driver does not take
                     raise ConfigError(
-                        f"{bind_name(key, start=True)}: {driver} refused its connect arguments: "
-                        f"{exc}. They come from the bind's connect_args and its URL's query "
-                        "parameters; fix them there."
+                        f"{bind_name(key, start=True, replica=replica)}: {driver} refused its "
+                        f"connect arguments: {exc}. They come from the bind's connect_args and "
+                        "its URL's query parameters; fix them there."
                     ) from exc
                 if isinstance(exc, TimeoutError) and timeout is not None:
                     reason = TimeoutError(f"no connection within connect_timeout={timeout:g}s")
-                    raise BindUnavailableError(key, reason) from exc
+                    raise BindUnavailableError(key, reason, replica=replica) from exc
                 if isinstance(exc, OSError) or diagnosis is not None:
                     # Refused, unreachable, reset; a login refused, a missing database.
-                    raise causes.connect_error(key, exc, diagnosis, **who) from exc
+                    raise causes.connect_error(key, exc, diagnosis, **who, replica=replica) from exc
                 raise
             # Some driver errors quote the password (aiomysql's UnicodeEncodeError does): keep
             # the type and the cause, drop the text (and the names, which may hold the password
             # too), and raise outside this block so that not even __context__ leads back to it.
             hidden = ConnectionError(f"{type(exc).__name__} while connecting (details hidden)")
-        raise causes.connect_error(key, hidden, diagnosis, user=None, database=None) from None
+        raise causes.connect_error(
+            key, hidden, diagnosis, user=None, database=None, replica=replica
+        ) from None
 
     return connect
 

@@ -82,7 +82,7 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
     backend = url.get_backend_name()
     if url.get_driver_name() == "aiomysql" and not _latin1(url.password):
         raise ConfigError(
-            f"{bind_name(config.key, start=True)}: its password has characters outside latin-1, "
+            f"{_name(config)}: its password has characters outside latin-1, "
             "which aiomysql cannot send. Change the password, or use 'mysql+asyncmy://'."
         )
     if backend in ("mysql", "mariadb"):
@@ -100,12 +100,15 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
         url.get_driver_name(),
         connect_args,
         shared="connect_args" in config.shared_options,
+        replica=config.replica,
     )
     if config.pgbouncer:
         pgbouncer.pgbouncer_connect_args(config.key, url, connect_args)
     if config.read_only:
-        url = readonly.read_only_connections(config.key, url, connect_args)
-    connect = connector.connector(url.get_driver_name(), config.key, config.connect_timeout)
+        url = readonly.read_only_connections(config.key, url, connect_args, config.replica)
+    connect = connector.connector(
+        url.get_driver_name(), config.key, config.connect_timeout, config.replica
+    )
     if connect is not None:
         internals.add_connector(connect_args, connect)
     if connect_args:
@@ -133,7 +136,7 @@ def _fit_pool_sizing(
         if name not in options or (poolclass is not None and issubclass(poolclass, takers)):
             continue
         pool = f"its pool class {poolclass.__name__}" if poolclass else "the pool it was given"
-        subject = bind_name(config.key, start=True)
+        subject = _name(config)
         if name in config.shared_options:
             del options[name]
             logger.debug("%s: shared engine option %r left out, for %s", subject, name, pool)
@@ -152,13 +155,13 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     sync = engine.sync_engine
     dialect = sync.dialect
     key = config.key
+    replica = config.replica  # a read replica's errors name it (0: the bind's own engine)
     registry.register(engine, config)
-    internals.name_pool(sync.pool, key)  # for PoolTimeoutError and WrongEventLoopError
+    internals.name_pool(sync.pool, key, replica)  # for PoolTimeoutError and WrongEventLoopError
 
     # Read-only binds: writes refused before any SQL is sent, the database's own refusal named,
     # and read-only sessions where the connection could not be made read-only from the start.
     if config.read_only:
-        replica = config.replica
         sa.event.listen(sync, "before_execute", readonly.write_listener(key, replica))
         sa.event.listen(sync, "handle_error", readonly.refusal_listener(key, dialect.name, replica))
         sql = readonly.session_sql(url)
@@ -166,7 +169,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
             sa.event.listen(sync, "connect", readonly.session_sql_listener(sql))
 
     # Errors that name the bind, and the cause where the driver's error tells it.
-    sa.event.listen(sync, "handle_error", causes.error_listener(key, url))
+    sa.event.listen(sync, "handle_error", causes.error_listener(key, url, replica))
 
     # Each connection remembers its event loop, so that it can be closed from another.
     if loops.closes_across_loops(dialect.driver):
@@ -202,7 +205,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         rollback = timeouts.bounded(dialect.do_rollback, statement, "a rollback", drop)
         internals.replace_dialect_method(dialect, "do_commit", commit)
         internals.replace_dialect_method(dialect, "do_rollback", rollback)
-        sa.event.listen(sync, "handle_error", timeouts.error_listener(key))
+        sa.event.listen(sync, "handle_error", timeouts.error_listener(key, replica))
     elif direct:
         sa.event.listen(sync, "do_execute", directddl.listener)
     # A statement given up on (timed out, or its task cancelled) is stopped on the server too.
@@ -284,18 +287,20 @@ def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEn
         extra = DRIVER_EXTRAS.get(module)
         install = f"pip install 'asyncbind[{extra}]'" if extra else f"pip install {module}"
         raise ConfigError(
-            f"{bind_name(config.key, start=True)}: the driver for {url.drivername!r} is not "
+            f"{_name(config)}: the driver for {url.drivername!r} is not "
             f"installed (no module {module!r}). Install it: {install}."
         ) from None
     except Exception as exc:  # no I/O has happened: whatever was refused is the configuration
-        message = (
-            f"{bind_name(config.key, start=True)}: its engine options were rejected "
-            f"({_given(config)})"
-        )
+        message = f"{_name(config)}: its engine options were rejected ({_given(config)})"
         fix = "Options are create_async_engine() keyword arguments; check their names and values."
         if any(connector.mentions(exc, password) for password in config.passwords):
             raise ConfigError(f"{message}. {fix}") from None
         raise ConfigError(f"{message}: {str(exc).rstrip('. ')}. {fix}") from exc
+
+
+def _name(config: BindConfig) -> str:
+    """How a message begins that names ``config``'s bind, or the read replica it is of."""
+    return bind_name(config.key, start=True, replica=config.replica)
 
 
 def _given(config: BindConfig) -> str:

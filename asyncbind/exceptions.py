@@ -53,12 +53,15 @@ def format_key(key: Hashable | None) -> str:
     return "None" if key is None else repr(key)
 
 
-def bind_name(key: Hashable | None, *, start: bool = False) -> str:
-    """Name a bind in a message: ``bind 'users'``, or ``the default bind`` for key None.
+def bind_name(key: Hashable | None, *, start: bool = False, replica: int = 0) -> str:
+    """Name a bind in a message: ``bind 'users'``, or ``the default bind`` for key None; one of
+    its read replicas (``replica``, from 1) as ``replica 2 of bind 'users'``.
 
     ``start=True`` capitalises it to begin a sentence.
     """
     name = "the default bind" if key is None else f"bind {key!r}"
+    if replica:
+        name = f"replica {replica} of {name}"
     return name[0].upper() + name[1:] if start else name
 
 
@@ -268,7 +271,7 @@ class ReadOnlyBindError(AsyncBindError):
         self.key = key
         self.sent = sent
         self.replica = replica
-        where = f"Replica {replica} of {bind_name(key)}" if replica else bind_name(key, start=True)
+        where = bind_name(key, start=True, replica=replica)
         if sent:
             message = (
                 f"{where} is read-only, and its database refused {what}. "
@@ -433,10 +436,11 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
     """A bind could not be reached: connection refused, reset or timed out.
 
     Also a :class:`sqlalchemy.exc.OperationalError`, so code that catches SQLAlchemy's errors keeps
-    working. ``bind_key`` names the bind; the driver's error is ``orig`` and ``__cause__``. The
-    connection involved has been discarded; the bind reconnects on its next use. Its subclasses
-    name a more precise cause: :class:`BindAuthenticationError`, :class:`DatabaseNotFoundError`,
-    :class:`ConnectionEndedError`.
+    working. ``bind_key`` names the bind, and ``replica`` the read replica it happened on (its
+    number, from 1; 0 for the bind's primary). The driver's error is ``orig`` and ``__cause__``.
+    The connection involved has been discarded; the bind reconnects on its next use. Its
+    subclasses name a more precise cause: :class:`BindAuthenticationError`,
+    :class:`DatabaseNotFoundError`, :class:`ConnectionEndedError`.
     """
 
     def __init__(
@@ -444,8 +448,10 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
         bind_key: Hashable | None,
         orig: BaseException,
         statement: str | None = None,
+        replica: int = 0,
     ) -> None:
         self.bind_key = bind_key
+        self.replica = replica
         sa_exc.OperationalError.__init__(
             self, statement, None, orig, hide_parameters=True, connection_invalidated=True
         )
@@ -456,13 +462,15 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
 
     def __str__(self) -> str:
         return (
-            f"{bind_name(self.bind_key, start=True)} is unavailable ({self._reason()}). "
-            "Check that its "
+            f"{self._bind_name(start=True)} is unavailable ({self._reason()}). Check that its "
             "server is up and reachable; the bind reconnects by itself on its next use."
         )
 
+    def _bind_name(self, *, start: bool = False) -> str:
+        return bind_name(self.bind_key, start=start, replica=self.replica)
+
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement)
+        return type(self), (self.bind_key, self.orig, self.statement, self.replica)
 
 
 class BindAuthenticationError(BindUnavailableError):
@@ -479,21 +487,22 @@ class BindAuthenticationError(BindUnavailableError):
         orig: BaseException,
         statement: str | None = None,
         user: str | None = None,
+        replica: int = 0,
     ) -> None:
         self.user = user
-        super().__init__(bind_key, orig, statement)
+        super().__init__(bind_key, orig, statement, replica)
 
     def __str__(self) -> str:
         who = f"user {self.user!r}" if self.user else "its user"
         return (
-            f"{bind_name(self.bind_key, start=True)}: its server refused the login of {who} "
+            f"{self._bind_name(start=True)}: its server refused the login of {who} "
             f"({self._reason()}). Check the user name and password of "
-            f"{bind_name(self.bind_key)} (in its URL, or 'user' and 'password' in its "
+            f"{self._bind_name()} (in its URL, or 'user' and 'password' in its "
             "connect_args); the bind tries again on its next use."
         )
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.user)
+        return type(self), (self.bind_key, self.orig, self.statement, self.user, self.replica)
 
 
 class DatabaseNotFoundError(BindUnavailableError):
@@ -508,20 +517,22 @@ class DatabaseNotFoundError(BindUnavailableError):
         orig: BaseException,
         statement: str | None = None,
         database: str | None = None,
+        replica: int = 0,
     ) -> None:
         self.database = database
-        super().__init__(bind_key, orig, statement)
+        super().__init__(bind_key, orig, statement, replica)
 
     def __str__(self) -> str:
         what = f"database {self.database!r}" if self.database else "its database"
+        url = "the replica's URL" if self.replica else "the bind's URL"
         return (
-            f"{bind_name(self.bind_key, start=True)}: {what} was not found "
+            f"{self._bind_name(start=True)}: {what} was not found "
             f"({self._reason()}). Create it (create_all() makes tables, not databases; SQLite "
-            "makes a missing file, not a missing folder), or fix the database in the bind's URL."
+            f"makes a missing file, not a missing folder), or fix the database in {url}."
         )
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.database)
+        return type(self), (self.bind_key, self.orig, self.statement, self.database, self.replica)
 
 
 class ConnectionEndedError(BindUnavailableError):
@@ -539,9 +550,10 @@ class ConnectionEndedError(BindUnavailableError):
         orig: BaseException,
         statement: str | None = None,
         server_message: str | None = None,
+        replica: int = 0,
     ) -> None:
         self.server_message = server_message
-        super().__init__(bind_key, orig, statement)
+        super().__init__(bind_key, orig, statement, replica)
 
     def __str__(self) -> str:
         if self.server_message:
@@ -549,7 +561,7 @@ class ConnectionEndedError(BindUnavailableError):
         else:
             what = f"its connection was closed from the other end ({self._reason()})"
         return (
-            f"{bind_name(self.bind_key, start=True)}: {what}. Usual reasons: an "
+            f"{self._bind_name(start=True)}: {what}. Usual reasons: an "
             "administrator ended it (pg_terminate_backend(), KILL); an idle timeout "
             "(MySQL/MariaDB 'wait_timeout', PostgreSQL 'idle_in_transaction_session_timeout' or "
             "'idle_session_timeout'); a server shutdown, restart or failover; a network failure "
@@ -558,7 +570,13 @@ class ConnectionEndedError(BindUnavailableError):
         )
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.server_message)
+        return type(self), (
+            self.bind_key,
+            self.orig,
+            self.statement,
+            self.server_message,
+            self.replica,
+        )
 
 
 class DeadlockError(AsyncBindError, sa_exc.OperationalError):
@@ -568,7 +586,9 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
     Retrying the whole transaction is the fix. Also SQLAlchemy's
     :class:`~sqlalchemy.exc.OperationalError` (a :class:`~sqlalchemy.exc.DBAPIError`), as the
     error it replaces was, so handlers of those keep catching it. ``server_message`` is the
-    server's own account; the driver's error is ``orig`` and ``__cause__``.
+    server's own account; the driver's error is ``orig`` and ``__cause__``. ``replica`` is the
+    read replica it happened on (its number, from 1; 0 for the bind's primary): a hot standby
+    cancels a read that conflicts with what it replays as a serialization failure.
     """
 
     def __init__(
@@ -579,8 +599,10 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
         params: Any = None,
         server_message: str = "",
         serialization: bool = False,
+        replica: int = 0,
     ) -> None:
         self.bind_key = bind_key
+        self.replica = replica
         self.server_message = server_message
         self.serialization = serialization
         sa_exc.OperationalError.__init__(self, statement, params, orig, hide_parameters=True)
@@ -591,9 +613,10 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
         else:
             what = "rolled the transaction back to break a deadlock"
         said = f" ({self.server_message!r})" if self.server_message else ""
+        subject = bind_name(self.bind_key, start=True, replica=self.replica)
         return (
-            f"{bind_name(self.bind_key, start=True)}: the server {what}{said}. Roll the "
-            "session back and run the whole transaction again."
+            f"{subject}: the server {what}{said}. Roll the session back and run the whole "
+            "transaction again."
         )
 
     def __reduce__(self) -> Any:
@@ -604,22 +627,31 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
             self.params,
             self.server_message,
             self.serialization,
+            self.replica,
         )
 
 
 class StatementTimeoutError(AsyncBindError, TimeoutError):
     """A statement, commit or rollback on a bind took longer than its ``statement_timeout``.
 
+    ``replica`` is the read replica it ran on (its number, from 1; 0 for the bind's primary).
     The connection was discarded (its state is unknown); the session must be rolled back.
     """
 
     def __init__(
-        self, bind_key: Hashable | None, timeout: float, what: str = "a statement"
+        self,
+        bind_key: Hashable | None,
+        timeout: float,
+        what: str = "a statement",
+        *,
+        replica: int = 0,
     ) -> None:
         self.bind_key = bind_key
         self.timeout = timeout
+        self.replica = replica
+        subject = bind_name(bind_key, start=True, replica=replica)
         super().__init__(
-            f"{bind_name(bind_key, start=True)}: {what} took longer than its statement_timeout of "
+            f"{subject}: {what} took longer than its statement_timeout of "
             f"{timeout:g}s and was abandoned. Roll the session back and retry, or raise the "
             "bind's 'statement_timeout'."
         )
@@ -628,27 +660,37 @@ class StatementTimeoutError(AsyncBindError, TimeoutError):
 class PoolTimeoutError(AsyncBindError, sa_exc.TimeoutError):
     """No pooled connection of a bind became free within its ``pool_timeout``.
 
-    Also SQLAlchemy's :class:`sqlalchemy.exc.TimeoutError`, which it replaces.
+    Also SQLAlchemy's :class:`sqlalchemy.exc.TimeoutError`, which it replaces. ``replica`` is
+    the read replica whose pool it was (its number, from 1; 0 for the bind's primary).
     """
 
-    def __init__(self, bind_key: Hashable | None, timeout: float | None) -> None:
+    def __init__(
+        self, bind_key: Hashable | None, timeout: float | None, *, replica: int = 0
+    ) -> None:
         self.bind_key = bind_key
+        self.replica = replica
         waited = f" for {timeout:g}s" if timeout is not None else ""
+        subject = bind_name(bind_key, start=True, replica=replica)
         super().__init__(
-            f"{bind_name(bind_key, start=True)}: every connection of its pool stayed in use"
-            f"{waited} (pool_timeout). Raise 'pool_size' / 'max_overflow', keep transactions "
-            "short, or set 'statement_timeout' so that a stuck statement gives its connection "
-            "back."
+            f"{subject}: every connection of its pool stayed in use{waited} (pool_timeout). "
+            "Raise 'pool_size' / 'max_overflow', keep transactions short, or set "
+            "'statement_timeout' so that a stuck statement gives its connection back."
         )
 
 
 class WrongEventLoopError(AsyncBindError):
-    """A bind's pooled connections belong to another event loop than the one using them."""
+    """A bind's pooled connections belong to another event loop than the one using them.
 
-    def __init__(self, bind_key: Hashable | None) -> None:
+    ``replica`` is the read replica whose pool it was (its number, from 1; 0 for the bind's
+    primary).
+    """
+
+    def __init__(self, bind_key: Hashable | None, *, replica: int = 0) -> None:
         self.bind_key = bind_key
+        self.replica = replica
+        subject = bind_name(bind_key, start=True, replica=replica)
         super().__init__(
-            f"{bind_name(bind_key, start=True)} has connections that belong to another event loop. "
+            f"{subject} has connections that belong to another event loop. "
             "Call 'await db.dispose()' before using the AsyncBind from a new loop "
             "(for example between two asyncio.run() calls), or make one AsyncBind per loop."
         )

@@ -48,9 +48,7 @@ class BindHealth:
 
     def __str__(self) -> str:
         state = f"ok in {self.latency * 1000:.1f} ms" if self.ok else f"FAILED: {self.error}"
-        name = bind_name(self.key)
-        if self.replica is not None:
-            name = f"replica {self.replica} of {name}"
+        name = bind_name(self.key, replica=self.replica or 0)
         return "\n".join([f"{name}: {state}", *(f"  {r}" for r in self.replicas)])
 
 

@@ -112,6 +112,7 @@ class BindPool:
     """
 
     _asyncbind_key: BindKey = None
+    _asyncbind_replica: int = 0
     _asyncbind_loop: asyncio.AbstractEventLoop | None = None
 
     def _do_get(self) -> Any:
@@ -119,13 +120,15 @@ class BindPool:
         owner = self._asyncbind_loop
         if owner is not loop:
             if owner is not None:
-                raise WrongEventLoopError(self._asyncbind_key)
+                raise WrongEventLoopError(self._asyncbind_key, replica=self._asyncbind_replica)
             self._asyncbind_loop = loop
         try:
             return super()._do_get()  # type: ignore[misc]
         except sa_exc.TimeoutError as exc:
             timeout = getattr(self, "timeout", None)  # QueuePool.timeout(), public
-            raise PoolTimeoutError(self._asyncbind_key, timeout() if timeout else None) from exc
+            raise PoolTimeoutError(
+                self._asyncbind_key, timeout() if timeout else None, replica=self._asyncbind_replica
+            ) from exc
 
     @property
     def event_loop(self) -> asyncio.AbstractEventLoop | None:
@@ -135,6 +138,7 @@ class BindPool:
     def recreate(self) -> Any:
         new = super().recreate()  # type: ignore[misc]
         new._asyncbind_key = self._asyncbind_key
+        new._asyncbind_replica = self._asyncbind_replica
         return new
 
 
@@ -162,10 +166,12 @@ def bind_pool_class(poolclass: type[sa_pool.Pool]) -> type[sa_pool.Pool]:
     return made
 
 
-def name_pool(pool: sa_pool.Pool, key: BindKey) -> None:
-    """Tell ``pool``, if it is a :class:`BindPool`, the bind its errors name."""
+def name_pool(pool: sa_pool.Pool, key: BindKey, replica: int = 0) -> None:
+    """Tell ``pool``, if it is a :class:`BindPool`, the bind its errors name (and the number of
+    the bind's read replica it connects to; 0 for the primary)."""
     if isinstance(pool, BindPool):
         pool._asyncbind_key = key
+        pool._asyncbind_replica = replica
 
 
 def default_poolclass(url: sa.URL) -> type[sa_pool.Pool] | None:

@@ -53,20 +53,27 @@ _SESSION_SQL = {
 # -- the connection --------------------------------------------------------------------------
 
 
-def read_only_connections(key: BindKey, url: sa.URL, connect_args: dict[str, Any]) -> sa.URL:
-    """The URL of read-only bind ``key``, and its ``connect_args`` updated in place, so that its
-    connections are read-only from the start where the driver allows it.
+def read_only_connections(
+    key: BindKey, url: sa.URL, connect_args: dict[str, Any], replica: int = 0
+) -> sa.URL:
+    """The URL of read-only bind ``key`` (or of its read replica number ``replica``, if not 0),
+    and its ``connect_args`` updated in place, so that its connections are read-only from the
+    start where the driver allows it.
 
     SQLite opens the file read-only (``mode=ro``; an in-memory database cannot be read-only, as
     it starts empty). asyncpg sets ``default_transaction_read_only`` in the server settings.
     Other drivers get :func:`session_sql` on each new connection.
     """
+    subject = bind_name(key, start=True, replica=replica)
     if url.get_backend_name() == "sqlite":
         if is_memory_sqlite(url):
+            if replica:
+                fix = "Point the replica at a copy of the bind's database file."
+            else:
+                fix = "Point the bind at a database file, or drop 'read_only'."
             raise ConfigError(
-                f"{bind_name(key, start=True)}: an in-memory SQLite database cannot be "
-                "read-only (it starts empty). Point the bind at a database file, or drop "
-                "'read_only'."
+                f"{subject}: an in-memory SQLite database cannot be read-only (it starts "
+                f"empty). {fix}"
             )
         database = url.database or ""
         if not database.startswith("file:"):
@@ -76,7 +83,7 @@ def read_only_connections(key: BindKey, url: sa.URL, connect_args: dict[str, Any
         settings = connect_args.get("server_settings") or {}
         if not isinstance(settings, Mapping):
             raise ConfigError(
-                f"{bind_name(key, start=True)}: connect_args['server_settings'] is "
+                f"{subject}: connect_args['server_settings'] is "
                 f"{type(settings).__name__}; asyncpg expects a dict of server settings."
             )
         connect_args["server_settings"] = {**settings, "default_transaction_read_only": "on"}

@@ -175,15 +175,18 @@ def timed_out(exc: BaseException) -> bool:
     return hasattr(exc, _MARK)
 
 
-def error_listener(key: BindKey) -> Callable[[ExceptionContext], BaseException | None]:
+def error_listener(
+    key: BindKey, replica: int = 0
+) -> Callable[[ExceptionContext], BaseException | None]:
     """A ``handle_error`` listener that reports a statement, commit or rollback cut short as
-    :class:`StatementTimeoutError` naming bind ``key``, its connection discarded."""
+    :class:`StatementTimeoutError` naming bind ``key`` (or its read replica number ``replica``,
+    if not 0), its connection discarded."""
 
     def translate(ctx: ExceptionContext) -> BaseException | None:
         mark = getattr(ctx.original_exception, _MARK, None)
         if mark is None:
             return None
         ctx.is_disconnect = True
-        return StatementTimeoutError(key, *mark)
+        return StatementTimeoutError(key, *mark, replica=replica)
 
     return translate

@@ -39,6 +39,7 @@ from asyncbind import (
     DatabaseNotFoundError,
     DeadlockError,
 )
+from asyncbind.causes import statement_error
 from asyncbind.exceptions import bind_name
 
 GUARD = 30
@@ -484,3 +485,30 @@ def test_the_errors_keep_their_facts_through_pickling() -> None:
         again = pickle.loads(pickle.dumps(error))
         assert type(again) is type(error) and str(again) == str(error)
         assert vars(again) == vars(error) | {"orig": again.orig}
+
+
+class StandbyConflictError(Exception):
+    """What asyncpg raises on a hot standby that cancels a read to replay the primary's changes."""
+
+    sqlstate = "40001"  # serialization_failure
+
+
+def test_the_errors_of_a_read_replica_name_it_and_pickle_with_it() -> None:
+    orig = ConnectionResetError(104, "Connection reset by peer")
+    conflict = StandbyConflictError("canceling statement due to conflict with recovery")
+    deadlock = statement_error("a", conflict, "SELECT 1", None, disconnect=False, replica=2)
+    assert isinstance(deadlock, DeadlockError) and deadlock.serialization
+    errors: list[BaseException] = [
+        BindUnavailableError("a", orig, "SELECT 1", replica=2),
+        BindAuthenticationError("a", orig, None, "app_user", replica=2),
+        DatabaseNotFoundError("a", orig, None, "sales", replica=2),
+        ConnectionEndedError("a", orig, "SELECT 1", "terminating connection", replica=2),
+        deadlock,
+    ]
+    for error in errors:
+        assert str(error).startswith("Replica 2 of bind 'a'"), error
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and again.replica == 2 and str(again) == str(error)
+        assert vars(again) == vars(error) | {"orig": again.orig}
+    assert "fix the database in the replica's URL" in str(errors[2])
+    assert "the bind's URL" in str(DatabaseNotFoundError("a", orig, None, "sales"))

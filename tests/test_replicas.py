@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +32,20 @@ from replication import mariadb_replication, postgresql_replication, wait_until
 from sqlalchemy.orm import Mapped, mapped_column
 from test_cli import MODELS, PASSWORD, assert_no_password, cli, closed_port, write_module
 
-from asyncbind import AsyncBind, ConfigError, NoReplicaError, ReadOnlyBindError, stopping
+from asyncbind import (
+    AsyncBind,
+    BindUnavailableError,
+    BulkCopyError,
+    ConfigError,
+    ConnectionEndedError,
+    NoReplicaError,
+    PoolTimeoutError,
+    ReadOnlyBindError,
+    StatementTimeoutError,
+    WrongEventLoopError,
+    stopping,
+)
+from asyncbind.bulk import copy
 from asyncbind.replicas import _is_read
 from asyncbind.testing import rolled_back
 
@@ -89,6 +104,33 @@ class Replicated:
 
     def on_replica(self, where: Any) -> bool:
         return bool(where) if self.backend == "postgresql" else int(where) == 2
+
+    def sleep(self, seconds: float) -> Any:
+        """A read that takes ``seconds`` on the server."""
+        function = sa.func.pg_sleep if self.backend == "postgresql" else sa.func.sleep
+        return sa.select(function(seconds))
+
+    @property
+    def connection_id(self) -> Any:
+        """A column with the server's id of the connection that runs the statement."""
+        if self.backend == "postgresql":
+            return sa.func.pg_backend_pid().label("id")
+        return sa.func.connection_id().label("id")
+
+    async def end_connection(self, on_replica: bool, connection: int) -> None:
+        """End a connection as an administrator does, and wait until the server lists it no
+        more."""
+        if self.backend == "postgresql":
+            await self.admin(on_replica, f"SELECT pg_terminate_backend({int(connection)})")
+            listed = f"SELECT count(*) FROM pg_stat_activity WHERE pid = {int(connection)}"
+        else:
+            await self.admin(on_replica, f"KILL {int(connection)}")
+            listed = f"SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = {connection}"
+
+        async def gone() -> bool:
+            return not (await self.admin(on_replica, listed))[0][0]
+
+        await wait_until(gone, f"connection {connection} ended")
 
     async def admin(self, on_replica: bool, *statements: str) -> list[Any]:
         """Run statements on the primary's or the replica's server; the last one's rows."""
@@ -430,6 +472,87 @@ async def test_a_hung_replica_is_taken_out_after_connect_timeout(
         await db.dispose()
 
 
+async def test_a_statement_timeout_on_a_replica_names_the_replica(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    """A statement that outlived statement_timeout on a replica names that replica, so that
+    nobody goes to look at the primary; the primary's own timeout names the bind, as always."""
+    replicas = [rep.replica.url(rep.database)] * 2  # round robin: one read on each
+    db, _ = await items_db(rep, make_db, statement_timeout=0.5, replicas=replicas)
+    timed_out = []
+    for _ in range(2):
+        async with db.session() as session:
+            with pytest.raises(StatementTimeoutError) as caught:
+                await session.execute(rep.sleep(5))
+        timed_out.append(caught.value)
+    assert sorted(error.replica for error in timed_out) == [1, 2]
+    for error in timed_out:
+        assert error.bind_key is None and error.timeout == 0.5
+        assert str(error).startswith(
+            f"Replica {error.replica} of the default bind: a statement took longer than its "
+            "statement_timeout of 0.5s"
+        )
+    async with db.primary(), db.session() as session:
+        with pytest.raises(StatementTimeoutError) as caught:
+            await session.execute(rep.sleep(5))
+    assert (caught.value.bind_key, caught.value.replica) == (None, 0)
+    assert str(caught.value).startswith("The default bind: a statement took longer than")
+
+
+async def test_a_replica_that_cannot_be_reached_is_named(
+    rep: Replicated, make_db: MakeDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error of a replica that refuses connections names it, wherever it shows: raised by
+    its engine, in the warning that takes it out of rotation, in the health report. A primary
+    that cannot be reached is the bind, as always."""
+    down = sa.make_url(rep.replica.url(rep.database)).set(port=closed_port())
+    db, _ = await items_db(rep, make_db, replicas=[rep.replica.url(rep.database), down])
+    with pytest.raises(BindUnavailableError) as caught:
+        async with db.replica_engines[None][1].connect():
+            pass
+    assert (caught.value.bind_key, caught.value.replica) == (None, 2)
+    assert str(caught.value).startswith("Replica 2 of the default bind is unavailable (")
+    with caplog.at_level(logging.WARNING, logger="asyncbind"):
+        for _ in range(2):  # one read is sent to replica 2 first, and goes on to replica 1
+            assert await where(db, sa.select(rep.where), rep) == "replica"
+    (warning,) = [r.getMessage() for r in caplog.records if "out of rotation" in r.getMessage()]
+    assert warning.startswith("replica 2 (")
+    assert "BindUnavailableError: Replica 2 of the default bind is unavailable (" in warning
+    health = str((await db.ping(timeout=5))[None])
+    assert "\n  replica 2 of the default bind: FAILED: BindUnavailableError: Replica 2 " in health
+
+    primary_down = make_db({"url": down, "connect_timeout": 2})
+    with pytest.raises(BindUnavailableError) as caught:
+        async with primary_down.engine.connect():
+            pass
+    assert (caught.value.bind_key, caught.value.replica) == (None, 0)
+    assert str(caught.value).startswith("The default bind is unavailable (")
+
+
+async def test_a_replica_connection_its_server_ended_is_named(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    db, Item = await items_db(rep, make_db)
+    async with db.session() as session:
+        first = (await session.execute(sa.select(Item.name, rep.where, rep.connection_id))).one()
+        assert rep.on_replica(first.where)
+        await rep.end_connection(True, first.id)
+        with pytest.raises(ConnectionEndedError) as caught:
+            await session.execute(sa.select(Item.name))  # the transaction's replica connection
+        await session.rollback()
+    assert (caught.value.bind_key, caught.value.replica) == (None, 1)
+    assert str(caught.value).startswith("Replica 1 of the default bind: ")
+    async with db.primary(), db.session() as session:
+        first = (await session.execute(sa.select(Item.name, rep.where, rep.connection_id))).one()
+        assert not rep.on_replica(first.where)
+        await rep.end_connection(False, first.id)
+        with pytest.raises(ConnectionEndedError) as caught:
+            await session.execute(sa.select(Item.name))
+        await session.rollback()
+    assert caught.value.replica == 0
+    assert str(caught.value).startswith("The default bind: ")
+
+
 async def test_a_lagging_replica_is_skipped(rep: Replicated, make_db: MakeDb) -> None:
     db, Item = await items_db(rep, make_db, replica_max_lag=1)
     read = sa.select(Item.name, rep.where).where(Item.id == 1)
@@ -720,6 +843,71 @@ async def test_writes_through_a_replica_engine_are_refused(tmp_path: Path, make_
         await session.commit()
 
 
+@pytest.mark.sqlite
+async def test_a_replica_pool_that_stays_busy_is_named(tmp_path: Path, make_db: MakeDb) -> None:
+    files = await sqlite_db(tmp_path, make_db, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    (engine,) = files.db.replica_engines[None]
+    for _ in range(2):  # and again in the pool that dispose() makes
+        async with engine.connect():
+            with pytest.raises(PoolTimeoutError) as caught:
+                async with engine.connect():
+                    pass
+        assert (caught.value.bind_key, caught.value.replica) == (None, 1)
+        assert str(caught.value).startswith(
+            "Replica 1 of the default bind: every connection of its pool stayed in use for 0.1s"
+        )
+        await engine.dispose()
+
+
+@pytest.mark.sqlite
+def test_a_replica_used_from_another_event_loop_is_named(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "replica.sqlite").close()
+    db = AsyncBind(
+        {
+            "url": f"sqlite:///{tmp_path / 'primary.sqlite'}",
+            "replicas": [f"sqlite:///{tmp_path / 'replica.sqlite'}"],
+        }
+    )
+    (engine,) = db.replica_engines[None]
+
+    async def use() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(sa.select(sa.literal(1)))
+
+    with asyncio.Runner() as first:
+        first.run(use())
+        try:
+            with asyncio.Runner() as second, pytest.raises(WrongEventLoopError) as caught:
+                second.run(use())
+        finally:
+            first.run(db.dispose())
+    assert (caught.value.bind_key, caught.value.replica) == (None, 1)
+    assert str(caught.value).startswith(
+        "Replica 1 of the default bind has connections that belong to another event loop"
+    )
+
+
+@pytest.mark.sqlite
+async def test_bulk_copies_name_the_replica_they_read_from_or_would_write_to(
+    tmp_path: Path, make_db: MakeDb
+) -> None:
+    files = await sqlite_db(tmp_path, make_db)
+    (replica,) = files.db.replica_engines[None]
+    table = files.Item.__table__
+    with pytest.raises(ReadOnlyBindError) as refused:
+        await copy(table, table, source_engine=files.db.engine, target_engine=replica)
+    assert (refused.value.key, refused.value.replica) == (None, 1)
+    assert str(refused.value).startswith(
+        "Replica 1 of the default bind is read-only, so a bulk copy into table 'item' was refused"
+    )
+    # A table the replica does not have (yet): the failed read names the replica.
+    newer = sa.Table("newer", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+    async with files.db.engine.begin() as conn:
+        await conn.run_sync(newer.create)
+    with pytest.raises(BulkCopyError, match="Reading the rows for table 'newer' from replica 1 "):
+        await copy(newer, newer, source_engine=replica, target_engine=files.db.engine)
+
+
 def test_locking_is_seen_on_selects() -> None:
     """``_is_read`` reads SQLAlchemy's private ``_for_update_arg``: this fails if that changes."""
     table = sa.table("t", sa.column("id"))
@@ -811,11 +999,29 @@ def test_replicas_from_flask_style_config_and_the_environment() -> None:
             {"url": "sqlite:///p.db", "replicas": [], "replica_max_lag": -1},
             "'replica_max_lag' in its options is -1; expected a positive number",
         ),
+        (
+            {"url": "sqlite:///p.db", "replicas": ["sqlite:///r.db", "sqlite://"]},
+            "Replica 2 of the default bind: an in-memory SQLite database cannot be read-only "
+            "(it starts empty). Point the replica at a copy of the bind's database file.",
+        ),
+        (
+            {"url": "mysql+aiomysql://u:p@h/db", "replicas": ["mysql+aiomysql://u:\u20ac@h/db"]},
+            "Replica 1 of the default bind: its password has characters outside latin-1",
+        ),
+        (
+            {
+                "url": "mysql+asyncmy://h/db",
+                "connect_args": {"read_timeout": 5},
+                "replicas": ["mysql+aiomysql://h/db"],
+            },
+            "Replica 1 of the default bind: connect_args key 'read_timeout' is not an argument "
+            "of its driver, 'aiomysql'. A replica connects with its bind's connect_args",
+        ),
     ],
-    ids=["string", "not-a-url", "other-backend", "choice", "lag"],
+    ids=["string", "not-a-url", "other-backend", "choice", "lag", "in-memory", "latin-1", "driver"],
 )
 def test_bad_replica_config(config: dict[str, Any], expected: str) -> None:
-    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         AsyncBind(config)
 
 
