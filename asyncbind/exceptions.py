@@ -72,7 +72,14 @@ def format_keys(keys: Iterable[Hashable | None]) -> str:
 
 
 class AsyncBindError(Exception):
-    """The base of every error raised by asyncbind."""
+    """The base of every error raised by asyncbind.
+
+    Every one of them pickles with its facts (its attributes and message), as process pools and
+    task queues (arq) need to hand errors back, whatever its ``__init__`` takes.
+    """
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class ConfigError(AsyncBindError, ValueError):
@@ -161,9 +168,6 @@ class UnknownBindError(AsyncBindError, KeyError):
             f"Add it to binds=... or fix the '__bind_key__' / 'bind_key=' that names it."
         )
 
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
-
 
 class UnresolvedTenantError(AsyncBindError, LookupError):
     """A statement reached a tenant group (``db.add_group()``) with no tenant chosen for it.
@@ -180,9 +184,6 @@ class UnresolvedTenantError(AsyncBindError, LookupError):
             f"inside 'async with db.route({group}=...)' (or 'with', as middleware does), or pass "
             f"tenant=... to create_all() / drop_all() / get_engine()."
         )
-
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class TenantMismatchError(AsyncBindError):
@@ -202,9 +203,6 @@ class TenantMismatchError(AsyncBindError):
             f"{then!r}. A session serves one tenant per group, so that their rows never mix: "
             f"open a new session (db.session() or db.scope()) inside the route for {then!r}."
         )
-
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class CrossBindError(AsyncBindError):
@@ -254,6 +252,9 @@ class BindErrors(AsyncBindError, ExceptionGroup[Exception]):  # noqa: N818
     def derive(self, excs: Sequence[Exception]) -> ExceptionGroup[Exception]:  # type: ignore[override]
         return ExceptionGroup(self.message, excs)
 
+    def __reduce__(self) -> Any:
+        return _rebuild_group, (type(self), self.__dict__, self.message, self.exceptions)
+
 
 class ReadOnlyBindError(AsyncBindError):
     """A write reached a bind configured with ``read_only=True``, or one of a bind's read
@@ -288,9 +289,6 @@ class ReadOnlyBindError(AsyncBindError):
             fix = "Write to a writable bind, or drop 'read_only' from the bind's options."
         super().__init__(message + fix)
 
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
-
 
 class NoReplicaError(AsyncBindError):
     """A read was to go to a replica of a bind configured with ``replica_fallback=False``, and
@@ -305,9 +303,6 @@ class NoReplicaError(AsyncBindError):
             "back by themselves once they answer again; meanwhile set 'replica_fallback': True "
             "to read from the primary, or send the read there with 'async with db.primary():'."
         )
-
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
@@ -347,9 +342,6 @@ class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
             f"{fate}: undo or complete the committed ones, or retry the failed ones (written so "
             "that a retry is harmless). Writes that must land together belong in one bind."
         )
-
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class TwoPhaseUnsupportedError(AsyncBindError):
@@ -427,9 +419,6 @@ class TwoPhaseInDoubtError(AsyncBindError, sa_exc.SQLAlchemyError):
             "finishes every bind the same way. Until then the prepared transactions hold "
             "their locks."
         )
-
-    def __reduce__(self) -> Any:
-        return _rebuild, (type(self), self.__dict__, self.args)
 
 
 class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
@@ -733,6 +722,19 @@ def _rebuild(cls: type[Exception], state: dict[str, Any], args: tuple[Any, ...])
     """Unpickle an error whose ``__init__`` takes other arguments than its message."""
     error = cls.__new__(cls)
     error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+def _rebuild_group(
+    cls: type[BindErrors],
+    state: dict[str, Any],
+    message: str,
+    exceptions: Sequence[Exception],
+) -> BindErrors:
+    """Unpickle a :class:`BindErrors` (an exception group, made by ``__new__`` from its
+    operation and errors)."""
+    error = ExceptionGroup.__new__(cls, message, list(exceptions))
     error.__dict__.update(state)
     return error
 

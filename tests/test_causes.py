@@ -39,6 +39,7 @@ from asyncbind import (
     DatabaseNotFoundError,
     DeadlockError,
 )
+from asyncbind import exceptions as asyncbind_exceptions
 from asyncbind.causes import statement_error
 from asyncbind.exceptions import bind_name
 
@@ -512,3 +513,60 @@ def test_the_errors_of_a_read_replica_name_it_and_pickle_with_it() -> None:
         assert vars(again) == vars(error) | {"orig": again.orig}
     assert "fix the database in the replica's URL" in str(errors[2])
     assert "the bind's URL" in str(DatabaseNotFoundError("a", orig, None, "sales"))
+
+
+def _every_error_class(base: type[BaseException]) -> set[type[BaseException]]:
+    found = set(base.__subclasses__())
+    for cls in list(found):
+        found |= _every_error_class(cls)
+    return found
+
+
+def test_every_asyncbind_error_pickles_with_its_facts() -> None:
+    # arq hands a job's error back pickled; an error that cannot be rebuilt reaches the caller
+    # as a TypeError about its constructor instead.
+    from asyncbind.migrations import MigrationError
+
+    orig = ConnectionResetError(104, "Connection reset by peer")
+    cause = RuntimeError("the server went away")
+    examples: list[BaseException] = [
+        asyncbind_exceptions.AsyncBindError("plain"),
+        asyncbind_exceptions.ConfigError("bad option"),
+        asyncbind_exceptions.NotConfiguredError("not configured"),
+        asyncbind_exceptions.NoCurrentSessionError("no session"),
+        asyncbind_exceptions.SessionSharedError("get", task="b", owner="a", running="execute"),
+        asyncbind_exceptions.NotFoundError("get_or_404", "no row", description="gone"),
+        asyncbind_exceptions.UnknownBindError("typo", ["a", None], owner="model 'User'"),
+        asyncbind_exceptions.UnresolvedTenantError("tenant", owner="model 'Note'"),
+        asyncbind_exceptions.TenantMismatchError("tenant", "acme", "globex"),
+        asyncbind_exceptions.CrossBindError({"a": ["x"], None: ["y"]}),
+        asyncbind_exceptions.BindErrors("create_all", {"a": ValueError("x"), None: cause}),
+        asyncbind_exceptions.ReadOnlyBindError("ro", "a write (x)", sent=True, replica=1),
+        asyncbind_exceptions.NoReplicaError("a", ["replica 1: down"]),
+        asyncbind_exceptions.PartialCommitError(["a"], "b", cause, [None]),
+        asyncbind_exceptions.TwoPhaseUnsupportedError("lite", "sqlite"),
+        asyncbind_exceptions.TwoPhasePrepareError(),
+        asyncbind_exceptions.TwoPhaseInDoubtError(True, ["a"], ["b"], cause),
+        BindUnavailableError("a", orig, "SELECT 1", replica=1),
+        BindAuthenticationError("a", orig, None, "app_user"),
+        DatabaseNotFoundError("a", orig, None, "sales"),
+        ConnectionEndedError("a", orig, "SELECT 1", "terminating connection"),
+        DeadlockError("a", orig, "UPDATE t", {"x": 1}, "deadlock detected"),
+        asyncbind_exceptions.StatementTimeoutError("a", 2.5, "a commit", replica=2),
+        asyncbind_exceptions.PoolTimeoutError(None, 30.0, replica=1),
+        asyncbind_exceptions.WrongEventLoopError("a", replica=2),
+        asyncbind_exceptions.StartupCheckError("arq worker", {"a": "refused"}),
+        asyncbind_exceptions.BulkCopyError("stopped", rows_copied=3, table="t"),
+        MigrationError("failed", {"a": cause}),
+    ]
+    untried = _every_error_class(asyncbind_exceptions.AsyncBindError) - {type(e) for e in examples}
+    assert not untried, f"add an example of {sorted(c.__name__ for c in untried)}"
+    for error in examples:
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error), type(error)
+        assert vars(again).keys() == vars(error).keys(), type(error)
+        for name, value in vars(error).items():
+            if not isinstance(value, BaseException | dict):
+                assert getattr(again, name) == value, (type(error), name)
+    group = pickle.loads(pickle.dumps(examples[10]))
+    assert list(group.errors) == ["a", None] and str(group.exceptions[1]) == str(cause)
