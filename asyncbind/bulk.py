@@ -19,6 +19,11 @@ timezone-aware datetime or time going into a column that cannot keep the zone (`
 ``Time()`` anywhere, every one on MySQL and SQLite) is stored as UTC; a naive datetime going into
 PostgreSQL ``timestamptz`` is taken as UTC.
 
+A copy within one SQLite database (one engine, or engines of the same file) reads and writes on one
+connection, the target's, one batch after the other: in its default journal mode SQLite lets no
+connection commit while another is reading the file, and an in-memory database is its pool's one
+connection.
+
 Every batch is its own transaction (a SAVEPOINT when loading through a connection that is already in
 a transaction). When a batch fails it is rolled back, the batches before it stay, and
 :class:`~asyncbind.exceptions.BulkCopyError` says how many rows landed (``rows_copied``).
@@ -74,6 +79,7 @@ from .exceptions import (
 from .models import bind_key_of
 from .reading import Bind, connection, read_batches
 from .registry import bind_config
+from .urls import sqlite_file
 from .values import is_json, is_text, rows_converter
 
 if TYPE_CHECKING:
@@ -223,6 +229,13 @@ async def copy(
     ``parallel=N`` splits a table source on its integer primary key into N ranges of key values
     and copies them at the same time, each over its own pair of connections (so each engine's pool
     needs N connections); both binds must then be engines.
+
+    A copy within one SQLite database (one engine, or engines of the same file) runs on one
+    connection, the target's, in one stream whatever ``parallel=`` says: each batch is read,
+    then written, before the next is read. A connection as ``source_engine`` must then be the
+    ``target_engine`` too (two connections of an in-memory database, its one connection, are used
+    as given); otherwise :class:`~asyncbind.exceptions.ConfigError` is raised before any SQL is
+    sent.
     """
     _check_batch_size(batch_size)
     _check_progress(on_progress)
@@ -233,6 +246,20 @@ async def copy(
     key = _split_key(source) if parallel > 1 else None
     plain = not isinstance(source, sa.Select)
     tally = _Tally(on_progress)
+    if _copies_on_one_connection(source_engine, target_engine):
+        await _copy_on_one_connection(
+            source_engine,
+            select,
+            target_engine,
+            target_table,
+            names,
+            raw_json,
+            text_json,
+            batch_size,
+            tally,
+            plain,
+        )
+        return tally.result()
     ranges = await _key_ranges(source_engine, key, parallel) if key is not None else []
 
     async def stream(rows: sa.Select[Any]) -> None:
@@ -334,6 +361,45 @@ async def _copy_stream(
             await producer
 
 
+async def _copy_on_one_connection(
+    source_engine: Bind,
+    select: sa.Select[Any],
+    target_engine: Bind,
+    target_table: sa.Table,
+    names: list[str],
+    raw_json: frozenset[str],
+    text_json: frozenset[str],
+    batch_size: int,
+    tally: _Tally,
+    plain: bool,
+) -> None:
+    """Copy ``select`` into ``target_table`` within one SQLite database, reading and writing on
+    one connection: ``target_engine`` itself if it is a connection, else one of its connections.
+    Each batch is read in full, then written (and committed, on a connection of an engine) before
+    the next one is read.
+
+    SQLite lets a connection commit while a SELECT of its own is still being read, but (in its
+    default journal mode) not while another connection's is: that reader holds the file's lock
+    against the commit. In memory, the reader's connection would be the writer's (the pool's one
+    connection), and the end of the reading (a rollback) would end the transaction of the batch
+    being written."""
+    async with (
+        connection(target_engine) as conn,
+        contextlib.aclosing(read_batches(conn, select, batch_size, plain=plain)) as batches,
+    ):
+        await _write_batches(
+            target_engine,
+            target_table,
+            names,
+            batches,
+            raw_json,
+            text_json,
+            tally=tally,
+            source=_naming(source_engine, "from"),
+            on=conn,
+        )
+
+
 async def copy_between_binds(
     db: AsyncBind,
     source: Source,
@@ -421,6 +487,48 @@ def _check_parallel(parallel: object, source: Bind, target: Bind) -> None:
             "range; a copy through a connection you pass runs on that one connection. Pass "
             "engines, or leave out parallel=."
         )
+
+
+def _copies_on_one_connection(source: Bind, target: Bind) -> bool:
+    """Whether a copy from ``source`` into ``target`` reads and writes on one connection, the
+    target's: both are of one SQLite database (:func:`_sqlite_database`), and the source is an
+    engine or the target connection itself.
+
+    Two connections the caller holds on one in-memory database are the pool's one connection:
+    they are used as given. A source connection with any other target is refused, before any SQL
+    is sent: the target would commit on another connection (one of an engine, in memory the
+    source connection itself) or write into a file that the source connection is reading."""
+    database = _sqlite_database(source, target)
+    if database is None:
+        return False
+    if not isinstance(source, AsyncConnection) or source is target:
+        return True
+    if isinstance(target, AsyncConnection) and database == "in memory":
+        return False
+    raise ConfigError(
+        f"source_engine is a connection of the SQLite database that target_engine writes to "
+        f"({database}), and target_engine is not that connection. A copy within one SQLite "
+        "database reads and writes on one connection: pass the connection as both "
+        "source_engine and target_engine (each batch is then a SAVEPOINT in its transaction, "
+        "which you commit), or pass the engine as source_engine."
+    )
+
+
+def _sqlite_database(source: Bind, target: Bind) -> str | None:
+    """The SQLite database that ``source`` and ``target`` both reach (``"in memory"``, or
+    ``"file '/srv/app.db'"``), through one pool or files at the same path; None if they reach two
+    databases, or another kind of database. An in-memory database is one only through one pool:
+    its pool's connection is the database."""
+    source_engine = source.engine if isinstance(source, AsyncConnection) else source
+    target_engine = target.engine if isinstance(target, AsyncConnection) else target
+    if source_engine.dialect.name != "sqlite" or target_engine.dialect.name != "sqlite":
+        return None
+    path = sqlite_file(target_engine.url)
+    if source_engine.sync_engine.pool is target_engine.sync_engine.pool:
+        return "in memory" if path is None else f"file {path!r}"
+    if path is not None and path == sqlite_file(source_engine.url):
+        return f"file {path!r}"
+    return None
 
 
 def _split_key(source: Any) -> sa.Column[Any]:
@@ -891,15 +999,18 @@ async def _write_batches(
     *,
     tally: _Tally,
     source: str = "",
+    on: AsyncConnection | None = None,
 ) -> None:
     """Write every batch, each in its own transaction. ``tally`` hears of each batch once it has
     landed; what its callback raises stops the writing, as a :class:`BulkCopyError` that says
     so. The counts in messages are this call's; ``rows_copied`` is the tally's. Messages name
-    the target's bind, and ``source`` says where the rows come from (" from bind 'users'")."""
+    the target's bind, and ``source`` says where the rows come from (" from bind 'users'").
+    ``on``: the connection to write on, when the caller opened it from ``target`` (an engine:
+    each batch is then committed) and reads ``batches`` on it too."""
     rows_done = count = 0
     target_bind = _naming(target, "on")
-    async with connection(target) as conn:
-        own = not isinstance(target, AsyncConnection)
+    own = not isinstance(target, AsyncConnection)
+    async with connection(target if on is None else on) as conn:
         writer = _Writer(conn, table, names, raw_json, text_json)
         try:
             async for batch in batches:
@@ -909,6 +1020,10 @@ async def _write_batches(
                     continue
                 try:
                     if own:
+                        if conn.in_transaction():
+                            # Begun by reading on this connection (``on``), with nothing but the
+                            # read in it: ended, so that the batch has a transaction of its own.
+                            await conn.commit()
                         async with conn.begin():
                             await writer.write(batch)
                     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "option_passwords",
     "render_url",
     "shows_password",
+    "sqlite_file",
     "sqlite_file_under",
     "url_passwords",
 ]
@@ -273,9 +275,32 @@ def sqlite_file_under(url: sa.URL, folder: str) -> sa.URL:
         return url
     database = url.database or ""
     prefix = ""
-    is_uri = str(url.query.get("uri", "")).lower() in ("true", "yes", "on", "y", "t", "1")
-    if is_uri and database.startswith("file:"):
+    if _is_uri(url) and database.startswith("file:"):
         prefix, database = "file:", database[len("file:") :]
     if database in ("", ":memory:") or os.path.isabs(database):
         return url
     return url.set(database=prefix + os.path.join(folder, database))
+
+
+def sqlite_file(url: sa.URL) -> str | None:
+    """The absolute path, with symbolic links resolved, of the SQLite file that ``url`` names;
+    None for an in-memory database or another database.
+
+    With ``?uri=true`` the path is the one in the ``file:`` URI, as SQLite reads it
+    (``file:data.db?mode=ro``, ``file:///srv/data.db``, percent-escapes decoded). A relative
+    path is taken from the working directory, as SQLite opens it.
+    """
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+        return None
+    path = url.database or ""
+    if _is_uri(url) and path.startswith("file:"):
+        path = re.split("[?#]", path[len("file:") :], maxsplit=1)[0]
+        if path.startswith("//"):  # an authority (empty, or "localhost"), then the path
+            path = "/" + path[2:].partition("/")[2]
+        path = urllib.parse.unquote(path)
+    return os.path.realpath(path)
+
+
+def _is_uri(url: sa.URL) -> bool:
+    """Whether SQLite reads ``url``'s database as a ``file:`` URI (``?uri=true``)."""
+    return str(url.query.get("uri", "")).lower() in ("true", "yes", "on", "y", "t", "1")

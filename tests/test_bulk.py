@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import decimal
 import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -826,3 +828,184 @@ async def test_a_mysql_table_is_read_through_the_drivers_cursor(
 
     assert await fetch(db, target, "target") == expected(rows, "mysql")
     assert await fetch(db, by_select, "target") == expected(rows, "mysql")
+
+
+# -- within one SQLite database --------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "file"])
+async def sqlite_database(request: pytest.FixtureRequest, new_database: NewDatabase) -> str:
+    """The URL of a SQLite database in memory (one connection, which is the database) or in a
+    file."""
+    if request.param == "memory":
+        return "sqlite://"
+    return await new_database("sqlite")
+
+
+def source_and_target(
+    db: AsyncBind, source_key: str | None = None, target_key: str | None = None
+) -> tuple[sa.Table, sa.Table]:
+    """Two tables of the same columns under different names, for a copy within one database."""
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    return (
+        db.Table(f"{name}_from", *columns(), bind_key=source_key),
+        db.Table(f"{name}_to", *columns(), bind_key=target_key),
+    )
+
+
+@pytest.mark.sqlite
+async def test_a_copy_within_one_sqlite_database_is_exact(
+    sqlite_database: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """Read and written on one connection: in memory no end of the reading rolls back a batch
+    being written, and in a file no reader's lock holds up a commit. Each batch is committed
+    as it lands: another connection sees it at once."""
+    db = make_db(sqlite_database)
+    source, target = source_and_target(db)
+    await db.create_all()
+    rows = sample(2_500)
+    await load_rows(db.engine, source, rows)
+    checked_out = busiest(db.engine)
+    in_target: list[int] = []
+
+    async def on_progress(progress: CopyProgress) -> None:
+        in_target.append(await count(db, target))
+
+    async with asyncio.timeout(60):
+        result = await db.copy(source, target, batch_size=500, on_progress=on_progress)
+
+    assert (result.rows, result.batches) == (2_500, 5)
+    assert await fetch(db, target) == expected(rows, "sqlite")
+    assert in_target == [500, 1_000, 1_500, 2_000, 2_500]
+    assert checked_out() == 1 + 1  # the copy's connection, and on_progress's for a moment
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("spelling", ["same URL", "file URI", "symbolic link"])
+async def test_a_copy_between_two_binds_of_one_sqlite_file_is_exact(
+    spelling: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    """Two binds that name one file, however spelt, are one database: the copy reads on the
+    target bind's connection."""
+    url = await new_database("sqlite")
+    path = Path(sa.make_url(url).database or "")
+    if spelling == "file URI":
+        other = f"sqlite:///file:{path}?uri=true&cache=private"
+    elif spelling == "symbolic link":
+        (tmp_path / "link.sqlite").symlink_to(path)
+        other = f"sqlite:///{tmp_path / 'link.sqlite'}"
+    else:
+        other = url
+    db = make_db(url, binds={"archive": other})
+    source, target = source_and_target(db, None, "archive")
+    await db.create_all()
+    rows = sample(2_500)
+    await load_rows(db.engine, source, rows)
+
+    async with asyncio.timeout(60):
+        result = await db.copy(source, target, batch_size=500)
+
+    assert (result.rows, result.batches) == (2_500, 5)
+    assert await fetch(db, target, "archive") == expected(rows, "sqlite")
+
+
+@pytest.mark.sqlite
+async def test_a_failure_within_one_sqlite_database_keeps_the_batches_before_it(
+    sqlite_database: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The failed batch is rolled back on the connection that is still reading; the batches
+    before it stay committed, as in any copy."""
+    db = make_db(sqlite_database)
+    source, target = source_and_target(db)
+    await db.create_all()
+    await load_rows(db.engine, source, sample(1_000))
+    # Row 250 is already in the target: the third batch of 100 breaks its primary key.
+    async with db.engine.begin() as conn:
+        await conn.execute(target.insert(), {"id": 250, "name": "already there"})
+
+    async with asyncio.timeout(60):
+        with pytest.raises(BulkCopyError) as caught:
+            await db.copy(source, target, batch_size=100)
+
+    assert caught.value.rows_copied == 200
+    assert "batch 3" in str(caught.value) and "200 row(s)" in str(caught.value)
+    landed = [row[0] for row in await fetch(db, target)]
+    assert landed == [*range(1, 201), 250]
+    # The database is usable: the rest copies.
+    rest = sa.select(source).where(source.c.id > 200, source.c.id != 250)
+    assert (await db.copy(rest, target, batch_size=100)).rows == 799
+    assert await count(db, target) == 1_000
+
+
+@pytest.mark.sqlite
+async def test_parallel_within_one_sqlite_database_copies_in_one_stream(
+    sqlite_database: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """SQLite writes one transaction at a time: parallel= runs as one stream on one connection,
+    with no lock waited for and no row lost."""
+    db = make_db(sqlite_database)
+    source, target = source_and_target(db)
+    await db.create_all()
+    rows = sample(3_001)
+    await load_rows(db.engine, source, rows)
+    checked_out = busiest(db.engine)
+
+    async with asyncio.timeout(60):
+        result = await db.copy(source, target, batch_size=250, parallel=3)
+
+    assert (result.rows, result.batches) == (3_001, 13)
+    assert await fetch(db, target) == expected(rows, "sqlite")
+    assert checked_out() == 1
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("source_is", ["the engine", "the same connection"])
+async def test_a_copy_within_one_sqlite_database_into_a_connection(
+    source_is: str, sqlite_database: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """Into a connection the caller holds, the copy reads on that connection too, and writes
+    each batch in a SAVEPOINT of its transaction; the caller's commit lands them all."""
+    db = make_db(sqlite_database)
+    source, target = source_and_target(db)
+    await db.create_all()
+    rows = sample(2_500)
+    await load_rows(db.engine, source, rows)
+
+    async with asyncio.timeout(60), db.engine.connect() as conn:
+        result = await copy(
+            source,
+            target,
+            source_engine=db.engine if source_is == "the engine" else conn,
+            target_engine=conn,
+            batch_size=500,
+        )
+        await conn.commit()
+
+    assert (result.rows, result.batches) == (2_500, 5)
+    assert await fetch(db, target) == expected(rows, "sqlite")
+
+
+@pytest.mark.sqlite
+async def test_a_source_connection_that_is_not_the_target_is_refused_within_one_database(
+    sqlite_database: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """Batches committed on a connection of the target engine would wait for the source
+    connection's read lock (in memory, that connection would be the source connection), and so
+    would a second connection of the same file: refused before anything is written."""
+    db = make_db(sqlite_database)
+    source, target = source_and_target(db)
+    await db.create_all()
+    await load_rows(db.engine, source, sample(10))
+
+    in_memory = sqlite_database == "sqlite://"
+    async with db.engine.connect() as conn, db.engine.connect() as other:
+        # In memory, two connections are the pool's one: used as given, as before.
+        for target_engine in [db.engine] if in_memory else [db.engine, other]:
+            with pytest.raises(ConfigError) as caught:
+                await copy(source, target, source_engine=conn, target_engine=target_engine)
+            message = str(caught.value)
+            assert "source_engine is a connection of the SQLite database" in message
+            assert ("(in memory)" if in_memory else "(file '") in message
+            assert "pass the connection as both source_engine and target_engine" in message
+            assert "or pass the engine as source_engine" in message
+    assert await count(db, target) == 0

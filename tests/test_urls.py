@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
@@ -15,6 +18,7 @@ from asyncbind.urls import (
     normalize_url,
     option_passwords,
     render_url,
+    sqlite_file,
     url_passwords,
 )
 
@@ -152,6 +156,48 @@ def test_a_password_in_the_query_of_another_driver_stays_there_hidden() -> None:
 )
 def test_in_memory_sqlite_is_recognised(url: str, memory: bool) -> None:
     assert is_memory_sqlite(sa.make_url(url)) is memory
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///data/app.db",
+        "sqlite:///{folder}/data/app.db",
+        "sqlite:///{folder}/data/../data/./app.db",
+        "sqlite:///{folder}/link.db",
+        "sqlite+aiosqlite:///data/app.db",
+        "sqlite:///file:data/app.db?uri=true&mode=ro",
+        "sqlite:///file:{folder}/data/app.db?mode=ro&uri=true",
+        "sqlite:///file://{folder}/data/app.db?uri=true",
+        "sqlite:///file://localhost{folder}/data/app.db?uri=true",
+        "sqlite:///file:data/%2561pp.db?uri=true",  # SQLite decodes the URI's %61 ("a")
+    ],
+)
+def test_a_sqlite_file_is_named_by_its_resolved_path(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However a URL spells the file (relative, through a symbolic link, as a file: URI), the
+    path is the one SQLite opens, so that two binds of one file are recognised as one."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "app.db").touch()
+    (tmp_path / "link.db").symlink_to(tmp_path / "data" / "app.db")
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_file(sa.make_url(url.format(folder=tmp_path))) == os.path.realpath(
+        tmp_path / "data" / "app.db"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///file:mem?mode=memory&uri=true",
+        "postgresql://h/d",
+    ],
+)
+def test_a_database_that_is_no_sqlite_file_has_no_path(url: str) -> None:
+    assert sqlite_file(sa.make_url(url)) is None
 
 
 @pytest.mark.parametrize(
