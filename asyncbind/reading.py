@@ -85,7 +85,9 @@ async def _through_sqlalchemy(
             yield partition
         finished = True
     finally:
-        if finished or not own:
+        if conn.invalidated:
+            pass  # discarded meanwhile (a statement on it was cut short): its cursor is gone
+        elif finished or not own:
             await result.close()
         else:
             await _stopped_early(conn)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
+import logging
 import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable
@@ -1009,3 +1010,38 @@ async def test_a_source_connection_that_is_not_the_target_is_refused_within_one_
             assert "pass the connection as both source_engine and target_engine" in message
             assert "or pass the engine as source_engine" in message
     assert await count(db, target) == 0
+
+
+@pytest.mark.sqlite
+async def test_a_copy_within_one_sqlite_database_cancelled_mid_batch(
+    sqlite_database: str, make_db: Callable[..., AsyncBind], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled while its second batch is written: that batch is rolled back, the first stays,
+    the database keeps its tables, and nothing is logged as an error."""
+    db = make_db(sqlite_database)
+    source, target = source_and_target(db)
+    await db.create_all()
+    await load_rows(db.engine, source, sample(3_000))
+    inserts = 0
+    copying: list[asyncio.Task[Any]] = []
+
+    def cancel_in_the_second_batch(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool
+    ) -> None:
+        nonlocal inserts
+        if many and statement.startswith("INSERT"):
+            inserts += 1
+            if inserts == 2:
+                copying[0].cancel()  # lands at the executemany's await, in the copy's task
+
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
+    async with asyncio.timeout(60):
+        copying.append(asyncio.create_task(db.copy(source, target, batch_size=1_000)))
+        with pytest.raises(asyncio.CancelledError):
+            await copying[0]
+    sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
+
+    assert inserts == 2
+    assert [row[0] for row in await fetch(db, target)] == list(range(1, 1_001))
+    assert await count(db, source) == 3_000
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
