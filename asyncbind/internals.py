@@ -16,7 +16,8 @@ SQLAlchemy:
   way, so that two-phase transaction ids name the application (``tests/test_twophase.py``
   checks the ids the events see).
 - :class:`BindPool`: the pool's checkout, the private ``Pool._do_get()``, where a pool is claimed
-  by one event loop and where its ``TimeoutError`` is raised.
+  by one event loop and where its ``TimeoutError`` is raised; and its check-in, the private
+  ``Pool._do_return_conn()``, where a connection returned to a disposed pool is closed.
 - :func:`bind_pool_class`: the pool logger's name, the private ``_sqla_logger_namespace``.
 - :func:`default_poolclass`: ``DefaultDialect.get_pool_class()``, which is not part of the
   ``Dialect`` interface.
@@ -101,19 +102,28 @@ def replace_dialect_method(dialect: sa.Dialect, name: str, method: Callable[...,
 
 class BindPool:
     """Mixed into the pool class of every bind (:func:`bind_pool_class`): the pool belongs to the
-    event loop that first takes a connection from it, and names its bind when it stays exhausted.
+    event loop that first takes a connection from it, names its bind when it stays exhausted,
+    and closes the connections returned to it once it has been disposed.
 
-    Both happen in the pool's checkout, the private ``_do_get()``, because no pool event comes
-    early enough. ``checkout`` fires once a connection has left the pool's queue, whose asyncio
-    primitives belong to one loop, and has been pinged or recycled, which is I/O in the wrong loop;
-    and SQLAlchemy raises the pool's ``TimeoutError`` inside ``_do_get()``, where neither pool
-    events nor ``handle_error`` see it. ``dispose()`` replaces the pool (``recreate()``), so a
-    disposed bind belongs to no loop until it is used again.
+    The first two happen in the pool's checkout, the private ``_do_get()``, because no pool event
+    comes early enough. ``checkout`` fires once a connection has left the pool's queue, whose
+    asyncio primitives belong to one loop, and has been pinged or recycled, which is I/O in the
+    wrong loop; and SQLAlchemy raises the pool's ``TimeoutError`` inside ``_do_get()``, where
+    neither pool events nor ``handle_error`` see it. ``dispose()`` replaces the pool
+    (``recreate()``), so a disposed bind belongs to no loop until it is used again.
+
+    A connection that a session held while the pool was disposed comes back to the disposed pool,
+    which nobody takes connections from any more: SQLAlchemy would keep it there, open, until the
+    garbage collector finds the pool, outside the event loop (an unclosed-connection warning, the
+    server's connection open meanwhile). The pool's check-in, the private ``_do_return_conn()``,
+    closes it instead; the ``checkin`` event does not know which pool the connection is
+    returned to.
     """
 
     _asyncbind_key: BindKey = None
     _asyncbind_replica: int = 0
     _asyncbind_loop: asyncio.AbstractEventLoop | None = None
+    _asyncbind_disposed = False
 
     def _do_get(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -129,6 +139,19 @@ class BindPool:
             raise PoolTimeoutError(
                 self._asyncbind_key, timeout() if timeout else None, replica=self._asyncbind_replica
             ) from exc
+
+    def _do_return_conn(self, record: sa_pool.ConnectionPoolEntry) -> None:
+        try:
+            if self._asyncbind_disposed:
+                record.close()  # through the dialect's do_close, in the event loop
+        finally:
+            super()._do_return_conn(record)  # type: ignore[misc]
+
+    def dispose(self) -> None:
+        super().dispose()  # type: ignore[misc]
+        # Set once every idle connection is closed: a connection returned meanwhile went into
+        # the pool, and dispose() closed it with the others.
+        self._asyncbind_disposed = True
 
     @property
     def event_loop(self) -> asyncio.AbstractEventLoop | None:

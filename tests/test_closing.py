@@ -1,10 +1,14 @@
 """Closing connections: a goodbye that fails drops the connection instead of leaving it open, and
-is no error to report when the server had ended the connection already; on MySQL and MariaDB a
-rollback after a stream left unread drops the connection instead of reading the rest first."""
+is no error to report when the server had ended the connection already; a connection in use while
+its pool is disposed is closed when it comes back; on MySQL and MariaDB a rollback after a stream
+left unread drops the connection instead of reading the rest first."""
+
+# ruff: noqa: F811  (the fixture imported from test_loops is a test argument here)
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import warnings
 from collections.abc import Callable
@@ -14,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
+from quiet import Reports
 from serverstate import server_fetch
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
@@ -21,6 +26,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.util import greenlet_spawn
+from test_loops import BACKEND_OF, SESSIONS, Binds, binds  # noqa: F401  (a fixture)
 
 from asyncbind import AsyncBind
 
@@ -121,6 +127,42 @@ async def test_dispose_after_the_server_ended_idle_connections_closes_each_quiet
     assert closed == [True] * len(opened)
     async with db.session() as session:
         assert (await session.execute(sa.text("SELECT 1"))).scalar() == 1
+
+
+# -- a connection in use while its pool is disposed -------------------------------------------
+
+
+@pytest.mark.sqlite
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_a_connection_in_use_while_its_pool_is_disposed_is_closed_when_it_comes_back(
+    binds: Binds,
+) -> None:
+    """An application shuts down (lifespan end, after_serving) while a request still holds a
+    connection of each bind. dispose() leaves those alone; when the request ends they are closed
+    as they come back, not kept open in the disposed pool until the garbage collector finds it
+    (and reported then as unclosed). The binds pool their connections as before afterwards."""
+    db = binds.db
+    reports = Reports().start()
+    try:
+        baseline = await binds.connections()
+        async with db.session() as session:
+            for key in BACKEND_OF:
+                await session.execute(sa.text("SELECT 1"), bind_arguments={"bind_key": key})
+            await db.dispose()
+            in_use = await binds.connections()
+        after_request = await binds.connections(expected=baseline)
+        await db.dispose()
+        gc.collect()
+    finally:
+        reports.stop()
+    assert in_use == {key: baseline[key] + 1 for key in BACKEND_OF}
+    assert after_request == baseline
+    assert reports.all() == {kind: [] for kind in reports.all()}
+    await binds.use()
+    pooled = {key: status.checked_in for key, status in db.pool_status().items()}
+    assert pooled == {key: SESSIONS for key in BACKEND_OF}
+    assert await binds.connections() == {key: baseline[key] + SESSIONS for key in BACKEND_OF}
 
 
 # -- a rollback after a stream left unread (MySQL, MariaDB) ------------------------------------

@@ -108,6 +108,34 @@ async def test_the_pools_checkout_it_overrides_raises_the_pools_timeout(
         await db.dispose()
 
 
+async def test_the_pools_checkin_it_overrides_takes_back_each_returned_connection(
+    url: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """``Pool._do_return_conn()`` is where a pool takes back each connection returned to it:
+    one returned to a disposed pool is closed there, one returned to the new pool is kept."""
+    db = make_db(url)
+    engine = db.engine
+    disposed = engine.sync_engine.pool
+    assert isinstance(disposed, internals.BindPool)
+    base = next(
+        c
+        for c in type(disposed).__mro__
+        if "_do_return_conn" in vars(c) and not issubclass(c, internals.BindPool)
+    )
+    assert base.__module__.startswith("sqlalchemy.pool"), base
+    closed: list[object] = []
+    sa.event.listen(engine.sync_engine, "close", lambda connection, _record: closed.append(1))
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))
+        await db.dispose()
+        assert closed == []  # in use: dispose() leaves it alone
+    assert closed == [1]
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 2"))
+    assert closed == [1]
+    assert engine.sync_engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
 def _pool_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
     """The pool's log records as (logger, level, message), object addresses blanked out."""
     return [
