@@ -221,11 +221,12 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         )
 
     # Closing a connection: politely, dropped if the goodbye fails or is cancelled, within a
-    # time; a cancellation handed back to the task rather than raised into the pool; and a
-    # connection of another event loop closed without that loop.
+    # time (one for all the closes of a pool's dispose()); a cancellation handed back to the task
+    # rather than raised into the pool; and a connection of another event loop closed without
+    # that loop.
     close = closing.close_or_drop(dialect.do_close, drop)
     close = timeouts.bounded_close(
-        close, statement or config.connect_timeout or timeouts.CLOSE_TIMEOUT
+        close, statement or config.connect_timeout or timeouts.CLOSE_TIMEOUT, drop
     )
     close = cancellation.close_quietly(close)
     close = loops.close_in_any_loop(close, drop, dialect.driver)

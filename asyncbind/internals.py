@@ -59,6 +59,7 @@ from sqlalchemy.util import immutabledict
 
 from .config import BindKey
 from .exceptions import PoolTimeoutError, WrongEventLoopError
+from .timeouts import sharing_close_timeout
 
 __all__ = [
     "DIALECT_METHODS",
@@ -118,6 +119,12 @@ class BindPool:
     server's connection open meanwhile). The pool's check-in, the private ``_do_return_conn()``,
     closes it instead; the ``checkin`` event does not know which pool the connection is
     returned to.
+
+    ``dispose()`` closes the idle connections one after the other, each bounded by the bind's
+    close timeout (:func:`asyncbind.timeouts.bounded_close`). They share one timeout
+    (:func:`asyncbind.timeouts.sharing_close_timeout`): on a server that has stopped answering,
+    the first close waits it out and the rest are dropped at once, so that a pool of twenty
+    connections does not take twenty timeouts to dispose.
     """
 
     _asyncbind_key: BindKey = None
@@ -148,7 +155,8 @@ class BindPool:
             super()._do_return_conn(record)  # type: ignore[misc]
 
     def dispose(self) -> None:
-        super().dispose()  # type: ignore[misc]
+        with sharing_close_timeout():  # one close timeout for all, not one per connection
+            super().dispose()  # type: ignore[misc]
         # Set once every idle connection is closed: a connection returned meanwhile went into
         # the pool, and dispose() closed it with the others.
         self._asyncbind_disposed = True

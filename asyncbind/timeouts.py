@@ -7,7 +7,8 @@
   dialect methods are wrapped (:func:`bounded`).
 - A pre-ping past the statement (or connect) timeout counts as a dead connection, so the pool
   opens a new one (:func:`bounded_ping`).
-- Closing a connection is bounded in any case (:func:`bounded_close`).
+- Closing a connection is bounded in any case (:func:`bounded_close`); the closes of one pool's
+  ``dispose()`` share one such bound (:func:`sharing_close_timeout`).
 
 A connection abandoned in any of these ways is dropped on the spot (:mod:`asyncbind.closing`):
 the server has stopped answering, so waiting for it to acknowledge a goodbye would only make the
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "bounded_close",
     "bounded_ping",
     "error_listener",
+    "sharing_close_timeout",
     "statement_listeners",
     "timed_out",
 ]
@@ -164,10 +167,66 @@ def bounded_ping(
     return _within(ping, timeout, dead)
 
 
-def bounded_close(close: Callable[[Any], None], timeout: float) -> Callable[[Any], None]:
+class _SharedCloseTimeout:
+    """One close timeout for several closes: it starts with the first of them, and once it has
+    run out (or cut a close short) the closes left get no time at all."""
+
+    __slots__ = ("deadline", "ran_out")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.ran_out = False
+
+    def left(self, timeout: float) -> float:
+        now = asyncio.get_running_loop().time()
+        if self.deadline is None:
+            self.deadline = now + timeout
+        return 0.0 if self.ran_out else self.deadline - now
+
+    def cut_short(self, _args: tuple[Any, ...], _cancellation: asyncio.CancelledError) -> None:
+        self.ran_out = True
+
+
+#: The close timeout that the closes made in the current task now share, if any.
+_SHARED_CLOSE_TIMEOUT: ContextVar[_SharedCloseTimeout | None] = ContextVar(
+    "asyncbind_shared_close_timeout", default=None
+)
+
+
+@contextlib.contextmanager
+def sharing_close_timeout() -> Iterator[None]:
+    """Within this block (a pool's ``dispose()``), the closes made by :func:`bounded_close` in the
+    current task share one close timeout instead of one each: a server that has stopped answering
+    then costs one timeout however many connections are closed, not one per connection."""
+    token = _SHARED_CLOSE_TIMEOUT.set(_SharedCloseTimeout())
+    try:
+        yield
+    finally:
+        _SHARED_CLOSE_TIMEOUT.reset(token)
+
+
+def bounded_close(
+    close: Callable[[Any], None], timeout: float, drop: Callable[[Any], None]
+) -> Callable[[Any], None]:
     """``close`` (a dialect's ``do_close``, which drops the connection when it fails or is
-    cancelled: :func:`asyncbind.closing.close_or_drop`) given up after ``timeout``."""
-    return _within(close, timeout, lambda _args, _cancellation: None)
+    cancelled: :func:`asyncbind.closing.close_or_drop`) given up after ``timeout``.
+
+    Within :func:`sharing_close_timeout`, what is left of the shared timeout bounds the close;
+    once none is left, the connection is dropped (``drop``) at once, with no goodbye."""
+    alone = _within(close, timeout, lambda _args, _cancellation: None)
+
+    def close_connection(connection: Any) -> None:
+        shared = _SHARED_CLOSE_TIMEOUT.get()
+        if shared is None:
+            alone(connection)
+            return
+        left = shared.left(timeout)
+        if left > 0:
+            _within(close, left, shared.cut_short)(connection)
+        else:
+            drop(connection)
+
+    return close_connection
 
 
 def timed_out(exc: BaseException) -> bool:

@@ -2,7 +2,8 @@
 
 - Pre-ping of an idle pooled connection is bounded by the bind's statement (or connect) timeout:
   past it the connection counts as dead and a new one is opened, within ``connect_timeout``.
-- ``db.dispose()`` does not wait for a partitioned server to acknowledge each close.
+- ``db.dispose()`` does not wait for a partitioned server to acknowledge each close: the first
+  goodbye left unanswered for the close timeout is the only one waited for.
 - A statement past ``statement_timeout`` drops its connection at once: no goodbye is sent to a
   server that has stopped answering (asyncpg's polite close would wait 2s more for it).
 - A request waiting on an exhausted pool fails with ``PoolTimeoutError`` naming the bind.
@@ -22,13 +23,17 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 from faultproxy import FaultProxy
+from serverstate import settled_connections
 from test_outages import (  # noqa: F401  (fixtures)
     BACKENDS,
     CONNECT_TIMEOUT,
     GUARD,
+    POOL,
     WORKERS,
     assert_pool_healthy,
+    connections_from_now_on,
     cut_key,
+    is_closed,
     make_outage_db,
     proxy,
     run_outage,
@@ -136,6 +141,79 @@ def count_goodbyes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
     monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
     return goodbyes
+
+
+def watch_goodbyes(monkeypatch: pytest.MonkeyPatch) -> dict[Any, str]:
+    """How each polite close the drivers are asked for from now on ends, by driver connection
+    (one still open when asked): "answered", or "cut short" (by a timeout or a cancellation)."""
+    ends: dict[Any, str] = {}
+    pg_close, my_close = asyncpg.Connection.close, aiomysql.Connection.ensure_closed
+
+    async def goodbye(connection: Any, polite: Any, **kwargs: Any) -> None:
+        try:
+            await polite(connection, **kwargs)
+        except asyncio.CancelledError:
+            ends[connection] = "cut short"
+            raise
+        ends[connection] = "answered"
+
+    async def asyncpg_close(self: asyncpg.Connection, **kwargs: Any) -> None:
+        if self.is_closed():
+            await pg_close(self, **kwargs)
+        else:
+            await goodbye(self, pg_close, **kwargs)
+
+    async def aiomysql_close(self: aiomysql.Connection) -> None:
+        if self.closed:
+            await my_close(self)
+        else:
+            await goodbye(self, my_close)
+
+    monkeypatch.setattr(asyncpg.Connection, "close", asyncpg_close)
+    monkeypatch.setattr(aiomysql.Connection, "ensure_closed", aiomysql_close)
+    return ends
+
+
+async def test_dispose_of_a_black_holed_bind_waits_out_one_goodbye_at_most(
+    cut_key: str,
+    proxy: FaultProxy,
+    new_database: NewDatabase,
+    make_db: Callable[..., AsyncBind],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shutting down during a network partition: the pool holds several idle connections to a
+    server that no longer answers. The first goodbye waits out the close timeout and the other
+    connections are dropped without one, instead of each waiting its own timeout in turn (a
+    pool of twenty would take twenty, past an orchestrator's kill deadline). Every connection
+    is closed, and gone from the server once the network is back."""
+    db = await make_outage_db(cut_key, proxy, new_database, make_db)
+    opened = await connections_from_now_on(db, cut_key)
+    all_in = asyncio.Barrier(WORKERS)
+
+    async def one() -> None:
+        async with db.session() as session:
+            sql = sa.text("SELECT 1")
+            await session.execute(sql, bind_arguments={"bind_key": cut_key})
+            await all_in.wait()  # so that each session has a connection of its own
+
+    async with asyncio.timeout(GUARD):
+        await asyncio.gather(*(one() for _ in range(WORKERS)))
+    assert len(opened) == WORKERS
+    assert db.pool_status()[cut_key].checked_in == POOL["pool_size"]  # the overflow was closed
+    goodbyes = watch_goodbyes(monkeypatch)
+    await proxy.set_mode("blackhole")
+    try:
+        async with asyncio.timeout(GUARD):
+            await db.dispose()
+    finally:
+        await proxy.restore()
+    monkeypatch.undo()
+    ends = [goodbyes[connection] for connection in opened if connection in goodbyes]
+    assert ends.count("cut short") <= 1, ends
+    assert [connection for connection in opened if not is_closed(connection)] == []
+    backend = BACKENDS[cut_key]
+    database = db.get_engine(cut_key).url.database or ""
+    assert await settled_connections(backend, database, 0) == 0
 
 
 async def test_statement_past_its_timeout_drops_the_connection_without_a_goodbye(
