@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 
 from .config import BindKey
-from .exceptions import ConfigError
+from .exceptions import ConfigError, bind_name
 
 __all__ = [
     "UNSET",
@@ -169,14 +169,17 @@ class BindKeyMixin:
 
 def _check_table_bind(cls: type) -> None:
     """Refuse a mapped class whose table lives in another bind than its ``__bind_key__`` says:
-    queries follow the table, so the declared key would be silently ignored."""
+    queries follow the table, so the declared key would be silently ignored. A subclass with a
+    table of its own must live in its base class's bind (see :func:`_check_inherited_bind`)."""
     mapper = cls.__dict__.get("__mapper__")
-    if mapper is None or not hasattr(cls, "__bind_key__"):
+    if mapper is None or not isinstance(mapper.local_table, sa.Table):
         return
-    table, declared = mapper.local_table, cls.__bind_key__
-    if not isinstance(table, sa.Table) or bind_key_of(table) == declared:
-        return
+    table = mapper.local_table
     actual = bind_key_of(table)
+    _check_inherited_bind(cls, mapper, table)
+    if not hasattr(cls, "__bind_key__") or actual == cls.__bind_key__:
+        return
+    declared = cls.__bind_key__
     if mapper.inherits is not None and mapper.single:
         parent = mapper.inherits.class_.__name__
         raise ConfigError(
@@ -190,6 +193,30 @@ def _check_table_bind(cls: type) -> None:
         f"Model {cls.__name__!r} has __bind_key__ {declared!r}, but its table "
         f"{table.fullname!r} is in bind {actual!r}. Make them agree: db.Table(..., "
         f"bind_key={declared!r}) for the table, or the table's bind in __bind_key__."
+    )
+
+
+def _check_inherited_bind(cls: type, mapper: sa_orm.Mapper[Any], own: sa.Table) -> None:
+    """Refuse a subclass whose own table (joined or concrete inheritance) is in another bind than
+    its base class's: SQLAlchemy's flush writes every class of a hierarchy through the connection
+    of the base mapper, so its rows would be written to the base's bind."""
+    base = mapper.base_mapper
+    if base is mapper or not isinstance(base.local_table, sa.Table):
+        return
+    actual, expected = bind_key_of(own), bind_key_of(base.local_table)
+    if expected == actual:
+        return
+    kind = "concrete-table" if mapper.concrete else "joined-table"
+    name, parent, table = cls.__name__, base.class_.__name__, own.fullname
+    raise ConfigError(
+        f"Model {name!r} has its table {table!r} in {bind_name(actual)}, but it is a subclass "
+        f"of {parent!r} ({kind} inheritance), which is in {bind_name(expected)}. SQLAlchemy "
+        f"writes the rows of every class of a hierarchy through the connection of its base "
+        f"class, so the rows of {name!r} would be written to {bind_name(expected)}. A class "
+        f"hierarchy lives in one bind: keep {table!r} in {bind_name(expected)} with "
+        f"{parent!r} (drop __bind_key__ from {name!r}; a __table__ of its own takes "
+        f"bind_key={expected!r}), or make {name!r} a model of its own instead of a subclass "
+        f"of {parent!r}."
     )
 
 

@@ -98,6 +98,69 @@ def test_joined_and_single_table_inheritance(db: AsyncBind) -> None:
     sa_orm.configure_mappers()  # the refused class left nothing broken behind
 
 
+def test_a_subclass_with_a_table_in_another_bind_is_refused(db: AsyncBind) -> None:
+    """SQLAlchemy writes every class of a hierarchy through its base mapper's connection: a
+    subclass's own table in another bind would get its rows in the base's database."""
+
+    class Person(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "person"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str]
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+
+    contractors = db.Table(
+        "contractor", sa.Column("person_id", sa.Integer, primary_key=True), bind_key="meta"
+    )
+    with pytest.raises(ConfigError) as joined:
+
+        class Contractor(Person):  # its own table, in 'meta': joined-table inheritance
+            __bind_key__ = "meta"
+            __table__ = contractors
+            __mapper_args__ = {
+                "polymorphic_identity": "contractor",
+                "inherit_condition": contractors.c.person_id == Person.__table__.c.id,
+            }
+
+    message = str(joined.value)
+    assert "'Contractor'" in message and "'contractor'" in message and "'Person'" in message
+    assert "in bind 'meta'" in message and "in bind 'users'" in message
+    assert "joined-table inheritance" in message
+    assert "drop __bind_key__ from 'Contractor'" in message and "bind_key='users'" in message
+
+    with pytest.raises(
+        ConfigError, match=r"'Consultant'.*concrete-table inheritance.*bind 'users'"
+    ):
+
+        class Consultant(Person):
+            __bind_key__ = "meta"
+            __tablename__ = "consultant"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            kind: Mapped[str]
+            __mapper_args__ = {"concrete": True, "polymorphic_identity": "consultant"}
+
+    with pytest.raises(ConfigError, match=r"'Intern'.*in the default bind.*joined-table"):
+
+        class Intern(Person):  # no __bind_key__ of its own, but a table in the default bind
+            __table__ = db.Table("intern", sa.Column("person_id", sa.Integer, primary_key=True))
+            __mapper_args__ = {
+                "polymorphic_identity": "intern",
+                "inherit_condition": __table__.c.person_id == Person.__table__.c.id,
+            }
+
+    class Engineer(Person):  # its own table in the base's bind: accepted
+        __tablename__ = "engineer"
+        id: Mapped[int] = mapped_column(sa.ForeignKey("person.id"), primary_key=True)
+        __mapper_args__ = {"polymorphic_identity": "engineer"}
+
+    class Lead(Engineer):  # two levels down, still in the base's bind
+        __tablename__ = "lead"
+        id: Mapped[int] = mapped_column(sa.ForeignKey("engineer.id"), primary_key=True)
+        __mapper_args__ = {"polymorphic_identity": "lead"}
+
+    assert bind_key_of(Lead.__table__) == bind_key_of(Engineer.__table__) == "users"
+
+
 def test_a_model_whose_table_is_in_another_bind_is_refused(db: AsyncBind) -> None:
     with pytest.raises(ConfigError, match=r"'Audit' has __bind_key__ 'users'.*in bind 'meta'"):
 
