@@ -4,6 +4,10 @@ Every bind key has its own :class:`~sqlalchemy.MetaData` with ``info["bind_key"]
 ``__bind_key__`` (inherited from parents, abstract bases and mixins like any class attribute)
 chooses the metadata its table is created in; ``db.Table(..., bind_key=...)`` (or
 ``info={"bind_key": ...}``) does the same for a Core table.
+
+A class hierarchy lives in one bind, and a many-to-many relationship that writes its association
+table has its target in that table's bind (SQLAlchemy writes the rows through the target's
+connection): other layouts are refused when the class is defined, or when mappers are configured.
 """
 
 from __future__ import annotations
@@ -218,6 +222,75 @@ def _check_inherited_bind(cls: type, mapper: sa_orm.Mapper[Any], own: sa.Table) 
         f"bind_key={expected!r}), or make {name!r} a model of its own instead of a subclass "
         f"of {parent!r}."
     )
+
+
+@sa.event.listens_for(sa_orm.Mapper, "mapper_configured")
+def _check_association_tables(mapper: sa_orm.Mapper[Any], class_: type) -> None:
+    """Refuse, when mappers are configured, a many-to-many relationship whose association rows
+    SQLAlchemy would write to another bind than its secondary table's (see
+    :func:`_check_association_table`)."""
+    for relationship in mapper.relationships:
+        _check_association_table(relationship)
+        # A backref= made on a target configured earlier is checked here, with its origin.
+        if relationship.backref is not None:
+            backref = relationship.backref
+            name = backref if isinstance(backref, str) else backref[0]
+            _check_association_table(relationship.mapper.get_property(name))
+
+
+def _check_association_table(relationship: sa_orm.MapperProperty[Any]) -> None:
+    """Refuse a writable relationship whose secondary table is in another bind than its target.
+
+    SQLAlchemy's flush writes a many-to-many relationship's association rows (INSERT, UPDATE and
+    DELETE of its secondary table) through the connection of the relationship's target mapper,
+    whatever the table: rows of a table in another bind would land in a same-named table of the
+    target's database, or fail there. Of a pair (back_populates, backref), either side may write
+    a row, whichever the flush processes first, so both sides' targets must be in the table's
+    bind. A viewonly relationship writes nothing.
+    """
+    if not isinstance(relationship, sa_orm.RelationshipProperty):
+        return
+    secondary = relationship.secondary
+    if relationship.viewonly or not isinstance(secondary, sa.Table):
+        return
+    target, rows = _bind_of(relationship.mapper), bind_key_of(secondary)
+    if target is _MISSING or target == rows:
+        return  # a target in several binds is refused by routing when it is used
+    name = f"{relationship.parent.class_.__name__}.{relationship.key}"
+    table, writer = secondary.fullname, relationship.mapper.class_.__name__
+    other = relationship.back_populates
+    reverse = f"{writer}.{other}" if isinstance(other, str) else None
+    fixes = []
+    if reverse is not None and _bind_of(relationship.parent) == rows:
+        fixes.append(
+            f"drop {name!r} and keep {reverse!r}, whose target is in {bind_name(rows)} "
+            f"with {table!r}"
+        )
+    move = f"put {table!r} in {bind_name(target)} with {writer!r} (bind_key={target!r})"
+    if reverse is not None and _bind_of(relationship.parent) != target:
+        move += f" and drop {reverse!r}"
+    fixes.append(move)
+    fixes.append(
+        f"map {table!r} as a model of its own (an association object), whose rows go to its "
+        "own bind"
+    )
+    raise ConfigError(
+        f"Relationship {name!r} would write its association rows to the wrong database: its "
+        f"secondary table {table!r} is in {bind_name(rows)}, but SQLAlchemy writes the rows of "
+        f"a many-to-many relationship through the connection of its target, {writer!r}, which "
+        f"is in {bind_name(target)} (and loading {name!r} would join {writer!r} and {table!r} "
+        "across binds). Across binds, a many-to-many relationship works from the side whose "
+        "target is in its table's bind only. To fix it, " + "; or ".join(fixes) + "."
+    )
+
+
+def _bind_of(mapper: sa_orm.Mapper[Any]) -> BindKey:
+    """The bind a session routes ``mapper`` to, as routing reads it (its own table's, or the
+    tables' it is mapped to); ``_MISSING`` when they are in several binds, or there are none."""
+    own = mapper.local_table
+    tables = [own] if isinstance(own, sa.Table) else mapper.tables
+    keys = {bind_key_of(table) for table in tables if isinstance(table, sa.Table)}
+    return next(iter(keys)) if len(keys) == 1 else _MISSING
 
 
 def table_name_for(class_name: str) -> str:

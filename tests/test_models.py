@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
+from conftest import NewDatabase
 from sqlalchemy import orm as sa_orm
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, foreign, mapped_column, relationship, selectinload
 
 from asyncbind import AsyncBind, ConfigError
 from asyncbind.models import (
@@ -177,6 +181,239 @@ def test_a_model_whose_table_is_in_another_bind_is_refused(db: AsyncBind) -> Non
         )
 
     assert bind_key_of(Agreed.__table__) == "meta"
+
+
+def configure(db: AsyncBind) -> None:
+    """Configure ``db``'s mappers; a configuration refused is disposed of, so that no other test's
+    ``configure_mappers()`` meets it."""
+    try:
+        db.Model.registry.configure()
+    except Exception:
+        db.Model.registry.dispose()
+        raise
+
+
+def post_and_label(db: AsyncBind, *, posts: str | None, labels: str | None) -> tuple[Any, Any]:
+    """``Post`` in bind ``posts`` and ``Label`` in bind ``labels``, no relationship yet."""
+
+    class Post(db.Model):
+        __bind_key__ = posts
+        __tablename__ = "post"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Label(db.Model):
+        __bind_key__ = labels
+        __tablename__ = "label"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    return Post, Label
+
+
+def association(db: AsyncBind, bind_key: str | None) -> sa.Table:
+    """``post_labels``, with no foreign keys (its rows point into other binds)."""
+    return db.Table(
+        "post_labels",
+        sa.Column("post_id", sa.Integer, primary_key=True),
+        sa.Column("label_id", sa.Integer, primary_key=True),
+        bind_key=bind_key,
+    )
+
+
+def link(parent: Any, target: Any, table: sa.Table, **kwargs: Any) -> Any:
+    """A many-to-many relationship from ``parent`` to ``target`` through ``table``."""
+    ours = table.c.post_id if parent.__name__ == "Post" else table.c.label_id
+    theirs = table.c.label_id if parent.__name__ == "Post" else table.c.post_id
+    return relationship(
+        target,
+        secondary=table,
+        primaryjoin=lambda: parent.id == foreign(ours),
+        secondaryjoin=lambda: foreign(theirs) == target.id,
+        **kwargs,
+    )
+
+
+def test_a_many_to_many_pair_across_binds_is_refused(db: AsyncBind) -> None:
+    """SQLAlchemy writes a relationship's association rows through its target's connection:
+    'Label.posts' would write rows of a table in 'meta' to bind 'users', where 'Post' is."""
+    Post, Label = post_and_label(db, posts="users", labels="meta")
+    table = association(db, "meta")
+    Post.labels = link(Post, Label, table, back_populates="posts")
+    Label.posts = link(Label, Post, table, back_populates="labels")
+    with pytest.raises(ConfigError) as error:
+        configure(db)
+    message = str(error.value)
+    assert "Relationship 'Label.posts'" in message and "'post_labels' is in bind 'meta'" in message
+    assert "its target, 'Post', which is in bind 'users'" in message
+    assert "drop 'Label.posts' and keep 'Post.labels'" in message
+    assert "put 'post_labels' in bind 'users' with 'Post'" in message
+    assert "and drop 'Post.labels'" in message and "association object" in message
+    sa_orm.configure_mappers()  # the refused registry left nothing broken behind
+
+
+def test_a_backref_made_on_a_target_configured_before_is_checked(db: AsyncBind) -> None:
+    """'Label' is configured first (models are configured in the order they were defined);
+    'Post.labels' then makes 'Label.posts' on it."""
+
+    class Label(db.Model):
+        __bind_key__ = "meta"
+        __tablename__ = "label"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Post(db.Model):
+        __bind_key__ = "users"
+        __tablename__ = "post"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    Post.labels = link(Post, Label, association(db, "meta"), backref="posts")
+    with pytest.raises(ConfigError, match=r"Relationship 'Label.posts' .* in bind 'users'"):
+        configure(db)
+
+
+@pytest.mark.parametrize(
+    ("posts", "labels", "table", "fix"),
+    [
+        # From the side whose target is elsewhere: the table goes with the target.
+        ("users", "meta", "meta", "put 'post_labels' in bind 'users' with 'Post' (bind_key="),
+        # Both models in one bind, the table in another: it goes with them.
+        ("users", "users", None, "put 'post_labels' in bind 'users' with 'Post'"),
+    ],
+    ids=["other-side", "table-elsewhere"],
+)
+def test_a_many_to_many_whose_target_is_not_in_its_tables_bind_is_refused(
+    db: AsyncBind, posts: str, labels: str, table: str | None, fix: str
+) -> None:
+    Post, Label = post_and_label(db, posts=posts, labels=labels)
+    Label.posts = link(Label, Post, association(db, table))
+    with pytest.raises(ConfigError) as error:
+        configure(db)
+    message = str(error.value)
+    assert "Relationship 'Label.posts'" in message and fix in message
+    assert "and drop" not in message and "keep" not in message
+
+
+def test_a_many_to_many_from_the_side_of_its_tables_bind_is_accepted(db: AsyncBind) -> None:
+    Post, Label = post_and_label(db, posts="users", labels="meta")
+    table = association(db, "meta")
+    Post.labels = link(Post, Label, table)  # target 'Label' in 'meta', with the table
+    Label.posts = link(Label, Post, table, viewonly=True)  # writes nothing
+    configure(db)
+
+    class Tag(db.Model):  # both sides and the table in one bind
+        __bind_key__ = "meta"
+        __tablename__ = "tag"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        labels = relationship(Label, secondary=lambda: tag_labels, backref="tags")
+
+    tag_labels = db.Table(
+        "tag_labels",
+        sa.Column("tag_id", sa.ForeignKey("tag.id"), primary_key=True),
+        sa.Column("label_id", sa.ForeignKey("label.id"), primary_key=True),
+        bind_key="meta",
+    )
+    configure(db)
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_a_many_to_many_across_binds_writes_its_rows_in_its_tables_bind(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """'Post' on PostgreSQL, 'Label' and the association table on MariaDB: 'Post.labels' inserts
+    and deletes the association rows on MariaDB, none on PostgreSQL (which has a table of that
+    name, as one left over from before a split would be)."""
+    db = make_db(await new_database("postgresql"), binds={"labels": await new_database("mysql")})
+    Post, Label = post_and_label(db, posts=None, labels="labels")
+    table = association(db, "labels")
+    Post.labels = link(Post, Label, table)
+    await db.create_all()
+    async with db.engines[None].begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE post_labels (post_id int, label_id int)"))
+
+    async def rows() -> dict[str | None, list[tuple[int, int]]]:
+        found = {}
+        for key in (None, "labels"):
+            async with db.engines[key].connect() as conn:
+                sql = "SELECT post_id, label_id FROM post_labels ORDER BY post_id, label_id"
+                found[key] = [tuple(row) for row in await conn.execute(sa.text(sql))]
+        return found
+
+    async with db.session() as session:
+        session.add_all([Post(id=1), Post(id=2), Label(id=1), Label(id=2)])
+        await session.commit()
+    async with db.session() as session:
+        post = await session.get(Post, 1, options=[selectinload(Post.labels)])
+        post.labels.append(await session.get(Label, 1))
+        post.labels.append(Label(id=3))
+        session.add(Post(id=3, labels=[await session.get(Label, 2)]))
+        await session.commit()
+    assert await rows() == {None: [], "labels": [(1, 1), (1, 3), (3, 2)]}
+
+    async with db.session() as session:
+        post = await session.get(Post, 1, options=[selectinload(Post.labels)])
+        assert sorted(label.id for label in post.labels) == [1, 3]
+        post.labels.remove(await session.get(Label, 1))
+        await session.delete(await session.get(Post, 3))
+        await session.commit()
+    assert await rows() == {None: [], "labels": [(1, 3)]}
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_an_association_object_across_binds_writes_its_rows_in_its_bind(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The other fix the refusal names: the association table mapped as a model of its own."""
+    db = make_db(await new_database("postgresql"), binds={"labels": await new_database("mysql")})
+    Post, Label = post_and_label(db, posts=None, labels="labels")
+
+    class PostLabel(db.Model):
+        __table__ = association(db, "labels")
+        __bind_key__ = "labels"
+        label = relationship(Label, primaryjoin=lambda: foreign(PostLabel.label_id) == Label.id)
+
+    Post.post_labels = relationship(
+        PostLabel, primaryjoin=lambda: Post.id == foreign(PostLabel.post_id)
+    )
+    await db.create_all()
+    async with db.session() as session:
+        session.add_all([Post(id=1), Label(id=1)])
+        await session.flush()
+        post = await session.get(Post, 1, options=[selectinload(Post.post_labels)])
+        post.post_labels.append(PostLabel(label=await session.get(Label, 1)))
+        post.post_labels.append(PostLabel(label=Label(id=2)))
+        await session.commit()
+    async with db.engines["labels"].connect() as conn:
+        sql = "SELECT post_id, label_id FROM post_labels ORDER BY label_id"
+        assert [tuple(row) for row in await conn.execute(sa.text(sql))] == [(1, 1), (1, 2)]
+    async with db.engines[None].connect() as conn:
+        assert not await conn.run_sync(lambda sync: sa.inspect(sync).has_table("post_labels"))
+
+
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_a_many_to_many_pair_across_binds_writes_nothing(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The pair that wrote 'Label.posts' rows to PostgreSQL is refused at its first use."""
+    db = make_db(await new_database("postgresql"), binds={"labels": await new_database("mysql")})
+    Post, Label = post_and_label(db, posts=None, labels="labels")
+    table = association(db, "labels")
+    Post.labels = link(Post, Label, table, back_populates="posts")
+    Label.posts = link(Label, Post, table, back_populates="labels")
+    await db.create_all()
+    async with db.engines[None].begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE post_labels (post_id int, label_id int)"))
+    try:
+        with pytest.raises(ConfigError, match=r"Relationship 'Label\.posts'"):
+            async with db.session() as session:
+                session.add(Label(id=1, posts=[Post(id=1)]))
+                await session.commit()
+    finally:
+        db.Model.registry.dispose()
+    for key in (None, "labels"):
+        async with db.engines[key].connect() as conn:
+            count = await conn.execute(sa.text("SELECT count(*) FROM post_labels"))
+            assert count.scalar_one() == 0
 
 
 def test_db_table_goes_to_its_bind(db: AsyncBind) -> None:
