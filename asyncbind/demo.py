@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import AsyncBind, __version__
-from .exceptions import format_key
 
 __all__ = ["demo", "run_demo"]
 
@@ -65,7 +64,7 @@ async def demo(folder: Path, out: Any = sys.stdout) -> dict[Any, int]:
 
     say(f"asyncbind {__version__} demo: three SQLite databases in {folder}")
     for key, engine in db.engines.items():
-        say(f"  bind {format_key(key):8} -> {engine.url.database}")
+        say(f"  bind {key!r:8} -> {engine.url.database}")
     async with db:
         await db.create_all()
         say("\ncreate_all(): tables created in every bind, concurrently")
@@ -94,8 +93,8 @@ async def demo(folder: Path, out: Any = sys.stdout) -> dict[Any, int]:
             if key != bind or sql.upper().startswith(("PRAGMA", "SELECT NAME FROM")):
                 continue  # another bind's, or schema inspection by create_all
             counts[key] = counts.get(key, 0) + 1
-            say(f"  {format_key(key):8} {sql[:90]}")
-    say("\nstatements per bind: " + ", ".join(f"{format_key(k)}={n}" for k, n in counts.items()))
+            say(f"  {key!r:8} {sql[:90]}")
+    say("\nstatements per bind: " + ", ".join(f"{k!r}={n}" for k, n in counts.items()))
     return counts
 
 

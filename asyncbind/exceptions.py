@@ -49,8 +49,9 @@ __all__ = [
 
 
 def format_key(key: Hashable | None) -> str:
-    """Render a bind key the way messages show it: ``None`` bare, names quoted."""
-    return "None" if key is None else repr(key)
+    """Render a bind key the way messages list it: ``the default bind`` for None (a bare "None"
+    reads as "no bind"), names quoted."""
+    return "the default bind" if key is None else repr(key)
 
 
 def bind_name(key: Hashable | None, *, start: bool = False, replica: int = 0) -> str:
@@ -66,7 +67,8 @@ def bind_name(key: Hashable | None, *, start: bool = False, replica: int = 0) ->
 
 
 def format_keys(keys: Iterable[Hashable | None]) -> str:
-    """Render several bind keys, the default key first and the rest sorted."""
+    """Render several bind keys, the default bind first and the rest sorted:
+    ``the default bind, 'reports', 'users'``."""
     ordered = sorted(keys, key=lambda k: (k is not None, str(k)))
     return ", ".join(format_key(k) for k in ordered) or "none"
 
@@ -331,8 +333,8 @@ class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
         if getattr(cause, "connection_invalidated", False) or isinstance(cause, TimeoutError):
             fate = (
                 "The committed changes stay in their databases and the rolled-back ones did not "
-                f"land; whether {format_key(failed)}'s did is unknown (its connection was lost "
-                "or abandoned during the commit), so check it"
+                f"land; whether those of {bind_name(failed)} did is unknown (its connection was "
+                "lost or abandoned during the commit), so check it"
             )
         else:
             fate = "The committed changes stay in their databases and the others did not land"

@@ -188,14 +188,14 @@ def _check_table_bind(cls: type) -> None:
         parent = mapper.inherits.class_.__name__
         raise ConfigError(
             f"Model {cls.__name__!r} has __bind_key__ {declared!r}, but it shares the table "
-            f"{table.fullname!r} of {parent!r} (single-table inheritance), which is in bind "
-            f"{actual!r}. A table lives in one bind: drop __bind_key__ from {cls.__name__!r} "
-            f"(it then lives in {actual!r} with {parent!r}), or make it a model of its own "
-            f"instead of a subclass of {parent!r}."
+            f"{table.fullname!r} of {parent!r} (single-table inheritance), which is in "
+            f"{bind_name(actual)}. A table lives in one bind: drop __bind_key__ from "
+            f"{cls.__name__!r} (it then lives in {bind_name(actual)} with {parent!r}), or make "
+            f"it a model of its own instead of a subclass of {parent!r}."
         )
     raise ConfigError(
         f"Model {cls.__name__!r} has __bind_key__ {declared!r}, but its table "
-        f"{table.fullname!r} is in bind {actual!r}. Make them agree: db.Table(..., "
+        f"{table.fullname!r} is in {bind_name(actual)}. Make them agree: db.Table(..., "
         f"bind_key={declared!r}) for the table, or the table's bind in __bind_key__."
     )
 

@@ -308,6 +308,38 @@ async def test_the_default_bind_commits_first_wherever_it_is_configured(
         assert order == [None, "users"]
 
 
+@pytest.mark.postgresql
+@pytest.mark.mysql
+async def test_a_partial_commit_names_the_default_bind_that_committed(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default bind (MariaDB) commits first, then PostgreSQL's commit fails: the message says
+    the default bind committed ('Committed: None.' read as nothing having landed)."""
+    db = make_db(
+        await new_database("mysql"), binds={"postgresql": await new_database("postgresql")}
+    )
+    landed = entries_table(db, None, "mysql")  # type: ignore[arg-type]
+    failing = Bind("postgresql", "postgresql", entries_table(db, "postgresql", "postgresql"))
+    await db.create_all()
+    async with db.engines["postgresql"].begin() as conn:
+        await conn.execute(sa.insert(failing.table).values(name=TAKEN))
+    async with db.session() as session:
+        with nothing_reported(caplog), pytest.raises(PartialCommitError) as info:
+            await session.execute(sa.insert(landed).values(name="kept"))
+            await session.execute(
+                sa.insert(failing.table).values(failing.row("lost", failing=True))
+            )
+            await session.commit()
+    error = info.value
+    assert (error.committed, error.failed, error.rolled_back) == ((None,), "postgresql", ())
+    message = str(error)
+    assert "Committed: the default bind. Failed: 'postgresql' (IntegrityError" in message
+    assert "Committed: None" not in message
+    async with db.engines[None].connect() as conn:
+        assert (await conn.execute(sa.text("SELECT name FROM entries"))).scalars().all() == ["kept"]
+    assert await failing.names(db) == []
+
+
 @pytest.mark.parametrize("backends", PAIRS[:1] + PAIRS[2:3])
 async def test_every_way_of_committing_a_session_is_ordered(
     backends: list[str], make_setup: Callable[..., Any]

@@ -324,7 +324,7 @@ def test_engine_accessors_and_unknown_keys() -> None:
     with pytest.raises(UnknownBindError) as info:
         db.get_engine("reports")
     assert info.value.key == "reports"
-    assert "configured: None, 'users'" in str(info.value)
+    assert "configured: the default bind, 'users'" in str(info.value)
     assert isinstance(info.value, LookupError)
     with pytest.raises(TypeError):
         db.engines["x"] = db.engine  # type: ignore[index]

@@ -174,6 +174,14 @@ def test_a_model_whose_table_is_in_another_bind_is_refused(db: AsyncBind) -> Non
                 "audit", sa.Column("id", sa.Integer, primary_key=True), bind_key="meta"
             )
 
+    with pytest.raises(
+        ConfigError, match=r"'Ledger' has __bind_key__ 'users'.*in the default bind"
+    ):
+
+        class Ledger(db.Model):
+            __bind_key__ = "users"
+            __table__ = db.Table("ledger", sa.Column("id", sa.Integer, primary_key=True))
+
     class Agreed(db.Model):
         __bind_key__ = "meta"
         __table__ = db.Table(

@@ -221,7 +221,9 @@ async def test_groups_and_routes_refuse_what_is_wrong(
     with pytest.raises(ConfigError, match="selects no tenant group"):
         await db.create_all(bind_key=None, tenant="acme")
     assert dict(group.engines) == {}
-    with pytest.raises(UnknownBindError, match="configured: None, 'secret', 'tenant', 'users'"):
+    with pytest.raises(
+        UnknownBindError, match="configured: the default bind, 'secret', 'tenant', 'users'"
+    ):
         db.get_engine("tenantt")
 
 
