@@ -8,7 +8,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, TypeVarTuple, overload
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -66,6 +66,7 @@ logger = logging.getLogger("asyncbind")
 
 _O = TypeVar("_O", bound=object)
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 _NOT_CONFIGURED = (
     "No database is configured on this AsyncBind. Pass a URL (AsyncBind('sqlite:///app.db')), "
@@ -608,7 +609,7 @@ class AsyncBind:
 
     @overload
     async def first_or_404(
-        self, statement: TypedReturnsRows[_T], *, description: str | None = None
+        self, statement: TypedReturnsRows[_T, *_Ts], *, description: str | None = None
     ) -> _T: ...
 
     @overload
@@ -622,7 +623,7 @@ class AsyncBind:
 
     @overload
     async def one_or_404(
-        self, statement: TypedReturnsRows[_T], *, description: str | None = None
+        self, statement: TypedReturnsRows[_T, *_Ts], *, description: str | None = None
     ) -> _T: ...
 
     @overload
@@ -635,7 +636,7 @@ class AsyncBind:
     @overload
     async def paginate(
         self,
-        select: TypedReturnsRows[_T],
+        select: TypedReturnsRows[_T, *_Ts],
         *,
         page: int | None = None,
         per_page: int | None = None,

@@ -11,7 +11,7 @@ app set up with an integration, "not found" is the framework's own 404 and ``pag
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, TypeVarTuple, cast, overload
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -29,6 +29,7 @@ __all__ = ["AsyncBindSession", "ViewHelpers"]
 
 _O = TypeVar("_O", bound=object)
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class ViewHelpers:
@@ -64,7 +65,7 @@ class ViewHelpers:
 
     @overload
     async def first_or_404(
-        self, statement: TypedReturnsRows[_T], *, description: str | None = None
+        self, statement: TypedReturnsRows[_T, *_Ts], *, description: str | None = None
     ) -> _T: ...
 
     @overload
@@ -87,7 +88,7 @@ class ViewHelpers:
 
     @overload
     async def one_or_404(
-        self, statement: TypedReturnsRows[_T], *, description: str | None = None
+        self, statement: TypedReturnsRows[_T, *_Ts], *, description: str | None = None
     ) -> _T: ...
 
     @overload
@@ -108,7 +109,7 @@ class ViewHelpers:
     @overload
     async def paginate(
         self,
-        select: TypedReturnsRows[_T],
+        select: TypedReturnsRows[_T, *_Ts],
         *,
         page: int | None = None,
         per_page: int | None = None,

@@ -1,6 +1,6 @@
 """The README's code blocks marked ``<!-- mypy: strict -->`` pass ``mypy --strict``, as users'
 typed code would, and every code block of the Frameworks section says whether it is checked (and
-why not, if not)."""
+why not, if not). The view helpers' types are checked the same way."""
 
 from __future__ import annotations
 
@@ -50,19 +50,13 @@ def test_every_frameworks_block_says_whether_it_is_checked() -> None:
     assert sum(marker == "strict" for _, marker, _ in found) >= 5
 
 
-def test_marked_blocks_pass_mypy_strict(tmp_path: Path) -> None:
+def mypy_strict(files: list[str]) -> None:
+    """Run ``mypy --strict`` on ``files`` and assert that it finds nothing."""
     if importlib.util.find_spec("mypy") is None:
         message = "mypy is not installed (pip install -e '.[dev]')"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    files = []
-    for line, marker, code in blocks(README.read_text()):
-        if marker == "strict":
-            path = tmp_path / f"readme_line_{line}.py"
-            path.write_text(code)
-            files.append(str(path))
-    assert len(files) >= 5
     # This checkout's asyncbind, whatever the environment has installed; the project's mypy
     # settings (pyproject.toml in the working directory), with --strict spelled out.
     env = {**os.environ, "MYPYPATH": str(ROOT)}
@@ -75,4 +69,57 @@ def test_marked_blocks_pass_mypy_strict(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"no issues found in {len(files)} source files" in done.stdout
+    noun = "source file" if len(files) == 1 else "source files"
+    assert f"no issues found in {len(files)} {noun}" in done.stdout
+
+
+def test_marked_blocks_pass_mypy_strict(tmp_path: Path) -> None:
+    files = []
+    for line, marker, code in blocks(README.read_text()):
+        if marker == "strict":
+            path = tmp_path / f"readme_line_{line}.py"
+            path.write_text(code)
+            files.append(str(path))
+    assert len(files) >= 5
+    mypy_strict(files)
+
+
+VIEW_HELPERS = """
+from typing import Any, assert_type
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from asyncbind import AsyncBind, AsyncBindSession, BindKeyMixin, Pagination
+
+class Base(BindKeyMixin, DeclarativeBase):
+    pass
+
+db = AsyncBind("sqlite://", binds={"users": "sqlite://"}, model_class=Base)
+
+class User(Base):
+    __bind_key__ = "users"
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+async def helpers(session: AsyncBindSession) -> None:
+    # Items and results are the first column, typed as it is, with one column or several.
+    several = sa.select(User.id, User.name).order_by(User.id)
+    assert_type(await session.paginate(several), Pagination[int])
+    assert_type((await session.paginate(several)).items, list[int])
+    assert_type(await db.paginate(sa.select(User.name, User.id)), Pagination[str])
+    assert_type(await db.session.paginate(sa.select(User)), Pagination[User])
+    assert_type(await session.first_or_404(several), int)
+    assert_type(await session.one_or_404(sa.select(User.name, User.id)), str)
+    assert_type(await db.first_or_404(several), int)
+    assert_type(await db.one_or_404(sa.select(User)), User)
+    assert_type(await db.session.first_or_404(several), int)
+    assert_type(await session.first_or_404(sa.text("SELECT 1")), Any)
+"""
+
+
+def test_the_view_helpers_type_selects_of_one_column_or_several(tmp_path: Path) -> None:
+    path = tmp_path / "view_helpers.py"
+    path.write_text(VIEW_HELPERS)
+    mypy_strict([str(path)])
