@@ -7,7 +7,9 @@ aiomysql and asyncmy raise); SQLite with a result code name (``sqlite_errorname`
 looked for along the error's chain, since drivers and SQLAlchemy wrap each other's errors.
 
 - A login refused, or a missing database, while connecting: :class:`BindAuthenticationError`,
-  :class:`DatabaseNotFoundError`; any other failure to connect: :class:`BindUnavailableError`.
+  :class:`DatabaseNotFoundError`; any other failure to connect: :class:`BindUnavailableError`,
+  which says in words what the network said (:func:`network_reason`): the connection refused,
+  the host name not resolved, the attempt timed out.
 - An established connection ended from the other end (the server said so, or the driver found it
   closed or reset): :class:`ConnectionEndedError`, with the server's words when it sent any.
 - A deadlock or serialization failure: :class:`DeadlockError`.
@@ -19,6 +21,7 @@ driver's, on each engine.
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,7 @@ __all__ = [
     "connect_error",
     "diagnose",
     "error_listener",
+    "network_reason",
     "statement_error",
 ]
 
@@ -120,6 +124,31 @@ def diagnose(exc: BaseException) -> Diagnosis | None:
     return None
 
 
+def network_reason(exc: BaseException, address: str) -> str | None:
+    """Why a connection to ``address`` (``host:port``) failed, in words, from the ``OSError``
+    in ``exc``'s chain: ``connection to 127.0.0.1:3306 refused; ConnectionRefusedError: ...``.
+    None if the chain holds none.
+
+    aiomysql and asyncmy raise ``(2003, "Can't connect to MySQL server on '127.0.0.1'")``
+    whatever happened, from the ``OSError`` that says it; asyncpg raises the ``OSError`` itself,
+    which names no host when the host name is not resolved.
+    """
+    for current in _chain(exc):
+        if isinstance(current, OSError):
+            break
+    else:
+        return None
+    if isinstance(current, ConnectionRefusedError):
+        what = f"connection to {address} refused"
+    elif isinstance(current, socket.gaierror):
+        what = f"host name of {address} not resolved"
+    elif isinstance(current, TimeoutError):
+        what = f"connection to {address} timed out"
+    else:
+        what = f"connection to {address} failed"
+    return f"{what}; {type(current).__name__}: {current}".rstrip(": ")
+
+
 def connect_error(
     key: BindKey,
     shown: BaseException,
@@ -128,16 +157,18 @@ def connect_error(
     user: str | None,
     database: str | None,
     replica: int = 0,
+    reason: str | None = None,
 ) -> BindUnavailableError:
     """The error for a failure to connect to bind ``key`` (to its read replica number
-    ``replica``, if not 0); ``shown`` is the driver's error (or a stand-in that hides it) and
-    ``diagnosis`` what the driver's error says."""
+    ``replica``, if not 0); ``shown`` is the driver's error (or a stand-in that hides it),
+    ``diagnosis`` what the driver's error says and ``reason`` what the network said, in words
+    (:func:`network_reason`)."""
     cause = diagnosis.cause if diagnosis is not None else None
     if cause is Cause.AUTHENTICATION:
         return BindAuthenticationError(key, shown, user=user, replica=replica)
     if cause is Cause.NO_DATABASE:
         return DatabaseNotFoundError(key, shown, database=database, replica=replica)
-    return BindUnavailableError(key, shown, replica=replica)
+    return BindUnavailableError(key, shown, replica=replica, reason=reason)
 
 
 def statement_error(

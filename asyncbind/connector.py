@@ -61,6 +61,8 @@ if sys.version_info >= (3, 12):
 _ADAPTER_PARAMETERS = {
     "asyncpg": {"prepared_statement_cache_size", "prepared_statement_name_func"},
 }
+#: The port each driver connects to when the URL names none.
+_DEFAULT_PORTS = {"aiomysql": 3306, "asyncmy": 3306, "asyncpg": 5432, "psycopg": 5432}
 
 
 def connect_parameters(driver: str) -> frozenset[str] | None:
@@ -163,12 +165,18 @@ def connector(
                         f"connect arguments: {exc}. They come from the bind's connect_args and "
                         "its URL's query parameters; fix them there."
                     ) from exc
+                address = _address(driver, kwargs)
                 if isinstance(exc, TimeoutError) and timeout is not None:
-                    reason = TimeoutError(f"no connection within connect_timeout={timeout:g}s")
-                    raise BindUnavailableError(key, reason, replica=replica) from exc
-                if isinstance(exc, OSError) or diagnosis is not None:
+                    to = f" to {address}" if address else ""
+                    waited = TimeoutError(f"no connection{to} within connect_timeout={timeout:g}s")
+                    raise BindUnavailableError(key, waited, replica=replica) from exc
+                # What the network said: aiomysql and asyncmy raise their error from it.
+                reason = causes.network_reason(exc, address) if address else None
+                if isinstance(exc, OSError) or diagnosis is not None or reason is not None:
                     # Refused, unreachable, reset; a login refused, a missing database.
-                    raise causes.connect_error(key, exc, diagnosis, **who, replica=replica) from exc
+                    raise causes.connect_error(
+                        key, exc, diagnosis, **who, replica=replica, reason=reason
+                    ) from exc
                 raise
             # Some driver errors quote the password (aiomysql's UnicodeEncodeError does): keep
             # the type and the cause, drop the text (and the names, which may hold the password
@@ -179,6 +187,22 @@ def connector(
         ) from None
 
     return connect
+
+
+def _address(driver: str, kwargs: dict[str, Any]) -> str | None:
+    """Where the driver was told to connect, ``host:port`` (``[::1]:5432``), or the path of a
+    Unix socket; None where it was not told one host (asyncpg takes several, or none to read
+    them from the environment)."""
+    if isinstance(kwargs.get("unix_socket"), str):  # aiomysql's and asyncmy's
+        return str(kwargs["unix_socket"])
+    host = kwargs.get("host")
+    if not isinstance(host, str) or not host:
+        return None
+    if host.startswith("/"):  # PostgreSQL's socket folder
+        return host
+    port = kwargs.get("port") or _DEFAULT_PORTS.get(driver)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port else shown
 
 
 def mentions(exc: BaseException, secret: str) -> bool:

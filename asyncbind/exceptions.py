@@ -429,9 +429,12 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
     Also a :class:`sqlalchemy.exc.OperationalError`, so code that catches SQLAlchemy's errors keeps
     working. ``bind_key`` names the bind, and ``replica`` the read replica it happened on (its
     number, from 1; 0 for the bind's primary). The driver's error is ``orig`` and ``__cause__``.
-    The connection involved has been discarded; the bind reconnects on its next use. Its
-    subclasses name a more precise cause: :class:`BindAuthenticationError`,
-    :class:`DatabaseNotFoundError`, :class:`ConnectionEndedError`.
+    ``reason`` says why in words where the driver's error does not (the host and port, and
+    whether the connection was refused, the host name not resolved or the attempt timed out);
+    the message shows it in place of the driver's error. The connection involved has been
+    discarded; the bind reconnects on its next use. Its subclasses name a more precise cause:
+    :class:`BindAuthenticationError`, :class:`DatabaseNotFoundError`,
+    :class:`ConnectionEndedError`.
     """
 
     def __init__(
@@ -440,15 +443,19 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
         orig: BaseException,
         statement: str | None = None,
         replica: int = 0,
+        reason: str | None = None,
     ) -> None:
         self.bind_key = bind_key
         self.replica = replica
+        self.reason = reason
         sa_exc.OperationalError.__init__(
             self, statement, None, orig, hide_parameters=True, connection_invalidated=True
         )
 
     def _reason(self) -> str:
-        """The driver's error, as ``Type: message``."""
+        """``reason``, else the driver's error as ``Type: message``."""
+        if self.reason:
+            return self.reason
         return f"{type(self.orig).__name__}: {self.orig}".rstrip(": ")
 
     def __str__(self) -> str:
@@ -461,7 +468,7 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
         return bind_name(self.bind_key, start=start, replica=self.replica)
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.replica)
+        return type(self), (self.bind_key, self.orig, self.statement, self.replica, self.reason)
 
 
 class BindAuthenticationError(BindUnavailableError):

@@ -477,6 +477,7 @@ def test_the_errors_keep_their_facts_through_pickling() -> None:
     orig = ConnectionResetError(104, "Connection reset by peer")
     errors: list[BaseException] = [
         BindUnavailableError("a", orig, "SELECT 1"),
+        BindUnavailableError("a", orig, reason="connection to h:5432 refused"),
         BindAuthenticationError("a", orig, None, "app_user"),
         DatabaseNotFoundError("a", orig, None, "sales"),
         ConnectionEndedError("a", orig, "SELECT 1", "terminating connection"),

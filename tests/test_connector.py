@@ -5,6 +5,7 @@ database: ``test_causes.py``; cancellations mid-handshake: ``test_cancellation.p
 from __future__ import annotations
 
 import asyncio
+import pickle
 import socket
 from collections.abc import Callable, Iterator
 
@@ -14,6 +15,15 @@ from conftest import NewDatabase
 from sqlalchemy import exc as sa_exc
 
 from asyncbind import AsyncBind, BindUnavailableError, ConfigError
+
+GUARD = 60  # seconds: a hang fails the test instead of stopping the run
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -50,6 +60,52 @@ async def test_unreachable_bind_fails_within_connect_timeout_naming_it(
             assert isinstance(info.value, sa_exc.OperationalError)
             assert "pw-secret" not in str(info.value) and "pw-secret" not in repr(info.value)
         assert (await session.execute(sa.text("SELECT 1"))).scalar() == 1  # the others still work
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        pytest.param("mysql", id="aiomysql"),
+        pytest.param("mysql+asyncmy", id="asyncmy"),
+        pytest.param("postgresql", id="asyncpg"),
+    ],
+)
+async def test_a_failure_to_connect_names_the_host_port_and_what_the_network_said(
+    scheme: str, silent_port: int, make_db: Callable[..., AsyncBind]
+) -> None:
+    """aiomysql and asyncmy say "Can't connect to MySQL server on '127.0.0.1'" whether the
+    port is closed or the host unknown; asyncpg names no host for a name it cannot resolve."""
+    free = closed_port()
+    db = make_db(
+        "sqlite://",
+        binds={
+            "refused": f"{scheme}://u:pw-secret@127.0.0.1:{free}/db",
+            "unknown": f"{scheme}://u:pw-secret@no-such-host.invalid/db",
+            "silent": {
+                "url": f"{scheme}://u:pw-secret@127.0.0.1:{silent_port}/db",
+                "connect_timeout": 0.3,
+            },
+        },
+    )
+    default_port = 5432 if scheme.startswith("postgresql") else 3306
+    expected = {
+        "refused": f"is unavailable (connection to 127.0.0.1:{free} refused; "
+        "ConnectionRefusedError: ",
+        "unknown": f"is unavailable (host name of no-such-host.invalid:{default_port} not "
+        "resolved; gaierror: ",
+        "silent": f"is unavailable (TimeoutError: no connection to 127.0.0.1:{silent_port} "
+        "within connect_timeout=0.3s)",
+    }
+    for key, words in expected.items():
+        with pytest.raises(BindUnavailableError) as info:
+            async with asyncio.timeout(GUARD), db.engines[key].connect():
+                pass
+        message = str(info.value)
+        assert message.startswith(f"Bind {key!r} {words}"), message
+        assert "Check that its server is up and reachable" in message
+        assert "pw-secret" not in message and "pw-secret" not in repr(info.value)
+        again = pickle.loads(pickle.dumps(info.value))
+        assert str(again) == message and again.reason == info.value.reason
 
 
 @pytest.mark.postgresql
