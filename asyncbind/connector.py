@@ -21,7 +21,13 @@ from .config import BindKey
 from .exceptions import BindUnavailableError, ConfigError, bind_name
 from .urls import is_password_name, shows_password
 
-__all__ = ["check_connect_args", "connect_parameters", "connector", "mentions"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUTS",
+    "check_connect_args",
+    "connect_parameters",
+    "connector",
+    "mentions",
+]
 
 #: Each driver's connect function, imported when a bind first needs it.
 _OPENERS: dict[str, Callable[[], Callable[..., Any]]] = {
@@ -61,6 +67,11 @@ if sys.version_info >= (3, 12):
 _ADAPTER_PARAMETERS = {
     "asyncpg": {"prepared_statement_cache_size", "prepared_statement_name_func"},
 }
+#: Seconds a new connection may take, handshake included, on a bind that sets no
+#: ``connect_timeout``, for the drivers that would otherwise wait for ever for a server that
+#: accepts the connection and never answers: PyMySQL's default. aiomysql has none, and asyncmy's
+#: bounds the TCP connection only. (asyncpg bounds its connect itself, to 60 s.)
+DEFAULT_CONNECT_TIMEOUTS = {"aiomysql": 10.0, "asyncmy": 10.0}
 #: The port each driver connects to when the URL names none.
 _DEFAULT_PORTS = {"aiomysql": 3306, "asyncmy": 3306, "asyncpg": 5432, "psycopg": 5432}
 
@@ -126,11 +137,12 @@ def check_connect_args(
 def connector(
     driver: str, key: BindKey, timeout: float | None, replica: int = 0
 ) -> Callable[..., Any] | None:
-    """A connect function for ``driver``: it connects within ``timeout`` (handshake included), is
-    not cut short mid-handshake when its caller is cancelled (:mod:`asyncbind.cancellation`),
-    and turns a failure to connect into the error that names ``key`` (and the number of its read
-    replica, if not 0) and the cause (:mod:`asyncbind.causes`): :class:`BindUnavailableError`
-    or one of its subclasses.
+    """A connect function for ``driver``: it connects within ``timeout`` (handshake included; if
+    None, within the driver's own ``connect_timeout`` when it is given one, else
+    :data:`DEFAULT_CONNECT_TIMEOUTS`), is not cut short mid-handshake when its caller is
+    cancelled (:mod:`asyncbind.cancellation`), and turns a failure to connect into the error
+    that names ``key`` (and the number of its read replica, if not 0) and the cause
+    (:mod:`asyncbind.causes`): :class:`BindUnavailableError` or one of its subclasses.
 
     None for drivers it does not know (and SQLite's, which open local files).
     """
@@ -143,16 +155,17 @@ def connector(
 
     drop = closing.driver_drop(driver)
 
-    async def attempt(*args: Any, **kwargs: Any) -> Any:
-        async with asyncio.timeout(timeout):
+    async def attempt(limit: float | None, *args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(limit):
             return await open_connection(*args, **kwargs)
 
     async def connect(*args: Any, **kwargs: Any) -> Any:
+        limit, within = _time_limit(driver, timeout, kwargs)
         try:
             if drop is None:
-                return await attempt(*args, **kwargs)
+                return await attempt(limit, *args, **kwargs)
             # Not cut short mid-handshake by the caller's cancellation (asyncbind.cancellation).
-            return await cancellation.finish_if_cancelled(attempt(*args, **kwargs), drop)
+            return await cancellation.finish_if_cancelled(attempt(limit, *args, **kwargs), drop)
         except Exception as exc:
             passwords = [v for k, v in kwargs.items() if is_password_name(k) and isinstance(v, str)]
             diagnosis = causes.diagnose(exc)
@@ -166,9 +179,9 @@ def connector(
                         "its URL's query parameters; fix them there."
                     ) from exc
                 address = _address(driver, kwargs)
-                if isinstance(exc, TimeoutError) and timeout is not None:
+                if isinstance(exc, TimeoutError) and limit is not None:
                     to = f" to {address}" if address else ""
-                    waited = TimeoutError(f"no connection{to} within connect_timeout={timeout:g}s")
+                    waited = TimeoutError(f"no connection{to} within {within}")
                     raise BindUnavailableError(key, waited, replica=replica) from exc
                 # What the network said: aiomysql and asyncmy raise their error from it.
                 reason = causes.network_reason(exc, address) if address else None
@@ -187,6 +200,27 @@ def connector(
         ) from None
 
     return connect
+
+
+def _time_limit(
+    driver: str, timeout: float | None, kwargs: dict[str, Any]
+) -> tuple[float | None, str]:
+    """How long a connection attempt may take, and how an error past it names that limit: the
+    bind's ``connect_timeout``; else the driver's own ``connect_timeout`` if it was given one
+    (in ``connect_args`` or the URL), which then bounds the handshake too; else
+    :data:`DEFAULT_CONNECT_TIMEOUTS`. None: no limit."""
+    if timeout is not None:
+        return timeout, f"connect_timeout={timeout:g}s"
+    default = DEFAULT_CONNECT_TIMEOUTS.get(driver)
+    if default is None:
+        return None, ""
+    given = kwargs.get("connect_timeout")
+    if isinstance(given, int | float) and not isinstance(given, bool) and given > 0:
+        return float(given), f"connect_timeout={given:g}s"
+    return default, (
+        f"{default:g} s, the default connect_timeout of {driver} binds: set the bind's "
+        "'connect_timeout' to wait longer"
+    )
 
 
 def _address(driver: str, kwargs: dict[str, Any]) -> str | None:

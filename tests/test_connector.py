@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from conftest import NewDatabase
 from sqlalchemy import exc as sa_exc
 
-from asyncbind import AsyncBind, BindUnavailableError, ConfigError
+from asyncbind import AsyncBind, BindErrors, BindUnavailableError, ConfigError, connector
 
 GUARD = 60  # seconds: a hang fails the test instead of stopping the run
 
@@ -60,6 +60,44 @@ async def test_unreachable_bind_fails_within_connect_timeout_naming_it(
             assert isinstance(info.value, sa_exc.OperationalError)
             assert "pw-secret" not in str(info.value) and "pw-secret" not in repr(info.value)
         assert (await session.execute(sa.text("SELECT 1"))).scalar() == 1  # the others still work
+
+
+@pytest.mark.parametrize(
+    "scheme", [pytest.param("mysql", id="aiomysql"), pytest.param("mysql+asyncmy", id="asyncmy")]
+)
+async def test_a_mysql_bind_without_connect_timeout_waits_the_default_at_most(
+    scheme: str,
+    silent_port: int,
+    make_db: Callable[..., AsyncBind],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiomysql waits for ever for a server that accepts the connection and never answers (and
+    asyncmy bounds the TCP connection only): without a connect_timeout of their own, MySQL and
+    MariaDB binds wait PyMySQL's 10 s, an app's start-up (create_all) included; the driver's own
+    connect_timeout, when given, takes its place and bounds the handshake too."""
+    assert connector.DEFAULT_CONNECT_TIMEOUTS == {"aiomysql": 10.0, "asyncmy": 10.0}
+    driver = "asyncmy" if scheme.endswith("asyncmy") else "aiomysql"
+    monkeypatch.setitem(connector.DEFAULT_CONNECT_TIMEOUTS, driver, 0.5)  # a shorter test
+    url = f"{scheme}://u:pw-secret@127.0.0.1:{silent_port}/db"
+    db = make_db(
+        "sqlite://",
+        binds={"silent": url, "driver": {"url": url, "connect_args": {"connect_timeout": 1}}},
+    )
+    with pytest.raises(BindErrors) as failed:
+        async with asyncio.timeout(GUARD):
+            await db.create_all(bind_key="silent")
+    error = failed.value.errors["silent"]
+    assert isinstance(error, BindUnavailableError)
+    assert str(error).startswith(
+        f"Bind 'silent' is unavailable (TimeoutError: no connection to 127.0.0.1:{silent_port} "
+        f"within 0.5 s, the default connect_timeout of {driver} binds: set the bind's "
+        "'connect_timeout' to wait longer)"
+    )
+    with pytest.raises(BindUnavailableError) as info:
+        async with asyncio.timeout(GUARD), db.engines["driver"].connect():
+            pass
+    assert "TimeoutError: no connection to 127.0.0.1:" in str(info.value)
+    assert "within connect_timeout=1s)" in str(info.value)
 
 
 @pytest.mark.parametrize(
