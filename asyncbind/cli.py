@@ -268,13 +268,19 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
     async def run_one(key: BindKey) -> tuple[BindKey, str | None, float]:
         started = time.perf_counter()
+        first = asyncio.timeout(args.timeout)
         try:
+            # The first connection is waited for --timeout seconds at most, as check does; it
+            # goes back to the pool for the work, which may take longer.
+            async with first, db.engines[key].connect():
+                pass
             if drop:
                 await db.drop_all(bind_key=key)
             else:
                 await db.create_all(bind_key=key)
         except Exception as exc:  # reported on this bind's line; the others carry on
-            return key, _hide(one_line(exc), db), time.perf_counter() - started
+            why = f"no answer within {args.timeout:g} s" if first.expired() else one_line(exc)
+            return key, _hide(why, db), time.perf_counter() - started
         return key, None, time.perf_counter() - started
 
     async def schema(db: AsyncBind) -> int:
@@ -322,8 +328,8 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 
     async def copy(db: AsyncBind) -> int:
         source, target = await asyncio.gather(
-            _reflect(db.get_engine(source_key), source_name, source_key),
-            _reflect(db.get_engine(target_key), target_name, target_key),
+            _reflect(db.get_engine(source_key), source_name, source_key, args.timeout),
+            _reflect(db.get_engine(target_key), target_name, target_key, args.timeout),
         )
         names = [c.name for c in target.columns if c.name in source.c]
         if not names:
@@ -364,20 +370,30 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     return _run(args, copy, db)
 
 
-async def _reflect(engine: AsyncEngine, name: str, key: BindKey) -> sa.Table:
-    """The table ``name`` (``schema.name`` allowed) as the database describes it."""
+async def _reflect(engine: AsyncEngine, name: str, key: BindKey, limit: float) -> sa.Table:
+    """The table ``name`` (``schema.name`` allowed) as the database describes it, read within
+    ``limit`` seconds (the connection included)."""
     schema, _, table = name.rpartition(".")
 
     def load(sync: sa.Connection) -> sa.Table:
         return sa.Table(table, sa.MetaData(), schema=schema or None, autoload_with=sync)
 
+    within = asyncio.timeout(limit)
     try:
-        async with engine.connect() as conn:
+        async with within, engine.connect() as conn:
             return await conn.run_sync(load)
     except sa_exc.NoSuchTableError:
         raise CommandError(
             f"Table {name!r} does not exist in {bind_name(key)}. Check the name, or create it "
             "first (asyncbind create-all)."
+        ) from None
+    except TimeoutError:
+        if not within.expired():
+            raise
+        raise CommandError(
+            f"{bind_name(key, start=True)} did not answer within {limit:g} s (--timeout), so "
+            f"table {name!r} could not be read and nothing was copied. Check that its server "
+            "is up and reachable, or wait longer with --timeout."
         ) from None
 
 
@@ -578,6 +594,11 @@ def _parser() -> argparse.ArgumentParser:
         "as it finishes. Read-only binds are skipped.",
     )
     create.add_argument("--bind", action="append", metavar="KEY", help=bind_help)
+    connect_help = (
+        "seconds to wait for each bind's first connection (default 5); the work itself is not "
+        "bounded"
+    )
+    create.add_argument("--timeout", type=timeout, default=5.0, metavar="S", help=connect_help)
     drop = command(
         "drop-all",
         _cmd_schema,
@@ -586,6 +607,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     drop.add_argument("--bind", action="append", metavar="KEY", help=bind_help)
     drop.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    drop.add_argument("--timeout", type=timeout, default=5.0, metavar="S", help=connect_help)
     copy = command(
         "copy",
         _cmd_copy,
@@ -611,6 +633,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="copy N ranges of the source's integer primary key at once, over N connections to "
         "each bind (default 1)",
+    )
+    copy.add_argument(
+        "--timeout",
+        type=timeout,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for each table's description, its bind's first connection "
+        "included (default 5); the copy itself is not bounded",
     )
     _db_parser(command("db", _cmd_db, _DB_HELP), common, bind_help)
     demo = command(

@@ -569,6 +569,51 @@ async def test_create_all_and_drop_all_refuse_a_model_of_no_configured_bind(
     assert await table_names(users, make_db) == {"users"}
 
 
+@pytest.mark.sqlite
+async def test_create_all_drop_all_and_copy_wait_for_a_silent_bind_at_most_their_timeout(
+    tmp_path: Path, new_database: NewDatabase
+) -> None:
+    """A server that accepts connections and never answers (a socket nobody reads): each command
+    waits --timeout seconds (default 5) for the bind's first connection, as check does, then
+    says so on one line and exits with status 1, on MySQL (aiomysql waits for ever by itself)
+    and PostgreSQL (asyncpg 60 s) alike."""
+    main = await new_database("sqlite")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        binds = {
+            "users": f"mysql://root:{PASSWORD}@127.0.0.1:{port}/shop",
+            "slow": f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/shop",
+        }
+        write_module(tmp_path, "config", MODELS.format(main=main, binds=binds))
+        assert (await cli(tmp_path, "--app", "config", "create-all", "--bind", "")).status == 0
+        named = ["--bind", "users", "--bind", "slow"]
+        for command in (["create-all"], ["drop-all", "--yes"]):
+            run = await cli(tmp_path, "--app", "config", *command, *named, "--timeout", "0.5")
+            assert run.status == 1, run.err
+            assert sorted(run.lines) == [
+                "bind 'slow': FAILED: no answer within 0.5 s",
+                "bind 'users': FAILED: no answer within 0.5 s",
+            ]
+        run = await cli(tmp_path, "--app", "config", "create-all", "--bind", "users")
+        assert (run.status, run.lines) == (1, ["bind 'users': FAILED: no answer within 5 s"])
+
+        run = await cli(
+            tmp_path, "--app", "config", "copy", "users:users", ":orders", "--timeout", "0.5"
+        )
+        assert (run.status, run.out) == (1, "")
+        assert run.err.startswith(
+            "asyncbind: error: Bind 'users' did not answer within 0.5 s (--timeout), so table "
+            "'users' could not be read and nothing was copied."
+        )
+        assert len(run.err.splitlines()) == 1 and "--timeout" in run.err
+        assert_no_password(run)
+    for command in ("create-all", "drop-all", "copy"):
+        run = await cli(tmp_path, command, "--timeout", "0")
+        assert run.status == 2 and "argument --timeout: '0' is not above 0" in run.err
+
+
 # -- copy -------------------------------------------------------------------------------------
 
 PEOPLE = """
