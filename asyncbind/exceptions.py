@@ -658,20 +658,34 @@ class StatementTimeoutError(AsyncBindError, TimeoutError):
 class PoolTimeoutError(AsyncBindError, sa_exc.TimeoutError):
     """No pooled connection of a bind became free within its ``pool_timeout``.
 
-    Also SQLAlchemy's :class:`sqlalchemy.exc.TimeoutError`, which it replaces. ``replica`` is
-    the read replica whose pool it was (its number, from 1; 0 for the bind's primary).
+    Also SQLAlchemy's :class:`sqlalchemy.exc.TimeoutError`, which it replaces. ``timeout`` is
+    the pool's ``pool_timeout``, ``pool_size`` and ``max_overflow`` its limits (None where
+    unknown); ``replica`` is the read replica whose pool it was (its number, from 1; 0 for the
+    bind's primary).
     """
 
     def __init__(
-        self, bind_key: Hashable | None, timeout: float | None, *, replica: int = 0
+        self,
+        bind_key: Hashable | None,
+        timeout: float | None,
+        *,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
+        replica: int = 0,
     ) -> None:
         self.bind_key = bind_key
+        self.timeout = timeout
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
         self.replica = replica
         waited = f" for {timeout:g}s" if timeout is not None else ""
+        limits = ""
+        if pool_size is not None and max_overflow is not None:
+            limits = f"; pool_size {pool_size}, max_overflow {max_overflow}"
         subject = bind_name(bind_key, start=True, replica=replica)
         super().__init__(
-            f"{subject}: every connection of its pool stayed in use{waited} (pool_timeout). "
-            "Raise 'pool_size' / 'max_overflow', keep transactions short, or set "
+            f"{subject}: every connection of its pool stayed in use{waited} (pool_timeout"
+            f"{limits}). Raise 'pool_size' / 'max_overflow', keep transactions short, or set "
             "'statement_timeout' so that a stuck statement gives its connection back."
         )
 

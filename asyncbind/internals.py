@@ -142,9 +142,15 @@ class BindPool:
         try:
             return super()._do_get()  # type: ignore[misc]
         except sa_exc.TimeoutError as exc:
-            timeout = getattr(self, "timeout", None)  # QueuePool.timeout(), public
+            # QueuePool's public timeout(), size() and overflow(). It times out when every
+            # overflow connection is in use, so overflow() is then its max_overflow.
+            queue = self if isinstance(self, sa_pool.QueuePool) else None
             raise PoolTimeoutError(
-                self._asyncbind_key, timeout() if timeout else None, replica=self._asyncbind_replica
+                self._asyncbind_key,
+                queue.timeout() if queue else None,
+                pool_size=queue.size() if queue else None,
+                max_overflow=queue.overflow() if queue else None,
+                replica=self._asyncbind_replica,
             ) from exc
 
     def _do_return_conn(self, record: sa_pool.ConnectionPoolEntry) -> None:

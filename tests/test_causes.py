@@ -554,7 +554,7 @@ def test_every_asyncbind_error_pickles_with_its_facts() -> None:
         ConnectionEndedError("a", orig, "SELECT 1", "terminating connection"),
         DeadlockError("a", orig, "UPDATE t", {"x": 1}, "deadlock detected"),
         asyncbind_exceptions.StatementTimeoutError("a", 2.5, "a commit", replica=2),
-        asyncbind_exceptions.PoolTimeoutError(None, 30.0, replica=1),
+        asyncbind_exceptions.PoolTimeoutError(None, 30.0, pool_size=5, max_overflow=2, replica=1),
         asyncbind_exceptions.WrongEventLoopError("a", replica=2),
         asyncbind_exceptions.StartupCheckError("arq worker", {"a": "refused"}),
         asyncbind_exceptions.BulkCopyError("stopped", rows_copied=3, table="t"),

@@ -105,6 +105,10 @@ async def test_the_pools_checkout_it_overrides_raises_the_pools_timeout(
         assert isinstance(info.value, sa.exc.TimeoutError)
         assert info.value.bind_key == "busy", round_
         assert "Bind 'busy': every connection of its pool stayed in use for 0.2s" in str(info.value)
+        # What SQLAlchemy's own error said ("QueuePool limit of size 1 overflow 0 reached").
+        assert "(pool_timeout; pool_size 1, max_overflow 0)" in str(info.value)
+        limits = (info.value.timeout, info.value.pool_size, info.value.max_overflow)
+        assert limits == (0.2, 1, 0)
         await db.dispose()
 
 

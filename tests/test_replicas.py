@@ -854,7 +854,8 @@ async def test_a_replica_pool_that_stays_busy_is_named(tmp_path: Path, make_db: 
                     pass
         assert (caught.value.bind_key, caught.value.replica) == (None, 1)
         assert str(caught.value).startswith(
-            "Replica 1 of the default bind: every connection of its pool stayed in use for 0.1s"
+            "Replica 1 of the default bind: every connection of its pool stayed in use for 0.1s "
+            "(pool_timeout; pool_size 1, max_overflow 0)"
         )
         await engine.dispose()
 
