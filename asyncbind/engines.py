@@ -158,6 +158,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     replica = config.replica  # a read replica's errors name it (0: the bind's own engine)
     registry.register(engine, config)
     internals.name_pool(sync.pool, key, replica)  # for PoolTimeoutError and WrongEventLoopError
+    internals.quiet_cancelled_connects(sync.pool)  # a cancelled connection attempt is no error
 
     # Read-only binds: writes refused before any SQL is sent, the database's own refusal named,
     # and read-only sessions where the connection could not be made read-only from the start.

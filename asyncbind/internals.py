@@ -19,6 +19,9 @@ SQLAlchemy:
   by one event loop and where its ``TimeoutError`` is raised; and its check-in, the private
   ``Pool._do_return_conn()``, where a connection returned to a disposed pool is closed.
 - :func:`bind_pool_class`: the pool logger's name, the private ``_sqla_logger_namespace``.
+- :func:`quiet_cancelled_connects`: the record the pool's private
+  ``_ConnectionRecord.__connect()`` logs when opening a connection fails ("Error on connect()"),
+  which a cancellation must not leave.
 - :func:`default_poolclass`: ``DefaultDialect.get_pool_class()``, which is not part of the
   ``Dialect`` interface.
 - :data:`EXECUTE_OPTIONS`, :data:`STREAM_OPTIONS`, :func:`ensure_sync_result`: what
@@ -47,11 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import log as sa_log
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.ext.asyncio import result as _async_result
 from sqlalchemy.ext.asyncio import session as _async_session
@@ -74,6 +79,7 @@ __all__ = [
     "ensure_sync_result",
     "has_transport",
     "name_pool",
+    "quiet_cancelled_connects",
     "raise_as_dbapi_error",
     "release_transport",
     "replace_dialect_method",
@@ -209,6 +215,39 @@ def name_pool(pool: sa_pool.Pool, key: BindKey, replica: int = 0) -> None:
     if isinstance(pool, BindPool):
         pool._asyncbind_key = key
         pool._asyncbind_replica = replica
+
+
+#: What SQLAlchemy's pool logs (at DEBUG) when opening a connection fails, the error being its
+#: one argument: a cancellation's message is empty.
+CONNECT_ERROR_RECORD = "Error on connect(): %s"
+
+
+class _CancelledConnects(logging.Filter):
+    """Drops the pool's :data:`CONNECT_ERROR_RECORD` of a cancelled connection attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cancelled = (
+            record.msg == CONNECT_ERROR_RECORD
+            and isinstance(record.args, tuple)
+            and bool(record.args)
+            and isinstance(record.args[0], asyncio.CancelledError)
+        )
+        return not cancelled
+
+
+_CANCELLED_CONNECTS = _CancelledConnects()
+
+
+def quiet_cancelled_connects(pool: sa_pool.Pool) -> None:
+    """Keep out of ``pool``'s log the record SQLAlchemy writes when a connection attempt is
+    cancelled: its pool logs every failure to connect, a cancellation included, before raising
+    it, and no pool event comes first. A filter on the pool's logger (``logging``'s own hook)
+    drops that record only; the other failures are still logged. A pool that ``dispose()``
+    makes logs under the same logger, so the filter stays."""
+    logger = pool.logger
+    if isinstance(logger, sa_log.InstanceLogger):  # under echo_pool, around the named logger
+        logger = logger.logger
+    logger.addFilter(_CANCELLED_CONNECTS)  # logging adds a filter only once
 
 
 def default_poolclass(url: sa.URL) -> type[sa_pool.Pool] | None:

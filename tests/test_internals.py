@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 import re
+import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import pool as sa_pool
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio.exc import AsyncMethodRequired
 
-from asyncbind import AsyncBind, PoolTimeoutError, internals
+from asyncbind import AsyncBind, BindUnavailableError, PoolTimeoutError, internals
 from asyncbind.internals import asyncpg_transaction_open, mysql_result_unread
 from asyncbind.tasksafety import TaskSafeSession
 
@@ -174,6 +175,46 @@ async def test_pools_log_when_and_how_sqlalchemys_own_pools_do(
         assert any("Pool disposed" in message for _, _, message in logged["asyncbind"])
     else:
         assert logged["asyncbind"] == []
+
+
+@pytest.mark.parametrize(
+    "scheme", [pytest.param("postgresql", id="asyncpg"), pytest.param("mysql", id="aiomysql")]
+)
+async def test_a_cancelled_connection_attempt_leaves_no_record_in_the_pools_log(
+    scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLAlchemy's pool logs every failure to connect at DEBUG, "Error on connect(): %s"
+    (internals.CONNECT_ERROR_RECORD): a cancellation's record (with an empty message) is
+    dropped, the others stay, in the pool that dispose() makes too."""
+    with socket.socket() as listener:  # accepts connections and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        db = AsyncBind(
+            "sqlite://",
+            binds={
+                "silent": f"{scheme}://u:pw@127.0.0.1:{port}/db",
+                "refused": f"{scheme}://u:pw@127.0.0.1:1/db",
+            },
+            engine_options={"echo_pool": "debug"},
+        )
+        try:
+            for round_ in range(2):
+                caplog.clear()
+                with caplog.at_level(logging.DEBUG):
+                    with pytest.raises(TimeoutError):
+                        async with asyncio.timeout(0.3), db.engines["silent"].connect():
+                            pass
+                    assert _pool_records(caplog) == [], round_
+                    with pytest.raises(BindUnavailableError):
+                        async with asyncio.timeout(GUARD), db.engines["refused"].connect():
+                            pass
+                (record,) = [r for r in caplog.records if r.msg == internals.CONNECT_ERROR_RECORD]
+                assert record.name.startswith("sqlalchemy.pool") and record.levelname == "DEBUG"
+                assert "Error on connect(): Bind 'refused' is unavailable" in record.getMessage()
+                await db.dispose()
+        finally:
+            await db.dispose()
 
 
 @pytest.mark.parametrize(
