@@ -3,10 +3,11 @@
 :func:`engine_arguments` works out what the engine is created with: the URL and the dialect's
 defaults, read-only connections, the connector, the pool class, the reset on return.
 :func:`make_engine` creates it and wires in, top to bottom, everything asyncbind adds to an
-engine: errors that name the bind, event loops, rollbacks after a stream left unread on MySQL,
-timeouts, DDL in one round trip on asyncpg, how connections close, the reset and check of
-returned connections, the refusal of writes on read-only binds. The other modules provide those
-pieces as functions and listeners; only this one attaches them to an engine.
+engine: errors that name the bind, event loops, SQLite's savepoints kept inside its transaction,
+rollbacks after a stream left unread on MySQL, timeouts, DDL in one round trip on asyncpg, how
+connections close, the reset and check of returned connections, the refusal of writes on
+read-only binds. The other modules provide those pieces as functions and listeners; only this
+one attaches them to an engine.
 What has no public hook goes through :mod:`asyncbind.internals`.
 """
 
@@ -33,6 +34,7 @@ from . import (
     pgbouncer,
     readonly,
     registry,
+    savepoints,
     stopping,
     timeouts,
 )
@@ -175,6 +177,11 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # Each connection remembers its event loop, so that it can be closed from another.
     if loops.closes_across_loops(dialect.driver):
         sa.event.listen(sync, "connect", loops.remember_loop)
+
+    # SQLite: BEGIN before a SAVEPOINT that would otherwise open the transaction (and its
+    # RELEASE commit it).
+    if savepoints.applies(dialect):
+        sa.event.listen(sync, "savepoint", savepoints.begin_first)
 
     # What drops a connection is made before the dialect's methods are replaced (see
     # closing.dropper). An in-memory database's one connection is the database: it is never

@@ -152,8 +152,8 @@ def _begin(connection: sa.Connection) -> None:
     """Begin ``connection``'s outer transaction."""
     connection.begin()  # rolled back when the connection closes
     if connection.dialect.name == "sqlite":
-        # SQLite's Python driver sends BEGIN only before the first write, so the sessions'
-        # SAVEPOINT would open the transaction and its RELEASE commit it.
+        # SQLite's Python driver sends BEGIN only before the first write (never before DDL):
+        # what the test sends on this connection itself is rolled back too.
         connection.exec_driver_sql("BEGIN")
 
 

@@ -302,6 +302,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "timeouts",
                 "stopping",
                 "directddl",
+                "savepoints",
                 "closing",
                 "loops",
                 "cancellation",
