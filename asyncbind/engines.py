@@ -42,7 +42,13 @@ from .config import BindConfig
 from .exceptions import ConfigError, bind_name
 from .urls import is_memory_sqlite
 
-__all__ = ["DRIVER_EXTRAS", "MYSQL_POOL_RECYCLE", "engine_arguments", "make_engine"]
+__all__ = [
+    "DRIVER_EXTRAS",
+    "MYSQL_POOL_RECYCLE",
+    "engine_arguments",
+    "holds_the_database",
+    "make_engine",
+]
 
 logger = logging.getLogger("asyncbind")
 
@@ -186,7 +192,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # What drops a connection is made before the dialect's methods are replaced (see
     # closing.dropper). An in-memory database's one connection is the database: it is never
     # dropped, and a statement cut short on it does not count as a disconnect (keep_database).
-    the_database = _holds_the_database(url, sync.pool)
+    the_database = holds_the_database(sync)
     drop = _keep_open if the_database else closing.dropper(dialect)
 
     # MySQL and MariaDB: a rollback after a stream left unread drops the connection instead of
@@ -263,11 +269,12 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     return engine
 
 
-def _holds_the_database(url: sa.URL, pool: sa_pool.Pool) -> bool:
-    """Whether ``pool``'s one connection is the whole database: in-memory SQLite's, shared by
-    every session (StaticPool; SingletonThreadPool, one per thread)."""
-    shared = isinstance(pool, sa_pool.StaticPool | sa_pool.SingletonThreadPool)
-    return shared and is_memory_sqlite(url)
+def holds_the_database(engine: sa.Engine) -> bool:
+    """Whether ``engine``'s pool's one connection is the whole database: in-memory SQLite's,
+    shared by every session (StaticPool; SingletonThreadPool, one per thread). Discarding that
+    connection loses every table."""
+    shared = isinstance(engine.pool, sa_pool.StaticPool | sa_pool.SingletonThreadPool)
+    return shared and is_memory_sqlite(engine.url)
 
 
 def _keep_database(ctx: ExceptionContext) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .engines import holds_the_database
+
 __all__ = ["Bind", "connection", "read_batches"]
 
 Bind = AsyncEngine | AsyncConnection
@@ -87,7 +89,9 @@ async def _through_sqlalchemy(
     finally:
         if conn.invalidated:
             pass  # discarded meanwhile (a statement on it was cut short): its cursor is gone
-        elif finished or not own:
+        elif finished or not own or holds_the_database(conn.sync_engine):
+            # In memory, the connection is the database: kept, its result closed (SQLite reads
+            # nothing more to close it; one cut short by a cancellation is waited for).
             await result.close()
         else:
             await _stopped_early(conn)

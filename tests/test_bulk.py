@@ -1045,3 +1045,62 @@ async def test_a_copy_within_one_sqlite_database_cancelled_mid_batch(
     assert [row[0] for row in await fetch(db, target)] == list(range(1, 1_001))
     assert await count(db, source) == 3_000
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# -- out of an in-memory SQLite database: its one connection is the database ------------------
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("stop", ["break", "cancel"])
+async def test_a_stream_of_an_in_memory_database_stopped_early_keeps_the_database(
+    stop: str, make_db: Callable[..., AsyncBind]
+) -> None:
+    """A stream left after its first row, or cancelled with its consumer, closes its result and
+    keeps the connection: every table and row is still there."""
+    db = make_db("sqlite://")
+    source = db.Table("source", *columns())
+    await db.create_all()
+    await load_rows(db.engine, source, sample(2_500))
+
+    async def read() -> None:
+        async with contextlib.aclosing(stream_rows(db.engine, source, batch_size=100)) as rows:
+            async for _ in rows:
+                if stop == "break":
+                    break
+                await asyncio.sleep(30)  # cancelled here
+
+    async with asyncio.timeout(60):
+        if stop == "break":
+            await read()
+        else:
+            reading = asyncio.create_task(read())
+            await asyncio.sleep(0.1)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+
+    assert await count(db, source) == 2_500
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("target_in", ["a file", "memory"])
+async def test_a_failed_copy_out_of_an_in_memory_database_keeps_the_database(
+    target_in: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The target refuses the second batch: the source's connection, which is its database, is
+    kept with every row."""
+    target_url = await new_database("sqlite") if target_in == "a file" else "sqlite://"
+    db = make_db("sqlite://", binds={"target": target_url})
+    source, target = source_and_target(db, None, "target")
+    await db.create_all()
+    await load_rows(db.engine, source, sample(5_000))
+    async with db.get_engine("target").begin() as conn:
+        await conn.execute(target.insert(), {"id": 1_500})
+
+    async with asyncio.timeout(60):
+        with pytest.raises(BulkCopyError) as caught:
+            await db.copy(source, target, batch_size=1_000)
+
+    assert caught.value.rows_copied == 1_000
+    assert await count(db, source) == 5_000
+    assert await count(db, target, "target") == 1_001
