@@ -255,14 +255,15 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         internals.replace_dialect_method(dialect, "do_terminate", drop)
 
     # Connections returned to the pool: rolled back (by asyncbind, quietly, unless the bind chose
-    # its own reset), then discarded if the server is still in a transaction.
+    # its own reset), then discarded if the server is still in a transaction; an in-memory
+    # database's one connection never is.
     if cancellation.resets_returned_connections(config.engine_options):
         reset = cancellation.reset_listener(
             dialect, drop, timeouts.timed_out, discard=not the_database
         )
         sa.event.listen(sync, "reset", reset)
     check = checkin.transaction_check(dialect.driver, key)
-    if check is not None:
+    if check is not None and not the_database:
         sa.event.listen(sync, "checkin", check)
     if the_database:
         sa.event.listen(sync, "handle_error", _keep_database)  # the last: it has the last word

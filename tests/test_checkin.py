@@ -100,6 +100,27 @@ async def test_a_transaction_left_open_on_the_driver_is_not_pooled(
     assert all(r.levelno == logging.INFO and "The default bind" in r.message for r in discarded)
 
 
+@pytest.mark.sqlite
+async def test_an_in_memory_database_keeps_its_connection_in_a_drivers_transaction(
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    """The one connection of an in-memory database is the database: back in the pool inside a
+    transaction of the driver's (with no reset on return to end it), it is kept, and so is every
+    table, the rows committed before and the transaction, which its owner ends."""
+    db = make_db("sqlite://", engine_options={"pool_reset_on_return": None})
+    leak = leak_table(db)
+    await db.create_all()
+    async with db.engine.begin() as conn:
+        await conn.execute(leak.insert().values(id=2))
+
+    async with db.engine.connect() as conn:
+        rollback = await begin_on_the_driver(conn, "sqlite")
+    async with db.engine.connect() as conn:
+        assert list(await conn.scalars(sa.text("SELECT id FROM leak ORDER BY id"))) == [1, 2]
+        await rollback()
+        assert list(await conn.scalars(sa.text("SELECT id FROM leak"))) == [2]
+
+
 @pytest.mark.mysql
 async def test_an_asyncmy_transaction_left_open_on_the_driver_is_not_pooled(
     new_database: NewDatabase, make_db: Callable[..., AsyncBind], caplog: pytest.LogCaptureFixture
