@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.engine import Transaction
 
+from .engines import holds_the_database
 from .exceptions import PartialCommitError, bind_name, format_key
 from .urls import render_url
 
@@ -158,13 +159,21 @@ def _reported(
 def _roll_back(rest: list[Held], names: list[Any]) -> list[str]:
     """Roll back the transactions that had not committed yet; what went wrong doing so, as notes.
 
-    A rollback that fails discards its connection, which ends the transaction on the server.
+    A rollback that fails discards its connection, which ends the transaction on the server;
+    except the one connection of an in-memory database, which is the database.
     """
     problems = []
     for held, name in zip(rest, names, strict=True):
         try:
             held.transaction.rollback()
         except Exception as exc:
+            if holds_the_database(held.connection.engine):
+                problems.append(
+                    f"asyncbind: rolling back {bind_name(name)} failed ({type(exc).__name__}); "
+                    "its connection was kept, as it is the in-memory database itself, and is "
+                    "rolled back again when it goes back to its pool."
+                )
+                continue
             held.connection.invalidate(exc)
             problems.append(
                 f"asyncbind: rolling back {bind_name(name)} failed ({type(exc).__name__}); "

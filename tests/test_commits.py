@@ -263,6 +263,38 @@ async def test_a_failing_first_commit_keeps_its_error_and_commits_nothing(
     assert await setup.contents() == {first.key: ["after"], second.key: ["after"]}
 
 
+@pytest.mark.sqlite
+async def test_an_in_memory_database_whose_rollback_fails_keeps_its_connection(
+    new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """The first commit fails and the rollback of the in-memory bind after it fails too: its
+    connection is kept, for it is the database, and only the session's row is gone."""
+    db = make_db(await new_database("sqlite"), binds={"memory": "sqlite://"})
+    main = db.Table("main", sa.Column("id", sa.Integer, primary_key=True))
+    kept = db.Table("kept", sa.Column("id", sa.Integer, primary_key=True), bind_key="memory")
+    await db.create_all()
+    async with db.get_engine("memory").begin() as conn:
+        await conn.execute(kept.insert().values(id=1))
+
+    def refuse(_conn: Any) -> None:
+        raise RuntimeError("refused")
+
+    sa.event.listen(db.engine.sync_engine, "commit", refuse)
+    sa.event.listen(db.get_engine("memory").sync_engine, "rollback", refuse)
+    async with db.session() as session:
+        await session.execute(main.insert().values(id=1))
+        await session.execute(kept.insert().values(id=2))
+        with pytest.raises(RuntimeError) as info:
+            await session.commit()
+    sa.event.remove(db.get_engine("memory").sync_engine, "rollback", refuse)
+
+    async with db.get_engine("memory").connect() as conn:
+        assert list(await conn.scalars(sa.select(kept.c.id))) == [1]
+    notes = "\n".join(info.value.__notes__)
+    assert "rolling back bind 'memory' failed (RuntimeError)" in notes
+    assert "its connection was kept, as it is the in-memory database itself" in notes
+
+
 @pytest.mark.postgresql
 @pytest.mark.mysql
 @pytest.mark.sqlite
