@@ -10,6 +10,14 @@ a session holds a connection from its first statement until its transaction ends
 keeps no count (``NullPool``, ``StaticPool``) holds no idle connections worth waiting for, so its
 engine is disposed at once; a checked-out connection of a disposed pool is still closed when it
 is returned.
+
+The count is looked at after every check-in and every :data:`RECHECK_INTERVAL` seconds. The pool
+fires its ``checkin`` event before it counts the connection back, and a connection it does not
+keep (an overflow connection, the pool being full) is closed in between, over the network on
+asyncpg and aiosqlite; SQLAlchemy documents no event for the end of that close (``close`` comes
+before it). The look after the check-in then finds the connection still counted, and no event
+comes later: the periodic look is what sees the count drop, whatever order a pool fires its
+events and updates its count in.
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["Retirements", "in_use"]
+__all__ = ["RECHECK_INTERVAL", "Retirements", "in_use"]
 
 logger = logging.getLogger("asyncbind")
+
+#: Seconds between two looks at the pool of an engine waiting for its connections (besides the
+#: look after each check-in): how late, at most, a retirement notices a connection that its pool
+#: closed as it took it back.
+RECHECK_INTERVAL = 0.1
 
 
 def in_use(engine: AsyncEngine) -> int:
@@ -49,7 +62,12 @@ async def _idle(engine: AsyncEngine, done: asyncio.Event) -> None:
     sa.event.listen(target, "checkin", returned)
     try:
         check()
-        await done.wait()
+        while not done.is_set():
+            try:
+                async with asyncio.timeout(RECHECK_INTERVAL):
+                    await done.wait()
+            except TimeoutError:
+                check()
     finally:
         sa.event.remove(target, "checkin", returned)
 

@@ -210,6 +210,71 @@ async def test_remove_bind_waits_for_the_sessions_using_it(
     assert await no_server_connections(extra) == 0
 
 
+async def test_remove_bind_returns_when_the_last_connection_back_is_an_overflow_one(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    """The pool keeps one connection; the second session's is an overflow one, which the pool
+    closes as it takes it back (over the network on PostgreSQL and SQLite), after its checkin
+    event. remove_bind() still sees that the last connection is back."""
+    db, Note = app.db, app.Note
+    extra = await new_database(backend)
+    await db.add_bind("extra", {"url": extra, "pool_size": 1, "max_overflow": 1})
+    connections = OpenConnections(db.get_engine("extra"))
+    await db.create_all(bind_key="extra")
+    async with db.session() as first, db.session() as second:
+        for session in (first, second):
+            await session.execute(sa.select(Note))
+        assert connections.open == 2
+        removing = asyncio.create_task(db.remove_bind("extra"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not removing.done()
+        await first.close()  # kept by the pool
+        await second.close()  # the overflow one: closed as it comes back
+    await asyncio.wait_for(removing, 30)
+    assert connections.opened == 2 and connections.open == 0
+    assert await no_server_connections(extra) == 0
+
+
+async def test_remove_bind_under_more_requests_than_its_pool_keeps(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    """Eight requests at once on a bind whose pool keeps two connections: as they stop, the pool
+    closes the overflow connections they return. remove_bind() returns once the last request is
+    done, and every connection of the bind is closed."""
+    db, Note = app.db, app.Note
+    extra = await new_database(backend)
+    await db.add_bind("extra", {"url": extra, "pool_size": 2, "max_overflow": 6})
+    connections = OpenConnections(db.get_engine("extra"))
+    await db.create_all(bind_key="extra")
+    served = 0
+
+    async def request() -> None:
+        nonlocal served
+        while True:
+            try:
+                async with db.session() as session:
+                    await session.execute(sa.select(Note))
+                    await asyncio.sleep(0)  # the others take connections meanwhile
+                    await session.execute(sa.select(Note.id))
+                    await session.commit()
+            except UnknownBindError:
+                return  # removed: refused before anything was sent
+            served += 1
+
+    requests = [asyncio.create_task(request()) for _ in range(8)]
+    for _ in range(6_000):  # until overflow connections are in use (a guard of ~60 s)
+        if served >= 40 and connections.opened > 2:
+            break
+        await asyncio.sleep(0.01)
+    assert connections.opened > 2
+    # As the requests stop, the pool closes what it does not keep: overflow connections.
+    await asyncio.wait_for(db.remove_bind("extra"), 60)
+    await asyncio.wait_for(asyncio.gather(*requests), 60)
+    assert connections.closed > 2 and connections.open == 0
+    assert await no_server_connections(extra) == 0
+
+
 async def test_remove_bind_cancelled_still_disposes_the_engine(
     app: App, backend: str, new_database: NewDatabase
 ) -> None:
