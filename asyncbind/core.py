@@ -332,9 +332,10 @@ class AsyncBind:
         """Take bind ``key`` out of service while the application runs.
 
         New statements for it raise :class:`UnknownBindError` at once; sessions that hold one of
-        its connections finish their transactions undisturbed. Returns when the last of them is
-        done and the engine is disposed (if this call is cancelled, the engine is still disposed
-        then). The default bind cannot be removed.
+        its connections finish their transactions undisturbed, on it, even if ``key`` is added
+        again meanwhile (see :mod:`asyncbind.routing`). Returns when the last of them is done and
+        the engine is disposed (if this call is cancelled, the engine is still disposed then). The
+        default bind cannot be removed.
         """
         if key is None:
             raise ConfigError(
@@ -359,8 +360,18 @@ class AsyncBind:
             for engine in engines
             if (task := self._retirements.retire(engine, bind_name(key))) is not None
         ]
-        if retiring:
+        if retiring:  # a task per engine, the bind's own first
+            self._hold_until_disposed(key, bind.engine, retiring[0])
             await asyncio.shield(asyncio.gather(*retiring))
+
+    def _hold_until_disposed(
+        self, key: BindKey, engine: AsyncEngine, retiring: asyncio.Task[None]
+    ) -> None:
+        """Route ``key`` to ``engine``, removed, for the sessions whose transaction holds one of
+        its connections (they end it there), until ``retiring`` has disposed it."""
+        router, held = self._router, engine.sync_engine
+        router.hold(key, held)
+        retiring.add_done_callback(lambda _: router.release(key, held))
 
     def add_group(
         self,

@@ -9,6 +9,13 @@ mapper's table, the tables in the statement, then the default bind. A session gi
 This runs on every statement. A mapper's bind is worked out once; a statement's bind is cached by
 the statement's SQL cache key, which SQLAlchemy memoizes on the statement and reuses to find the
 compiled SQL, so a cache hit costs a dict lookup (most of it hashing that key).
+
+A bind removed at run time (``db.remove_bind()``) keeps its engine until the sessions using it
+are done. Meanwhile a session whose transaction holds a connection of that engine goes on sending
+the key's statements there, even if the key has been added again with another database: one
+transaction never spans two databases of a key. Its next transaction, and every other session,
+gets the key's engine now (or :class:`UnknownBindError`). Only the statements of such a key pay
+for the question, and only while that engine is in use.
 """
 
 from __future__ import annotations
@@ -146,6 +153,19 @@ class OuterTransactions(Protocol):
         ...
 
 
+class _EarlierEngines(Exception):  # noqa: N818 (a signal, not an error)
+    """What the router raises for a bind key that has *earlier engines*: engines of binds removed
+    under that key (``db.remove_bind()``) that sessions may still hold connections of. Which
+    engine a statement of the key goes to then depends on the session's transaction:
+    :meth:`RoutingSession.get_bind` answers it, and this never reaches the application."""
+
+    def __init__(self, key: BindKey, owner: str | None, engines: tuple[sa.Engine, ...]) -> None:
+        super().__init__(key)
+        self.key = key
+        self.owner = owner
+        self.engines = engines
+
+
 class Router:
     """Maps mappers and statements to the sync engine of their bind.
 
@@ -153,12 +173,17 @@ class Router:
     statement shapes hold engines of ordinary binds only, and a group's mappers and shapes are
     remembered apart, on the cache-miss path, so that ordinary binds route exactly as fast.
 
+    A key with earlier engines (:meth:`hold`) is never cached either: the router raises
+    :class:`_EarlierEngines` for it until they are released, so that ordinary binds pay nothing.
+
     ``statement_cache_size`` bounds the statement shapes remembered for ordinary binds, and
     apart from them those of groups; past it, shapes unused for a while are forgotten first, and
     shapes in use stay.
     """
 
     __slots__ = (
+        "_current",
+        "_earlier",
         "_engines",
         "_grouped",
         "_groups",
@@ -175,6 +200,11 @@ class Router:
     )
 
     def __init__(self, statement_cache_size: int = STATEMENT_CACHE_SIZE) -> None:
+        #: Every bind's engine, by key.
+        self._current: dict[BindKey, sa.Engine] = {}
+        #: Engines of removed binds that sessions may still use, by key (see hold()).
+        self._earlier: dict[BindKey, tuple[sa.Engine, ...]] = {}
+        #: What routes without asking: the engines of the keys with no earlier engines.
         self._engines: dict[BindKey, sa.Engine] = {}
         self._read_only: frozenset[BindKey] = frozenset()
         self._read_only_engines: dict[sa.Engine, BindKey] = {}
@@ -205,13 +235,37 @@ class Router:
         """
         self.replicas = {engines[key]: found for key, found in replicas.items()}
         self.has_replicas = bool(self.replicas)
-        self._engines = dict(engines)
+        self._current = dict(engines)
         self._read_only = frozenset(read_only)
-        self._read_only_engines = {self._engines[k]: k for k in self._read_only}
-        # The default bind first, then the others in the order they were configured.
-        keys = sorted(self._engines, key=lambda k: k is not None)
-        self._order = {self._engines[k]: (rank, k) for rank, k in enumerate(keys)}
+        self._read_only_engines = {self._current[k]: k for k in self._read_only}
+        self._arrange()
         self._forget()
+
+    def hold(self, key: BindKey, engine: sa.Engine) -> None:
+        """Keep ``engine``, which bind ``key`` had before it was removed, for the sessions whose
+        transaction holds one of its connections, until :meth:`release`: they go on sending the
+        key's statements there. Other sessions get the key's engine now, if it has one again."""
+        self._earlier[key] = (*self._earlier.get(key, ()), engine)
+        self._arrange()
+        self._forget()
+
+    def release(self, key: BindKey, engine: sa.Engine) -> None:
+        """No session uses ``engine``, held for ``key``, any more: forget it."""
+        earlier = tuple(held for held in self._earlier.get(key, ()) if held is not engine)
+        if earlier:
+            self._earlier[key] = earlier
+        else:
+            self._earlier.pop(key, None)
+        self._arrange()  # nothing was cached for the key while it had earlier engines
+
+    def _arrange(self) -> None:
+        """What routes without asking, and the commit order: the default bind first, then the
+        others in the order they were configured, then the earlier engines still held."""
+        self._engines = {k: e for k, e in self._current.items() if k not in self._earlier}
+        keys = sorted(self._current, key=lambda k: k is not None)
+        order = [(self._current[k], k) for k in keys]
+        order += [(engine, k) for k, held in self._earlier.items() for engine in held]
+        self._order = {engine: (rank, k) for rank, (engine, k) in enumerate(order)}
 
     def set_groups(self, groups: Mapping[str, Group]) -> None:
         """Route the bind keys of ``groups`` to their groups from now on."""
@@ -225,20 +279,31 @@ class Router:
         self._grouped.clear()
 
     def engine(self, key: BindKey, owner: str | None = None) -> sa.Engine:
-        """The engine of bind ``key``; :class:`UnknownBindError` when it has none."""
+        """The engine of bind ``key`` now; :class:`UnknownBindError` when it has none."""
         try:
-            return self._engines[key]
+            return self._current[key]
         except (KeyError, TypeError):  # TypeError: an unhashable key
             group = self._groups.get(key) if isinstance(key, str) else None
         if group is not None:
             return group.sync_engine(owner)
-        raise UnknownBindError(key, [*self._engines, *self._groups], owner=owner) from None
+        raise UnknownBindError(key, [*self._current, *self._groups], owner=owner) from None
+
+    def _routed(self, key: BindKey, owner: str) -> sa.Engine:
+        """The engine a statement of bind ``key`` goes to: :meth:`engine`, unless the key has
+        earlier engines (:class:`_EarlierEngines`, for the session to answer)."""
+        try:
+            return self._engines[key]
+        except (KeyError, TypeError):
+            earlier = self._earlier.get(key) if isinstance(key, str) else None
+        if earlier is not None:
+            raise _EarlierEngines(key, owner, earlier)
+        return self.engine(key, owner)
 
     def tenant_engine(self, key: str, tenant: str) -> sa.Engine:
         """The engine of ``tenant`` in group ``key``."""
         group = self._groups.get(key)
         if group is None:
-            raise UnknownBindError(key, [*self._engines, *self._groups]) from None
+            raise UnknownBindError(key, [*self._current, *self._groups]) from None
         return group.tenant_engine(tenant)
 
     def routed_tenant(self, mapper: Any) -> tuple[str, str | None] | None:
@@ -252,12 +317,12 @@ class Router:
 
     def is_default(self, bind: sa.Engine | sa.Connection) -> bool:
         """Whether ``bind`` is the default bind's engine."""
-        return bind is self._engines.get(None)
+        return bind is self._current.get(None)
 
     def for_key(self, key: BindKey, clause: Any) -> sa.Engine:
         """The engine of bind ``key``, named in ``bind_arguments``; a write to a read-only bind is
         refused."""
-        engine = self.engine(key, "bind_arguments={'bind_key': ...}")
+        engine = self._routed(key, "bind_arguments={'bind_key': ...}")
         if key in self._read_only and clause is not None:
             self.refuse_write(key, clause)
         return engine
@@ -290,7 +355,7 @@ class Router:
             group = self._groups.get(key)
             if group is not None:
                 return group.sync_engine(owner)
-            engine = self._mappers[mapper] = self.engine(key, owner)
+            engine = self._mappers[mapper] = self._routed(key, owner)
         return engine
 
     def for_statement(self, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
@@ -319,7 +384,7 @@ class Router:
         if group is not None:
             self._grouped.add(shape, (group, owner))
             return group.sync_engine(owner)
-        engine = self.engine(key, owner)
+        engine = self._routed(key, owner)
         self._statements.add(shape, engine)
         return engine
 
@@ -345,7 +410,7 @@ class Router:
         return found
 
     def _resolve(self, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
-        return self.engine(*self._resolve_key(mapper, clause))
+        return self._routed(*self._resolve_key(mapper, clause))
 
     def _resolve_key(self, mapper: Any, clause: sa.ClauseElement) -> tuple[BindKey, str]:
         """The bind key of a statement and what to name it by in errors; a write to a read-only
@@ -692,6 +757,8 @@ class RoutingSession(sa_orm.Session):
             return _route(router, mapper, clause, bind_key)
         except UnresolvedTenantError as error:
             return self._tenant_engine(error)
+        except _EarlierEngines as earlier:
+            return self._engine_of_transaction(earlier, clause)
 
     def _tenant_engine(self, error: UnresolvedTenantError) -> sa.Engine:
         """With no tenant routed for a group, the tenant this session already works with, if any
@@ -700,6 +767,23 @@ class RoutingSession(sa_orm.Session):
         if tenant is None:
             raise error
         return self.router.tenant_engine(error.group, tenant)
+
+    def _engine_of_transaction(self, earlier: _EarlierEngines, clause: Any) -> sa.Engine:
+        """The engine of a key removed (and maybe added again) at run time: the earlier engine
+        whose connection this session's transaction holds, so that the transaction ends where it
+        began; else the key's engine now (:class:`UnknownBindError` if it has none)."""
+        transaction = self.get_transaction()
+        if transaction is not None:
+            for connection, _ in commits.connections_held(transaction):
+                if connection.engine in earlier.engines:
+                    return connection.engine
+        try:
+            engine = self.router.engine(earlier.key, earlier.owner)
+        except UnresolvedTenantError as error:  # the key is a tenant group's now
+            return self._tenant_engine(error)
+        if clause is not None:
+            self.router.check_bind(engine, clause)  # the bind added again may be read-only
+        return engine
 
     def _given_bind(
         self, mapper: Any, clause: Any, bind: Any, bind_key: Any, kw: dict[str, Any]
@@ -726,6 +810,8 @@ class RoutingSession(sa_orm.Session):
                 engine = _route(router, mapper, clause, bind_key)
             except UnresolvedTenantError as error:
                 engine = self._tenant_engine(error)
+            except _EarlierEngines as earlier:
+                engine = self._engine_of_transaction(earlier, clause)
             bind = self._by_key.get(engine)
             if bind is None and self._outer is not None:
                 bind = self._outer.connection(engine)

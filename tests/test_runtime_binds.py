@@ -275,6 +275,81 @@ async def test_remove_bind_under_more_requests_than_its_pool_keeps(
     assert await no_server_connections(extra) == 0
 
 
+async def test_a_session_in_a_transaction_finishes_it_on_the_removed_bind(
+    app: App, backend: str, new_database: NewDatabase
+) -> None:
+    """remove_bind() while a session has written to the bind and not committed: that session
+    goes on writing, reading and commits there, while other sessions are refused; its next
+    transaction is refused too."""
+    db, Note = app.db, app.Note
+    extra, connections = await add_extra_bind(db, backend, new_database)
+    async with db.session() as busy:
+        busy.add(Note(text="first"))
+        await busy.flush()
+        removing = asyncio.create_task(db.remove_bind("extra"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        async with db.session() as other:
+            with pytest.raises(UnknownBindError, match="'extra'"):
+                await other.execute(sa.select(Note))
+        busy.add(Note(text="second"))
+        await busy.flush()
+        written = await busy.scalars(sa.select(Note.text).order_by(Note.text))
+        assert written.all() == ["first", "second"]
+        count = sa.text("SELECT count(*) FROM notes")
+        assert (await busy.scalar(count, bind_arguments={"bind_key": "extra"})) == 2
+        assert not removing.done()
+        await busy.commit()
+        busy.add(Note(text="next transaction"))
+        with pytest.raises(UnknownBindError, match="model 'Note'"):
+            await busy.flush()
+        await busy.rollback()
+    await asyncio.wait_for(removing, 30)
+    assert await notes_in(extra) == ["first", "second"]
+    assert connections.open == 0
+
+
+async def test_a_key_added_again_never_splits_a_transaction_across_two_databases(
+    backend_pair: tuple[str, str], new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """Bind "extra" is removed and added again with a database on another server while a
+    session has written to the first one and not committed: that session's transaction goes on
+    in the first database to its end. Other sessions, and its own next transaction, use the
+    second."""
+    old_backend, new_backend = backend_pair
+    app = make_app(make_db(await new_database(old_backend)))
+    db, Note = app.db, app.Note
+    first, second = await new_database(old_backend), await new_database(new_backend)
+    await db.add_bind("extra", first)
+    await db.create_all(bind_key="extra")
+    async with db.session() as busy:
+        busy.add(Note(text="busy 1"))
+        await busy.flush()
+        removing = asyncio.create_task(db.remove_bind("extra"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert "extra" not in db.engines
+        await db.add_bind("extra", second)
+        await db.create_all(bind_key="extra")
+        async with db.session() as other:
+            other.add(Note(text="other"))
+            await other.commit()
+            assert (await other.scalars(sa.select(Note.text))).all() == ["other"]
+        busy.add(Note(text="busy 2"))
+        await busy.flush()
+        written = await busy.scalars(sa.select(Note.text).order_by(Note.text))
+        assert written.all() == ["busy 1", "busy 2"]
+        assert not removing.done()
+        await busy.commit()
+        busy.add(Note(text="busy, next transaction"))
+        await busy.commit()
+    await asyncio.wait_for(removing, 30)
+    assert await notes_in(first) == ["busy 1", "busy 2"]
+    assert await notes_in(second) == ["busy, next transaction", "other"]
+    async with db.session() as session:  # once the first engine is disposed, as any bind
+        assert len((await session.scalars(sa.select(Note))).all()) == 2
+
+
 async def test_remove_bind_cancelled_still_disposes_the_engine(
     app: App, backend: str, new_database: NewDatabase
 ) -> None:
