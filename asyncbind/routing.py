@@ -420,6 +420,10 @@ class Router:
         if mapper is not None:
             key, owner, table = self._mapper_key(mapper)
             keys.setdefault(key, set()).add(table)
+            if len(keys) == 1:
+                # An ORM statement: the tables the ORM adds when it compiles it count too.
+                for found, names in _keys_of(_compiled_tables(clause, self._dialect(key))).items():
+                    keys.setdefault(found, set()).update(names)
         if len(keys) > 1:
             raise CrossBindError(keys)
         if not keys:
@@ -430,6 +434,13 @@ class Router:
         if key in self._read_only:
             self.refuse_write(key, clause, owner)
         return key, owner
+
+    def _dialect(self, key: BindKey) -> sa.Dialect | None:
+        """The dialect statements of bind ``key`` compile with; None for a key with no engine of
+        its own (a tenant group's depends on the tenant): statements then compile as ``str()``
+        compiles them, which adds the same tables."""
+        engine = self._engines.get(key)
+        return None if engine is None else engine.dialect
 
     def check_flush(self, session: sa_orm.Session) -> None:
         """Refuse a flush that would write to a read-only bind."""
@@ -455,6 +466,18 @@ def _tables_in(clause: Any) -> Iterable[sa.Table]:
     for element in visitors.iterate(clause):
         if isinstance(element, sa.Table):
             yield element
+
+
+def _compiled_tables(statement: sa.ClauseElement, dialect: sa.Dialect | None) -> list[sa.Table]:
+    """The tables of the statement SQLAlchemy compiles for an ORM ``statement``: with the joins
+    along relationships, the eager joins and the column properties the ORM adds when it compiles
+    it, which the statement as written does not hold.
+
+    The compiler's ``compile_state`` is documented; its ``statement`` is not
+    (``tests/test_routing.py`` fails if SQLAlchemy changes it).
+    """
+    state = statement.compile(dialect=dialect).compile_state
+    return [] if state is None else list(_tables_in(state.statement))
 
 
 def _keys_of(tables: Iterable[sa.Table]) -> dict[BindKey, set[str]]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -391,6 +393,262 @@ async def test_tables_and_bases_made_outside_asyncbind_route_too(
     assert not await has_table(db, None, "account")
 
 
+# -- what the ORM adds when it compiles a statement ---------------------------------------------
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            None,
+            id="sqlite+postgresql+mysql",
+            marks=[pytest.mark.sqlite, pytest.mark.postgresql, pytest.mark.mysql],
+        )
+    ]
+)
+async def three_servers(new_database: NewDatabase, make_db: Callable[..., AsyncBind]) -> AsyncBind:
+    """The default bind on SQLite, 'pg' on PostgreSQL, 'my' on MariaDB."""
+    pg, my = await new_database("postgresql"), await new_database("mysql")
+    return make_db(await new_database("sqlite"), binds={"pg": pg, "my": my})
+
+
+@dataclass
+class Related:
+    """Models related across binds (see :func:`define_related`)."""
+
+    Customer: Any
+    Address: Any
+    Purchase: Any
+    Invoice: Any
+    Receipt: Any
+    Note: Any
+
+
+def define_related(db: AsyncBind) -> Related:
+    """``Customer`` and ``Address`` on 'pg'; ``Purchase``, ``Invoice`` and ``Receipt`` on 'my',
+    each pointing at a customer; ``Note`` on the default bind, pointing at a customer too."""
+
+    class Customer(db.Model):
+        __bind_key__ = "pg"
+        __tablename__ = "customer"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+        # Within the bind, joined eagerly on every load of a customer.
+        addresses: Mapped[list[Address]] = sa_orm.relationship(lazy="joined")
+        purchases: Mapped[list[Purchase]] = sa_orm.relationship(
+            primaryjoin="Customer.id == foreign(Purchase.customer_id)",
+            back_populates="customer",
+        )
+        # Across binds, loaded by a statement of its own on the other bind.
+        purchases_selectin: Mapped[list[Purchase]] = sa_orm.relationship(
+            primaryjoin="Customer.id == foreign(Purchase.customer_id)",
+            lazy="selectin",
+            viewonly=True,
+        )
+
+    class Address(db.Model):
+        __bind_key__ = "pg"
+        __tablename__ = "address"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        customer_id: Mapped[int] = mapped_column(sa.ForeignKey("customer.id"))
+        city: Mapped[str] = mapped_column(sa.String(50))
+        customer: Mapped[Customer] = sa_orm.relationship(viewonly=True)
+
+    class Purchase(db.Model):
+        __bind_key__ = "my"
+        __tablename__ = "purchase"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        customer_id: Mapped[int]
+        customer: Mapped[Customer] = sa_orm.relationship(
+            primaryjoin="foreign(Purchase.customer_id) == Customer.id",
+            back_populates="purchases",
+        )
+
+    class Invoice(db.Model):
+        __bind_key__ = "my"
+        __tablename__ = "invoice"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        customer_id: Mapped[int]
+        customer: Mapped[Customer] = sa_orm.relationship(
+            primaryjoin="foreign(Invoice.customer_id) == Customer.id", lazy="joined"
+        )
+
+    class Receipt(db.Model):
+        __bind_key__ = "my"
+        __tablename__ = "receipt"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        customer_id: Mapped[int]
+
+    Receipt.customer_name = sa_orm.column_property(
+        sa.select(Customer.name)
+        .where(Customer.id == Receipt.customer_id)
+        .correlate_except(Customer)
+        .scalar_subquery()
+    )
+
+    class Note(db.Model):
+        __tablename__ = "note"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        customer_id: Mapped[int]
+        customer: Mapped[Customer] = sa_orm.relationship(
+            primaryjoin="foreign(Note.customer_id) == Customer.id"
+        )
+
+    return Related(Customer, Address, Purchase, Invoice, Receipt, Note)
+
+
+async def related_rows(db: AsyncBind) -> Related:
+    """The models of :func:`define_related`, their tables made and filled, and a ``customer``
+    table of the same name in the default and 'my' databases, whose rows say they are in the
+    wrong database: a statement sent there reads them instead of failing."""
+    m = define_related(db)
+    await db.create_all()
+    for key in (None, "my"):
+        async with db.engines[key].begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT)"))
+            await conn.execute(sa.text(f"INSERT INTO customer VALUES (1, 'wrong: {key}')"))
+    async with db.session() as session:
+        session.add_all(
+            [
+                m.Customer(id=1, name="ada", addresses=[m.Address(id=1, city="Paris")]),
+                m.Purchase(id=10, customer_id=1),
+                m.Invoice(id=20, customer_id=1),
+                m.Receipt(id=30, customer_id=1),
+                m.Note(id=40, customer_id=1),
+            ]
+        )
+        await session.commit()
+    return m
+
+
+async def test_joins_along_relationships_across_binds_are_refused_before_any_sql(
+    three_servers: AsyncBind, statements: Statements
+) -> None:
+    """Joins the ORM adds when it compiles a statement (along a relationship, eager joins asked
+    for or configured with lazy="joined"), and the criteria it adds to an ORM UPDATE or DELETE,
+    count as the statement's tables: across binds they are refused, where they used to read the
+    same-named table of the wrong database."""
+    db = three_servers
+    m = await related_rows(db)
+    Customer, Purchase, Invoice, Note = m.Customer, m.Purchase, m.Invoice, m.Note
+    criteria = sa_orm.with_loader_criteria(
+        Purchase, Purchase.customer_id.in_(sa.select(Customer.id))
+    )
+    log = statements(db)
+    async with db.session() as session:
+        refused = {
+            "join(Purchase.customer)": lambda: session.scalars(
+                sa.select(Purchase).join(Purchase.customer)
+            ),
+            "outerjoin(Purchase.customer)": lambda: session.scalars(
+                sa.select(Purchase).outerjoin(Purchase.customer)
+            ),
+            "joinedload(Purchase.customer)": lambda: session.scalars(
+                sa.select(Purchase).options(sa_orm.joinedload(Purchase.customer))
+            ),
+            "join(Customer.purchases)": lambda: session.scalars(
+                sa.select(Customer).join(Customer.purchases)
+            ),
+            "get(Customer, joinedload)": lambda: session.get(
+                Customer, 1, options=[sa_orm.joinedload(Customer.purchases)]
+            ),
+            "lazy='joined' select": lambda: session.scalars(sa.select(Invoice)),
+            "lazy='joined' get": lambda: session.get(Invoice, 20),
+            "update with_loader_criteria": lambda: session.execute(
+                sa.update(Purchase).options(criteria).values(customer_id=2)
+            ),
+            "delete with_loader_criteria": lambda: session.execute(
+                sa.delete(Purchase).options(criteria)
+            ),
+        }
+        for name, run in refused.items():
+            with pytest.raises(CrossBindError) as info:
+                await run()
+            assert set(info.value.keys) == {"pg", "my"}, name
+            assert "customer" in info.value.tables["pg"], name
+            assert set(info.value.tables["my"]) & {"purchase", "invoice"}, name
+        with pytest.raises(CrossBindError) as info:
+            await session.scalars(sa.select(Note).join(Note.customer))
+        assert info.value.tables == {None: ("note",), "pg": ("customer",)}
+        assert "'note'" in str(info.value) and "'customer'" in str(info.value)
+        assert log == []
+        # A refresh loads with the model's own loaders: lazy="joined" too.
+        invoice = Invoice(id=21, customer_id=1)
+        session.add(invoice)
+        await session.flush()
+        with pytest.raises(CrossBindError, match="'invoice'"):
+            await session.refresh(invoice)
+    assert [(key, sql.split()[0]) for key, sql in log] == [("my", "INSERT")]
+
+
+async def test_column_properties_across_binds_are_refused_before_any_sql(
+    three_servers: AsyncBind, statements: Statements
+) -> None:
+    """A column_property whose subquery reads another bind's table counts as the statement's:
+    selecting the model, or getting one, is refused as the subquery written out is."""
+    db = three_servers
+    m = await related_rows(db)
+    Receipt = m.Receipt
+    log = statements(db)
+    async with db.session() as session:
+        for run in (
+            lambda: session.scalars(sa.select(Receipt)),
+            lambda: session.get(Receipt, 30),
+            lambda: session.scalars(sa.select(Receipt).where(Receipt.id == 30)),
+            lambda: session.execute(sa.select(Receipt.id, Receipt.customer_name)),
+        ):
+            with pytest.raises(CrossBindError) as info:
+                await run()
+            assert info.value.tables == {"my": ("receipt",), "pg": ("customer",)}
+    assert log == []
+
+
+async def test_orm_loads_within_a_bind_or_by_statements_per_bind_still_work(
+    three_servers: AsyncBind, statements: Statements
+) -> None:
+    """Joined eager loading within one bind, loads across binds by a statement per bind
+    (selectin, immediate, lazy) and column properties left out of the statement still run, each
+    statement on its own bind and reading its rows."""
+    db = three_servers
+    m = await related_rows(db)
+    Customer, Address, Purchase, Invoice, Receipt = (
+        m.Customer,
+        m.Address,
+        m.Purchase,
+        m.Invoice,
+        m.Receipt,
+    )
+    log = statements(db)
+    async with db.session() as session:
+        customer = await session.get(Customer, 1)  # addresses joined, purchases by selectin
+        assert [a.city for a in customer.addresses] == ["Paris"]
+        assert [p.id for p in customer.purchases_selectin] == [10]
+        address = await session.scalar(
+            sa.select(Address).options(sa_orm.joinedload(Address.customer))
+        )
+        assert address.customer is customer
+    async with db.session() as session:
+        purchase = await session.scalar(
+            sa.select(Purchase).options(sa_orm.selectinload(Purchase.customer))
+        )
+        assert purchase.customer.name == "ada"
+        customer = await session.scalar(
+            sa.select(Customer).options(sa_orm.immediateload(Customer.purchases))
+        )
+        assert [p.id for p in customer.purchases] == [10]
+        invoice = await session.scalar(
+            sa.select(Invoice).options(sa_orm.lazyload(Invoice.customer))
+        )
+        assert await session.run_sync(lambda _: invoice.customer.name) == "ada"
+        receipt = await session.scalar(
+            sa.select(Receipt).options(sa_orm.defer(Receipt.customer_name))
+        )
+        assert receipt.id == 30
+    homes = {"customer": "pg", "address": "pg", "purchase": "my", "invoice": "my", "receipt": "my"}
+    for key, sql in log:
+        assert {homes[t] for t in homes if re.search(rf"\b{t}\b", sql)} == {key}, sql
+    assert {key for key, _ in log} == {"pg", "my"}
+
+
 # -- what the session was told: bind=, binds= and its own classes -------------------------------
 
 
@@ -697,3 +955,46 @@ def test_the_sqlalchemy_cache_key_routing_remembers_statements_by() -> None:
     assert shape(first) == shape(sa.select(a).where(a.c.id == 2))
     assert shape(first) != shape(sa.select(a).where(a.c.id.in_(sa.select(b.c.id))))
     assert first._generate_cache_key() is first._generate_cache_key()
+
+
+def test_the_sqlalchemy_compile_state_routing_reads_orm_tables_from() -> None:
+    """Routing reads the tables the ORM adds to a statement from the statement SQLAlchemy
+    compiles, ``Compiled.compile_state.statement`` (the attribute is documented, the state's
+    ``statement`` is not): it holds joins along relationships, eager joins and column property
+    subqueries. The statement's cache key, by which routing remembers its bind, differs with
+    each of them."""
+
+    class Base(sa_orm.DeclarativeBase):
+        pass
+
+    class Parent(Base):
+        __tablename__ = "parent"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Child(Base):
+        __tablename__ = "child"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int] = mapped_column(sa.ForeignKey("parent.id"))
+        parent: Mapped[Parent] = sa_orm.relationship()
+
+    Child.parent_name = sa_orm.column_property(
+        sa.select(Parent.id).where(Parent.id == Child.parent_id).scalar_subquery()
+    )
+
+    def compiled_tables(statement: Any) -> set[str]:
+        compiled = statement.compile().compile_state.statement
+        return {e.name for e in sa.sql.visitors.iterate(compiled) if isinstance(e, sa.Table)}
+
+    def shape(statement: Any) -> Any:
+        return statement._generate_cache_key().key
+
+    plain = sa.select(Child).options(sa_orm.defer(Child.parent_name))
+    assert compiled_tables(plain) == {"child"}
+    assert compiled_tables(sa.select(Child)) == {"child", "parent"}
+    joined = plain.join(Child.parent)
+    eager = plain.options(sa_orm.joinedload(Child.parent))
+    assert compiled_tables(joined) == compiled_tables(eager) == {"child", "parent"}
+    criteria = sa_orm.with_loader_criteria(Child, Child.parent_id.in_(sa.select(Parent.id)))
+    assert compiled_tables(sa.delete(Child).options(criteria)) == {"child", "parent"}
+    assert len({shape(s) for s in (plain, sa.select(Child), joined, eager)}) == 4
+    assert shape(eager) != shape(plain.options(sa_orm.selectinload(Child.parent)))
