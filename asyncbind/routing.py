@@ -420,10 +420,12 @@ class Router:
         if mapper is not None:
             key, owner, table = self._mapper_key(mapper)
             keys.setdefault(key, set()).add(table)
-            if len(keys) == 1:
-                # An ORM statement: the tables the ORM adds when it compiles it count too.
-                for found, names in _keys_of(_compiled_tables(clause, self._dialect(key))).items():
-                    keys.setdefault(found, set()).update(names)
+        if len(keys) == 1 and (mapper is not None or isinstance(clause, sa.CompoundSelect)):
+            # An ORM statement (SQLAlchemy names no mapper for a UNION, whatever its SELECTs):
+            # the tables the ORM adds when it compiles it count too.
+            dialect = self._dialect(next(iter(keys)))
+            for found, names in _keys_of(_compiled_tables(clause, dialect)).items():
+                keys.setdefault(found, set()).update(names)
         if len(keys) > 1:
             raise CrossBindError(keys)
         if not keys:
@@ -473,11 +475,30 @@ def _compiled_tables(statement: sa.ClauseElement, dialect: sa.Dialect | None) ->
     along relationships, the eager joins and the column properties the ORM adds when it compiles
     it, which the statement as written does not hold.
 
+    The ORM adds column properties and joins along relationships to the SELECTs nested in a
+    statement too (subqueries, CTEs, the SELECTs of a UNION), as it compiles them, and the
+    compiler keeps the state of the outermost only: each nested SELECT is compiled on its own.
+    (On its own it gets its eager joins as well, which SQLAlchemy leaves out of a subquery; a
+    lazy="joined" across binds is refused everywhere else anyway.)
+
     The compiler's ``compile_state`` is documented; its ``statement`` is not
     (``tests/test_routing.py`` fails if SQLAlchemy changes it).
     """
-    state = statement.compile(dialect=dialect).compile_state
-    return [] if state is None else list(_tables_in(state.statement))
+    tables: list[sa.Table] = []
+    seen = {statement}
+    pending = [statement]
+    while pending:
+        state = pending.pop().compile(dialect=dialect).compile_state
+        if state is None:
+            continue
+        compiled = state.statement
+        tables.extend(_tables_in(compiled))
+        seen.add(compiled)
+        for element in visitors.iterate(compiled):
+            if isinstance(element, sa.SelectBase) and element not in seen:
+                seen.add(element)
+                pending.append(element)
+    return tables
 
 
 def _keys_of(tables: Iterable[sa.Table]) -> dict[BindKey, set[str]]:

@@ -602,6 +602,40 @@ async def test_column_properties_across_binds_are_refused_before_any_sql(
     assert log == []
 
 
+async def test_what_the_orm_adds_to_subqueries_and_unions_across_binds_is_refused(
+    three_servers: AsyncBind, statements: Statements
+) -> None:
+    """The ORM adds column properties and joins along relationships to the SELECTs nested in a
+    statement and to the SELECTs of a UNION too: across binds, those are refused as well."""
+    db = three_servers
+    m = await related_rows(db)
+    Customer, Address, Purchase, Receipt = m.Customer, m.Address, m.Purchase, m.Receipt
+    receipts = sa.select(Receipt).cte("receipts")
+    log = statements(db)
+    async with db.session() as session:
+        for statement in (
+            sa.union_all(sa.select(Receipt), sa.select(Receipt)),
+            sa.select(Purchase).where(sa.exists(sa.select(Receipt))),
+            sa.select(Purchase).join(receipts, receipts.c.id == Purchase.id),
+            sa.select(Purchase.id).where(
+                Purchase.id.in_(sa.select(Purchase.id).join(Purchase.customer))
+            ),
+        ):
+            with pytest.raises(CrossBindError) as info:
+                await session.execute(statement)
+            assert info.value.tables["pg"] == ("customer",)
+            assert set(info.value.keys) == {"pg", "my"}
+        assert log == []
+        # Within one bind, the same shapes run.
+        union = sa.union_all(sa.select(Purchase.id), sa.select(Purchase.id))
+        assert (await session.execute(union)).scalars().all() == [10, 10]
+        assert (await session.scalars(union)).all() == [10, 10]
+        inner = sa.select(Customer).where(Customer.id == Address.customer_id)
+        found = await session.scalars(sa.select(Address).where(sa.exists(inner)))
+        assert [a.city for a in found] == ["Paris"]
+    assert [key for key, _ in log] == ["my", "my", "pg"]
+
+
 async def test_orm_loads_within_a_bind_or_by_statements_per_bind_still_work(
     three_servers: AsyncBind, statements: Statements
 ) -> None:
