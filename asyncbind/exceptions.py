@@ -211,7 +211,8 @@ class CrossBindError(AsyncBindError):
     """One statement uses tables that live in different binds.
 
     Such a statement cannot run in one database. ``keys`` are the bind keys involved and
-    ``tables`` maps each key to the names of its tables in the statement.
+    ``tables`` maps each key to the names of its tables in the statement (and of the sequences
+    it takes values from, as ``'sequence NAME'``).
     """
 
     def __init__(self, tables: Mapping[Any, Iterable[str]]) -> None:

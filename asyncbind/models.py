@@ -39,9 +39,10 @@ __all__ = [
 _MISSING: Any = object()
 
 
-def bind_key_of(table: sa.FromClause) -> BindKey:
-    """The bind key of ``table``: its own ``info["bind_key"]``, else its metadata's, else None."""
-    info = table.info if isinstance(table, sa.Table) else {}
+def bind_key_of(table: sa.FromClause | sa.Sequence) -> BindKey:
+    """The bind key of ``table`` (or of a sequence): its own ``info["bind_key"]``, else its
+    metadata's, else None."""
+    info = table.info if isinstance(table, sa.Table | sa.Sequence) else {}
     key = info.get("bind_key", _MISSING)
     if key is _MISSING:
         metadata = getattr(table, "metadata", None)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeGuard, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm as sa_orm
-from sqlalchemy.sql import visitors
+from sqlalchemy.sql import functions, visitors
 from sqlalchemy.util import EMPTY_DICT
 
 from . import commits, readonly, twophase
@@ -379,13 +379,15 @@ class Router:
         if engine is not None:
             return engine
         self._misses += 1
-        key, owner = self._resolve_key(mapper, clause)
+        key, owner, cacheable = self._resolve_key(mapper, clause)
         group = self._groups.get(key)
         if group is not None:
-            self._grouped.add(shape, (group, owner))
+            if cacheable:
+                self._grouped.add(shape, (group, owner))
             return group.sync_engine(owner)
         engine = self._routed(key, owner)
-        self._statements.add(shape, engine)
+        if cacheable:
+            self._statements.add(shape, engine)
         return engine
 
     def cache_info(self) -> ShapeCacheInfo:
@@ -410,12 +412,20 @@ class Router:
         return found
 
     def _resolve(self, mapper: Any, clause: sa.ClauseElement) -> sa.Engine:
-        return self._routed(*self._resolve_key(mapper, clause))
+        key, owner, _ = self._resolve_key(mapper, clause)
+        return self._routed(key, owner)
 
-    def _resolve_key(self, mapper: Any, clause: sa.ClauseElement) -> tuple[BindKey, str]:
-        """The bind key of a statement and what to name it by in errors; a write to a read-only
-        bind is refused."""
-        keys = _keys_of(_tables_in(clause))
+    def _resolve_key(self, mapper: Any, clause: sa.ClauseElement) -> tuple[BindKey, str, bool]:
+        """The bind key of a statement, what to name it by in errors, and whether its shape may
+        be cached; a write to a read-only bind is refused.
+
+        A statement that takes values from a sequence is not cached: SQLAlchemy's cache key names
+        a sequence by its name alone, so a sequence of the same name in another bind would share
+        the shape.
+        """
+        found = list(_tables_in(clause))
+        keys = _keys_of(found)
+        cacheable = not any(isinstance(item, sa.Sequence) for item in found)
         owner = None
         if mapper is not None:
             key, owner, table = self._mapper_key(mapper)
@@ -424,18 +434,18 @@ class Router:
             # An ORM statement (SQLAlchemy names no mapper for a UNION, whatever its SELECTs):
             # the tables the ORM adds when it compiles it count too.
             dialect = self._dialect(next(iter(keys)))
-            for found, names in _keys_of(_compiled_tables(clause, dialect)).items():
-                keys.setdefault(found, set()).update(names)
+            for other, names in _keys_of(_compiled_tables(clause, dialect)).items():
+                keys.setdefault(other, set()).update(names)
         if len(keys) > 1:
             raise CrossBindError(keys)
         if not keys:
-            return None, "a statement with no tables (text(), a function, ...)"
+            return None, "a statement with no tables (text(), a function, ...)", cacheable
         key = next(iter(keys))
         if owner is None:
-            owner = f"table {next(iter(keys[key]))!r}"
+            owner = _described(found[0])
         if key in self._read_only:
             self.refuse_write(key, clause, owner)
-        return key, owner
+        return key, owner, cacheable
 
     def _dialect(self, key: BindKey) -> sa.Dialect | None:
         """The dialect statements of bind ``key`` compile with; None for a key with no engine of
@@ -454,23 +464,34 @@ class Router:
                 raise ReadOnlyBindError(key, f"a flush writing {owner}")
 
 
-def _tables_in(clause: Any) -> Iterable[sa.Table]:
-    """The tables a statement, DDL construct or selectable refers to."""
+def _tables_in(clause: Any) -> Iterable[sa.Table | sa.Sequence]:
+    """The tables a statement, DDL construct or selectable refers to, and the sequences it takes
+    values from (``seq.next_value()``) or is DDL of. A sequence of no MetaData names no bind and
+    is left out."""
     if isinstance(clause, sa.Table):
         yield clause
         return
     if isinstance(clause, sa.schema.ExecutableDDLElement):
         target = clause.target
         table = getattr(target, "table", target)
-        if isinstance(table, sa.Table):
+        if isinstance(table, sa.Table) or _in_metadata(table):
             yield table
         return
     for element in visitors.iterate(clause):
         if isinstance(element, sa.Table):
             yield element
+        elif isinstance(element, functions.next_value) and _in_metadata(element.sequence):
+            yield element.sequence
 
 
-def _compiled_tables(statement: sa.ClauseElement, dialect: sa.Dialect | None) -> list[sa.Table]:
+def _in_metadata(item: Any) -> TypeGuard[sa.Sequence]:
+    """Whether ``item`` is a sequence of a MetaData (as a model's column makes it: its table's)."""
+    return isinstance(item, sa.Sequence) and item.metadata is not None
+
+
+def _compiled_tables(
+    statement: sa.ClauseElement, dialect: sa.Dialect | None
+) -> list[sa.Table | sa.Sequence]:
     """The tables of the statement SQLAlchemy compiles for an ORM ``statement``: with the joins
     along relationships, the eager joins and the column properties the ORM adds when it compiles
     it, which the statement as written does not hold.
@@ -484,7 +505,7 @@ def _compiled_tables(statement: sa.ClauseElement, dialect: sa.Dialect | None) ->
     The compiler's ``compile_state`` is documented; its ``statement`` is not
     (``tests/test_routing.py`` fails if SQLAlchemy changes it).
     """
-    tables: list[sa.Table] = []
+    tables: list[sa.Table | sa.Sequence] = []
     seen = {statement}
     pending = [statement]
     while pending:
@@ -501,11 +522,23 @@ def _compiled_tables(statement: sa.ClauseElement, dialect: sa.Dialect | None) ->
     return tables
 
 
-def _keys_of(tables: Iterable[sa.Table]) -> dict[BindKey, set[str]]:
+def _keys_of(tables: Iterable[sa.Table | sa.Sequence]) -> dict[BindKey, set[str]]:
     keys: dict[BindKey, set[str]] = {}
-    for table in tables:
-        keys.setdefault(bind_key_of(table), set()).add(table.fullname)
+    for item in tables:
+        name = item.fullname if isinstance(item, sa.Table) else f"sequence {_sequence_name(item)}"
+        keys.setdefault(bind_key_of(item), set()).add(name)
     return keys
+
+
+def _described(item: sa.Table | sa.Sequence) -> str:
+    """A table or a sequence as errors name it: ``table 'users'``, ``sequence 'ids'``."""
+    if isinstance(item, sa.Table):
+        return f"table {item.fullname!r}"
+    return f"sequence {_sequence_name(item)!r}"
+
+
+def _sequence_name(sequence: sa.Sequence) -> str:
+    return f"{sequence.schema}.{sequence.name}" if sequence.schema else sequence.name
 
 
 class RoutingSession(sa_orm.Session):

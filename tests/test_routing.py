@@ -683,6 +683,45 @@ async def test_orm_loads_within_a_bind_or_by_statements_per_bind_still_work(
     assert {key for key, _ in log} == {"pg", "my"}
 
 
+async def test_sequences_route_to_the_bind_of_their_metadata(
+    three_servers: AsyncBind, statements: Statements
+) -> None:
+    """A statement that takes values from a sequence goes to the bind of the sequence's MetaData
+    (a model column's sequence is its table's), even with a sequence of the same name in another
+    bind, which SQLAlchemy's cache key does not tell apart; sequences and tables of two binds are
+    refused as tables are."""
+    db = three_servers
+
+    class Ticket(db.Model):
+        __bind_key__ = "pg"
+        __tablename__ = "ticket"
+        id: Mapped[int] = mapped_column(sa.Sequence("ticket_ids", start=7), primary_key=True)
+
+    audit = db.Table("audit", sa.Column("id", sa.Integer, primary_key=True))
+    db.Table("counter", sa.Column("id", sa.Integer, primary_key=True), bind_key="my")
+    on_pg = sa.Sequence("ids", metadata=db.metadatas["pg"])
+    on_my = sa.Sequence("ids", start=100, metadata=db.metadatas["my"])
+    await db.create_all()
+    later = sa.Sequence("later", start=50, metadata=db.metadatas["pg"])
+    log = statements(db)
+    async with db.session() as session:
+        assert await session.scalar(sa.select(on_pg.next_value())) == 1
+        assert await session.scalar(sa.select(on_my.next_value())) == 100
+        assert await session.scalar(sa.select(on_pg.next_value())) == 2
+        assert await session.scalar(sa.select(Ticket.__table__.c.id.default.next_value())) == 7
+        await session.execute(sa.schema.CreateSequence(later))
+        assert await session.scalar(sa.select(later.next_value())) == 50
+        for statement in (
+            sa.select(on_pg.next_value(), on_my.next_value()),
+            sa.insert(audit).values(id=on_pg.next_value()),
+        ):
+            with pytest.raises(CrossBindError) as info:
+                await session.execute(statement)
+            assert info.value.tables["pg"] == ("sequence ids",)
+        await session.commit()
+    assert [key for key, _ in log] == ["pg", "my", "pg", "pg", "pg", "pg"]
+
+
 # -- what the session was told: bind=, binds= and its own classes -------------------------------
 
 
@@ -989,6 +1028,10 @@ def test_the_sqlalchemy_cache_key_routing_remembers_statements_by() -> None:
     assert shape(first) == shape(sa.select(a).where(a.c.id == 2))
     assert shape(first) != shape(sa.select(a).where(a.c.id.in_(sa.select(b.c.id))))
     assert first._generate_cache_key() is first._generate_cache_key()
+    # A sequence counts by its name alone, whatever its MetaData: routing caches no statement
+    # that takes values from one.
+    here, there = sa.Sequence("s", metadata=metadata), sa.Sequence("s", metadata=sa.MetaData())
+    assert shape(sa.select(here.next_value())) == shape(sa.select(there.next_value()))
 
 
 def test_the_sqlalchemy_compile_state_routing_reads_orm_tables_from() -> None:
