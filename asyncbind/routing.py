@@ -451,7 +451,7 @@ class Router:
         """The dialect statements of bind ``key`` compile with; None for a key with no engine of
         its own (a tenant group's depends on the tenant): statements then compile as ``str()``
         compiles them, which adds the same tables."""
-        engine = self._engines.get(key)
+        engine = self._current.get(key)
         return None if engine is None else engine.dialect
 
     def check_flush(self, session: sa_orm.Session) -> None:
