@@ -47,7 +47,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import visitors
+from sqlalchemy.sql import functions, visitors
 from sqlalchemy.util import concurrency
 
 from .config import BindConfig, BindKey
@@ -261,8 +261,9 @@ class SessionReplicas:
 
 
 def _is_read(clause: Any) -> bool:
-    """Whether ``clause`` only reads: a SELECT (or UNION...) that locks no rows and has no
-    INSERT / UPDATE / DELETE in a CTE (``select(update(...).returning(...).cte())`` writes).
+    """Whether ``clause`` only reads: a SELECT (or UNION...) that locks no rows, has no
+    INSERT / UPDATE / DELETE in a CTE (``select(update(...).returning(...).cte())`` writes) and
+    takes no value from a sequence (``select(seq.next_value())`` advances it; a standby refuses).
 
     ``_for_update_arg`` is where SQLAlchemy keeps ``with_for_update()`` (FOR UPDATE / FOR SHARE,
     ``session.get(..., with_for_update=True)`` included); no public attribute says it.
@@ -274,8 +275,11 @@ def _is_read(clause: Any) -> bool:
     elif not isinstance(clause, sa.CompoundSelect):
         return False
     return not any(
-        isinstance(element, sa.CTE)
-        and isinstance(element.element, sa.Insert | sa.Update | sa.Delete)
+        isinstance(element, functions.next_value)
+        or (
+            isinstance(element, sa.CTE)
+            and isinstance(element.element, sa.Insert | sa.Update | sa.Delete)
+        )
         for element in visitors.iterate(clause)
     )
 

@@ -409,6 +409,25 @@ async def test_a_select_over_a_writing_cte_goes_to_the_primary(
         assert (await conn.execute(sa.select(Item.name))).scalars().all() == ["changed"]
 
 
+async def test_taking_a_value_from_a_sequence_goes_to_the_primary(
+    rep: Replicated, make_db: MakeDb
+) -> None:
+    """nextval() advances the sequence: a write, which a standby refuses."""
+    db = make_db(rep.config())
+    ids = sa.Sequence("item_ids", metadata=db.metadatas[None])
+    Item = add_item(db)
+    await db.create_all()
+    async with db.engine.begin() as conn:
+        await conn.execute(sa.insert(Item).values(id=1, name="one"))
+    await rep.replicated("item", 1)
+    async with db.session() as session:
+        assert await session.scalar(sa.select(ids.next_value())) == 1
+        assert await session.scalar(sa.select(ids.next_value().label("id"))) == 2
+        await session.commit()
+    async with db.engine.connect() as conn:  # the primary's engine
+        assert await conn.scalar(sa.select(ids.next_value())) == 3
+
+
 async def test_two_phase_sessions_use_the_primary(rep: Replicated, make_db: MakeDb) -> None:
     """A standby cannot take part in a two-phase commit (PREPARE TRANSACTION, XA)."""
     db, Item = await items_db(rep, make_db)
@@ -924,6 +943,7 @@ def test_locking_is_seen_on_selects() -> None:
     assert not _is_read(sa.select(table).where(table.c.id.in_(sa.select(added.c.id))))
     assert not _is_read(sa.select(table).add_cte(changed))
     assert _is_read(sa.select(sa.select(table).cte("plain").c.id))
+    assert not _is_read(sa.select(sa.Sequence("ids").next_value()))
 
 
 @pytest.mark.sqlite
