@@ -271,9 +271,11 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         first = asyncio.timeout(args.timeout)
         try:
             # The first connection is waited for --timeout seconds at most, as check does; it
-            # goes back to the pool for the work, which may take longer.
-            async with first, db.engines[key].connect():
-                pass
+            # goes back to the pool for the work, which may take longer. (drop_all refuses a
+            # read-only bind before it connects: so does this.)
+            if not db.bind_configs[key].read_only:
+                async with first, db.engines[key].connect():
+                    pass
             if drop:
                 await db.drop_all(bind_key=key)
             else:

@@ -585,6 +585,7 @@ async def test_create_all_drop_all_and_copy_wait_for_a_silent_bind_at_most_their
         binds = {
             "users": f"mysql://root:{PASSWORD}@127.0.0.1:{port}/shop",
             "slow": f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/shop",
+            "ro": {"url": f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/ro", "read_only": True},
         }
         write_module(tmp_path, "config", MODELS.format(main=main, binds=binds))
         assert (await cli(tmp_path, "--app", "config", "create-all", "--bind", "")).status == 0
@@ -598,6 +599,10 @@ async def test_create_all_drop_all_and_copy_wait_for_a_silent_bind_at_most_their
             ]
         run = await cli(tmp_path, "--app", "config", "create-all", "--bind", "users")
         assert (run.status, run.lines) == (1, ["bind 'users': FAILED: no answer within 5 s"])
+        # A read-only bind is refused before anything waits for it.
+        run = await cli(tmp_path, "--app", "config", "drop-all", "--bind", "ro", "--yes")
+        assert run.status == 1 and len(run.lines) == 1, run.err
+        assert run.lines[0].startswith("bind 'ro': FAILED: ReadOnlyBindError: "), run.lines
 
         run = await cli(
             tmp_path, "--app", "config", "copy", "users:users", ":orders", "--timeout", "0.5"
