@@ -8,6 +8,9 @@ text, ...). A timezone-aware datetime or time going into a column that keeps no 
 A value the target column cannot hold exactly is refused with a ValueError that names the column
 and the value, where the database would otherwise change it without an error:
 
+* a decimal or float that is not a whole number into an integer column (PostgreSQL's COPY cuts
+  it, MySQL rounds it, SQLite keeps it); one that is (``Decimal("2.00")``, ``2.0``) goes as the
+  int it equals;
 * a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round);
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``);
@@ -150,10 +153,7 @@ def _plan(
         if text_json and dialect.name == "sqlite":
             return _json_document(column.name), ()
         return None
-    steps: list[Step] = []
-    check = _check(column, base, dialect)
-    if check is not None:
-        steps.append(check)
+    steps = _checks(column, base, dialect)
     if isinstance(base, sa.DateTime | sa.Time) and not (
         dialect.name == "postgresql" and base.timezone
     ):
@@ -170,14 +170,23 @@ def _plan(
     tests = tuple(test for _, test in steps if test is not None)
     if len(tests) < len(steps):
         tests = ()
-    functions = [function for function, _ in steps]
+    return _chained([function for function, _ in steps]), tests
+
+
+def _chained(functions: list[Convert]) -> Convert:
+    """One function that runs ``functions`` in turn, each on what the one before returned."""
     if len(functions) == 1:
-        return functions[0], tests
+        return functions[0]
     if len(functions) == 2:
         first, second = functions
-        return (lambda value: second(first(value))), tests
-    first, second, third = functions
-    return (lambda value: third(second(first(value)))), tests
+        return lambda value: second(first(value))
+
+    def chained(value: Any) -> Any:
+        for function in functions:
+            value = function(value)
+        return value
+
+    return chained
 
 
 def _utc_naive(value: Any) -> Any:
@@ -212,10 +221,22 @@ def _all_naive(values: list[Any]) -> bool:
 # -- what a column can hold ------------------------------------------------------------------
 
 
+def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step]:
+    """The steps that return a value the column holds exactly (or the same value in the type the
+    driver takes for it) and raise ValueError for one the database would change, each with its
+    column test if it has one; none when the database refuses what it cannot hold by itself."""
+    if isinstance(base, sa.Integer):
+        return [_whole_numbers(column.name, _ddl(column, dialect))]
+    check = _check(column, base, dialect)
+    return [] if check is None else [check]
+
+
+def _ddl(column: sa.Column[Any], dialect: sa.Dialect) -> str:
+    """What the column is, as the DDL it was created with says: NUMERIC(10, 2), DATETIME(6), ..."""
+    return str(column.type.compile(dialect=dialect)).upper()
+
+
 def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | None:
-    """A function that returns a value the column holds exactly and raises ValueError for one
-    the database would change, with its column test if it has one; None when the database
-    refuses what it cannot hold by itself."""
     if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time | _INTERVAL):
         return None
     name = dialect.name
@@ -226,8 +247,7 @@ def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | Non
         return (survives, None) if survives is not None else None
     if name != "postgresql" and name not in _MYSQL:
         return None
-    # What the column is, as the DDL it was created with says: NUMERIC(10, 2), DATETIME(6), ...
-    ddl = column.type.compile(dialect=dialect).upper()
+    ddl = _ddl(column, dialect)
     sizes = _SIZES.search(ddl)
     precision = int(sizes.group(1)) if sizes else None
     scale = int(sizes.group(2)) if sizes and sizes.group(2) else None
@@ -251,6 +271,37 @@ def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | Non
 
 def _refuse(column: str, ddl: str, value: Any, problem: str, fix: str) -> ValueError:
     return ValueError(f"column {column!r} ({ddl}) cannot hold {shown(value)}: {problem}. {fix}")
+
+
+_WHOLE = frozenset((int, bool))
+
+
+def _whole_numbers(column: str, ddl: str) -> Step:
+    """Refuses a decimal or float that is not a whole number, which PostgreSQL's COPY would cut,
+    MySQL round and SQLite keep in an integer column; one that is goes as the int it equals."""
+
+    def integers(values: list[Any]) -> bool:
+        return _WHOLE.issuperset(map(type, values))
+
+    def check(value: Any) -> Any:
+        if isinstance(value, decimal.Decimal):
+            whole = value.is_finite() and value == value.to_integral_value()
+        elif isinstance(value, float):
+            whole = value.is_integer()
+        else:
+            return value  # the driver's or the database's to take or refuse
+        if not whole:
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                "an integer column holds whole numbers only",
+                "Round the values in the source query if that is meant, or give the target "
+                "column a type that keeps fractions (sqlalchemy.Numeric, sqlalchemy.Double).",
+            )
+        return int(value)
+
+    return check, integers
 
 
 #: Enough precision for any decimal a driver hands over, so that quantize() never rounds.

@@ -438,6 +438,81 @@ async def test_a_value_the_target_cannot_hold_fails_the_copy(
         assert (await conn.execute(sa.select(target.c.id, target.c.v))).all() == [(1, good)]
 
 
+def _refusals(
+    targets: Sequence[str], type_: Any, good: Any, stored: Any, bad: Any, says: str, id: str
+) -> list[Any]:
+    """A case per target: ``good`` lands and reads back as ``stored``, ``bad`` fails."""
+    return [
+        pytest.param(
+            target,
+            type_,
+            good,
+            stored,
+            bad,
+            says,
+            id=f"{id}-{target}",
+            marks=[getattr(pytest.mark, target)],
+        )
+        for target in targets
+    ]
+
+
+#: Values that a database would change without an error (no strict mode stops it), each beside
+#: a value of the same kind that the column holds exactly.
+CHANGED_WITHOUT_AN_ERROR = [
+    *_refusals(
+        BACKENDS, sa.Integer, Decimal("2.00"), 2, Decimal("1.50"), "whole numbers", "decimal-int"
+    ),
+    *_refusals(BACKENDS, sa.BigInteger, 2.0, 2, 2.7, "whole numbers", "float-int"),
+]
+
+
+@pytest.mark.parametrize(
+    ("backend", "type_", "good", "stored", "bad", "says"),
+    CHANGED_WITHOUT_AN_ERROR,
+    indirect=["backend"],
+)
+async def test_a_value_the_target_would_change_fails_its_batch(
+    backend: str,
+    url: str,
+    type_: Any,
+    good: Any,
+    stored: Any,
+    bad: Any,
+    says: str,
+    make_db: Callable[..., AsyncBind],
+) -> None:
+    """The batch with the value fails with an error naming the column and the value, and none
+    of its rows lands; the batch before it, with a value of the same kind that the column holds
+    exactly, lands."""
+    db = make_db(url)
+    target = db.Table(
+        "narrow",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("v", type_),
+    )
+    await db.create_all()
+
+    rows = [(1, good), (2, None), (3, good), (4, bad)]
+    with pytest.raises(BulkCopyError) as caught:
+        await load_rows(db.engine, target, rows, batch_size=2)
+
+    assert type(caught.value) is BulkCopyError
+    assert type(caught.value.__cause__) is ValueError
+    assert caught.value.rows_copied == 2
+    message = str(caught.value)
+    assert f"column 'v' ({_ddl(type_, db)}) cannot hold {bad!r}" in message
+    assert says in message
+    async with db.engine.connect() as conn:
+        got = (await conn.execute(sa.select(target.c.id, target.c.v).order_by(target.c.id))).all()
+    assert got == [(1, stored), (2, None)]
+    assert type(got[0][1]) is type(stored)
+
+
+def _ddl(type_: Any, db: AsyncBind) -> str:
+    return str(sa.types.to_instance(type_).compile(dialect=db.engine.dialect)).upper()
+
+
 # -- what is documented rather than exact ----------------------------------------------------
 
 
