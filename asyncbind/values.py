@@ -11,6 +11,8 @@ and the value, where the database would otherwise change it without an error:
 * a decimal or float that is not a whole number into an integer column (PostgreSQL's COPY cuts
   it, MySQL rounds it, SQLite keeps it); one that is (``Decimal("2.00")``, ``2.0``) goes as the
   int it equals;
+* a datetime into a date column, unless it is midnight (in UTC, if it is aware): then it goes as
+  its date; a datetime into a time column (the databases drop its time or its date);
 * a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round);
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``);
@@ -227,8 +229,11 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
     column test if it has one; none when the database refuses what it cannot hold by itself."""
     if isinstance(base, sa.Integer):
         return [_whole_numbers(column.name, _ddl(column, dialect))]
+    if isinstance(base, sa.Date):
+        return [_dates(column.name, _ddl(column, dialect))]
+    steps = [_times(column.name, _ddl(column, dialect))] if isinstance(base, sa.Time) else []
     check = _check(column, base, dialect)
-    return [] if check is None else [check]
+    return steps if check is None else [*steps, check]
 
 
 def _ddl(column: sa.Column[Any], dialect: sa.Dialect) -> str:
@@ -302,6 +307,57 @@ def _whole_numbers(column: str, ddl: str) -> Step:
         return int(value)
 
     return check, integers
+
+
+_DATE = frozenset((dt.date,))
+_TIME = frozenset((dt.time,))
+_MIDNIGHT = dt.time()
+
+
+def _dates(column: str, ddl: str) -> Step:
+    """Refuses a datetime whose time of day is not midnight (in UTC, for an aware one), which
+    every database would drop; one at midnight goes as its date."""
+
+    def dates(values: list[Any]) -> bool:
+        return _DATE.issuperset(map(type, values))
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, dt.datetime):
+            return value
+        naive = _utc_naive(value)
+        if naive.time() != _MIDNIGHT:
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                "a date column keeps no time of day, and this one is not midnight",
+                "Take its date in the source query (CAST(... AS DATE)) if that is meant, or "
+                "give the target column a datetime type.",
+            )
+        return naive.date()
+
+    return check, dates
+
+
+def _times(column: str, ddl: str) -> Step:
+    """Refuses a datetime, whose date a time column would drop."""
+
+    def times(values: list[Any]) -> bool:
+        return _TIME.issuperset(map(type, values))
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                "a time column keeps no date",
+                "Take its time of day in the source query (CAST(... AS TIME)) if that is meant, "
+                "or give the target column a datetime type.",
+            )
+        return value
+
+    return check, times
 
 
 #: Enough precision for any decimal a driver hands over, so that quantize() never rounds.

@@ -464,6 +464,24 @@ CHANGED_WITHOUT_AN_ERROR = [
         BACKENDS, sa.Integer, Decimal("2.00"), 2, Decimal("1.50"), "whole numbers", "decimal-int"
     ),
     *_refusals(BACKENDS, sa.BigInteger, 2.0, 2, 2.7, "whole numbers", "float-int"),
+    *_refusals(
+        BACKENDS,
+        sa.Date,
+        dt.datetime(2024, 5, 6),
+        dt.date(2024, 5, 6),
+        dt.datetime(2024, 5, 6, 13, 45, 10),
+        "not midnight",
+        "datetime-date",
+    ),
+    *_refusals(
+        BACKENDS,
+        sa.Time,
+        dt.time(13, 45, 10),
+        dt.time(13, 45, 10),
+        dt.datetime(2024, 5, 6, 13, 45, 10),
+        "keeps no date",
+        "datetime-time",
+    ),
 ]
 
 

@@ -90,3 +90,12 @@ def test_a_native_boolean_takes_0_and_1_as_an_insert_does() -> None:
     assert to_postgresql([(1, 1), (2, 0), (3, None)]) == bools
     with pytest.raises(ValueError, match="Value 2 is not None, True, or False"):
         to_postgresql([(1, 2)])
+
+
+def test_an_aware_datetime_is_a_date_when_it_is_midnight_in_utc() -> None:
+    days = sa.Table("d", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("day", sa.Date))
+    to_mysql = rows_converter(days, ["id", "day"], mysql.asyncmy.dialect())
+
+    assert to_mysql([(1, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))]) == [(1, dt.date(2024, 1, 1))]
+    with pytest.raises(ValueError, match=r"'day'.*not midnight"):
+        to_mysql([(1, dt.datetime(2024, 1, 1, tzinfo=PLUS_TWO))])  # 22:00 the day before
