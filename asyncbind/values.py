@@ -13,9 +13,11 @@ and the value, where the database would otherwise change it without an error:
   int it equals;
 * a datetime into a date column, unless it is midnight (in UTC, if it is aware): then it goes as
   its date; a datetime into a time column (the databases drop its time or its date);
-* a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round);
+* a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round),
+  and a float with more than MySQL's ``DOUBLE(M, D)`` or ``FLOAT(M, D)`` keeps;
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
-* a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``);
+* a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``;
+  MySQL's ``FLOAT(M, D)`` gives back its 4-byte float rounded to D places);
 * NaN into SQLite, which stores it as NULL;
 * text that is not JSON into a SQLite JSON column, which stores any text (text from a text
   column is the JSON document itself, see ``rows_converter``);
@@ -34,6 +36,7 @@ import datetime as dt
 import decimal
 import functools
 import json
+import math
 import operator
 import re
 import struct
@@ -232,8 +235,17 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
     if isinstance(base, sa.Date):
         return [_dates(column.name, _ddl(column, dialect))]
     steps = [_times(column.name, _ddl(column, dialect))] if isinstance(base, sa.Time) else []
-    check = _check(column, base, dialect)
-    return steps if check is None else [*steps, check]
+    if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time | _INTERVAL):
+        return steps
+    name = dialect.name
+    if name == "sqlite":
+        if isinstance(base, sa.Float):
+            return [(_no_nan(column.name), None)]
+        survives = _survives_sqlite(column, dialect) if isinstance(base, sa.Numeric) else None
+        return [(survives, None)] if survives is not None else steps
+    if name != "postgresql" and name not in _MYSQL:
+        return steps
+    return [*steps, *_sized(column.name, base, _ddl(column, dialect), name)]
 
 
 def _ddl(column: sa.Column[Any], dialect: sa.Dialect) -> str:
@@ -241,37 +253,34 @@ def _ddl(column: sa.Column[Any], dialect: sa.Dialect) -> str:
     return str(column.type.compile(dialect=dialect)).upper()
 
 
-def _check(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> Step | None:
-    if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time | _INTERVAL):
-        return None
-    name = dialect.name
-    if name == "sqlite":
-        if isinstance(base, sa.Float):
-            return _no_nan(column.name), None
-        survives = _survives_sqlite(column, dialect) if isinstance(base, sa.Numeric) else None
-        return (survives, None) if survives is not None else None
-    if name != "postgresql" and name not in _MYSQL:
-        return None
-    ddl = _ddl(column, dialect)
+def _sized(column: str, base: Any, ddl: str, dialect: str) -> list[Step]:
+    """The checks of a number or time column of PostgreSQL or MySQL (``dialect``) that its DDL
+    (precision, scale, fractional second digits) calls for."""
     sizes = _SIZES.search(ddl)
     precision = int(sizes.group(1)) if sizes else None
     scale = int(sizes.group(2)) if sizes and sizes.group(2) else None
     if isinstance(base, sa.Float):
+        if dialect in _MYSQL and scale is not None:
+            # DOUBLE(M, D) and FLOAT(M, D) round to D places; FLOAT(M, D) is 4 bytes too.
+            steps = [_decimal_places(column, ddl, scale)]
+            if ddl.startswith("FLOAT"):
+                steps.append((_single_precision_places(column, ddl, scale), None))
+            return steps
         # MySQL's FLOAT and FLOAT(p <= 24) are 4 bytes, PostgreSQL's REAL and FLOAT(p <= 24) too.
-        small = (precision is None or precision <= 24) and scale is None
-        if name == "postgresql":
+        small = precision is None or precision <= 24
+        if dialect == "postgresql":
             single = ddl == "REAL" or (ddl.startswith("FLOAT(") and small)
         else:
             single = ddl.startswith("FLOAT") and small
-        return (_single_precision(column.name, ddl), None) if single else None
+        return [(_single_precision(column, ddl), None)] if single else []
     if isinstance(base, sa.Numeric):
-        if name == "postgresql" and precision is None:
-            return None  # NUMERIC without a precision keeps any scale
-        return _decimal_places(column.name, ddl, scale or 0)  # MySQL's DECIMAL is (10, 0)
-    digits = precision if precision is not None else (6 if name == "postgresql" else 0)
+        if dialect == "postgresql" and precision is None:
+            return []  # NUMERIC without a precision keeps any scale
+        return [_decimal_places(column, ddl, scale or 0)]  # MySQL's DECIMAL is (10, 0)
+    digits = precision if precision is not None else (6 if dialect == "postgresql" else 0)
     if digits >= 6:
-        return None
-    return _fractional_seconds(column.name, ddl, digits, isinstance(base, _INTERVAL))
+        return []
+    return [_fractional_seconds(column, ddl, digits, isinstance(base, _INTERVAL))]
 
 
 def _refuse(column: str, ddl: str, value: Any, problem: str, fix: str) -> ValueError:
@@ -462,6 +471,32 @@ def _single_precision(column: str, ddl: str) -> Convert:
                     value,
                     "it is a 4-byte float, which would round it",
                     "Declare the column as sqlalchemy.Double.",
+                )
+        return value
+
+    return check
+
+
+def _single_precision_places(column: str, ddl: str, scale: int) -> Convert:
+    """Refuses a float that MySQL's ``FLOAT(M, D)`` would change: it keeps a 4-byte float, which
+    it gives back rounded to ``scale`` places; a value with more significant digits than such a
+    float holds comes back another."""
+    within = decimal.Decimal(5).scaleb(-scale - 1)  # half of the last place kept
+
+    def check(value: Any) -> Any:
+        if isinstance(value, float) and math.isfinite(value):
+            try:
+                single = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+            except OverflowError:
+                single = math.inf
+            if not abs(decimal.Decimal(single) - decimal.Decimal(repr(value))) < within:
+                raise _refuse(
+                    column,
+                    ddl,
+                    value,
+                    "it is a 4-byte float, which keeps about 7 significant digits, so it would "
+                    "come back another",
+                    "Declare the column as mysql.DOUBLE(M, D) or sqlalchemy.Numeric(M, D).",
                 )
         return value
 

@@ -482,6 +482,34 @@ CHANGED_WITHOUT_AN_ERROR = [
         "keeps no date",
         "datetime-time",
     ),
+    *_refusals(
+        ["mysql"],
+        mysql.DOUBLE(precision=10, scale=2),  # read as a decimal
+        1.25,
+        Decimal("1.25"),
+        1.23456,
+        "2 decimal place",
+        "double-m-d",
+    ),
+    *_refusals(
+        ["mysql"],
+        mysql.FLOAT(precision=10, scale=2),
+        0.1,
+        0.1,
+        1.239,
+        "2 decimal place",
+        "float-m-d",
+    ),
+    # Two places, but seven digits are all that a 4-byte float keeps: 1234567.88 would land.
+    *_refusals(
+        ["mysql"],
+        mysql.FLOAT(precision=10, scale=2),
+        99999.99,
+        99999.99,
+        1234567.89,
+        "4-byte float",
+        "float-m-d-digits",
+    ),
 ]
 
 
