@@ -80,7 +80,7 @@ from .models import bind_key_of
 from .reading import Bind, connection, read_batches
 from .registry import bind_config
 from .urls import sqlite_file
-from .values import is_json, is_text, rows_converter
+from .values import exact_intervals, is_json, is_text, rows_converter
 
 if TYPE_CHECKING:
     from .config import BindKey
@@ -243,6 +243,7 @@ async def copy(
     target_table = _as_table(target, "target")
     _refuse_read_only(target_engine, target_table, "a bulk copy")
     select, names, raw_json, text_json = _plan(source, target_table, columns)
+    select = exact_intervals(select, names, source_engine.dialect)
     key = _split_key(source) if parallel > 1 else None
     plain = not isinstance(source, sa.Select)
     tally = _Tally(on_progress)

@@ -25,6 +25,9 @@ and the value, where the database would otherwise change it without an error:
   (MySQL's ``DATETIME`` and ``TIME`` keep none unless declared with ``fsp``, and ``sa.Interval``
   is a ``DATETIME`` there; PostgreSQL's ``TIMESTAMP(p)`` and ``INTERVAL(p)``).
 
+A copy from PostgreSQL reads its intervals with :func:`exact_intervals`, which refuses one with
+months or years (asyncpg would read each month as 30 days).
+
 Out-of-range integers, strings longer than the column, unknown enum values, infinities and NaN
 into MySQL are refused by the driver or the server already (MySQL's strict mode is set for the
 load, see :mod:`asyncbind.bulk`). Negative zero becomes zero on MySQL and SQLite.
@@ -49,7 +52,7 @@ from sqlalchemy.dialects import postgresql
 
 from .exceptions import shown
 
-__all__ = ["is_json", "is_text", "rows_converter"]
+__all__ = ["exact_intervals", "is_json", "is_text", "rows_converter"]
 
 Convert = Callable[[Any], Any]
 #: Tests a column of non-None values: True when the step leaves every one of them unchanged.
@@ -136,6 +139,74 @@ def is_text(type_: sa.types.TypeEngine[Any]) -> bool:
     """Whether ``type_`` is a string type whose values are text (not an Enum's)."""
     base = _base_type(type_)
     return isinstance(base, sa.String) and not isinstance(base, sa.Enum)
+
+
+def exact_intervals(
+    select: sa.Select[Any], names: Sequence[str], dialect: sa.Dialect
+) -> sa.Select[Any]:
+    """``select`` (read from ``dialect``, its columns going into the target columns ``names``)
+    with each PostgreSQL INTERVAL read in a way that keeps its months.
+
+    asyncpg reads an interval of months as 30 days each ('1 mon' becomes 30 days), but a month
+    has no fixed length. Such an interval is read as its length in seconds when it has no months
+    or years (exact, and a timedelta again once read), and as its own text otherwise, which fails
+    the read with an error that names the column and shows the interval.
+    """
+    if dialect.name != "postgresql":
+        return select
+    selected = list(select.selected_columns)
+    if not any(isinstance(_base_type(col.type), _INTERVAL) for col in selected):
+        return select
+    columns = [
+        _interval_read_exactly(col, name) if isinstance(_base_type(col.type), _INTERVAL) else col
+        for col, name in zip(selected, names, strict=True)
+    ]
+    return select.with_only_columns(*columns, maintain_column_froms=True)
+
+
+def _interval_read_exactly(column: Any, name: str) -> sa.Label[Any]:
+    no_months = sa.and_(sa.extract("year", column) == 0, sa.extract("month", column) == 0)
+    text = sa.case(
+        (no_months, sa.cast(sa.extract("epoch", column), sa.Text)),
+        else_=sa.cast(column, sa.Text),
+    )
+    return sa.type_coerce(text, _IntervalInSeconds(name)).label(name)
+
+
+class _IntervalInSeconds(sa.types.TypeDecorator[dt.timedelta]):
+    """A PostgreSQL interval read as text by :func:`exact_intervals`: its length in seconds,
+    which becomes a timedelta, or the text of an interval with months, which is refused."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def __init__(self, column: str) -> None:
+        super().__init__()
+        self.column = column
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.timedelta | None:
+        if value is None:
+            return None
+        try:
+            seconds = decimal.Decimal(value)
+            if seconds.is_finite():
+                return dt.timedelta(microseconds=int(seconds.scaleb(6)))
+        except decimal.InvalidOperation:
+            pass  # the text of an interval with months or years
+        except OverflowError:
+            raise ValueError(
+                f"column {self.column!r} of the source holds an interval of {seconds} seconds, "
+                "longer than a Python timedelta (999,999,999 days) holds. Select it as text "
+                "(sqlalchemy.cast(..., sqlalchemy.Text)) into a text column."
+            ) from None
+        raise ValueError(
+            f"column {self.column!r} of the source holds {shown(value)}, an interval with "
+            "months or years: a month has no fixed length in days, and PostgreSQL's driver "
+            "(asyncpg) would read each one as 30 days. Select it as text "
+            "(sqlalchemy.cast(..., sqlalchemy.Text)) into a text column, or give it a length "
+            "in days in the source query if that is meant (extract(epoch FROM ...) * "
+            "interval '1 second' counts a month as 30 days and a year as 365.25)."
+        )
 
 
 def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:

@@ -650,6 +650,52 @@ async def test_zone_aware_times_arrive_in_utc(
             assert got.all() == given
 
 
+@pytest.mark.postgresql
+@pytest.mark.parametrize("target_backend", TARGETS)
+async def test_an_interval_of_months_fails_instead_of_becoming_days(
+    target_backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """asyncpg reads '1 mon' as 30 days, but a month has no fixed length ('2024-01-31' plus
+    1 month is 2024-02-29, plus 30 days 2024-03-01): a PostgreSQL interval with months or years
+    fails its batch, naming the column and the interval. Intervals of days and time arrive as
+    they are."""
+    db = make_db(
+        binds={
+            "source": await new_database("postgresql"),
+            "target": await new_database(target_backend),
+        }
+    )
+    source, target = await one_column_tables(db, "durations", "v", postgresql.INTERVAL, sa.Interval)
+    async with db.get_engine("source").begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO durations VALUES (1, '3 days 04:05:06'), (2, '-1 day'), (3, NULL), "
+                "(4, '1 day'), (5, '1 year 2 mons'), (6, '1 day')"
+            )
+        )
+
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(source, target, batch_size=2)
+
+    assert type(caught.value) is BulkCopyError
+    assert type(caught.value.__cause__) is ValueError
+    assert caught.value.rows_copied == 4
+    assert "column 'v' of the source holds '1 year 2 mons'" in str(caught.value)
+    assert "months" in str(caught.value)
+    async with db.get_engine("target").connect() as conn:
+        got = (await conn.execute(sa.select(target).order_by(target.c.id))).all()
+    assert got == [
+        (1, dt.timedelta(days=3, hours=4, minutes=5, seconds=6)),
+        (2, dt.timedelta(days=-1)),
+        (3, None),
+        (4, dt.timedelta(days=1)),
+    ]
+    if target_backend == "postgresql":
+        async with db.get_engine("target").connect() as conn:
+            texts = await conn.execute(sa.text("SELECT v::text FROM durations ORDER BY id"))
+            assert texts.scalars().all() == ["3 days 04:05:06", "-1 days", None, "1 day"]
+
+
 SOURCES = TARGETS  # each backend, as the source
 
 
