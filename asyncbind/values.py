@@ -19,6 +19,8 @@ and the value, where the database would otherwise change it without an error:
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``;
   MySQL's ``FLOAT(M, D)`` gives back its 4-byte float rounded to D places);
 * NaN into SQLite, which stores it as NULL;
+* an interval into an ``sa.Interval`` of MySQL or SQLite, a datetime from 1970-01-01 there, that
+  falls outside the years 1 to 9999;
 * text that is not JSON into a SQLite JSON column, which stores any text (text from a text
   column is the JSON document itself, see ``rows_converter``);
 * microseconds into a datetime, time or interval column that keeps fewer fractional digits
@@ -306,6 +308,9 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
     if isinstance(base, sa.Date):
         return [_dates(column.name, _ddl(column, dialect))]
     steps = [_times(column.name, _ddl(column, dialect))] if isinstance(base, sa.Time) else []
+    if isinstance(base, sa.Interval) and isinstance(base.dialect_impl(dialect), sa.Interval):
+        # Without a native INTERVAL, a DATETIME: the epoch plus the interval.
+        steps.append((_datetime_from_epoch(column.name, _ddl(column, dialect), base.epoch), None))
     if not isinstance(base, sa.Float | sa.Numeric | sa.DateTime | sa.Time | _INTERVAL):
         return steps
     name = dialect.name
@@ -569,6 +574,28 @@ def _single_precision_places(column: str, ddl: str, scale: int) -> Convert:
                     "come back another",
                     "Declare the column as mysql.DOUBLE(M, D) or sqlalchemy.Numeric(M, D).",
                 )
+        return value
+
+    return check
+
+
+def _datetime_from_epoch(column: str, ddl: str, epoch: dt.datetime) -> Convert:
+    """Refuses an interval that, added to ``epoch``, falls outside the datetimes Python has."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dt.timedelta):
+            try:
+                epoch + value
+            except OverflowError:
+                raise _refuse(
+                    column,
+                    ddl,
+                    value,
+                    f"sqlalchemy.Interval keeps an interval as the {ddl} {epoch} plus the "
+                    "interval, and this one falls outside the years 1 to 9999",
+                    "Store the durations another way (microseconds in a BigInteger), or copy "
+                    "them into PostgreSQL, whose INTERVAL holds them.",
+                ) from None
         return value
 
     return check

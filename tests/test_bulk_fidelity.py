@@ -510,6 +510,16 @@ CHANGED_WITHOUT_AN_ERROR = [
         "4-byte float",
         "float-m-d-digits",
     ),
+    # A DATETIME there, from 1970-01-01: 2,000,000 days on is in the year 7445, 3,000,000 past 9999.
+    *_refusals(
+        ["mysql", "sqlite"],
+        sa.Interval,
+        dt.timedelta(days=2_000_000),
+        dt.timedelta(days=2_000_000),
+        dt.timedelta(days=3_000_000),
+        "outside the years 1 to 9999",
+        "interval-range",
+    ),
 ]
 
 
