@@ -13,6 +13,8 @@ and the value, where the database would otherwise change it without an error:
   int it equals;
 * a datetime into a date column, unless it is midnight (in UTC, if it is aware): then it goes as
   its date; a datetime into a time column (the databases drop its time or its date);
+* text longer than a ``VARCHAR(n)`` or ``CHAR(n)`` of PostgreSQL or MySQL (which cut spaces at
+  the end without an error, and refuse other characters);
 * a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round),
   and a float with more than MySQL's ``DOUBLE(M, D)`` or ``FLOAT(M, D)`` keeps;
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
@@ -30,9 +32,9 @@ and the value, where the database would otherwise change it without an error:
 A copy from PostgreSQL reads its intervals with :func:`exact_intervals`, which refuses one with
 months or years (asyncpg would read each month as 30 days).
 
-Out-of-range integers, strings longer than the column, unknown enum values, infinities and NaN
-into MySQL are refused by the driver or the server already (MySQL's strict mode is set for the
-load, see :mod:`asyncbind.bulk`). Negative zero becomes zero on MySQL and SQLite.
+Out-of-range integers, unknown enum values, infinities and NaN into MySQL are refused by the
+driver or the server already (MySQL's strict mode is set for the load, see :mod:`asyncbind.bulk`).
+Negative zero becomes zero on MySQL and SQLite.
 """
 
 from __future__ import annotations
@@ -307,6 +309,15 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
         return [_whole_numbers(column.name, _ddl(column, dialect))]
     if isinstance(base, sa.Date):
         return [_dates(column.name, _ddl(column, dialect))]
+    if (
+        is_text(base)
+        and not isinstance(base, sa.Text)  # TEXT(n) is a type big enough for n, not a limit
+        and base.length
+        and dialect.name in ("postgresql", *_MYSQL)  # SQLite keeps any length
+    ):
+        ddl = _ddl(column, dialect)
+        sizes = _SIZES.search(ddl)  # the length this dialect's column has (a variant's own)
+        return [_text_length(column.name, ddl, int(sizes.group(1)))] if sizes else []
     steps = [_times(column.name, _ddl(column, dialect))] if isinstance(base, sa.Time) else []
     if isinstance(base, sa.Interval) and isinstance(base.dialect_impl(dialect), sa.Interval):
         # Without a native INTERVAL, a DATETIME: the epoch plus the interval.
@@ -392,6 +403,29 @@ def _whole_numbers(column: str, ddl: str) -> Step:
         return int(value)
 
     return check, integers
+
+
+def _text_length(column: str, ddl: str, length: int) -> Step:
+    """Refuses text longer than ``length`` characters. PostgreSQL and MySQL refuse it too, except
+    when only spaces are past the length: those they cut without an error."""
+
+    def short(values: list[Any]) -> bool:
+        return max(map(len, values), default=0) <= length
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > length:
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                f"it is {len(value):,} characters, too long for {length} (PostgreSQL and MySQL "
+                "would cut spaces at the end without an error)",
+                "Give the target column a larger length, or trim the values in the source query "
+                "if that is meant.",
+            )
+        return value
+
+    return check, short
 
 
 _DATE = frozenset((dt.date,))

@@ -520,6 +520,16 @@ CHANGED_WITHOUT_AN_ERROR = [
         "outside the years 1 to 9999",
         "interval-range",
     ),
+    # Spaces at the end past the length are cut without an error (SQLite keeps any length).
+    *_refusals(
+        ["postgresql", "mysql"],
+        sa.String(5),
+        "abc  ",
+        "abc  ",
+        "abc      ",
+        "9 characters, too long for 5",
+        "trailing-spaces",
+    ),
 ]
 
 
