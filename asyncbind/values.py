@@ -13,6 +13,8 @@ and the value, where the database would otherwise change it without an error:
   int it equals;
 * a datetime into a date column, unless it is midnight (in UTC, if it is aware): then it goes as
   its date; a datetime into a time column (the databases drop its time or its date);
+* a name the target's ``Enum`` lacks (SQLAlchemy passes it on, and a non-native enum, a VARCHAR,
+  keeps it);
 * text longer than a ``VARCHAR(n)`` or ``CHAR(n)`` of PostgreSQL or MySQL (which cut spaces at
   the end without an error, and refuse other characters);
 * a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round),
@@ -32,9 +34,9 @@ and the value, where the database would otherwise change it without an error:
 A copy from PostgreSQL reads its intervals with :func:`exact_intervals`, which refuses one with
 months or years (asyncpg would read each month as 30 days).
 
-Out-of-range integers, unknown enum values, infinities and NaN into MySQL are refused by the
-driver or the server already (MySQL's strict mode is set for the load, see :mod:`asyncbind.bulk`).
-Negative zero becomes zero on MySQL and SQLite.
+Out-of-range integers, infinities and NaN into MySQL are refused by the driver or the server
+already (MySQL's strict mode is set for the load, see :mod:`asyncbind.bulk`). Negative zero
+becomes zero on MySQL and SQLite.
 """
 
 from __future__ import annotations
@@ -309,6 +311,8 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
         return [_whole_numbers(column.name, _ddl(column, dialect))]
     if isinstance(base, sa.Date):
         return [_dates(column.name, _ddl(column, dialect))]
+    if isinstance(base, sa.Enum):
+        return [_enum_names(column.name, _ddl(column, dialect), base)]
     if (
         is_text(base)
         and not isinstance(base, sa.Text)  # TEXT(n) is a type big enough for n, not a limit
@@ -332,12 +336,12 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
         return [(survives, None)] if survives is not None else steps
     if name != "postgresql" and name not in _MYSQL:
         return steps
-    return [*steps, *_sized(column.name, base, _ddl(column, dialect), name)]
+    return [*steps, *_sized(column.name, base, _ddl(column, dialect).upper(), name)]
 
 
 def _ddl(column: sa.Column[Any], dialect: sa.Dialect) -> str:
     """What the column is, as the DDL it was created with says: NUMERIC(10, 2), DATETIME(6), ..."""
-    return str(column.type.compile(dialect=dialect)).upper()
+    return str(column.type.compile(dialect=dialect))
 
 
 def _sized(column: str, base: Any, ddl: str, dialect: str) -> list[Step]:
@@ -426,6 +430,35 @@ def _text_length(column: str, ddl: str, length: int) -> Step:
         return value
 
     return check, short
+
+
+def _enum_names(column: str, ddl: str, enum: sa.Enum) -> Step:
+    """Refuses a value that is none of ``enum``'s names (nor, with an enum class, its members).
+    SQLAlchemy passes unknown text on to the database, which keeps it in a non-native enum's
+    VARCHAR (and SQLite's) or refuses it with a message of its own."""
+    names = tuple(enum.enums)
+    members = () if enum.enum_class is None else enum.enum_class.__members__.values()
+    known = frozenset((*names, *members))
+
+    def all_known(values: list[Any]) -> bool:
+        return known.issuperset(values)
+
+    def check(value: Any) -> Any:
+        try:
+            found = value in known
+        except TypeError:  # unhashable
+            found = False
+        if not found:
+            raise _refuse(
+                column,
+                ddl,
+                value,
+                f"it is not a name of the target's enum {shown(names)}",
+                "Add it to the target's Enum, or map it to one of them in the source query.",
+            )
+        return value
+
+    return check, all_known
 
 
 _DATE = frozenset((dt.date,))
