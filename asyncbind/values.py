@@ -31,6 +31,10 @@ and the value, where the database would otherwise change it without an error:
   (MySQL's ``DATETIME`` and ``TIME`` keep none unless declared with ``fsp``, and ``sa.Interval``
   is a ``DATETIME`` there; PostgreSQL's ``TIMESTAMP(p)`` and ``INTERVAL(p)``).
 
+A float going into a decimal column goes as the decimal it prints as (its shortest repr, as
+MySQL's drivers send it), and is checked as that decimal: ``0.1`` is ``Decimal("0.1")`` on every
+target, where asyncpg would send PostgreSQL the float's binary fraction.
+
 A copy from PostgreSQL reads its intervals with :func:`exact_intervals`, which refuses one with
 months or years (asyncpg would read each month as 30 days).
 
@@ -332,8 +336,7 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
     if name == "sqlite":
         if isinstance(base, sa.Float):
             return [(_no_nan(column.name), None)]
-        survives = _survives_sqlite(column, dialect) if isinstance(base, sa.Numeric) else None
-        return [(survives, None)] if survives is not None else steps
+        return _sqlite_decimals(column, dialect) if isinstance(base, sa.Numeric) else steps
     if name != "postgresql" and name not in _MYSQL:
         return steps
     return [*steps, *_sized(column.name, base, _ddl(column, dialect).upper(), name)]
@@ -366,8 +369,9 @@ def _sized(column: str, base: Any, ddl: str, dialect: str) -> list[Step]:
         return [(_single_precision(column, ddl), None)] if single else []
     if isinstance(base, sa.Numeric):
         if dialect == "postgresql" and precision is None:
-            return []  # NUMERIC without a precision keeps any scale
-        return [_decimal_places(column, ddl, scale or 0)]  # MySQL's DECIMAL is (10, 0)
+            return [(_float_as_decimal, _decimals)]  # NUMERIC without a precision: any scale
+        # MySQL's DECIMAL is (10, 0).
+        return [_decimal_places(column, ddl, scale or 0, decimal_column=True)]
     digits = precision if precision is not None else (6 if dialect == "postgresql" else 0)
     if digits >= 6:
         return []
@@ -516,21 +520,37 @@ def _times(column: str, ddl: str) -> Step:
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
-def _decimal_places(column: str, ddl: str, scale: int) -> Step:
+_DECIMALS = frozenset((decimal.Decimal, int, bool))
+
+
+def _decimals(values: list[Any]) -> bool:
+    """Whether no value is a float (each is a decimal or an integer)."""
+    return _DECIMALS.issuperset(map(type, values))
+
+
+def _float_as_decimal(value: Any) -> Any:
+    """A float as the decimal it prints as (its shortest repr): 0.1 is Decimal('0.1'), not the
+    binary fraction 0.1000000000000000055511151231257827... that asyncpg would send."""
+    return decimal.Decimal(repr(value)) if isinstance(value, float) else value
+
+
+def _decimal_places(column: str, ddl: str, scale: int, *, decimal_column: bool = False) -> Step:
+    """Refuses a decimal, or a float by the decimal it prints as, with more than ``scale``
+    decimal places. Into a ``decimal_column`` a float goes as that decimal (MySQL's DOUBLE(M, D)
+    takes floats)."""
     quantum = decimal.Decimal(1).scaleb(-scale)
 
     def same_scale(values: list[Any]) -> bool:
         return all(map(quantum.same_quantum, values))
 
     def check(value: Any) -> Any:
-        number = decimal.Decimal(repr(value)) if isinstance(value, float) else value
+        number = _float_as_decimal(value)
         if (
-            not isinstance(number, decimal.Decimal)
-            or number.same_quantum(quantum)  # what a column of this scale gives: cheap to see
-            or not number.is_finite()  # NaN and infinities are the database's to refuse
+            isinstance(number, decimal.Decimal)
+            and not number.same_quantum(quantum)  # what a column of this scale gives: cheap
+            and number.is_finite()  # NaN and infinities are the database's to refuse
+            and number.quantize(quantum, context=_EXACT) != number
         ):
-            return value
-        if number.quantize(quantum, context=_EXACT) != number:
             raise _refuse(
                 column,
                 ddl,
@@ -538,9 +558,26 @@ def _decimal_places(column: str, ddl: str, scale: int) -> Step:
                 f"it keeps {scale} decimal place(s), so it would be rounded",
                 "Give the target column a larger scale, or round the values first.",
             )
-        return value
+        return number if decimal_column else value
 
     return check, same_scale
+
+
+def _sqlite_decimals(column: sa.Column[Any], dialect: sa.Dialect) -> list[Step]:
+    """A float as the decimal it prints as, refused (as a decimal is) with more decimal places
+    than the column's scale (SQLAlchemy reads the column back rounded to it) or when SQLite's
+    8-byte float would change it."""
+    ddl = _ddl(column, dialect)
+    sizes = _SIZES.search(ddl)
+    steps: list[Step] = (
+        [_decimal_places(column.name, ddl, int(sizes.group(2)), decimal_column=True)]
+        if sizes and sizes.group(2)
+        else [(_float_as_decimal, None)]
+    )
+    survives = _survives_sqlite(column, dialect)
+    if survives is not None:
+        steps.append((survives, None))
+    return steps
 
 
 def _survives_sqlite(column: sa.Column[Any], dialect: sa.Dialect) -> Convert | None:
