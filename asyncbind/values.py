@@ -22,7 +22,8 @@ and the value, where the database would otherwise change it without an error:
 * a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``;
   MySQL's ``FLOAT(M, D)`` gives back its 4-byte float rounded to D places);
-* NaN into SQLite, which stores it as NULL;
+* NaN into SQLite, which stores it as NULL, and NaN and infinities into MySQL, which has neither
+  (floats and decimals alike: the drivers sent a decimal NaN as a bare SQL word);
 * an interval into an ``sa.Interval`` of MySQL or SQLite, a datetime from 1970-01-01 there, that
   falls outside the years 1 to 9999;
 * text that is not JSON into a SQLite JSON column, which stores any text (text from a text
@@ -38,9 +39,8 @@ target, where asyncpg would send PostgreSQL the float's binary fraction.
 A copy from PostgreSQL reads its intervals with :func:`exact_intervals`, which refuses one with
 months or years (asyncpg would read each month as 30 days).
 
-Out-of-range integers, infinities and NaN into MySQL are refused by the driver or the server
-already (MySQL's strict mode is set for the load, see :mod:`asyncbind.bulk`). Negative zero
-becomes zero on MySQL and SQLite.
+Out-of-range integers are refused by the driver or the server already (MySQL's strict mode is
+set for the load, see :mod:`asyncbind.bulk`). Negative zero becomes zero on MySQL and SQLite.
 """
 
 from __future__ import annotations
@@ -253,9 +253,10 @@ def _plan(
         steps.append((processor, _all_bools if native_bool else None))
     if not steps:
         return None
-    tests = tuple(test for _, test in steps if test is not None)
-    if len(tests) < len(steps):
-        tests = ()
+    if any(test is None for _, test in steps):
+        tests: tuple[Test, ...] = ()
+    else:
+        tests = tuple(dict.fromkeys(test for _, test in steps if test is not None))  # once each
     return _chained([function for function, _ in steps]), tests
 
 
@@ -335,7 +336,7 @@ def _checks(column: sa.Column[Any], base: Any, dialect: sa.Dialect) -> list[Step
     name = dialect.name
     if name == "sqlite":
         if isinstance(base, sa.Float):
-            return [(_no_nan(column.name), None)]
+            return [(_no_nan(column.name, _ddl(column, dialect), name), None)]
         return _sqlite_decimals(column, dialect) if isinstance(base, sa.Numeric) else steps
     if name != "postgresql" and name not in _MYSQL:
         return steps
@@ -353,25 +354,29 @@ def _sized(column: str, base: Any, ddl: str, dialect: str) -> list[Step]:
     sizes = _SIZES.search(ddl)
     precision = int(sizes.group(1)) if sizes else None
     scale = int(sizes.group(2)) if sizes and sizes.group(2) else None
+    mysql = dialect in _MYSQL
     if isinstance(base, sa.Float):
-        if dialect in _MYSQL and scale is not None:
+        if mysql and scale is not None:
             # DOUBLE(M, D) and FLOAT(M, D) round to D places; FLOAT(M, D) is 4 bytes too.
-            steps = [_decimal_places(column, ddl, scale)]
+            places = _decimal_places(column, ddl, scale)
+            steps = [(_no_nan(column, ddl, dialect), places[1]), places]
             if ddl.startswith("FLOAT"):
                 steps.append((_single_precision_places(column, ddl, scale), None))
             return steps
+        steps = [(_no_nan(column, ddl, dialect), _finite)] if mysql else []
         # MySQL's FLOAT and FLOAT(p <= 24) are 4 bytes, PostgreSQL's REAL and FLOAT(p <= 24) too.
         small = precision is None or precision <= 24
         if dialect == "postgresql":
             single = ddl == "REAL" or (ddl.startswith("FLOAT(") and small)
         else:
             single = ddl.startswith("FLOAT") and small
-        return [(_single_precision(column, ddl), None)] if single else []
+        return [*steps, (_single_precision(column, ddl), None)] if single else steps
     if isinstance(base, sa.Numeric):
         if dialect == "postgresql" and precision is None:
             return [(_float_as_decimal, _decimals)]  # NUMERIC without a precision: any scale
-        # MySQL's DECIMAL is (10, 0).
-        return [_decimal_places(column, ddl, scale or 0, decimal_column=True)]
+        # MySQL's DECIMAL is (10, 0). Its test shows every value finite, too.
+        places = _decimal_places(column, ddl, scale or 0, decimal_column=True)
+        return [(_no_nan(column, ddl, dialect), places[1]), places] if mysql else [places]
     digits = precision if precision is not None else (6 if dialect == "postgresql" else 0)
     if digits >= 6:
         return []
@@ -574,6 +579,7 @@ def _sqlite_decimals(column: sa.Column[Any], dialect: sa.Dialect) -> list[Step]:
         if sizes and sizes.group(2)
         else [(_float_as_decimal, None)]
     )
+    steps.insert(0, (_no_nan(column.name, ddl, dialect.name), None))
     survives = _survives_sqlite(column, dialect)
     if survives is not None:
         steps.append((survives, None))
@@ -602,15 +608,33 @@ def _survives_sqlite(column: sa.Column[Any], dialect: sa.Dialect) -> Convert | N
     return check
 
 
-def _no_nan(column: str) -> Convert:
+def _finite(values: list[Any]) -> bool:
+    return all(map(math.isfinite, values))
+
+
+def _no_nan(column: str, ddl: str, dialect: str) -> Convert:
+    """Refuses a float or decimal NaN, which SQLite stores as NULL, and on MySQL (which has
+    neither) infinities too; the same message for floats and decimals."""
+    mysql = dialect in _MYSQL
+    if mysql:
+        problem, what = "MySQL and MariaDB have no NaN or infinities", "them"
+    else:
+        problem, what = "SQLite stores NaN as NULL", "NaN"
+
     def check(value: Any) -> Any:
-        if value != value:
+        if isinstance(value, decimal.Decimal):
+            refused = value.is_nan() or (mysql and value.is_infinite())
+        elif isinstance(value, float):
+            refused = math.isnan(value) or (mysql and math.isinf(value))
+        else:
+            return value
+        if refused:
             raise _refuse(
                 column,
-                "SQLite",
+                ddl,
                 value,
-                "SQLite stores NaN as NULL",
-                "Replace NaN by NULL first if that is what you mean.",
+                problem,
+                f"Replace {what} by NULL in the source query if that is what you mean.",
             )
         return value
 

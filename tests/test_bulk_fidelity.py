@@ -351,8 +351,8 @@ UNREPRESENTABLE = [
     _case("postgresql", sa.REAL, 0.5, 0.1, "4-byte float", "double-into-real"),
     _case("mysql", sa.Float, 0.5, 0.1, "4-byte float", "double-into-float"),
     _case("sqlite", sa.Double, math.inf, math.nan, "NaN as NULL", "nan"),
-    _case("mysql", sa.Double, 1.5, math.inf, "inf can not be used", "inf"),
-    _case("mysql", sa.Double, 1.5, math.nan, "nan can not be used", "nan"),
+    _case("mysql", sa.Double, 1.5, math.inf, "no NaN or infinities", "inf"),
+    _case("mysql", sa.Double, 1.5, math.nan, "no NaN or infinities", "nan"),
     _case(
         "postgresql",
         postgresql.TIMESTAMP(precision=0),
@@ -549,6 +549,15 @@ CHANGED_WITHOUT_AN_ERROR = [
         "not a name of the target's enum ('RED', 'GREEN', 'BLUE')",
         "enum-class",
     ),
+    *_refusals(
+        ["sqlite"],
+        sa.Numeric(20, 4),
+        Decimal("1.5"),
+        Decimal("1.5"),
+        Decimal("NaN"),
+        "SQLite stores NaN as NULL",
+        "decimal-nan",
+    ),
     # SQLite read 1.005 back as Decimal('1.00').
     *_refusals(
         BACKENDS,
@@ -606,6 +615,43 @@ async def test_a_value_the_target_would_change_fails_its_batch(
 
 def _ddl(type_: Any, db: AsyncBind) -> str:
     return str(sa.types.to_instance(type_).compile(dialect=db.engine.dialect))
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["mysql", "mysql+asyncmy"])
+async def test_nan_and_infinities_fail_in_mysql_with_one_message(
+    driver: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """MySQL and MariaDB have neither: decimals (which went as bare SQL words, NaN an unknown
+    column) and floats (refused by each driver in its own words, or not: asyncmy sent -inf as
+    SQL too) fail with the same message, through either driver."""
+    db = make_db(await database(new_database, driver))
+    target = db.Table(
+        "numbers",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("f", sa.Double),
+        sa.Column("d", sa.Numeric(20, 4)),
+    )
+    await db.create_all()
+    await load_rows(db.engine, target, [(1, 1.5, Decimal("1.5000"))])
+    specials = [
+        *(("f", value) for value in (math.nan, math.inf, -math.inf)),
+        *(("d", Decimal(value)) for value in ("NaN", "Infinity", "-Infinity")),
+        ("d", math.nan),
+        ("d", -math.inf),
+    ]
+
+    for i, (name, value) in enumerate(specials, 2):
+        with pytest.raises(BulkCopyError) as caught:
+            await load_rows(db.engine, target, [{"id": i, name: value}], columns=["id", name])
+        assert type(caught.value.__cause__) is ValueError
+        assert f"column {name!r}" in str(caught.value)
+        assert f"cannot hold {value!r}: MySQL and MariaDB have no NaN or infinities" in str(
+            caught.value
+        )
+
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(sa.select(target))).all() == [(1, 1.5, Decimal("1.5000"))]
 
 
 async def test_a_float_into_a_decimal_column_is_the_decimal_it_prints_as(
