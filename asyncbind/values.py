@@ -36,6 +36,10 @@ A float going into a decimal column goes as the decimal it prints as (its shorte
 MySQL's drivers send it), and is checked as that decimal: ``0.1`` is ``Decimal("0.1")`` on every
 target, where asyncpg would send PostgreSQL the float's binary fraction.
 
+A value that the column type's bind processor refuses (MySQL's zero date, which comes as the
+text '0000-00-00', into a SQLite date column) fails with the column, the value and what the
+column takes.
+
 A copy from PostgreSQL reads its intervals with :func:`exact_intervals`, which refuses one with
 months or years (asyncpg would read each month as 30 days).
 
@@ -60,7 +64,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from .exceptions import shown
+from .exceptions import first_line, shown
 
 __all__ = ["exact_intervals", "is_json", "is_text", "rows_converter"]
 
@@ -107,10 +111,16 @@ def rows_converter(
     def convert(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
         _check_widths(rows, width)
         changed: dict[int, list[Any]] = {}
-        for i, conv, tests in todo:
+        for i, check, process, tests in todo:
             if tests and _unchanged(map(itemgetter(i), rows), tests):
                 continue
-            changed[i] = [None if v is None else conv(v) for v in map(itemgetter(i), rows)]
+            values = map(itemgetter(i), rows)
+            if check is not None:
+                changed[i] = [None if v is None else check(v) for v in values]
+            else:
+                changed[i] = list(values)
+            if process is not None:
+                changed[i] = process(changed[i])
         if not changed:
             return rows
         # Column by column, then back into rows.
@@ -227,17 +237,22 @@ def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     return type_
 
 
+#: Converts a column of values (None among them) with the column type's bind processor.
+Process = Callable[[list[Any]], list[Any]]
+
+
 def _plan(
     column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool, text_json: bool
-) -> tuple[Convert, tuple[Test, ...]] | None:
-    """What turns a Python value into what ``dialect``'s driver takes for ``column`` (checking
-    first that the column can hold it), and the tests that show, for a whole column of values at
-    once, that it would change none of them (empty when it has to run on every value); None when
-    values go as they are. The converter is never called with None."""
+) -> tuple[Convert | None, Process | None, tuple[Test, ...]] | None:
+    """What checks that ``column`` can hold a Python value (returning it, or it in the type the
+    driver takes for it), what turns a column of such values into what ``dialect``'s driver
+    takes (the type's bind processor), and the tests that show, for a whole column of values at
+    once, that neither would change any of them (empty when they have to run on every value);
+    None when values go as they are. The check is never called with None."""
     base = _base_type(column.type)
     if isinstance(base, sa.JSON) and (raw_json or text_json):
         if text_json and dialect.name == "sqlite":
-            return _json_document(column.name), ()
+            return _json_document(column.name), None, ()
         return None
     steps = _checks(column, base, dialect)
     if isinstance(base, sa.DateTime | sa.Time) and not (
@@ -246,18 +261,58 @@ def _plan(
         steps.append((_utc_naive, _all_naive))
     impl = column.type.dialect_impl(dialect)
     processor = impl.bind_processor(dialect)
+    tests = [test for _, test in steps]
     if processor is not None:
         # A native BOOLEAN's processor leaves bools as they are: it turns 0 and 1 into bools and
         # refuses other values.
         native_bool = isinstance(impl, sa.Boolean) and dialect.supports_native_boolean
-        steps.append((processor, _all_bools if native_bool else None))
-    if not steps:
+        tests.append(_all_bools if native_bool else None)
+    if not tests:
         return None
-    if any(test is None for _, test in steps):
-        tests: tuple[Test, ...] = ()
-    else:
-        tests = tuple(dict.fromkeys(test for _, test in steps if test is not None))  # once each
-    return _chained([function for function, _ in steps]), tests
+    check = _chained([function for function, _ in steps]) if steps else None
+    process = _processing(processor, column, dialect) if processor is not None else None
+    if None in tests:
+        return check, process, ()
+    return check, process, tuple(dict.fromkeys(test for test in tests if test is not None))
+
+
+def _processing(processor: Convert, column: sa.Column[Any], dialect: sa.Dialect) -> Process:
+    """``processor`` over a column of values; a value it refuses fails with the column, the
+    value and what the column takes, where the processor's own error names neither."""
+
+    def process(values: list[Any]) -> list[Any]:
+        try:
+            return [None if v is None else processor(v) for v in values]
+        except Exception:
+            for value in values:
+                try:
+                    if value is not None:
+                        processor(value)
+                except Exception as exc:
+                    raise _refuse(
+                        column.name,
+                        _ddl(column, dialect),
+                        value,
+                        first_line(exc).rstrip("."),
+                        f"It takes {_takes(column.type)}: convert the values in the source "
+                        "query (or make them NULL), or change the target column's type.",
+                    ) from exc
+            raise  # not one value alone: the processor's own error
+
+    return process
+
+
+def _takes(type_: sa.types.TypeEngine[Any]) -> str:
+    """What values a column of ``type_`` takes, for a message: "datetime.date values"."""
+    if is_json(type_):
+        return "JSON values (dicts, lists, strings, numbers, booleans, None)"
+    try:
+        python_type = type_.python_type
+    except NotImplementedError:
+        return "values of its type"
+    module = python_type.__module__
+    name = python_type.__qualname__
+    return f"{name} values" if module == "builtins" else f"{module}.{name} values"
 
 
 def _chained(functions: list[Convert]) -> Convert:

@@ -811,6 +811,42 @@ async def test_an_interval_of_months_fails_instead_of_becoming_days(
             assert texts.scalars().all() == ["3 days 04:05:06", "-1 days", None, "1 day"]
 
 
+@pytest.mark.mysql
+@pytest.mark.parametrize("target_backend", [t for t in TARGETS if t.id != "mysql"])
+async def test_a_mysql_zero_date_fails_naming_the_column_and_the_value(
+    target_backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """MariaDB's zero dates come as text ('0000-00-00'), which a date column of another
+    database cannot take: the message names the column, the value and what the column takes
+    (SQLite's said only "SQLite Date type only accepts Python date objects as input")."""
+    db = make_db(
+        binds={"source": await new_database("mysql"), "target": await new_database(target_backend)}
+    )
+    source, target = await one_column_tables(db, "days", "d", sa.Date, sa.Date)
+    async with db.get_engine("source").connect() as conn:
+        await conn.exec_driver_sql("SET SESSION sql_mode = ''")  # zero dates whatever the server's
+        await conn.exec_driver_sql(
+            "INSERT INTO days VALUES (1, '2024-01-01'), (2, NULL), (3, '2024-01-02'), "
+            "(4, '0000-00-00')"
+        )
+        await conn.commit()
+        await conn.invalidate()
+
+    with pytest.raises(BulkCopyError) as caught:
+        await db.copy(source, target, batch_size=2)
+
+    assert type(caught.value) is BulkCopyError
+    assert caught.value.rows_copied == 2
+    assert "column 'd'" in str(caught.value)
+    assert "'0000-00-00'" in str(caught.value)
+    if target_backend == "sqlite":
+        assert type(caught.value.__cause__) is ValueError
+        assert "It takes datetime.date values" in str(caught.value)
+    async with db.get_engine("target").connect() as conn:
+        got = (await conn.execute(sa.select(target).order_by(target.c.id))).all()
+    assert got == [(1, dt.date(2024, 1, 1)), (2, None)]
+
+
 SOURCES = TARGETS  # each backend, as the source
 
 
