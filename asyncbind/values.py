@@ -71,8 +71,11 @@ __all__ = ["exact_intervals", "is_json", "is_text", "rows_converter"]
 Convert = Callable[[Any], Any]
 #: Tests a column of non-None values: True when the step leaves every one of them unchanged.
 Test = Callable[[list[Any]], bool]
+#: The types of the values that a step leaves unchanged: a column is tested by its values' types
+#: in one pass, without setting its None values apart first.
+Types = frozenset[type]
 #: A conversion of single values, and the test that shows it would change none of a column's.
-Step = tuple[Convert, Test | None]
+Step = tuple[Convert, Test | Types | None]
 
 _UTC = dt.UTC
 _A_DAY = dt.date(2000, 1, 2)  # any day, to move a time of day by its offset
@@ -112,7 +115,7 @@ def rows_converter(
         _check_widths(rows, width)
         changed: dict[int, list[Any]] = {}
         for i, check, process, tests in todo:
-            if tests and _unchanged(map(itemgetter(i), rows), tests):
+            if tests is not None and _unchanged(rows, i, *tests):
                 continue
             values = map(itemgetter(i), rows)
             if check is not None:
@@ -135,8 +138,16 @@ def rows_converter(
 _PRESENT = functools.partial(operator.is_not, None)
 
 
-def _unchanged(values: Iterable[Any], tests: Sequence[Test]) -> bool:
-    present = list(filter(_PRESENT, values))
+def _unchanged(
+    rows: Sequence[Sequence[Any]], i: int, types: Types | None, tests: Sequence[Test]
+) -> bool:
+    """Whether column ``i`` of ``rows`` has values of ``types`` only (None aside) and passes
+    every test."""
+    if types is not None and not types.issuperset(map(type, map(itemgetter(i), rows))):
+        return False
+    if not tests:
+        return True
+    present = list(filter(_PRESENT, map(itemgetter(i), rows)))
     try:
         return all(test(present) for test in tests)
     except (TypeError, AttributeError, ValueError, ArithmeticError):
@@ -241,18 +252,23 @@ def _base_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
 Process = Callable[[list[Any]], list[Any]]
 
 
+#: The types a column's values may have (None among them) and the tests they must pass for the
+#: column to go as it is; None when the column is converted value by value whatever it holds.
+Tests = tuple[Types | None, tuple[Test, ...]] | None
+
+
 def _plan(
     column: sa.Column[Any], dialect: sa.Dialect, raw_json: bool, text_json: bool
-) -> tuple[Convert | None, Process | None, tuple[Test, ...]] | None:
+) -> tuple[Convert | None, Process | None, Tests] | None:
     """What checks that ``column`` can hold a Python value (returning it, or it in the type the
     driver takes for it), what turns a column of such values into what ``dialect``'s driver
     takes (the type's bind processor), and the tests that show, for a whole column of values at
-    once, that neither would change any of them (empty when they have to run on every value);
-    None when values go as they are. The check is never called with None."""
+    once, that neither would change any of them; None when values go as they are. The check is
+    never called with None."""
     base = _base_type(column.type)
     if isinstance(base, sa.JSON) and (raw_json or text_json):
         if text_json and dialect.name == "sqlite":
-            return _json_document(column.name), None, ()
+            return _json_document(column.name), None, None
         return None
     steps = _checks(column, base, dialect)
     if isinstance(base, sa.DateTime | sa.Time) and not (
@@ -266,14 +282,26 @@ def _plan(
         # A native BOOLEAN's processor leaves bools as they are: it turns 0 and 1 into bools and
         # refuses other values.
         native_bool = isinstance(impl, sa.Boolean) and dialect.supports_native_boolean
-        tests.append(_all_bools if native_bool else None)
+        tests.append(_BOOL if native_bool else None)
     if not tests:
         return None
     check = _chained([function for function, _ in steps]) if steps else None
     process = _processing(processor, column, dialect) if processor is not None else None
+    return check, process, _combined(tests)
+
+
+def _combined(tests: list[Test | Types | None]) -> Tests:
+    """The steps' tests as one: the types all of them allow, and each other test once."""
     if None in tests:
-        return check, process, ()
-    return check, process, tuple(dict.fromkeys(test for test in tests if test is not None))
+        return None
+    types: Types | None = None
+    for allowed in tests:
+        if isinstance(allowed, frozenset):
+            types = allowed if types is None else types & allowed
+    if types is not None:
+        types |= _NONE_TYPE
+    functions = (test for test in tests if test is not None and not isinstance(test, frozenset))
+    return types, tuple(dict.fromkeys(functions))  # a test shared by steps runs once
 
 
 def _processing(processor: Convert, column: sa.Column[Any], dialect: sa.Dialect) -> Process:
@@ -343,16 +371,13 @@ def _utc_naive(value: Any) -> Any:
 
 
 _NONE = frozenset((None,))
+_NONE_TYPE = frozenset((type(None),))
 _ZERO = frozenset((0,))
 _BOOL = frozenset((bool,))
 _TZINFO = attrgetter("tzinfo")
 _MICROSECOND = attrgetter("microsecond")
 _MICROSECONDS = attrgetter("microseconds")  # a timedelta's
 _INTERVAL = sa.Interval | postgresql.INTERVAL
-
-
-def _all_bools(values: list[Any]) -> bool:
-    return _BOOL.issuperset(map(type, values))
 
 
 def _all_naive(values: list[Any]) -> bool:
@@ -428,7 +453,7 @@ def _sized(column: str, base: Any, ddl: str, dialect: str) -> list[Step]:
         return [*steps, (_single_precision(column, ddl), None)] if single else steps
     if isinstance(base, sa.Numeric):
         if dialect == "postgresql" and precision is None:
-            return [(_float_as_decimal, _decimals)]  # NUMERIC without a precision: any scale
+            return [(_float_as_decimal, _DECIMALS)]  # NUMERIC without a precision: any scale
         # MySQL's DECIMAL is (10, 0). Its test shows every value finite, too.
         places = _decimal_places(column, ddl, scale or 0, decimal_column=True)
         return [(_no_nan(column, ddl, dialect), places[1]), places] if mysql else [places]
@@ -449,9 +474,6 @@ def _whole_numbers(column: str, ddl: str) -> Step:
     """Refuses a decimal or float that is not a whole number, which PostgreSQL's COPY would cut,
     MySQL round and SQLite keep in an integer column; one that is goes as the int it equals."""
 
-    def integers(values: list[Any]) -> bool:
-        return _WHOLE.issuperset(map(type, values))
-
     def check(value: Any) -> Any:
         if isinstance(value, decimal.Decimal):
             whole = value.is_finite() and value == value.to_integral_value()
@@ -470,7 +492,7 @@ def _whole_numbers(column: str, ddl: str) -> Step:
             )
         return int(value)
 
-    return check, integers
+    return check, _WHOLE
 
 
 def _text_length(column: str, ddl: str, length: int) -> Step:
@@ -534,9 +556,6 @@ def _dates(column: str, ddl: str) -> Step:
     """Refuses a datetime whose time of day is not midnight (in UTC, for an aware one), which
     every database would drop; one at midnight goes as its date."""
 
-    def dates(values: list[Any]) -> bool:
-        return _DATE.issuperset(map(type, values))
-
     def check(value: Any) -> Any:
         if not isinstance(value, dt.datetime):
             return value
@@ -552,14 +571,11 @@ def _dates(column: str, ddl: str) -> Step:
             )
         return naive.date()
 
-    return check, dates
+    return check, _DATE
 
 
 def _times(column: str, ddl: str) -> Step:
     """Refuses a datetime, whose date a time column would drop."""
-
-    def times(values: list[Any]) -> bool:
-        return _TIME.issuperset(map(type, values))
 
     def check(value: Any) -> Any:
         if isinstance(value, dt.datetime):
@@ -573,19 +589,14 @@ def _times(column: str, ddl: str) -> Step:
             )
         return value
 
-    return check, times
+    return check, _TIME
 
 
 #: Enough precision for any decimal a driver hands over, so that quantize() never rounds.
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
-_DECIMALS = frozenset((decimal.Decimal, int, bool))
-
-
-def _decimals(values: list[Any]) -> bool:
-    """Whether no value is a float (each is a decimal or an integer)."""
-    return _DECIMALS.issuperset(map(type, values))
+_DECIMALS = frozenset((decimal.Decimal, int, bool))  # no float among them
 
 
 def _float_as_decimal(value: Any) -> Any:
