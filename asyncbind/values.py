@@ -19,7 +19,7 @@ and the value, where the database would otherwise change it without an error:
   the end without an error, and refuse other characters);
 * a decimal with more decimal places than a ``NUMERIC(p, s)`` keeps (PostgreSQL and MySQL round),
   and a float with more than MySQL's ``DOUBLE(M, D)`` or ``FLOAT(M, D)`` keeps;
-* a decimal that does not survive SQLite, which keeps decimals as 8-byte floats;
+* a decimal (or integer) that does not survive SQLite, which keeps decimals as 8-byte floats;
 * a float that does not survive a single-precision column (MySQL ``FLOAT``, PostgreSQL ``REAL``;
   MySQL's ``FLOAT(M, D)`` gives back its 4-byte float rounded to D places);
 * NaN into SQLite, which stores it as NULL, and NaN and infinities into MySQL, which has neither
@@ -653,18 +653,24 @@ def _sqlite_decimals(column: sa.Column[Any], dialect: sa.Dialect) -> list[Step]:
 
 
 def _survives_sqlite(column: sa.Column[Any], dialect: sa.Dialect) -> Convert | None:
-    """SQLite keeps a decimal as a float: refuse one that does not read back as it went in."""
+    """SQLite keeps a decimal (and an integer going into a decimal column) as a float: refuse
+    one that does not read back as it went in."""
     impl = column.type.dialect_impl(dialect)
     to_driver = impl.bind_processor(dialect)
     from_driver = impl.result_processor(dialect, None)
     if to_driver is None or from_driver is None:  # asdecimal=False: floats in, floats out
         return None
+    ddl = _ddl(column, dialect)
 
     def check(value: Any) -> Any:
-        if isinstance(value, decimal.Decimal) and from_driver(to_driver(value)) != value:
+        if (
+            isinstance(value, decimal.Decimal | int)
+            and not isinstance(value, bool)
+            and from_driver(to_driver(value)) != value
+        ):
             raise _refuse(
                 column.name,
-                "SQLite",
+                ddl,
                 value,
                 "SQLite keeps decimals as 8-byte floats, which would change it",
                 "Store it in a String column, or copy into a server database.",
