@@ -27,7 +27,7 @@ def test_a_missing_acknowledged_row_is_lost_and_named_by_bind_and_operation() ->
     assert rows[None].lost() == {"load": 2, "both": 1}
     status, line = verdict(rows, NO_LEAKS, NAMES)
     assert status == 1
-    assert line == "LOST 3 acknowledged rows: None (PostgreSQL) 3 of 4 (load 2, both 1)"
+    assert line == "LOST 3 acknowledged rows: the default bind (PostgreSQL) 3 of 4 (load 2, both 1)"
 
     rows = {None: Rows({}, {}), "maria": Rows({7: "copy, partial"}, {})}
     assert verdict(rows, NO_LEAKS, NAMES) == (
@@ -49,6 +49,6 @@ def test_a_rolled_back_row_found_or_a_leaked_connection_fails_the_run_too() -> N
     }
     assert verdict(rows, leaks, NAMES) == (
         1,
-        "LOST 1 acknowledged row: None (PostgreSQL) 1 of 1 (commit 1); "
-        "but connections idle in a transaction: None 2, 'maria' 0",
+        "LOST 1 acknowledged row: the default bind (PostgreSQL) 1 of 1 (commit 1); "
+        "but connections idle in a transaction: the default bind 2, 'maria' 0",
     )
