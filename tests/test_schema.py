@@ -154,8 +154,10 @@ async def test_create_all_overlaps_binds(
     creates = [key for key, sql in log if sql.lstrip().upper().startswith("CREATE TABLE")]
     assert sorted(creates, key=str) == sorted([None] * 8 + ["other"] * 8, key=str)
     keys = [key for key, _ in log]
+    # Bind after bind switches once; one bind's DDL in the middle of the other's (while a slow
+    # server answers, the other may send all of its own) switches twice.
     switches = sum(1 for x, y in itertools.pairwise(keys) if x != y)
-    assert switches >= 3, f"binds ran one after the other: {keys}"
+    assert switches >= 2, f"binds ran one after the other: {keys}"
 
 
 async def test_reflect_loads_each_bind_into_its_metadata(
