@@ -194,17 +194,33 @@ class TenantMismatchError(AsyncBindError):
     A session's identity map would mix their rows (row 1 of one tenant would be returned for row
     1 of the other), so it stays with the first tenant it used: open another session for another
     tenant.
+
+    Also raised by a flush that would write an object to another tenant's database than the one
+    it was added or loaded in: ``owner`` then names the object, ``first`` is its tenant and
+    ``then`` the flush's.
     """
 
-    def __init__(self, group: str, first: str, then: str) -> None:
+    def __init__(self, group: str, first: str, then: str, *, owner: str | None = None) -> None:
         self.group = group
         self.first = first
         self.then = then
-        super().__init__(
-            f"This session was used for tenant {first!r} of group {group!r} and now for tenant "
-            f"{then!r}. A session serves one tenant per group, so that their rows never mix: "
-            f"open a new session (db.session() or db.scope()) inside the route for {then!r}."
-        )
+        self.owner = owner
+        if owner is None:
+            message = (
+                f"This session was used for tenant {first!r} of group {group!r} and now for "
+                f"tenant {then!r}. A session serves one tenant per group, so that their rows "
+                f"never mix: open a new session (db.session() or db.scope()) inside the route "
+                f"for {then!r}."
+            )
+        else:
+            message = (
+                f"{owner[0].upper()}{owner[1:]} belongs to tenant {first!r} of group {group!r} "
+                f"(it was added or loaded there), and this flush would write it to tenant "
+                f"{then!r}'s database: refused, before any SQL. Tenants' rows never mix: commit "
+                f"it inside the route for {first!r}, or session.expunge() it, and open a session "
+                f"for {then!r} inside the route for {then!r}."
+            )
+        super().__init__(message)
 
 
 class CrossBindError(AsyncBindError):

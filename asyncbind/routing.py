@@ -583,8 +583,8 @@ class RoutingSession(sa_orm.Session):
     #: ``synchronize_session="fetch"``), or a call given ``execution_options={"use_primary":
     #: True}``, which get_bind() does not see (see :mod:`asyncbind.replicas`).
     on_primary = False
-    #: Whether this session has opened a transaction with a tenant of a group (see
-    #: :mod:`asyncbind.tenants`), whose tenant it keeps.
+    #: Whether this session has opened a transaction with a tenant of a group, whose tenant it
+    #: keeps, or holds an object that belongs to a tenant (see :mod:`asyncbind.tenants`).
     works_with_tenants = False
 
     # execute(), scalar() and scalars() hand an ORM UNION / INTERSECT / EXCEPT over to get_bind()

@@ -17,7 +17,11 @@ it would destroy the database. It stays until ``db.dispose()``.
 
 A session serves one tenant per group: the first tenant it opens a transaction with stays its
 tenant (its identity map holds that tenant's rows), and another raises
-:class:`~asyncbind.exceptions.TenantMismatchError`.
+:class:`~asyncbind.exceptions.TenantMismatchError`. An object of a group's model belongs to the
+tenant routed (else the session's) when it was added to a session, or to the session's when it
+was loaded; it is kept in its ``InstanceState.info``. A flush that would write it to another
+tenant is refused before any SQL, with the same error: ``add()`` opens no transaction, so the
+session's tenant alone would not catch an object added in one route and flushed in another.
 
 Routing pays for groups only on statements that use them: the router asks the group (see
 :class:`asyncbind.routing.Router`) where it would otherwise take a cached engine.
@@ -35,14 +39,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import EMPTY_DICT
 
 from .config import BindConfig, BindValue, check_config, config_error
-from .exceptions import ConfigError, TenantMismatchError, UnresolvedTenantError
+from .exceptions import ConfigError, TenantMismatchError, UnresolvedTenantError, shown
 from .retiring import Retirements, in_use
 from .routing import SESSION_TENANTS, RoutingSession
 
 __all__ = [
     "DEFAULT_MAX_ENGINES",
+    "OBJECT_TENANT",
     "Route",
     "TenantGroup",
     "TenantGroups",
@@ -59,6 +65,9 @@ UrlResolver = Callable[[str], BindValue]
 made, in the event loop: it must not block (no I/O)."""
 
 EngineMaker = Callable[[BindConfig], AsyncEngine]
+
+#: The ``InstanceState.info`` key of the group and tenant an object was added or loaded in.
+OBJECT_TENANT = "asyncbind.tenant"
 
 # Which group and tenant a tenant engine serves, for the one-tenant-per-session check.
 _TENANT_OF: weakref.WeakKeyDictionary[sa.Engine, tuple[TenantGroup, str]] = (
@@ -306,12 +315,79 @@ def _pin_tenant(session: sa_orm.Session, _transaction: Any, connection: sa.Conne
         raise TenantMismatchError(group.key, first, tenant)
 
 
+def _record_added(session: RoutingSession, state: sa_orm.InstanceState[Any]) -> None:
+    """An object of a group's model added to ``session`` belongs to the tenant routed now, else
+    to the session's (none known: it goes where its flush goes)."""
+    found = session.router.routed_tenant(state.mapper)
+    if found is None:
+        return
+    key, tenant = found
+    if tenant is None:
+        tenant = session.info.get(SESSION_TENANTS, EMPTY_DICT).get(key)
+        if tenant is None:
+            state.info.pop(OBJECT_TENANT, None)
+            return
+    state.info[OBJECT_TENANT] = (key, tenant)
+    session.works_with_tenants = True
+
+
+def _record_loaded(session: RoutingSession, state: sa_orm.InstanceState[Any]) -> None:
+    """An object of a group's model loaded by ``session`` belongs to the session's tenant."""
+    if not session.works_with_tenants:  # no transaction with a tenant: nothing loaded is one
+        return
+    found = session.router.routed_tenant(state.mapper)
+    if found is not None:
+        tenant = session.info.get(SESSION_TENANTS, EMPTY_DICT).get(found[0])
+        if tenant is not None:
+            state.info[OBJECT_TENANT] = (found[0], tenant)
+
+
+def _record_attached(session: RoutingSession, state: sa_orm.InstanceState[Any]) -> None:
+    """A detached object added to ``session`` keeps its tenant: its flush is checked."""
+    if OBJECT_TENANT in state.info:
+        session.works_with_tenants = True
+
+
+def _check_flush(session: RoutingSession, _context: Any, _instances: Any) -> None:
+    """Refuse a flush that would write an object to another tenant than its own."""
+    if not session.works_with_tenants:
+        return
+    pinned = session.info.get(SESSION_TENANTS, EMPTY_DICT)
+    dirty = session.dirty
+    for obj in (*session.new, *dirty, *session.deleted):
+        state: sa_orm.InstanceState[Any] = sa.inspect(obj)
+        recorded = state.info.get(OBJECT_TENANT)
+        if recorded is None:
+            continue
+        key, tenant = recorded
+        found = session.router.routed_tenant(state.mapper)
+        routed = found[1] if found is not None else None
+        then = routed or pinned.get(key)
+        if then is None or then == tenant:
+            continue
+        if obj in dirty and not session.is_modified(obj):
+            continue
+        raise TenantMismatchError(key, tenant, then, owner=_object_name(state))
+
+
+def _object_name(state: sa_orm.InstanceState[Any]) -> str:
+    model = state.mapper.class_.__name__
+    if state.identity is None:
+        return f"the new object {shown(state.obj())} of model {model!r}"
+    key = ", ".join(repr(value) for value in state.identity)
+    return f"the object of model {model!r} with primary key {key}"
+
+
 _installed: list[bool] = []
 
 
 def _install_session_check() -> None:
-    """Listen for the sessions' transactions, once, when the first group is made: a process with
-    no group pays nothing for it."""
+    """Listen for the sessions' transactions, the objects they add and load, and their flushes,
+    once, when the first group is made: a process with no group pays nothing for it."""
     if not _installed:
         sa.event.listen(RoutingSession, "after_begin", _pin_tenant)
+        sa.event.listen(RoutingSession, "transient_to_pending", _record_added, raw=True)
+        sa.event.listen(RoutingSession, "loaded_as_persistent", _record_loaded, raw=True)
+        sa.event.listen(RoutingSession, "detached_to_persistent", _record_attached, raw=True)
+        sa.event.listen(RoutingSession, "before_flush", _check_flush)
         _installed.append(True)

@@ -161,6 +161,109 @@ async def test_a_session_serves_one_tenant(
     assert await rows_in(urls["globex"]) == []
 
 
+def log_tenant_statements(db: AsyncBind, tenants: list[str]) -> list[tuple[str, str]]:
+    """Every statement the engines of ``tenants`` (group "tenant") run from now on, as
+    ``(tenant, sql)``."""
+    log: list[tuple[str, str]] = []
+    for tenant in tenants:
+
+        def listener(conn: Any, cursor: Any, sql: str, *args: Any, _tenant: str = tenant) -> None:
+            log.append((_tenant, sql))
+
+        engine = db.get_engine("tenant", tenant=tenant).sync_engine
+        sa.event.listen(engine, "before_cursor_execute", listener)
+    return log
+
+
+async def test_an_object_is_written_only_to_the_tenant_it_was_added_or_loaded_in(
+    two_tenants: tuple[App, dict[str, str], str],
+) -> None:
+    """The tenant an object belongs to is the one routed (or the session's) when it was added or
+    loaded: a flush that would write it to another tenant is refused before any SQL."""
+    app, urls, _ = two_tenants
+    db, Note = app.db, app.Note
+    ids = {}
+    for tenant in ("acme", "globex"):
+        async with db.route(tenant=tenant), db.session() as session:
+            first = Note(tenant=tenant, text="one")
+            session.add(first)
+            await session.commit()
+            ids[tenant] = first.id
+    assert ids["acme"] == ids["globex"]  # the same primary key in both databases
+    sent = log_tenant_statements(db, ["acme", "globex"])
+
+    # Added in two routes, committed (or autoflushed) in the second.
+    async with db.session() as session:
+        with db.route(tenant="acme"):
+            merged = await session.merge(Note(tenant="acme", text="merged"))
+            for_acme = Note(tenant="acme", text="pending")
+            session.add(for_acme)
+        with db.route(tenant="globex"):
+            session.add(Note(tenant="globex", text="two"))
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'") as info:
+                await session.commit()
+            assert (info.value.group, info.value.first, info.value.then) == (
+                "tenant",
+                "acme",
+                "globex",
+            )
+            assert "new object" in str(info.value) and "model 'Note'" in str(info.value)
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'"):
+                await session.execute(sa.select(Note))  # its autoflush
+            assert sent == []
+            session.expunge(for_acme)  # what the message suggests
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'"):
+                await session.commit()
+            session.expunge(merged)
+            await session.commit()
+
+    # Added in a route for another tenant than the session's, committed after the route ends,
+    # where the session's own tenant would take it.
+    async with db.session() as session:
+        with db.route(tenant="acme"):
+            session.add(Note(tenant="acme", text="three"))
+            await session.flush()
+        with db.route(tenant="globex"):
+            session.add(Note(tenant="globex", text="meant for globex"))
+        del sent[:]
+        with pytest.raises(TenantMismatchError, match=r"'globex'.*'acme'"):
+            await session.commit()
+        assert sent == []
+        await session.rollback()
+
+    # Loaded from one tenant, then changed or deleted in a session of the other.
+    async with db.route(tenant="acme"):
+        async with db.session() as session:
+            loaded = await session.get_one(Note, ids["acme"])
+        async with db.session() as session:
+            gone = await session.get_one(Note, ids["acme"])
+    async with db.route(tenant="globex"), db.session() as session:
+        session.add(loaded)
+        loaded.text = "changed in globex"
+        with pytest.raises(
+            TenantMismatchError, match=rf"primary key {ids['acme']}.*'acme'.*'globex'"
+        ):
+            await session.commit()
+        session.expunge(loaded)
+    async with db.route(tenant="globex"), db.session() as session:
+        session.add(gone)
+        await session.delete(gone)
+        with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'"):
+            await session.commit()
+    # In the session that loaded it, under another tenant's route.
+    async with db.session() as session:
+        with db.route(tenant="acme"):
+            mine = await session.get_one(Note, ids["acme"])
+        mine.text = "changed in globex"
+        with db.route(tenant="globex"):
+            with pytest.raises(TenantMismatchError, match=r"'acme'.*'globex'"):
+                await session.commit()
+    assert [sql for _, sql in sent if not sql.startswith("SELECT")] == []
+
+    assert await rows_in(urls["acme"]) == [("acme", "one")]
+    assert await rows_in(urls["globex"]) == [("globex", "one"), ("globex", "two")]
+
+
 async def test_tasks_inherit_the_route_and_routes_nest(
     make_db: Callable[..., AsyncBind], tmp_path: Path
 ) -> None:
@@ -348,6 +451,9 @@ def test_tenant_errors_survive_pickling() -> None:
     mismatch = pickle.loads(pickle.dumps(TenantMismatchError("tenant", "acme", "globex")))
     assert (mismatch.group, mismatch.first, mismatch.then) == ("tenant", "acme", "globex")
     assert str(mismatch) == str(TenantMismatchError("tenant", "acme", "globex"))
+    flushed = TenantMismatchError("tenant", "acme", "globex", owner="the object of model 'Note'")
+    again = pickle.loads(pickle.dumps(flushed))
+    assert again.owner == flushed.owner and str(again) == str(flushed)
 
 
 def test_readme_tenants_example_runs(tmp_path: Path) -> None:
