@@ -11,9 +11,11 @@ Each tenant's engine is made on first use and kept in least-recently-used order;
 ``max_engines``, the least recently used engines whose connections are all back in their pools are
 retired (disposed, see :mod:`asyncbind.retiring`). An engine a session is using is never
 disposed, so the count may exceed the bound while more tenants than that are busy at once; it
-comes back under it as they finish. An engine whose pool shares one connection (an in-memory
-SQLite database) is never retired: its pool cannot tell whether a session uses it, and disposing
-it would destroy the database. It stays until ``db.dispose()``.
+comes back under it as they finish: while the group is past its bound, each connection that
+comes back to one of its pools (the pool's ``checkin`` event) retires the idle engines past it,
+without waiting for the next tenant to be looked up. An engine whose pool shares one connection
+(an in-memory SQLite database) is never retired: its pool cannot tell whether a session uses it,
+and disposing it would destroy the database. It stays until ``db.dispose()``.
 
 A session serves one tenant per group: the first tenant it opens a transaction with stays its
 tenant (its identity map holds that tenant's rows), and another raises
@@ -29,6 +31,7 @@ Routing pays for groups only on statements that use them: the router asks the gr
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -160,7 +163,17 @@ class TenantGroup:
             raise ConfigError(f"Tenant {tenant!r}: {config_error(problems)}")
         engine = self._make_engine(configs[self.key])
         _TENANT_OF[engine.sync_engine] = (self, tenant)
+        sa.event.listen(engine.sync_engine, "checkin", self._returned)
         return engine
+
+    def _returned(self, *_: Any) -> None:
+        """A connection is back in the pool of one of the group's engines: past the bound, retire
+        the idle engines now. The pool counts the connection back just after this event."""
+        if len(self._engines) > self.max_engines:
+            try:
+                asyncio.get_running_loop().call_soon(self._evict)
+            except RuntimeError:  # no event loop: the next lookup retires them
+                pass
 
     def _evict(self) -> None:
         """Retire the least recently used idle engines until the group is within its bound."""

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase, require_server
 from readmeblocks import python_block, run_python
-from serverconns import no_server_connections, read_rows, table_names
+from serverconns import no_server_connections, read_rows, server_connections, table_names
 from sqlalchemy import orm as sa_orm
 
 from asyncbind import (
@@ -359,6 +359,47 @@ async def test_a_session_in_use_keeps_its_engine(
     async with db.route(tenant="t1"), db.session() as session:  # made again on demand
         assert (await session.scalars(sa.select(Note.text))).all() == ["held"]
     assert group.engines["t1"] is not held
+
+
+async def test_engines_past_the_bound_are_disposed_as_their_sessions_finish(
+    backend: str, new_database: NewDatabase, make_db: Callable[..., AsyncBind]
+) -> None:
+    """More tenants busy at once than max_engines: the group holds an engine for each while they
+    are, and is back within the bound once they finish, without waiting for another tenant to be
+    looked up; the idle engines past it are disposed (no server connection left)."""
+    names = [f"t{i}" for i in range(6)]
+    urls = {name: await new_database(backend) for name in names}
+    app = make_app(make_db(await new_database(backend)))
+    db, Note = app.db, app.Note
+    group = db.add_group("tenant", url=urls.__getitem__, max_engines=2)
+    for name in names:
+        await db.create_all(bind_key="tenant", tenant=name)
+    busy: list[str] = []
+    all_busy, release = asyncio.Event(), asyncio.Event()
+
+    async def request(tenant: str) -> None:
+        async with db.route(tenant=tenant), db.session() as session:
+            session.add(Note(tenant=tenant, text="x"))
+            await session.flush()  # holds a connection of the tenant's engine
+            busy.append(tenant)
+            if len(busy) == len(names):
+                all_busy.set()
+            await release.wait()
+            await session.commit()
+
+    tasks = [asyncio.create_task(request(name)) for name in names]
+    await all_busy.wait()
+    assert len(group.engines) == len(names)
+    connected = 0 if backend == "sqlite" else 1
+    assert [await server_connections(urls[name]) for name in names] == [connected] * len(names)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert len(group.engines) == 2
+    for name in names:
+        assert await rows_in(urls[name]) == [(name, "x")]
+        if name not in group.engines:
+            assert await no_server_connections(urls[name]) == 0
+    assert len(group.engines) == 2
 
 
 async def test_in_memory_tenants_are_kept_past_the_bound(
