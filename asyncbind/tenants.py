@@ -35,7 +35,7 @@ import asyncio
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
@@ -103,7 +103,7 @@ class TenantGroup:
         *,
         max_engines: int,
         engine_options: Mapping[str, Any],
-        routes: ContextVar[Mapping[str, str]],
+        routes: ContextVar[_Chosen],
         make_engine: EngineMaker,
         retirements: Retirements,
     ) -> None:
@@ -123,11 +123,11 @@ class TenantGroup:
 
     def current_tenant(self) -> str | None:
         """The tenant routed for this group in the running context, or None."""
-        return self._routes.get().get(self.key)
+        return self._routes.get().tenants.get(self.key)
 
     def sync_engine(self, owner: str | None = None) -> sa.Engine:
         """The sync engine of the routed tenant: what :class:`~asyncbind.routing.Router` asks."""
-        tenant = self._routes.get().get(self.key)
+        tenant = self._routes.get().tenants.get(self.key)
         if tenant is None:
             raise UnresolvedTenantError(self.key, owner=owner)
         return self.engine(tenant).sync_engine
@@ -201,30 +201,60 @@ def _one_connection(engine: AsyncEngine) -> bool:
     return isinstance(engine.sync_engine.pool, sa.pool.StaticPool | sa.pool.SingletonThreadPool)
 
 
+class _Chosen:
+    """What the routes' context variable holds: the tenant chosen for each group, and the route
+    that chose them with what was chosen before it, to go back to when that route is left."""
+
+    __slots__ = ("outer", "route", "tenants")
+
+    def __init__(
+        self, tenants: Mapping[str, str], route: Route | None = None, outer: _Chosen | None = None
+    ) -> None:
+        self.tenants = tenants
+        self.route = route
+        self.outer = outer
+
+
+_NONE_CHOSEN = _Chosen(MappingProxyType({}))
+
+
 class Route:
     """``with db.route(tenant="acme"):`` (or ``async with``): the tenants chosen inside the
-    block, over those chosen outside it. Middleware may hold one open around a request."""
+    block, over those chosen outside it. Middleware may hold one open around a request.
 
-    __slots__ = ("_routes", "_tenants", "_tokens")
+    A route keeps nothing of its own between entering and leaving (what to go back to is in the
+    context variable), so one route object may be entered by several tasks at once, and nested.
+    """
 
-    def __init__(self, routes: ContextVar[Mapping[str, str]], tenants: Mapping[str, str]) -> None:
+    __slots__ = ("_routes", "_tenants")
+
+    def __init__(self, routes: ContextVar[_Chosen], tenants: Mapping[str, str]) -> None:
         self._routes = routes
         self._tenants = dict(tenants)
-        self._tokens: list[Token[Mapping[str, str]]] = []
 
     def __enter__(self) -> None:
-        self._tokens.append(
-            self._routes.set(MappingProxyType({**self._routes.get(), **self._tenants}))
-        )
+        outer = self._routes.get()
+        self._routes.set(_Chosen({**outer.tenants, **self._tenants}, self, outer))
 
     def __exit__(self, *exc_info: object) -> None:
-        self._routes.reset(self._tokens.pop())
+        chosen = self._routes.get()
+        if chosen.route is not self or chosen.outer is None:
+            raise RuntimeError(
+                f"{self!r} was left where it is not the route entered last: in another task or "
+                "context than the one that entered it, or before a route entered inside it was "
+                "left. Enter and leave a route in the same task, with 'with' or 'async with'."
+            )
+        self._routes.set(chosen.outer)
 
     async def __aenter__(self) -> None:
         self.__enter__()
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.__exit__()
+
+    def __repr__(self) -> str:
+        tenants = ", ".join(f"{key}={tenant!r}" for key, tenant in self._tenants.items())
+        return f"db.route({tenants})"
 
 
 class TenantGroups(Mapping[str, TenantGroup]):
@@ -235,9 +265,7 @@ class TenantGroups(Mapping[str, TenantGroup]):
 
     def __init__(self) -> None:
         self._groups: dict[str, TenantGroup] = {}
-        self._routes: ContextVar[Mapping[str, str]] = ContextVar(
-            "asyncbind_routes", default=MappingProxyType({})
-        )
+        self._routes: ContextVar[_Chosen] = ContextVar("asyncbind_routes", default=_NONE_CHOSEN)
 
     def add(
         self,

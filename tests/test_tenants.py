@@ -284,6 +284,50 @@ async def test_tasks_inherit_the_route_and_routes_nest(
     assert db.groups["tenant"].current_tenant() is None
 
 
+async def test_one_route_object_serves_concurrent_tasks(
+    make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    """A db.route(...) kept and entered by several tasks at once (a module-level constant): each
+    task is routed inside its block and not after it, whatever order they leave in."""
+    db = make_app(make_db(f"sqlite:///{tmp_path / 'main.db'}")).db
+    group = db.add_group("tenant", url=lambda tenant: f"sqlite:///{tmp_path / tenant}.db")
+    admin = db.route(tenant="admin")
+    first_in, second_in, first_out = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def first() -> list[str | None]:
+        seen = []
+        async with admin:
+            first_in.set()
+            await second_in.wait()
+            seen.append(group.current_tenant())
+        seen.append(group.current_tenant())
+        first_out.set()
+        return seen
+
+    async def second() -> list[str | None]:
+        seen = []
+        await first_in.wait()
+        with db.route(tenant="acme"):
+            with admin:
+                second_in.set()
+                await first_out.wait()
+                seen.append(group.current_tenant())
+                with admin:  # the same object, nested
+                    seen.append(group.current_tenant())
+                seen.append(group.current_tenant())
+            seen.append(group.current_tenant())
+        seen.append(group.current_tenant())
+        return seen
+
+    assert await asyncio.gather(first(), second()) == [
+        ["admin", None],
+        ["admin", "admin", "admin", "acme", None],
+    ]
+    assert group.current_tenant() is None
+    with pytest.raises(RuntimeError, match=r"db.route\(tenant='admin'\).*same task"):
+        admin.__exit__(None, None, None)  # never entered here
+
+
 async def test_groups_and_routes_refuse_what_is_wrong(
     make_db: Callable[..., AsyncBind], tmp_path: Path
 ) -> None:
