@@ -158,17 +158,18 @@ def connect_error(
     database: str | None,
     replica: int = 0,
     reason: str | None = None,
+    tenant: str | None = None,
 ) -> BindUnavailableError:
     """The error for a failure to connect to bind ``key`` (to its read replica number
-    ``replica``, if not 0); ``shown`` is the driver's error (or a stand-in that hides it),
-    ``diagnosis`` what the driver's error says and ``reason`` what the network said, in words
-    (:func:`network_reason`)."""
+    ``replica``, if not 0, or to its ``tenant``, for a tenant group); ``shown`` is the driver's
+    error (or a stand-in that hides it), ``diagnosis`` what the driver's error says and
+    ``reason`` what the network said, in words (:func:`network_reason`)."""
     cause = diagnosis.cause if diagnosis is not None else None
     if cause is Cause.AUTHENTICATION:
-        return BindAuthenticationError(key, shown, user=user, replica=replica)
+        return BindAuthenticationError(key, shown, user=user, replica=replica, tenant=tenant)
     if cause is Cause.NO_DATABASE:
-        return DatabaseNotFoundError(key, shown, database=database, replica=replica)
-    return BindUnavailableError(key, shown, replica=replica, reason=reason)
+        return DatabaseNotFoundError(key, shown, database=database, replica=replica, tenant=tenant)
+    return BindUnavailableError(key, shown, replica=replica, reason=reason, tenant=tenant)
 
 
 def statement_error(
@@ -179,10 +180,11 @@ def statement_error(
     *,
     disconnect: bool,
     replica: int = 0,
+    tenant: str | None = None,
 ) -> Exception | None:
     """The error for ``orig``, raised by a connection of bind ``key`` (of its read replica number
-    ``replica``, if not 0) that was established, or None when asyncbind has nothing to add.
-    ``disconnect`` says whether the dialect found the connection lost."""
+    ``replica``, if not 0, or of its ``tenant``) that was established, or None when asyncbind
+    has nothing to add. ``disconnect`` says whether the dialect found the connection lost."""
     diagnosis = diagnose(orig)
     cause = diagnosis.cause if diagnosis is not None else None
     if diagnosis is not None and cause in (Cause.DEADLOCK, Cause.SERIALIZATION):
@@ -194,24 +196,31 @@ def statement_error(
             server_message=diagnosis.message,
             serialization=cause is Cause.SERIALIZATION,
             replica=replica,
+            tenant=tenant,
         )
     if diagnosis is not None and cause is Cause.ENDED:
         return ConnectionEndedError(
-            key, orig, statement, server_message=diagnosis.message, replica=replica
+            key,
+            orig,
+            statement,
+            server_message=diagnosis.message,
+            replica=replica,
+            tenant=tenant,
         )
     if isinstance(orig, TimeoutError):  # the network went quiet: nothing was ended
-        return BindUnavailableError(key, orig, statement, replica=replica)
+        return BindUnavailableError(key, orig, statement, replica=replica, tenant=tenant)
     if disconnect or isinstance(orig, OSError):
-        return ConnectionEndedError(key, orig, statement, replica=replica)
+        return ConnectionEndedError(key, orig, statement, replica=replica, tenant=tenant)
     return None
 
 
 def error_listener(
-    key: BindKey, url: sa.URL, replica: int = 0
+    key: BindKey, url: sa.URL, replica: int = 0, tenant: str | None = None
 ) -> Callable[[ExceptionContext], BaseException | None]:
     """A ``handle_error`` listener for the engine of bind ``key`` (of its read replica number
-    ``replica``, if not 0; at ``url``): the driver's error becomes the error that names the bind
-    (or the replica) and the cause, where there is one to name.
+    ``replica``, if not 0, or of its ``tenant``; at ``url``): the driver's error becomes the error
+    that names the bind (or the replica, or the tenant) and the cause, where there is one to
+    name.
 
     A failed pre-ping is left alone (the pool opens a new connection by itself), and so is a
     cancellation. A failure to connect reaches it from SQLite and from a connect function of the
@@ -225,7 +234,13 @@ def error_listener(
         if ctx.connection is None:  # connecting
             diagnosis = diagnose(orig)
             return connect_error(
-                key, orig, diagnosis, user=url.username, database=url.database, replica=replica
+                key,
+                orig,
+                diagnosis,
+                user=url.username,
+                database=url.database,
+                replica=replica,
+                tenant=tenant,
             )
         error = statement_error(
             key,
@@ -234,6 +249,7 @@ def error_listener(
             ctx.parameters,
             disconnect=ctx.is_disconnect,
             replica=replica,
+            tenant=tenant,
         )
         if isinstance(error, BindUnavailableError):
             ctx.is_disconnect = True  # the connection is discarded, not returned to the pool

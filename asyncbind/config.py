@@ -164,6 +164,8 @@ class BindConfig:
     #: For a read replica's engine, its number among the bind's replicas (1, 2, ...); 0 for the
     #: bind's own engine.
     replica: int = 0
+    #: For the engine of a tenant of a tenant group, the tenant (named by its errors); else None.
+    tenant: str | None = None
 
     @property
     def passwords(self) -> list[str]:

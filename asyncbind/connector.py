@@ -96,11 +96,17 @@ def connect_parameters(driver: str) -> frozenset[str] | None:
 
 
 def check_connect_args(
-    key: BindKey, driver: str, connect_args: Collection[str], *, shared: bool, replica: int = 0
+    key: BindKey,
+    driver: str,
+    connect_args: Collection[str],
+    *,
+    shared: bool,
+    replica: int = 0,
+    tenant: str | None = None,
 ) -> None:
     """Raise a :class:`ConfigError` naming bind ``key`` (or its read replica number ``replica``,
-    if not 0) if ``connect_args`` (its names; from the engine options shared by every bind if
-    ``shared``) has one that ``driver`` does not take.
+    if not 0, or its ``tenant``) if ``connect_args`` (its names; from the engine options shared
+    by every bind if ``shared``) has one that ``driver`` does not take.
 
     Not checked: a driver whose names are not known, and a bind that connects with a function of
     its own (``async_creator_fn``), which may take anything.
@@ -130,18 +136,19 @@ def check_connect_args(
         )
     else:
         fix = "Fix or remove them in the bind's options."
-    subject = bind_name(key, start=True, replica=replica)
+    subject = bind_name(key, start=True, replica=replica, tenant=tenant)
     raise ConfigError(f"{subject}: {what} {verb} of its driver, {driver!r}. {fix}")
 
 
 def connector(
-    driver: str, key: BindKey, timeout: float | None, replica: int = 0
+    driver: str, key: BindKey, timeout: float | None, replica: int = 0, tenant: str | None = None
 ) -> Callable[..., Any] | None:
     """A connect function for ``driver``: it connects within ``timeout`` (handshake included; if
     None, within the driver's own ``connect_timeout`` when it is given one, else
     :data:`DEFAULT_CONNECT_TIMEOUTS`), is not cut short mid-handshake when its caller is
     cancelled (:mod:`asyncbind.cancellation`), and turns a failure to connect into the error
-    that names ``key`` (and the number of its read replica, if not 0) and the cause
+    that names ``key`` (and the number of its read replica, if not 0, or its ``tenant``) and the
+    cause
     (:mod:`asyncbind.causes`): :class:`BindUnavailableError` or one of its subclasses.
 
     None for drivers it does not know (and SQLite's, which open local files).
@@ -174,7 +181,8 @@ def connector(
             if not any(password and mentions(exc, password) for password in passwords):
                 if isinstance(exc, TypeError):  # an argument the driver does not take
                     raise ConfigError(
-                        f"{bind_name(key, start=True, replica=replica)}: {driver} refused its "
+                        f"{bind_name(key, start=True, replica=replica, tenant=tenant)}: "
+                        f"{driver} refused its "
                         f"connect arguments: {exc}. They come from the bind's connect_args and "
                         "its URL's query parameters; fix them there."
                     ) from exc
@@ -182,13 +190,13 @@ def connector(
                 if isinstance(exc, TimeoutError) and limit is not None:
                     to = f" to {address}" if address else ""
                     waited = TimeoutError(f"no connection{to} within {within}")
-                    raise BindUnavailableError(key, waited, replica=replica) from exc
+                    raise BindUnavailableError(key, waited, replica=replica, tenant=tenant) from exc
                 # What the network said: aiomysql and asyncmy raise their error from it.
                 reason = causes.network_reason(exc, address) if address else None
                 if isinstance(exc, OSError) or diagnosis is not None or reason is not None:
                     # Refused, unreachable, reset; a login refused, a missing database.
                     raise causes.connect_error(
-                        key, exc, diagnosis, **who, replica=replica, reason=reason
+                        key, exc, diagnosis, **who, replica=replica, reason=reason, tenant=tenant
                     ) from exc
                 raise
             # Some driver errors quote the password (aiomysql's UnicodeEncodeError does): keep
@@ -196,7 +204,7 @@ def connector(
             # too), and raise outside this block so that not even __context__ leads back to it.
             hidden = ConnectionError(f"{type(exc).__name__} while connecting (details hidden)")
         raise causes.connect_error(
-            key, hidden, diagnosis, user=None, database=None, replica=replica
+            key, hidden, diagnosis, user=None, database=None, replica=replica, tenant=tenant
         ) from None
 
     return connect

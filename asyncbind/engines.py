@@ -109,13 +109,16 @@ def engine_arguments(config: BindConfig) -> tuple[sa.URL, dict[str, Any]]:
         connect_args,
         shared="connect_args" in config.shared_options,
         replica=config.replica,
+        tenant=config.tenant,
     )
     if config.pgbouncer:
         pgbouncer.pgbouncer_connect_args(config.key, url, connect_args)
     if config.read_only:
-        url = readonly.read_only_connections(config.key, url, connect_args, config.replica)
+        url = readonly.read_only_connections(
+            config.key, url, connect_args, config.replica, config.tenant
+        )
     connect = connector.connector(
-        url.get_driver_name(), config.key, config.connect_timeout, config.replica
+        url.get_driver_name(), config.key, config.connect_timeout, config.replica, config.tenant
     )
     if connect is not None:
         internals.add_connector(connect_args, connect)
@@ -164,21 +167,24 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     dialect = sync.dialect
     key = config.key
     replica = config.replica  # a read replica's errors name it (0: the bind's own engine)
+    tenant = config.tenant  # and a tenant's (None: not a tenant group's engine)
     registry.register(engine, config)
-    internals.name_pool(sync.pool, key, replica)  # for PoolTimeoutError and WrongEventLoopError
+    # For PoolTimeoutError and WrongEventLoopError.
+    internals.name_pool(sync.pool, key, replica, tenant)
     internals.quiet_cancelled_connects(sync.pool)  # a cancelled connection attempt is no error
 
     # Read-only binds: writes refused before any SQL is sent, the database's own refusal named,
     # and read-only sessions where the connection could not be made read-only from the start.
     if config.read_only:
-        sa.event.listen(sync, "before_execute", readonly.write_listener(key, replica))
-        sa.event.listen(sync, "handle_error", readonly.refusal_listener(key, dialect.name, replica))
+        sa.event.listen(sync, "before_execute", readonly.write_listener(key, replica, tenant))
+        refused = readonly.refusal_listener(key, dialect.name, replica, tenant)
+        sa.event.listen(sync, "handle_error", refused)
         sql = readonly.session_sql(url)
         if sql is not None:
             sa.event.listen(sync, "connect", readonly.session_sql_listener(sql))
 
     # Errors that name the bind, and the cause where the driver's error tells it.
-    sa.event.listen(sync, "handle_error", causes.error_listener(key, url, replica))
+    sa.event.listen(sync, "handle_error", causes.error_listener(key, url, replica, tenant))
 
     # Each connection remembers its event loop, so that it can be closed from another.
     if loops.closes_across_loops(dialect.driver):
@@ -219,7 +225,7 @@ def make_engine(config: BindConfig) -> AsyncEngine:
         rollback = timeouts.bounded(dialect.do_rollback, statement, "a rollback", drop)
         internals.replace_dialect_method(dialect, "do_commit", commit)
         internals.replace_dialect_method(dialect, "do_rollback", rollback)
-        sa.event.listen(sync, "handle_error", timeouts.error_listener(key, replica))
+        sa.event.listen(sync, "handle_error", timeouts.error_listener(key, replica, tenant))
     elif direct:
         sa.event.listen(sync, "do_execute", directddl.listener)
     # A statement given up on (timed out, or its task cancelled) is stopped on the server too.
@@ -317,7 +323,7 @@ def _create(config: BindConfig, url: sa.URL, options: dict[str, Any]) -> AsyncEn
 
 def _name(config: BindConfig) -> str:
     """How a message begins that names ``config``'s bind, or the read replica it is of."""
-    return bind_name(config.key, start=True, replica=config.replica)
+    return bind_name(config.key, start=True, replica=config.replica, tenant=config.tenant)
 
 
 def _given(config: BindConfig) -> str:

@@ -54,15 +54,20 @@ def format_key(key: Hashable | None) -> str:
     return "the default bind" if key is None else repr(key)
 
 
-def bind_name(key: Hashable | None, *, start: bool = False, replica: int = 0) -> str:
+def bind_name(
+    key: Hashable | None, *, start: bool = False, replica: int = 0, tenant: str | None = None
+) -> str:
     """Name a bind in a message: ``bind 'users'``, or ``the default bind`` for key None; one of
-    its read replicas (``replica``, from 1) as ``replica 2 of bind 'users'``.
+    its read replicas (``replica``, from 1) as ``replica 2 of bind 'users'``; a tenant of a
+    tenant group (``tenant``) as ``tenant 'acme' of bind 'tenant'``.
 
     ``start=True`` capitalises it to begin a sentence.
     """
     name = "the default bind" if key is None else f"bind {key!r}"
     if replica:
         name = f"replica {replica} of {name}"
+    if tenant is not None:
+        name = f"tenant {tenant!r} of {name}"
     return name[0].upper() + name[1:] if start else name
 
 
@@ -277,7 +282,8 @@ class BindErrors(AsyncBindError, ExceptionGroup[Exception]):  # noqa: N818
 
 class ReadOnlyBindError(AsyncBindError):
     """A write reached a bind configured with ``read_only=True``, or one of a bind's read
-    replicas (``replica`` is then its number, 1 for the first; 0 for the bind itself).
+    replicas (``replica`` is then its number, 1 for the first; 0 for the bind itself), or a
+    read-only tenant of a tenant group (``tenant``; None for a bind that is not a group).
 
     Usually it is refused before any SQL is sent (``sent`` is False). A write asyncbind cannot
     recognise (raw SQL) is refused by the read-only connection itself: then ``sent`` is True, the
@@ -286,12 +292,19 @@ class ReadOnlyBindError(AsyncBindError):
     """
 
     def __init__(
-        self, key: Hashable | None, what: str, *, sent: bool = False, replica: int = 0
+        self,
+        key: Hashable | None,
+        what: str,
+        *,
+        sent: bool = False,
+        replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.key = key
         self.sent = sent
         self.replica = replica
-        where = bind_name(key, start=True, replica=replica)
+        self.tenant = tenant
+        where = bind_name(key, start=True, replica=replica, tenant=tenant)
         if sent:
             message = (
                 f"{where} is read-only, and its database refused {what}. "
@@ -445,7 +458,8 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
 
     Also a :class:`sqlalchemy.exc.OperationalError`, so code that catches SQLAlchemy's errors keeps
     working. ``bind_key`` names the bind, and ``replica`` the read replica it happened on (its
-    number, from 1; 0 for the bind's primary). The driver's error is ``orig`` and ``__cause__``.
+    number, from 1; 0 for the bind's primary), or ``tenant`` the tenant of a tenant group (None
+    for a bind that is not a group). The driver's error is ``orig`` and ``__cause__``.
     ``reason`` says why in words where the driver's error does not (the host and port, and
     whether the connection was refused, the host name not resolved or the attempt timed out);
     the message shows it in place of the driver's error. The connection involved has been
@@ -461,10 +475,12 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
         statement: str | None = None,
         replica: int = 0,
         reason: str | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.bind_key = bind_key
         self.replica = replica
         self.reason = reason
+        self.tenant = tenant
         sa_exc.OperationalError.__init__(
             self, statement, None, orig, hide_parameters=True, connection_invalidated=True
         )
@@ -482,10 +498,17 @@ class BindUnavailableError(AsyncBindError, sa_exc.OperationalError):
         )
 
     def _bind_name(self, *, start: bool = False) -> str:
-        return bind_name(self.bind_key, start=start, replica=self.replica)
+        return bind_name(self.bind_key, start=start, replica=self.replica, tenant=self.tenant)
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.replica, self.reason)
+        return type(self), (
+            self.bind_key,
+            self.orig,
+            self.statement,
+            self.replica,
+            self.reason,
+            self.tenant,
+        )
 
 
 class BindAuthenticationError(BindUnavailableError):
@@ -503,9 +526,10 @@ class BindAuthenticationError(BindUnavailableError):
         statement: str | None = None,
         user: str | None = None,
         replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.user = user
-        super().__init__(bind_key, orig, statement, replica)
+        super().__init__(bind_key, orig, statement, replica, tenant=tenant)
 
     def __str__(self) -> str:
         who = f"user {self.user!r}" if self.user else "its user"
@@ -517,7 +541,14 @@ class BindAuthenticationError(BindUnavailableError):
         )
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.user, self.replica)
+        return type(self), (
+            self.bind_key,
+            self.orig,
+            self.statement,
+            self.user,
+            self.replica,
+            self.tenant,
+        )
 
 
 class DatabaseNotFoundError(BindUnavailableError):
@@ -533,13 +564,17 @@ class DatabaseNotFoundError(BindUnavailableError):
         statement: str | None = None,
         database: str | None = None,
         replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.database = database
-        super().__init__(bind_key, orig, statement, replica)
+        super().__init__(bind_key, orig, statement, replica, tenant=tenant)
 
     def __str__(self) -> str:
         what = f"database {self.database!r}" if self.database else "its database"
-        url = "the replica's URL" if self.replica else "the bind's URL"
+        if self.tenant is not None:
+            url = "the tenant's URL (what the group's url() gives for it)"
+        else:
+            url = "the replica's URL" if self.replica else "the bind's URL"
         return (
             f"{self._bind_name(start=True)}: {what} was not found "
             f"({self._reason()}). Create it (create_all() makes tables, not databases; SQLite "
@@ -547,7 +582,14 @@ class DatabaseNotFoundError(BindUnavailableError):
         )
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.orig, self.statement, self.database, self.replica)
+        return type(self), (
+            self.bind_key,
+            self.orig,
+            self.statement,
+            self.database,
+            self.replica,
+            self.tenant,
+        )
 
 
 class ConnectionEndedError(BindUnavailableError):
@@ -566,9 +608,10 @@ class ConnectionEndedError(BindUnavailableError):
         statement: str | None = None,
         server_message: str | None = None,
         replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.server_message = server_message
-        super().__init__(bind_key, orig, statement, replica)
+        super().__init__(bind_key, orig, statement, replica, tenant=tenant)
 
     def __str__(self) -> str:
         if self.server_message:
@@ -591,6 +634,7 @@ class ConnectionEndedError(BindUnavailableError):
             self.statement,
             self.server_message,
             self.replica,
+            self.tenant,
         )
 
 
@@ -603,7 +647,8 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
     error it replaces was, so handlers of those keep catching it. ``server_message`` is the
     server's own account; the driver's error is ``orig`` and ``__cause__``. ``replica`` is the
     read replica it happened on (its number, from 1; 0 for the bind's primary): a hot standby
-    cancels a read that conflicts with what it replays as a serialization failure.
+    cancels a read that conflicts with what it replays as a serialization failure. ``tenant``
+    is the tenant of a tenant group it happened on (None for a bind that is not a group).
     """
 
     def __init__(
@@ -615,9 +660,11 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
         server_message: str = "",
         serialization: bool = False,
         replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.bind_key = bind_key
         self.replica = replica
+        self.tenant = tenant
         self.server_message = server_message
         self.serialization = serialization
         sa_exc.OperationalError.__init__(self, statement, params, orig, hide_parameters=True)
@@ -628,7 +675,7 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
         else:
             what = "rolled the transaction back to break a deadlock"
         said = f" ({self.server_message!r})" if self.server_message else ""
-        subject = bind_name(self.bind_key, start=True, replica=self.replica)
+        subject = bind_name(self.bind_key, start=True, replica=self.replica, tenant=self.tenant)
         return (
             f"{subject}: the server {what}{said}. Roll the session back and run the whole "
             "transaction again."
@@ -643,14 +690,16 @@ class DeadlockError(AsyncBindError, sa_exc.OperationalError):
             self.server_message,
             self.serialization,
             self.replica,
+            self.tenant,
         )
 
 
 class StatementTimeoutError(AsyncBindError, TimeoutError):
     """A statement, commit or rollback on a bind took longer than its ``statement_timeout``.
 
-    ``replica`` is the read replica it ran on (its number, from 1; 0 for the bind's primary).
-    The connection was discarded (its state is unknown); the session must be rolled back.
+    ``replica`` is the read replica it ran on (its number, from 1; 0 for the bind's primary),
+    ``tenant`` the tenant of a tenant group (None for a bind that is not a group). The
+    connection was discarded (its state is unknown); the session must be rolled back.
     """
 
     def __init__(
@@ -660,11 +709,13 @@ class StatementTimeoutError(AsyncBindError, TimeoutError):
         what: str = "a statement",
         *,
         replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.bind_key = bind_key
         self.timeout = timeout
         self.replica = replica
-        subject = bind_name(bind_key, start=True, replica=replica)
+        self.tenant = tenant
+        subject = bind_name(bind_key, start=True, replica=replica, tenant=tenant)
         super().__init__(
             f"{subject}: {what} took longer than its statement_timeout of "
             f"{timeout:g}s and was abandoned. Roll the session back and retry, or raise the "
@@ -678,7 +729,7 @@ class PoolTimeoutError(AsyncBindError, sa_exc.TimeoutError):
     Also SQLAlchemy's :class:`sqlalchemy.exc.TimeoutError`, which it replaces. ``timeout`` is
     the pool's ``pool_timeout``, ``pool_size`` and ``max_overflow`` its limits (None where
     unknown); ``replica`` is the read replica whose pool it was (its number, from 1; 0 for the
-    bind's primary).
+    bind's primary), ``tenant`` the tenant of a tenant group (None for a bind that is not a group).
     """
 
     def __init__(
@@ -689,17 +740,19 @@ class PoolTimeoutError(AsyncBindError, sa_exc.TimeoutError):
         pool_size: int | None = None,
         max_overflow: int | None = None,
         replica: int = 0,
+        tenant: str | None = None,
     ) -> None:
         self.bind_key = bind_key
         self.timeout = timeout
         self.pool_size = pool_size
         self.max_overflow = max_overflow
         self.replica = replica
+        self.tenant = tenant
         waited = f" for {timeout:g}s" if timeout is not None else ""
         limits = ""
         if pool_size is not None and max_overflow is not None:
             limits = f"; pool_size {pool_size}, max_overflow {max_overflow}"
-        subject = bind_name(bind_key, start=True, replica=replica)
+        subject = bind_name(bind_key, start=True, replica=replica, tenant=tenant)
         super().__init__(
             f"{subject}: every connection of its pool stayed in use{waited} (pool_timeout"
             f"{limits}). Raise 'pool_size' / 'max_overflow', keep transactions short, or set "
@@ -711,13 +764,16 @@ class WrongEventLoopError(AsyncBindError):
     """A bind's pooled connections belong to another event loop than the one using them.
 
     ``replica`` is the read replica whose pool it was (its number, from 1; 0 for the bind's
-    primary).
+    primary), ``tenant`` the tenant of a tenant group (None for a bind that is not a group).
     """
 
-    def __init__(self, bind_key: Hashable | None, *, replica: int = 0) -> None:
+    def __init__(
+        self, bind_key: Hashable | None, *, replica: int = 0, tenant: str | None = None
+    ) -> None:
         self.bind_key = bind_key
         self.replica = replica
-        subject = bind_name(bind_key, start=True, replica=replica)
+        self.tenant = tenant
+        subject = bind_name(bind_key, start=True, replica=replica, tenant=tenant)
         super().__init__(
             f"{subject} has connections that belong to another event loop. "
             "Call 'await db.dispose()' before using the AsyncBind from a new loop "

@@ -135,6 +135,7 @@ class BindPool:
 
     _asyncbind_key: BindKey = None
     _asyncbind_replica: int = 0
+    _asyncbind_tenant: str | None = None
     _asyncbind_loop: asyncio.AbstractEventLoop | None = None
     _asyncbind_disposed = False
 
@@ -143,7 +144,11 @@ class BindPool:
         owner = self._asyncbind_loop
         if owner is not loop:
             if owner is not None:
-                raise WrongEventLoopError(self._asyncbind_key, replica=self._asyncbind_replica)
+                raise WrongEventLoopError(
+                    self._asyncbind_key,
+                    replica=self._asyncbind_replica,
+                    tenant=self._asyncbind_tenant,
+                )
             self._asyncbind_loop = loop
         try:
             return super()._do_get()  # type: ignore[misc]
@@ -157,6 +162,7 @@ class BindPool:
                 pool_size=queue.size() if queue else None,
                 max_overflow=queue.overflow() if queue else None,
                 replica=self._asyncbind_replica,
+                tenant=self._asyncbind_tenant,
             ) from exc
 
     def _do_return_conn(self, record: sa_pool.ConnectionPoolEntry) -> None:
@@ -182,6 +188,7 @@ class BindPool:
         new = super().recreate()  # type: ignore[misc]
         new._asyncbind_key = self._asyncbind_key
         new._asyncbind_replica = self._asyncbind_replica
+        new._asyncbind_tenant = self._asyncbind_tenant
         return new
 
 
@@ -209,12 +216,15 @@ def bind_pool_class(poolclass: type[sa_pool.Pool]) -> type[sa_pool.Pool]:
     return made
 
 
-def name_pool(pool: sa_pool.Pool, key: BindKey, replica: int = 0) -> None:
+def name_pool(
+    pool: sa_pool.Pool, key: BindKey, replica: int = 0, tenant: str | None = None
+) -> None:
     """Tell ``pool``, if it is a :class:`BindPool`, the bind its errors name (and the number of
-    the bind's read replica it connects to; 0 for the primary)."""
+    the bind's read replica it connects to, 0 for the primary; or the tenant of a group)."""
     if isinstance(pool, BindPool):
         pool._asyncbind_key = key
         pool._asyncbind_replica = replica
+        pool._asyncbind_tenant = tenant
 
 
 #: What SQLAlchemy's pool logs (at DEBUG) when opening a connection fails, the error being its

@@ -54,17 +54,21 @@ _SESSION_SQL = {
 
 
 def read_only_connections(
-    key: BindKey, url: sa.URL, connect_args: dict[str, Any], replica: int = 0
+    key: BindKey,
+    url: sa.URL,
+    connect_args: dict[str, Any],
+    replica: int = 0,
+    tenant: str | None = None,
 ) -> sa.URL:
-    """The URL of read-only bind ``key`` (or of its read replica number ``replica``, if not 0),
-    and its ``connect_args`` updated in place, so that its connections are read-only from the
-    start where the driver allows it.
+    """The URL of read-only bind ``key`` (or of its read replica number ``replica``, if not 0, or
+    of its ``tenant``, for a tenant group), and its ``connect_args`` updated in place, so that its
+    connections are read-only from the start where the driver allows it.
 
     SQLite opens the file read-only (``mode=ro``; an in-memory database cannot be read-only, as
     it starts empty). asyncpg sets ``default_transaction_read_only`` in the server settings.
     Other drivers get :func:`session_sql` on each new connection.
     """
-    subject = bind_name(key, start=True, replica=replica)
+    subject = bind_name(key, start=True, replica=replica, tenant=tenant)
     if url.get_backend_name() == "sqlite":
         if is_memory_sqlite(url):
             if replica:
@@ -117,20 +121,25 @@ def session_sql_listener(sql: str) -> Callable[[Any, Any], None]:
 
 
 def refusal(
-    key: BindKey, clause: Any, owner: str | None = None, replica: int = 0
+    key: BindKey,
+    clause: Any,
+    owner: str | None = None,
+    replica: int = 0,
+    tenant: str | None = None,
 ) -> ReadOnlyBindError | None:
     """The error that refuses ``clause`` on read-only bind ``key`` (or on its read replica number
-    ``replica``), or None when it does not write.
+    ``replica``, or its ``tenant``), or None when it does not write.
 
     Writes are DML (INSERT, UPDATE, DELETE, ORM-enabled or not) and DDL. ``owner`` names what the
     statement touches (``"model 'User'"``); by default its table.
     """
     if isinstance(clause, sa.schema.ExecutableDDLElement):
-        return ReadOnlyBindError(key, f"DDL on {owner or _ddl_target(clause)}", replica=replica)
+        what = f"DDL on {owner or _ddl_target(clause)}"
+        return ReadOnlyBindError(key, what, replica=replica, tenant=tenant)
     if getattr(clause, "is_dml", False):
         verb = type(clause).__name__.upper()
         what = f"{_ARTICLES.get(verb, 'a')} {verb} statement on {owner or _dml_target(clause)}"
-        return ReadOnlyBindError(key, what, replica=replica)
+        return ReadOnlyBindError(key, what, replica=replica, tenant=tenant)
     return None
 
 
@@ -172,14 +181,16 @@ def _message(error: BaseException) -> str:
     return (text.splitlines() or [type(error).__name__])[0]
 
 
-def write_listener(key: BindKey, replica: int = 0) -> Callable[..., None]:
+def write_listener(
+    key: BindKey, replica: int = 0, tenant: str | None = None
+) -> Callable[..., None]:
     """A ``before_execute`` listener for read-only bind ``key``'s engine (or its read replica
-    number ``replica``'s) that refuses writes before they are sent."""
+    number ``replica``'s, or its ``tenant``'s) that refuses writes before they are sent."""
 
     def before_execute(
         _conn: sa.Connection, clause: Any, _multiparams: Any, _params: Any, _options: Any
     ) -> None:
-        error = refusal(key, clause, replica=replica)
+        error = refusal(key, clause, replica=replica, tenant=tenant)
         if error is not None:
             raise error
 
@@ -187,17 +198,17 @@ def write_listener(key: BindKey, replica: int = 0) -> Callable[..., None]:
 
 
 def refusal_listener(
-    key: BindKey, backend: str, replica: int = 0
+    key: BindKey, backend: str, replica: int = 0, tenant: str | None = None
 ) -> Callable[[ExceptionContext], BaseException | None]:
     """A ``handle_error`` listener for read-only bind ``key``'s engine (of ``backend``; or its
-    read replica number ``replica``'s) that turns the database's refusal of a write that could
-    not be recognised into :class:`ReadOnlyBindError`."""
+    read replica number ``replica``'s, or its ``tenant``'s) that turns the database's refusal
+    of a write that could not be recognised into :class:`ReadOnlyBindError`."""
 
     def handle_error(ctx: ExceptionContext) -> BaseException | None:
         original = ctx.original_exception
         if ctx.is_disconnect or not is_refusal(backend, original):
             return None
         what = f"a write ({_message(original)})"
-        return ReadOnlyBindError(key, what, sent=True, replica=replica)
+        return ReadOnlyBindError(key, what, sent=True, replica=replica, tenant=tenant)
 
     return handle_error

@@ -32,6 +32,7 @@ Routing pays for groups only on statements that use them: the router asks the gr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -161,7 +162,7 @@ class TenantGroup:
         configs, problems = check_config(None, {self.key: value}, self._engine_options)
         if problems:
             raise ConfigError(f"Tenant {tenant!r}: {config_error(problems)}")
-        engine = self._make_engine(configs[self.key])
+        engine = self._make_engine(dataclasses.replace(configs[self.key], tenant=tenant))
         _TENANT_OF[engine.sync_engine] = (self, tenant)
         sa.event.listen(engine.sync_engine, "checkin", self._returned)
         return engine

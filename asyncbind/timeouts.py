@@ -235,17 +235,17 @@ def timed_out(exc: BaseException) -> bool:
 
 
 def error_listener(
-    key: BindKey, replica: int = 0
+    key: BindKey, replica: int = 0, tenant: str | None = None
 ) -> Callable[[ExceptionContext], BaseException | None]:
     """A ``handle_error`` listener that reports a statement, commit or rollback cut short as
     :class:`StatementTimeoutError` naming bind ``key`` (or its read replica number ``replica``,
-    if not 0), its connection discarded."""
+    if not 0, or its ``tenant``), its connection discarded."""
 
     def translate(ctx: ExceptionContext) -> BaseException | None:
         mark = getattr(ctx.original_exception, _MARK, None)
         if mark is None:
             return None
         ctx.is_disconnect = True
-        return StatementTimeoutError(key, *mark, replica=replica)
+        return StatementTimeoutError(key, *mark, replica=replica, tenant=tenant)
 
     return translate

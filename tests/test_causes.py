@@ -559,6 +559,16 @@ def test_every_asyncbind_error_pickles_with_its_facts() -> None:
         asyncbind_exceptions.StartupCheckError("arq worker", {"a": "refused"}),
         asyncbind_exceptions.BulkCopyError("stopped", rows_copied=3, table="t"),
         MigrationError("failed", {"a": cause}),
+        # The errors of a tenant's engine name the tenant.
+        BindUnavailableError("tenant", orig, None, reason="refused", tenant="acme"),
+        BindAuthenticationError("tenant", orig, None, "app_user", tenant="acme"),
+        DatabaseNotFoundError("tenant", orig, None, "acme_db", tenant="acme"),
+        ConnectionEndedError("tenant", orig, None, tenant="acme"),
+        DeadlockError("tenant", orig, "UPDATE t", None, "deadlock detected", tenant="acme"),
+        asyncbind_exceptions.StatementTimeoutError("tenant", 2.5, tenant="acme"),
+        asyncbind_exceptions.PoolTimeoutError("tenant", 30.0, tenant="acme"),
+        asyncbind_exceptions.WrongEventLoopError("tenant", tenant="acme"),
+        asyncbind_exceptions.ReadOnlyBindError("tenant", "a write (x)", tenant="acme"),
     ]
     untried = _every_error_class(asyncbind_exceptions.AsyncBindError) - {type(e) for e in examples}
     assert not untried, f"add an example of {sorted(c.__name__ for c in untried)}"
@@ -569,5 +579,8 @@ def test_every_asyncbind_error_pickles_with_its_facts() -> None:
         for name, value in vars(error).items():
             if not isinstance(value, BaseException | dict):
                 assert getattr(again, name) == value, (type(error), name)
+    for error in examples[-9:]:
+        assert "Tenant 'acme' of bind 'tenant'" in str(error), type(error)
+        assert pickle.loads(pickle.dumps(error)).tenant == "acme", type(error)
     group = pickle.loads(pickle.dumps(examples[10]))
     assert list(group.errors) == ["a", None] and str(group.exceptions[1]) == str(cause)

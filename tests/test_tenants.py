@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import pickle
 import re
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +19,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import NewDatabase, require_server
+from conftest import NewDatabase, require_server, server_url
 from readmeblocks import python_block, run_python
 from serverconns import no_server_connections, read_rows, server_connections, table_names
 from sqlalchemy import orm as sa_orm
 
 from asyncbind import (
     AsyncBind,
+    BindErrors,
+    BindUnavailableError,
     ConfigError,
+    DatabaseNotFoundError,
+    PoolTimeoutError,
     TenantMismatchError,
     UnknownBindError,
     UnresolvedTenantError,
@@ -372,6 +378,64 @@ async def test_groups_and_routes_refuse_what_is_wrong(
         UnknownBindError, match="configured: the default bind, 'secret', 'tenant', 'users'"
     ):
         db.get_engine("tenantt")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_errors_of_a_tenants_engine_name_the_tenant(
+    make_db: Callable[..., AsyncBind], tmp_path: Path
+) -> None:
+    """A tenant whose server is down, whose database is missing or whose pool is exhausted: the
+    error names the tenant as well as the group's bind key, and pickles with it."""
+    for backend in ("postgresql", "mysql"):
+        await require_server(backend)
+    port = closed_port()
+    missing = f"asyncbind_missing_{uuid.uuid4().hex[:12]}"
+    urls: dict[str, Any] = {
+        "down": f"postgresql://postgres@127.0.0.1:{port}/x",
+        "mdown": f"mysql://root@127.0.0.1:{port}/x",
+        "nodb": server_url("postgresql", missing),
+        "mnodb": server_url("mysql", missing),
+        "busy": {
+            "url": f"sqlite:///{tmp_path / 'busy.db'}",
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": 0.01,
+        },
+    }
+    app = make_app(make_db(f"sqlite:///{tmp_path / 'main.db'}"))
+    db, Note = app.db, app.Note
+    db.add_group("tenant", url=urls.__getitem__)
+    failures: list[tuple[str, type[Exception], str]] = [
+        ("down", BindUnavailableError, "is unavailable"),
+        ("mdown", BindUnavailableError, "is unavailable"),
+        ("nodb", DatabaseNotFoundError, f"database '{missing}' was not found.*the tenant's URL"),
+        ("mnodb", DatabaseNotFoundError, f"database '{missing}' was not found.*the tenant's URL"),
+    ]
+    for tenant, error, words in failures:
+        async with db.route(tenant=tenant), db.session() as session:
+            with pytest.raises(
+                error, match=rf"^Tenant '{tenant}' of bind 'tenant'.*{words}"
+            ) as info:
+                await session.execute(sa.select(Note))
+        assert type(info.value) is error
+        assert (info.value.bind_key, info.value.tenant) == ("tenant", tenant)
+        again = pickle.loads(pickle.dumps(info.value))
+        assert again.tenant == tenant and str(again) == str(info.value)
+        with pytest.raises(BindErrors, match=rf"Tenant '{tenant}' of bind 'tenant'"):
+            await db.create_all(bind_key="tenant", tenant=tenant)
+
+    await db.create_all(bind_key="tenant", tenant="busy")
+    async with db.route(tenant="busy"), db.session() as holding, db.session() as waiting:
+        await holding.execute(sa.select(Note))  # the pool's one connection
+        with pytest.raises(PoolTimeoutError, match=r"^Tenant 'busy' of bind 'tenant'") as timed:
+            await waiting.execute(sa.select(Note))
+        assert timed.value.tenant == "busy"
 
 
 async def test_a_session_in_use_keeps_its_engine(
