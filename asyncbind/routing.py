@@ -147,9 +147,10 @@ class OuterTransactions(Protocol):
     """The transactions a test rolls back (:func:`asyncbind.testing.rolled_back`): a session given
     them joins them, through SAVEPOINTs, on every engine it uses."""
 
-    def connection(self, engine: sa.Engine) -> sa.Connection:
+    def connection(self, engine: sa.Engine) -> sa.Connection | None:
         """The connection to use for ``engine``, in its outer transaction (opened on first use:
-        called in the session's sync code, which may connect)."""
+        called in the session's sync code, which may connect); None for an engine that is not
+        the AsyncBind's (one of the session's own, used as it is)."""
         ...
 
 
@@ -560,7 +561,8 @@ class RoutingSession(sa_orm.Session):
 
     The AsyncSession passes its keyword arguments on, so ``router`` comes from the
     ``async_sessionmaker``'s ``router=``. ``outer_transactions`` is set inside
-    :func:`asyncbind.testing.rolled_back`: every engine the session routes to (a tenant's too) is
+    :func:`asyncbind.testing.rolled_back`: every engine of the AsyncBind's that the session routes
+    to (a tenant's too) or is given (``bind=``, ``binds=``, ``bind_arguments={"bind": ...}``) is
     then a connection of the test's, and the session runs in one phase, even if asked for two
     (everything is rolled back, so nothing needs the second).
     """
@@ -890,13 +892,18 @@ class RoutingSession(sa_orm.Session):
             except _EarlierEngines as earlier:
                 engine = self._engine_of_transaction(earlier, clause)
             bind = self._by_key.get(engine)
-            if bind is None and self._outer is not None:
-                bind = self._outer.connection(engine)
             if bind is None:
-                replicas = router.replicas.get(engine)
-                if replicas is not None:
-                    return replicas.bind_for(self, engine, mapper, clause)
-                return engine
+                if self._outer is not None:
+                    bind = engine  # the test's connection of it, below
+                else:
+                    replicas = router.replicas.get(engine)
+                    if replicas is not None:
+                        return replicas.bind_for(self, engine, mapper, clause)
+                    return engine
+        if self._outer is not None and isinstance(bind, sa.Engine):
+            # In a test that rolls back, an engine of the AsyncBind's, routed or given (bind=,
+            # binds=, bind_arguments), is the test's connection of it.
+            bind = self._outer.connection(bind) or bind
         if clause is not None:
             router.check_bind(bind, clause)
         return bind  # type: ignore[no-any-return]

@@ -181,6 +181,81 @@ async def test_each_tests_writes_on_every_bind_are_rolled_back(
             assert count == 0, f"{table} kept {count} row(s)"
 
 
+EXPLICIT_TESTS = """
+import sqlalchemy as sa
+
+from conftest import Event, Note, counts, db
+
+MODELS = {None: Note, "other": Event}
+
+
+async def test_bind_arguments(asyncbind_rollback):
+    for key, model in MODELS.items():
+        bind = db.get_engine(key).sync_engine
+        async with db.session() as session:
+            await session.execute(sa.insert(model).values(text="x"), bind_arguments={"bind": bind})
+            await session.commit()
+    assert await counts() == (1, 1)
+
+
+async def test_session_bind(asyncbind_rollback):
+    for key, model in MODELS.items():
+        async with db.session(bind=db.get_engine(key)) as session:
+            session.add(model(text="x"))
+            await session.commit()
+    assert await counts() == (1, 1)
+
+
+async def test_session_binds_by_model(asyncbind_rollback):
+    async with db.session(binds={model: db.get_engine(key) for key, model in MODELS.items()}) as s:
+        s.add_all([Note(text="x"), Event(text="x")])
+        await s.commit()
+    assert await counts() == (1, 1)
+
+
+async def test_session_binds_by_key(asyncbind_rollback):
+    async with db.session(binds={key: db.get_engine(key) for key in MODELS}) as session:
+        session.add_all([Note(text="x"), Event(text="x")])
+        await session.commit()
+    assert await counts() == (1, 1)
+
+
+async def test_the_next_test_sees_nothing(asyncbind_rollback):
+    assert await counts() == (0, 0)
+"""
+
+
+async def test_sessions_given_an_engine_explicitly_join_the_rollback(
+    pytester: pytest.Pytester,
+    backend_pair: tuple[str, str],
+    new_database: NewDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bind's engine given to a session (bind_arguments, bind=, binds= by model and by bind
+    key) is the test's connection of it: what the session commits is rolled back too."""
+    main, other = [await new_database(backend) for backend in backend_pair]
+    monkeypatch.setenv("MAIN_URL", main)
+    monkeypatch.setenv("OTHER_URL", other)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_explicit=EXPLICIT_TESTS)
+    pytester.makeini(INI.format(fixtures="session", tests="function"))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+
+    result.assert_outcomes(passed=5)
+    assert await _row_counts(main, other) == {"note": 0, "event": 0}
+
+
+async def _row_counts(main: str, other: str) -> dict[str, int]:
+    """How many rows the tables of CONFTEST hold, read on connections of their own."""
+    counts = {}
+    async with AsyncBind(main, binds={"other": other}) as db:
+        for key, table in ((None, "note"), ("other", "event")):
+            async with db.get_engine(key).connect() as conn:
+                counts[table] = int(await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")))
+    return counts
+
+
 README_APP = """
 import os
 
