@@ -15,7 +15,10 @@ then ask for ``asyncbind_rollback`` in a test:
   ``binds={...}``, ``bind_arguments={"bind": ...}``); an engine that is not the AsyncBind's is
   used as it is, and what is written through it stays;
 - a session asked for two-phase commits (``twophase=True``) runs in one phase, as the others do;
-- when the test ends, every outer transaction is rolled back: nothing the test wrote is left.
+- when the test ends, every outer transaction is rolled back: nothing the test wrote is left;
+- except where the server committed one before: MySQL and MariaDB commit implicitly before and
+  after DDL. The block then ends with :class:`~asyncbind.AsyncBindError` naming the bind, since
+  what the test wrote there until then stayed.
 
 All of it happens in the test's own event loop, whichever loop the other async fixtures run in.
 Pools that belong to another loop (the tables were created in the session's, the previous test
@@ -47,13 +50,19 @@ from . import loops
 from .cancellation import run_to_completion
 from .config import BindKey
 from .core import AsyncBind
-from .exceptions import ConfigError
+from .exceptions import AsyncBindError, ConfigError, bind_name
+from .registry import bind_config
 
 __all__ = ["asyncbind_db", "asyncbind_rollback", "rolled_back"]
 
 #: The session options set while a test's isolation is on.
 _JOINING = ("outer_transactions", "join_transaction_mode")
 _UNSET: Any = object()
+#: The backends that commit a transaction implicitly before and after DDL, and the savepoint
+#: that shows whether they did: it is gone after such a commit (MySQL error 1305 on RELEASE).
+_COMMITS_ON_DDL = frozenset({"mysql", "mariadb"})
+_MARK = "asyncbind_rolled_back"
+_NO_SUCH_SAVEPOINT = 1305
 #: The scopes pytest-asyncio gives event loops.
 _LoopScope = Literal["function", "class", "module", "package", "session"]
 #: The AsyncBinds whose pools a block has taken over from another event loop: their blocks run
@@ -95,6 +104,7 @@ async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnect
                         maker.kw.pop(name, None)
                     else:
                         maker.kw[name] = value
+            await outer.check_still_open()
     finally:
         if db in _MOVING:
             # Hand the pools back, so that they belong to no loop when this one ends and the
@@ -140,6 +150,27 @@ class _OuterTransactions:
             self._connections[engine] = found
         return found.sync_connection
 
+    async def check_still_open(self) -> None:
+        """Raise :class:`AsyncBindError` if the server committed an outer transaction before the
+        block ended: MySQL and MariaDB commit implicitly before and after DDL."""
+        ended = [
+            engine for engine, connection in self._connections.items() if await _ended(connection)
+        ]
+        if not ended:
+            return
+        names = ", ".join(
+            f"{bind_name(_key_of(engine))} (database {engine.url.database!r})" for engine in ended
+        )
+        raise AsyncBindError(
+            f"rolled_back(): the server committed the test's transaction on {names} before "
+            "the test ended: what the test wrote there until then may remain in the database "
+            "(and show up in later tests). MySQL and MariaDB commit the transaction implicitly "
+            "before and after DDL (CREATE, ALTER, DROP, TRUNCATE, RENAME, ...) and on a COMMIT "
+            "sent as SQL. Create the schema before the tests that roll back (in the "
+            "session-scoped 'asyncbind_db' fixture, say) and keep DDL out of them, or delete "
+            "what such a test writes yourself."
+        )
+
     def _async_engine(self, engine: sa.Engine) -> AsyncEngine | None:
         for candidate in _engines(self._db):
             if candidate.sync_engine is engine:
@@ -153,6 +184,11 @@ def _engines(db: AsyncBind) -> list[AsyncEngine]:
     return [*db.engines.values(), *tenants]
 
 
+def _key_of(engine: sa.Engine) -> BindKey:
+    config = bind_config(engine)
+    return None if config is None else config.key
+
+
 def _begin(connection: sa.Connection) -> None:
     """Begin ``connection``'s outer transaction."""
     connection.begin()  # rolled back when the connection closes
@@ -160,6 +196,32 @@ def _begin(connection: sa.Connection) -> None:
         # SQLite's Python driver sends BEGIN only before the first write (never before DDL):
         # what the test sends on this connection itself is rolled back too.
         connection.exec_driver_sql("BEGIN")
+    elif connection.dialect.name in _COMMITS_ON_DDL:
+        # Gone if the server commits the transaction (_ended() looks for it).
+        connection.exec_driver_sql(f"SAVEPOINT {_MARK}")
+
+
+async def _ended(connection: AsyncConnection) -> bool:
+    """Whether the server committed ``connection``'s outer transaction: its savepoint is gone."""
+    if connection.dialect.name not in _COMMITS_ON_DDL or connection.invalidated:
+        return False  # an invalidated one was dropped: the server rolled it back
+    # On the driver's connection: SQLAlchemy refuses statements after a session's savepoint
+    # failed, which is what a RELEASE or ROLLBACK TO of a savepoint the commit took does.
+    return not await connection.run_sync(_release_mark)
+
+
+def _release_mark(connection: sa.Connection) -> bool:
+    """Release the outer transaction's savepoint; False if the server has none any more."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(f"RELEASE SAVEPOINT {_MARK}")
+    except connection.dialect.loaded_dbapi.OperationalError as exc:
+        if exc.args[:1] != (_NO_SUCH_SAVEPOINT,):
+            raise
+        return False
+    finally:
+        cursor.close()
+    return True
 
 
 @pytest.fixture

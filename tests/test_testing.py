@@ -256,6 +256,48 @@ async def _row_counts(main: str, other: str) -> dict[str, int]:
     return counts
 
 
+DDL_TESTS = """
+import sqlalchemy as sa
+
+from conftest import Note, db
+
+
+async def test_the_app_runs_ddl(asyncbind_rollback):
+    async with db.session() as session:
+        session.add(Note(text="before the DDL"))
+        await session.commit()
+        await session.execute(sa.text("CREATE INDEX ix_note_text ON note (text)"))
+"""
+
+
+@pytest.mark.mysql
+async def test_a_transaction_mariadb_committed_for_ddl_fails_the_test(
+    pytester: pytest.Pytester, new_database: NewDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MariaDB commits the test's transaction before and after DDL, and with it what the test
+    wrote: the test's teardown says so, names the bind and how to avoid it."""
+    main, other = await new_database("mysql"), await new_database("sqlite")
+    monkeypatch.setenv("MAIN_URL", main)
+    monkeypatch.setenv("OTHER_URL", other)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_ddl=DDL_TESTS)
+    pytester.makeini(INI.format(fixtures="session", tests="function"))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+
+    # The session's own end fails (its savepoint went with the commit), then the teardown.
+    result.assert_outcomes(failed=1, errors=1)
+    database = sa.make_url(main).database
+    result.stdout.fnmatch_lines(
+        [
+            f"E * the server committed the test's transaction on the default bind "
+            f"(database '{database}') before the test ended: what the test wrote there until "
+            "then may remain *DDL (CREATE, ALTER, DROP, TRUNCATE*session-scoped 'asyncbind_db'*"
+        ]
+    )
+    assert await _row_counts(main, other) == {"note": 1, "event": 0}  # as the error says
+
+
 README_APP = """
 import os
 
