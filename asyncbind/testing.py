@@ -15,6 +15,9 @@ then ask for ``asyncbind_rollback`` in a test:
   ``binds={...}``, ``bind_arguments={"bind": ...}``); an engine that is not the AsyncBind's is
   used as it is, and what is written through it stays;
 - a session asked for two-phase commits (``twophase=True``) runs in one phase, as the others do;
+- a statement cut short (a timeout, a cancelled task) drops its connection, the test's, and the
+  transaction with it; the next session that uses that engine gets a new connection in a new
+  outer transaction (a warning says that what the test wrote there until then is gone);
 - when the test ends, every outer transaction is rolled back: nothing the test wrote is left;
 - except where the server committed one before: MySQL and MariaDB commit implicitly before and
   after DDL. The block then ends with :class:`~asyncbind.AsyncBindError` naming the bind, since
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -54,6 +58,8 @@ from .exceptions import AsyncBindError, ConfigError, bind_name
 from .registry import bind_config
 
 __all__ = ["asyncbind_db", "asyncbind_rollback", "rolled_back"]
+
+logger = logging.getLogger("asyncbind")
 
 #: The session options set while a test's isolation is on.
 _JOINING = ("outer_transactions", "join_transaction_mode")
@@ -93,11 +99,12 @@ async def rolled_back(db: AsyncBind) -> AsyncIterator[dict[BindKey, AsyncConnect
     try:
         async with contextlib.AsyncExitStack() as stack:  # closing a connection rolls it back
             outer = _OuterTransactions(db, stack)
-            connections = {key: await outer.open(engine) for key, engine in db.engines.items()}
+            for key, engine in db.engines.items():
+                outer.by_key[key] = await outer.open(engine)
             saved = {name: maker.kw.get(name, _UNSET) for name in _JOINING}
             maker.configure(outer_transactions=outer, join_transaction_mode="create_savepoint")
             try:
-                yield connections
+                yield outer.by_key
             finally:
                 for name, value in saved.items():
                     if value is _UNSET:
@@ -122,6 +129,8 @@ class _OuterTransactions:
         self._db = db
         self._stack = stack
         self._connections: dict[sa.Engine, AsyncConnection] = {}
+        #: The connections of the binds, by bind key (what the block yields).
+        self.by_key: dict[BindKey, AsyncConnection] = {}
 
     async def open(self, engine: AsyncEngine) -> AsyncConnection:
         """Open ``engine``'s connection and its transaction now."""
@@ -131,14 +140,15 @@ class _OuterTransactions:
         return connection
 
     def connection(self, engine: sa.Engine) -> sa.Connection | None:
-        """``engine``'s connection, opened now if it has none yet (a tenant's engine); None for
-        an engine that is not the AsyncBind's. A session asks from its sync code, where
-        SQLAlchemy lets a sync connection use the async driver."""
+        """``engine``'s connection, opened now if it has none yet (a tenant's engine) or if the
+        one it had was dropped; None for an engine that is not the AsyncBind's. A session asks
+        from its sync code, where SQLAlchemy lets a sync connection use the async driver."""
         found = self._connections.get(engine)
-        if found is None:
+        if found is None or found.invalidated:
             async_engine = self._async_engine(engine)
             if async_engine is None:
                 return None
+            dropped = found
             connection = engine.connect()
             try:
                 _begin(connection)
@@ -148,7 +158,24 @@ class _OuterTransactions:
             found = AsyncConnection(async_engine, connection)
             self._stack.push_async_callback(found.close)
             self._connections[engine] = found
+            if dropped is not None:
+                self._replaced(engine, dropped, found)
         return found.sync_connection
+
+    def _replaced(self, engine: sa.Engine, dropped: AsyncConnection, new: AsyncConnection) -> None:
+        """Put ``new`` in the place of ``engine``'s dropped connection, and say so: the test's
+        writes on it were rolled back with it."""
+        logger.warning(
+            "rolled_back(): the test's connection to %s (database %r) was dropped, as a "
+            "connection is whose statement was cut short (a timeout, a cancelled task), and its "
+            "transaction was rolled back with it: what the test wrote there until then is gone. "
+            "A new connection in a new transaction takes its place for the rest of the test.",
+            bind_name(_key_of(engine)),
+            engine.url.database,
+        )
+        for key, connection in self.by_key.items():
+            if connection is dropped:
+                self.by_key[key] = new
 
     async def check_still_open(self) -> None:
         """Raise :class:`AsyncBindError` if the server committed an outer transaction before the

@@ -298,6 +298,68 @@ async def test_a_transaction_mariadb_committed_for_ddl_fails_the_test(
     assert await _row_counts(main, other) == {"note": 1, "event": 0}  # as the error says
 
 
+TIMEOUT_TESTS = """
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import Event, Note, counts, db
+
+SLOW = {
+    "postgresql": "SELECT pg_sleep(10)",
+    "mysql": "SELECT SLEEP(10)",
+    "mariadb": "SELECT SLEEP(10)",
+    "sqlite": "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+    "SELECT count(*) FROM r",
+}
+
+
+async def test_a_request_times_out_then_the_next_one_works(asyncbind_rollback, caplog):
+    for key, model in ((None, Note), ("other", Event)):
+        slow = sa.text(SLOW[db.get_engine(key).dialect.name])
+        async with db.session() as session:  # a request
+            session.add(model(text="before"))
+            await session.commit()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await session.execute(slow, bind_arguments={"bind_key": key})
+        async with db.session() as session:  # the next request
+            session.add(model(text="after"))
+            await session.commit()
+        async with db.session() as session:
+            texts = await session.scalars(sa.select(model.text))
+            assert texts.all() == ["after"]  # "before" went with the dropped connection
+    assert caplog.text.count("was dropped") == 2
+    assert not any(connection.invalidated for connection in asyncbind_rollback.values())
+
+
+async def test_the_next_test_sees_nothing(asyncbind_rollback):
+    assert await counts() == (0, 0)
+"""
+
+
+async def test_after_a_statement_timed_out_the_next_session_works(
+    pytester: pytest.Pytester,
+    backend_pair: tuple[str, str],
+    new_database: NewDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A statement cut short drops its connection, the test's, and the transaction with it: the
+    next session gets a new connection in a new transaction, rolled back in its turn."""
+    main, other = [await new_database(backend) for backend in backend_pair]
+    monkeypatch.setenv("MAIN_URL", main)
+    monkeypatch.setenv("OTHER_URL", other)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_timeout=TIMEOUT_TESTS)
+    pytester.makeini(INI.format(fixtures="session", tests="function"))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+
+    result.assert_outcomes(passed=2)
+    assert await _row_counts(main, other) == {"note": 0, "event": 0}
+
+
 README_APP = """
 import os
 
