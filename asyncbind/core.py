@@ -335,7 +335,8 @@ class AsyncBind:
         its connections finish their transactions undisturbed, on it, even if ``key`` is added
         again meanwhile (see :mod:`asyncbind.routing`). Returns when the last of them is done and
         the engine is disposed (if this call is cancelled, the engine is still disposed then). The
-        default bind cannot be removed.
+        default bind cannot be removed. Inside :func:`asyncbind.testing.rolled_back`, the test's
+        connection of the bind is rolled back and closed first.
         """
         if key is None:
             raise ConfigError(
@@ -362,6 +363,9 @@ class AsyncBind:
         ]
         if retiring:  # a task per engine, the bind's own first
             self._hold_until_disposed(key, bind.engine, retiring[0])
+            outer = self.sessionmaker.kw.get("outer_transactions")
+            if outer is not None:  # a test that rolls back holds a connection of it till it ends
+                await outer.release(bind.engine.sync_engine)
             await asyncio.shield(asyncio.gather(*retiring))
 
     def _hold_until_disposed(

@@ -153,6 +153,11 @@ class OuterTransactions(Protocol):
         the AsyncBind's (one of the session's own, used as it is)."""
         ...
 
+    async def release(self, engine: sa.Engine) -> None:
+        """Roll back and close ``engine``'s connection now, if it has one: its bind was removed
+        (``db.remove_bind()`` waits for every connection of the bind to come back)."""
+        ...
+
 
 class _EarlierEngines(Exception):  # noqa: N818 (a signal, not an error)
     """What the router raises for a bind key that has *earlier engines*: engines of binds removed

@@ -15,6 +15,9 @@ then ask for ``asyncbind_rollback`` in a test:
   ``binds={...}``, ``bind_arguments={"bind": ...}``); an engine that is not the AsyncBind's is
   used as it is, and what is written through it stays;
 - a session asked for two-phase commits (``twophase=True``) runs in one phase, as the others do;
+- ``db.remove_bind(key)`` rolls back and closes the test's connection of that bind first, which
+  it would otherwise wait for until the test ends (:class:`~asyncbind.AsyncBindError` while a
+  session's transaction is still open on it);
 - a statement cut short (a timeout, a cancelled task) drops its connection, the test's, and the
   transaction with it; the next session that uses that engine gets a new connection in a new
   outer transaction (a warning says that what the test wrote there until then is gone);
@@ -176,6 +179,27 @@ class _OuterTransactions:
         for key, connection in self.by_key.items():
             if connection is dropped:
                 self.by_key[key] = new
+
+    async def release(self, engine: sa.Engine) -> None:
+        """Roll back and close ``engine``'s connection now (its bind was removed, and
+        ``remove_bind()`` waits for the connection); :class:`AsyncBindError` if a session's
+        transaction is still open on it, which that wait would never see end."""
+        found = self._connections.get(engine)
+        if found is None:
+            return
+        if found.in_nested_transaction():
+            name = bind_name(_key_of(engine))
+            raise AsyncBindError(
+                f"remove_bind() inside rolled_back(): a session's transaction is still open on "
+                f"{name}, on the test's connection, so the call would wait for it until the test "
+                "ends. Finish that transaction first (commit(), rollback() or close the session); "
+                "outside tests too, remove_bind() returns only once the bind's sessions are done."
+            )
+        del self._connections[engine]
+        for key, connection in list(self.by_key.items()):
+            if connection is found:
+                del self.by_key[key]
+        await found.close()
 
     async def check_still_open(self) -> None:
         """Raise :class:`AsyncBindError` if the server committed an outer transaction before the

@@ -23,7 +23,7 @@ from readmeblocks import python_block
 from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from asyncbind import AsyncBind, ConfigError
+from asyncbind import AsyncBind, AsyncBindError, ConfigError
 from asyncbind.config import BindKey
 
 pytest_plugins = ["pytester"]
@@ -512,6 +512,49 @@ async def test_pools_taken_over_from_another_loop_are_handed_back(
                 await session.commit()
             assert loops() == {None: None, "users": None}
         assert await in_another_loop(names(db)) == ([], [])
+    finally:
+        await db.dispose()
+
+
+async def test_remove_bind_returns_inside_rolled_back(
+    backend_pair: tuple[str, str], new_database: NewDatabase
+) -> None:
+    """remove_bind() waits for the bind's connections, and the test holds one until it ends:
+    that one is rolled back and closed at once, so the call returns; while a session's
+    transaction is still open on it, the call says so instead of waiting for ever."""
+    from asyncbind.testing import rolled_back
+
+    main, reports = [await new_database(backend) for backend in backend_pair]
+    db = AsyncBind(main, binds={"reports": reports})
+
+    class Report(db.Model):  # type: ignore[name-defined,misc]
+        __bind_key__ = "reports"
+        __tablename__ = "reports"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        title: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+
+    try:
+        await db.create_all()
+        async with rolled_back(db) as connections:
+            for _ in range(2):  # configured from the start, then added during the test
+                async with db.session() as session:
+                    session.add(Report(title="q3"))
+                    await session.commit()
+                async with asyncio.timeout(10):
+                    await db.remove_bind("reports")
+                assert set(connections) == {None}
+                await db.add_bind("reports", reports)
+            async with db.session() as session:
+                await session.scalar(sa.select(sa.func.count()).select_from(Report))  # begins
+                with pytest.raises(AsyncBindError) as raised:
+                    async with asyncio.timeout(10):
+                        await db.remove_bind("reports")
+        message = str(raised.value)
+        assert "transaction is still open on bind 'reports'" in message
+        assert "commit(), rollback() or close the session" in message
+        async with AsyncBind(main, binds={"reports": reports}) as check:
+            async with check.get_engine("reports").connect() as conn:
+                assert await conn.scalar(sa.text("SELECT count(*) FROM reports")) == 0
     finally:
         await db.dispose()
 
