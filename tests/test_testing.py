@@ -148,6 +148,27 @@ asyncio_default_test_loop_scope = {tests}
 """
 
 
+def run_app_tests(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    main: str,
+    other: str,
+    files: dict[str, str],
+    *,
+    fixtures: str,
+    tests: str,
+) -> pytest.RunResult:
+    """Run the test modules ``files`` of the app of CONFTEST, on databases ``main`` and ``other``,
+    with event loops of scope ``fixtures`` for fixtures and ``tests`` for tests, in a pytest of
+    their own with warnings as errors."""
+    monkeypatch.setenv("MAIN_URL", main)
+    monkeypatch.setenv("OTHER_URL", other)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(**files)
+    pytester.makeini(INI.format(fixtures=fixtures, tests=tests))
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+
+
 def test_the_plugin_is_registered_under_pytest11() -> None:
     found = [e for e in entry_points(group="pytest11") if e.name == "asyncbind"]
     assert [e.value for e in found] == ["asyncbind.testing"]
@@ -164,13 +185,9 @@ async def test_each_tests_writes_on_every_bind_are_rolled_back(
     """With one event loop for the whole run, and with a loop per test (the AsyncBind made its
     tables in another loop: the plugin hands its pools over to the test's)."""
     main, other = [await new_database(backend) for backend in backend_pair]
-    monkeypatch.setenv("MAIN_URL", main)
-    monkeypatch.setenv("OTHER_URL", other)
-    pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_app=TESTS)
-    pytester.makeini(INI.format(fixtures=scope, tests=scope))
-
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+    result = run_app_tests(
+        pytester, monkeypatch, main, other, {"test_app": TESTS}, fixtures=scope, tests=scope
+    )
 
     result.assert_outcomes(passed=4)
     # What the databases themselves hold afterwards: the tables, no row.
@@ -234,13 +251,15 @@ async def test_sessions_given_an_engine_explicitly_join_the_rollback(
     """A bind's engine given to a session (bind_arguments, bind=, binds= by model and by bind
     key) is the test's connection of it: what the session commits is rolled back too."""
     main, other = [await new_database(backend) for backend in backend_pair]
-    monkeypatch.setenv("MAIN_URL", main)
-    monkeypatch.setenv("OTHER_URL", other)
-    pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_explicit=EXPLICIT_TESTS)
-    pytester.makeini(INI.format(fixtures="session", tests="function"))
-
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+    result = run_app_tests(
+        pytester,
+        monkeypatch,
+        main,
+        other,
+        {"test_explicit": EXPLICIT_TESTS},
+        fixtures="session",
+        tests="function",
+    )
 
     result.assert_outcomes(passed=5)
     assert await _row_counts(main, other) == {"note": 0, "event": 0}
@@ -277,13 +296,15 @@ async def test_a_transaction_mariadb_committed_for_ddl_fails_the_test(
     """MariaDB commits the test's transaction before and after DDL, and with it what the test
     wrote: the test's teardown says so, names the bind and how to avoid it."""
     main, other = await new_database("mysql"), await new_database("sqlite")
-    monkeypatch.setenv("MAIN_URL", main)
-    monkeypatch.setenv("OTHER_URL", other)
-    pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_ddl=DDL_TESTS)
-    pytester.makeini(INI.format(fixtures="session", tests="function"))
-
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+    result = run_app_tests(
+        pytester,
+        monkeypatch,
+        main,
+        other,
+        {"test_ddl": DDL_TESTS},
+        fixtures="session",
+        tests="function",
+    )
 
     # The session's own end fails (its savepoint went with the commit), then the teardown.
     result.assert_outcomes(failed=1, errors=1)
@@ -348,13 +369,15 @@ async def test_after_a_statement_timed_out_the_next_session_works(
     """A statement cut short drops its connection, the test's, and the transaction with it: the
     next session gets a new connection in a new transaction, rolled back in its turn."""
     main, other = [await new_database(backend) for backend in backend_pair]
-    monkeypatch.setenv("MAIN_URL", main)
-    monkeypatch.setenv("OTHER_URL", other)
-    pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_timeout=TIMEOUT_TESTS)
-    pytester.makeini(INI.format(fixtures="session", tests="function"))
-
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=300)
+    result = run_app_tests(
+        pytester,
+        monkeypatch,
+        main,
+        other,
+        {"test_timeout": TIMEOUT_TESTS},
+        fixtures="session",
+        tests="function",
+    )
 
     result.assert_outcomes(passed=2)
     assert await _row_counts(main, other) == {"note": 0, "event": 0}
