@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from test_bulk_cancellation import cancelled_in_batch
 
 from asyncbind import AsyncBind, BulkCopyError, ConfigError, CrossBindError, ReadOnlyBindError
 from asyncbind.bulk import CopyProgress, copy, load_rows, stream_rows
@@ -1022,26 +1023,13 @@ async def test_a_copy_within_one_sqlite_database_cancelled_mid_batch(
     source, target = source_and_target(db)
     await db.create_all()
     await load_rows(db.engine, source, sample(3_000))
-    inserts = 0
-    copying: list[asyncio.Task[Any]] = []
+    with cancelled_in_batch(db.engine, 2) as batches:
+        async with asyncio.timeout(60):
+            batches.copying = asyncio.create_task(db.copy(source, target, batch_size=1_000))
+            with pytest.raises(asyncio.CancelledError):
+                await batches.copying
 
-    def cancel_in_the_second_batch(
-        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool
-    ) -> None:
-        nonlocal inserts
-        if many and statement.startswith("INSERT"):
-            inserts += 1
-            if inserts == 2:
-                copying[0].cancel()  # lands at the executemany's await, in the copy's task
-
-    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
-    async with asyncio.timeout(60):
-        copying.append(asyncio.create_task(db.copy(source, target, batch_size=1_000)))
-        with pytest.raises(asyncio.CancelledError):
-            await copying[0]
-    sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
-
-    assert inserts == 2
+    assert batches.sent == 2
     assert [row[0] for row in await fetch(db, target)] == list(range(1, 1_001))
     assert await count(db, source) == 3_000
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -18,7 +18,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 from serverstate import database_of, open_transactions, server_connections, sqlite_write_locked
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncbind import AsyncBind
 from asyncbind.bulk import load_rows
@@ -35,6 +36,38 @@ SEED = int(os.environ.get("ASYNCBIND_STORM_SEED", str(random.SystemRandom().rand
 CALLS = 200
 COMMITS = 100
 GUARD = 240
+
+
+@dataclass
+class Batches:
+    """The INSERT batches (executemany) of a copy sent so far, and the copy's task."""
+
+    sent: int = 0
+    copying: asyncio.Task[Any] | None = None
+
+
+@contextlib.contextmanager
+def cancelled_in_batch(engine: AsyncEngine, batch: int) -> Iterator[Batches]:
+    """Within the block, the copy in ``Batches.copying`` is cancelled as batch number ``batch``
+    is sent on ``engine``: the cancellation lands at that executemany's await, in the copy's
+    task."""
+    batches = Batches()
+
+    def count(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool
+    ) -> None:
+        if many and statement.startswith("INSERT"):
+            batches.sent += 1
+            if batches.sent == batch and batches.copying is not None:
+                batches.copying.cancel()
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield batches
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+
 #: Ids of storm call ``n`` start at ``n * SPAN``; the session commits' at ``COMMIT_BASE``.
 SPAN = 1_000
 COMMIT_BASE = 10_000_000
@@ -369,26 +402,13 @@ async def test_a_copy_into_sqlite_cancelled_mid_batch_leaves_the_file_unlocked(
     urls = {None: await new_database("sqlite"), "source": await new_database(source_backend)}
     db = make_db(urls[None], binds={"source": urls["source"]})
     rows = 3_000
-    inserts = 0
-    copying: list[asyncio.Task[Any]] = []
-
-    def cancel_in_the_second_batch(
-        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool
-    ) -> None:
-        nonlocal inserts
-        if many and statement.startswith("INSERT"):
-            inserts += 1
-            if inserts == 2:
-                copying[0].cancel()  # lands at the executemany's await, in the copy's task
-
     async with asyncio.timeout(GUARD):
         target, source = await copy_set_up(db, rows)
-        sa.event.listen(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
-        copying.append(asyncio.create_task(db.copy(source, target, batch_size=1_000)))
-        with pytest.raises(asyncio.CancelledError):
-            await copying[0]
-        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", cancel_in_the_second_batch)
-        assert inserts == 2
+        with cancelled_in_batch(db.engine, 2) as batches:
+            batches.copying = asyncio.create_task(db.copy(source, target, batch_size=1_000))
+            with pytest.raises(asyncio.CancelledError):
+                await batches.copying
+        assert batches.sent == 2
         assert not sqlite_write_locked(Path(sa.make_url(urls[None]).database or ""))
         for engine in db.engines.values():
             assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
