@@ -190,11 +190,6 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     if loops.closes_across_loops(dialect.driver):
         sa.event.listen(sync, "connect", loops.remember_loop)
 
-    # SQLite: BEGIN before a SAVEPOINT that would otherwise open the transaction (and its
-    # RELEASE commit it).
-    if savepoints.applies(dialect):
-        sa.event.listen(sync, "savepoint", savepoints.begin_first)
-
     # What drops a connection is made before the dialect's methods are replaced (see
     # closing.dropper). An in-memory database's one connection is the database: it is never
     # dropped, and a statement cut short on it does not count as a disconnect (keep_database).
@@ -259,6 +254,13 @@ def make_engine(config: BindConfig) -> AsyncEngine:
     # stopped that way, the polite close stays: it lets asyncpg's cancel request go out.
     if closing.driver_drop(dialect.driver) is not None and not config.pgbouncer:
         internals.replace_dialect_method(dialect, "do_terminate", drop)
+
+    # SQLite: BEGIN before a SAVEPOINT that would otherwise open the transaction (and its
+    # RELEASE commit it).
+    if savepoints.applies(dialect):
+        internals.replace_dialect_method(
+            dialect, "do_savepoint", savepoints.begin_first(dialect.do_savepoint)
+        )
 
     # Connections returned to the pool: rolled back (by asyncbind, quietly, unless the bind chose
     # its own reset), then discarded if the server is still in a transaction; an in-memory

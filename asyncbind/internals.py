@@ -14,7 +14,9 @@ SQLAlchemy:
   mean replacing them on the engine's own dialect. ``create_xid`` (part of the ``Dialect``
   interface, with no argument to pass through ``Session(twophase=True)``) is replaced the same
   way, so that two-phase transaction ids name the application (``tests/test_twophase.py``
-  checks the ids the events see).
+  checks the ids the events see). SQLite's ``do_savepoint`` too (:mod:`asyncbind.savepoints`):
+  its ``savepoint`` connection event would do, but a connection event listener of any kind puts
+  every statement of the engine on SQLAlchemy's slower path with events.
 - :class:`BindPool`: the pool's checkout, the private ``Pool._do_get()``, where a pool is claimed
   by one event loop and where its ``TimeoutError`` is raised; and its check-in, the private
   ``Pool._do_return_conn()``, where a connection returned to a disposed pool is closed.
@@ -93,7 +95,15 @@ __all__ = [
 #: (a commit; a rollback, a pool's reset on return included; pre-ping; closing a pooled
 #: connection; the id of a two-phase transaction) and has no event around any of them.
 DIALECT_METHODS = frozenset(
-    {"do_commit", "do_rollback", "do_ping", "do_close", "do_terminate", "create_xid"}
+    {
+        "do_commit",
+        "do_rollback",
+        "do_ping",
+        "do_close",
+        "do_terminate",
+        "do_savepoint",
+        "create_xid",
+    }
 )
 
 

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import NewDatabase
 from sqlalchemy import pool as sa_pool
+from sqlalchemy.events import ConnectionEvents
 
 from asyncbind import AsyncBind, ConfigError, directddl, internals
 from asyncbind.config import parse_config
@@ -113,7 +114,7 @@ def test_timeouts_are_wired_only_where_a_bind_sets_them(make_db: Callable[..., A
     assert statement_listeners(db, "connect") == statement_listeners(db, None)
     assert replaced(db, "connect") == {"do_ping", *always}
     assert statement_listeners(db, "statement") == dict.fromkeys(statement_listeners(db, None), 1)
-    assert replaced(db, "statement") == internals.DIALECT_METHODS
+    assert replaced(db, "statement") == internals.DIALECT_METHODS - {"do_savepoint"}
 
 
 def test_asyncpg_binds_send_ddl_directly_within_their_timeouts(
@@ -276,3 +277,22 @@ def test_a_pool_made_already_gets_no_pool_options() -> None:
     assert options["pool"] is given and "pool_recycle" not in options
     config = parse_config({"url": "mysql://h/db", "pool": given}, None, {"pool_size": 5})[None]
     assert "pool_size" not in engine_arguments(config)[1]
+
+
+def test_no_bind_listens_for_connection_events(make_db: Callable[..., AsyncBind]) -> None:
+    """A connection event listener of any kind (``before_execute``, ``savepoint``, ...) puts every
+    statement of its engine on SQLAlchemy's slower path with events: asyncbind adds none, on any
+    backend, with or without timeouts (what it needs there goes through dialect events and
+    methods)."""
+    names = [name for name in vars(ConnectionEvents) if not name.startswith("_")]
+    db = make_db(
+        "sqlite:///app.db",
+        binds={
+            "pg": {"url": "postgresql://h/db", "statement_timeout": 1},
+            "my": {"url": "mysql://h/db", "statement_timeout": 1, "connect_timeout": 1},
+            "memory": "sqlite://",
+        },
+    )
+    for key, engine in db.engines.items():
+        listened = [name for name in names if getattr(engine.sync_engine.dispatch, name, None)]
+        assert listened == [], key
