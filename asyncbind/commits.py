@@ -53,14 +53,14 @@ class Held(NamedTuple):
     close: bool  # opened by the session (from an engine), so closed by it
 
 
-def take_prepared(root: sa_orm.SessionTransaction) -> list[Held] | None:
+def take_prepared(root: sa_orm.SessionTransaction, at_least: int = 2) -> list[Held] | None:
     """Do the first part of ``root.commit()`` (``before_commit``, then the flush), then take the
-    connections it would commit out of ``root`` when there are two or more.
+    connections it would commit out of ``root`` when there are ``at_least`` (two) or more.
 
     Taken out, they are the caller's to commit, roll back and close; SQLAlchemy's own
     ``root.commit()`` or ``root.rollback()`` then ends a transaction that has nothing left to
-    commit. With one connection or none, nothing is taken (None): ``root.commit()`` does the rest
-    as usual.
+    commit. With fewer, or none, nothing is taken (None): ``root.commit()`` does the rest as
+    usual.
 
     With :func:`connections_held`, the one place that uses SQLAlchemy's private state:
     ``_prepare_impl()`` is what ``SessionTransaction.commit()`` runs first, and ``_connections``
@@ -69,10 +69,10 @@ def take_prepared(root: sa_orm.SessionTransaction) -> list[Held] | None:
     """
     root._prepare_impl()
     entries = root._connections
-    if len(entries) <= 2:  # one connection at most, known by itself and by its engine
-        return None
+    if len(entries) <= 2 and at_least > 1:  # one connection at most, known by itself and by
+        return None  # its engine
     held = list(dict.fromkeys(entry for entry in entries.values() if entry[2]))
-    if len(held) < 2:
+    if not held or len(held) < at_least:
         return None
     for entry in held:
         for key in [key for key, value in entries.items() if value is entry]:

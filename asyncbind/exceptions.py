@@ -420,8 +420,10 @@ class TwoPhaseInDoubtError(AsyncBindError, sa_exc.SQLAlchemyError):
 
     ``decided`` is True when the decision to commit was recorded (the commit stands: the binds in
     ``in_doubt`` are committed by ``await db.recover()``), None when whether it was recorded is
-    unknown (``recover()`` commits them if it was, else rolls every bind back). ``committed`` are
-    the binds that committed already. The cause is ``__cause__``. The session has been rolled
+    unknown (``recover()`` commits them if it was, else rolls every bind back), False when the
+    session used one bind, whose commit records no decision: whether its COMMIT landed is unknown,
+    and ``recover()`` rolls it back if it is still prepared. ``committed`` are the binds that
+    committed already. The cause is ``__cause__``. The session has been rolled
     back and is usable.
     """
 
@@ -443,8 +445,14 @@ class TwoPhaseInDoubtError(AsyncBindError, sa_exc.SQLAlchemyError):
                 "The decision to commit was recorded, so the commit stands: "
                 f"committed: {landed}; prepared and still to commit: {waiting}"
             )
-        else:
+        elif decided is None:
             what = f"Whether the decision to commit was recorded is unknown; prepared on: {waiting}"
+        else:
+            what = (
+                f"Whether the COMMIT of {waiting}, the session's only bind, landed is unknown (no "
+                "decision is recorded for one bind); if it did not, its transaction is still "
+                "prepared, and recover() rolls it back"
+            )
         super().__init__(
             f"A two-phase commit stopped part-way ({first_line(cause)}). {what}. Run "
             "'await db.recover()' (or 'asyncbind db recover') once the binds answer: it "

@@ -198,7 +198,8 @@ class Coordinator:
     def commit_root(self, root: sa_orm.SessionTransaction, rank: commits.Rank) -> None:
         """Commit the root transaction of a two-phase session: prepare, decide, commit."""
         try:
-            held = commits.take_prepared(root)  # flush and PREPARE: all rolled back on failure
+            # flush and PREPARE: all rolled back on failure
+            held = commits.take_prepared(root, at_least=1)
         except sa_exc.DBAPIError as exc:
             if "prepared transactions are disabled" in str(exc):
                 exc.add_note(
@@ -208,13 +209,16 @@ class Coordinator:
                     "rolled back."
                 )
             raise
-        if held is None:  # one bind: nothing to agree on
+        if held is None:  # no bind used
             root.commit()
             return
         prepared_at = time.monotonic()
         held, names = commits.in_order(held, rank)
         xids: list[str] = []
         try:
+            if len(held) == 1:  # one bind: nothing to agree on, so no decision to record
+                _commit_alone(root, held[0], names[0])
+                return
             try:
                 xids = [_xid(h) for h in held]
                 self._record_commit(xids, prepared_at)
@@ -388,6 +392,50 @@ def _xid(held: commits.Held) -> str:
             "Give it engines, or let it route to the binds itself."
         )
     return str(transaction.xid)
+
+
+def _commit_alone(root: sa_orm.SessionTransaction, only: commits.Held, name: Any) -> None:
+    """Commit the prepared transaction of a two-phase session's only bind. When its COMMIT fails,
+    roll it back if its connection is still sound (nothing was sent, or the server refused the
+    COMMIT); else leave it to recover(), which rolls it back if it was not committed."""
+    try:
+        only.transaction.commit()
+    except BaseException as exc:
+        rolled_back = _roll_back_after_failed_commit(only)
+        root.rollback()
+        if rolled_back:
+            exc.add_note(
+                f"asyncbind: the two-phase commit of {bind_name(name)} failed before it was "
+                "committed, so its prepared transaction was rolled back."
+            )
+            raise
+        if not isinstance(exc, Exception):  # a cancellation stays one
+            exc.add_note(
+                f"asyncbind: cancelled while committing {bind_name(name)}, the only bind of a "
+                "two-phase session: whether it committed is unknown. Run 'await db.recover()': "
+                "it rolls the transaction back if it is still prepared."
+            )
+            raise
+        raise TwoPhaseInDoubtError(False, [], [name], exc) from exc
+    root.commit()  # nothing left to commit: after_commit fires and the transaction ends
+
+
+def _roll_back_after_failed_commit(held: commits.Held) -> bool:
+    """ROLLBACK PREPARED on the connection whose COMMIT PREPARED failed, unless SQLAlchemy
+    discarded it (cut, or cancelled while waiting for the server: the COMMIT may have landed).
+    Whether it was rolled back."""
+    connection = held.connection
+    held.transaction.rollback()  # inactive since its COMMIT: this only detaches it
+    if connection.invalidated or connection.closed:
+        return False
+    try:
+        # In its own transaction: MySQL and MariaDB refuse to switch it to AUTOCOMMIT as
+        # Coordinator.finish() does, while it is prepared.
+        connection.rollback_prepared(_xid(held), recover=True)
+    except Exception:
+        connection.invalidate()
+        return False
+    return True
 
 
 def _leave_prepared(held: list[commits.Held]) -> None:

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from conftest import NewDatabase, mysql_admin, postgresql_admin, server_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.util import await_only
 
 import asyncbind
 from asyncbind import (
@@ -233,6 +234,91 @@ async def test_a_session_on_one_bind_commits_in_two_phases_without_a_decision(
     sent = [sql for _, sql in log]
     assert any(sql.startswith("XA PREPARE") for sql in sent)
     assert not any(TABLE_NAME in sql for sql in sent)
+
+
+async def kill_connection(backend: str, connection_id: int) -> None:
+    """End a connection from the server's side, as a lost connection does."""
+    if backend == "postgresql":
+        pg = await postgresql_admin()
+        try:
+            await pg.execute("SELECT pg_terminate_backend($1)", connection_id)
+        finally:
+            await pg.close()
+    else:
+        my = await mysql_admin()
+        try:
+            async with my.cursor() as cursor:
+                await cursor.execute(f"KILL {connection_id}")
+        finally:
+            my.close()
+
+
+ONE_BIND = pytest.mark.parametrize("key", [None, "users"], ids=["postgresql", "mysql"])
+
+
+@ONE_BIND
+async def test_one_bind_cancelled_before_its_commit_is_sent_is_rolled_back(
+    tp: TwoPhaseBinds, key: str | None
+) -> None:
+    """Cancelled after PREPARE, before COMMIT PREPARED / XA COMMIT is sent: the prepared
+    transaction is rolled back at once rather than left holding its locks."""
+    table = tp.users if key else tp.items
+    engine = tp.db.engines[key].sync_engine
+
+    def wait_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
+        await_only(asyncio.sleep(30))
+
+    sa.event.listen(engine, "commit_twophase", wait_before_commit)
+    with pytest.raises(TimeoutError) as caught:
+        async with asyncio.timeout(0.5):
+            async with tp.db.session(twophase=True) as session:
+                await session.execute(sa.insert(table).values(name="a"))
+                await session.commit()
+    sa.event.remove(engine, "commit_twophase", wait_before_commit)
+    cancelled = caught.value.__context__
+    assert cancelled is not None
+    assert any(
+        "failed before it was committed, so its prepared transaction was rolled back" in note
+        for note in cancelled.__notes__
+    )
+    assert await prepared(tp.name) == NOTHING
+    assert await names(tp) == ([], [])
+    assert await tp.db.recover() == []
+
+
+@ONE_BIND
+async def test_one_bind_lost_before_its_commit_is_in_doubt_and_recovered(
+    tp: TwoPhaseBinds, key: str | None
+) -> None:
+    """The connection is lost just before COMMIT PREPARED / XA COMMIT: TwoPhaseInDoubtError says
+    so, and recover() rolls the prepared transaction back (no decision is recorded for one
+    bind)."""
+    backend = "mysql" if key else "postgresql"
+    table = tp.users if key else tp.items
+    engine = tp.db.engines[key].sync_engine
+    connection_id: list[int] = []
+
+    def kill_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
+        await_only(kill_connection(backend, connection_id[0]))
+
+    sa.event.listen(engine, "commit_twophase", kill_before_commit)
+    async with tp.db.session(twophase=True) as session:
+        own_id = "SELECT CONNECTION_ID()" if key else "SELECT pg_backend_pid()"
+        conn = await session.connection(bind_arguments={"bind_key": key})
+        connection_id.append((await conn.exec_driver_sql(own_id)).scalar_one())
+        await session.execute(sa.insert(table).values(name="a"))
+        with pytest.raises(TwoPhaseInDoubtError) as caught:
+            await session.commit()
+        error = caught.value
+        assert (error.decided, error.committed, error.in_doubt) == (False, (), (key,))
+        assert "the session's only bind, landed is unknown" in str(error)
+        assert "'await db.recover()'" in str(error)
+    sa.event.remove(engine, "commit_twophase", kill_before_commit)
+    in_doubt = await prepared(tp.name)
+    assert len(in_doubt[backend]) == 1
+    assert await tp.db.recover() == [Resolution(key, in_doubt[backend][0], False)]
+    assert await prepared(tp.name) == NOTHING
+    assert await names(tp) == ([], [])
 
 
 # -- failures before every bind is prepared ----------------------------------------------------
