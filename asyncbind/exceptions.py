@@ -377,25 +377,37 @@ class PartialCommitError(AsyncBindError, sa_exc.SQLAlchemyError):
 
 
 class TwoPhaseUnsupportedError(AsyncBindError):
-    """A two-phase session used a bind whose database cannot prepare a transaction (SQLite).
+    """A two-phase session used a bind whose database cannot prepare a transaction (SQLite), or
+    a tenant's database of a tenant group, whose prepared transactions recovery would not find.
 
-    Raised before anything is sent to that bind. ``bind_key`` names it, ``dialect`` is its
-    dialect's name.
+    Raised before anything is sent to that bind. ``bind_key`` names it (the group's key for a
+    tenant), ``dialect`` is its dialect's name, ``tenant`` the tenant (None for a bind).
     """
 
-    def __init__(self, bind_key: Hashable | None, dialect: str) -> None:
+    def __init__(self, bind_key: Hashable | None, dialect: str, tenant: str | None = None) -> None:
         self.bind_key = bind_key
         self.dialect = dialect
+        self.tenant = tenant
+        if tenant is None:
+            super().__init__(
+                f"{bind_name(bind_key, start=True)} ({dialect}) cannot take part in a two-phase "
+                "session: only PostgreSQL and MySQL/MariaDB binds can prepare a transaction, and "
+                "a two-phase session begins a two-phase transaction on every bind it uses, reads "
+                "included. Nothing was sent to it. Use another session, without twophase=True, "
+                f"for {bind_name(bind_key)}."
+            )
+            return
         super().__init__(
-            f"{bind_name(bind_key, start=True)} ({dialect}) cannot take part in a two-phase "
-            "session: only PostgreSQL and MySQL/MariaDB binds can prepare a transaction, and a "
-            "two-phase session begins a two-phase transaction on every bind it uses, reads "
-            "included. Nothing was sent to it. Use another session, without twophase=True, "
-            f"for {bind_name(bind_key)}."
+            f"Tenant {tenant!r} of group {bind_key!r} ({dialect}) cannot take part in a two-phase "
+            "session: db.recover() finds in-doubt transactions on the configured binds only, "
+            "not in tenants' databases, so a commit stopped part-way would leave its "
+            "transaction prepared there, holding its locks, and could commit the other binds "
+            "without it. Nothing was sent to it. Use a session without twophase=True for the "
+            f"tenant's data, or configure the tenant's database as a bind of its own."
         )
 
     def __reduce__(self) -> Any:
-        return type(self), (self.bind_key, self.dialect)
+        return type(self), (self.bind_key, self.dialect, self.tenant)
 
 
 class TwoPhasePrepareError(AsyncBindError, sa_exc.InvalidRequestError):

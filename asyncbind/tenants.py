@@ -45,6 +45,7 @@ from sqlalchemy import orm as sa_orm
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import EMPTY_DICT
 
+from . import twophase
 from .config import BindConfig, BindValue, check_config, config_error
 from .exceptions import ConfigError, TenantMismatchError, UnresolvedTenantError, shown
 from .retiring import Retirements, in_use
@@ -164,6 +165,7 @@ class TenantGroup:
             raise ConfigError(f"Tenant {tenant!r}: {config_error(problems)}")
         engine = self._make_engine(dataclasses.replace(configs[self.key], tenant=tenant))
         _TENANT_OF[engine.sync_engine] = (self, tenant)
+        twophase.refuse_tenant(engine.sync_engine, self.key, tenant)
         sa.event.listen(engine.sync_engine, "checkin", self._returned)
         return engine
 

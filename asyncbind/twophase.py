@@ -31,6 +31,7 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -64,6 +65,7 @@ __all__ = [
     "check_participant",
     "name_transactions",
     "recover",
+    "refuse_tenant",
 ]
 
 logger = logging.getLogger("asyncbind")
@@ -123,13 +125,27 @@ def name_transactions(engine: sa.Engine, name: str, key: BindKey) -> None:
     replace_dialect_method(engine.dialect, "create_xid", create_xid)
 
 
+#: The engines of tenant groups' tenants, each with its group's key and its tenant: recover()
+#: looks only at the configured binds, so a two-phase session refuses them.
+_TENANTS: weakref.WeakKeyDictionary[sa.Engine, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def refuse_tenant(engine: sa.Engine, group: str, tenant: str) -> None:
+    """Make two-phase sessions refuse ``engine``, ``tenant``'s of tenant group ``group``."""
+    _TENANTS[engine] = (group, tenant)
+
+
 def check_participant(bind: sa.Engine | sa.Connection, rank: commits.Rank) -> None:
     """Refuse ``bind`` in a two-phase session, before anything is sent, if its database cannot
-    prepare a transaction (SQLite)."""
+    prepare a transaction (SQLite), or if it is a tenant's (see :func:`refuse_tenant`)."""
     engine = bind.engine
     dialect = engine.dialect.name
+    found = rank(engine)
+    if found is None:
+        tenant = _TENANTS.get(engine)
+        if tenant is not None:
+            raise TwoPhaseUnsupportedError(tenant[0], dialect, tenant[1])
     if dialect not in SUPPORTED_DIALECTS:
-        found = rank(engine)
         key = found[1] if found is not None else render_url(engine.url)
         raise TwoPhaseUnsupportedError(key, dialect)
 

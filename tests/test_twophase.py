@@ -406,6 +406,42 @@ async def test_a_sqlite_bind_is_refused_before_anything_is_sent(
         await db.dispose()
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+async def test_a_tenant_database_is_refused_before_anything_is_sent(
+    tp: TwoPhaseBinds, new_database: NewDatabase, backend: str
+) -> None:
+    """recover() looks at the configured binds only: a tenant's prepared transaction would stay
+    in doubt for good, so a two-phase session refuses a tenant group's engine."""
+    tenant_url = await new_database(backend)
+    tp.db.add_group("tenant", url=lambda tenant: tenant_url)
+    notes = tp.db.Table("notes", sa.Column("id", sa.Integer, primary_key=True), bind_key="tenant")
+    with tp.db.route(tenant="t1"):
+        await tp.db.create_all(bind_key="tenant")
+        engine = tp.db.get_engine("tenant", tenant="t1").sync_engine
+        sent: list[str] = []
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        sa.event.listen(engine, "begin_twophase", lambda conn, xid: sent.append("begin"))
+        async with tp.db.session(twophase=True) as session:
+            await session.execute(sa.insert(tp.users).values(name="a"))
+            for statement in (sa.insert(notes).values(id=1), sa.select(notes)):
+                with pytest.raises(TwoPhaseUnsupportedError) as caught:
+                    await session.execute(statement)
+                error = caught.value
+                assert (error.bind_key, error.tenant) == ("tenant", "t1")
+                message = str(error)
+                assert "Tenant 't1' of group 'tenant'" in message
+                assert "db.recover() finds in-doubt transactions on the configured binds" in message
+                assert "Nothing was sent to it" in message
+                assert "without twophase=True" in message
+            await session.commit()  # the configured bind's part is unharmed
+        assert sent == []
+        async with tp.db.session() as session:  # one-phase sessions use it as usual
+            await session.execute(sa.insert(notes).values(id=1))
+            await session.commit()
+    assert await names(tp) == ([], ["a"])
+    assert await prepared(tp.name) == NOTHING
+
+
 def test_the_application_name_is_checked() -> None:
     for bad in ("", "has space", "a" * 31, "dot.ted", 7):
         with pytest.raises(ConfigError, match="twophase_name=") as caught:
@@ -925,9 +961,11 @@ def test_the_errors_keep_their_facts_through_pickling() -> None:
     cause = ConnectionResetError(104, "Connection reset by peer")
     for error in (
         TwoPhaseUnsupportedError("cache", "sqlite"),
+        TwoPhaseUnsupportedError("tenant", "postgresql", "t1"),
         TwoPhasePrepareError(),
         TwoPhaseInDoubtError(True, [None], ["users"], cause),
         TwoPhaseInDoubtError(None, [], [None, "users"], cause),
+        TwoPhaseInDoubtError(False, [], ["users"], cause),
     ):
         again = pickle.loads(pickle.dumps(error))
         assert type(again) is type(error) and str(again) == str(error)
