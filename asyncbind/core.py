@@ -288,7 +288,7 @@ class AsyncBind:
         coordinator = self._router.twophase
         if coordinator is not None:
             for key, bind in binds.items():
-                twophase.name_transactions(bind.engine.sync_engine, coordinator.name, key)
+                twophase.name_transactions(bind.engine.sync_engine, coordinator, key)
         if self._record_queries:
             for bind in binds.values():
                 recording.install(bind.engine)

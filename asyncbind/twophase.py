@@ -18,9 +18,11 @@ claims each undecided transaction by inserting a ``rollback`` row: the primary k
 claim and a coordinator's ``commit`` exclusive, so recovery may run while other processes commit.
 Transaction ids are ``<name>.<32 hex digits>`` (``twophase_name=``, default ``asyncbind``), which
 is how recovery tells this application's transactions from others' on a shared server. The first
-8 digits stand for the bind (:func:`bind_tag`), the other 24 are random: MySQL and MariaDB list
-every prepared transaction of the server to each bind on it, and the tag tells recovery which
-bind prepared it.
+8 digits stand for the bind and the deployment (:meth:`Coordinator.tag`: the bind key, the bind's
+database and the decision log's database), the other 24 are random: MySQL and MariaDB list every
+prepared transaction of the server to each bind on it, and the tag tells recovery which bind
+prepared it, and that it is this deployment's rather than another's of the same application
+whose databases share the server.
 """
 
 from __future__ import annotations
@@ -110,17 +112,21 @@ def check_name(name: object) -> str:
 
 
 def bind_tag(key: BindKey) -> str:
-    """The 8 hex digits that begin the digits of bind ``key``'s transaction ids."""
-    return hashlib.blake2s(repr(key).encode(), digest_size=4).hexdigest()
+    """The 8 hex digits that began the digits of bind ``key``'s transaction ids made before the
+    ids named their deployment too (see :meth:`Coordinator.tag`)."""
+    return _digest(key)
 
 
-def name_transactions(engine: sa.Engine, name: str, key: BindKey) -> None:
+def _digest(value: object) -> str:
+    return hashlib.blake2s(repr(value).encode(), digest_size=4).hexdigest()
+
+
+def name_transactions(engine: sa.Engine, coordinator: Coordinator, key: BindKey) -> None:
     """Make the ids of the two-phase transactions of ``engine``, bind ``key``'s,
-    ``<name>.<bind tag><24 random hex digits>``."""
-    tag = bind_tag(key)
+    ``<name>.<tag><24 random hex digits>`` (see :meth:`Coordinator.tag`)."""
 
     def create_xid() -> str:
-        return f"{name}.{tag}{secrets.token_hex(12)}"
+        return f"{coordinator.name}.{coordinator.tag(key, engine)}{secrets.token_hex(12)}"
 
     replace_dialect_method(engine.dialect, "create_xid", create_xid)
 
@@ -208,6 +214,13 @@ class Coordinator:
 
     def log_engine(self) -> sa.Engine:
         return self._engine_of(self.log_key)
+
+    def tag(self, key: BindKey, engine: sa.Engine) -> str:
+        """The 8 hex digits that begin the digits of the transaction ids of bind ``key``, whose
+        engine is ``engine``: they stand for the key, the bind's database and the decision
+        log's database, so that two deployments of one application sharing a server, each with
+        databases of its own, never take each other's transactions for theirs."""
+        return _digest((key, engine.url.database, self.log_engine().url.database))
 
     # -- the commit ------------------------------------------------------------------------
 
@@ -488,11 +501,15 @@ async def recover(
     async with log.connect() as conn:
         known = await conn.run_sync(coordinator.read_decisions)
     found: dict[BindKey, list[str]] = {}
+    tags: dict[str, BindKey] = {}
     for key, engine in engines.items():
         if engine.dialect.name in SUPPORTED_DIALECTS:
+            tags[coordinator.tag(key, engine.sync_engine)] = key
             async with engine.connect() as conn:
                 found[key] = await conn.run_sync(coordinator.in_doubt)
-    in_doubt = {xid for xids in found.values() for xid in xids}
+    owners = _owners(found, tags, known)
+    found = {key: [xid for xid in xids if owners.get(xid) == key] for key, xids in found.items()}
+    in_doubt = set(owners)
     outcomes = {xid: outcome for xid, (outcome, _) in known.items()}
     undecided = sorted(in_doubt - outcomes.keys())
     if undecided:
@@ -500,11 +517,8 @@ async def recover(
             outcomes.update(await conn.run_sync(coordinator.claim_rollback, undecided))
     done: list[Resolution] = []
     unresolved: set[str] = set()
-    owners = _owners(found)
     for key, xids in found.items():
         for xid in xids:
-            if owners[xid] != key:
-                continue  # listed to this bind too by a server it shares with the owner
             commit = outcomes.get(xid) == "commit"
             state = await _finish(coordinator, engines[key], xid, commit)
             if state == "done":
@@ -525,16 +539,33 @@ async def recover(
     return done
 
 
-def _owners(found: Mapping[BindKey, list[str]]) -> dict[str, BindKey]:
-    """The bind to resolve each transaction in doubt through, and name in its
-    :class:`Resolution`: the one whose :func:`bind_tag` its id carries, else (an id made before
-    ids carried it, or by a bind since renamed) the first that lists it."""
+def _owners(
+    found: Mapping[BindKey, list[str]], tags: Mapping[str, BindKey], known: Mapping[str, Any]
+) -> dict[str, BindKey]:
+    """The bind to resolve each of this deployment's transactions in doubt through, and name in
+    its :class:`Resolution`: the one whose tag (``tags``) its id carries. A server shared by
+    several binds lists each one's to all of them; ids with another tag are another
+    deployment's, and left alone. An id made before ids named their deployment is this one's
+    if this deployment's log has its decision (``known``): its bind is the one whose
+    :func:`bind_tag` it carries, else (a bind since renamed) the first that lists it."""
     owners: dict[str, BindKey] = {}
     for key, xids in found.items():
-        tag = bind_tag(key)
+        old_tag = bind_tag(key)
         for xid in xids:
-            if xid not in owners or xid[-32:-24] == tag:
+            tag = xid[-32:-24]
+            if tag in tags:
+                owners[xid] = tags[tag]
+            elif xid in known and (xid not in owners or tag == old_tag):
                 owners[xid] = key
+            elif tag == old_tag:
+                logger.warning(
+                    "recover(): %s on %s was made before transaction ids named their deployment "
+                    "and has no decision in this deployment's log: left alone, as it may be "
+                    "another deployment's. If it is this one's, roll it back by hand (ROLLBACK "
+                    "PREPARED / XA ROLLBACK).",
+                    xid,
+                    bind_name(key),
+                )
     return owners
 
 

@@ -584,8 +584,10 @@ async def test_binds_sharing_a_mariadb_server_each_resolve_their_own(
         assert await names(tp) == (["crash"], ["crash"])
         assert await prepared(tp.name) == NOTHING
 
-        # An id whose digits carry no bind's tag (as before ids carried one) goes to the first
-        # bind that lists it.
+        # An id whose digits carry no tag of this deployment's (made before ids named their
+        # deployment, by a bind since renamed) is left alone while this deployment's log has no
+        # decision for it, as another deployment's would be; with one, it goes to the first bind
+        # that lists it.
         legacy = f"{tp.name}.{'0' * 32}"
         my = await mysql_admin()
         try:
@@ -601,12 +603,67 @@ async def test_binds_sharing_a_mariadb_server_each_resolve_their_own(
             tp.postgresql, binds={"users": tp.mysql, "more": more}, twophase_name=tp.name
         )
         try:
-            assert await db.recover() == [Resolution("users", legacy, False)]
+            assert await db.recover() == []
+            assert (await prepared(tp.name))["mysql"] == [legacy]
+            async with db.engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        f"INSERT INTO {TABLE_NAME} (xid, outcome, decided_at) "
+                        "VALUES (:xid, 'commit', now())"
+                    ),
+                    {"xid": legacy},
+                )
+            assert await db.recover() == [Resolution("users", legacy, True)]
         finally:
             await db.dispose()
         assert await prepared(tp.name) == NOTHING
+        assert await decisions(tp) == []
     finally:
         await engine.dispose()
+
+
+async def test_deployments_sharing_the_servers_leave_each_other_alone(
+    tp: TwoPhaseBinds, new_database: NewDatabase
+) -> None:
+    """Two deployments of one application (same twophase_name), each with databases of its own
+    on the same servers: one's recover() leaves the other's decided transaction alone, which
+    the other's own recover() then commits."""
+    import pymysql
+
+    thread: list[int] = []
+
+    def kill_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
+        admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(f"KILL {thread[0]}")
+        finally:
+            admin.close()
+
+    sa.event.listen(tp.db.engines["users"].sync_engine, "commit_twophase", kill_before_commit)
+    async with tp.db.session(twophase=True) as session:
+        await session.execute(sa.insert(tp.items).values(name="a"))
+        conn = await session.connection(bind_arguments={"bind_key": "users"})
+        thread.append((await conn.exec_driver_sql("SELECT CONNECTION_ID()")).scalar_one())
+        await session.execute(sa.insert(tp.users).values(name="a"))
+        with pytest.raises(TwoPhaseInDoubtError):
+            await session.commit()
+    sa.event.remove(tp.db.engines["users"].sync_engine, "commit_twophase", kill_before_commit)
+    in_doubt = (await prepared(tp.name))["mysql"]
+    assert len(in_doubt) == 1
+
+    other = AsyncBind(
+        await new_database("postgresql"),
+        binds={"users": await new_database("mysql")},
+        twophase_name=tp.name,
+    )
+    try:
+        assert await other.recover() == []
+    finally:
+        await other.dispose()
+    assert (await prepared(tp.name))["mysql"] == in_doubt
+    assert await tp.db.recover() == [Resolution("users", in_doubt[0], True)]
+    assert await names(tp) == (["a"], ["a"])
 
 
 async def test_recovery_while_a_commit_is_prepared_makes_it_roll_back_everywhere(
