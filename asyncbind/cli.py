@@ -404,7 +404,8 @@ def _cmd_db(args: argparse.Namespace) -> int:
     --autogenerate), upgrade, downgrade, stamp, current, history, heads, show, merge, check; and
     recover, which needs no Alembic."""
     if args.db_command == "recover":
-        return _run(args, _recover, find_db(args.app))
+        options = {"twophase_name": args.twophase_name} if args.twophase_name else {}
+        return _run(args, _recover, find_db(args.app, **options))
     if getattr(args, "purge", False) and args.sql:  # Alembic refuses it after the first bind
         raise UsageError(
             "stamp --purge empties each bind's version table, which --sql cannot do (it writes "
@@ -754,6 +755,12 @@ def _db_parser(
         description=recover + " Each is committed where the decision to commit was recorded, "
         "else rolled back; one line per transaction resolved. Safe to run at every start.",
         parents=[common],
+    ).add_argument(
+        "--twophase-name",
+        metavar="NAME",
+        help="the app's twophase_name, for binds from the ASYNCBIND_* environment variables "
+        "(no --app). Default: $ASYNCBIND_TWOPHASE_NAME, else 'asyncbind'; "
+        "$ASYNCBIND_TWOPHASE_LOG names the log bind.",
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import difflib
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, TypeVarTuple, overload
@@ -239,7 +240,13 @@ class AsyncBind:
         """Configure from environment variables: ``ASYNCBIND_DATABASE_URL`` (the default bind),
         ``ASYNCBIND_BIND_<NAME>`` (bind ``name``), ``ASYNCBIND_BINDS`` and
         ``ASYNCBIND_ENGINE_OPTIONS`` (JSON objects, over an ``engine_options=`` argument),
-        ``ASYNCBIND_ECHO``."""
+        ``ASYNCBIND_ECHO``; ``ASYNCBIND_TWOPHASE_NAME`` and ``ASYNCBIND_TWOPHASE_LOG`` (a bind
+        key) where ``twophase_name=`` and ``twophase_log=`` are not given."""
+        env = os.environ if environ is None else environ
+        for option in ("twophase_name", "twophase_log"):
+            value = env.get(f"{prefix}{option.upper()}")
+            if value:
+                kwargs.setdefault(option, value)
         return cls._from_parsed(config_from_env(environ, prefix=prefix), kwargs)
 
     @classmethod

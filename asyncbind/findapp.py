@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 from types import ModuleType
+from typing import Any
 
 from .core import AsyncBind
 from .exceptions import BindErrors, ConfigError, first_line
@@ -38,12 +39,20 @@ class UsageError(Exception):
     """The command cannot run as written (the command line's exit status 2)."""
 
 
-def find_db(spec: str | None) -> AsyncBind:
+def find_db(spec: str | None, **env_options: Any) -> AsyncBind:
     """The AsyncBind that ``spec`` (``--app``), else ``ASYNCBIND_APP``, else the environment's
-    ``ASYNCBIND_*`` variables configure; :class:`UsageError` when there is none."""
+    ``ASYNCBIND_*`` variables configure (with ``env_options``, AsyncBind's arguments, such as
+    ``twophase_name``); :class:`UsageError` when there is none."""
     spec = spec or os.environ.get(APP_ENV) or None
     if spec is None:
-        return _from_env()
+        return _from_env(env_options)
+    if env_options:
+        given = ", ".join(f"--{name.replace('_', '-')}" for name in env_options)
+        raise UsageError(
+            f"{given} configures an AsyncBind made from the ASYNCBIND_* environment variables, "
+            f"but the app '{spec}' is given (--app / {APP_ENV}): it has its own. Leave out "
+            f"{given}, or set it in the app's AsyncBind(...)."
+        )
     module_name, _, attribute = spec.partition(":")
     if not module_name:
         raise UsageError(f"--app {spec!r} names no module; write 'module:attribute' or 'module'.")
@@ -77,9 +86,9 @@ def find_db(spec: str | None) -> AsyncBind:
     return db
 
 
-def _from_env() -> AsyncBind:
+def _from_env(options: dict[str, Any]) -> AsyncBind:
     try:
-        db = AsyncBind.from_env()
+        db = AsyncBind.from_env(**options)
     except ConfigError as exc:
         raise UsageError(f"The ASYNCBIND_* environment variables are invalid: {exc}") from exc
     if not db.engines:

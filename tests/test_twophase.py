@@ -818,6 +818,55 @@ async def test_asyncbind_db_recover(tp: TwoPhaseBinds, tmp_path: Path) -> None:
     assert await cli() == ["no two-phase transaction in doubt"]
 
 
+async def test_asyncbind_db_recover_from_the_environment_takes_the_apps_name(
+    tp: TwoPhaseBinds, tmp_path: Path
+) -> None:
+    """Without --app, the binds come from ASYNCBIND_* variables: --twophase-name, or
+    ASYNCBIND_TWOPHASE_NAME, names the app's transactions."""
+
+    async def cli(*options: str, **variables: str) -> tuple[int, list[str], str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCBIND_")}
+        environ.update(
+            ASYNCBIND_DATABASE_URL=tp.postgresql, ASYNCBIND_BIND_USERS=tp.mysql, **variables
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbind",
+            "db",
+            "recover",
+            *options,
+            cwd=tmp_path,
+            env={**environ, "PYTHONPATH": PACKAGE_ROOT},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode is not None
+        return process.returncode, out.decode().splitlines(), err.decode()
+
+    for step, options, variables in [
+        ("flag", ["--twophase-name", tp.name], {}),
+        ("env", [], {"ASYNCBIND_TWOPHASE_NAME": tp.name}),
+    ]:
+        child = await Child.start(tp, "decided", step)
+        await child.kill()
+        in_doubt = await prepared(tp.name)
+        assert await cli() == (0, ["no two-phase transaction in doubt"], "")  # 'asyncbind' ids
+        assert await cli(*options, **variables) == (
+            0,
+            [
+                f"the default bind: committed {in_doubt['postgresql'][0]}",
+                f"bind 'users': committed {in_doubt['mysql'][0]}",
+            ],
+            "",
+        )
+    assert await names(tp) == (["env", "flag"], ["env", "flag"])
+    status, _, err = await cli("--app", "crashapp", "--twophase-name", tp.name)
+    assert status == 2
+    assert "--twophase-name configures an AsyncBind made from the ASYNCBIND_*" in err
+
+
 # -- what the recovery relies on in SQLAlchemy -------------------------------------------------
 
 
