@@ -479,6 +479,10 @@ async def _recover(db: AsyncBind) -> int:
     done = await db.recover()
     for resolution in done:
         _say(_hide(str(resolution), db))
+    for left in done.left:
+        print(f"asyncbind: {_hide(str(left), db)}", file=sys.stderr)
+    if done.left:
+        return _FAILED
     if not done:
         _say("no two-phase transaction in doubt")
     return 0
@@ -753,7 +757,8 @@ def _db_parser(
         "recover",
         help=recover,
         description=recover + " Each is committed where the decision to commit was recorded, "
-        "else rolled back; one line per transaction resolved. Safe to run at every start.",
+        "else rolled back; one line per transaction resolved. Exit 1 when some had to be left "
+        "(still held by a live connection), each named on stderr. Safe to run at every start.",
         parents=[common],
     ).add_argument(
         "--twophase-name",

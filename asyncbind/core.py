@@ -708,19 +708,21 @@ class AsyncBind:
     def _twophase_log_engine(self, key: BindKey) -> sa.Engine:
         return self._router.engine(key, "twophase_log=")
 
-    async def recover(self) -> list[twophase.Resolution]:
+    async def recover(self) -> twophase.Recovery:
         """Resolve this application's in-doubt two-phase transactions on every bind.
 
         After a crash between PREPARE and the last COMMIT of a ``twophase=True`` session, its
         transactions stay prepared (holding their locks). Each is committed where the decision
         to commit was recorded, else rolled back, the same way on every bind; the decision rows
         of finished commits are deleted. Idempotent, and safe to run at every start while other
-        processes commit. Returns a :class:`~asyncbind.Resolution` per transaction resolved.
+        processes commit. Returns a :class:`~asyncbind.Resolution` per transaction resolved, in
+        a list whose ``left`` lists the transactions it had to leave in doubt, still held by a
+        live connection (:class:`~asyncbind.twophase.Left`): run it again once they are free.
         """
         coordinator = self._router.twophase
         engines = self._configured_engines()
         if coordinator is None:  # pragma: no cover - made in the constructor
-            return []
+            return twophase.Recovery([], [])
         log = self.get_engine(coordinator.log_key)
         return await twophase.recover(coordinator, engines, log)
 

@@ -61,6 +61,8 @@ __all__ = [
     "DEFAULT_NAME",
     "TABLE_NAME",
     "Coordinator",
+    "Left",
+    "Recovery",
     "Resolution",
     "bind_tag",
     "check_name",
@@ -178,6 +180,31 @@ class Resolution(NamedTuple):
     def __str__(self) -> str:
         done = "committed" if self.committed else "rolled back"
         return f"{bind_name(self.bind_key)}: {done} {self.xid}"
+
+
+class Left(NamedTuple):
+    """A transaction in doubt that :func:`recover` had to leave: still held by a live connection."""
+
+    bind_key: BindKey
+    xid: str
+    commit: bool  # what recovery will do with it: False, roll it back
+
+    def __str__(self) -> str:
+        todo = "commit" if self.commit else "roll back"
+        return (
+            f"{bind_name(self.bind_key)}: left {self.xid} prepared, as a live connection still "
+            f"holds it (the process that prepared it, or another recovery); run recover() again "
+            f"once that connection has ended, to {todo} it"
+        )
+
+
+class Recovery(list[Resolution]):
+    """What :func:`recover` did: a list of :class:`Resolution`, one per transaction resolved, and
+    :attr:`left`, the transactions it had to leave in doubt (:class:`Left`)."""
+
+    def __init__(self, done: list[Resolution], left: list[Left]) -> None:
+        super().__init__(done)
+        self.left = left
 
 
 class Coordinator:
@@ -491,9 +518,10 @@ def _roll_back_prepared(held: list[commits.Held], names: list[Any]) -> list[str]
 
 async def recover(
     coordinator: Coordinator, engines: Mapping[BindKey, AsyncEngine], log: AsyncEngine
-) -> list[Resolution]:
+) -> Recovery:
     """Resolve this application's in-doubt transactions on every bind of ``engines``: commit
-    where a ``commit`` decision was recorded, roll back otherwise. Returns what was done.
+    where a ``commit`` decision was recorded, roll back otherwise. Returns what was done, and
+    what had to be left (:class:`Recovery`).
 
     The decisions are read before the binds are listed, so that a decision whose transactions
     are no longer in doubt anywhere belongs to a finished commit, and its rows can go.
@@ -516,7 +544,7 @@ async def recover(
         async with log.connect() as conn:
             outcomes.update(await conn.run_sync(coordinator.claim_rollback, undecided))
     done: list[Resolution] = []
-    unresolved: set[str] = set()
+    left: list[Left] = []
     for key, xids in found.items():
         for xid in xids:
             commit = outcomes.get(xid) == "commit"
@@ -524,7 +552,8 @@ async def recover(
             if state == "done":
                 done.append(Resolution(key, xid, commit))
             elif state == "busy":
-                unresolved.add(xid)
+                left.append(Left(key, xid, commit))
+    unresolved = {item.xid for item in left}
     # A commit's rows go once none of its transactions is in doubt; a rollback claim is kept a
     # while longer, to stop a coordinator that is late with its decision.
     kept_since = _now() - CLAIM_KEPT
@@ -536,7 +565,7 @@ async def recover(
     finished += [r.xid for r in done if r.committed and r.xid not in known]
     async with log.connect() as conn:
         await conn.run_sync(coordinator.forget, sorted(set(finished)))
-    return done
+    return Recovery(done, left)
 
 
 def _owners(

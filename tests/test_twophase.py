@@ -36,7 +36,7 @@ from asyncbind import (
     TwoPhasePrepareError,
     TwoPhaseUnsupportedError,
 )
-from asyncbind.twophase import TABLE_NAME
+from asyncbind.twophase import TABLE_NAME, Left
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -677,6 +677,7 @@ async def test_recovery_while_a_commit_is_prepared_makes_it_roll_back_everywhere
     child = await Child.start(tp, "prepared", "race")
     done = await tp.db.recover()
     assert [(r.bind_key, r.committed) for r in done] == [(None, False)]
+    assert done.left == [Left("users", child.xids["users"], False)]
     assert await child.go_on() == "FAILED IntegrityError"
     assert await names(tp) == ([], [])
     assert await prepared(tp.name) == NOTHING
@@ -865,6 +866,52 @@ async def test_asyncbind_db_recover_from_the_environment_takes_the_apps_name(
     status, _, err = await cli("--app", "crashapp", "--twophase-name", tp.name)
     assert status == 2
     assert "--twophase-name configures an AsyncBind made from the ASYNCBIND_*" in err
+
+
+async def test_asyncbind_db_recover_says_what_it_had_to_leave(
+    tp: TwoPhaseBinds, tmp_path: Path
+) -> None:
+    """A transaction MariaDB still holds for the live process that prepared it cannot be
+    finished: the command says so on stderr and exits 1, and recover() lists it in ``left``."""
+    (tmp_path / "busyapp.py").write_text(
+        textwrap.dedent(
+            f"""
+            from asyncbind import AsyncBind
+            db = AsyncBind({tp.postgresql!r}, binds={{"users": {tp.mysql!r}}},
+                           twophase_name={tp.name!r})
+            """
+        )
+    )
+    child = await Child.start(tp, "decided", "busy")
+    try:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCBIND_")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbind",
+            "--app",
+            "busyapp",
+            "db",
+            "recover",
+            cwd=tmp_path,
+            env={**environ, "PYTHONPATH": PACKAGE_ROOT},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == 1
+        assert out.decode().splitlines() == [f"the default bind: committed {child.xids[None]}"]
+        message = err.decode()
+        assert f"bind 'users': left {child.xids['users']} prepared" in message
+        assert "run recover() again once that connection has ended, to commit it" in message
+        assert "no two-phase transaction in doubt" not in out.decode()
+        done = await tp.db.recover()
+        assert done == []
+        assert done.left == [Left("users", child.xids["users"], True)]
+    finally:
+        await child.kill()
+    assert await tp.db.recover() == [Resolution("users", child.xids["users"], True)]
+    assert await names(tp) == (["busy"], ["busy"])
 
 
 # -- what the recovery relies on in SQLAlchemy -------------------------------------------------
