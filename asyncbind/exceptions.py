@@ -36,6 +36,7 @@ __all__ = [
     "TenantMismatchError",
     "TwoPhaseInDoubtError",
     "TwoPhasePrepareError",
+    "TwoPhaseTakenOverError",
     "TwoPhaseUnsupportedError",
     "UnknownBindError",
     "UnresolvedTenantError",
@@ -425,6 +426,26 @@ class TwoPhasePrepareError(AsyncBindError, sa_exc.InvalidRequestError):
 
     def __reduce__(self) -> Any:
         return type(self), ()
+
+
+class TwoPhaseTakenOverError(AsyncBindError):
+    """Recovery (``db.recover()``, in another task or process) claimed the transactions of a
+    two-phase commit that was still running, before it could record its decision: recovery
+    rolls them back, and the commit rolled back every bind it could. Nothing was committed.
+    ``binds`` are the session's binds."""
+
+    def __init__(self, binds: Sequence[Hashable | None]) -> None:
+        self.binds = tuple(binds)
+        super().__init__(
+            "A two-phase commit could not record its decision: db.recover(), running meanwhile, "
+            "had found its transactions prepared with no decision and claimed them to roll "
+            f"back. Nothing was committed on {format_keys(self.binds)}: each bind was rolled "
+            "back, here or by that recovery. Retry the transaction; run db.recover() at start-up, "
+            "before the application commits, rather than while commits are running."
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.binds,)
 
 
 class TwoPhaseInDoubtError(AsyncBindError, sa_exc.SQLAlchemyError):

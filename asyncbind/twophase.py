@@ -49,6 +49,7 @@ from .exceptions import (
     AsyncBindError,
     ConfigError,
     TwoPhaseInDoubtError,
+    TwoPhaseTakenOverError,
     TwoPhaseUnsupportedError,
     bind_name,
     first_line,
@@ -277,7 +278,7 @@ class Coordinator:
                 return
             try:
                 xids = [_xid(h) for h in held]
-                self._record_commit(xids, prepared_at)
+                self._record_commit(xids, names, prepared_at)
             except _OutcomeUnknownError as unknown:
                 _leave_prepared(held)
                 root.rollback()
@@ -337,9 +338,10 @@ class Coordinator:
                 raise
         self._tables.add(conn.engine)
 
-    def _record_commit(self, xids: list[str], prepared_at: float) -> None:
-        """Insert and commit the ``commit`` rows of ``xids``. :class:`_OutcomeUnknownError` when
-        their COMMIT fails; any other error when they were not recorded."""
+    def _record_commit(self, xids: list[str], names: list[Any], prepared_at: float) -> None:
+        """Insert and commit the ``commit`` rows of ``xids``, the transactions of binds ``names``.
+        :class:`_OutcomeUnknownError` when their COMMIT fails; any other error when they were not
+        recorded (:class:`TwoPhaseTakenOverError` when recovery had claimed them)."""
         with self.log_engine().connect() as conn:
             self._ready(conn)
             if time.monotonic() - prepared_at > DECIDE_WITHIN:
@@ -349,10 +351,13 @@ class Coordinator:
                     "back on every bind instead. Keep commits short."
                 )
             now = _now()
-            conn.execute(
-                sa.insert(decisions),
-                [{"xid": xid, "outcome": "commit", "decided_at": now} for xid in xids],
-            )
+            try:
+                conn.execute(
+                    sa.insert(decisions),
+                    [{"xid": xid, "outcome": "commit", "decided_at": now} for xid in xids],
+                )
+            except sa_exc.IntegrityError as exc:  # recover() recorded 'rollback' for one first
+                raise TwoPhaseTakenOverError(names) from exc
             try:
                 conn.commit()
             except BaseException as exc:

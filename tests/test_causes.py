@@ -546,6 +546,7 @@ def test_every_asyncbind_error_pickles_with_its_facts() -> None:
         asyncbind_exceptions.NoReplicaError("a", ["replica 1: down"]),
         asyncbind_exceptions.PartialCommitError(["a"], "b", cause, [None]),
         asyncbind_exceptions.TwoPhaseUnsupportedError("lite", "sqlite"),
+        asyncbind_exceptions.TwoPhaseTakenOverError([None, "users"]),
         asyncbind_exceptions.TwoPhasePrepareError(),
         asyncbind_exceptions.TwoPhaseInDoubtError(True, ["a"], ["b"], cause),
         BindUnavailableError("a", orig, "SELECT 1", replica=1),

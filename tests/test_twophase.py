@@ -34,6 +34,7 @@ from asyncbind import (
     Resolution,
     TwoPhaseInDoubtError,
     TwoPhasePrepareError,
+    TwoPhaseTakenOverError,
     TwoPhaseUnsupportedError,
 )
 from asyncbind.twophase import TABLE_NAME, Left
@@ -678,7 +679,7 @@ async def test_recovery_while_a_commit_is_prepared_makes_it_roll_back_everywhere
     done = await tp.db.recover()
     assert [(r.bind_key, r.committed) for r in done] == [(None, False)]
     assert done.left == [Left("users", child.xids["users"], False)]
-    assert await child.go_on() == "FAILED IntegrityError"
+    assert await child.go_on() == f"FAILED {TwoPhaseTakenOverError.__name__}"
     assert await names(tp) == ([], [])
     assert await prepared(tp.name) == NOTHING
     assert await tp.db.recover() == []
@@ -1115,6 +1116,7 @@ def test_the_errors_keep_their_facts_through_pickling() -> None:
     for error in (
         TwoPhaseUnsupportedError("cache", "sqlite"),
         TwoPhaseUnsupportedError("tenant", "postgresql", "t1"),
+        TwoPhaseTakenOverError([None, "users"]),
         TwoPhasePrepareError(),
         TwoPhaseInDoubtError(True, [None], ["users"], cause),
         TwoPhaseInDoubtError(None, [], [None, "users"], cause),
