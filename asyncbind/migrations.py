@@ -5,18 +5,21 @@ One script directory serves every bind. Each revision has an ``upgrade_<bind>()`
 template. env.py calls :func:`run_migrations`, which runs one migration context per bind on that
 bind's async engine (``connection.run_sync``), with that bind's MetaData as the target of
 autogenerate and the version table ``alembic_version`` in that bind's own database. Binds run one
-after another, each in its own transaction; one failing does not stop the others, and the error
-names it. Needs the ``alembic`` extra.
+after another, each in its own transaction and holding its database's migration lock (PostgreSQL,
+MySQL/MariaDB), so that two processes migrating one database take turns; one failing does not
+stop the others, and the error names it. Needs the ``alembic`` extra.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -32,6 +35,7 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import MultipleHeads, RevisionError
 from alembic.util import CommandError as AlembicCommandError
 from mako.template import Template  # type: ignore[import-untyped]
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .config import BindKey
 from .core import AsyncBind
@@ -217,7 +221,7 @@ async def _online(
         for key in keys:
             logger.info("Running on %s", bind_name(key))
             try:
-                async with db.engines[key].connect() as conn:
+                async with db.engines[key].connect() as conn, _migration_lock(conn):
                     last = autogenerating and key == keys[-1]
                     await conn.run_sync(_migrate, db, key, doing, every, last)
             except UnknownBindError:  # a model's, not this bind's: nothing was compared
@@ -229,6 +233,57 @@ async def _online(
         ran = [key for key in keys if key not in errors]
         message = _failure(errors, ran, doing[0] if doing else "migrate", ini)
         raise MigrationError(message, errors) from next(iter(errors.values()))
+
+
+# Held on the migration's own connection while a bind migrates, so that two processes migrating
+# one database (two app instances starting) take turns: the second finds the first's revisions
+# applied. Named after the database (PostgreSQL's advisory locks are per database already) and
+# the version table, so apps on other databases of the server do not wait.
+_LOCK_NAME = f"asyncbind migrations {VERSION_TABLE}"
+_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
+_MYSQL_LOCK_NAME = sa.func.concat(
+    "asyncbind:", sa.func.sha1(sa.func.concat(sa.func.database(), ".", _LOCK_NAME))
+)
+_LOCKS: dict[str, tuple[sa.Select[Any], sa.Select[Any]]] = {
+    "postgresql": (
+        sa.select(sa.func.pg_advisory_lock(_PG_LOCK_KEY)),
+        sa.select(sa.func.pg_advisory_unlock(_PG_LOCK_KEY)),
+    ),
+    # GET_LOCK waits at most its timeout (a year here); MariaDB takes no negative one.
+    "mysql": (
+        sa.select(sa.func.get_lock(_MYSQL_LOCK_NAME, 31_536_000)),
+        sa.select(sa.func.release_lock(_MYSQL_LOCK_NAME)),
+    ),
+}
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Hold the database's migration lock on ``conn`` (PostgreSQL, MySQL/MariaDB; SQLite has
+    none). The lock belongs to the connection's session, not to a transaction: it is taken and
+    committed before the migration begins its own, and released after it."""
+    statements = _LOCKS.get(conn.dialect.name)
+    if statements is None:
+        yield
+        return
+    lock, unlock = statements
+    got = await conn.scalar(lock)  # pg_advisory_lock() returns nothing; GET_LOCK() 1 if taken
+    if conn.dialect.name == "mysql" and got != 1:
+        raise AsyncBindError(
+            f"Could not take the migration lock of the database (GET_LOCK() returned {got}). "
+            "Check that no other migration has held it for a year, then run the command again."
+        )
+    await conn.commit()
+    try:
+        yield
+    finally:
+        try:
+            await conn.rollback()
+            await conn.execute(unlock)
+            await conn.commit()
+        except Exception:  # a connection in doubt must not go back to the pool holding the lock
+            await conn.invalidate()
+            raise
 
 
 def _failure(

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from test_cli import (
     closed_port,
     write_module,
 )
+
+from asyncbind import AsyncBind
 
 pytestmark = [pytest.mark.sqlite, pytest.mark.postgresql, pytest.mark.mysql]
 
@@ -1071,3 +1074,81 @@ async def test_usage_errors(tmp_path: Path, new_database: NewDatabase) -> None:
         run = await db_cmd(tmp_path, *command)
         assert run.status == 0, run.err
         assert first in run.out, command
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait for ``condition`` to hold, failing after a generous guard (a test that hangs)."""
+    async with asyncio.timeout(60):
+        while not await condition():  # noqa: ASYNC110 (polls the server and a file)
+            await asyncio.sleep(0.05)
+    assert await condition(), what
+
+
+async def someone_waits_for_a_lock(db: AsyncBind, database: str) -> bool:
+    """Whether a session of ``database`` waits for a lock (a row's, an advisory or user lock)."""
+    if db.engine.dialect.name == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :database"
+            " AND wait_event_type IN ('Lock', 'Advisory')"
+        )
+    else:
+        query = (
+            "SELECT count(*) FROM information_schema.processlist p WHERE p.db = :database"
+            " AND (p.state = 'User lock' OR p.id IN"
+            " (SELECT trx_mysql_thread_id FROM information_schema.innodb_trx"
+            " WHERE trx_state = 'LOCK WAIT'))"
+        )
+    async with db.engine.connect() as conn:
+        return bool(await conn.scalar(sa.text(query), {"database": database}))
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+async def test_two_upgrades_at_once_take_turns(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb, backend: str
+) -> None:
+    """Two processes upgrading one database (two app instances starting): the second waits for
+    the first's migration, then finds the database at head; the data migration ran once."""
+    url = await new_database(backend)
+    write_module(tmp_path, "models", f"from asyncbind import AsyncBind\ndb = AsyncBind({url!r})\n")
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    for message, body in (
+        (
+            "first",
+            "op.create_table('events', sa.Column('id', sa.Integer, primary_key=True),"
+            " sa.Column('kind', sa.String(20)))\n"
+            "    op.execute(\"INSERT INTO events (id, kind) VALUES (1, 'seed')\")",
+        ),
+        (
+            "second",
+            "op.execute(\"UPDATE events SET kind = CONCAT(kind, '+')\")\n"
+            "    Path('updated').touch()\n"
+            "    for _ in range(1200):  # the test says go; a guard against hanging\n"
+            "        if Path('go').exists():\n"
+            "            break\n"
+            "        time.sleep(0.05)\n"
+            "    op.create_index('ix_events_kind', 'events', ['kind'])",
+        ),
+    ):
+        assert (await db_cmd(tmp_path, "revision", "-m", message)).status == 0
+        path = next((tmp_path / "migrations" / "versions").glob(f"*_{message}.py"))
+        script = "import time\nfrom pathlib import Path\n" + path.read_text()
+        path.write_text(
+            script.replace(
+                "def upgrade_default() -> None:\n    pass",
+                f"def upgrade_default() -> None:\n    {body}",
+            )
+        )
+        if message == "first":
+            assert (await db_cmd(tmp_path, "upgrade")).status == 0
+
+    db = make_db(url)
+    database = sa.make_url(url).database or ""
+    first = asyncio.create_task(db_cmd(tmp_path, "upgrade"))
+    await until(lambda: asyncio.sleep(0, (tmp_path / "updated").exists()), "the first updated")
+    second = asyncio.create_task(db_cmd(tmp_path, "upgrade"))
+    await until(lambda: someone_waits_for_a_lock(db, database), "the second waits")
+    (tmp_path / "go").touch()
+    runs = [await first, await second]
+    assert [run.status for run in runs] == [0, 0], [run.err for run in runs]
+    async with db.engine.connect() as conn:
+        assert list(await conn.scalars(sa.text("SELECT kind FROM events"))) == ["seed+"]
