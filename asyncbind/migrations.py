@@ -171,16 +171,75 @@ def _selected(config: Config, db: AsyncBind) -> tuple[list[BindKey], bool]:
 # -- env.py -----------------------------------------------------------------------------------
 
 
-def run_migrations(config: Config) -> None:
-    """What env.py does: migrate each selected bind in its own migration context."""
+def run_migrations(config: Config, **options: Any) -> None:
+    """What env.py does: migrate each selected bind in its own migration context.
+
+    ``options`` go to each bind's ``context.configure()`` with asyncbind's own (Flask-Migrate's
+    ``include_object=``, ``compare_server_default=``, ``user_module_prefix=``, ...): see
+    :func:`_with_options`. Those that asyncbind sets for each bind itself (its connection,
+    MetaData, version table, function names) are refused."""
+    _check_options(options)
     db = _db(config)
     keys, every = _selected(config, db)
     if context.is_offline_mode():
         for key in keys:
-            _offline(config, db, key)
+            _offline(config, db, key, options)
     else:
         ini = config.config_file_name or "alembic.ini"
-        asyncio.run(_online(db, keys, every, _autogenerating(config), ini))
+        asyncio.run(_online(db, keys, every, _autogenerating(config), ini, options))
+
+
+# The options of each bind's migration context that asyncbind alone sets.
+_OWN_OPTIONS = (
+    "connection",
+    "dialect_name",
+    "output_buffer",
+    "target_metadata",
+    "version_table",
+    "upgrade_token",
+    "downgrade_token",
+)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    taken = [name for name in _OWN_OPTIONS if name in options]
+    if taken:
+        raise UsageError(
+            f"run_migrations() was given {', '.join(repr(name) for name in taken)}, which "
+            "asyncbind sets for each bind itself (its connection, MetaData, version table and "
+            "the names of its functions in revisions). Remove "
+            f"{'it' if len(taken) == 1 else 'them'} from the call in env.py."
+        )
+
+
+def _with_options(own: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """asyncbind's options of a bind's migration context with those env.py gave: env.py's win,
+    but ``include_name`` is asyncbind's and then env.py's (a name is compared only if both
+    include it), and ``process_revision_directives`` is env.py's and then asyncbind's (which
+    renders each bind's operations in its own dialect)."""
+    merged = {**own, **options}
+    if "include_name" in own and "include_name" in options:
+        merged["include_name"] = _both(own["include_name"], options["include_name"])
+    if "process_revision_directives" in own and "process_revision_directives" in options:
+        merged["process_revision_directives"] = _in_turn(
+            options["process_revision_directives"], own["process_revision_directives"]
+        )
+    return merged
+
+
+def _both(first: Callable[..., bool], second: Callable[..., bool]) -> Callable[..., bool]:
+    def include_name(*args: Any) -> bool:
+        return first(*args) and second(*args)
+
+    return include_name
+
+
+def _in_turn(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
+    def process_revision_directives(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return process_revision_directives
 
 
 def _autogenerating(config: Config) -> bool:
@@ -192,29 +251,30 @@ def _autogenerating(config: Config) -> bool:
     )
 
 
-def _offline(config: Config, db: AsyncBind, key: BindKey) -> None:
+def _offline(config: Config, db: AsyncBind, key: BindKey, options: dict[str, Any]) -> None:
     name = script_name(key)
     dialect = db.engines[key].dialect.name
     output: TextIO = config.output_buffer or sys.stdout
     output.write(f"-- {bind_name(key)} ({dialect})\n\n")
-    context.configure(
-        dialect_name=dialect,
-        output_buffer=output,
-        literal_binds=True,
-        dialect_opts={"paramstyle": "named"},
-        **_bind_options(db, key),
-    )
+    own = {"literal_binds": True, "dialect_opts": {"paramstyle": "named"}, **_bind_options(db, key)}
+    context.configure(dialect_name=dialect, output_buffer=output, **_with_options(own, options))
     with context.begin_transaction():
         context.run_migrations(bind=name)
     output.write("\n")
 
 
 async def _online(
-    db: AsyncBind, keys: Sequence[BindKey], every: bool, autogenerating: bool, ini: str
+    db: AsyncBind,
+    keys: Sequence[BindKey],
+    every: bool,
+    autogenerating: bool,
+    ini: str,
+    options: dict[str, Any],
 ) -> None:
     """Migrate (or compare) ``keys`` one after another; ``every`` when no bind was named, for
     revision and check to refuse a model of no configured bind first; ``autogenerating`` for
-    ``revision --autogenerate``, which writes no revision when no bind has a change."""
+    ``revision --autogenerate``, which writes no revision when no bind has a change;
+    ``options`` from env.py for each bind's migration context."""
     errors: dict[BindKey, BaseException] = {}
     doing: list[_Doing] = []  # what each bind's migration context says the command does
     async with db:  # disposes of the engines in this event loop
@@ -223,7 +283,7 @@ async def _online(
             try:
                 async with db.engines[key].connect() as conn, _migration_lock(conn):
                     last = autogenerating and key == keys[-1]
-                    await conn.run_sync(_migrate, db, key, doing, every, last)
+                    await conn.run_sync(_migrate, db, key, doing, every, last, options)
             except UnknownBindError:  # a model's, not this bind's: nothing was compared
                 raise
             except Exception as exc:  # this bind's failure; the other binds carry on
@@ -392,18 +452,19 @@ def _migrate(
     doing: list[_Doing],
     every: bool,
     last: bool,
+    options: dict[str, Any],
 ) -> None:
     """Migrate (or compare, or stamp) bind ``key`` on ``conn``; add to ``doing`` what the
     command does (:func:`_command`). Comparing every bind, a model whose ``__bind_key__`` names
     no configured bind is refused first (:class:`UnknownBindError`), as ``create_all()`` refuses
     it: its table would be compared with no database, and no revision would ever create it.
-    ``last``: the last bind that ``revision --autogenerate`` compares."""
-    context.configure(
-        connection=conn,
+    ``last``: the last bind that ``revision --autogenerate`` compares; ``options``: env.py's."""
+    own = {
         **_bind_options(db, key),
-        render_as_batch=conn.dialect.name == "sqlite",
-        process_revision_directives=_render_in_last_bind if last else _render_in_this_bind,
-    )
+        "render_as_batch": conn.dialect.name == "sqlite",
+        "process_revision_directives": _render_in_last_bind if last else _render_in_this_bind,
+    }
+    context.configure(connection=conn, **_with_options(own, options))
     doing.append(_command())
     if doing[-1] == "compare" and every and len(doing) == 1:
         check_bind_keys(db.metadatas.values(), [*db.engines, *db.groups])

@@ -1152,3 +1152,42 @@ async def test_two_upgrades_at_once_take_turns(
     assert [run.status for run in runs] == [0, 0], [run.err for run in runs]
     async with db.engine.connect() as conn:
         assert list(await conn.scalars(sa.text("SELECT kind FROM events"))) == ["seed+"]
+
+
+async def test_env_py_passes_options_to_each_binds_context(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """include_object= from env.py keeps a table that the app does not model (an extension's)
+    out of autogenerate and check, with asyncbind's own filter still at work."""
+    urls = await three_binds(tmp_path, new_database)
+    async with make_db(urls["users"]).engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE spatial_ref_sys (srid integer PRIMARY KEY)"))
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    env = tmp_path / "migrations" / "env.py"
+    env.write_text(
+        env.read_text().replace(
+            "run_migrations(context.config)",
+            "run_migrations(\n"
+            "    context.config,\n"
+            "    include_object=lambda obj, name, type_, reflected, compare_to: (\n"
+            "        name != 'spatial_ref_sys'\n"
+            "    ),\n"
+            "    compare_server_default=True,\n"
+            ")",
+        )
+    )
+    run = await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")
+    assert run.status == 0, run.err
+    script = revisions(tmp_path)["first"]
+    assert "spatial_ref_sys" not in script
+    assert "op.create_table('users'" in function(script, "upgrade_users")
+    assert "op.create_table('events'" in function(script, "upgrade_audit")
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+    run = await db_cmd(tmp_path, "check")
+    assert run.status == 0, run.err
+    assert "spatial_ref_sys" in (await columns(urls["users"], make_db))
+
+    env.write_text(env.read_text().replace("compare_server_default=True", "version_table='v'"))
+    run = await db_cmd(tmp_path, "check")
+    assert run.status == 2
+    assert "run_migrations() was given 'version_table', which asyncbind sets" in run.err

@@ -5,6 +5,8 @@ is the target of autogenerate, and its version table (``alembic_version``) lives
 own database. The AsyncBind comes from ``--app``, else the ``asyncbind_app`` option of
 alembic.ini, else ``ASYNCBIND_APP``. Choose binds with ``-x bind=KEY`` (repeatable; ``default``
 or an empty KEY for the default bind); without it, every bind.
+Options of Alembic's ``context.configure()`` (``include_object=...``,
+``compare_server_default=True``) go to ``run_migrations(context.config, ...)``.
 """
 
 from logging.config import fileConfig
