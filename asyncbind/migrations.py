@@ -75,6 +75,21 @@ _Doing = Literal["compare", "stamp", "migrate"]
 logger = logging.getLogger(__name__)
 
 
+class _UnknownVersionError(AsyncBindError):
+    """A bind's version table names revisions that no script has: nothing can run from there."""
+
+    def __init__(self, revisions: Sequence[str]) -> None:
+        super().__init__(
+            f"its version table names {_revision_names(revisions)}, which no revision script has"
+        )
+        self.revisions = list(revisions)
+
+
+def _revision_names(revisions: Sequence[str]) -> str:
+    one = len(revisions) == 1
+    return f"revision{'' if one else 's'} {', '.join(repr(rev) for rev in revisions)}"
+
+
 class MigrationError(AsyncBindError):
     """The migration of one or more binds failed; ``errors`` holds each bind's exception."""
 
@@ -357,7 +372,20 @@ def _failure(
     if ran and command != "compare":
         migrated = f" The other binds were {done}: {_names(ran)}."
     refused = _revision_error(first)
-    if _behind(first):
+    if isinstance(first, _UnknownVersionError):
+        keys = [key for key, exc in errors.items() if isinstance(exc, _UnknownVersionError)]
+        stamps = "; ".join(
+            f"asyncbind db stamp --purge --bind {shlex.quote(key or '')} REV" for key in keys
+        )
+        text = (
+            f"The version table of {_names(keys)} names {_revision_names(first.revisions)}, "
+            f"which no revision script has (its file was removed, or is on a branch not merged "
+            f"here), so nothing was {'compared' if command == 'compare' else 'migrated'} "
+            f"there.{migrated} Restore the revision's file, or set the version table to the "
+            f"revision the database matches ({stamps}; db history lists them), then run the "
+            "command again."
+        )
+    elif _behind(first):
         keys = [key for key, exc in errors.items() if _behind(exc)]
         binds = " ".join(f"--bind {shlex.quote(key or '')}" for key in keys)
         text = (
@@ -466,10 +494,25 @@ def _migrate(
     }
     context.configure(connection=conn, **_with_options(own, options))
     doing.append(_command())
+    if doing[-1] != "stamp":  # stamp --purge is how to mend such a version table
+        unknown = _unknown_versions(context.get_context().get_current_heads())
+        if unknown:
+            raise _UnknownVersionError(unknown)
     if doing[-1] == "compare" and every and len(doing) == 1:
         check_bind_keys(db.metadatas.values(), [*db.engines, *db.groups])
     with context.begin_transaction():
         context.run_migrations(bind=script_name(key))
+
+
+def _unknown_versions(revisions: Sequence[str]) -> list[str]:
+    """Those of ``revisions`` (a bind's version table's) that no revision script has."""
+    unknown = []
+    for rev in revisions:
+        try:
+            context.script.revision_map.get_revision(rev)
+        except RevisionError:
+            unknown.append(rev)
+    return unknown
 
 
 def _bind_options(db: AsyncBind, key: BindKey) -> dict[str, Any]:
@@ -633,7 +676,25 @@ async def current(
     here); and whether every bind's was read. The binds are read concurrently, each within
     ``timeout`` seconds if given (``no answer within ... s`` past it, as ``db.ping()`` says), so
     one failing or hanging does not stop the others."""
-    heads = set(ScriptDirectory.from_config(config).get_heads())
+    script = ScriptDirectory.from_config(config)
+    heads = set(script.get_heads())
+
+    def shown(key: BindKey, rev: str) -> str:
+        if rev in heads:
+            return f"{rev} (head)"
+        try:
+            script.revision_map.get_revision(rev)
+        except RevisionError:
+            logger.warning(
+                "The version table of %s names revision %r, which no revision script has. "
+                "Restore the revision's file, or set the version table to the revision the "
+                "database matches (asyncbind db stamp --purge --bind %s REV).",
+                bind_name(key),
+                rev,
+                shlex.quote(key or ""),
+            )
+            return f"{rev} (no revision script has it)"
+        return rev
 
     def read(conn: sa.Connection) -> tuple[str, ...]:
         return MigrationContext.configure(
@@ -649,8 +710,8 @@ async def current(
         except Exception as exc:  # this bind's line; the others are still read
             why = f"no answer within {timeout:g} s" if limit.expired() else one_line(exc)
             return f"{bind_name(key)}: FAILED: could not read its revision: {why}", False
-        shown = ", ".join(f"{rev}{' (head)' if rev in heads else ''}" for rev in found)
-        return f"{bind_name(key)}: {shown or 'no revision'}", True
+        text = ", ".join(shown(key, rev) for rev in found)
+        return f"{bind_name(key)}: {text or 'no revision'}", True
 
     async with db:
         async with asyncio.TaskGroup() as group:

@@ -1191,3 +1191,33 @@ async def test_env_py_passes_options_to_each_binds_context(
     run = await db_cmd(tmp_path, "check")
     assert run.status == 2
     assert "run_migrations() was given 'version_table', which asyncbind sets" in run.err
+
+
+async def test_a_version_table_naming_a_revision_no_script_has_says_so(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+    rev1 = revision_id(revisions(tmp_path)["first"])
+    async with make_db(urls["audit"]).engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'gone1234'"))
+
+    run = await db_cmd(tmp_path, "current")
+    assert run.status == 0
+    assert "bind 'audit': gone1234 (no revision script has it)" in run.lines
+    assert "names revision 'gone1234', which no revision script has" in run.err
+    for command, done in (("upgrade", "migrated"), ("check", "compared")):
+        run = await db_cmd(tmp_path, command)
+        assert run.status == 1
+        error = last_error(run)
+        assert (
+            "The version table of bind 'audit' names revision 'gone1234', which no revision "
+            f"script has (its file was removed, or is on a branch not merged here), so nothing "
+            f"was {done} there." in error
+        ), error
+        assert "asyncbind db stamp --purge --bind audit REV" in error
+        assert "Name a revision" not in error
+    assert (await db_cmd(tmp_path, "stamp", "--purge", "--bind", "audit", rev1)).status == 0
+    assert (await db_cmd(tmp_path, "check")).status == 0
