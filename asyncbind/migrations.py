@@ -306,7 +306,8 @@ async def _online(
                 errors[key] = exc
     if errors:
         ran = [key for key in keys if key not in errors]
-        message = _failure(errors, ran, doing[0] if doing else "migrate", ini)
+        kept = [key for key in errors if db.engines[key].dialect.name not in _TRANSACTIONAL_DDL]
+        message = _failure(errors, ran, doing[0] if doing else "migrate", ini, kept)
         raise MigrationError(message, errors) from next(iter(errors.values()))
 
 
@@ -361,11 +362,20 @@ async def _migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
             raise
 
 
+# The dialects whose DDL a transaction rolls back; the others commit each DDL statement.
+_TRANSACTIONAL_DDL = ("postgresql", "mssql")
+
+
 def _failure(
-    errors: dict[BindKey, BaseException], ran: list[BindKey], command: _Doing, ini: str
+    errors: dict[BindKey, BaseException],
+    ran: list[BindKey],
+    command: _Doing,
+    ini: str,
+    kept: Sequence[BindKey] = (),
 ) -> str:
     """What went wrong, what it left behind and what to do, for the cause of the first error;
-    ``command`` is what the command does to each bind (see :func:`_command`)."""
+    ``command`` is what the command does to each bind (see :func:`_command`); ``kept``: the
+    failed binds whose DDL is not transactional, where a failed revision's DDL remains."""
     first = next(iter(errors.values()))
     done = "stamped" if command == "stamp" else "migrated"
     migrated = ""
@@ -442,12 +452,28 @@ def _failure(
         )
     else:
         keys = list(errors)
-        text = (
-            f"Migrating {_names(keys)} failed ({one_line(first)}); its transaction was rolled "
-            "back where the database rolls back DDL (PostgreSQL; not MariaDB/MySQL or SQLite). "
-            f"The other binds were migrated: {_names(ran) if ran else 'none'}. Fix the revision "
+        causes = one_line(first)
+        if len(keys) > 1:
+            causes = "; ".join(f"{bind_name(key)}: {one_line(errors[key])}" for key in keys)
+        rolled_back = [key for key in keys if key not in kept]
+        text = f"Migrating {_names(keys)} failed ({causes})."
+        if rolled_back:
+            text += (
+                f" On {_names(rolled_back)} the failed revision was rolled back with its "
+                "transaction, DDL included."
+            )
+        if kept:
+            text += (
+                f" On {_names(kept)}, whose database commits each DDL statement (MariaDB/MySQL, "
+                "SQLite), the DDL that the failed revision ran before the failure remains, and "
+                "the version table names the last revision that finished (db current shows "
+                "it): undo that DDL by hand, or make the revision tolerate it."
+            )
+        text += (
+            f" The other binds were migrated: {_names(ran) if ran else 'none'}. Fix the revision "
             "and run the command again."
         )
+        return text
     others = [key for key in errors if key not in keys]
     if others:
         text += f" {_names(others, start=True)} failed too ({one_line(errors[others[0]])})."

@@ -1221,3 +1221,39 @@ async def test_a_version_table_naming_a_revision_no_script_has_says_so(
         assert "Name a revision" not in error
     assert (await db_cmd(tmp_path, "stamp", "--purge", "--bind", "audit", rev1)).status == 0
     assert (await db_cmd(tmp_path, "check")).status == 0
+
+
+async def test_a_revision_failing_half_way_on_several_binds_names_each_cause(
+    tmp_path: Path, new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    urls = await three_binds(tmp_path, new_database)
+    assert (await db_cmd(tmp_path, "init")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "--autogenerate", "-m", "first")).status == 0
+    assert (await db_cmd(tmp_path, "upgrade")).status == 0
+    assert (await db_cmd(tmp_path, "revision", "-m", "broken")).status == 0
+    path = next((tmp_path / "migrations" / "versions").glob("*_broken.py"))
+    script = path.read_text()
+    for name, table in (("users", "users"), ("audit", "events")):
+        script = script.replace(
+            f"def upgrade_{name}() -> None:\n    pass",
+            f"def upgrade_{name}() -> None:\n"
+            f"    op.add_column({table!r}, sa.Column('note', sa.String(20)))\n"
+            f"    raise RuntimeError('{name} cannot take it')",
+        )
+    path.write_text(script)
+
+    run = await db_cmd(tmp_path, "upgrade")
+    assert run.status == 1
+    error = last_error(run)
+    assert error.startswith(
+        "asyncbind: error: MigrationError: Migrating bind 'users', bind 'audit' failed "
+        "(bind 'users': RuntimeError: users cannot take it; "
+        "bind 'audit': RuntimeError: audit cannot take it). "
+        "On bind 'users' the failed revision was rolled back with its transaction, DDL included. "
+        "On bind 'audit', whose database commits each DDL statement (MariaDB/MySQL, SQLite), the "
+        "DDL that the failed revision ran before the failure remains"
+    ), error
+    assert "undo that DDL by hand, or make the revision tolerate it" in error
+    assert "The other binds were migrated: the default bind." in error
+    assert "note" in (await columns(urls["audit"], make_db))["events"]
+    assert "note" not in (await columns(urls["users"], make_db))["users"]
