@@ -15,7 +15,7 @@ import signal
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,16 @@ async def kill_connection(backend: str, connection_id: int) -> None:
             my.close()
 
 
+def killed_before_commit(backend: str, connection_id: list[int]) -> Callable[..., None]:
+    """A ``commit_twophase`` listener that ends the server connection ``connection_id[0]`` (of
+    ``backend``, set once the session has it) just before the COMMIT is sent."""
+
+    def kill(conn: Any, xid: Any, is_prepared: bool) -> None:
+        await_only(kill_connection(backend, connection_id[0]))
+
+    return kill
+
+
 ONE_BIND = pytest.mark.parametrize("key", [None, "users"], ids=["postgresql", "mysql"])
 
 
@@ -298,9 +308,7 @@ async def test_one_bind_lost_before_its_commit_is_in_doubt_and_recovered(
     table = tp.users if key else tp.items
     engine = tp.db.engines[key].sync_engine
     connection_id: list[int] = []
-
-    def kill_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
-        await_only(kill_connection(backend, connection_id[0]))
+    kill_before_commit = killed_before_commit(backend, connection_id)
 
     sa.event.listen(engine, "commit_twophase", kill_before_commit)
     async with tp.db.session(twophase=True) as session:
@@ -629,17 +637,8 @@ async def test_deployments_sharing_the_servers_leave_each_other_alone(
     """Two deployments of one application (same twophase_name), each with databases of its own
     on the same servers: one's recover() leaves the other's decided transaction alone, which
     the other's own recover() then commits."""
-    import pymysql
-
     thread: list[int] = []
-
-    def kill_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
-        admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-        try:
-            with admin.cursor() as cursor:
-                cursor.execute(f"KILL {thread[0]}")
-        finally:
-            admin.close()
+    kill_before_commit = killed_before_commit("mysql", thread)
 
     sa.event.listen(tp.db.engines["users"].sync_engine, "commit_twophase", kill_before_commit)
     async with tp.db.session(twophase=True) as session:
@@ -1040,17 +1039,8 @@ async def test_a_decision_that_cannot_be_recorded_rolls_every_bind_back(
 async def test_a_bind_lost_after_the_decision_is_committed_by_recover(tp: TwoPhaseBinds) -> None:
     """MariaDB's connection is killed just before its XA COMMIT: the PostgreSQL part has
     committed, the decision stands, and recover() commits the MariaDB part."""
-    import pymysql
-
     thread: list[int] = []
-
-    def kill_before_commit(conn: Any, xid: Any, is_prepared: bool) -> None:
-        admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-        try:
-            with admin.cursor() as cursor:
-                cursor.execute(f"KILL {thread[0]}")
-        finally:
-            admin.close()
+    kill_before_commit = killed_before_commit("mysql", thread)
 
     sa.event.listen(tp.db.engines["users"].sync_engine, "commit_twophase", kill_before_commit)
     async with tp.db.session(twophase=True) as session:
