@@ -47,6 +47,7 @@ from .exceptions import (
     format_keys,
 )
 from .findapp import UsageError, find_db, one_line
+from .registry import bind_config
 from .schema import check_bind_keys
 from .twophase import TABLE_NAME as TWOPHASE_TABLE
 
@@ -337,9 +338,12 @@ _LOCKS: dict[str, tuple[sa.Select[Any], sa.Select[Any]]] = {
 async def _migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
     """Hold the database's migration lock on ``conn`` (PostgreSQL, MySQL/MariaDB; SQLite has
     none). The lock belongs to the connection's session, not to a transaction: it is taken and
-    committed before the migration begins its own, and released after it."""
+    committed before the migration begins its own, and released after it. Not behind PgBouncer
+    (a bind with ``pgbouncer``): in transaction pooling the session's lock would stay on a server
+    connection that the next transaction does not get, held there for good."""
     statements = _LOCKS.get(conn.dialect.name)
-    if statements is None:
+    config = bind_config(conn.engine)
+    if statements is None or (config is not None and config.pgbouncer):
         yield
         return
     lock, unlock = statements

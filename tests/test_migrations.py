@@ -1102,6 +1102,24 @@ async def someone_waits_for_a_lock(db: AsyncBind, database: str) -> bool:
         return bool(await conn.scalar(sa.text(query), {"database": database}))
 
 
+@pytest.mark.postgresql
+async def test_the_migration_lock_is_not_taken_behind_pgbouncer(
+    new_database: NewDatabase, make_db: MakeDb
+) -> None:
+    """A session's advisory lock taken through PgBouncer's transaction pooling would stay on a
+    server connection the next transaction does not get: a bind marked pgbouncer takes none."""
+    from asyncbind.migrations import _migration_lock
+
+    url = await new_database("postgresql")
+    db = make_db(url, binds={"pooled": {"url": url, "pgbouncer": True}})
+    held = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = :pid")
+    for key, expected in ((None, 1), ("pooled", 0)):
+        async with db.engines[key].connect() as conn, _migration_lock(conn):
+            pid = await conn.scalar(sa.text("SELECT pg_backend_pid()"))
+            assert await conn.scalar(held, {"pid": pid}) == expected, key
+            await conn.rollback()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 async def test_two_upgrades_at_once_take_turns(
     tmp_path: Path, new_database: NewDatabase, make_db: MakeDb, backend: str
