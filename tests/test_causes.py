@@ -526,7 +526,7 @@ def _every_error_class(base: type[BaseException]) -> set[type[BaseException]]:
 def test_every_asyncbind_error_pickles_with_its_facts() -> None:
     # arq hands a job's error back pickled; an error that cannot be rebuilt reaches the caller
     # as a TypeError about its constructor instead.
-    from asyncbind.migrations import MigrationError
+    from asyncbind.migrations import MigrationError, _UnknownVersionError
 
     orig = ConnectionResetError(104, "Connection reset by peer")
     cause = RuntimeError("the server went away")
@@ -560,6 +560,7 @@ def test_every_asyncbind_error_pickles_with_its_facts() -> None:
         asyncbind_exceptions.StartupCheckError("arq worker", {"a": "refused"}),
         asyncbind_exceptions.BulkCopyError("stopped", rows_copied=3, table="t"),
         MigrationError("failed", {"a": cause}),
+        _UnknownVersionError(["0149ffcf1a5b"]),
         # The errors of a tenant's engine name the tenant.
         BindUnavailableError("tenant", orig, None, reason="refused", tenant="acme"),
         BindAuthenticationError("tenant", orig, None, "app_user", tenant="acme"),
